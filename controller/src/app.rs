@@ -1,0 +1,175 @@
+//! `ringlb up`: wires runtime, supervisor, proxy and operations port together, and
+//! shuts them down in order: stop accepting, drain, stop every replica.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::cli::UpArgs;
+use crate::metrics::Metrics;
+use crate::ops::{self, Ops};
+use crate::pool::supervisor::PoolSettings;
+use crate::pool::{HealthSettings, PoolHandle, Supervisor};
+use crate::proxy::{self, Proxy, ProxySettings};
+use crate::runtime::{ExternalRuntime, ProcessRuntime, Runtime};
+
+/// How long in-flight requests may take to finish after a shutdown signal.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub async fn up(args: UpArgs) -> anyhow::Result<()> {
+    let ring = args.ring_config().map_err(anyhow::Error::msg)?;
+    let mut max_replicas = args.max_replicas;
+    if let Some(capacity) = ring.member_capacity().filter(|c| *c < max_replicas) {
+        tracing::info!("the ring has room for {capacity} replicas: --max-replicas lowered to that");
+        max_replicas = capacity;
+    }
+    let settings = PoolSettings {
+        health: HealthSettings {
+            interval: args.heartbeat_interval,
+            timeout: args.heartbeat_timeout,
+            failure_threshold: args.failure_threshold.max(1),
+        },
+        max_replicas,
+        ring,
+    };
+    let proxy_settings = ProxySettings {
+        key: args.key.clone(),
+        max_attempts: args.max_attempts.max(1),
+        connect_timeout: args.connect_timeout,
+        request_timeout: args.request_timeout,
+        max_body_bytes: args.max_body,
+        admin_token: args.admin_token.clone().filter(|t| !t.is_empty()),
+    };
+
+    // Bind first: a port in use is reported before any replica is started.
+    let proxy_listener = TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let ops_listener = TcpListener::bind(args.ops_listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (operations port)", args.ops_listen))?;
+
+    let metrics = Arc::new(Metrics::new());
+    if args.external.is_empty() {
+        let names = args.initial_names().map_err(anyhow::Error::msg)?;
+        let runtime = Arc::new(ProcessRuntime::current_exe(args.replica_host)?);
+        serve(
+            runtime,
+            names,
+            settings,
+            proxy_settings,
+            metrics,
+            proxy_listener,
+            ops_listener,
+        )
+        .await
+    } else {
+        let runtime = Arc::new(ExternalRuntime::new(
+            args.external.iter().map(|r| (r.name.clone(), r.addr)),
+        ));
+        let names = runtime.names();
+        if names.len() != args.external.len() {
+            anyhow::bail!("a name is given twice in --replica");
+        }
+        serve(
+            runtime,
+            names,
+            settings,
+            proxy_settings,
+            metrics,
+            proxy_listener,
+            ops_listener,
+        )
+        .await
+    }
+}
+
+async fn serve<R: Runtime>(
+    runtime: Arc<R>,
+    names: Vec<crate::pool::ReplicaName>,
+    settings: PoolSettings,
+    proxy_settings: ProxySettings,
+    metrics: Arc<Metrics>,
+    proxy_listener: TcpListener,
+    ops_listener: TcpListener,
+) -> anyhow::Result<()> {
+    let ring_config = settings.ring.clone();
+    let (pool, supervisor) = Supervisor::launch(runtime, names, settings, metrics.clone())
+        .await
+        .context("cannot start the replicas")?;
+
+    let proxy_addr = proxy_listener.local_addr()?;
+    let ops_addr = ops_listener.local_addr()?;
+    announce(&pool, proxy_addr, ops_addr, &ring_config, &proxy_settings);
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let proxy = Arc::new(Proxy::new(pool.clone(), proxy_settings, metrics.clone()));
+    let proxy_server = tokio::spawn(
+        axum::serve(
+            proxy_listener,
+            proxy::router(proxy).into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(stopped(stop_rx.clone()))
+        .into_future(),
+    );
+    let ops_server = tokio::spawn(
+        axum::serve(
+            ops_listener,
+            ops::router(Ops {
+                pool: pool.clone(),
+                metrics,
+            }),
+        )
+        .with_graceful_shutdown(stopped(stop_rx))
+        .into_future(),
+    );
+
+    ringlb_replica::shutdown_signal().await;
+    tracing::info!("shutting down: draining in-flight requests");
+    let _ = stop_tx.send(true);
+    match tokio::time::timeout(DRAIN_TIMEOUT, proxy_server).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(error))) => tracing::error!(%error, "proxy server failed"),
+        Ok(Err(error)) => tracing::error!(%error, "proxy server task failed"),
+        Err(_) => {
+            tracing::warn!("requests still in flight after {DRAIN_TIMEOUT:?}; stopping anyway")
+        }
+    }
+    ops_server.abort();
+    pool.shutdown().await;
+    let _ = supervisor.await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Stdout gets a few lines a newcomer (and the end-to-end tests) can read.
+fn announce(
+    pool: &PoolHandle,
+    proxy_addr: SocketAddr,
+    ops_addr: SocketAddr,
+    ring: &crate::ring::RingConfig,
+    proxy: &ProxySettings,
+) {
+    let view = pool.view();
+    println!("ringlb: proxy listening on http://{proxy_addr}");
+    println!("ringlb: operations on http://{ops_addr} (/metrics, /healthz, /readyz, /ring)");
+    println!(
+        "ringlb: ring {} with {} hash, {} slots, {} virtual nodes; key {}",
+        ring.algorithm, ring.hash, ring.slots, ring.vnodes, proxy.key
+    );
+    for member in &view.members {
+        let pid = member.pid.map(|p| format!(", pid {p}")).unwrap_or_default();
+        println!(
+            "ringlb: replica {} on {}{pid} ({:?})",
+            member.name, member.address, member.health
+        );
+    }
+    println!("ringlb: try `curl http://{proxy_addr}/home`; Ctrl-C stops everything");
+}

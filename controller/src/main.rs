@@ -1,0 +1,14 @@
+use clap::Parser;
+use ringlb::cli::{Cli, Command};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Up(args) => {
+            ringlb::telemetry::init();
+            ringlb::app::up(*args).await
+        }
+        Command::Replica(args) => Ok(ringlb_replica::run(args).await?),
+    }
+}

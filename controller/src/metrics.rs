@@ -1,0 +1,161 @@
+//! Prometheus metrics: requests and latency per replica, heartbeat failures,
+//! replacements, ring rebuilds, admin changes.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::pool::ReplicaName;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReplicaLabel {
+    replica: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AdminLabel {
+    operation: String,
+}
+
+fn new_latency_histogram() -> Histogram {
+    // 50 µs .. ~1.6 s
+    Histogram::new(exponential_buckets(0.000_05, 2.0, 16))
+}
+
+pub struct Metrics {
+    registry: Registry,
+    responses: Family<ReplicaLabel, Counter>,
+    forward_failures: Family<ReplicaLabel, Counter>,
+    latency: Family<ReplicaLabel, Histogram, fn() -> Histogram>,
+    heartbeat_failures: Family<ReplicaLabel, Counter>,
+    pub replacements: Counter,
+    pub ring_rebuilds: Counter,
+    pub ring_members: Gauge,
+    pub unroutable: Counter,
+    admin_changes: Family<AdminLabel, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("ringlb");
+        let responses = Family::<ReplicaLabel, Counter>::default();
+        let forward_failures = Family::<ReplicaLabel, Counter>::default();
+        let latency = Family::<ReplicaLabel, Histogram, fn() -> Histogram>::new_with_constructor(
+            new_latency_histogram,
+        );
+        let heartbeat_failures = Family::<ReplicaLabel, Counter>::default();
+        let replacements = Counter::default();
+        let ring_rebuilds = Counter::default();
+        let ring_members = Gauge::default();
+        let unroutable = Counter::default();
+        let admin_changes = Family::<AdminLabel, Counter>::default();
+        registry.register(
+            "responses",
+            "Responses forwarded from each replica",
+            responses.clone(),
+        );
+        registry.register(
+            "forward_failures",
+            "Forwarding attempts to each replica that failed (connection or timeout)",
+            forward_failures.clone(),
+        );
+        registry.register(
+            "upstream_latency_seconds",
+            "Time from forwarding a request to a replica until its response headers",
+            latency.clone(),
+        );
+        registry.register(
+            "heartbeat_failures",
+            "Failed heartbeats per replica",
+            heartbeat_failures.clone(),
+        );
+        registry.register(
+            "replacements",
+            "Failed replicas replaced by emergency replicas",
+            replacements.clone(),
+        );
+        registry.register(
+            "ring_rebuilds",
+            "Routing rings built and published",
+            ring_rebuilds.clone(),
+        );
+        registry.register(
+            "ring_members",
+            "Replicas in the current routing ring",
+            ring_members.clone(),
+        );
+        registry.register(
+            "unroutable_requests",
+            "Requests answered with an error because no replica could serve them",
+            unroutable.clone(),
+        );
+        registry.register(
+            "admin_changes",
+            "Accepted /add and /rm calls",
+            admin_changes.clone(),
+        );
+        Self {
+            registry,
+            responses,
+            forward_failures,
+            latency,
+            heartbeat_failures,
+            replacements,
+            ring_rebuilds,
+            ring_members,
+            unroutable,
+            admin_changes,
+        }
+    }
+
+    fn label(name: &ReplicaName) -> ReplicaLabel {
+        ReplicaLabel {
+            replica: name.to_string(),
+        }
+    }
+
+    pub fn responses(&self, name: &ReplicaName) -> Counter {
+        self.responses.get_or_create(&Self::label(name)).clone()
+    }
+
+    pub fn forward_failures(&self, name: &ReplicaName) -> Counter {
+        self.forward_failures
+            .get_or_create(&Self::label(name))
+            .clone()
+    }
+
+    pub fn latency(&self, name: &ReplicaName) -> Histogram {
+        self.latency.get_or_create(&Self::label(name)).clone()
+    }
+
+    pub fn heartbeat_failed(&self, name: &ReplicaName) {
+        self.heartbeat_failures
+            .get_or_create(&Self::label(name))
+            .inc();
+    }
+
+    pub fn admin_change(&self, operation: &str) {
+        self.admin_changes
+            .get_or_create(&AdminLabel {
+                operation: operation.to_owned(),
+            })
+            .inc();
+    }
+
+    /// The text exposition format for `/metrics`.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}

@@ -1,0 +1,20 @@
+//! Membership and health: which replicas should exist, which are alive, and the
+//! supervisor that turns the difference into actions.
+//!
+//! - [`names`]: what a replica name may be;
+//! - [`membership`]: validation of `/add` and `/rm` (pure);
+//! - [`plan`]: desired vs observed → actions (pure, shared with the operator);
+//! - [`health`]: heartbeats and the per-replica health state machine;
+//! - [`supervisor`]: the single task that owns the pool and applies all of the above.
+
+pub mod health;
+pub mod membership;
+pub mod names;
+pub mod plan;
+pub mod supervisor;
+
+pub use health::HealthSettings;
+pub use membership::MembershipError;
+pub use names::{NameError, ReplicaName};
+pub use plan::{Action, Health, Observed, Plan, Policy, plan};
+pub use supervisor::{MemberView, PoolError, PoolHandle, PoolView, Supervisor};

@@ -1,0 +1,535 @@
+//! The supervisor: the one task that owns the pool.
+//!
+//! Every change goes through it, one at a time: admin calls, heartbeat results,
+//! request failures reported by the proxy. Each round it heartbeats the replicas,
+//! runs [`plan`], applies the actions through the [`Runtime`], and publishes a new
+//! routing table when the set of routable replicas changed. Because there is a
+//! single writer, an `/add` or `/rm` is validated and applied atomically.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use super::health::{HealthSettings, HealthState, HeartbeatClient};
+use super::membership::{self, MembershipError};
+use super::{Action, Health, Observed, Policy, ReplicaName, plan};
+use crate::metrics::Metrics;
+use crate::ring::RingConfig;
+use crate::routing::{RoutingTable, SharedRouting};
+use crate::runtime::{Runtime, RuntimeError};
+
+#[derive(Clone, Debug)]
+pub struct PoolSettings {
+    pub health: HealthSettings,
+    pub max_replicas: usize,
+    pub ring: RingConfig,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    #[error(transparent)]
+    Membership(#[from] MembershipError),
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    #[error("the load balancer is shutting down")]
+    ShuttingDown,
+}
+
+/// One replica in the JSON view of the ring.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct MemberView {
+    pub name: ReplicaName,
+    pub address: SocketAddr,
+    pub pid: Option<u32>,
+    pub health: Health,
+    pub consecutive_failures: u32,
+    pub in_ring: bool,
+}
+
+/// A failed replica and the one that took its place.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Replacement {
+    pub failed: ReplicaName,
+    pub replacement: ReplicaName,
+}
+
+/// What the admin API and the operations port read: published after every change.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct PoolView {
+    /// The replicas the pool keeps alive, in the order they were added: what `/rep` lists.
+    pub desired: Vec<ReplicaName>,
+    pub members: Vec<MemberView>,
+    pub replacements: Vec<Replacement>,
+}
+
+type Reply = oneshot::Sender<Result<Vec<ReplicaName>, PoolError>>;
+
+enum Command {
+    Add {
+        n: u64,
+        hostnames: Vec<String>,
+        reply: Reply,
+    },
+    Remove {
+        n: u64,
+        hostnames: Vec<String>,
+        reply: Reply,
+    },
+    Shutdown {
+        reply: oneshot::Sender<()>,
+    },
+}
+
+/// The cheap, cloneable way to talk to the supervisor.
+#[derive(Clone)]
+pub struct PoolHandle {
+    commands: mpsc::Sender<Command>,
+    suspects: mpsc::Sender<ReplicaName>,
+    view: Arc<ArcSwap<PoolView>>,
+    routing: SharedRouting,
+}
+
+impl PoolHandle {
+    /// Adds `n` replicas; returns the desired replicas after the change.
+    pub async fn add(&self, n: u64, hostnames: Vec<String>) -> Result<Vec<ReplicaName>, PoolError> {
+        self.ask(|reply| Command::Add {
+            n,
+            hostnames,
+            reply,
+        })
+        .await
+    }
+
+    /// Removes `n` replicas; returns the desired replicas after the change.
+    pub async fn remove(
+        &self,
+        n: u64,
+        hostnames: Vec<String>,
+    ) -> Result<Vec<ReplicaName>, PoolError> {
+        self.ask(|reply| Command::Remove {
+            n,
+            hostnames,
+            reply,
+        })
+        .await
+    }
+
+    async fn ask(
+        &self,
+        command: impl FnOnce(Reply) -> Command,
+    ) -> Result<Vec<ReplicaName>, PoolError> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(command(reply))
+            .await
+            .map_err(|_| PoolError::ShuttingDown)?;
+        answer.await.map_err(|_| PoolError::ShuttingDown)?
+    }
+
+    /// The proxy could not reach `name`: take it out of the ring now and check it.
+    /// Never blocks the request path; if the supervisor is already busy with
+    /// reports, this one is redundant and dropped.
+    pub fn report_unreachable(&self, name: &ReplicaName) {
+        let _ = self.suspects.try_send(name.clone());
+    }
+
+    pub fn view(&self) -> Arc<PoolView> {
+        self.view.load_full()
+    }
+
+    pub fn routing(&self) -> &SharedRouting {
+        &self.routing
+    }
+
+    /// Stops every replica and the supervisor; returns once they are gone.
+    pub async fn shutdown(&self) {
+        let (reply, done) = oneshot::channel();
+        if self
+            .commands
+            .send(Command::Shutdown { reply })
+            .await
+            .is_ok()
+        {
+            let _ = done.await;
+        }
+    }
+}
+
+struct Tracked {
+    addr: SocketAddr,
+    pid: Option<u32>,
+    running: bool,
+    state: HealthState,
+}
+
+pub struct Supervisor<R: Runtime> {
+    runtime: Arc<R>,
+    settings: PoolSettings,
+    heartbeats: HeartbeatClient,
+    metrics: Arc<Metrics>,
+    desired: Vec<ReplicaName>,
+    tracked: HashMap<ReplicaName, Tracked>,
+    next_emergency: u64,
+    replacements: Vec<Replacement>,
+    routing: SharedRouting,
+    view: Arc<ArcSwap<PoolView>>,
+}
+
+impl<R: Runtime> Supervisor<R> {
+    /// Starts the initial replicas, publishes the first ring and spawns the
+    /// supervisor task. If any initial replica cannot start, everything started so
+    /// far is stopped and the error returned.
+    pub async fn launch(
+        runtime: Arc<R>,
+        initial: Vec<ReplicaName>,
+        settings: PoolSettings,
+        metrics: Arc<Metrics>,
+    ) -> Result<(PoolHandle, JoinHandle<()>), PoolError> {
+        let routing: SharedRouting = Arc::new(ArcSwap::from_pointee(RoutingTable::build(
+            &[],
+            &settings.ring,
+            &metrics,
+        )));
+        let view = Arc::new(ArcSwap::from_pointee(PoolView::default()));
+        let mut supervisor = Supervisor {
+            heartbeats: HeartbeatClient::new(settings.health.timeout),
+            runtime,
+            settings,
+            metrics,
+            desired: Vec::new(),
+            tracked: HashMap::new(),
+            next_emergency: 1,
+            replacements: Vec::new(),
+            routing: routing.clone(),
+            view: view.clone(),
+        };
+        if let Err(error) = supervisor.start_all(&initial).await {
+            supervisor.runtime.stop_all().await;
+            return Err(error);
+        }
+        supervisor.desired = initial;
+        supervisor.heartbeat_round().await;
+        supervisor.publish();
+
+        let (commands, command_rx) = mpsc::channel(64);
+        let (suspects, suspect_rx) = mpsc::channel(256);
+        let task = tokio::spawn(supervisor.run(command_rx, suspect_rx));
+        Ok((
+            PoolHandle {
+                commands,
+                suspects,
+                view,
+                routing,
+            },
+            task,
+        ))
+    }
+
+    async fn run(
+        mut self,
+        mut commands: mpsc::Receiver<Command>,
+        mut suspects: mpsc::Receiver<ReplicaName>,
+    ) {
+        let mut ticks = tokio::time::interval(self.settings.health.interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = ticks.tick() => self.round().await,
+                Some(name) = suspects.recv() => {
+                    self.mark_unreachable(&name);
+                    while let Ok(name) = suspects.try_recv() {
+                        self.mark_unreachable(&name);
+                    }
+                    self.publish();
+                    // Something is wrong now: look at once rather than at the next tick.
+                    self.round().await;
+                }
+                command = commands.recv() => match command {
+                    Some(Command::Add { n, hostnames, reply }) => {
+                        let _ = reply.send(self.add(n, hostnames).await);
+                    }
+                    Some(Command::Remove { n, hostnames, reply }) => {
+                        let _ = reply.send(self.remove(n, hostnames).await);
+                    }
+                    Some(Command::Shutdown { reply }) => {
+                        self.stop_everything().await;
+                        let _ = reply.send(());
+                        return;
+                    }
+                    None => {
+                        self.stop_everything().await;
+                        return;
+                    }
+                },
+            }
+        }
+    }
+
+    async fn stop_everything(&mut self) {
+        tracing::info!(replicas = self.tracked.len(), "stopping every replica");
+        self.runtime.stop_all().await;
+        self.tracked.clear();
+        self.publish();
+    }
+
+    /// One supervision round: heartbeats, then plan and apply.
+    async fn round(&mut self) {
+        self.heartbeat_round().await;
+        self.publish();
+        self.reconcile().await;
+    }
+
+    fn mark_unreachable(&mut self, name: &ReplicaName) {
+        if let Some(tracked) = self.tracked.get_mut(name) {
+            if tracked.state.health == Health::Healthy {
+                tracing::warn!(replica = %name, "replica unreachable, out of the ring until its heartbeat succeeds");
+            }
+            tracked.state.mark_suspect();
+        }
+    }
+
+    /// Syncs with the runtime's list, then heartbeats every running replica at once.
+    async fn heartbeat_round(&mut self) {
+        let instances = self.runtime.list().await;
+        let listed: HashSet<&ReplicaName> = instances.iter().map(|i| &i.name).collect();
+        self.tracked.retain(|name, _| listed.contains(name));
+        for instance in &instances {
+            let tracked = self
+                .tracked
+                .entry(instance.name.clone())
+                .or_insert_with(|| Tracked {
+                    addr: instance.addr,
+                    pid: instance.pid,
+                    running: true,
+                    state: HealthState::starting(),
+                });
+            tracked.addr = instance.addr;
+            tracked.pid = instance.pid;
+            tracked.running = instance.running;
+            if !instance.running && tracked.state.health != Health::Failed {
+                tracing::warn!(replica = %instance.name, pid = ?instance.pid, "replica process exited");
+                tracked.state.mark_exited();
+            }
+        }
+
+        let targets: Vec<(ReplicaName, SocketAddr)> = self
+            .tracked
+            .iter()
+            .filter(|(_, t)| t.running)
+            .map(|(name, t)| (name.clone(), t.addr))
+            .collect();
+        let beats = futures::future::join_all(targets.into_iter().map(|(name, addr)| {
+            let client = self.heartbeats.clone();
+            async move { (name, client.check(addr).await) }
+        }))
+        .await;
+
+        let threshold = self.settings.health.failure_threshold;
+        for (name, ok) in beats {
+            let Some(tracked) = self.tracked.get_mut(&name) else {
+                continue;
+            };
+            let before = tracked.state.health;
+            tracked.state.record_heartbeat(ok, threshold);
+            if !ok {
+                self.metrics.heartbeat_failed(&name);
+            }
+            let after = tracked.state.health;
+            match (before, after) {
+                (b, Health::Failed) if b != Health::Failed => tracing::warn!(
+                    replica = %name,
+                    failures = tracked.state.consecutive_failures,
+                    "replica failed its heartbeats"
+                ),
+                (Health::Failed | Health::Suspect, Health::Healthy) => {
+                    tracing::info!(replica = %name, "replica healthy again")
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Plans against the current observation and applies the actions.
+    async fn reconcile(&mut self) {
+        let observed: Vec<Observed> = self
+            .tracked
+            .iter()
+            .map(|(name, t)| Observed {
+                name: name.clone(),
+                health: t.state.health,
+            })
+            .collect();
+        let planned = plan(
+            &self.desired,
+            &observed,
+            Policy {
+                replace_failed: self.runtime.can_start(),
+                next_emergency: self.next_emergency,
+            },
+        );
+        self.next_emergency = planned.next_emergency;
+        if planned.actions.is_empty() {
+            return;
+        }
+        let mut started = false;
+        for action in planned.actions {
+            match action {
+                Action::Start(name) => started |= self.start_one(&name).await.is_ok(),
+                Action::Stop(name) => {
+                    self.tracked.remove(&name);
+                    self.runtime.stop(&name).await;
+                    tracing::info!(replica = %name, "stopped replica that is no longer desired");
+                }
+                Action::Replace {
+                    failed,
+                    replacement,
+                } => {
+                    tracing::warn!(failed = %failed, replacement = %replacement, "replacing failed replica");
+                    if let Some(slot) = self.desired.iter_mut().find(|d| **d == failed) {
+                        *slot = replacement.clone();
+                    }
+                    self.tracked.remove(&failed);
+                    self.publish();
+                    // Reaps the dead process, or stops a hung one.
+                    self.runtime.stop(&failed).await;
+                    self.metrics.replacements.inc();
+                    self.replacements.push(Replacement {
+                        failed,
+                        replacement: replacement.clone(),
+                    });
+                    // If this fails, the next round sees a desired replica that is
+                    // not running and starts it.
+                    started |= self.start_one(&replacement).await.is_ok();
+                }
+            }
+        }
+        if started {
+            // New replicas announce once they listen: check them now so that they
+            // join the ring without waiting a whole interval.
+            self.heartbeat_round().await;
+        }
+        self.publish();
+    }
+
+    async fn start_one(&mut self, name: &ReplicaName) -> Result<(), RuntimeError> {
+        match self.runtime.start(name).await {
+            Ok(instance) => {
+                tracing::info!(replica = %name, addr = %instance.addr, pid = ?instance.pid, "started replica");
+                self.tracked.insert(
+                    name.clone(),
+                    Tracked {
+                        addr: instance.addr,
+                        pid: instance.pid,
+                        running: instance.running,
+                        state: HealthState::starting(),
+                    },
+                );
+                Ok(())
+            }
+            Err(error) => {
+                tracing::error!(replica = %name, %error, "could not start replica");
+                Err(error)
+            }
+        }
+    }
+
+    /// Starts every name, or none: on the first failure the ones started are stopped.
+    async fn start_all(&mut self, names: &[ReplicaName]) -> Result<(), PoolError> {
+        for (i, name) in names.iter().enumerate() {
+            if let Err(error) = self.start_one(name).await {
+                for started in &names[..i] {
+                    self.tracked.remove(started);
+                    self.runtime.stop(started).await;
+                }
+                return Err(error.into());
+            }
+        }
+        Ok(())
+    }
+
+    async fn add(&mut self, n: u64, hostnames: Vec<String>) -> Result<Vec<ReplicaName>, PoolError> {
+        let in_use: Vec<ReplicaName> = self.tracked.keys().cloned().collect();
+        let names = membership::names_to_add(
+            &self.desired,
+            &in_use,
+            n,
+            &hostnames,
+            self.settings.max_replicas,
+        )?;
+        self.start_all(&names).await?;
+        tracing::info!(added = ?names.iter().map(ReplicaName::as_str).collect::<Vec<_>>(), "admin: added replicas");
+        self.desired.extend(names);
+        self.metrics.admin_change("add");
+        self.heartbeat_round().await;
+        self.publish();
+        Ok(self.desired.clone())
+    }
+
+    async fn remove(
+        &mut self,
+        n: u64,
+        hostnames: Vec<String>,
+    ) -> Result<Vec<ReplicaName>, PoolError> {
+        let names = membership::names_to_remove(&self.desired, n, &hostnames, &mut rand::rng())?;
+        tracing::info!(removed = ?names.iter().map(ReplicaName::as_str).collect::<Vec<_>>(), "admin: removed replicas");
+        self.desired.retain(|d| !names.contains(d));
+        // Out of the ring first, then stopped: the replica drains what it has.
+        self.publish();
+        for name in &names {
+            self.tracked.remove(name);
+            self.runtime.stop(name).await;
+        }
+        self.metrics.admin_change("rm");
+        self.publish();
+        Ok(self.desired.clone())
+    }
+
+    /// Publishes a new routing table if the routable set changed, and the view.
+    fn publish(&mut self) {
+        let mut routable: Vec<(ReplicaName, SocketAddr)> = self
+            .desired
+            .iter()
+            .filter_map(|name| {
+                let tracked = self.tracked.get(name)?;
+                tracked
+                    .state
+                    .routable()
+                    .then(|| (name.clone(), tracked.addr))
+            })
+            .collect();
+        routable.sort();
+        if routable != self.routing.load().membership() {
+            let table = RoutingTable::build(&routable, &self.settings.ring, &self.metrics);
+            self.metrics.ring_rebuilds.inc();
+            self.metrics.ring_members.set(routable.len() as i64);
+            tracing::info!(
+                members = ?routable.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
+                "ring rebuilt"
+            );
+            self.routing.store(Arc::new(table));
+        }
+        let in_ring: HashSet<&ReplicaName> = routable.iter().map(|(n, _)| n).collect();
+        let mut members: Vec<MemberView> = self
+            .tracked
+            .iter()
+            .map(|(name, t)| MemberView {
+                name: name.clone(),
+                address: t.addr,
+                pid: t.pid,
+                health: t.state.health,
+                consecutive_failures: t.state.consecutive_failures,
+                in_ring: in_ring.contains(name),
+            })
+            .collect();
+        members.sort_by(|a, b| a.name.cmp(&b.name));
+        self.view.store(Arc::new(PoolView {
+            desired: self.desired.clone(),
+            members,
+            replacements: self.replacements.clone(),
+        }));
+    }
+}

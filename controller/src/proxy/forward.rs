@@ -1,0 +1,213 @@
+//! Forwarding: key → ring snapshot → replica, with failover to the next distinct
+//! replica of the ring when one cannot be reached.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, StatusCode, Uri};
+use http_body_util::{BodyExt, Full, Limited};
+
+use super::Proxy;
+use super::error::ApiError;
+
+/// Headers that describe one connection, not the request: never forwarded (RFC 9110 §7.6.1).
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+];
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+
+pub async fn forward(State(proxy): State<Arc<Proxy>>, request: Request) -> Response {
+    match forward_request(&proxy, request).await {
+        Ok(response) => response,
+        Err(error) => error.into_response(),
+    }
+}
+
+async fn forward_request(proxy: &Proxy, request: Request) -> Result<Response, ApiError> {
+    let client = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0);
+    let (parts, body) = request.into_parts();
+    // Buffered (up to a limit) so that a failed attempt can be replayed on the next
+    // replica; nginx buffers request bodies by default for the same reason.
+    let body = read_body(body, proxy.settings.max_body_bytes).await?;
+
+    let table = proxy.pool.routing().load_full();
+    if table.backends.is_empty() {
+        proxy.metrics.unroutable.inc();
+        return Err(ApiError::NoReplica);
+    }
+    let key = proxy.settings.key.extract(&parts, client);
+    let headers = upstream_headers(&parts.headers, client);
+    let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    // Replaying a request that a dead replica may have half-processed is only safe
+    // when repeating it has no extra effect.
+    let replayable = is_idempotent(&parts.method);
+
+    let mut attempts = 0;
+    let mut last_error = String::new();
+    for index in table
+        .ring
+        .candidates(&key)
+        .take(proxy.settings.max_attempts)
+    {
+        let backend = &table.backends[index];
+        attempts += 1;
+        let uri = Uri::builder()
+            .scheme("http")
+            .authority(backend.authority.clone())
+            .path_and_query(path_and_query)
+            .build()
+            .map_err(|e| ApiError::BadField(format!("cannot forward this URI: {e}")))?;
+        let mut upstream = http::Request::new(Full::new(body.clone()));
+        *upstream.method_mut() = parts.method.clone();
+        *upstream.uri_mut() = uri;
+        *upstream.headers_mut() = headers.clone();
+
+        let started = Instant::now();
+        let sent = tokio::time::timeout(
+            proxy.settings.request_timeout,
+            proxy.client.request(upstream),
+        )
+        .await;
+        match sent {
+            Ok(Ok(response)) => {
+                backend.latency.observe(started.elapsed().as_secs_f64());
+                backend.responses.inc();
+                return respond(response, parts.uri.path()).await;
+            }
+            Ok(Err(error)) => {
+                backend.failures.inc();
+                proxy.pool.report_unreachable(&backend.name);
+                // A connect error means the request never left: always safe to retry.
+                let retry = error.is_connect() || replayable;
+                tracing::debug!(replica = %backend.name, %error, retry, "forwarding failed");
+                last_error = format!("{}: {error}", backend.name);
+                if !retry {
+                    break;
+                }
+            }
+            Err(_elapsed) => {
+                backend.failures.inc();
+                return Err(ApiError::UpstreamTimeout(backend.name.to_string()));
+            }
+        }
+    }
+    proxy.metrics.unroutable.inc();
+    Err(ApiError::UpstreamUnreachable {
+        attempts,
+        last: last_error,
+    })
+}
+
+async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(error) if error.is::<http_body_util::LengthLimitError>() => {
+            Err(ApiError::BodyTooLarge(limit))
+        }
+        Err(error) => Err(ApiError::BodyUnreadable(error.to_string())),
+    }
+}
+
+/// Turns the replica's response into ours. A 404 from the replicas means the path
+/// is not theirs: the contract answers that with a 400 naming the path.
+async fn respond(
+    response: http::Response<hyper::body::Incoming>,
+    path: &str,
+) -> Result<Response, ApiError> {
+    let (mut parts, body) = response.into_parts();
+    if parts.status == StatusCode::NOT_FOUND {
+        // Read the small error body so the connection can be reused.
+        let _ = Limited::new(body, 64 * 1024).collect().await;
+        return Err(ApiError::UnknownEndpoint(path.to_owned()));
+    }
+    strip_hop_by_hop(&mut parts.headers);
+    Ok(Response::from_parts(parts, Body::new(body)))
+}
+
+fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
+}
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let listed: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in listed.iter().chain(&HOP_BY_HOP) {
+        headers.remove(name);
+    }
+    // `Upgrade` is hop-by-hop too; this proxy does not tunnel upgrades.
+    headers.remove(header::UPGRADE);
+}
+
+/// The request headers a replica sees: ours minus hop-by-hop, plus the client in
+/// `X-Forwarded-For` (appended to what earlier proxies wrote).
+fn upstream_headers(incoming: &HeaderMap, client: Option<SocketAddr>) -> HeaderMap {
+    let mut headers = incoming.clone();
+    strip_hop_by_hop(&mut headers);
+    if let Some(client) = client {
+        let ip = client.ip().to_canonical().to_string();
+        let value = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+            Some(earlier) => format!("{earlier}, {ip}"),
+            None => ip,
+        };
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            headers.insert(X_FORWARDED_FOR.clone(), value);
+        }
+    }
+    headers
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_are_dropped_and_the_client_is_appended() {
+        let mut incoming = HeaderMap::new();
+        incoming.insert(header::CONNECTION, "keep-alive, x-secret".parse().unwrap());
+        incoming.insert("x-secret", "1".parse().unwrap());
+        incoming.insert("keep-alive", "timeout=5".parse().unwrap());
+        incoming.insert(header::TRANSFER_ENCODING, "chunked".parse().unwrap());
+        incoming.insert(header::HOST, "example".parse().unwrap());
+        incoming.insert("x-forwarded-for", "10.0.0.1".parse().unwrap());
+        let out = upstream_headers(&incoming, Some(SocketAddr::from(([127, 0, 0, 9], 1))));
+        assert!(out.get(header::CONNECTION).is_none());
+        assert!(out.get("x-secret").is_none());
+        assert!(out.get("keep-alive").is_none());
+        assert!(out.get(header::TRANSFER_ENCODING).is_none());
+        assert_eq!(out.get(header::HOST).unwrap(), "example");
+        assert_eq!(out.get("x-forwarded-for").unwrap(), "10.0.0.1, 127.0.0.9");
+    }
+
+    #[test]
+    fn only_idempotent_methods_are_replayed() {
+        assert!(is_idempotent(&Method::GET));
+        assert!(is_idempotent(&Method::PUT));
+        assert!(!is_idempotent(&Method::POST));
+        assert!(!is_idempotent(&Method::PATCH));
+    }
+}

@@ -1,0 +1,91 @@
+//! The HTTP front: the admin API (`/rep`, `/add`, `/rm`) and forwarding of
+//! everything else through the ring.
+
+pub mod admin;
+pub mod error;
+pub mod forward;
+pub mod key;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::Request;
+use axum::routing::{delete, get, post};
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper_util::client::legacy::{Client, connect::HttpConnector};
+use hyper_util::rt::TokioExecutor;
+
+use crate::metrics::Metrics;
+use crate::pool::PoolHandle;
+pub use error::ApiError;
+pub use key::KeySource;
+
+#[derive(Clone, Debug)]
+pub struct ProxySettings {
+    pub key: KeySource,
+    /// Replicas tried per request, counting the first.
+    pub max_attempts: usize,
+    pub connect_timeout: Duration,
+    /// Time until a replica's response headers.
+    pub request_timeout: Duration,
+    pub max_body_bytes: usize,
+    /// When set, `/add` and `/rm` need `Authorization: Bearer <token>`.
+    pub admin_token: Option<String>,
+}
+
+impl Default for ProxySettings {
+    fn default() -> Self {
+        Self {
+            key: KeySource::RandomId,
+            max_attempts: 3,
+            connect_timeout: Duration::from_secs(1),
+            request_timeout: Duration::from_secs(30),
+            max_body_bytes: 10 * 1024 * 1024,
+            admin_token: None,
+        }
+    }
+}
+
+/// State shared by all proxy handlers.
+pub struct Proxy {
+    pub pool: PoolHandle,
+    pub settings: ProxySettings,
+    pub metrics: Arc<Metrics>,
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl Proxy {
+    pub fn new(pool: PoolHandle, settings: ProxySettings, metrics: Arc<Metrics>) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(settings.connect_timeout));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build(connector);
+        Self {
+            pool,
+            settings,
+            metrics,
+            client,
+        }
+    }
+}
+
+pub fn router(proxy: Arc<Proxy>) -> Router {
+    Router::new()
+        .route("/rep", get(admin::rep))
+        .route("/add", post(admin::add))
+        .route("/rm", delete(admin::rm))
+        .method_not_allowed_fallback(method_not_allowed)
+        .fallback(forward::forward)
+        .with_state(proxy)
+}
+
+async fn method_not_allowed(request: Request) -> ApiError {
+    ApiError::MethodNotAllowed {
+        method: request.method().to_string(),
+        path: request.uri().path().to_owned(),
+    }
+}

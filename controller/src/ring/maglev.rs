@@ -1,0 +1,119 @@
+//! Maglev hashing (Eisenbud et al., "Maglev: A Fast and Reliable Software Network Load
+//! Balancer", NSDI 2016, §3.4): a lookup table of prime size M that every member fills in
+//! turn, each taking the next free entry of its own permutation of 0..M.
+
+use super::NO_OWNER;
+use super::config::{HashFn, is_prime, next_prime};
+
+pub(super) struct MaglevTable {
+    table: Vec<u32>,
+}
+
+impl MaglevTable {
+    /// Builds the table with `slots` entries, rounded up to the next prime if it is not
+    /// prime (a prime size makes every member's permutation visit every entry, which is what
+    /// guarantees the fill terminates). `RingConfig::validate` rejects non-prime sizes.
+    ///
+    /// Member permutation: offset = hash(member, vnode 0) mod M,
+    /// skip = hash(member, vnode 1) mod (M − 1) + 1, entry k = (offset + k·skip) mod M,
+    /// the paper's two hashes of the backend name.
+    pub(super) fn build(members: &[String], hash: HashFn, slots: u32) -> Self {
+        if members.is_empty() {
+            return MaglevTable { table: Vec::new() };
+        }
+        let size = if is_prime(slots) {
+            slots
+        } else {
+            next_prime(slots)
+        } as u64;
+        let mut preference: Vec<(u64, u64)> = members
+            .iter()
+            .enumerate()
+            .map(|(index, name)| {
+                let position = index as u64 + 1;
+                let offset = hash.member_hash(name, position, 0) % size;
+                let skip = hash.member_hash(name, position, 1) % (size - 1) + 1;
+                (offset, skip) // (next entry to try, step)
+            })
+            .collect();
+        let mut table = vec![NO_OWNER; size as usize];
+        let mut filled = 0;
+        // Round-robin: each member takes one entry per round, so entry counts differ by at
+        // most one. Stops the moment the table is full, even mid-round (when M < N, later
+        // members get no entry).
+        'rounds: loop {
+            for (member, (next, skip)) in preference.iter_mut().enumerate() {
+                while table[*next as usize] != NO_OWNER {
+                    // (next + skip) mod M without a division: both are below M.
+                    *next += *skip;
+                    if *next >= size {
+                        *next -= size;
+                    }
+                }
+                table[*next as usize] = member as u32;
+                filled += 1;
+                if filled == table.len() {
+                    break 'rounds;
+                }
+            }
+        }
+        MaglevTable { table }
+    }
+
+    pub(super) fn entry_of(&self, hash: u64) -> usize {
+        (hash % self.table.len() as u64) as usize
+    }
+
+    pub(super) fn table(&self) -> &[u32] {
+        &self.table
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(n: usize) -> Vec<String> {
+        (1..=n).map(|i| format!("Server{i}")).collect()
+    }
+
+    #[test]
+    fn fill_by_hand_with_quadratic_hashes() {
+        // M = 7, quadratic member hashes Φ(i, 0) = i + 25 and Φ(i, 1) = i + 1 + 2 + 25 = i + 28:
+        // Server1: offset 26 mod 7 = 5, skip 29 mod 6 + 1 = 6 → prefers 5, 4, 3, 2, 1, 0, 6
+        // Server2: offset 27 mod 7 = 6, skip 30 mod 6 + 1 = 1 → prefers 6, 0, 1, 2, 3, 4, 5
+        // Round 1: S1 takes 5, S2 takes 6. Round 2: S1 takes 4, S2 takes 0.
+        // Round 3: S1 takes 3, S2 takes 1. Round 4: S1 takes 2 — the table is full.
+        let table = MaglevTable::build(&names(2), HashFn::Quadratic, 7);
+        assert_eq!(table.table, [1, 1, 0, 0, 0, 0, 1]);
+    }
+
+    #[test]
+    fn entry_counts_differ_by_at_most_one() {
+        // Round-robin filling gives every member one entry per round until the table is full.
+        for n in [2, 3, 7, 10, 33, 100] {
+            for hash in [HashFn::Xxh3, HashFn::Murmur3, HashFn::Quadratic] {
+                let table = MaglevTable::build(&names(n), hash, 65_537);
+                let mut counts = vec![0u32; n];
+                table.table.iter().for_each(|&m| counts[m as usize] += 1);
+                let (min, max) = (counts.iter().min().unwrap(), counts.iter().max().unwrap());
+                assert!(max - min <= 1, "n = {n}, {hash}: {min}..{max}");
+            }
+        }
+    }
+
+    #[test]
+    fn non_prime_size_is_rounded_up_and_tiny_tables_terminate() {
+        assert_eq!(
+            MaglevTable::build(&names(3), HashFn::Xxh3, 1000)
+                .table
+                .len(),
+            1009
+        );
+        // Fewer entries than members: the first members of the round take them all.
+        let tiny = MaglevTable::build(&names(5), HashFn::Xxh3, 3);
+        let mut owners = tiny.table.clone();
+        owners.sort_unstable();
+        assert_eq!(owners, [0, 1, 2]);
+    }
+}

@@ -1,0 +1,252 @@
+//! Properties every algorithm must have, checked across the whole config matrix.
+
+use super::*;
+use proptest::prelude::*;
+
+const ALGORITHMS: [Algorithm; 4] = [
+    Algorithm::Slot,
+    Algorithm::Point,
+    Algorithm::Maglev,
+    Algorithm::Rendezvous,
+];
+const HASHES: [HashFn; 3] = [HashFn::Quadratic, HashFn::Xxh3, HashFn::Murmur3];
+
+/// A config of `algorithm` small enough to build many times in a test.
+fn config(algorithm: Algorithm, hash: HashFn) -> RingConfig {
+    let (slots, vnodes) = match algorithm {
+        Algorithm::Slot => (4093, 9),
+        Algorithm::Point => (0, 40),
+        Algorithm::Maglev => (4093, 0),
+        Algorithm::Rendezvous => (0, 0),
+    };
+    RingConfig {
+        algorithm,
+        hash,
+        slots,
+        vnodes,
+    }
+}
+
+fn all_configs() -> impl Iterator<Item = RingConfig> {
+    ALGORITHMS
+        .into_iter()
+        .flat_map(|a| HASHES.into_iter().map(move |h| config(a, h)))
+}
+
+/// Replica-like names: letters then an optional number, so natural sort gets exercised.
+fn member_name() -> impl Strategy<Value = String> {
+    "[A-Za-z][A-Za-z_-]{0,6}[0-9]{0,3}"
+}
+
+fn member_set(max: usize) -> impl Strategy<Value = Vec<String>> {
+    prop::collection::btree_set(member_name(), 1..=max).prop_map(|s| s.into_iter().collect())
+}
+
+fn owner<'r>(ring: &'r Ring, key: &[u8]) -> &'r str {
+    &ring.members()[ring.lookup(key).expect("non-empty ring")]
+}
+
+#[test]
+fn empty_ring_has_no_owner() {
+    for c in all_configs() {
+        let ring = Ring::build::<&str>(&[], &c);
+        assert!(ring.is_empty());
+        assert_eq!(ring.len(), 0);
+        assert_eq!(ring.lookup(b"123456"), None);
+        assert_eq!(ring.lookup_hash(7), None);
+        assert_eq!(ring.candidates(b"123456").count(), 0);
+        assert!(ring.shares().is_empty());
+    }
+}
+
+#[test]
+fn single_member_owns_everything() {
+    for c in all_configs() {
+        let ring = Ring::build(&["only"], &c);
+        assert_eq!(ring.lookup(b"x"), Some(0));
+        assert_eq!(ring.candidates(b"x").collect::<Vec<_>>(), [0]);
+    }
+}
+
+#[test]
+fn members_are_deduplicated_in_natural_order() {
+    let ring = Ring::build(
+        &["Server10", "Server2", "Server1", "Server2"],
+        &RingConfig::course(),
+    );
+    assert_eq!(ring.members(), ["Server1", "Server2", "Server10"]);
+    assert_eq!(ring.config(), &RingConfig::course());
+}
+
+#[test]
+fn unvalidated_configs_still_build_usable_rings() {
+    let members = ["a", "b", "c"];
+    let broken = [
+        RingConfig {
+            slots: 0,
+            ..RingConfig::course()
+        },
+        RingConfig {
+            vnodes: 0,
+            ..RingConfig::course()
+        },
+        RingConfig {
+            slots: 2,
+            ..RingConfig::course()
+        }, // fewer slots than members
+        RingConfig {
+            slots: 1000,
+            ..RingConfig::default()
+        }, // not prime: built with 1009
+        RingConfig {
+            slots: 0,
+            ..RingConfig::default()
+        },
+        RingConfig {
+            vnodes: 0,
+            ..config(Algorithm::Point, HashFn::Xxh3)
+        },
+    ];
+    for c in broken {
+        let ring = Ring::build(&members, &c);
+        assert!(ring.lookup(b"123456").is_some(), "{c:?}");
+        assert_eq!(ring.candidates(b"123456").count(), 3, "{c:?}");
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    /// The ring depends on the member set only: not on order, not on duplicates.
+    #[test]
+    fn same_set_in_any_order_gives_the_same_ring(
+        (members, shuffled) in member_set(12).prop_flat_map(|m| {
+            // Duplicate a prefix, then shuffle.
+            let mut doubled = m.clone();
+            doubled.extend(m.iter().take(3).cloned());
+            (Just(m), Just(doubled).prop_shuffle())
+        }),
+        keys in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..12), 32),
+    ) {
+        for c in all_configs() {
+            let a = Ring::build(&members, &c);
+            let b = Ring::build(&shuffled, &c);
+            prop_assert_eq!(a.members(), b.members());
+            for key in &keys {
+                prop_assert_eq!(a.lookup(key), b.lookup(key));
+                prop_assert!(a.candidates(key).eq(b.candidates(key)));
+            }
+        }
+    }
+
+    /// candidates() starts with lookup() and yields every member exactly once.
+    #[test]
+    fn candidates_yield_each_member_once_starting_with_lookup(
+        members in member_set(40),
+        extra in 0usize..200,
+        key in prop::collection::vec(any::<u8>(), 0..12),
+    ) {
+        // Sometimes more than 128 members (heap bitmap) and more than a small slot table holds.
+        let mut members = members;
+        members.extend((0..extra).map(|i| format!("extra{i}")));
+        let small_slot_table = RingConfig { slots: 97, ..RingConfig::course() };
+        for c in all_configs().chain([small_slot_table]) {
+            let ring = Ring::build(&members, &c);
+            let order: Vec<usize> = ring.candidates(&key).collect();
+            prop_assert_eq!(order.first().copied(), ring.lookup(&key));
+            let mut sorted = order.clone();
+            sorted.sort_unstable();
+            prop_assert_eq!(sorted, (0..ring.len()).collect::<Vec<_>>());
+        }
+    }
+
+    /// Point and rendezvous with name-based hashes: adding a member moves keys only to it,
+    /// removing one moves only its keys. (Not for `quadratic`, whose member hash is the
+    /// canonical position: inserting a member shifts the positions, hence the points, of
+    /// every member sorting after it.)
+    #[test]
+    fn point_and_rendezvous_move_only_the_keys_they_must(
+        members in member_set(15),
+        newcomer in member_name(),
+        keys in prop::collection::vec(any::<u64>(), 200),
+    ) {
+        prop_assume!(!members.contains(&newcomer));
+        let mut grown = members.clone();
+        grown.push(newcomer.clone());
+        for algorithm in [Algorithm::Point, Algorithm::Rendezvous] {
+            for hash in [HashFn::Xxh3, HashFn::Murmur3] {
+                let c = config(algorithm, hash);
+                let before = Ring::build(&members, &c);
+                let after = Ring::build(&grown, &c);
+                for key in &keys {
+                    let key = key.to_string();
+                    let (old, new) = (owner(&before, key.as_bytes()), owner(&after, key.as_bytes()));
+                    // Growing: a key either stays or goes to the newcomer.
+                    // Read backwards, the same check says shrinking moves only the
+                    // removed member's keys.
+                    prop_assert!(old == new || new == newcomer, "{:?}: {} -> {}", c, old, new);
+                }
+            }
+        }
+    }
+
+    /// Maglev's weaker guarantee. Removing one of N members must move its ≈1/N of the keys;
+    /// the rebuilt permutations also shift some other entries, but the paper's analysis and
+    /// its Figure 10 keep that small for M ≫ N. We assert that keys of surviving members
+    /// move at most as often as the removed member's own share, i.e. total movement is at
+    /// most twice the ideal 1/N.
+    #[test]
+    fn maglev_keeps_most_keys_in_place_when_a_member_leaves(
+        members in member_set(20).prop_filter("at least 3", |m| m.len() >= 3),
+        leaving in any::<prop::sample::Index>(),
+    ) {
+        let c = RingConfig { slots: 65_537, ..config(Algorithm::Maglev, HashFn::Xxh3) };
+        let gone = leaving.get(&members).clone();
+        let rest: Vec<&String> = members.iter().filter(|m| **m != gone).collect();
+        let before = Ring::build(&members, &c);
+        let after = Ring::build(&rest, &c);
+        let (mut stayed_elsewhere, mut moved_elsewhere) = (0u32, 0u32);
+        for id in 0..20_000u32 {
+            let key = id.to_string();
+            let old = owner(&before, key.as_bytes());
+            if old != gone {
+                stayed_elsewhere += u32::from(old == owner(&after, key.as_bytes()));
+                moved_elsewhere += u32::from(old != owner(&after, key.as_bytes()));
+            }
+        }
+        let n = members.len() as f64;
+        let survivors_moved = f64::from(moved_elsewhere) / f64::from(stayed_elsewhere + moved_elsewhere);
+        prop_assert!(survivors_moved <= 1.0 / n, "{survivors_moved} of survivors' keys moved, N = {n}");
+    }
+}
+
+proptest! {
+    // Each case enumerates the 900 000-key space per algorithm: few cases.
+    #![proptest_config(ProptestConfig::with_cases(6))]
+
+    /// Balance bound for the balanced algorithms, N ≤ 20.
+    ///
+    /// Model: if the key hash behaves like a random function, a member's key count is
+    /// Binomial(K = 900 000, p) and its share deviates from p by σ = √(p(1−p)/K) ≤ √(p/K);
+    /// relative to the mean 1/N that is ≤ √(N/K) = 0.0047 for N = 20. Maglev adds its table
+    /// granularity (entry counts differ by at most one: ≤ N/M = 0.0003) and rendezvous adds
+    /// nothing, so max/mean ≤ 1 + 6·0.0047 ≈ 1.03 holds with a six-sigma margin.
+    /// The point ring's arcs add a per-member deviation of ≈ 1/√V for V points per member
+    /// (a sum of V exponential gaps): with V = 1000 that is 0.032, and six of those plus the
+    /// sampling term give max/mean ≤ 1.22.
+    #[test]
+    fn balanced_algorithms_stay_within_their_bound(members in member_set(20).prop_filter("2..=20", |m| m.len() >= 2)) {
+        let bounds = [
+            (RingConfig::default(), 1.03),
+            (RingConfig { algorithm: Algorithm::Rendezvous, hash: HashFn::Xxh3, slots: 0, vnodes: 0 }, 1.03),
+            (RingConfig { algorithm: Algorithm::Rendezvous, hash: HashFn::Murmur3, slots: 0, vnodes: 0 }, 1.03),
+            (RingConfig { algorithm: Algorithm::Point, hash: HashFn::Xxh3, slots: 0, vnodes: 1000 }, 1.22),
+        ];
+        for (c, bound) in bounds {
+            let shares = Ring::build(&members, &c).shares();
+            let max = shares.iter().copied().fold(0.0, f64::max);
+            let max_over_mean = max * shares.len() as f64;
+            prop_assert!(max_over_mean <= bound, "{:?} N = {}: max/mean {}", c, shares.len(), max_over_mean);
+        }
+    }
+}
