@@ -22,11 +22,12 @@ enum Order<'a> {
         next_unplaced: usize,
         seen: SeenSet,
     },
-    /// Rendezvous: the winner, then the rest by descending score (ranked on first need).
+    /// Rendezvous: the winner (found without allocating), then the rest by descending
+    /// score, ranked only when the second member is asked for.
     Ranked {
         set: &'a RendezvousSet,
         key_hash: u64,
-        winner: usize,
+        winner: Option<usize>,
         ranking: Option<std::vec::IntoIter<usize>>,
     },
 }
@@ -63,7 +64,7 @@ impl<'a> Candidates<'a> {
         let order = Order::Ranked {
             set,
             key_hash,
-            winner: set.winner(key_hash),
+            winner: None,
             ranking: None,
         };
         Candidates {
@@ -113,12 +114,13 @@ impl Iterator for Candidates<'_> {
                 key_hash,
                 winner,
                 ranking,
-            } => match ranking {
-                None => {
-                    *ranking = Some(set.ranking(*key_hash).into_iter());
-                    *winner
+            } => match winner {
+                None => *winner.insert(set.winner(*key_hash)),
+                Some(first) => {
+                    let first = *first;
+                    let rest = ranking.get_or_insert_with(|| set.ranking(*key_hash).into_iter());
+                    rest.find(|&m| m != first).expect("remaining > 0")
                 }
-                Some(rest) => rest.find(|m| m != winner).expect("remaining > 0"),
             },
         };
         self.remaining -= 1;
