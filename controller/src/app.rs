@@ -15,6 +15,7 @@ use crate::ops::{self, Ops};
 use crate::pool::supervisor::PoolSettings;
 use crate::pool::{HealthSettings, PoolHandle, Supervisor};
 use crate::proxy::{self, Proxy, ProxySettings};
+use crate::ring::Algorithm;
 use crate::runtime::{ExternalRuntime, ProcessRuntime, Runtime};
 
 /// How long in-flight requests may take to finish after a shutdown signal.
@@ -160,9 +161,15 @@ fn announce(
     let view = pool.view();
     println!("ringlb: proxy listening on http://{proxy_addr}");
     println!("ringlb: operations on http://{ops_addr} (/metrics, /healthz, /readyz, /ring)");
+    let shape = match ring.algorithm {
+        Algorithm::Slot => format!("{} slots, {} virtual nodes each", ring.slots, ring.vnodes),
+        Algorithm::Point => format!("{} virtual nodes each", ring.vnodes),
+        Algorithm::Maglev => format!("{} table entries", ring.slots),
+        Algorithm::Rendezvous => "no table".to_owned(),
+    };
     println!(
-        "ringlb: ring {} with {} hash, {} slots, {} virtual nodes; key {}",
-        ring.algorithm, ring.hash, ring.slots, ring.vnodes, proxy.key
+        "ringlb: ring {} with {} hash ({shape}); request key {}",
+        ring.algorithm, ring.hash, proxy.key
     );
     for member in &view.members {
         let pid = member.pid.map(|p| format!(", pid {p}")).unwrap_or_default();
