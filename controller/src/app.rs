@@ -111,7 +111,11 @@ async fn serve<R: Runtime>(
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
-    let proxy = Arc::new(Proxy::new(pool.clone(), proxy_settings, metrics.clone()));
+    let proxy = Arc::new(Proxy::new(
+        Arc::new(pool.clone()),
+        proxy_settings,
+        metrics.clone(),
+    ));
     let proxy_server = tokio::spawn(
         axum::serve(
             proxy_listener,
@@ -124,7 +128,7 @@ async fn serve<R: Runtime>(
         axum::serve(
             ops_listener,
             ops::router(Ops {
-                pool: pool.clone(),
+                pool: Arc::new(pool.clone()),
                 metrics,
             }),
         )

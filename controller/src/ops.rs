@@ -12,11 +12,11 @@ use axum::routing::get;
 use serde_json::json;
 
 use crate::metrics::Metrics;
-use crate::pool::PoolHandle;
+use crate::pool::PoolControl;
 
 #[derive(Clone)]
 pub struct Ops {
-    pub pool: PoolHandle,
+    pub pool: Arc<dyn PoolControl>,
     pub metrics: Arc<Metrics>,
 }
 

@@ -7,12 +7,14 @@
 //! - [`health`]: heartbeats and the per-replica health state machine;
 //! - [`supervisor`]: the single task that owns the pool and applies all of the above.
 
+pub mod control;
 pub mod health;
 pub mod membership;
 pub mod names;
 pub mod plan;
 pub mod supervisor;
 
+pub use control::PoolControl;
 pub use health::HealthSettings;
 pub use membership::MembershipError;
 pub use names::{NameError, ReplicaName};

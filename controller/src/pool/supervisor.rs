@@ -37,6 +37,9 @@ pub enum PoolError {
     Runtime(#[from] RuntimeError),
     #[error("the load balancer is shutting down")]
     ShuttingDown,
+    /// The store of the desired state (the Kubernetes API) refused or failed.
+    #[error("{0}")]
+    Backend(String),
 }
 
 /// One replica in the JSON view of the ring.
@@ -177,6 +180,36 @@ pub struct Supervisor<R: Runtime> {
     replacements: Vec<Replacement>,
     routing: SharedRouting,
     view: Arc<ArcSwap<PoolView>>,
+}
+
+impl super::PoolControl for PoolHandle {
+    fn add(
+        &self,
+        n: u64,
+        hostnames: Vec<String>,
+    ) -> futures::future::BoxFuture<'_, Result<Vec<ReplicaName>, PoolError>> {
+        Box::pin(PoolHandle::add(self, n, hostnames))
+    }
+
+    fn remove(
+        &self,
+        n: u64,
+        hostnames: Vec<String>,
+    ) -> futures::future::BoxFuture<'_, Result<Vec<ReplicaName>, PoolError>> {
+        Box::pin(PoolHandle::remove(self, n, hostnames))
+    }
+
+    fn view(&self) -> Arc<PoolView> {
+        PoolHandle::view(self)
+    }
+
+    fn routing(&self) -> &SharedRouting {
+        PoolHandle::routing(self)
+    }
+
+    fn report_unreachable(&self, name: &ReplicaName) {
+        PoolHandle::report_unreachable(self, name)
+    }
 }
 
 impl<R: Runtime> Supervisor<R> {

@@ -41,6 +41,7 @@ impl ApiError {
             Self::Pool(PoolError::Runtime(RuntimeError::Unsupported(_))) => StatusCode::CONFLICT,
             Self::Pool(PoolError::Runtime(_)) => StatusCode::INTERNAL_SERVER_ERROR,
             Self::Pool(PoolError::ShuttingDown) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Pool(PoolError::Backend(_)) => StatusCode::BAD_GATEWAY,
             Self::BadJson(_) | Self::BadField(_) | Self::UnknownEndpoint(_) => {
                 StatusCode::BAD_REQUEST
             }

@@ -18,7 +18,7 @@ use hyper_util::client::legacy::{Client, connect::HttpConnector};
 use hyper_util::rt::TokioExecutor;
 
 use crate::metrics::Metrics;
-use crate::pool::PoolHandle;
+use crate::pool::PoolControl;
 pub use error::ApiError;
 pub use key::KeySource;
 
@@ -50,14 +50,14 @@ impl Default for ProxySettings {
 
 /// State shared by all proxy handlers.
 pub struct Proxy {
-    pub pool: PoolHandle,
+    pub pool: Arc<dyn PoolControl>,
     pub settings: ProxySettings,
     pub metrics: Arc<Metrics>,
     client: Client<HttpConnector, Full<Bytes>>,
 }
 
 impl Proxy {
-    pub fn new(pool: PoolHandle, settings: ProxySettings, metrics: Arc<Metrics>) -> Self {
+    pub fn new(pool: Arc<dyn PoolControl>, settings: ProxySettings, metrics: Arc<Metrics>) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(settings.connect_timeout));
