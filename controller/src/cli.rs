@@ -29,6 +29,8 @@ pub enum Command {
     Up(Box<UpArgs>),
     /// Run one replica server (what `up` starts for each replica).
     Replica(ringlb_replica::ReplicaArgs),
+    /// Print the ServerPool CustomResourceDefinition (YAML) for `kubectl apply -f -`.
+    Crd,
 }
 
 /// A replica that ringlb fronts but did not start: `NAME=HOST:PORT`.
@@ -198,7 +200,7 @@ mod tests {
         let cli = Cli::try_parse_from(["ringlb", "up"].iter().chain(args)).unwrap();
         match cli.command {
             Command::Up(up) => *up,
-            Command::Replica(_) => unreachable!(),
+            _ => unreachable!(),
         }
     }
 

@@ -14,6 +14,7 @@
 pub mod app;
 pub mod cli;
 pub mod metrics;
+pub mod operator;
 pub mod ops;
 pub mod pool;
 pub mod proxy;

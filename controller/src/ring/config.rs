@@ -4,8 +4,13 @@
 use std::fmt;
 use std::str::FromStr;
 
+// The operator's `ServerPool` spec reuses these enums: its CRD schema comes from them.
+use schemars::JsonSchema;
+
 /// How members are laid out and how a key hash is mapped to a member.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, JsonSchema,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum Algorithm {
     /// The course's ring: `slots` slots, `vnodes` virtual servers per member placed by
@@ -20,7 +25,9 @@ pub enum Algorithm {
 }
 
 /// The hash function used both for request keys and for member placement.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, JsonSchema,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum HashFn {
     /// The course's functions: H(i) = i + 2i² + 17 for request id i and
@@ -33,7 +40,9 @@ pub enum HashFn {
 }
 
 /// A named configuration.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, JsonSchema,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum Preset {
     /// The configuration chosen by measurement (see `RingConfig::preset`).
