@@ -72,6 +72,11 @@ impl ProcessRuntime {
             .stderr(Stdio::inherit())
             // Last line of defence: a child handle dropped without `stop` is killed.
             .kill_on_drop(true);
+        // Own process group: Ctrl-C in a terminal signals only the load balancer,
+        // which then drains and stops its replicas in order, instead of every
+        // replica dying at once and being "replaced" during shutdown.
+        #[cfg(unix)]
+        cmd.process_group(0);
         #[cfg(target_os = "linux")]
         // SAFETY: prctl is async-signal-safe and touches only the child's own state.
         // If the load balancer itself is killed with SIGKILL, its children get
