@@ -2,7 +2,11 @@
 //! pods alive.
 //!
 //! - [`crd`]: the resource types; `ringlb crd` prints the CRD generated from them;
+//! - [`members`]: desired logical names and their DNS-1123 pod names (pure);
+//! - [`manifests`]: the API permissions the operator uses (and tests of `deploy/`);
 
 pub mod crd;
+pub mod manifests;
+pub mod members;
 
 pub use crd::{ServerPool, ServerPoolSpec, ServerPoolStatus};

@@ -1,0 +1,315 @@
+//! From a `ServerPool` to names: the desired logical names (what `/rep` lists and
+//! `SERVER_ID` says) and their pod names. Pure functions, unit-tested here.
+
+use std::collections::{HashMap, HashSet};
+
+use super::crd::{ReplacementStatus, ServerPoolSpec};
+use crate::pool::{MembershipError, ReplicaName, membership};
+
+/// Why a pool's names cannot be turned into pods.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NamingError {
+    #[error("spec.hostnames: {0}")]
+    Hostnames(MembershipError),
+    #[error("replica name '{0}' cannot name a pod: a pod name must end with a letter or digit")]
+    NotAPodName(String),
+    #[error("replica names '{first}' and '{second}' would both be pod '{pod}'")]
+    PodNameClash {
+        first: String,
+        second: String,
+        pod: String,
+    },
+}
+
+/// The DNS-1123 pod name of a logical replica name: lowercase, `_` → `-`
+/// (`emergency_58` → `emergency-58`). A replica name already has at most 63
+/// characters and starts with a letter or digit; it must also end with one.
+pub fn pod_name(name: &ReplicaName) -> Result<String, NamingError> {
+    let pod: String = name
+        .as_str()
+        .chars()
+        .map(|c| match c {
+            '_' => '-',
+            c => c.to_ascii_lowercase(),
+        })
+        .collect();
+    if !pod.ends_with(|c: char| c.is_ascii_alphanumeric()) {
+        return Err(NamingError::NotAPodName(name.to_string()));
+    }
+    Ok(pod)
+}
+
+/// The pods of `names`, or the first name that has no pod name of its own.
+pub fn pod_names(names: &[ReplicaName]) -> Result<Vec<String>, NamingError> {
+    let mut seen: HashMap<String, &ReplicaName> = HashMap::new();
+    names
+        .iter()
+        .map(|name| {
+            let pod = pod_name(name)?;
+            if let Some(first) = seen.insert(pod.clone(), name) {
+                return Err(NamingError::PodNameClash {
+                    first: first.to_string(),
+                    second: name.to_string(),
+                    pod,
+                });
+            }
+            Ok(pod)
+        })
+        .collect()
+}
+
+/// The names the spec asks for, before replacements: the first `replicas` of
+/// `hostnames`, then the lowest free `Server<k>` up to `replicas` (as `ringlb up`).
+pub fn base_names(spec: &ServerPoolSpec) -> Result<Vec<ReplicaName>, NamingError> {
+    let n = spec.replicas as usize;
+    if n == 0 {
+        return Ok(Vec::new());
+    }
+    let hostnames = &spec.hostnames[..spec.hostnames.len().min(n)];
+    membership::names_to_add(&[], &[], n as u64, hostnames, n).map_err(NamingError::Hostnames)
+}
+
+/// Follows recorded replacements: `Server2` replaced by `emergency_1`, itself
+/// replaced by `emergency_4`, is `emergency_4` today.
+pub fn resolve(name: &ReplicaName, replacements: &HashMap<String, ReplicaName>) -> ReplicaName {
+    let mut current = name.clone();
+    let mut visited = HashSet::new();
+    while let Some(next) = replacements.get(current.as_str()) {
+        if !visited.insert(current.clone()) {
+            break; // a cycle can only come from a hand-edited status: stop there
+        }
+        current = next.clone();
+    }
+    current
+}
+
+/// A pool's replacements as a map from failed name to replacement; entries that
+/// are not valid names are ignored.
+pub fn replacement_map<'a>(
+    recorded: impl IntoIterator<Item = &'a ReplacementStatus>,
+) -> HashMap<String, ReplicaName> {
+    recorded
+        .into_iter()
+        .filter_map(|r| Some((r.failed.clone(), ReplicaName::parse(&r.replacement).ok()?)))
+        .collect()
+}
+
+/// The desired logical names: each base name with its replacements followed, and
+/// the pod name of each, checked to be distinct.
+pub fn desired_members(
+    spec: &ServerPoolSpec,
+    replacements: &HashMap<String, ReplicaName>,
+) -> Result<Vec<(ReplicaName, String)>, NamingError> {
+    let mut desired: Vec<ReplicaName> = Vec::new();
+    for base in base_names(spec)? {
+        let name = resolve(&base, replacements);
+        // A hand-made name that equals an emergency name already in use keeps its
+        // own slot only once: the same replica cannot stand for two slots.
+        if !desired.contains(&name) {
+            desired.push(name);
+        }
+    }
+    let pods = pod_names(&desired)?;
+    Ok(desired.into_iter().zip(pods).collect())
+}
+
+/// The replacements worth keeping: those on the path from a current base name to
+/// its desired name (others belong to slots that were scaled away).
+pub fn live_replacements(
+    spec: &ServerPoolSpec,
+    recorded: &[ReplacementStatus],
+) -> Vec<ReplacementStatus> {
+    let map = replacement_map(recorded);
+    let Ok(bases) = base_names(spec) else {
+        return recorded.to_vec();
+    };
+    let mut on_path: HashSet<String> = HashSet::new();
+    for base in bases {
+        let mut current = base;
+        while let Some(next) = map.get(current.as_str()) {
+            if !on_path.insert(current.to_string()) {
+                break;
+            }
+            current = next.clone();
+        }
+    }
+    let mut seen = HashSet::new();
+    recorded
+        .iter()
+        .filter(|r| on_path.contains(&r.failed) && seen.insert(r.failed.clone()))
+        .cloned()
+        .collect()
+}
+
+/// The lowest number the next `emergency_<n>` may take: above every emergency name
+/// recorded or in use, so that numbers are not reused while a pool lives.
+pub fn next_emergency<'a>(names: impl IntoIterator<Item = &'a str>) -> u64 {
+    names
+        .into_iter()
+        .filter_map(|n| n.strip_prefix("emergency_")?.parse::<u64>().ok())
+        .max()
+        .map_or(1, |n| n + 1)
+}
+
+/// The spec (`replicas`, `hostnames`) that gives exactly `bases` as base names:
+/// the current hostnames when they still do, otherwise every name spelled out.
+pub fn spec_for(current_hostnames: &[String], bases: &[ReplicaName]) -> (u32, Vec<String>) {
+    let replicas = bases.len() as u32;
+    let probe = ServerPoolSpec {
+        replicas,
+        hostnames: current_hostnames.to_vec(),
+        ..names_only_spec()
+    };
+    if base_names(&probe).ok().as_deref() == Some(bases) {
+        (replicas, current_hostnames.to_vec())
+    } else {
+        (replicas, bases.iter().map(ReplicaName::to_string).collect())
+    }
+}
+
+/// A spec with only the fields that names depend on.
+fn names_only_spec() -> ServerPoolSpec {
+    ServerPoolSpec {
+        replicas: 0,
+        hostnames: Vec::new(),
+        image: String::new(),
+        port: 0,
+        hashing: None,
+        heartbeat: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn name(n: &str) -> ReplicaName {
+        ReplicaName::parse(n).unwrap()
+    }
+
+    fn spec(replicas: u32, hostnames: &[&str]) -> ServerPoolSpec {
+        ServerPoolSpec {
+            replicas,
+            hostnames: hostnames.iter().map(|s| s.to_string()).collect(),
+            ..names_only_spec()
+        }
+    }
+
+    fn replaced(pairs: &[(&str, &str)]) -> Vec<ReplacementStatus> {
+        pairs
+            .iter()
+            .map(|(f, r)| ReplacementStatus {
+                failed: f.to_string(),
+                replacement: r.to_string(),
+            })
+            .collect()
+    }
+
+    fn strings(names: &[(ReplicaName, String)]) -> Vec<(String, String)> {
+        names
+            .iter()
+            .map(|(n, p)| (n.to_string(), p.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn pod_names_are_dns_1123() {
+        assert_eq!(pod_name(&name("emergency_58")).unwrap(), "emergency-58");
+        assert_eq!(pod_name(&name("Server1")).unwrap(), "server1");
+        assert_eq!(pod_name(&name("web-01")).unwrap(), "web-01");
+        assert_eq!(
+            pod_name(&name("Server_")),
+            Err(NamingError::NotAPodName("Server_".into()))
+        );
+        assert_eq!(
+            pod_names(&[name("Web_1"), name("web-1")]),
+            Err(NamingError::PodNameClash {
+                first: "Web_1".into(),
+                second: "web-1".into(),
+                pod: "web-1".into(),
+            })
+        );
+    }
+
+    #[test]
+    fn desired_names_are_hostnames_then_servers() {
+        let members = desired_members(&spec(4, &["A", "Server2"]), &HashMap::new()).unwrap();
+        assert_eq!(
+            strings(&members),
+            [
+                ("A".into(), "a".into()),
+                ("Server2".into(), "server2".into()),
+                ("Server1".into(), "server1".into()),
+                ("Server3".into(), "server3".into()),
+            ]
+        );
+        assert!(
+            desired_members(&spec(0, &["A"]), &HashMap::new())
+                .unwrap()
+                .is_empty()
+        );
+        // Scaled below the hostnames: the first ones stay.
+        let members = desired_members(&spec(1, &["A", "B"]), &HashMap::new()).unwrap();
+        assert_eq!(strings(&members), [("A".into(), "a".into())]);
+    }
+
+    #[test]
+    fn bad_hostnames_and_clashing_pod_names_are_refused() {
+        assert!(matches!(
+            desired_members(&spec(2, &["bad name"]), &HashMap::new()),
+            Err(NamingError::Hostnames(MembershipError::InvalidName { .. }))
+        ));
+        assert!(matches!(
+            desired_members(&spec(2, &["A", "A"]), &HashMap::new()),
+            Err(NamingError::Hostnames(MembershipError::DuplicateName(_)))
+        ));
+        assert!(matches!(
+            desired_members(&spec(2, &["Web_1", "web-1"]), &HashMap::new()),
+            Err(NamingError::PodNameClash { .. })
+        ));
+    }
+
+    #[test]
+    fn replacements_take_the_place_of_the_failed_name() {
+        let recorded = replaced(&[("Server2", "emergency_1"), ("emergency_1", "emergency_4")]);
+        let members = desired_members(&spec(3, &[]), &replacement_map(&recorded)).unwrap();
+        assert_eq!(
+            strings(&members),
+            [
+                ("Server1".into(), "server1".into()),
+                ("emergency_4".into(), "emergency-4".into()),
+                ("Server3".into(), "server3".into()),
+            ]
+        );
+        // Scaled down past Server2: its replacements are no longer live.
+        assert_eq!(live_replacements(&spec(3, &[]), &recorded), recorded);
+        assert!(live_replacements(&spec(1, &[]), &recorded).is_empty());
+        assert_eq!(
+            next_emergency(recorded.iter().map(|r| r.replacement.as_str())),
+            5
+        );
+        assert_eq!(next_emergency(["Server1"]), 1);
+    }
+
+    #[test]
+    fn a_replacement_cycle_from_a_hand_edited_status_terminates() {
+        let recorded = replaced(&[("Server1", "emergency_1"), ("emergency_1", "Server1")]);
+        let members = desired_members(&spec(1, &[]), &replacement_map(&recorded)).unwrap();
+        assert_eq!(members.len(), 1);
+    }
+
+    #[test]
+    fn spec_for_keeps_the_hostnames_when_they_still_give_the_names() {
+        let bases = base_names(&spec(4, &["A"])).unwrap();
+        assert_eq!(spec_for(&["A".into()], &bases), (4, vec!["A".to_owned()]));
+        // Server2 removed: every name is spelled out.
+        let bases = vec![name("A"), name("Server1"), name("Server3")];
+        let (replicas, hostnames) = spec_for(&["A".into()], &bases);
+        assert_eq!(replicas, 3);
+        assert_eq!(hostnames, ["A", "Server1", "Server3"]);
+        assert_eq!(
+            base_names(&spec(replicas, &["A", "Server1", "Server3"])).unwrap(),
+            bases
+        );
+    }
+}
