@@ -1,7 +1,9 @@
 //! `ringlb up`: wires runtime, supervisor, proxy and operations port together, and
 //! shuts them down in order: stop accepting, drain, stop every replica.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,6 +24,8 @@ use crate::runtime::{ExternalRuntime, ProcessRuntime, Runtime};
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub async fn up(args: UpArgs) -> anyhow::Result<()> {
+    // First of all: a signal from now on means "shut down in order".
+    let shutdown = ringlb_replica::shutdown_signal();
     let ring = args.ring_config().map_err(anyhow::Error::msg)?;
     let mut max_replicas = args.max_replicas;
     if let Some(capacity) = ring.member_capacity().filter(|c| *c < max_replicas) {
@@ -54,20 +58,17 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {} (operations port)", args.ops_listen))?;
 
-    let metrics = Arc::new(Metrics::new());
+    let front = Front {
+        proxy_listener,
+        ops_listener,
+        proxy_settings,
+        metrics: Arc::new(Metrics::new()),
+        shutdown: Box::pin(shutdown),
+    };
     if args.external.is_empty() {
         let names = args.initial_names().map_err(anyhow::Error::msg)?;
         let runtime = Arc::new(ProcessRuntime::current_exe(args.replica_host)?);
-        serve(
-            runtime,
-            names,
-            settings,
-            proxy_settings,
-            metrics,
-            proxy_listener,
-            ops_listener,
-        )
-        .await
+        serve(runtime, names, settings, front).await
     } else {
         let runtime = Arc::new(ExternalRuntime::new(
             args.external.iter().map(|r| (r.name.clone(), r.addr)),
@@ -76,28 +77,32 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         if names.len() != args.external.len() {
             anyhow::bail!("a name is given twice in --replica");
         }
-        serve(
-            runtime,
-            names,
-            settings,
-            proxy_settings,
-            metrics,
-            proxy_listener,
-            ops_listener,
-        )
-        .await
+        serve(runtime, names, settings, front).await
     }
+}
+
+/// Everything on the serving side that does not depend on the runtime.
+struct Front {
+    proxy_listener: TcpListener,
+    ops_listener: TcpListener,
+    proxy_settings: ProxySettings,
+    metrics: Arc<Metrics>,
+    shutdown: Pin<Box<dyn Future<Output = ()> + Send>>,
 }
 
 async fn serve<R: Runtime>(
     runtime: Arc<R>,
     names: Vec<crate::pool::ReplicaName>,
     settings: PoolSettings,
-    proxy_settings: ProxySettings,
-    metrics: Arc<Metrics>,
-    proxy_listener: TcpListener,
-    ops_listener: TcpListener,
+    front: Front,
 ) -> anyhow::Result<()> {
+    let Front {
+        proxy_listener,
+        ops_listener,
+        proxy_settings,
+        metrics,
+        shutdown,
+    } = front;
     let ring_config = settings.ring.clone();
     let (pool, supervisor) = Supervisor::launch(runtime, names, settings, metrics.clone())
         .await
@@ -136,7 +141,7 @@ async fn serve<R: Runtime>(
         .into_future(),
     );
 
-    ringlb_replica::shutdown_signal().await;
+    shutdown.await;
     tracing::info!("shutting down: draining in-flight requests");
     let _ = stop_tx.send(true);
     match tokio::time::timeout(DRAIN_TIMEOUT, proxy_server).await {

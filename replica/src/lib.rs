@@ -62,33 +62,56 @@ async fn not_found() -> impl IntoResponse {
 
 /// Binds, announces the address on stdout, and serves until SIGINT or SIGTERM.
 pub async fn run(args: ReplicaArgs) -> std::io::Result<()> {
+    // Before announcing: a signal that follows the announcement must be caught.
+    let shutdown = shutdown_signal();
     let listener = TcpListener::bind(SocketAddr::new(args.host, args.port)).await?;
     let local = listener.local_addr()?;
     // One line, flushed at once: the parent process waits for it.
     println!("{LISTENING_PREFIX}{local} as {}", args.id);
     axum::serve(listener, router(&args.id))
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(shutdown)
         .await
 }
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM, whichever comes first.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut sigterm) => {
-                sigterm.recv().await;
+///
+/// The handlers are installed when this is called, not when the future is first
+/// polled, so a signal sent right after the caller announces itself is not lost
+/// (and does not kill the process with the default action). Call it inside a
+/// Tokio runtime.
+#[cfg(unix)]
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut interrupt = signal(SignalKind::interrupt()).ok();
+    let mut terminate = signal(SignalKind::terminate()).ok();
+    async move {
+        let interrupted = async {
+            match interrupt.as_mut() {
+                Some(s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending().await,
             }
-            Err(_) => std::future::pending::<()>().await,
+        };
+        let terminated = async {
+            match terminate.as_mut() {
+                Some(s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = interrupted => {},
+            () = terminated => {},
         }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = terminate => {},
+    }
+}
+
+/// Resolves on Ctrl-C.
+#[cfg(not(unix))]
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
+    async {
+        let _ = tokio::signal::ctrl_c().await;
     }
 }

@@ -427,8 +427,9 @@ impl<R: Runtime> Supervisor<R> {
                     }
                     self.tracked.remove(&failed);
                     self.publish();
-                    // Reaps the dead process, or stops a hung one.
-                    self.runtime.stop(&failed).await;
+                    // Reaps the dead process, or kills a hung one at once: a
+                    // graceful stop would wait for a process that cannot answer.
+                    self.runtime.kill(&failed).await;
                     self.metrics.replacements.inc();
                     self.replacements.push(Replacement {
                         failed,

@@ -183,6 +183,14 @@ impl Runtime for ProcessRuntime {
         }
     }
 
+    async fn kill(&self, name: &ReplicaName) {
+        let replica = self.children.lock().expect("children lock").remove(name);
+        if let Some(mut replica) = replica {
+            // SIGKILL, then reap: works on stopped (SIGSTOP) processes too.
+            let _ = replica.child.kill().await;
+        }
+    }
+
     async fn list(&self) -> Vec<Instance> {
         let mut children = self.children.lock().expect("children lock");
         children

@@ -1,0 +1,653 @@
+//! Shared harness of the end-to-end tests: starts the real `ringlb` binary as a
+//! separate process on free loopback ports, talks to it over HTTP, and makes sure
+//! no process outlives a test (the load balancer, its replicas, and any replica a
+//! test started itself).
+//!
+//! Each test file compiles this module on its own and uses a part of it.
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// The binary under test, built by cargo for this test target.
+pub const RINGLB: &str = env!("CARGO_BIN_EXE_ringlb");
+
+/// How long `ringlb up` may take to print its addresses (it starts its replicas first).
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long the load balancer may take to exit after SIGINT in `Drop` before SIGKILL.
+/// It drains for at most 10 s and gives each replica 5 s after SIGTERM.
+const DROP_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(20);
+/// How much of the load balancer's stderr is kept for a failure report.
+const STDERR_KEEP: usize = 64 * 1024;
+
+/// A running `ringlb up`. Dropping it stops the load balancer (SIGINT, then SIGKILL
+/// after a bound) and kills any replica it had that is somehow still alive.
+pub struct Ringlb {
+    child: Option<Child>,
+    pub proxy: SocketAddr,
+    pub ops: SocketAddr,
+    /// Every replica process seen, by pid: from the startup lines and from `/ring`.
+    seen_replicas: Mutex<BTreeMap<u32, String>>,
+    stdout: Arc<Mutex<Vec<String>>>,
+    stderr: Arc<Mutex<String>>,
+    stderr_reader: Option<std::thread::JoinHandle<()>>,
+    pub http: reqwest::Client,
+}
+
+impl Ringlb {
+    /// Starts `ringlb up --listen 127.0.0.1:0 --ops-listen 127.0.0.1:0 <args>` and
+    /// waits (bounded) until it has printed both addresses and its replicas.
+    pub fn start(args: &[&str]) -> Ringlb {
+        let mut child = Command::new(RINGLB)
+            .args([
+                "up",
+                "--listen",
+                "127.0.0.1:0",
+                "--ops-listen",
+                "127.0.0.1:0",
+            ])
+            .args(args)
+            .env("RUST_LOG", "info")
+            .env_remove("RINGLB_ADMIN_TOKEN")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn ringlb up");
+
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let stderr_reader =
+            drain_stderr(child.stderr.take().expect("piped stderr"), stderr.clone());
+
+        let stdout_lines = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::channel::<String>();
+        {
+            let stdout = child.stdout.take().expect("piped stdout");
+            let lines = stdout_lines.clone();
+            std::thread::spawn(move || {
+                // Keeps draining until the process (and every child that shares the
+                // pipe) is gone, so ringlb never blocks on a full stdout.
+                for line in BufReader::new(stdout).lines() {
+                    let Ok(line) = line else { break };
+                    lines.lock().unwrap().push(line.clone());
+                    let _ = tx.send(line);
+                }
+            });
+        }
+
+        let deadline = Instant::now() + STARTUP_TIMEOUT;
+        let mut proxy = None;
+        let mut ops = None;
+        let mut replicas = BTreeMap::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = match rx.recv_timeout(left) {
+                Ok(line) => line,
+                Err(error) => {
+                    let _ = child.kill();
+                    let status = child.wait();
+                    panic!(
+                        "ringlb up {args:?} did not announce its addresses ({error}); \
+                         status {status:?}\nstdout:\n{}\nstderr:\n{}",
+                        stdout_lines.lock().unwrap().join("\n"),
+                        stderr.lock().unwrap()
+                    );
+                }
+            };
+            if let Some(rest) = line.strip_prefix("ringlb: proxy listening on http://") {
+                proxy = Some(parse_addr(rest));
+            } else if let Some(rest) = line.strip_prefix("ringlb: operations on http://") {
+                ops = Some(parse_addr(rest));
+            } else if let Some(rest) = line.strip_prefix("ringlb: replica ") {
+                // `NAME on ADDR, pid PID (Healthy)`; external replicas have no pid.
+                let name = rest.split_whitespace().next().unwrap_or_default();
+                if let Some(pid) = rest
+                    .split_once(", pid ")
+                    .and_then(|(_, p)| p.split_whitespace().next())
+                    .and_then(|p| p.parse::<u32>().ok())
+                {
+                    replicas.insert(pid, name.to_owned());
+                }
+            } else if line.starts_with("ringlb: try ") {
+                break;
+            }
+        }
+        let mut ringlb = Ringlb {
+            child: Some(child),
+            proxy: proxy.expect("proxy address line before the `try` line"),
+            ops: ops.expect("operations address line before the `try` line"),
+            seen_replicas: Mutex::new(replicas),
+            stdout: stdout_lines,
+            stderr,
+            stderr_reader: Some(stderr_reader),
+            http: client(),
+        };
+        ringlb.wait_for_signal_handlers();
+        ringlb
+    }
+
+    /// ringlb installs its SIGINT and SIGTERM handlers only after it has printed its
+    /// addresses (a bug, pinned by `shutdown::signal_while_announcing_…`): until
+    /// then either signal kills it outright. Waits (bounded) until the kernel reports
+    /// both as caught, so that every test signals a ringlb that can handle it.
+    fn wait_for_signal_handlers(&mut self) {
+        let pid = self.pid();
+        let deadline = Instant::now() + STARTUP_TIMEOUT;
+        loop {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().expect("try_wait") {
+                panic!(
+                    "ringlb exited during startup with {status}\n{}",
+                    self.stderr()
+                );
+            }
+            match catches_signals(pid, &[libc::SIGINT, libc::SIGTERM]) {
+                Ok(()) => return,
+                Err(last) if Instant::now() >= deadline => {
+                    panic!("ringlb did not install its signal handlers: {last}")
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(5)),
+            }
+        }
+    }
+
+    pub fn proxy_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.proxy)
+    }
+
+    pub fn ops_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.ops)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("ringlb still owned").id()
+    }
+
+    /// Replica pids printed at startup or seen in `/ring`, with their names.
+    pub fn seen_replicas(&self) -> BTreeMap<u32, String> {
+        self.seen_replicas.lock().unwrap().clone()
+    }
+
+    /// The operations port's `GET /ring`, parsed. Every pid in it is remembered for
+    /// the cleanup in `Drop`.
+    pub async fn ring_json(&self) -> Value {
+        let response = self
+            .http
+            .get(self.ops_url("/ring"))
+            .send()
+            .await
+            .expect("GET /ring");
+        assert_eq!(response.status(), 200, "GET /ring");
+        let ring: Value = response.json().await.expect("/ring is JSON");
+        let mut seen = self.seen_replicas.lock().unwrap();
+        for member in ring["members"].as_array().expect("/ring members") {
+            if let (Some(pid), Some(name)) = (member["pid"].as_u64(), member["name"].as_str()) {
+                seen.insert(pid as u32, name.to_owned());
+            }
+        }
+        ring
+    }
+
+    /// Name → pid of the current members, from `/ring`.
+    pub async fn replica_pids(&self) -> BTreeMap<String, u32> {
+        let ring = self.ring_json().await;
+        ring["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|m| Some((m["name"].as_str()?.to_owned(), m["pid"].as_u64()? as u32)))
+            .collect()
+    }
+
+    /// `GET /rep`: `(N, replicas)`, after checking the envelope.
+    pub async fn rep(&self) -> (u64, Vec<String>) {
+        let (status, body) = self.request(reqwest::Method::GET, "/rep", None, None).await;
+        assert_eq!(status, 200, "GET /rep: {body}");
+        assert_eq!(body["status"], "successful", "GET /rep: {body}");
+        rep_of(&body)
+    }
+
+    /// Sends a request to the proxy port and returns the status and the JSON body
+    /// (every answer of the admin API and every error must be JSON).
+    pub async fn request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&str>,
+        token: Option<&str>,
+    ) -> (u16, Value) {
+        let mut request = self.http.request(method.clone(), self.proxy_url(path));
+        if let Some(body) = body {
+            request = request
+                .header("Content-Type", "application/json")
+                .body(body.to_owned());
+        }
+        if let Some(token) = token {
+            request = request.header("Authorization", token);
+        }
+        let response = request
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        let status = response.status().as_u16();
+        let text = response.text().await.expect("response body");
+        let json = serde_json::from_str(&text).unwrap_or_else(|e| {
+            panic!("{method} {path} → {status}: body is not JSON ({e}): {text:?}")
+        });
+        (status, json)
+    }
+
+    /// `GET /home` through the proxy: the replica that answered, or a description
+    /// of what went wrong.
+    pub async fn home(&self) -> Result<String, String> {
+        home(&self.http, &self.proxy_url("/home")).await
+    }
+
+    /// Sends `signal` to the load balancer and waits up to `timeout` for it to exit.
+    /// Returns `None` if it did not (it is then killed by `Drop`).
+    pub fn signal_and_wait(
+        &mut self,
+        signal: libc::c_int,
+        timeout: Duration,
+    ) -> Option<ExitStatus> {
+        send_signal(self.pid(), signal);
+        self.wait_exit(timeout)
+    }
+
+    /// Waits up to `timeout` for the load balancer to exit; `None` if it still runs.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let child = self.child.as_mut().expect("ringlb still owned");
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = child.try_wait().expect("wait for ringlb") {
+                self.child = None;
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// What the load balancer wrote on stderr so far (its logs, and its replicas').
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    pub fn stdout(&self) -> Vec<String> {
+        self.stdout.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Ringlb {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            send_signal(child.id(), libc::SIGINT);
+            let deadline = Instant::now() + DROP_SHUTDOWN_TIMEOUT;
+            loop {
+                match child.try_wait() {
+                    Ok(Some(_)) | Err(_) => break,
+                    Ok(None) if Instant::now() >= deadline => {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        break;
+                    }
+                    Ok(None) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        }
+        // ringlb reaps its children before it exits; anything still alive here is a
+        // leak this test must not leave behind.
+        for (pid, name) in self.seen_replicas.lock().unwrap().iter() {
+            kill_replica_if_alive(*pid, name);
+        }
+        if std::thread::panicking() {
+            // ringlb is gone: its stderr ends once its replicas are too. Bounded.
+            if let Some(reader) = self.stderr_reader.take() {
+                let deadline = Instant::now() + Duration::from_secs(2);
+                while !reader.is_finished() && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            }
+            eprintln!("--- ringlb stderr ---\n{}", self.stderr.lock().unwrap());
+        }
+    }
+}
+
+/// A `ringlb replica` that a test starts itself (to front with `--replica`).
+/// Dropping it kills it.
+pub struct ExternalReplica {
+    child: Option<Child>,
+    pub name: String,
+    pub addr: SocketAddr,
+}
+
+impl ExternalReplica {
+    pub fn start(name: &str) -> ExternalReplica {
+        let mut child = Command::new(RINGLB)
+            .args([
+                "replica",
+                "--id",
+                name,
+                "--port",
+                "0",
+                "--host",
+                "127.0.0.1",
+            ])
+            .env_remove("SERVER_ID")
+            .env_remove("PORT")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn ringlb replica");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = mpsc::channel::<String>();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let _ = tx.send(line);
+            }
+        });
+        let deadline = Instant::now() + STARTUP_TIMEOUT;
+        let addr = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => {
+                    if let Some(rest) = line.strip_prefix("ringlb-replica listening on ") {
+                        break parse_addr(rest);
+                    }
+                }
+                Err(error) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!("replica {name} did not announce its address: {error}");
+                }
+            }
+        };
+        ExternalReplica {
+            child: Some(child),
+            name: name.to_owned(),
+            addr,
+        }
+    }
+
+    /// Kills it with SIGKILL and reaps it.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for ExternalReplica {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// An HTTP client for loopback only: no proxy from the environment, bounded time.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("reqwest client")
+}
+
+/// `GET url` expecting a replica's `/home` answer; returns the replica's name.
+pub async fn home(http: &reqwest::Client, url: &str) -> Result<String, String> {
+    home_with(http, url, &[]).await
+}
+
+/// `GET url` with extra headers, expecting a replica's `/home` answer; returns the
+/// replica's name, or what went wrong.
+pub async fn home_with(
+    http: &reqwest::Client,
+    url: &str,
+    headers: &[(&str, &str)],
+) -> Result<String, String> {
+    let mut request = http.get(url);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = request.send().await.map_err(|e| format!("send: {e:?}"))?;
+    let status = response.status();
+    let body = response.text().await.map_err(|e| format!("body: {e:?}"))?;
+    if status != 200 {
+        return Err(format!("{status}: {body}"));
+    }
+    server_name(&body).ok_or_else(|| format!("no `Server: name` in {body:?}"))
+}
+
+/// The equivalent of the regular expression `Server: (\w+)` that the original
+/// project's clients use on the `/home` body: the first capture, or `None`.
+pub fn server_name(body: &str) -> Option<String> {
+    let mut rest = body;
+    while let Some(at) = rest.find("Server: ") {
+        let after = &rest[at + "Server: ".len()..];
+        let word: String = after
+            .chars()
+            .take_while(|c| c.is_alphanumeric() || *c == '_')
+            .collect();
+        if !word.is_empty() {
+            return Some(word);
+        }
+        rest = after;
+    }
+    None
+}
+
+/// `(N, replicas)` of a `/rep`-shaped body.
+pub fn rep_of(body: &Value) -> (u64, Vec<String>) {
+    let n = body["message"]["N"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no message.N in {body}"));
+    let replicas = body["message"]["replicas"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no message.replicas in {body}"))
+        .iter()
+        .map(|r| r.as_str().expect("replica names are strings").to_owned())
+        .collect();
+    (n, replicas)
+}
+
+/// The expected `/rep` body for these replicas, exactly.
+pub fn rep_body(replicas: &[&str]) -> Value {
+    serde_json::json!({
+        "message": { "N": replicas.len(), "replicas": replicas },
+        "status": "successful",
+    })
+}
+
+/// Sends `total` `GET url` requests with at most `concurrency` in flight and counts
+/// answers per replica; failures are returned with their description.
+pub async fn spread(
+    http: &reqwest::Client,
+    url: &str,
+    total: usize,
+    concurrency: usize,
+) -> (BTreeMap<String, usize>, Vec<String>) {
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..concurrency {
+        let http = http.clone();
+        let url = url.to_owned();
+        let next = next.clone();
+        workers.spawn(async move {
+            let mut counts: HashMap<String, usize> = HashMap::new();
+            let mut failures = Vec::new();
+            while next.fetch_add(1, Ordering::Relaxed) < total {
+                match home(&http, &url).await {
+                    Ok(name) => *counts.entry(name).or_default() += 1,
+                    Err(error) => failures.push(error),
+                }
+            }
+            (counts, failures)
+        });
+    }
+    let mut counts = BTreeMap::new();
+    let mut failures = Vec::new();
+    while let Some(done) = workers.join_next().await {
+        let (c, f) = done.expect("request worker");
+        for (name, k) in c {
+            *counts.entry(name).or_default() += k;
+        }
+        failures.extend(f);
+    }
+    (counts, failures)
+}
+
+/// Polls `check` (every 20 ms) until it returns `Some`, or panics after `timeout`
+/// saying what was awaited and what `check` last saw. For waiting on observable
+/// state, never to hide a race.
+pub async fn wait_until<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, String>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        let last = match check().await {
+            Ok(value) => return value,
+            Err(last) => last,
+        };
+        if Instant::now() >= deadline {
+            panic!("timed out after {timeout:?} waiting for {what}; last seen: {last}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The blocking twin of [`wait_until`], for tests without an async runtime.
+pub fn wait_until_blocking<T>(
+    what: &str,
+    timeout: Duration,
+    mut check: impl FnMut() -> Result<T, String>,
+) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let last = match check() {
+            Ok(value) => return value,
+            Err(last) => last,
+        };
+        if Instant::now() >= deadline {
+            panic!("timed out after {timeout:?} waiting for {what}; last seen: {last}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// True while `pid` exists (a zombie counts: it has not been reaped yet).
+pub fn process_exists(pid: u32) -> bool {
+    // SAFETY: signal 0 only checks for existence and permission.
+    let rc = unsafe { libc::kill(pid as libc::pid_t, 0) };
+    rc == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
+}
+
+pub fn send_signal(pid: u32, signal: libc::c_int) {
+    // SAFETY: plain syscall on a pid this test owns or that ringlb reported.
+    unsafe {
+        libc::kill(pid as libc::pid_t, signal);
+    }
+}
+
+/// Whether the kernel reports a handler installed in process `pid` for every one
+/// of `signals` (the `SigCgt` mask of `/proc/PID/status`).
+pub fn catches_signals(pid: u32, signals: &[libc::c_int]) -> Result<(), String> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .map_err(|e| format!("/proc/{pid}/status: {e}"))?;
+    let mask = status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigCgt:"))
+        .and_then(|m| u64::from_str_radix(m.trim(), 16).ok())
+        .ok_or_else(|| format!("no SigCgt in /proc/{pid}/status"))?;
+    let missing: Vec<_> = signals
+        .iter()
+        .filter(|s| mask & (1u64 << (**s - 1)) == 0)
+        .collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("signals {missing:?} not caught (SigCgt {mask:#x})"))
+    }
+}
+
+/// True if `pid` is a live `ringlb replica --id name` process. Guards against ever
+/// signalling an unrelated process that reused a pid.
+pub fn is_replica_process(pid: u32, name: &str) -> bool {
+    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+    let is_replica = args.iter().any(|a| *a == b"replica");
+    let has_id = args
+        .windows(2)
+        .any(|w| w[0] == b"--id" && w[1] == name.as_bytes());
+    is_replica && has_id && !is_zombie(pid)
+}
+
+fn is_zombie(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            // `pid (comm) S …`: the state follows the last ')'.
+            let after = &stat[stat.rfind(')')? + 1..];
+            after.split_whitespace().next().map(|s| s == "Z")
+        })
+        .unwrap_or(false)
+}
+
+/// Continues (in case a test stopped it) and kills a replica process that should
+/// be gone; returns whether there was one.
+pub fn kill_replica_if_alive(pid: u32, name: &str) -> bool {
+    if !is_replica_process(pid, name) {
+        return false;
+    }
+    send_signal(pid, libc::SIGCONT);
+    send_signal(pid, libc::SIGKILL);
+    true
+}
+
+fn parse_addr(rest: &str) -> SocketAddr {
+    let addr = rest.split_whitespace().next().unwrap_or_default();
+    addr.parse()
+        .unwrap_or_else(|e| panic!("bad address {addr:?} in {rest:?}: {e}"))
+}
+
+/// Copies everything read from `stderr` into `keep` (its last [`STDERR_KEEP`]
+/// bytes), until end of file.
+pub fn drain_stderr(
+    mut stderr: impl Read + Send + 'static,
+    keep: Arc<Mutex<String>>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 8192];
+        loop {
+            match stderr.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    let mut kept = keep.lock().unwrap();
+                    kept.push_str(&String::from_utf8_lossy(&buf[..n]));
+                    if kept.len() > STDERR_KEEP {
+                        let mut cut = kept.len() - STDERR_KEEP;
+                        while !kept.is_char_boundary(cut) {
+                            cut += 1;
+                        }
+                        kept.drain(..cut);
+                    }
+                }
+            }
+        }
+    })
+}
