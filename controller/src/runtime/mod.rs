@@ -50,6 +50,13 @@ pub trait Runtime: Send + Sync + 'static {
     /// Stops `name` gracefully and waits until it is gone. Unknown names are a no-op.
     fn stop(&self, name: &ReplicaName) -> impl Future<Output = ()> + Send;
 
+    /// Stops `name` without a grace period: for a replica that has failed, whose
+    /// in-flight requests are lost anyway. A hung process may ignore a polite stop,
+    /// and waiting for it would hold up its replacement. Defaults to [`Runtime::stop`].
+    fn kill(&self, name: &ReplicaName) -> impl Future<Output = ()> + Send {
+        self.stop(name)
+    }
+
     /// Every replica this runtime holds, running or not.
     fn list(&self) -> impl Future<Output = Vec<Instance>> + Send;
 
