@@ -1,9 +1,10 @@
 //! Where replicas live. One small trait, [`Runtime`]: start, stop, list. The
 //! supervisor decides *what* to do (see [`crate::pool::plan`]); a runtime only knows
 //! *how*: child processes on loopback ([`process`]), servers that ringlb fronts
-//! but did not start ([`external`]), and, for the operator, Kubernetes pods.
+//! but did not start ([`external`]), and, for the operator, Kubernetes pods ([`kube`]).
 
 pub mod external;
+pub mod kube;
 pub mod process;
 
 use std::future::Future;

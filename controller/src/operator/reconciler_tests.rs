@@ -1,0 +1,581 @@
+//! Reconciler tests against a mocked API server (`tower-test`): every API call
+//! the reconciler makes is recorded (method, path, body) and asserted.
+
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use http::{Request, Response};
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::jiff::Timestamp;
+use kube::client::Body;
+use kube::{Client, Resource};
+use serde_json::{Value, json};
+
+use super::*;
+use crate::operator::crd::{HeartbeatSpec, ServerPoolSpec};
+
+const NS: &str = "default";
+const POOL_UID: &str = "5d3c0f2e-0000-4000-8000-000000000001";
+const PODS: &str = "/api/v1/namespaces/default/pods";
+const LIST_PODS: &str = "/api/v1/namespaces/default/pods?&labelSelector=ringlb.dev%2Fpool%3Ddemo";
+const STATUS: &str = "/apis/ringlb.dev/v1alpha1/namespaces/default/serverpools/demo/status";
+const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/default/events";
+
+/// One request the reconciler sent.
+#[derive(Clone, Debug)]
+struct Call {
+    method: String,
+    path: String,
+    body: Value,
+}
+
+/// A fake API server: answers from the pods it is given, records every call.
+struct MockApi {
+    calls: Arc<Mutex<Vec<Call>>>,
+}
+
+impl MockApi {
+    fn start(pods: Vec<Value>) -> (Client, MockApi) {
+        let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let recorded = calls.clone();
+        tokio::spawn(async move {
+            while let Some((request, respond)) = handle.next_request().await {
+                let method = request.method().to_string();
+                let path = request
+                    .uri()
+                    .path_and_query()
+                    .map(|p| p.as_str().trim_end_matches('?').to_owned())
+                    .unwrap_or_default();
+                let bytes = request.into_body().collect_bytes().await.unwrap();
+                let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+                let call = Call { method, path, body };
+                let (code, answer) = answer(&call, &pods);
+                recorded.lock().unwrap().push(call);
+                respond.send_response(
+                    Response::builder()
+                        .status(code)
+                        .body(Body::from(serde_json::to_vec(&answer).unwrap()))
+                        .unwrap(),
+                );
+            }
+        });
+        (Client::new(service, NS), MockApi { calls })
+    }
+
+    fn calls(&self) -> Vec<Call> {
+        self.calls.lock().unwrap().clone()
+    }
+
+    /// Every call but Events, as "METHOD path".
+    fn writes_and_reads(&self) -> Vec<String> {
+        self.calls()
+            .iter()
+            .filter(|c| !c.path.starts_with(EVENTS))
+            .map(|c| format!("{} {}", c.method, c.path))
+            .collect()
+    }
+
+    /// The reasons of the Events recorded.
+    fn event_reasons(&self) -> Vec<String> {
+        self.calls()
+            .iter()
+            .filter(|c| c.path.starts_with(EVENTS))
+            .map(|c| c.body["reason"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    }
+
+    fn body_of(&self, method: &str, path: &str) -> Value {
+        self.calls()
+            .into_iter()
+            .find(|c| c.method == method && c.path == path)
+            .unwrap_or_else(|| panic!("no {method} {path} in {:#?}", self.writes_and_reads()))
+            .body
+    }
+
+    fn created_pods(&self) -> Vec<Value> {
+        self.calls()
+            .into_iter()
+            .filter(|c| c.method == "POST" && c.path.starts_with(PODS))
+            .map(|c| c.body)
+            .collect()
+    }
+}
+
+fn answer(call: &Call, pods: &[Value]) -> (u16, Value) {
+    match (call.method.as_str(), call.path.as_str()) {
+        ("GET", path) if path.starts_with(PODS) => (
+            200,
+            json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": pods}),
+        ),
+        ("POST", path) if path.starts_with(PODS) => {
+            let mut pod = call.body.clone();
+            pod["metadata"]["uid"] =
+                json!(format!("uid-{}", pod["metadata"]["name"].as_str().unwrap()));
+            (201, pod)
+        }
+        ("DELETE", path) if path.starts_with(PODS) => {
+            let name = path.trim_start_matches(PODS).trim_start_matches('/');
+            let name = name.split('?').next().unwrap();
+            match pods.iter().find(|p| p["metadata"]["name"] == name) {
+                Some(pod) => (200, pod.clone()),
+                None => (
+                    404,
+                    json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                           "reason": "NotFound", "code": 404, "message": "not found"}),
+                ),
+            }
+        }
+        ("PATCH", STATUS) => {
+            let mut pool = serde_json::to_value(pool(3, None)).unwrap();
+            pool["status"] = call.body["status"].clone();
+            (200, pool)
+        }
+        ("POST", EVENTS) => (201, call.body.clone()),
+        other => panic!("unexpected API call {other:?}"),
+    }
+}
+
+/// Heartbeats answer from a table of pod IPs (unknown IPs fail).
+struct FakeProber(HashMap<IpAddr, bool>);
+
+impl Prober for FakeProber {
+    fn check(&self, addr: SocketAddr, _timeout: Duration) -> BoxFuture<'static, bool> {
+        let ok = self.0.get(&addr.ip()).copied().unwrap_or(false);
+        Box::pin(async move { ok })
+    }
+}
+
+fn fixed_clock() -> Timestamp {
+    "2026-01-02T03:04:05Z".parse().unwrap()
+}
+
+fn context(client: Client, healthy: &[&str], failing: &[&str]) -> Arc<Context> {
+    let mut table = HashMap::new();
+    for ip in healthy {
+        table.insert(ip.parse().unwrap(), true);
+    }
+    for ip in failing {
+        table.insert(ip.parse().unwrap(), false);
+    }
+    let mut ctx = Context::new(
+        client,
+        None,
+        Arc::new(FakeProber(table)),
+        Arc::new(Metrics::new()),
+        None,
+    );
+    ctx.clock = fixed_clock;
+    Arc::new(ctx)
+}
+
+fn pool(replicas: u32, status: Option<ServerPoolStatus>) -> ServerPool {
+    let mut pool = ServerPool::new(
+        "demo",
+        ServerPoolSpec {
+            replicas,
+            hostnames: Vec::new(),
+            image: "ringlb-replica:dev".into(),
+            port: 5000,
+            hashing: None,
+            heartbeat: Some(HeartbeatSpec {
+                interval_ms: Some(1000),
+                timeout_ms: Some(500),
+                failure_threshold: Some(1),
+            }),
+        },
+    );
+    pool.metadata.namespace = Some(NS.into());
+    pool.metadata.uid = Some(POOL_UID.into());
+    pool.metadata.generation = Some(1);
+    pool.status = status;
+    pool
+}
+
+/// A running pod of the pool, as the API server would list it.
+fn running_pod(member: &str, ip: &str) -> Value {
+    let name = ReplicaName::parse(member).unwrap();
+    let mut pod = serde_json::to_value(template_pod(&name)).unwrap();
+    pod["metadata"]["uid"] = json!(format!("uid-{}", members::pod_name(&name).unwrap()));
+    pod["status"] = json!({"phase": "Running", "podIP": ip});
+    pod
+}
+
+fn template_pod(name: &ReplicaName) -> Pod {
+    let owner = pool(3, None).controller_owner_ref(&()).unwrap();
+    KubeRuntime::new(
+        Client::new(
+            tower_test::mock::pair::<Request<Body>, Response<Body>>().0,
+            NS,
+        ),
+        NS,
+        "demo",
+        owner,
+        PodTemplate {
+            image: "ringlb-replica:dev".into(),
+            port: 5000,
+        },
+    )
+    .pod_manifest(name)
+    .unwrap()
+}
+
+fn three_running() -> Vec<Value> {
+    vec![
+        running_pod("Server1", "10.0.0.1"),
+        running_pod("Server2", "10.0.0.2"),
+        running_pod("Server3", "10.0.0.3"),
+    ]
+}
+
+const ALL_HEALTHY: &[&str] = &["10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.4"];
+
+async fn pass(pool: ServerPool, ctx: &Arc<Context>) -> Action {
+    reconcile(Arc::new(pool), ctx.clone()).await.unwrap()
+}
+
+fn patched_status(api: &MockApi) -> ServerPoolStatus {
+    serde_json::from_value(api.body_of("PATCH", STATUS)["status"].clone()).unwrap()
+}
+
+#[tokio::test]
+async fn an_empty_pool_gets_its_pods_with_owner_references_and_labels() {
+    let (client, api) = MockApi::start(Vec::new());
+    let ctx = context(client, ALL_HEALTHY, &[]);
+    let action = pass(pool(3, None), &ctx).await;
+    assert_eq!(action, Action::requeue(Duration::from_secs(1)));
+
+    assert_eq!(
+        api.writes_and_reads(),
+        [
+            format!("GET {LIST_PODS}"),
+            format!("POST {PODS}"),
+            format!("POST {PODS}"),
+            format!("POST {PODS}"),
+            format!("PATCH {STATUS}"),
+        ]
+    );
+    let created = api.created_pods();
+    let names: Vec<&str> = created
+        .iter()
+        .map(|p| p["metadata"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["server1", "server2", "server3"]);
+    let first = &created[0];
+    assert_eq!(
+        first["metadata"]["ownerReferences"],
+        json!([{
+            "apiVersion": "ringlb.dev/v1alpha1",
+            "kind": "ServerPool",
+            "name": "demo",
+            "uid": POOL_UID,
+            "controller": true,
+        }])
+    );
+    assert_eq!(first["metadata"]["labels"]["ringlb.dev/pool"], "demo");
+    assert_eq!(first["metadata"]["labels"]["ringlb.dev/member"], "Server1");
+    let container = &first["spec"]["containers"][0];
+    assert_eq!(container["image"], "ringlb-replica:dev");
+    assert!(
+        container["env"]
+            .as_array()
+            .unwrap()
+            .contains(&json!({"name": "SERVER_ID", "value": "Server1"}))
+    );
+    assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/heartbeat");
+    assert_eq!(api.event_reasons(), ["Created", "Created", "Created"]);
+
+    let status = patched_status(&api);
+    assert_eq!((status.replicas, status.ready_replicas), (3, 0));
+    assert_eq!(status.members.len(), 3);
+    assert!(status.members.iter().all(|m| !m.ready));
+    assert_eq!(status.observed_generation, Some(1));
+    let ready = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .unwrap();
+    assert_eq!(
+        (ready.status.as_str(), ready.message.as_str()),
+        ("False", "0/3 replicas ready")
+    );
+}
+
+#[tokio::test]
+async fn a_converged_pool_is_left_alone_and_its_status_not_rewritten() {
+    // First pass: everything healthy, status written once.
+    let (client, api) = MockApi::start(three_running());
+    let ctx = context(client, ALL_HEALTHY, &[]);
+    pass(pool(3, None), &ctx).await;
+    assert_eq!(
+        api.writes_and_reads(),
+        [format!("GET {LIST_PODS}"), format!("PATCH {STATUS}")]
+    );
+    let status = patched_status(&api);
+    assert_eq!((status.replicas, status.ready_replicas), (3, 3));
+    let ready = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .unwrap();
+    assert_eq!(ready.status, "True");
+
+    // Second pass with that status: only the pod list, no write, no Event.
+    let (client, api) = MockApi::start(three_running());
+    let ctx = context(client, ALL_HEALTHY, &[]);
+    pass(pool(3, Some(status)), &ctx).await;
+    assert_eq!(api.writes_and_reads(), [format!("GET {LIST_PODS}")]);
+    assert!(api.event_reasons().is_empty());
+}
+
+#[tokio::test]
+async fn scaling_down_deletes_the_extra_pods() {
+    let (client, api) = MockApi::start(three_running());
+    let ctx = context(client, ALL_HEALTHY, &[]);
+    pass(pool(2, None), &ctx).await;
+    assert_eq!(
+        api.writes_and_reads(),
+        [
+            format!("GET {LIST_PODS}"),
+            format!("DELETE {PODS}/server3"),
+            format!("PATCH {STATUS}"),
+        ]
+    );
+    assert_eq!(api.event_reasons(), ["Deleted"]);
+    let status = patched_status(&api);
+    assert_eq!((status.replicas, status.ready_replicas), (2, 2));
+}
+
+#[tokio::test]
+async fn scaling_up_creates_only_the_missing_pods() {
+    let (client, api) = MockApi::start(three_running());
+    let ctx = context(client, ALL_HEALTHY, &[]);
+    pass(pool(5, None), &ctx).await;
+    let names: Vec<String> = api
+        .created_pods()
+        .iter()
+        .map(|p| p["metadata"]["name"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(names, ["server4", "server5"]);
+    let status = patched_status(&api);
+    assert_eq!((status.replicas, status.ready_replicas), (5, 3));
+}
+
+#[tokio::test]
+async fn a_pod_deleted_from_outside_is_created_again_under_its_name() {
+    let pods = vec![
+        running_pod("Server1", "10.0.0.1"),
+        running_pod("Server3", "10.0.0.3"),
+    ];
+    let (client, api) = MockApi::start(pods);
+    let ctx = context(client, ALL_HEALTHY, &[]);
+    pass(pool(3, None), &ctx).await;
+    let created = api.created_pods();
+    assert_eq!(created.len(), 1);
+    assert_eq!(created[0]["metadata"]["name"], "server2");
+    assert_eq!(
+        created[0]["metadata"]["labels"]["ringlb.dev/member"],
+        "Server2"
+    );
+}
+
+#[tokio::test]
+async fn a_failed_pod_is_replaced_by_an_emergency_pod_and_recorded() {
+    let (client, api) = MockApi::start(three_running());
+    let ctx = context(client, &["10.0.0.1", "10.0.0.3"], &["10.0.0.2"]);
+    pass(pool(3, None), &ctx).await;
+    assert_eq!(
+        api.writes_and_reads(),
+        [
+            format!("GET {LIST_PODS}"),
+            format!("DELETE {PODS}/server2"),
+            format!("POST {PODS}"),
+            format!("PATCH {STATUS}"),
+        ]
+    );
+    let created = api.created_pods();
+    assert_eq!(created[0]["metadata"]["name"], "emergency-1");
+    assert_eq!(
+        created[0]["metadata"]["labels"]["ringlb.dev/member"],
+        "emergency_1"
+    );
+    assert!(
+        created[0]["spec"]["containers"][0]["env"]
+            .as_array()
+            .unwrap()
+            .contains(&json!({"name": "SERVER_ID", "value": "emergency_1"}))
+    );
+    assert_eq!(api.event_reasons(), ["Replaced", "Created"]);
+    let replaced = &api
+        .calls()
+        .into_iter()
+        .find(|c| c.path.starts_with(EVENTS))
+        .unwrap()
+        .body;
+    assert_eq!(replaced["type"], "Warning");
+    assert_eq!(replaced["regarding"]["kind"], "ServerPool");
+    assert_eq!(replaced["related"]["name"], "server2");
+
+    let status = patched_status(&api);
+    assert_eq!(
+        status.emergency_replacements,
+        [ReplacementStatus {
+            failed: "Server2".into(),
+            replacement: "emergency_1".into(),
+        }]
+    );
+    let names: Vec<(&str, &str, bool)> = status
+        .members
+        .iter()
+        .map(|m| (m.name.as_str(), m.pod.as_str(), m.ready))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            ("Server1", "server1", true),
+            ("emergency_1", "emergency-1", false),
+            ("Server3", "server3", true),
+        ]
+    );
+    assert_eq!((status.replicas, status.ready_replicas), (3, 2));
+}
+
+#[tokio::test]
+async fn a_replacement_survives_a_pass_that_still_sees_the_old_status() {
+    let (client, _api) = MockApi::start(three_running());
+    let ctx = context(client, &["10.0.0.1", "10.0.0.3"], &["10.0.0.2"]);
+    pass(pool(3, None), &ctx).await;
+
+    // The cached pool has no status yet; server2 is gone, emergency-1 is starting.
+    let mut pods = vec![
+        running_pod("Server1", "10.0.0.1"),
+        running_pod("Server3", "10.0.0.3"),
+    ];
+    let mut emergency = running_pod("emergency_1", "10.0.0.4");
+    emergency["status"] = json!({"phase": "Pending"});
+    pods.push(emergency);
+    let (client, api) = MockApi::start(pods);
+    let ctx = Arc::new(Context {
+        client,
+        recorder: kube::runtime::events::Recorder::new(
+            ctx.client.clone(),
+            kube::runtime::events::Reporter {
+                controller: CONTROLLER_NAME.into(),
+                instance: None,
+            },
+        ),
+        prober: ctx.prober.clone(),
+        metrics: ctx.metrics.clone(),
+        proxied: None,
+        clock: fixed_clock,
+        memory: Mutex::new(std::mem::take(&mut *ctx.memory.lock().unwrap())),
+    });
+    pass(pool(3, None), &ctx).await;
+    // No pod for Server2 again, nothing deleted: only the status catches up.
+    assert_eq!(
+        api.writes_and_reads(),
+        [format!("GET {LIST_PODS}"), format!("PATCH {STATUS}")]
+    );
+    assert_eq!(patched_status(&api).emergency_replacements.len(), 1);
+}
+
+#[tokio::test]
+async fn names_that_cannot_be_pods_are_refused_with_a_condition() {
+    let (client, api) = MockApi::start(Vec::new());
+    let ctx = context(client, ALL_HEALTHY, &[]);
+    let mut bad = pool(2, None);
+    bad.spec.hostnames = vec!["Web_1".into(), "web-1".into()];
+    pass(bad, &ctx).await;
+    assert_eq!(
+        api.writes_and_reads(),
+        [format!("GET {LIST_PODS}"), format!("PATCH {STATUS}")]
+    );
+    let status = patched_status(&api);
+    let degraded = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Degraded")
+        .unwrap();
+    assert_eq!(degraded.status, "True");
+    assert!(
+        degraded
+            .message
+            .contains("'Web_1' and 'web-1' would both be pod 'web-1'"),
+        "{}",
+        degraded.message
+    );
+}
+
+#[tokio::test]
+async fn pods_that_name_no_replica_are_deleted() {
+    let mut stray = running_pod("Server9", "10.0.0.9");
+    stray["metadata"]["labels"]["ringlb.dev/member"] = json!("not a name");
+    let mut pods = three_running();
+    pods.push(stray);
+    let (client, api) = MockApi::start(pods);
+    let ctx = context(client, ALL_HEALTHY, &[]);
+    pass(pool(3, None), &ctx).await;
+    assert_eq!(
+        api.writes_and_reads(),
+        [
+            format!("GET {LIST_PODS}"),
+            format!("DELETE {PODS}/server9"),
+            format!("PATCH {STATUS}"),
+        ]
+    );
+}
+
+#[test]
+fn status_keeps_transition_times_while_conditions_hold() {
+    let spec = pool(1, None).spec;
+    let desired = vec![(ReplicaName::parse("Server1").unwrap(), "server1".to_owned())];
+    let existing: HashSet<ReplicaName> = desired.iter().map(|(n, _)| n.clone()).collect();
+    let t0 = Time(fixed_clock());
+    let first = compute_status(
+        &spec,
+        Some(1),
+        &ServerPoolStatus::default(),
+        Some(&desired),
+        &existing,
+        &existing,
+        Vec::new(),
+        &[],
+        t0.clone(),
+    );
+    let later = Time("2026-01-02T04:00:00Z".parse().unwrap());
+    let again = compute_status(
+        &spec,
+        Some(1),
+        &first,
+        Some(&desired),
+        &existing,
+        &existing,
+        Vec::new(),
+        &[],
+        later.clone(),
+    );
+    assert_eq!(first, again);
+    let not_ready = compute_status(
+        &spec,
+        Some(1),
+        &first,
+        Some(&desired),
+        &existing,
+        &HashSet::new(),
+        Vec::new(),
+        &[],
+        later.clone(),
+    );
+    let ready = not_ready
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .unwrap();
+    assert_eq!(
+        (ready.status.as_str(), &ready.last_transition_time),
+        ("False", &later)
+    );
+}

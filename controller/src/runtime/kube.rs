@@ -1,0 +1,347 @@
+//! Replicas as Kubernetes pods, one [`KubeRuntime`] per `ServerPool`.
+//!
+//! A replica's pod is named after its logical name in DNS-1123 form
+//! (`emergency_58` → `emergency-58`); the logical name itself is kept in the label
+//! `ringlb.dev/member` and in `SERVER_ID`. Every pod carries the label
+//! `ringlb.dev/pool` and an ownerReference to its pool, so that deleting the pool
+//! deletes its pods.
+//!
+//! The operator's reconciler uses [`KubeRuntime::observe`], [`KubeRuntime::create`]
+//! and [`KubeRuntime::delete`] directly (it never waits for a pod); the
+//! [`Runtime`] implementation offers the same pods to the local supervisor.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use ::kube::api::{DeleteParams, ListParams, PostParams};
+use ::kube::{Api, Client};
+use k8s_openapi::api::core::v1::{
+    Capabilities, Container, ContainerPort, EnvVar, HTTPGetAction, Pod, PodSecurityContext,
+    PodSpec, Probe, ResourceRequirements, SeccompProfile, SecurityContext,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use super::{Instance, Runtime, RuntimeError};
+use crate::operator::members::{NamingError, pod_name};
+use crate::pool::ReplicaName;
+
+/// Label: the pool a pod belongs to.
+pub const POOL_LABEL: &str = "ringlb.dev/pool";
+/// Label: the logical replica name of a pod (what `/rep` lists).
+pub const MEMBER_LABEL: &str = "ringlb.dev/member";
+/// The name of the replica container in every pod.
+pub const CONTAINER: &str = "replica";
+
+/// A pod's lifecycle as far as the pool cares.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PodState {
+    /// Not yet running (scheduling, pulling the image), or phase unknown.
+    Pending,
+    Running,
+    /// The container exited (phase Failed or Succeeded): the replica is gone.
+    Exited,
+    /// Being deleted: its name is still taken until it is gone.
+    Terminating,
+}
+
+/// One pod of the pool.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplicaPod {
+    /// The logical name from the member label; `None` if the label is missing or
+    /// not a replica name (such a pod is deleted as an extra).
+    pub name: Option<ReplicaName>,
+    pub pod: String,
+    pub uid: String,
+    pub ip: Option<IpAddr>,
+    pub state: PodState,
+}
+
+/// What a pool's pods look like.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodTemplate {
+    pub image: String,
+    pub port: u16,
+}
+
+/// The pods of one `ServerPool`.
+#[derive(Clone)]
+pub struct KubeRuntime {
+    pods: Api<Pod>,
+    pool: String,
+    owner: OwnerReference,
+    template: PodTemplate,
+}
+
+impl KubeRuntime {
+    /// `owner` is the pool's controller ownerReference (`controller: true`).
+    pub fn new(
+        client: Client,
+        namespace: &str,
+        pool: &str,
+        owner: OwnerReference,
+        template: PodTemplate,
+    ) -> Self {
+        Self {
+            pods: Api::namespaced(client, namespace),
+            pool: pool.to_owned(),
+            owner,
+            template,
+        }
+    }
+
+    pub fn template(&self) -> &PodTemplate {
+        &self.template
+    }
+
+    /// The label selector of this pool's pods.
+    pub fn selector(&self) -> String {
+        format!("{POOL_LABEL}={}", self.pool)
+    }
+
+    /// The pod of replica `name`: pure, so that tests can compare it whole.
+    pub fn pod_manifest(&self, name: &ReplicaName) -> Result<Pod, NamingError> {
+        let pod = pod_name(name)?;
+        let port = i32::from(self.template.port);
+        let labels = BTreeMap::from([
+            (
+                "app.kubernetes.io/name".to_owned(),
+                "ringlb-replica".to_owned(),
+            ),
+            (
+                "app.kubernetes.io/managed-by".to_owned(),
+                "ringlb".to_owned(),
+            ),
+            (POOL_LABEL.to_owned(), self.pool.clone()),
+            (MEMBER_LABEL.to_owned(), name.to_string()),
+        ]);
+        let env = |name: &str, value: String| EnvVar {
+            name: name.to_owned(),
+            value: Some(value),
+            ..EnvVar::default()
+        };
+        let quantity = |q: &str| Quantity(q.to_owned());
+        Ok(Pod {
+            metadata: ObjectMeta {
+                name: Some(pod),
+                labels: Some(labels),
+                owner_references: Some(vec![self.owner.clone()]),
+                ..ObjectMeta::default()
+            },
+            spec: Some(PodSpec {
+                // ringlb is the supervisor: an exited replica is replaced, as locally.
+                restart_policy: Some("Never".to_owned()),
+                termination_grace_period_seconds: Some(10),
+                enable_service_links: Some(false),
+                automount_service_account_token: Some(false),
+                security_context: Some(PodSecurityContext {
+                    run_as_non_root: Some(true),
+                    run_as_user: Some(65532),
+                    run_as_group: Some(65532),
+                    seccomp_profile: Some(SeccompProfile {
+                        type_: "RuntimeDefault".to_owned(),
+                        ..SeccompProfile::default()
+                    }),
+                    ..PodSecurityContext::default()
+                }),
+                containers: vec![Container {
+                    name: CONTAINER.to_owned(),
+                    image: Some(self.template.image.clone()),
+                    image_pull_policy: Some("IfNotPresent".to_owned()),
+                    env: Some(vec![
+                        env("SERVER_ID", name.to_string()),
+                        env("PORT", self.template.port.to_string()),
+                        env("REPLICA_HOST", "0.0.0.0".to_owned()),
+                    ]),
+                    ports: Some(vec![ContainerPort {
+                        name: Some("http".to_owned()),
+                        container_port: port,
+                        ..ContainerPort::default()
+                    }]),
+                    readiness_probe: Some(Probe {
+                        http_get: Some(HTTPGetAction {
+                            path: Some("/heartbeat".to_owned()),
+                            port: IntOrString::Int(port),
+                            ..HTTPGetAction::default()
+                        }),
+                        period_seconds: Some(2),
+                        ..Probe::default()
+                    }),
+                    resources: Some(ResourceRequirements {
+                        requests: Some(BTreeMap::from([
+                            ("cpu".to_owned(), quantity("10m")),
+                            ("memory".to_owned(), quantity("16Mi")),
+                        ])),
+                        limits: Some(BTreeMap::from([("memory".to_owned(), quantity("64Mi"))])),
+                        ..ResourceRequirements::default()
+                    }),
+                    security_context: Some(SecurityContext {
+                        allow_privilege_escalation: Some(false),
+                        read_only_root_filesystem: Some(true),
+                        capabilities: Some(Capabilities {
+                            drop: Some(vec!["ALL".to_owned()]),
+                            ..Capabilities::default()
+                        }),
+                        ..SecurityContext::default()
+                    }),
+                    ..Container::default()
+                }],
+                ..PodSpec::default()
+            }),
+            status: None,
+        })
+    }
+
+    /// Every pod of the pool.
+    pub async fn observe(&self) -> Result<Vec<ReplicaPod>, ::kube::Error> {
+        let list = self
+            .pods
+            .list(&ListParams::default().labels(&self.selector()))
+            .await?;
+        Ok(list.items.iter().map(replica_pod).collect())
+    }
+
+    /// Creates the pod of `name`.
+    pub async fn create(&self, name: &ReplicaName) -> Result<Pod, CreateError> {
+        let pod = self.pod_manifest(name)?;
+        Ok(self.pods.create(&PostParams::default(), &pod).await?)
+    }
+
+    /// Deletes pod `pod`; one already gone is not an error.
+    pub async fn delete(&self, pod: &str) -> Result<(), ::kube::Error> {
+        match self.pods.delete(pod, &DeleteParams::default()).await {
+            Ok(_) => Ok(()),
+            Err(error) if is_status(&error, 404) => Ok(()),
+            Err(error) => Err(error),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CreateError {
+    #[error(transparent)]
+    Naming(#[from] NamingError),
+    #[error(transparent)]
+    Api(#[from] ::kube::Error),
+}
+
+/// True when the API server answered with HTTP status `code`.
+pub fn is_status(error: &::kube::Error, code: u16) -> bool {
+    matches!(error, ::kube::Error::Api(status) if status.code == code)
+}
+
+/// What the pool needs to know about a pod.
+pub fn replica_pod(pod: &Pod) -> ReplicaPod {
+    let name = pod
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(MEMBER_LABEL))
+        .and_then(|n| ReplicaName::parse(n).ok());
+    let status = pod.status.as_ref();
+    let ip = status
+        .and_then(|s| s.pod_ip.as_deref())
+        .and_then(|ip| ip.parse().ok());
+    let state = if pod.metadata.deletion_timestamp.is_some() {
+        PodState::Terminating
+    } else {
+        match status.and_then(|s| s.phase.as_deref()) {
+            Some("Running") => PodState::Running,
+            Some("Failed" | "Succeeded") => PodState::Exited,
+            _ => PodState::Pending,
+        }
+    };
+    ReplicaPod {
+        name,
+        pod: pod.metadata.name.clone().unwrap_or_default(),
+        uid: pod.metadata.uid.clone().unwrap_or_default(),
+        ip,
+        state,
+    }
+}
+
+/// How long [`Runtime::start`] waits for a new pod to get an address.
+const START_TIMEOUT: Duration = Duration::from_secs(120);
+
+impl Runtime for KubeRuntime {
+    async fn start(&self, name: &ReplicaName) -> Result<Instance, RuntimeError> {
+        let spawn_error = |reason: String| RuntimeError::Spawn {
+            name: name.clone(),
+            source: std::io::Error::other(reason),
+        };
+        match self.create(name).await {
+            Ok(_) => {}
+            // Already there (a previous start): wait for it like a new one.
+            Err(CreateError::Api(error)) if is_status(&error, 409) => {}
+            Err(error) => return Err(spawn_error(error.to_string())),
+        }
+        let deadline = tokio::time::Instant::now() + START_TIMEOUT;
+        loop {
+            let pods = self
+                .observe()
+                .await
+                .map_err(|e| spawn_error(e.to_string()))?;
+            let mine = pods.iter().find(|p| p.name.as_ref() == Some(name));
+            if let Some(ReplicaPod {
+                ip: Some(ip),
+                state,
+                ..
+            }) = mine
+            {
+                return Ok(Instance {
+                    name: name.clone(),
+                    addr: SocketAddr::new(*ip, self.template.port),
+                    pid: None,
+                    running: *state == PodState::Running,
+                });
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(RuntimeError::NoAddress {
+                    name: name.clone(),
+                    reason: format!("its pod had no IP after {START_TIMEOUT:?}"),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    async fn stop(&self, name: &ReplicaName) {
+        let Ok(pod) = pod_name(name) else { return };
+        if let Err(error) = self.delete(&pod).await {
+            tracing::warn!(replica = %name, %error, "could not delete pod");
+        }
+    }
+
+    async fn list(&self) -> Vec<Instance> {
+        let pods = match self.observe().await {
+            Ok(pods) => pods,
+            Err(error) => {
+                tracing::warn!(%error, "could not list pods");
+                return Vec::new();
+            }
+        };
+        pods.into_iter()
+            .filter(|p| p.state != PodState::Terminating)
+            .filter_map(|p| {
+                Some(Instance {
+                    name: p.name?,
+                    addr: SocketAddr::new(p.ip?, self.template.port),
+                    pid: None,
+                    running: p.state != PodState::Exited,
+                })
+            })
+            .collect()
+    }
+
+    async fn stop_all(&self) {
+        for pod in self.observe().await.unwrap_or_default() {
+            let _ = self.delete(&pod.pod).await;
+        }
+    }
+
+    fn can_start(&self) -> bool {
+        true
+    }
+}
