@@ -31,6 +31,9 @@ pub enum Command {
     Replica(ringlb_replica::ReplicaArgs),
     /// Print the ServerPool CustomResourceDefinition (YAML) for `kubectl apply -f -`.
     Crd,
+    /// In a Kubernetes cluster: keep the pods of every ServerPool of the namespace
+    /// alive, and serve one pool (--pool) through the proxy and operations port.
+    Operator(Box<crate::operator::app::OperatorArgs>),
 }
 
 /// A replica that ringlb fronts but did not start: `NAME=HOST:PORT`.

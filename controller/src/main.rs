@@ -10,6 +10,10 @@ async fn main() -> anyhow::Result<()> {
             ringlb::app::up(*args).await
         }
         Command::Replica(args) => Ok(ringlb_replica::run(args).await?),
+        Command::Operator(args) => {
+            ringlb::telemetry::init();
+            ringlb::operator::app::run(*args).await
+        }
         Command::Crd => {
             print!("{}", ringlb::operator::crd::crd_yaml());
             Ok(())

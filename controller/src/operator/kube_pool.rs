@@ -350,3 +350,247 @@ impl PoolControl for KubePool {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex as StdMutex;
+
+    use http::{Request, Response};
+    use kube::Client;
+    use kube::client::Body;
+    use serde_json::Value;
+
+    use super::*;
+    use crate::operator::crd::{ReplacementStatus, ServerPoolSpec, ServerPoolStatus};
+
+    const POOL: &str = "/apis/ringlb.dev/v1alpha1/namespaces/default/serverpools/demo";
+
+    /// A mocked API server holding one pool; records the merge patches it gets.
+    /// `conflicts` patches are refused with 409 first.
+    /// The calls the mock received: (method, body).
+    type Calls = Arc<StdMutex<Vec<(String, Value)>>>;
+
+    fn mock(pool: ServerPool, conflicts: usize) -> (KubePool, Calls) {
+        let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let calls = Arc::new(StdMutex::new(Vec::new()));
+        let recorded = calls.clone();
+        tokio::spawn(async move {
+            let mut conflicts = conflicts;
+            while let Some((request, respond)) = handle.next_request().await {
+                let method = request.method().to_string();
+                let path = request.uri().path().to_owned();
+                assert_eq!(path, POOL, "{method} {path}");
+                let bytes = request.into_body().collect_bytes().await.unwrap();
+                let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+                recorded.lock().unwrap().push((method.clone(), body));
+                let (code, answer) = if method == "PATCH" && conflicts > 0 {
+                    conflicts -= 1;
+                    (
+                        409,
+                        json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                                 "reason": "Conflict", "code": 409, "message": "changed"}),
+                    )
+                } else {
+                    (200, serde_json::to_value(&pool).unwrap())
+                };
+                respond.send_response(
+                    Response::builder()
+                        .status(code)
+                        .body(Body::from(serde_json::to_vec(&answer).unwrap()))
+                        .unwrap(),
+                );
+            }
+        });
+        let client = Client::new(service, "default");
+        let kube_pool = KubePool::new(
+            Api::namespaced(client, "default"),
+            "demo",
+            10,
+            Arc::new(Metrics::new()),
+        );
+        (kube_pool, calls)
+    }
+
+    fn pool(replicas: u32, hostnames: &[&str], replaced: &[(&str, &str)]) -> ServerPool {
+        let mut pool = ServerPool::new(
+            "demo",
+            ServerPoolSpec {
+                replicas,
+                hostnames: hostnames.iter().map(|s| s.to_string()).collect(),
+                image: "ringlb-replica:dev".into(),
+                port: 5000,
+                hashing: None,
+                heartbeat: None,
+            },
+        );
+        pool.metadata.namespace = Some("default".into());
+        pool.metadata.resource_version = Some("42".into());
+        pool.status = Some(ServerPoolStatus {
+            emergency_replacements: replaced
+                .iter()
+                .map(|(f, r)| ReplacementStatus {
+                    failed: f.to_string(),
+                    replacement: r.to_string(),
+                })
+                .collect(),
+            ..ServerPoolStatus::default()
+        });
+        pool
+    }
+
+    fn names(list: &[ReplicaName]) -> Vec<&str> {
+        list.iter().map(ReplicaName::as_str).collect()
+    }
+
+    fn patches(calls: &StdMutex<Vec<(String, Value)>>) -> Vec<Value> {
+        calls
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(m, _)| m == "PATCH")
+            .map(|(_, b)| b.clone())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn add_patches_replicas_and_keeps_the_hostnames_when_they_suffice() {
+        let (kube_pool, calls) = mock(pool(3, &[], &[]), 0);
+        let desired = kube_pool.add(2, vec![]).await.unwrap();
+        assert_eq!(
+            names(&desired),
+            ["Server1", "Server2", "Server3", "Server4", "Server5"]
+        );
+        assert_eq!(
+            patches(&calls),
+            [json!({"metadata": {"resourceVersion": "42"},
+                    "spec": {"replicas": 5, "hostnames": []}})]
+        );
+        // /rep answers the new desired list at once.
+        assert_eq!(names(&kube_pool.view().desired).len(), 5);
+    }
+
+    #[tokio::test]
+    async fn add_with_names_and_rm_of_a_replacement_spell_the_names_out() {
+        let (kube_pool, calls) = mock(pool(3, &[], &[("Server2", "emergency_1")]), 0);
+        let desired = kube_pool.add(1, vec!["web".into()]).await.unwrap();
+        assert_eq!(
+            names(&desired),
+            ["Server1", "emergency_1", "Server3", "web"]
+        );
+        assert_eq!(
+            patches(&calls)[0]["spec"],
+            json!({"replicas": 4, "hostnames": ["Server1", "Server2", "Server3", "web"]})
+        );
+
+        let (kube_pool, calls) = mock(pool(3, &[], &[("Server2", "emergency_1")]), 0);
+        let desired = kube_pool
+            .remove(1, vec!["emergency_1".into()])
+            .await
+            .unwrap();
+        assert_eq!(names(&desired), ["Server1", "Server3"]);
+        assert_eq!(
+            patches(&calls)[0]["spec"],
+            json!({"replicas": 2, "hostnames": ["Server1", "Server3"]})
+        );
+    }
+
+    #[tokio::test]
+    async fn refused_changes_write_nothing() {
+        let (kube_pool, calls) = mock(pool(2, &[], &[("Server2", "emergency_1")]), 0);
+        for (result, expected) in [
+            (
+                kube_pool.add(1, vec!["Server1".into()]).await,
+                "hostname 'Server1' is already in use",
+            ),
+            (
+                // The failed name stays taken while its replacement lives.
+                kube_pool.add(1, vec!["Server2".into()]).await,
+                "hostname 'Server2' is already in use",
+            ),
+            (
+                kube_pool.add(1, vec!["server_".into()]).await,
+                "cannot name a pod",
+            ),
+            (
+                kube_pool.add(2, vec!["Web_1".into(), "web-1".into()]).await,
+                "hostname 'web-1' is already in use",
+            ),
+            (
+                kube_pool.remove(1, vec!["Server2".into()]).await,
+                "hostname 'Server2' is not a replica",
+            ),
+            (
+                kube_pool.remove(3, vec![]).await,
+                "cannot remove 3 replicas: there are only 2",
+            ),
+        ] {
+            let error = result.unwrap_err().to_string();
+            assert!(error.contains(expected), "{error}");
+        }
+        assert!(patches(&calls).is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_conflicting_write_is_retried_on_a_fresh_read() {
+        let (kube_pool, calls) = mock(pool(1, &[], &[]), 2);
+        let desired = kube_pool.add(1, vec![]).await.unwrap();
+        assert_eq!(names(&desired), ["Server1", "Server2"]);
+        let methods: Vec<String> = calls
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(m, _)| m.clone())
+            .collect();
+        assert_eq!(methods, ["GET", "PATCH", "GET", "PATCH", "GET", "PATCH"]);
+    }
+
+    #[test]
+    fn the_ring_holds_only_ready_members_and_suspects_leave_it() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let _guard = rt.enter();
+        let (kube_pool, _) = mock(pool(3, &[], &[]), 0);
+        let healthy = |ok| {
+            let mut state = HealthState::starting();
+            state.record_heartbeat(ok, 3);
+            state
+        };
+        let member = |name: &str, ip: Option<&str>, ok| PublishedMember {
+            name: ReplicaName::parse(name).unwrap(),
+            addr: ip.map(|ip| SocketAddr::new(ip.parse().unwrap(), 5000)),
+            health: healthy(ok),
+        };
+        let desired: Vec<ReplicaName> = ["Server1", "Server2", "Server3"]
+            .iter()
+            .map(|n| ReplicaName::parse(n).unwrap())
+            .collect();
+        kube_pool.publish(
+            desired.clone(),
+            vec![
+                member("Server1", Some("10.0.0.1"), true),
+                member("Server2", Some("10.0.0.2"), false),
+                member("Server3", None, false),
+            ],
+            Vec::new(),
+            RingConfig::default(),
+        );
+        let in_ring = |p: &KubePool| -> Vec<String> {
+            p.routing()
+                .load()
+                .backends
+                .iter()
+                .map(|b| b.name.to_string())
+                .collect()
+        };
+        assert_eq!(in_ring(&kube_pool), ["Server1"]);
+        assert_eq!(
+            names(&kube_pool.view().desired),
+            ["Server1", "Server2", "Server3"]
+        );
+        kube_pool.report_unreachable(&desired[0]);
+        assert!(in_ring(&kube_pool).is_empty());
+        assert_eq!(kube_pool.take_suspects().len(), 1);
+    }
+}

@@ -1,12 +1,14 @@
 //! Kubernetes: the `ServerPool` custom resource and the operator that keeps its
 //! pods alive.
 //!
+//! - [`app`]: `ringlb operator`: reconciler, proxy and operations port in one process;
 //! - [`crd`]: the resource types; `ringlb crd` prints the CRD generated from them;
 //! - [`members`]: desired logical names and their DNS-1123 pod names (pure);
 //! - [`reconciler`]: pods follow the pool: create, delete, replace, Events, status;
 //! - [`kube_pool`]: the in-cluster pool behind the proxy (`/add`, `/rm` edit the spec);
 //! - [`manifests`]: the API permissions the operator uses (and tests of `deploy/`);
 
+pub mod app;
 pub mod crd;
 pub mod kube_pool;
 pub mod manifests;

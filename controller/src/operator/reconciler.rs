@@ -365,7 +365,7 @@ pub async fn reconcile(pool: Arc<ServerPool>, ctx: Arc<Context>) -> Result<Actio
                         .unwrap_or_default();
                     note(
                         &mut first_error,
-                        runtime.delete(&pod).await.map_err(Error::from),
+                        runtime.delete_now(&pod).await.map_err(Error::from),
                     );
                     gone.insert(failed.clone());
                     publish_event(

@@ -396,6 +396,11 @@ async fn a_failed_pod_is_replaced_by_an_emergency_pod_and_recorded() {
             format!("PATCH {STATUS}"),
         ]
     );
+    // A failed replica's pod goes at once: nothing waits for its grace period.
+    assert_eq!(
+        api.body_of("DELETE", &format!("{PODS}/server2"))["gracePeriodSeconds"],
+        0
+    );
     let created = api.created_pods();
     assert_eq!(created[0]["metadata"]["name"], "emergency-1");
     assert_eq!(

@@ -209,9 +209,20 @@ impl KubeRuntime {
         Ok(self.pods.create(&PostParams::default(), &pod).await?)
     }
 
-    /// Deletes pod `pod`; one already gone is not an error.
+    /// Deletes pod `pod` gracefully; one already gone is not an error.
     pub async fn delete(&self, pod: &str) -> Result<(), ::kube::Error> {
-        match self.pods.delete(pod, &DeleteParams::default()).await {
+        self.delete_with(pod, &DeleteParams::default()).await
+    }
+
+    /// Deletes pod `pod` without a grace period: for a replica that failed, whose
+    /// name is needed by nobody and whose requests are lost anyway.
+    pub async fn delete_now(&self, pod: &str) -> Result<(), ::kube::Error> {
+        self.delete_with(pod, &DeleteParams::default().grace_period(0))
+            .await
+    }
+
+    async fn delete_with(&self, pod: &str, params: &DeleteParams) -> Result<(), ::kube::Error> {
+        match self.pods.delete(pod, params).await {
             Ok(_) => Ok(()),
             Err(error) if is_status(&error, 404) => Ok(()),
             Err(error) => Err(error),
@@ -310,6 +321,13 @@ impl Runtime for KubeRuntime {
     async fn stop(&self, name: &ReplicaName) {
         let Ok(pod) = pod_name(name) else { return };
         if let Err(error) = self.delete(&pod).await {
+            tracing::warn!(replica = %name, %error, "could not delete pod");
+        }
+    }
+
+    async fn kill(&self, name: &ReplicaName) {
+        let Ok(pod) = pod_name(name) else { return };
+        if let Err(error) = self.delete_now(&pod).await {
             tracing::warn!(replica = %name, %error, "could not delete pod");
         }
     }
