@@ -28,3 +28,8 @@ fmt:
 
 lint:
     cargo clippy --workspace --all-targets -- -D warnings
+
+# Proxy benchmark against nginx and HAProxy (installs them and wrk from apt if missing);
+# writes docs/bench.md. Options: --rounds N --duration S --connections C.
+bench *ARGS:
+    python3 bench/proxy_bench.py {{ARGS}}
