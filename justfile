@@ -33,3 +33,37 @@ lint:
 # writes docs/bench.md. Options: --rounds N --duration S --connections C.
 bench *ARGS:
     python3 bench/proxy_bench.py {{ARGS}}
+
+# --- Kubernetes (see README, Kubernetes) ---
+
+# Regenerate crds/serverpool.yaml from the Rust types (a test fails when it is stale).
+crd:
+    cargo run --quiet -- crd > crds/serverpool.yaml
+
+# Build the images ringlb:dev and ringlb-replica:dev (FROM scratch, static binaries).
+image:
+    bash scripts/build-images.sh
+
+# Container smoke test of both images: replica /home and /heartbeat, ringlb in front of it.
+image-smoke: image
+    bash scripts/image-smoke.sh
+
+# Create the kind cluster `ringlb` (if needed) and load both images into it.
+kind-up: image
+    kind get clusters | grep -qx ringlb || kind create cluster --config kind-config.yaml --wait 180s
+    kind load docker-image ringlb:dev ringlb-replica:dev --name ringlb
+
+# Install the CRD, then the operator, its RBAC, Service, Secret and the demo pool.
+deploy:
+    kubectl apply -f crds/
+    kubectl wait --for condition=established crd/serverpools.ringlb.dev --timeout=60s
+    kubectl apply -f deploy/
+    kubectl rollout status deploy/ringlb --timeout=180s
+
+# The README's Kubernetes path on kind, scripted with assertions; cleans up after itself.
+e2e:
+    bash scripts/e2e-kind.sh
+
+# Delete the kind cluster.
+kind-down:
+    kind delete cluster --name ringlb

@@ -186,7 +186,11 @@ impl KubePool {
             let patch = json!({
                 // A stale resourceVersion makes the API server refuse (409): re-read and retry.
                 "metadata": { "resourceVersion": pool.metadata.resource_version },
-                "spec": { "replicas": replicas, "hostnames": hostnames },
+                // No hostnames: the field goes (null), the names are all generated.
+                "spec": {
+                    "replicas": replicas,
+                    "hostnames": (!hostnames.is_empty()).then_some(&hostnames),
+                },
             });
             match self
                 .api
@@ -463,7 +467,7 @@ mod tests {
         assert_eq!(
             patches(&calls),
             [json!({"metadata": {"resourceVersion": "42"},
-                    "spec": {"replicas": 5, "hostnames": []}})]
+                    "spec": {"replicas": 5, "hostnames": null}})]
         );
         // /rep answers the new desired list at once.
         assert_eq!(names(&kube_pool.view().desired).len(), 5);

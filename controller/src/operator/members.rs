@@ -151,20 +151,23 @@ pub fn next_emergency<'a>(names: impl IntoIterator<Item = &'a str>) -> u64 {
         .map_or(1, |n| n + 1)
 }
 
-/// The spec (`replicas`, `hostnames`) that gives exactly `bases` as base names:
-/// the current hostnames when they still do, otherwise every name spelled out.
+/// The spec (`replicas`, `hostnames`) that gives exactly `bases` as base names,
+/// spelled as briefly as it can be: no hostnames, else the current ones, else
+/// every name written out.
 pub fn spec_for(current_hostnames: &[String], bases: &[ReplicaName]) -> (u32, Vec<String>) {
     let replicas = bases.len() as u32;
-    let probe = ServerPoolSpec {
-        replicas,
-        hostnames: current_hostnames.to_vec(),
-        ..names_only_spec()
-    };
-    if base_names(&probe).ok().as_deref() == Some(bases) {
-        (replicas, current_hostnames.to_vec())
-    } else {
-        (replicas, bases.iter().map(ReplicaName::to_string).collect())
+    let kept = &current_hostnames[..current_hostnames.len().min(bases.len())];
+    for hostnames in [&[][..], kept] {
+        let probe = ServerPoolSpec {
+            replicas,
+            hostnames: hostnames.to_vec(),
+            ..names_only_spec()
+        };
+        if base_names(&probe).ok().as_deref() == Some(bases) {
+            return (replicas, hostnames.to_vec());
+        }
     }
+    (replicas, bases.iter().map(ReplicaName::to_string).collect())
 }
 
 /// A spec with only the fields that names depend on.
@@ -302,6 +305,12 @@ mod tests {
     fn spec_for_keeps_the_hostnames_when_they_still_give_the_names() {
         let bases = base_names(&spec(4, &["A"])).unwrap();
         assert_eq!(spec_for(&["A".into()], &bases), (4, vec!["A".to_owned()]));
+        // Back to generated names only: no hostnames left over.
+        let bases = base_names(&spec(2, &[])).unwrap();
+        assert_eq!(
+            spec_for(&["Server1".into(), "web".into()], &bases),
+            (2, vec![])
+        );
         // Server2 removed: every name is spelled out.
         let bases = vec![name("A"), name("Server1"), name("Server3")];
         let (replicas, hostnames) = spec_for(&["A".into()], &bases);
