@@ -175,6 +175,7 @@ fn announce(
         Algorithm::Point => format!("{} virtual nodes each", ring.vnodes),
         Algorithm::Maglev => format!("{} table entries", ring.slots),
         Algorithm::Rendezvous => "no table".to_owned(),
+        Algorithm::RankTable => format!("{} table entries", ring.slots),
     };
     println!(
         "ringlb: ring {} with {} hash ({shape}); request key {}",

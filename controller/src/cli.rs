@@ -91,7 +91,7 @@ pub struct UpArgs {
     #[arg(long, env = "RINGLB_PRESET", default_value = "default")]
     pub preset: Preset,
 
-    /// Ring algorithm: slot, point, maglev or rendezvous.
+    /// Ring algorithm: slot, point, maglev, rendezvous or rank-table.
     #[arg(long, env = "RINGLB_ALGORITHM")]
     pub algorithm: Option<Algorithm>,
 
@@ -99,7 +99,7 @@ pub struct UpArgs {
     #[arg(long, env = "RINGLB_HASH")]
     pub hash: Option<HashFn>,
 
-    /// Slots of the ring (slot ring) or lookup table size (Maglev).
+    /// Slots of the ring (slot ring) or lookup table size (Maglev, rank table).
     #[arg(long, env = "RINGLB_SLOTS")]
     pub slots: Option<u32>,
 

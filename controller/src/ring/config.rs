@@ -22,6 +22,11 @@ pub enum Algorithm {
     Maglev,
     /// Highest random weight: the member with the highest score(member, key) wins.
     Rendezvous,
+    /// A lookup table of `slots` entries (`slots` must be prime) in which each entry goes
+    /// to the member whose Maglev permutation reaches it first, every member capped at
+    /// ⌈(1 + ε)·slots/N⌉ entries (ε = max(1.5%, 0.75·√(N/slots))): rendezvous over table
+    /// entries with bounded loads.
+    RankTable,
 }
 
 /// The hash function used both for request keys and for member placement.
@@ -53,9 +58,9 @@ pub enum Preset {
 
 /// Everything that determines a ring besides its member set.
 ///
-/// `slots` is the table size of `slot` and `maglev` (ignored by `point` and `rendezvous`);
-/// `vnodes` is the number of virtual nodes per member of `slot` and `point` (ignored by
-/// `maglev` and `rendezvous`).
+/// `slots` is the table size of `slot`, `maglev` and `rank-table` (ignored by `point` and
+/// `rendezvous`); `vnodes` is the number of virtual nodes per member of `slot` and `point`
+/// (ignored by the others).
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RingConfig {
     pub algorithm: Algorithm,
@@ -67,6 +72,11 @@ pub struct RingConfig {
 /// The Maglev table size of the default preset: the prime recommended by the Maglev paper
 /// for small backend counts (M ≫ 100·N keeps the table balanced to within 1%).
 pub const MAGLEV_DEFAULT_SLOTS: u32 = 65_537;
+
+/// The table size of the default preset (rank table): a prime near 2^18. 1 MiB of `u32`
+/// that stays in L2; large enough that the cap of 1.5% over the mean costs almost no extra
+/// key movement up to N ≈ 100 (see `rank_table.rs` and docs/ring-quality.md).
+pub const RANK_TABLE_DEFAULT_SLOTS: u32 = 262_147;
 
 /// Largest table accepted for `slot` and `maglev` (16 Mi entries = 64 MiB of `u32`):
 /// anything larger is a typo, not a tuning choice.
@@ -89,19 +99,19 @@ impl RingConfig {
     pub fn preset(preset: Preset) -> Self {
         match preset {
             Preset::Course => Self::course(),
-            // Chosen by measurement (examples/ring_report.rs, 900 000 six-digit ids):
-            // Maglev + xxh3 on 65537 entries has max/mean share ≤ 1.004 for N = 2..10 and
-            // 1.025 at N = 100 (the sampling noise of 9000 keys per member — rendezvous is no
-            // better), O(1) lookups of ~10 ns whatever N, a 256 KiB table that stays in L2,
-            // and a few-millisecond build. The price is extra key movement on a membership
-            // change: ≈1.0× the ideal at N = 10, ≈1.55× at N = 100. Rendezvous moves exactly
-            // the ideal but costs O(N) per lookup (~200 ns at N = 100); the point ring needs
-            // 1000 points per member to get within 1.09 and is 3–9× slower per lookup.
+            // Chosen by measurement (bench/ring-quality, docs/ring-quality.md): the rank
+            // table + xxh3 on 262 147 entries has max/mean ≤ 1.0154 by construction for
+            // N ≤ 100 (exact over the 64-bit hash space), moves ≤ 1.02× the ideal share of
+            // keys when a member joins or leaves at N = 10 and 100, looks up in O(1) from a
+            // 1 MiB table, and builds in tens of milliseconds whatever N. Maglev on 65 537
+            // entries balances as well but moves ≈1.5× the ideal at N = 100; rendezvous moves
+            // the ideal but costs O(N) per lookup; ketama-style point rings are 1.1–1.2 off
+            // balance with 160 points per member.
             Preset::Default => RingConfig {
-                algorithm: Algorithm::Maglev,
+                algorithm: Algorithm::RankTable,
                 hash: HashFn::Xxh3,
-                slots: MAGLEV_DEFAULT_SLOTS,
-                // Unused by Maglev; ketama's 160 points per member if only the algorithm is
+                slots: RANK_TABLE_DEFAULT_SLOTS,
+                // Unused by the rank table; ketama's 160 points per member if only the algorithm is
                 // overridden to `point` or `slot`.
                 vnodes: 160,
             },
@@ -114,7 +124,10 @@ impl RingConfig {
     /// prime); `Ring::build` given such a config anyway rounds up to the next prime so that
     /// the fill always terminates.
     pub fn validate(&self) -> Result<(), String> {
-        let uses_slots = matches!(self.algorithm, Algorithm::Slot | Algorithm::Maglev);
+        let uses_slots = matches!(
+            self.algorithm,
+            Algorithm::Slot | Algorithm::Maglev | Algorithm::RankTable
+        );
         let uses_vnodes = matches!(self.algorithm, Algorithm::Slot | Algorithm::Point);
         if uses_slots {
             if self.slots == 0 {
@@ -149,8 +162,9 @@ impl RingConfig {
                 "a slot ring of {} slots cannot hold {} virtual servers of even one member",
                 self.slots, self.vnodes
             )),
-            Algorithm::Maglev if !is_prime(self.slots) => Err(format!(
-                "the Maglev table size must be prime: {} is not (the next prime is {})",
+            Algorithm::Maglev | Algorithm::RankTable if !is_prime(self.slots) => Err(format!(
+                "the {} table size must be prime: {} is not (the next prime is {})",
+                self.algorithm,
                 self.slots,
                 next_prime(self.slots)
             )),
@@ -160,11 +174,12 @@ impl RingConfig {
 
     /// How many members this config can hold at full strength, if it has a limit:
     /// `slots / vnodes` for the slot ring (beyond that `Ring::build` gives each member
-    /// fewer virtual servers), `slots` for Maglev (beyond that some members own no entry).
+    /// fewer virtual servers), `slots` for Maglev and the rank table (beyond that some
+    /// members own no entry).
     pub fn member_capacity(&self) -> Option<usize> {
         match self.algorithm {
             Algorithm::Slot => Some((self.slots / self.vnodes.max(1)) as usize),
-            Algorithm::Maglev => Some(self.slots as usize),
+            Algorithm::Maglev | Algorithm::RankTable => Some(self.slots as usize),
             Algorithm::Point | Algorithm::Rendezvous => None,
         }
     }
@@ -227,7 +242,7 @@ macro_rules! kebab_names {
     };
 }
 
-kebab_names!(Algorithm { Slot => "slot", Point => "point", Maglev => "maglev", Rendezvous => "rendezvous" });
+kebab_names!(Algorithm { Slot => "slot", Point => "point", Maglev => "maglev", Rendezvous => "rendezvous", RankTable => "rank-table" });
 kebab_names!(HashFn { Quadratic => "quadratic", Xxh3 => "xxh3", Murmur3 => "murmur3" });
 kebab_names!(Preset { Default => "default", Course => "course" });
 
@@ -281,7 +296,7 @@ mod tests {
     fn from_str_error_lists_valid_values() {
         let err = "ketama".parse::<Algorithm>().unwrap_err();
         assert!(
-            err.contains("'ketama'") && err.contains("slot, point, maglev, rendezvous"),
+            err.contains("'ketama'") && err.contains("slot, point, maglev, rendezvous, rank-table"),
             "{err}"
         );
         let err = "md5".parse::<HashFn>().unwrap_err();
@@ -325,7 +340,11 @@ mod tests {
             .is_err()
         );
 
-        let maglev = RingConfig::default();
+        let maglev = RingConfig {
+            algorithm: Algorithm::Maglev,
+            slots: MAGLEV_DEFAULT_SLOTS,
+            ..RingConfig::default()
+        };
         let err = RingConfig {
             slots: 65_536,
             ..maglev.clone()
@@ -333,6 +352,16 @@ mod tests {
         .validate()
         .unwrap_err();
         assert!(err.contains("65537"), "{err}");
+        let err = RingConfig {
+            slots: 262_144,
+            ..RingConfig::default()
+        }
+        .validate()
+        .unwrap_err();
+        assert!(
+            err.contains("rank-table") && err.contains("262147"),
+            "{err}"
+        );
         // vnodes is not used by Maglev, so 0 is fine there.
         assert_eq!(
             RingConfig {
@@ -370,11 +399,12 @@ mod tests {
         assert_eq!(next_prime(65_536), 65_537);
         assert_eq!(next_prime(0), 2);
         assert_eq!(next_prime(512), 521);
+        assert!(is_prime(RANK_TABLE_DEFAULT_SLOTS));
     }
 
     #[test]
     fn member_capacity() {
         assert_eq!(RingConfig::course().member_capacity(), Some(56)); // 512 / 9 = 56 rem 8
-        assert_eq!(RingConfig::default().member_capacity(), Some(65_537));
+        assert_eq!(RingConfig::default().member_capacity(), Some(262_147));
     }
 }

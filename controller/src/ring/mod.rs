@@ -2,9 +2,9 @@
 //!
 //! A [`Ring`] is an immutable value built from a member set and a [`RingConfig`]; the same
 //! set (in any order, with or without duplicates) and config give the same ring in every
-//! process. Four algorithms ([`Algorithm`]) times three hash functions ([`HashFn`]);
+//! process. Five algorithms ([`Algorithm`]) times three hash functions ([`HashFn`]);
 //! [`Preset::Course`] reproduces the course setup and [`Preset::Default`] is the measured
-//! default (see `examples/ring_report.rs`).
+//! default (see `bench/ring-quality` and docs/ring-quality.md).
 
 mod candidates;
 mod config;
@@ -13,19 +13,23 @@ mod keyspace;
 mod maglev;
 mod order;
 mod point;
+mod rank_table;
 mod rendezvous;
 mod slot;
 
 use std::fmt;
 
 pub use candidates::Candidates;
-pub use config::{Algorithm, HashFn, MAGLEV_DEFAULT_SLOTS, Preset, RingConfig};
+pub use config::{
+    Algorithm, HashFn, MAGLEV_DEFAULT_SLOTS, Preset, RANK_TABLE_DEFAULT_SLOTS, RingConfig,
+};
 pub use hash::{course_request_hash, course_vnode_hash, murmur3_x64_128};
 pub use keyspace::{FIRST_ID, KEY_COUNT, LAST_ID, for_each_default_key};
 pub use order::natural_cmp;
 
 use maglev::MaglevTable;
 use point::PointRing;
+use rank_table::RankTable;
 use rendezvous::RendezvousSet;
 use slot::SlotRing;
 
@@ -45,6 +49,7 @@ enum Layout {
     Point(PointRing),
     Maglev(MaglevTable),
     Rendezvous(RendezvousSet),
+    RankTable(RankTable),
 }
 
 impl Ring {
@@ -78,6 +83,9 @@ impl Ring {
             }
             Algorithm::Rendezvous => {
                 Layout::Rendezvous(RendezvousSet::build(&members, config.hash))
+            }
+            Algorithm::RankTable => {
+                Layout::RankTable(RankTable::build(&members, config.hash, config.slots))
             }
         };
         Ring {
@@ -124,6 +132,7 @@ impl Ring {
             Layout::Point(ring) => ring.owners()[ring.point_of(hash)],
             Layout::Maglev(table) => table.table()[table.entry_of(hash)],
             Layout::Rendezvous(set) => return Some(set.winner(hash)),
+            Layout::RankTable(table) => table.table()[table.entry_of(hash)],
         };
         // Every non-empty layout places at least one member, so NO_OWNER cannot occur.
         debug_assert_ne!(owner, NO_OWNER);
@@ -131,8 +140,8 @@ impl Ring {
     }
 
     /// Distinct member indices in the order failover should try them: first `lookup(key)`,
-    /// then the next distinct member along the ring (slot, point, Maglev: walking forward;
-    /// rendezvous: by descending score). Yields every member exactly once. The first item
+    /// then the next distinct member along the ring (slot, point, Maglev, rank table: walking
+    /// forward; rendezvous: by descending score). Yields every member exactly once. The first item
     /// does not allocate; later ones may (rendezvous ranks on the second item, and rings of
     /// more than 128 members allocate a bitmap).
     pub fn candidates(&self, key: &[u8]) -> Candidates<'_> {
@@ -146,6 +155,7 @@ impl Ring {
             Layout::Point(ring) => Candidates::walk(ring.owners(), ring.point_of(hash), n),
             Layout::Maglev(table) => Candidates::walk(table.table(), table.entry_of(hash), n),
             Layout::Rendezvous(set) => Candidates::ranked(set, hash, n),
+            Layout::RankTable(table) => Candidates::walk(table.table(), table.entry_of(hash), n),
         }
     }
 

@@ -3,11 +3,12 @@
 use super::*;
 use proptest::prelude::*;
 
-const ALGORITHMS: [Algorithm; 4] = [
+const ALGORITHMS: [Algorithm; 5] = [
     Algorithm::Slot,
     Algorithm::Point,
     Algorithm::Maglev,
     Algorithm::Rendezvous,
+    Algorithm::RankTable,
 ];
 const HASHES: [HashFn; 3] = [HashFn::Quadratic, HashFn::Xxh3, HashFn::Murmur3];
 
@@ -18,6 +19,7 @@ fn config(algorithm: Algorithm, hash: HashFn) -> RingConfig {
         Algorithm::Point => (0, 40),
         Algorithm::Maglev => (4093, 0),
         Algorithm::Rendezvous => (0, 0),
+        Algorithm::RankTable => (4093, 0),
     };
     RingConfig {
         algorithm,
@@ -238,6 +240,7 @@ proptest! {
     fn balanced_algorithms_stay_within_their_bound(members in member_set(20).prop_filter("2..=20", |m| m.len() >= 2)) {
         let bounds = [
             (RingConfig::default(), 1.03),
+            (RingConfig { algorithm: Algorithm::Maglev, hash: HashFn::Xxh3, slots: MAGLEV_DEFAULT_SLOTS, vnodes: 0 }, 1.03),
             (RingConfig { algorithm: Algorithm::Rendezvous, hash: HashFn::Xxh3, slots: 0, vnodes: 0 }, 1.03),
             (RingConfig { algorithm: Algorithm::Rendezvous, hash: HashFn::Murmur3, slots: 0, vnodes: 0 }, 1.03),
             (RingConfig { algorithm: Algorithm::Point, hash: HashFn::Xxh3, slots: 0, vnodes: 1000 }, 1.22),
@@ -248,5 +251,113 @@ proptest! {
             let max_over_mean = max * shares.len() as f64;
             prop_assert!(max_over_mean <= bound, "{:?} N = {}: max/mean {}", c, shares.len(), max_over_mean);
         }
+    }
+}
+
+/// Owner (by name) of every entry of a table ring: with a table of M entries, the hash `e`
+/// lands on entry `e`, so this is the ring's exact map of the uniform 64-bit hash space
+/// (every entry covers the same number of hashes, up to one part in 2^64 / M).
+fn entry_owners(ring: &Ring, size: u64) -> Vec<&str> {
+    (0..size)
+        .map(|e| ring.members()[ring.lookup_hash(e).expect("non-empty")].as_str())
+        .collect()
+}
+
+/// (fraction of entries whose owner changed, fraction that moved between two members
+/// present in both rings).
+fn movement(before: &[&str], after: &[&str], changed: &str) -> (f64, f64) {
+    let (mut moved, mut between) = (0usize, 0usize);
+    for (old, new) in before.iter().zip(after) {
+        if old != new {
+            moved += 1;
+            between += usize::from(*old != changed && *new != changed);
+        }
+    }
+    let len = before.len() as f64;
+    (moved as f64 / len, between as f64 / len)
+}
+
+fn max_over_mean(owners: &[&str], members: usize) -> f64 {
+    let mut counts = std::collections::HashMap::new();
+    owners
+        .iter()
+        .for_each(|o| *counts.entry(*o).or_insert(0usize) += 1);
+    assert_eq!(counts.len(), members, "every member owns entries");
+    *counts.values().max().unwrap() as f64 * members as f64 / owners.len() as f64
+}
+
+/// The default preset meets its targets exactly over the uniform hash space: max/mean
+/// ≤ 1.02 for N = 2..100, and ≤ 1.10× the ideal share of keys moved when a member joins or
+/// leaves 100 (with almost nothing moved between members that stay).
+#[test]
+fn default_rank_table_meets_the_balance_and_movement_targets() {
+    let config = RingConfig::default();
+    assert_eq!(config.algorithm, Algorithm::RankTable);
+    let size = u64::from(config.slots);
+    let servers = |n: usize| (1..=n).map(|i| format!("Server{i}")).collect::<Vec<_>>();
+    for n in [2, 3, 4, 5, 6, 10, 37, 100] {
+        let ring = Ring::build(&servers(n), &config);
+        let balance = max_over_mean(&entry_owners(&ring, size), n);
+        assert!(balance <= 1.02, "N = {n}: max/mean {balance}");
+    }
+    let n = 100;
+    let all = servers(n + 1);
+    let base_ring = Ring::build(&all[..n], &config);
+    let base = entry_owners(&base_ring, size);
+    let grown_ring = Ring::build(&all, &config);
+    let (moved, between) = movement(&base, &entry_owners(&grown_ring, size), &all[n]);
+    assert!(moved * (n + 1) as f64 <= 1.10, "join: {moved}");
+    assert!(
+        between * (n + 1) as f64 <= 0.05,
+        "join, between survivors: {between}"
+    );
+    for gone in [0, 49, 99] {
+        let rest: Vec<&String> = all[..n].iter().filter(|m| **m != all[gone]).collect();
+        let shrunk_ring = Ring::build(&rest, &config);
+        let (moved, between) = movement(&base, &entry_owners(&shrunk_ring, size), &all[gone]);
+        assert!(moved * n as f64 <= 1.10, "leave {gone}: {moved}");
+        assert!(
+            between * n as f64 <= 0.05,
+            "leave {gone}, survivors: {between}"
+        );
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    /// Rank table, any member names: the cap bounds every member's share of the hash space
+    /// (max/mean ≤ 1 + ε + N/M with ε = 1.5% here), and a join or a leave moves at most
+    /// 1.25× the ideal share of keys, at most a quarter of the ideal between members that
+    /// stay. (Rendezvous on ranks alone would move exactly the ideal; only the cap moves
+    /// others' entries.)
+    #[test]
+    fn rank_table_is_balanced_and_moves_little(
+        members in member_set(20).prop_filter("at least 3", |m| m.len() >= 3),
+        newcomer in member_name(),
+        leaving in any::<prop::sample::Index>(),
+    ) {
+        prop_assume!(!members.contains(&newcomer));
+        let c = RingConfig { slots: 65_537, ..config(Algorithm::RankTable, HashFn::Xxh3) };
+        let size = 65_537;
+        let n = members.len();
+        let before_ring = Ring::build(&members, &c);
+        let before = entry_owners(&before_ring, size);
+        let balance = max_over_mean(&before, n);
+        prop_assert!(balance <= 1.015 + n as f64 / size as f64, "N = {}: {}", n, balance);
+
+        let mut grown = members.clone();
+        grown.push(newcomer.clone());
+        let grown_ring = Ring::build(&grown, &c);
+        let (moved, between) = movement(&before, &entry_owners(&grown_ring, size), &newcomer);
+        let ideal = 1.0 / (n + 1) as f64;
+        prop_assert!(moved <= 1.25 * ideal && between <= 0.25 * ideal, "join: {} / {}", moved, between);
+
+        let gone = leaving.get(&members).clone();
+        let rest: Vec<&String> = members.iter().filter(|m| **m != gone).collect();
+        let shrunk_ring = Ring::build(&rest, &c);
+        let (moved, between) = movement(&before, &entry_owners(&shrunk_ring, size), &gone);
+        let ideal = 1.0 / n as f64;
+        prop_assert!(moved <= 1.25 * ideal && between <= 0.25 * ideal, "leave: {} / {}", moved, between);
     }
 }

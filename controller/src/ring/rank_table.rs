@@ -1,0 +1,193 @@
+//! Rank table: a Maglev-shaped lookup table filled by rendezvous on ranks, with bounded loads.
+//!
+//! Every member walks its own permutation of the M table entries (the Maglev permutation:
+//! offset + k·skip mod M, M prime). Entry e goes to the member that reaches it at the lowest
+//! rank k — rendezvous hashing with score −rank(member, e), ties at equal rank to the member
+//! that sorts first — except that no member may take more than
+//! `cap = ⌈(1 + ε)·M/N⌉` entries, with ε = max(1.5%, 0.75·√(N/M)).
+//!
+//! Why this shape:
+//! - Without the cap it is plain rendezvous over table entries: removing a member frees only
+//!   its entries, adding one takes only entries where it ranks first, so keys move exactly as
+//!   much as they must (Maglev's round robin, which takes the next *free* entry instead, moves
+//!   ≈1.5× the ideal at N = 100 with M = 65 537). But a member's entry count is then
+//!   binomial, ±√(M/N).
+//! - The cap bounds the largest share by construction: max/mean ≤ 1 + ε + N/M (1.0154 for
+//!   N ≤ 113 at M = 262 147). Only the tail of members that rendezvous would overfill gives
+//!   entries away, so the cap costs little movement; ε grows like √(N/M) past N ≈ 100 so
+//!   that the cap keeps cutting only that tail when a member's share is a few hundred
+//!   entries (N = 1 000: max/mean ≤ 1.05).
+//!
+//! The fill is the unique stable matching of entries and members under the total order
+//! (rank, canonical member order), computed in rounds: in round k every member that is not
+//! yet full looks at the k-th entry of its permutation and takes it if it is free. Each
+//! round probes one entry per active member, and the fill ends after ≈ M·ln M probes
+//! whatever N is — a few tens of milliseconds for M = 262 147.
+
+use super::NO_OWNER;
+use super::config::{HashFn, is_prime, next_prime};
+
+/// Lower bound of the cap's slack ε.
+const MIN_SLACK: f64 = 0.015;
+/// ε's growth with N: 0.75·√(N/M), i.e. 0.75 standard deviations of a member's uncapped
+/// (binomial) entry count relative to the mean.
+const SLACK_SIGMAS: f64 = 0.75;
+
+pub(super) struct RankTable {
+    table: Vec<u32>,
+}
+
+/// Most entries one of `members` members may own in a table of `size` entries.
+///
+/// Computed in `f64`: IEEE 754 rounds `sqrt`, `*` and `/` exactly, so every platform gets the
+/// same cap. Never below ⌈M/N⌉, so the members can always hold the whole table.
+pub(super) fn cap(size: u64, members: usize) -> u64 {
+    let (m, n) = (size as f64, members as f64);
+    let slack = (SLACK_SIGMAS * (n / m).sqrt()).max(MIN_SLACK);
+    (((1.0 + slack) * m / n).ceil() as u64).max(size.div_ceil(members as u64))
+}
+
+impl RankTable {
+    /// Builds the table with `slots` entries, rounded up to the next prime if it is not prime
+    /// (so that every permutation visits every entry and the fill terminates).
+    pub(super) fn build(members: &[String], hash: HashFn, slots: u32) -> Self {
+        if members.is_empty() {
+            return RankTable { table: Vec::new() };
+        }
+        let size = if is_prime(slots) {
+            slots
+        } else {
+            next_prime(slots)
+        };
+        let cap = u32::try_from(cap(u64::from(size), members.len())).unwrap_or(u32::MAX);
+
+        // The members still taking entries, in canonical order (which breaks rank ties),
+        // as parallel arrays: next entry of its permutation, step, member index, room left.
+        let n = members.len();
+        let (mut next, mut skip) = (Vec::with_capacity(n), Vec::with_capacity(n));
+        for (index, name) in members.iter().enumerate() {
+            let position = index as u64 + 1;
+            let m = u64::from(size);
+            next.push((hash.member_hash(name, position, 0) % m) as u32);
+            skip.push((hash.member_hash(name, position, 1) % (m - 1) + 1) as u32);
+        }
+        let mut member: Vec<u32> = (0..n as u32).collect();
+        let mut room = vec![cap; n];
+
+        let mut table = vec![NO_OWNER; size as usize];
+        // Free entries as a bitmap: 32 KiB for M = 262 147, so the probes stay in L1.
+        let mut free = vec![u64::MAX; table.len().div_ceil(64)];
+        let mut filled = 0u32;
+        // Terminates: the caps add up to at least M, so while an entry is free some member
+        // has room, and its permutation reaches every entry within M rounds.
+        while filled < size {
+            let mut someone_full = false;
+            for i in 0..next.len() {
+                let entry = next[i];
+                let (word, bit) = ((entry / 64) as usize, 1u64 << (entry % 64));
+                if free[word] & bit != 0 {
+                    free[word] &= !bit;
+                    table[entry as usize] = member[i];
+                    filled += 1;
+                    room[i] -= 1;
+                    someone_full |= room[i] == 0;
+                }
+                // (entry + skip) mod M without a division: both are below M < 2^31.
+                let stepped = entry + skip[i];
+                next[i] = if stepped >= size {
+                    stepped - size
+                } else {
+                    stepped
+                };
+            }
+            if someone_full {
+                // Drop full members, keeping the canonical order of the others.
+                let mut kept = 0;
+                for i in 0..next.len() {
+                    if room[i] > 0 {
+                        (next[kept], skip[kept], member[kept], room[kept]) =
+                            (next[i], skip[i], member[i], room[i]);
+                        kept += 1;
+                    }
+                }
+                next.truncate(kept);
+                skip.truncate(kept);
+                member.truncate(kept);
+                room.truncate(kept);
+            }
+        }
+        RankTable { table }
+    }
+
+    pub(super) fn entry_of(&self, hash: u64) -> usize {
+        (hash % self.table.len() as u64) as usize
+    }
+
+    pub(super) fn table(&self) -> &[u32] {
+        &self.table
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(n: usize) -> Vec<String> {
+        (1..=n).map(|i| format!("Server{i}")).collect()
+    }
+
+    fn counts(table: &RankTable, n: usize) -> Vec<u64> {
+        let mut counts = vec![0u64; n];
+        table.table.iter().for_each(|&m| counts[m as usize] += 1);
+        counts
+    }
+
+    #[test]
+    fn fill_by_hand_with_quadratic_hashes() {
+        // M = 7, the permutations of the Maglev test: Server1 walks 5, 4, 3, 2, 1, 0, 6 and
+        // Server2 walks 6, 0, 1, 2, 3, 4, 5. Cap: ε = max(0.015, 0.75·√(2/7)) = 0.40,
+        // ⌈1.40·3.5⌉ = 5. Round 0: S1 takes 5, S2 takes 6. Round 1: S1 takes 4, S2 takes 0.
+        // Round 2: S1 takes 3, S2 takes 1. Round 3: both reach 2 — the tie goes to S1,
+        // which sorts first. Done: S1 owns 2, 3, 4, 5.
+        assert_eq!(cap(7, 2), 5);
+        let table = RankTable::build(&names(2), HashFn::Quadratic, 7);
+        assert_eq!(table.table, [1, 1, 0, 0, 0, 0, 1]);
+    }
+
+    #[test]
+    fn the_cap_bounds_every_share() {
+        for n in [2, 3, 7, 10, 33, 100, 1000] {
+            for hash in [HashFn::Xxh3, HashFn::Murmur3, HashFn::Quadratic] {
+                let table = RankTable::build(&names(n), hash, 65_537);
+                let counts = counts(&table, n);
+                assert_eq!(counts.iter().sum::<u64>(), 65_537);
+                let max = *counts.iter().max().unwrap();
+                assert!(max <= cap(65_537, n), "n = {n}, {hash}: {max}");
+            }
+        }
+        // The documented bound at the default size: 1 + ε + N/M.
+        assert!(cap(262_147, 100) as f64 * 100.0 / 262_147.0 <= 1.0154);
+        assert!(cap(262_147, 1000) as f64 * 1000.0 / 262_147.0 <= 1.05);
+    }
+
+    #[test]
+    fn the_cap_never_leaves_entries_without_room() {
+        for (m, n) in [(2, 1), (7, 7), (7, 6), (3, 5), (65_537, 65_537), (11, 100)] {
+            assert!(cap(m, n) * n as u64 >= m, "m = {m}, n = {n}");
+        }
+    }
+
+    #[test]
+    fn non_prime_size_is_rounded_up_and_tiny_tables_terminate() {
+        assert_eq!(
+            RankTable::build(&names(3), HashFn::Xxh3, 1000).table.len(),
+            1009
+        );
+        // Fewer entries than members: every entry is owned, some members own none.
+        let tiny = RankTable::build(&names(5), HashFn::Xxh3, 3);
+        assert!(!tiny.table.contains(&NO_OWNER));
+        let counts = counts(&tiny, 5);
+        assert!(counts.iter().all(|&c| c <= cap(3, 5)), "{counts:?}");
+        assert!(counts.contains(&0));
+    }
+}
