@@ -11,6 +11,7 @@
 //! [`ops`] serves metrics, health and a JSON view of the ring on a separate port;
 //! [`app`] wires everything together for `ringlb up`.
 
+pub mod analysis;
 pub mod app;
 pub mod cli;
 pub mod metrics;
