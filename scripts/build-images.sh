@@ -10,6 +10,7 @@ cd "$(dirname "$0")/.."
 RINGLB_IMAGE=${RINGLB_IMAGE:-ringlb:dev}
 REPLICA_IMAGE=${REPLICA_IMAGE:-ringlb-replica:dev}
 TARGET=${TARGET:-x86_64-unknown-linux-gnu}
+TARGET_DIR=${CARGO_TARGET_DIR:-target}
 
 # Static glibc binaries: the images hold nothing else (no libc, no shell). Nothing
 # in them resolves host names at run time except through explicit IP literals
@@ -20,7 +21,7 @@ RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static" \
 context=$(mktemp -d)
 trap 'rm -rf "$context"' EXIT
 for bin in ringlb ringlb-replica; do
-    cp "target/$TARGET/release/$bin" "$context/$bin"
+    cp "$TARGET_DIR/$TARGET/release/$bin" "$context/$bin"
     if ldd "$context/$bin" 2>&1 | grep -q '=>'; then
         echo "error: $bin is not statically linked" >&2
         exit 1

@@ -70,10 +70,18 @@ code=$(curl -sS -o /dev/null -w '%{http_code}' "http://127.0.0.1:$replica_port/o
 [ "$code" = 404 ] || fail "/other answered $code, expected 404"
 
 echo "== ringlb image: $RINGLB_IMAGE"
-docker run --rm "$RINGLB_IMAGE" --help | head -n 3
+# Outputs are captured whole: `cmd | grep -q` would cut the pipe under pipefail.
+help=$(docker run --rm "$RINGLB_IMAGE" --help) || fail "ringlb --help failed"
+printf '%s\n' "$help" | sed -n 1p
 docker run --rm "$RINGLB_IMAGE" --version
-docker run --rm "$RINGLB_IMAGE" crd | grep -q '^kind: CustomResourceDefinition$' ||
-    fail "\`ringlb crd\` did not print the CRD"
+crd=$(docker run --rm "$RINGLB_IMAGE" crd) || fail "ringlb crd failed"
+[[ $crd == *$'\nkind: CustomResourceDefinition\n'* ]] || fail "\`ringlb crd\` did not print the CRD"
+# The image's default command is the operator: outside a cluster it must say why it stops.
+if out=$(docker run --rm -e RINGLB_POOL=demo -e RUST_BACKTRACE=0 "$RINGLB_IMAGE" 2>&1); then
+    fail "ringlb operator started without a Kubernetes API"
+fi
+[[ $out == *'cannot reach the Kubernetes API'* ]] || fail "unexpected operator error: $out"
+echo "ringlb operator without a cluster -> $(printf '%s' "$out" | head -n1)"
 
 replica_ip=$(docker inspect -f "{{(index .NetworkSettings.Networks \"$network\").IPAddress}}" "$replica")
 [ -n "$replica_ip" ] || fail "no address for the replica container"
