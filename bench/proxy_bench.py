@@ -273,15 +273,17 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "bench.md")
     parser.add_argument("--no-build", action="store_true")
+    parser.add_argument("--bin-dir", type=Path, default=ROOT / "target" / "release",
+                        help="where ringlb and ringlb-replica are (implies --no-build if not the default)")
     args = parser.parse_args()
     if not (1 <= args.rounds <= 20 and 1 <= args.duration <= 120):
         parser.error("--rounds must be 1..20 and --duration 1..120")
 
     ensure_tools()
-    if not args.no_build:
+    if not args.no_build and args.bin_dir == ROOT / "target" / "release":
         subprocess.run(["cargo", "build", "--release", "-q", "-p", "ringlb", "-p", "ringlb-replica"],
                        cwd=ROOT, check=True)
-    bin_dir = ROOT / "target" / "release"
+    bin_dir = args.bin_dir
 
     stack = Stack()
     tmp = Path(tempfile.mkdtemp(prefix="ringlb-bench-"))
@@ -361,7 +363,7 @@ def main() -> int:
         f"alternation (ringlb, nginx, HAProxy, ringlb, …); medians over rounds. Everything shares the "
         f"same cores, wrk included, so only the ratios within one run mean anything.",
         "",
-        f"Versions: {version([str(ROOT / 'target/release/ringlb'), '--version'])}; "
+        f"Versions: {version([str(args.bin_dir / 'ringlb'), '--version'])}; "
         f"{version([tool('nginx'), '-v'])}; {version([tool('haproxy'), '-v'])}; {version([tool('wrk'), '-v'])}.",
         "",
         "| target | req/s | p50 ms | p99 ms | CPU µs/req (proxy) | errors |",

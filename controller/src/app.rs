@@ -16,6 +16,7 @@ use crate::metrics::Metrics;
 use crate::ops::{self, Ops};
 use crate::pool::supervisor::PoolSettings;
 use crate::pool::{HealthSettings, PoolHandle, Supervisor};
+use crate::proxy::workers::ProxyListeners;
 use crate::proxy::{self, Proxy, ProxySettings};
 use crate::ring::Algorithm;
 use crate::runtime::{ExternalRuntime, ProcessRuntime, Runtime};
@@ -51,8 +52,11 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     };
 
     // Bind first: a port in use is reported before any replica is started.
-    let proxy_listener = TcpListener::bind(args.listen)
-        .await
+    let workers = args
+        .workers
+        .unwrap_or_else(proxy::workers::default_workers)
+        .max(1);
+    let proxy_listener = ProxyListeners::bind(args.listen, workers)
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let ops_listener = TcpListener::bind(args.ops_listen)
         .await
@@ -83,7 +87,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
 
 /// Everything on the serving side that does not depend on the runtime.
 struct Front {
-    proxy_listener: TcpListener,
+    proxy_listener: ProxyListeners,
     ops_listener: TcpListener,
     proxy_settings: ProxySettings,
     metrics: Arc<Metrics>,
@@ -108,7 +112,7 @@ async fn serve<R: Runtime>(
         .await
         .context("cannot start the replicas")?;
 
-    let proxy_addr = proxy_listener.local_addr()?;
+    let proxy_addr = proxy_listener.local_addr();
     let ops_addr = ops_listener.local_addr()?;
     announce(&pool, proxy_addr, ops_addr, &ring_config, &proxy_settings);
 
@@ -116,19 +120,12 @@ async fn serve<R: Runtime>(
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
-    let proxy = Arc::new(Proxy::new(
-        Arc::new(pool.clone()),
-        proxy_settings,
-        metrics.clone(),
-    ));
-    let proxy_server = tokio::spawn(
-        axum::serve(
-            proxy_listener,
-            proxy::router(proxy).into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(stopped(stop_rx.clone()))
-        .into_future(),
-    );
+    let make_proxy = {
+        let pool: Arc<dyn crate::pool::PoolControl> = Arc::new(pool.clone());
+        let metrics = metrics.clone();
+        Arc::new(move || Proxy::new(pool.clone(), proxy_settings.clone(), metrics.clone()))
+    };
+    let proxy_workers = proxy::workers::spawn(proxy_listener, make_proxy, stop_rx.clone())?;
     let ops_server = tokio::spawn(
         axum::serve(
             ops_listener,
@@ -144,13 +141,8 @@ async fn serve<R: Runtime>(
     shutdown.await;
     tracing::info!("shutting down: draining in-flight requests");
     let _ = stop_tx.send(true);
-    match tokio::time::timeout(DRAIN_TIMEOUT, proxy_server).await {
-        Ok(Ok(Ok(()))) => {}
-        Ok(Ok(Err(error))) => tracing::error!(%error, "proxy server failed"),
-        Ok(Err(error)) => tracing::error!(%error, "proxy server task failed"),
-        Err(_) => {
-            tracing::warn!("requests still in flight after {DRAIN_TIMEOUT:?}; stopping anyway")
-        }
+    if !proxy_workers.drain(DRAIN_TIMEOUT).await {
+        tracing::warn!("requests still in flight after {DRAIN_TIMEOUT:?}; stopping anyway");
     }
     ops_server.abort();
     pool.shutdown().await;

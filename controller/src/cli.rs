@@ -68,6 +68,10 @@ pub struct UpArgs {
     #[arg(long, env = "RINGLB_LISTEN", default_value = "127.0.0.1:5000")]
     pub listen: SocketAddr,
 
+    /// Proxy worker threads, each with its own runtime and listener [default: one per core].
+    #[arg(long, env = "RINGLB_WORKERS")]
+    pub workers: Option<usize>,
+
     /// Address of the operations port: /metrics, /healthz, /readyz, /ring.
     #[arg(long, env = "RINGLB_OPS_LISTEN", default_value = "127.0.0.1:5001")]
     pub ops_listen: SocketAddr,

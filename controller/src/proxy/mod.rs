@@ -5,6 +5,7 @@ pub mod admin;
 pub mod error;
 pub mod forward;
 pub mod key;
+pub mod workers;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,0 +1,122 @@
+//! The proxy's serving threads.
+//!
+//! Each worker is a thread with its own single-threaded Tokio runtime, its own
+//! listening socket on the shared port (`SO_REUSEPORT`: the kernel spreads new
+//! connections over them) and its own pool of upstream connections. A request is
+//! then handled start to finish on one thread: no cross-thread wake-ups, which
+//! profiling showed to be the largest cost of a shared multi-threaded runtime
+//! (the nginx worker model, for the same reason).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::sync::{oneshot, watch};
+
+use super::{Proxy, router};
+
+/// The proxy's listening sockets: one per worker, all on the same address.
+pub struct ProxyListeners {
+    sockets: Vec<std::net::TcpListener>,
+    addr: SocketAddr,
+}
+
+impl ProxyListeners {
+    /// Binds `workers` sockets on `addr`. With port 0 the first picks a free port
+    /// and the others join it.
+    pub fn bind(addr: SocketAddr, workers: usize) -> std::io::Result<Self> {
+        let first = reuseport_listener(addr)?;
+        let addr = first.local_addr()?;
+        let mut sockets = vec![first];
+        for _ in 1..workers.max(1) {
+            sockets.push(reuseport_listener(addr)?);
+        }
+        Ok(Self { sockets, addr })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+fn reuseport_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    #[cfg(unix)]
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
+}
+
+/// Running workers; [`ProxyWorkers::drain`] waits for them after `stop` is set.
+pub struct ProxyWorkers {
+    done: Vec<oneshot::Receiver<()>>,
+}
+
+/// Starts one worker per listener. `make_proxy` runs on each worker thread, so the
+/// upstream connection pool it creates belongs to that thread's runtime.
+pub fn spawn(
+    listeners: ProxyListeners,
+    make_proxy: Arc<dyn Fn() -> Proxy + Send + Sync>,
+    stop: watch::Receiver<bool>,
+) -> std::io::Result<ProxyWorkers> {
+    let mut done = Vec::new();
+    for (i, socket) in listeners.sockets.into_iter().enumerate() {
+        let (finished, finished_rx) = oneshot::channel();
+        let make_proxy = make_proxy.clone();
+        let mut stop = stop.clone();
+        std::thread::Builder::new()
+            .name(format!("ringlb-proxy-{i}"))
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(runtime) => runtime,
+                    Err(error) => {
+                        tracing::error!(%error, "cannot start a proxy worker");
+                        return;
+                    }
+                };
+                runtime.block_on(async move {
+                    let listener = match tokio::net::TcpListener::from_std(socket) {
+                        Ok(listener) => listener,
+                        Err(error) => {
+                            tracing::error!(%error, "cannot listen in a proxy worker");
+                            return;
+                        }
+                    };
+                    let app = router(Arc::new(make_proxy()))
+                        .into_make_service_with_connect_info::<SocketAddr>();
+                    let served = axum::serve(listener, app)
+                        .with_graceful_shutdown(async move {
+                            let _ = stop.wait_for(|stop| *stop).await;
+                        })
+                        .await;
+                    if let Err(error) = served {
+                        tracing::error!(%error, "proxy worker failed");
+                    }
+                });
+                let _ = finished.send(());
+            })?;
+        done.push(finished_rx);
+    }
+    Ok(ProxyWorkers { done })
+}
+
+impl ProxyWorkers {
+    /// Waits until every worker has drained its connections, at most `timeout`.
+    /// Returns false if some were still busy.
+    pub async fn drain(self, timeout: Duration) -> bool {
+        let all = futures::future::join_all(self.done);
+        tokio::time::timeout(timeout, all).await.is_ok()
+    }
+}
+
+/// The default number of workers: one per core.
+pub fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get())
+}
