@@ -69,8 +69,8 @@ pub struct RingConfig {
     pub vnodes: u32,
 }
 
-/// The Maglev table size of the default preset: the prime recommended by the Maglev paper
-/// for small backend counts (M ≫ 100·N keeps the table balanced to within 1%).
+/// The Maglev table size (the default preset's before the rank table): the prime recommended
+/// by the Maglev paper for small backend counts (M ≫ 100·N keeps the table balanced to within 1%).
 pub const MAGLEV_DEFAULT_SLOTS: u32 = 65_537;
 
 /// The table size of the default preset (rank table): a prime near 2^18. 1 MiB of `u32`
