@@ -42,7 +42,7 @@ async fn forward_request(proxy: &Proxy, request: Request) -> Result<Response, Ap
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0);
-    let (parts, body) = request.into_parts();
+    let (mut parts, body) = request.into_parts();
     // Buffered (up to a limit) so that a failed attempt can be replayed on the next
     // replica; nginx buffers request bodies by default for the same reason.
     let body = read_body(body, proxy.settings.max_body_bytes).await?;
@@ -52,8 +52,13 @@ async fn forward_request(proxy: &Proxy, request: Request) -> Result<Response, Ap
         proxy.metrics.unroutable.inc();
         return Err(ApiError::NoReplica);
     }
-    let key = proxy.settings.key.extract(&parts, client);
-    let headers = upstream_headers(&parts.headers, client);
+    // The failover order depends only on the key's hash: computed before the
+    // headers are taken over for the upstream request, without copying them.
+    let candidates = {
+        let key = proxy.settings.key.extract(&parts, client);
+        table.ring.candidates(&key)
+    };
+    let headers = upstream_headers(std::mem::take(&mut parts.headers), client);
     let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
     // Replaying a request that a dead replica may have half-processed is only safe
     // when repeating it has no extra effect.
@@ -61,11 +66,7 @@ async fn forward_request(proxy: &Proxy, request: Request) -> Result<Response, Ap
 
     let mut attempts = 0;
     let mut last_error = String::new();
-    for index in table
-        .ring
-        .candidates(&key)
-        .take(proxy.settings.max_attempts)
-    {
+    for index in candidates.take(proxy.settings.max_attempts) {
         let backend = &table.backends[index];
         attempts += 1;
         let uri = Uri::builder()
@@ -116,6 +117,10 @@ async fn forward_request(proxy: &Proxy, request: Request) -> Result<Response, Ap
 }
 
 async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    // Most proxied requests (GET, HEAD) have no body: nothing to wait for or copy.
+    if axum::body::HttpBody::is_end_stream(&body) {
+        return Ok(Bytes::new());
+    }
     match Limited::new(body, limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(error) if error.is::<http_body_util::LengthLimitError>() => {
@@ -165,8 +170,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 
 /// The request headers a replica sees: ours minus hop-by-hop, plus the client in
 /// `X-Forwarded-For` (appended to what earlier proxies wrote).
-fn upstream_headers(incoming: &HeaderMap, client: Option<SocketAddr>) -> HeaderMap {
-    let mut headers = incoming.clone();
+fn upstream_headers(mut headers: HeaderMap, client: Option<SocketAddr>) -> HeaderMap {
     strip_hop_by_hop(&mut headers);
     if let Some(client) = client {
         let ip = client.ip().to_canonical().to_string();
@@ -194,7 +198,7 @@ mod tests {
         incoming.insert(header::TRANSFER_ENCODING, "chunked".parse().unwrap());
         incoming.insert(header::HOST, "example".parse().unwrap());
         incoming.insert("x-forwarded-for", "10.0.0.1".parse().unwrap());
-        let out = upstream_headers(&incoming, Some(SocketAddr::from(([127, 0, 0, 9], 1))));
+        let out = upstream_headers(incoming, Some(SocketAddr::from(([127, 0, 0, 9], 1))));
         assert!(out.get(header::CONNECTION).is_none());
         assert!(out.get("x-secret").is_none());
         assert!(out.get("keep-alive").is_none());
