@@ -49,7 +49,17 @@ pub fn router(id: &str) -> Router {
             }),
         )
         .route("/heartbeat", get(|| async { StatusCode::OK }))
+        .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)
+}
+
+/// JSON like every other error, so the load balancer never relays an empty body.
+async fn method_not_allowed() -> impl IntoResponse {
+    (
+        StatusCode::METHOD_NOT_ALLOWED,
+        [(header::CONTENT_TYPE, "application/json")],
+        r#"{"message":"<Error> method not allowed","status":"failure"}"#,
+    )
 }
 
 async fn not_found() -> impl IntoResponse {
@@ -113,5 +123,51 @@ pub fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'stat
 pub fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
     async {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use axum::http::Request;
+    use tower::ServiceExt;
+
+    async fn call(method: &str, path: &str) -> (StatusCode, String) {
+        let response = router("S1")
+            .oneshot(
+                Request::builder()
+                    .method(method)
+                    .uri(path)
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        let status = response.status();
+        let body = axum::body::to_bytes(response.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        (status, String::from_utf8(body.to_vec()).unwrap())
+    }
+
+    #[tokio::test]
+    async fn serves_the_contract() {
+        let (status, body) = call("GET", "/home").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(
+            body,
+            r#"{"message":"Hello from Server: S1","status":"successful"}"#
+        );
+        assert_eq!(
+            call("GET", "/heartbeat").await,
+            (StatusCode::OK, String::new())
+        );
+        let (status, body) = call("GET", "/other").await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert!(body.contains("\"status\":\"failure\""));
+        let (status, body) = call("POST", "/home").await;
+        assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+        assert!(body.contains("\"status\":\"failure\""));
     }
 }
