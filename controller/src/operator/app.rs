@@ -15,6 +15,8 @@ use super::kube_pool::KubePool;
 use super::reconciler::{self, Context, HeartbeatProber};
 use crate::metrics::Metrics;
 use crate::ops::{self, Ops};
+use crate::pool::PoolControl;
+use crate::proxy::workers::ProxyListeners;
 use crate::proxy::{self, KeySource, Proxy, ProxySettings};
 
 /// How long in-flight requests may take to finish after a shutdown signal.
@@ -33,6 +35,10 @@ pub struct OperatorArgs {
     /// Address of the load balancer.
     #[arg(long, env = "RINGLB_LISTEN", default_value = "0.0.0.0:5000")]
     pub listen: SocketAddr,
+
+    /// Proxy worker threads, each with its own runtime and listener [default: one per core].
+    #[arg(long, env = "RINGLB_WORKERS")]
+    pub workers: Option<usize>,
 
     /// Address of the operations port: /metrics, /healthz, /readyz, /ring.
     #[arg(long, env = "RINGLB_OPS_LISTEN", default_value = "0.0.0.0:5001")]
@@ -74,8 +80,11 @@ pub struct OperatorArgs {
 
 pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
     let shutdown = ringlb_replica::shutdown_signal();
-    let proxy_listener = TcpListener::bind(args.listen)
-        .await
+    let workers = args
+        .workers
+        .unwrap_or_else(proxy::workers::default_workers)
+        .max(1);
+    let proxy_listener = ProxyListeners::bind(args.listen, workers)
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let ops_listener = TcpListener::bind(args.ops_listen)
         .await
@@ -109,7 +118,7 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
     );
     println!(
         "ringlb: proxy listening on http://{}",
-        proxy_listener.local_addr()?
+        proxy_listener.local_addr()
     );
     println!(
         "ringlb: operations on http://{} (/metrics, /healthz, /readyz, /ring)",
@@ -125,26 +134,20 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
         let stop = stopped(stop_rx.clone());
         async move { reconciler::run(ctx, &namespace, stop).await }
     });
-    let proxy = Arc::new(Proxy::new(
-        pool.clone(),
-        ProxySettings {
-            key: args.key.clone(),
-            max_attempts: args.max_attempts.max(1),
-            connect_timeout: args.connect_timeout,
-            request_timeout: args.request_timeout,
-            max_body_bytes: args.max_body,
-            admin_token: args.admin_token.clone().filter(|t| !t.is_empty()),
-        },
-        metrics.clone(),
-    ));
-    let proxy_server = tokio::spawn(
-        axum::serve(
-            proxy_listener,
-            proxy::router(proxy).into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(stopped(stop_rx.clone()))
-        .into_future(),
-    );
+    let proxy_settings = ProxySettings {
+        key: args.key.clone(),
+        max_attempts: args.max_attempts.max(1),
+        connect_timeout: args.connect_timeout,
+        request_timeout: args.request_timeout,
+        max_body_bytes: args.max_body,
+        admin_token: args.admin_token.clone().filter(|t| !t.is_empty()),
+    };
+    let make_proxy = {
+        let pool: Arc<dyn PoolControl> = pool.clone();
+        let metrics = metrics.clone();
+        Arc::new(move || Proxy::new(pool.clone(), proxy_settings.clone(), metrics.clone()))
+    };
+    let proxy_workers = proxy::workers::spawn(proxy_listener, make_proxy, stop_rx.clone())?;
     let ops_server = tokio::spawn(
         axum::serve(ops_listener, ops::router(Ops { pool, metrics }))
             .with_graceful_shutdown(stopped(stop_rx))
@@ -154,13 +157,8 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
     shutdown.await;
     tracing::info!("shutting down: draining in-flight requests");
     let _ = stop_tx.send(true);
-    match tokio::time::timeout(DRAIN_TIMEOUT, proxy_server).await {
-        Ok(Ok(Ok(()))) => {}
-        Ok(Ok(Err(error))) => tracing::error!(%error, "proxy server failed"),
-        Ok(Err(error)) => tracing::error!(%error, "proxy server task failed"),
-        Err(_) => {
-            tracing::warn!("requests still in flight after {DRAIN_TIMEOUT:?}; stopping anyway")
-        }
+    if !proxy_workers.drain(DRAIN_TIMEOUT).await {
+        tracing::warn!("requests still in flight after {DRAIN_TIMEOUT:?}; stopping anyway");
     }
     ops_server.abort();
     // The pods stay: they belong to their pools, not to this process.
