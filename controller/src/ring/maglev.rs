@@ -9,32 +9,38 @@ pub(super) struct MaglevTable {
     table: Vec<u32>,
 }
 
+/// The table size for `slots`: the next prime at or above it (a prime size makes every
+/// member's permutation visit every entry, which is what guarantees a fill terminates).
+pub(super) fn prime_size(slots: u32) -> u32 {
+    if is_prime(slots) {
+        slots
+    } else {
+        next_prime(slots)
+    }
+}
+
+/// A member's permutation of a table of `size` entries, as (first entry, step):
+/// offset = hash(member, vnode 0) mod M, skip = hash(member, vnode 1) mod (M − 1) + 1,
+/// entry k = (offset + k·skip) mod M — the paper's two hashes of the backend name.
+pub(super) fn permutation(hash: HashFn, name: &str, position: u64, size: u64) -> (u64, u64) {
+    let offset = hash.member_hash(name, position, 0) % size;
+    let skip = hash.member_hash(name, position, 1) % (size - 1) + 1;
+    (offset, skip)
+}
+
 impl MaglevTable {
     /// Builds the table with `slots` entries, rounded up to the next prime if it is not
-    /// prime (a prime size makes every member's permutation visit every entry, which is what
-    /// guarantees the fill terminates). `RingConfig::validate` rejects non-prime sizes.
-    ///
-    /// Member permutation: offset = hash(member, vnode 0) mod M,
-    /// skip = hash(member, vnode 1) mod (M − 1) + 1, entry k = (offset + k·skip) mod M,
-    /// the paper's two hashes of the backend name.
+    /// prime ([`prime_size`]). `RingConfig::validate` rejects non-prime sizes.
     pub(super) fn build(members: &[String], hash: HashFn, slots: u32) -> Self {
         if members.is_empty() {
             return MaglevTable { table: Vec::new() };
         }
-        let size = if is_prime(slots) {
-            slots
-        } else {
-            next_prime(slots)
-        } as u64;
+        let size = u64::from(prime_size(slots));
+        // (next entry to try, step) per member.
         let mut preference: Vec<(u64, u64)> = members
             .iter()
             .enumerate()
-            .map(|(index, name)| {
-                let position = index as u64 + 1;
-                let offset = hash.member_hash(name, position, 0) % size;
-                let skip = hash.member_hash(name, position, 1) % (size - 1) + 1;
-                (offset, skip) // (next entry to try, step)
-            })
+            .map(|(index, name)| permutation(hash, name, index as u64 + 1, size))
             .collect();
         let mut table = vec![NO_OWNER; size as usize];
         let mut filled = 0;

@@ -25,7 +25,8 @@
 //! whatever N is — a few tens of milliseconds for M = 262 147.
 
 use super::NO_OWNER;
-use super::config::{HashFn, is_prime, next_prime};
+use super::config::HashFn;
+use super::maglev::{permutation, prime_size};
 
 /// Lower bound of the cap's slack ε.
 const MIN_SLACK: f64 = 0.015;
@@ -54,11 +55,7 @@ impl RankTable {
         if members.is_empty() {
             return RankTable { table: Vec::new() };
         }
-        let size = if is_prime(slots) {
-            slots
-        } else {
-            next_prime(slots)
-        };
+        let size = prime_size(slots);
         let cap = u32::try_from(cap(u64::from(size), members.len())).unwrap_or(u32::MAX);
 
         // The members still taking entries, in canonical order (which breaks rank ties),
@@ -66,10 +63,9 @@ impl RankTable {
         let n = members.len();
         let (mut next, mut skip) = (Vec::with_capacity(n), Vec::with_capacity(n));
         for (index, name) in members.iter().enumerate() {
-            let position = index as u64 + 1;
-            let m = u64::from(size);
-            next.push((hash.member_hash(name, position, 0) % m) as u32);
-            skip.push((hash.member_hash(name, position, 1) % (m - 1) + 1) as u32);
+            let (offset, step) = permutation(hash, name, index as u64 + 1, u64::from(size));
+            next.push(offset as u32);
+            skip.push(step as u32);
         }
         let mut member: Vec<u32> = (0..n as u32).collect();
         let mut room = vec![cap; n];
