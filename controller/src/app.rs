@@ -5,24 +5,19 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 
 use crate::cli::UpArgs;
 use crate::metrics::Metrics;
-use crate::ops::{self, Ops};
 use crate::pool::supervisor::PoolSettings;
 use crate::pool::{HealthSettings, PoolHandle, Supervisor};
+use crate::proxy::ProxySettings;
 use crate::proxy::workers::ProxyListeners;
-use crate::proxy::{self, Proxy, ProxySettings};
 use crate::ring::Algorithm;
 use crate::runtime::{ExternalRuntime, ProcessRuntime, Runtime};
-
-/// How long in-flight requests may take to finish after a shutdown signal.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+use crate::serving::Serving;
 
 pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     // First of all: a signal from now on means "shut down in order".
@@ -42,21 +37,10 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         max_replicas,
         ring,
     };
-    let proxy_settings = ProxySettings {
-        key: args.key.clone(),
-        max_attempts: args.max_attempts.max(1),
-        connect_timeout: args.connect_timeout,
-        request_timeout: args.request_timeout,
-        max_body_bytes: args.max_body,
-        admin_token: args.admin_token.clone().filter(|t| !t.is_empty()),
-    };
+    let proxy_settings = args.proxy.settings();
 
     // Bind first: a port in use is reported before any replica is started.
-    let workers = args
-        .workers
-        .unwrap_or_else(proxy::workers::default_workers)
-        .max(1);
-    let proxy_listener = ProxyListeners::bind(args.listen, workers)
+    let proxy_listener = ProxyListeners::bind(args.listen, args.proxy.workers())
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let ops_listener = TcpListener::bind(args.ops_listen)
         .await
@@ -116,35 +100,15 @@ async fn serve<R: Runtime>(
     let ops_addr = ops_listener.local_addr()?;
     announce(&pool, proxy_addr, ops_addr, &ring_config, &proxy_settings);
 
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let stopped = |mut rx: watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|stop| *stop).await;
-    };
-    let make_proxy = {
-        let pool: Arc<dyn crate::pool::PoolControl> = Arc::new(pool.clone());
-        let metrics = metrics.clone();
-        Arc::new(move || Proxy::new(pool.clone(), proxy_settings.clone(), metrics.clone()))
-    };
-    let proxy_workers = proxy::workers::spawn(proxy_listener, make_proxy, stop_rx.clone())?;
-    let ops_server = tokio::spawn(
-        axum::serve(
-            ops_listener,
-            ops::router(Ops {
-                pool: Arc::new(pool.clone()),
-                metrics,
-            }),
-        )
-        .with_graceful_shutdown(stopped(stop_rx))
-        .into_future(),
-    );
-
+    let serving = Serving::start(
+        proxy_listener,
+        ops_listener,
+        Arc::new(pool.clone()),
+        proxy_settings,
+        metrics,
+    )?;
     shutdown.await;
-    tracing::info!("shutting down: draining in-flight requests");
-    let _ = stop_tx.send(true);
-    if !proxy_workers.drain(DRAIN_TIMEOUT).await {
-        tracing::warn!("requests still in flight after {DRAIN_TIMEOUT:?}; stopping anyway");
-    }
-    ops_server.abort();
+    serving.drain().await;
     pool.shutdown().await;
     let _ = supervisor.await;
     tracing::info!("stopped");

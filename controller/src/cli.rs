@@ -7,7 +7,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use crate::pool::ReplicaName;
-use crate::proxy::KeySource;
+use crate::proxy::{KeySource, ProxySettings};
 use crate::ring::{Algorithm, HashFn, Preset, RingConfig};
 
 /// ringlb: an HTTP load balancer that routes every request through a
@@ -62,15 +62,65 @@ impl std::str::FromStr for ExternalReplica {
     }
 }
 
+/// How the proxy forwards: shared by `ringlb up` and `ringlb operator`.
+#[derive(Debug, Args)]
+pub struct ProxyArgs {
+    /// Proxy worker threads, each with its own runtime and listener [default: one per core].
+    #[arg(long, env = "RINGLB_WORKERS")]
+    pub workers: Option<usize>,
+
+    /// What each request is keyed on: random (a random 6-digit id per request),
+    /// header:NAME, query:NAME, cookie:NAME, path or client-ip. A request without
+    /// the key gets a random id.
+    #[arg(long, env = "RINGLB_KEY", default_value = "random")]
+    pub key: KeySource,
+
+    /// Bearer token required by /add and /rm (unset: no token needed).
+    #[arg(long, env = "RINGLB_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+
+    /// Replicas tried per request when one cannot be reached (counting the first).
+    #[arg(long, env = "RINGLB_MAX_ATTEMPTS", default_value_t = 3)]
+    pub max_attempts: usize,
+
+    /// Time allowed to connect to a replica.
+    #[arg(long, env = "RINGLB_CONNECT_TIMEOUT", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub connect_timeout: Duration,
+
+    /// Time allowed for a replica's response headers.
+    #[arg(long, env = "RINGLB_REQUEST_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub request_timeout: Duration,
+
+    /// Largest request body forwarded, in bytes.
+    #[arg(long, env = "RINGLB_MAX_BODY", default_value_t = 10 * 1024 * 1024)]
+    pub max_body: usize,
+}
+
+impl ProxyArgs {
+    pub fn settings(&self) -> ProxySettings {
+        ProxySettings {
+            key: self.key.clone(),
+            max_attempts: self.max_attempts.max(1),
+            connect_timeout: self.connect_timeout,
+            request_timeout: self.request_timeout,
+            max_body_bytes: self.max_body,
+            admin_token: self.admin_token.clone().filter(|t| !t.is_empty()),
+        }
+    }
+
+    /// Proxy worker threads: as given, or one per core.
+    pub fn workers(&self) -> usize {
+        self.workers
+            .unwrap_or_else(crate::proxy::workers::default_workers)
+            .max(1)
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct UpArgs {
     /// Address of the load balancer (port 0 picks a free one; the chosen address is printed).
     #[arg(long, env = "RINGLB_LISTEN", default_value = "127.0.0.1:5000")]
     pub listen: SocketAddr,
-
-    /// Proxy worker threads, each with its own runtime and listener [default: one per core].
-    #[arg(long, env = "RINGLB_WORKERS")]
-    pub workers: Option<usize>,
 
     /// Address of the operations port: /metrics, /healthz, /readyz, /ring.
     #[arg(long, env = "RINGLB_OPS_LISTEN", default_value = "127.0.0.1:5001")]
@@ -114,12 +164,6 @@ pub struct UpArgs {
     #[arg(long, env = "RINGLB_VNODES")]
     pub vnodes: Option<u32>,
 
-    /// What each request is keyed on: random (a random 6-digit id per request),
-    /// header:NAME, query:NAME, cookie:NAME, path or client-ip. A request without
-    /// the key gets a random id.
-    #[arg(long, env = "RINGLB_KEY", default_value = "random")]
-    pub key: KeySource,
-
     /// Time between heartbeats (e.g. 500ms, 2s).
     #[arg(long, env = "RINGLB_HEARTBEAT_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
     pub heartbeat_interval: Duration,
@@ -132,25 +176,8 @@ pub struct UpArgs {
     #[arg(long, env = "RINGLB_FAILURE_THRESHOLD", default_value_t = 3)]
     pub failure_threshold: u32,
 
-    /// Bearer token required by /add and /rm (unset: no token needed).
-    #[arg(long, env = "RINGLB_ADMIN_TOKEN", hide_env_values = true)]
-    pub admin_token: Option<String>,
-
-    /// Replicas tried per request when one cannot be reached (counting the first).
-    #[arg(long, env = "RINGLB_MAX_ATTEMPTS", default_value_t = 3)]
-    pub max_attempts: usize,
-
-    /// Time allowed to connect to a replica.
-    #[arg(long, env = "RINGLB_CONNECT_TIMEOUT", default_value = "1s", value_parser = humantime::parse_duration)]
-    pub connect_timeout: Duration,
-
-    /// Time allowed for a replica's response headers.
-    #[arg(long, env = "RINGLB_REQUEST_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
-    pub request_timeout: Duration,
-
-    /// Largest request body forwarded, in bytes.
-    #[arg(long, env = "RINGLB_MAX_BODY", default_value_t = 10 * 1024 * 1024)]
-    pub max_body: usize,
+    #[command(flatten)]
+    pub proxy: ProxyArgs,
 
     /// Address local replicas listen on.
     #[arg(long, env = "RINGLB_REPLICA_HOST", default_value_t = IpAddr::V4(Ipv4Addr::LOCALHOST))]

@@ -22,4 +22,5 @@ pub mod proxy;
 pub mod ring;
 pub mod routing;
 pub mod runtime;
+pub mod serving;
 pub mod telemetry;

@@ -1,0 +1,69 @@
+//! The two ports of a running load balancer, started and drained the same way by
+//! `ringlb up` and `ringlb operator`: the proxy on its per-core workers and the
+//! operations port.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::metrics::Metrics;
+use crate::ops::{self, Ops};
+use crate::pool::PoolControl;
+use crate::proxy::workers::{self, ProxyListeners, ProxyWorkers};
+use crate::proxy::{Proxy, ProxySettings};
+
+/// How long in-flight requests may take to finish after a shutdown signal.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub struct Serving {
+    stop: watch::Sender<bool>,
+    proxy: ProxyWorkers,
+    ops: JoinHandle<std::io::Result<()>>,
+}
+
+impl Serving {
+    pub fn start(
+        proxy_listener: ProxyListeners,
+        ops_listener: TcpListener,
+        pool: Arc<dyn PoolControl>,
+        settings: ProxySettings,
+        metrics: Arc<Metrics>,
+    ) -> std::io::Result<Self> {
+        let (stop, _) = watch::channel(false);
+        let make_proxy = {
+            let pool = pool.clone();
+            let metrics = metrics.clone();
+            Arc::new(move || Proxy::new(pool.clone(), settings.clone(), metrics.clone()))
+        };
+        let proxy = workers::spawn(proxy_listener, make_proxy, stop.subscribe())?;
+        let ops = tokio::spawn(
+            axum::serve(ops_listener, ops::router(Ops { pool, metrics }))
+                .with_graceful_shutdown(stopped(stop.subscribe()))
+                .into_future(),
+        );
+        Ok(Self { stop, proxy, ops })
+    }
+
+    /// Resolves once [`Serving::drain`] has begun: for other tasks that stop with the ports.
+    pub fn stopped(&self) -> impl Future<Output = ()> + Send + 'static {
+        stopped(self.stop.subscribe())
+    }
+
+    /// Stops accepting and waits (at most [`DRAIN_TIMEOUT`]) for in-flight requests.
+    pub async fn drain(self) {
+        tracing::info!("shutting down: draining in-flight requests");
+        let _ = self.stop.send(true);
+        if !self.proxy.drain(DRAIN_TIMEOUT).await {
+            tracing::warn!("requests still in flight after {DRAIN_TIMEOUT:?}; stopping anyway");
+        }
+        self.ops.abort();
+    }
+}
+
+async fn stopped(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stop| *stop).await;
+}
