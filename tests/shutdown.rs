@@ -146,16 +146,12 @@ fn read_head(reader: &mut impl BufRead) -> String {
     }
 }
 
-/// BUG pinned here: a SIGTERM (or SIGINT) that reaches ringlb after its replicas are
-/// up but before its signal handlers exist kills it outright (default action): no
-/// drain, exit by signal instead of 0, and the replicas are not stopped by ringlb
-/// (only `PR_SET_PDEATHSIG` catches them). `app::serve` awaits
-/// `ringlb_replica::shutdown_signal()` only after `announce` has printed the
-/// addresses, and the handlers are installed on that first poll, so the window
-/// includes the moment the "proxy listening" line is readable: a supervisor (or
-/// this harness) that signals as soon as ringlb says it is ready hits it. Under load
-/// the other tests of this file hit it intermittently, which is why
-/// `Ringlb::start` waits for the handlers (`SigCgt`) before handing ringlb over.
+/// A SIGTERM (or SIGINT) that reaches ringlb right after it announces readiness must
+/// shut it down in order, not kill it by the default action. ringlb installs its
+/// handlers before it starts anything (`ringlb_replica::shutdown_signal()` registers
+/// them when called, not when first polled); this pins that, and since `Ringlb::start`
+/// does not wait for anything beyond the ready line, the other tests of this file
+/// would fail intermittently if it regressed.
 ///
 /// Deterministic: ringlb's stdout is a pipe that the test has filled, so ringlb
 /// blocks in `write(1, …)` on its first announcement line, after starting its

@@ -16,6 +16,7 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use ringlb::analysis::deploy::Announcement;
 use serde_json::Value;
 
 /// The binary under test, built by cargo for this test target.
@@ -85,10 +86,9 @@ impl Ringlb {
         }
 
         let deadline = Instant::now() + STARTUP_TIMEOUT;
-        let mut proxy = None;
-        let mut ops = None;
-        let mut replicas = BTreeMap::new();
-        loop {
+        // The same parser `ringlb analyze` uses for its deployments.
+        let mut announced = Announcement::default();
+        while !announced.done {
             let left = deadline.saturating_duration_since(Instant::now());
             let line = match rx.recv_timeout(left) {
                 Ok(line) => line,
@@ -103,59 +103,21 @@ impl Ringlb {
                     );
                 }
             };
-            if let Some(rest) = line.strip_prefix("ringlb: proxy listening on http://") {
-                proxy = Some(parse_addr(rest));
-            } else if let Some(rest) = line.strip_prefix("ringlb: operations on http://") {
-                ops = Some(parse_addr(rest));
-            } else if let Some(rest) = line.strip_prefix("ringlb: replica ") {
-                // `NAME on ADDR, pid PID (Healthy)`; external replicas have no pid.
-                let name = rest.split_whitespace().next().unwrap_or_default();
-                if let Some(pid) = rest
-                    .split_once(", pid ")
-                    .and_then(|(_, p)| p.split_whitespace().next())
-                    .and_then(|p| p.parse::<u32>().ok())
-                {
-                    replicas.insert(pid, name.to_owned());
-                }
-            } else if line.starts_with("ringlb: try ") {
-                break;
-            }
+            announced.read_line(&line);
         }
-        let mut ringlb = Ringlb {
+        Ringlb {
             child: Some(child),
-            proxy: proxy.expect("proxy address line before the `try` line"),
-            ops: ops.expect("operations address line before the `try` line"),
-            seen_replicas: Mutex::new(replicas),
+            proxy: announced
+                .proxy
+                .expect("proxy address line before the `try` line"),
+            ops: announced
+                .ops
+                .expect("operations address line before the `try` line"),
+            seen_replicas: Mutex::new(announced.replicas),
             stdout: stdout_lines,
             stderr,
             stderr_reader: Some(stderr_reader),
             http: client(),
-        };
-        ringlb.wait_for_signal_handlers();
-        ringlb
-    }
-
-    /// ringlb installs its SIGINT and SIGTERM handlers only after it has printed its
-    /// addresses (a bug, pinned by `shutdown::signal_while_announcing_…`): until
-    /// then either signal kills it outright. Waits (bounded) until the kernel reports
-    /// both as caught, so that every test signals a ringlb that can handle it.
-    fn wait_for_signal_handlers(&mut self) {
-        let pid = self.pid();
-        let deadline = Instant::now() + STARTUP_TIMEOUT;
-        loop {
-            if let Some(status) = self.child.as_mut().unwrap().try_wait().expect("try_wait") {
-                panic!(
-                    "ringlb exited during startup with {status}\n{}",
-                    self.stderr()
-                );
-            }
-            match catches_signals(pid, &[libc::SIGINT, libc::SIGTERM]) {
-                Ok(()) => return,
-                Err(last) if Instant::now() >= deadline => {
-                    panic!("ringlb did not install its signal handlers: {last}")
-                }
-                Err(_) => std::thread::sleep(Duration::from_millis(5)),
-            }
         }
     }
 
@@ -559,27 +521,6 @@ pub fn send_signal(pid: u32, signal: libc::c_int) {
     // SAFETY: plain syscall on a pid this test owns or that ringlb reported.
     unsafe {
         libc::kill(pid as libc::pid_t, signal);
-    }
-}
-
-/// Whether the kernel reports a handler installed in process `pid` for every one
-/// of `signals` (the `SigCgt` mask of `/proc/PID/status`).
-pub fn catches_signals(pid: u32, signals: &[libc::c_int]) -> Result<(), String> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .map_err(|e| format!("/proc/{pid}/status: {e}"))?;
-    let mask = status
-        .lines()
-        .find_map(|l| l.strip_prefix("SigCgt:"))
-        .and_then(|m| u64::from_str_radix(m.trim(), 16).ok())
-        .ok_or_else(|| format!("no SigCgt in /proc/{pid}/status"))?;
-    let missing: Vec<_> = signals
-        .iter()
-        .filter(|s| mask & (1u64 << (**s - 1)) == 0)
-        .collect();
-    if missing.is_empty() {
-        Ok(())
-    } else {
-        Err(format!("signals {missing:?} not caught (SigCgt {mask:#x})"))
     }
 }
 
