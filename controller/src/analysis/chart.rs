@@ -41,6 +41,21 @@ fn register_font() {
     });
 }
 
+/// The legend box, styled the same on every chart.
+fn legend<'a, DB: DrawingBackend + 'a, CT: CoordTranslate>(
+    chart: &mut ChartContext<'a, DB, CT>,
+    position: SeriesLabelPosition,
+) -> anyhow::Result<()> {
+    chart
+        .configure_series_labels()
+        .label_font((FAMILY, 15))
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK.mix(0.3))
+        .position(position)
+        .draw()
+        .map_err(err)
+}
+
 fn err<E: std::fmt::Display>(error: E) -> anyhow::Error {
     anyhow!("chart: {error}")
 }
@@ -159,14 +174,7 @@ fn bar_panel<DB: DrawingBackend>(
             .map_err(err)?
             .label(format!("even share: {even}"))
             .legend(|(x, y)| PathElement::new([(x, y), (x + 18, y)], BLACK.mix(0.6)));
-        chart
-            .configure_series_labels()
-            .label_font((FAMILY, 15))
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK.mix(0.3))
-            .position(SeriesLabelPosition::UpperRight)
-            .draw()
-            .map_err(err)?;
+        legend(&mut chart, SeriesLabelPosition::UpperRight)?;
     }
     Ok(())
 }
@@ -317,14 +325,7 @@ pub fn scalability_chart(path: &Path, title: &str, series: &[LoadSeries]) -> any
             )
             .map_err(err)?;
     }
-    chart
-        .configure_series_labels()
-        .label_font((FAMILY, 15))
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK.mix(0.3))
-        .position(SeriesLabelPosition::UpperRight)
-        .draw()
-        .map_err(err)?;
+    legend(&mut chart, SeriesLabelPosition::UpperRight)?;
 
     // Lower: max/mean.
     max_over_mean_panel(&lower, "max / mean (1.0 = perfectly even)", series, None)?;
@@ -415,14 +416,7 @@ fn max_over_mean_panel<DB: DrawingBackend>(
             )
             .map_err(err)?;
     }
-    chart
-        .configure_series_labels()
-        .label_font((FAMILY, 15))
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK.mix(0.3))
-        .position(SeriesLabelPosition::UpperLeft)
-        .draw()
-        .map_err(err)?;
+    legend(&mut chart, SeriesLabelPosition::UpperLeft)?;
     Ok(())
 }
 
