@@ -1,6 +1,8 @@
 //! Every error the load balancer answers with, and its one JSON shape:
 //! `{"message": "<Error> …", "status": "failure"}`.
 
+use std::io::Write;
+
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -56,6 +58,39 @@ impl ApiError {
     }
 }
 
+impl ApiError {
+    fn body(&self) -> serde_json::Value {
+        serde_json::json!({
+            "message": format!("<Error> {self}"),
+            "status": "failure",
+        })
+    }
+
+    /// The whole HTTP/1.1 response, in bytes, for the fast path (which writes its
+    /// responses itself): the same status, headers and body as [`IntoResponse`].
+    pub fn write_http1(&self, keep_alive: bool, out: &mut Vec<u8>) {
+        let status = self.status();
+        let body = self.body().to_string();
+        out.clear();
+        // Writing to a Vec cannot fail.
+        let _ = write!(
+            out,
+            "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n",
+            status.as_u16(),
+            status.canonical_reason().unwrap_or(""),
+            body.len()
+        );
+        if status == StatusCode::UNAUTHORIZED {
+            out.extend_from_slice(b"www-authenticate: Bearer\r\n");
+        }
+        if !keep_alive {
+            out.extend_from_slice(b"connection: close\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(body.as_bytes());
+    }
+}
+
 impl From<MembershipError> for ApiError {
     fn from(error: MembershipError) -> Self {
         Self::Pool(PoolError::Membership(error))
@@ -65,16 +100,44 @@ impl From<MembershipError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
-        let body = Json(serde_json::json!({
-            "message": format!("<Error> {self}"),
-            "status": "failure",
-        }));
-        let mut response = (status, body).into_response();
+        let mut response = (status, Json(self.body())).into_response();
         if status == StatusCode::UNAUTHORIZED {
             response
                 .headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    /// The fast path's bytes and axum's response say the same thing.
+    #[tokio::test]
+    async fn both_renderings_agree() {
+        let errors: [fn() -> ApiError; 3] = [
+            || ApiError::Unauthorized,
+            || ApiError::NoReplica,
+            || ApiError::UnknownEndpoint("/nope".into()),
+        ];
+        for error in errors {
+            let mut out = Vec::new();
+            error().write_http1(true, &mut out);
+            let text = String::from_utf8(out).unwrap();
+            let (head, body) = text.split_once("\r\n\r\n").unwrap();
+
+            let response = error().into_response();
+            let status = response.status();
+            assert!(head.starts_with(&format!("HTTP/1.1 {} ", status.as_u16())));
+            for (name, value) in response.headers() {
+                let line = format!("{name}: {}", value.to_str().unwrap());
+                assert!(head.contains(&line), "{line} missing from {head}");
+            }
+            let expected = response.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(body.as_bytes(), &expected[..]);
+        }
     }
 }

@@ -8,6 +8,8 @@ use std::str::FromStr;
 use http::HeaderName;
 use http::request::Parts;
 
+use super::wire;
+
 /// Where the request key comes from. A request that lacks the configured key
 /// falls back to a random id, like the original project does for every request.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -114,19 +116,71 @@ impl RequestKey<'_> {
     }
 }
 
+/// The parts of a request that a key can come from: implemented by the general path's
+/// parsed request and by the fast path's borrowed one.
+pub trait KeyInput {
+    fn path(&self) -> &str;
+    fn query(&self) -> Option<&str>;
+    /// The first value of header `name`.
+    fn header(&self, name: &HeaderName) -> Option<&[u8]>;
+    /// Every `Cookie` header value, in order.
+    fn cookies(&self) -> impl Iterator<Item = &[u8]>;
+}
+
+impl KeyInput for Parts {
+    fn path(&self) -> &str {
+        self.uri.path()
+    }
+    fn query(&self) -> Option<&str> {
+        self.uri.query()
+    }
+    fn header(&self, name: &HeaderName) -> Option<&[u8]> {
+        self.headers.get(name).map(|v| v.as_bytes())
+    }
+    fn cookies(&self) -> impl Iterator<Item = &[u8]> {
+        self.headers
+            .get_all(http::header::COOKIE)
+            .iter()
+            .map(|v| v.as_bytes())
+    }
+}
+
+impl KeyInput for wire::Request<'_, '_> {
+    fn path(&self) -> &str {
+        wire::Request::path(self)
+    }
+    fn query(&self) -> Option<&str> {
+        wire::Request::query(self)
+    }
+    fn header(&self, name: &HeaderName) -> Option<&[u8]> {
+        self.headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name.as_str()))
+            .map(|h| h.value)
+    }
+    fn cookies(&self) -> impl Iterator<Item = &[u8]> {
+        self.headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case("cookie"))
+            .map(|h| h.value)
+    }
+}
+
 impl KeySource {
     /// The key of this request; a random id when the request does not carry one.
-    pub fn extract<'a>(&self, parts: &'a Parts, client: Option<SocketAddr>) -> RequestKey<'a> {
+    pub fn extract<'a>(
+        &self,
+        request: &'a impl KeyInput,
+        client: Option<SocketAddr>,
+    ) -> RequestKey<'a> {
         let found = match self {
             Self::RandomId => None,
-            Self::Header(name) => parts.headers.get(name).map(|v| v.as_bytes()),
-            Self::Query(name) => parts.uri.query().and_then(|q| query_value(q, name)),
-            Self::Cookie(name) => parts
-                .headers
-                .get_all(http::header::COOKIE)
-                .iter()
-                .find_map(|v| cookie_value(v.as_bytes(), name.as_bytes())),
-            Self::Path => Some(parts.uri.path().as_bytes()),
+            Self::Header(name) => request.header(name),
+            Self::Query(name) => request.query().and_then(|q| query_value(q, name)),
+            Self::Cookie(name) => request
+                .cookies()
+                .find_map(|v| cookie_value(v, name.as_bytes())),
+            Self::Path => Some(request.path().as_bytes()),
             Self::ClientAddr => {
                 return client.map_or_else(RequestKey::random_id, |c| RequestKey::from_ip(c.ip()));
             }
@@ -214,6 +268,21 @@ mod tests {
             KeySource::ClientAddr.extract(&p, client).to_vec(),
             vec![10, 1, 2, 3]
         );
+    }
+
+    #[test]
+    fn the_fast_paths_request_gives_the_same_keys() {
+        let raw = b"GET /home?a=1&id=42&b HTTP/1.1\r\nX-User: alice\r\nCookie: x=1\r\nCookie: sid=abc; y=2\r\n\r\n";
+        let mut storage = [httparse::EMPTY_HEADER; wire::MAX_HEADERS];
+        let wire::Incoming::Forward(request) = wire::parse_request(raw, &mut storage, 0, |_| false)
+        else {
+            panic!("not forwarded");
+        };
+        let key = |s: &str| s.parse::<KeySource>().unwrap().extract(&request, None).to_vec();
+        assert_eq!(key("header:x-user"), b"alice");
+        assert_eq!(key("query:id"), b"42");
+        assert_eq!(key("cookie:sid"), b"abc");
+        assert_eq!(key("path"), b"/home");
     }
 
     #[test]

@@ -2,9 +2,12 @@
 //! everything else through the ring.
 
 pub mod admin;
+mod connection;
 pub mod error;
 pub mod forward;
 pub mod key;
+mod upstream;
+pub mod wire;
 pub mod workers;
 
 use std::sync::Arc;
@@ -19,6 +22,7 @@ use hyper_util::client::legacy::{Client, connect::HttpConnector};
 use hyper_util::rt::TokioExecutor;
 
 use crate::metrics::Metrics;
+use upstream::UpstreamPool;
 use crate::pool::PoolControl;
 pub use error::ApiError;
 pub use key::KeySource;
@@ -54,7 +58,10 @@ pub struct Proxy {
     pub pool: Arc<dyn PoolControl>,
     pub settings: ProxySettings,
     pub metrics: Arc<Metrics>,
+    /// The general path's client (see `connection.rs` for the two paths).
     client: Client<HttpConnector, Full<Bytes>>,
+    /// The fast path's idle replica connections.
+    upstreams: UpstreamPool,
 }
 
 impl Proxy {
@@ -66,6 +73,7 @@ impl Proxy {
             .pool_idle_timeout(Duration::from_secs(60))
             .build(connector);
         Self {
+            upstreams: UpstreamPool::new(settings.connect_timeout),
             pool,
             settings,
             metrics,
@@ -74,11 +82,19 @@ impl Proxy {
     }
 }
 
+/// The paths the load balancer answers itself; every other path is forwarded.
+const ADMIN_PATHS: [&str; 3] = ["/rep", "/add", "/rm"];
+
+pub(crate) fn is_local_route(path: &str) -> bool {
+    ADMIN_PATHS.contains(&path)
+}
+
 pub fn router(proxy: Arc<Proxy>) -> Router {
+    let [rep, add, rm] = ADMIN_PATHS;
     Router::new()
-        .route("/rep", get(admin::rep))
-        .route("/add", post(admin::add))
-        .route("/rm", delete(admin::rm))
+        .route(rep, get(admin::rep))
+        .route(add, post(admin::add))
+        .route(rm, delete(admin::rm))
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(forward::forward)
         .with_state(proxy)

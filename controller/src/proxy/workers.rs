@@ -12,9 +12,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use socket2::{Domain, Protocol, Socket, Type};
+use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
+use tokio_util::task::TaskTracker;
 
-use super::{Proxy, router};
+use super::{Proxy, connection, router};
 
 /// The proxy's listening sockets: one per worker, all on the same address.
 pub struct ProxyListeners {
@@ -67,7 +69,7 @@ pub fn spawn(
     for (i, socket) in listeners.sockets.into_iter().enumerate() {
         let (finished, finished_rx) = oneshot::channel();
         let make_proxy = make_proxy.clone();
-        let mut stop = stop.clone();
+        let stop = stop.clone();
         std::thread::Builder::new()
             .name(format!("ringlb-proxy-{i}"))
             .spawn(move || {
@@ -82,22 +84,9 @@ pub fn spawn(
                     }
                 };
                 runtime.block_on(async move {
-                    let listener = match tokio::net::TcpListener::from_std(socket) {
-                        Ok(listener) => listener,
-                        Err(error) => {
-                            tracing::error!(%error, "cannot listen in a proxy worker");
-                            return;
-                        }
-                    };
-                    let app = router(Arc::new(make_proxy()))
-                        .into_make_service_with_connect_info::<SocketAddr>();
-                    let served = axum::serve(listener, app)
-                        .with_graceful_shutdown(async move {
-                            let _ = stop.wait_for(|stop| *stop).await;
-                        })
-                        .await;
-                    if let Err(error) = served {
-                        tracing::error!(%error, "proxy worker failed");
+                    match tokio::net::TcpListener::from_std(socket) {
+                        Ok(listener) => serve(listener, Arc::new(make_proxy()), stop).await,
+                        Err(error) => tracing::error!(%error, "cannot listen in a proxy worker"),
                     }
                 });
                 let _ = finished.send(());
@@ -105,6 +94,37 @@ pub fn spawn(
         done.push(finished_rx);
     }
     Ok(ProxyWorkers { done })
+}
+
+/// Accepts connections until `stop`, then waits for the open ones to finish: each
+/// closes after its current request (see `connection::serve`).
+async fn serve(listener: TcpListener, proxy: Arc<Proxy>, mut stop: watch::Receiver<bool>) {
+    let router = router(proxy.clone());
+    let connections = TaskTracker::new();
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            _ = connection::stopped(&mut stop) => break,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                // Responses are written whole; Nagle's algorithm would only delay them.
+                let _ = stream.set_nodelay(true);
+                let serving = connection::serve(stream, peer, proxy.clone(), router.clone(), stop.clone());
+                connections.spawn(serving);
+            }
+            Err(error) => {
+                // Out of file descriptors, most likely: connections that close free
+                // some. Retrying at once would spin.
+                tracing::warn!(%error, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    drop(listener);
+    connections.close();
+    connections.wait().await;
 }
 
 impl ProxyWorkers {

@@ -1,0 +1,393 @@
+//! One client connection on the proxy port.
+//!
+//! Requests are forwarded by the fast path: parsed in place, keyed, written to a
+//! pooled replica connection as bytes, and the response relayed as it arrives — no
+//! per-request task, channel or header map. The first request the fast path does not
+//! take (an admin route, `Expect`, a chunked request body, HTTP/1.0, a malformed
+//! request…) hands the connection, with the bytes already read, to hyper and the axum
+//! router for the rest of its life: the general path, which has every feature.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::ConnectInfo;
+use bytes::{Buf, Bytes, BytesMut};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tower_service::Service;
+
+use super::error::ApiError;
+use super::upstream::UpstreamConn;
+use super::wire::{self, ChunkScanner, Framing, Incoming, ResponseHead};
+use super::{Proxy, is_local_route};
+
+/// Serves `stream` until the client closes it, an error, or `stop` (between requests).
+pub async fn serve(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    proxy: Arc<Proxy>,
+    router: Router,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut buf = BytesMut::with_capacity(8 * 1024);
+    let mut buffers = Buffers::default();
+    loop {
+        let served = {
+            let mut storage = [httparse::EMPTY_HEADER; wire::MAX_HEADERS];
+            match wire::parse_request(
+                &buf,
+                &mut storage,
+                proxy.settings.max_body_bytes,
+                is_local_route,
+            ) {
+                Incoming::Forward(request) => {
+                    Some(forward(&proxy, &request, peer, &mut stream, &mut buffers).await)
+                }
+                Incoming::Partial => None,
+                Incoming::HandOff => {
+                    return hand_off(stream, buf.freeze(), peer, router, stop).await;
+                }
+            }
+        };
+        match served {
+            Some(Ok(Served { len, keep_alive })) => {
+                buf.advance(len);
+                let stopping = *stop.borrow();
+                if !keep_alive || stopping {
+                    let _ = stream.shutdown().await;
+                    return;
+                }
+            }
+            // The client went away, or a replica's response broke off mid-body: the
+            // client cannot be told more on this connection.
+            Some(Err(_)) => return,
+            None => {
+                if buf.capacity() - buf.len() < 4096 {
+                    buf.reserve(8 * 1024);
+                }
+                let read = if buf.is_empty() {
+                    // Idle between requests: this is where a drain closes the connection.
+                    tokio::select! {
+                        biased;
+                        _ = stopped(&mut stop) => return,
+                        read = stream.read_buf(&mut buf) => read,
+                    }
+                } else {
+                    stream.read_buf(&mut buf).await
+                };
+                match read {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        }
+    }
+}
+
+/// Per-connection scratch space, reused from one request to the next.
+#[derive(Default)]
+struct Buffers {
+    /// The request as the replica receives it.
+    upstream_request: Vec<u8>,
+    /// What goes to the client next.
+    out: Vec<u8>,
+}
+
+struct Served {
+    /// Bytes of the request that was served.
+    len: usize,
+    keep_alive: bool,
+}
+
+/// Forwards one request, with failover to the next distinct replica of the ring, and
+/// relays the response; the same policy as the general path's `forward`.
+async fn forward(
+    proxy: &Proxy,
+    request: &wire::Request<'_, '_>,
+    peer: SocketAddr,
+    client: &mut TcpStream,
+    buffers: &mut Buffers,
+) -> io::Result<Served> {
+    let served = Served {
+        len: request.len,
+        keep_alive: request.keep_alive,
+    };
+    let table = proxy.pool.routing().load_full();
+    if table.backends.is_empty() {
+        proxy.metrics.unroutable.inc();
+        return answer_error(ApiError::NoReplica, served, client, &mut buffers.out).await;
+    }
+    let candidates = {
+        let key = proxy.settings.key.extract(request, Some(peer));
+        table.ring.candidates(&key)
+    };
+    wire::write_upstream_request(request, peer.ip(), &mut buffers.upstream_request);
+    let replayable = super::forward::is_idempotent(request.method);
+
+    let mut attempts = 0;
+    let mut last_error = String::new();
+    for index in candidates.take(proxy.settings.max_attempts) {
+        let backend = &table.backends[index];
+        attempts += 1;
+        let started = Instant::now();
+        let exchanged = tokio::time::timeout(
+            proxy.settings.request_timeout,
+            proxy.upstreams.exchange(
+                backend.addr,
+                &buffers.upstream_request,
+                request.is_head(),
+                request.keep_alive,
+                &mut buffers.out,
+            ),
+        )
+        .await;
+        match exchanged {
+            Ok(Ok((upstream, head))) => {
+                backend.latency.observe(started.elapsed().as_secs_f64());
+                backend.responses.inc();
+                if head.status == 404 {
+                    // The path is not the replicas': the contract answers 400 naming it.
+                    if let Some(upstream) = skip_body(upstream, &head).await {
+                        proxy.upstreams.put(backend.addr, upstream);
+                    }
+                    let error = ApiError::UnknownEndpoint(request.path().to_owned());
+                    return answer_error(error, served, client, &mut buffers.out).await;
+                }
+                let reusable = relay(upstream, &head, client, &mut buffers.out).await?;
+                if let Some(upstream) = reusable {
+                    proxy.upstreams.put(backend.addr, upstream);
+                }
+                return Ok(Served {
+                    keep_alive: served.keep_alive && head.framing != Framing::UntilClose,
+                    ..served
+                });
+            }
+            Ok(Err(error)) => {
+                backend.failures.inc();
+                proxy.pool.report_unreachable(&backend.name);
+                let retry = error.is_connect() || replayable;
+                tracing::debug!(replica = %backend.name, %error, retry, "forwarding failed");
+                last_error = format!("{}: {error}", backend.name);
+                if !retry {
+                    break;
+                }
+            }
+            Err(_elapsed) => {
+                backend.failures.inc();
+                let error = ApiError::UpstreamTimeout(backend.name.to_string());
+                return answer_error(error, served, client, &mut buffers.out).await;
+            }
+        }
+    }
+    proxy.metrics.unroutable.inc();
+    let error = ApiError::UpstreamUnreachable {
+        attempts,
+        last: last_error,
+    };
+    answer_error(error, served, client, &mut buffers.out).await
+}
+
+async fn answer_error(
+    error: ApiError,
+    served: Served,
+    client: &mut TcpStream,
+    out: &mut Vec<u8>,
+) -> io::Result<Served> {
+    error.write_http1(served.keep_alive, out);
+    client.write_all(out).await?;
+    Ok(served)
+}
+
+/// Relays the response body after `head` (whose client-side head is in `out`) to the
+/// client. Returns the replica's connection when it can carry another request.
+async fn relay(
+    mut upstream: UpstreamConn,
+    head: &ResponseHead,
+    client: &mut TcpStream,
+    out: &mut Vec<u8>,
+) -> io::Result<Option<UpstreamConn>> {
+    upstream.buf.advance(head.head_len);
+    let mut body = BodyEnd::new(head.framing);
+    // The head and what has arrived of the body go out in one write: for a small
+    // response, the whole exchange is one read and one write on each side.
+    let mut done = body.take(&mut upstream.buf, out)?;
+    client.write_all(out).await?;
+    while !done {
+        upstream.buf.clear();
+        if upstream.read_more().await? == 0 {
+            if body.framing == Framing::UntilClose {
+                return Ok(None);
+            }
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the replica closed the connection mid-body",
+            ));
+        }
+        out.clear();
+        done = body.take(&mut upstream.buf, out)?;
+        client.write_all(out).await?;
+    }
+    // Bytes after the response would belong to no request: the connection is not reused.
+    Ok((head.reusable && upstream.buf.is_empty()).then_some(upstream))
+}
+
+/// Reads and drops the body after `head`; returns the connection if it can be reused.
+/// Small bodies only: a large one is not worth reading, the connection is dropped.
+async fn skip_body(mut upstream: UpstreamConn, head: &ResponseHead) -> Option<UpstreamConn> {
+    const MAX_SKIPPED: usize = 64 * 1024;
+    if !head.reusable {
+        return None;
+    }
+    upstream.buf.advance(head.head_len);
+    let mut body = BodyEnd::new(head.framing);
+    let mut sink = Vec::new();
+    let mut skipped = 0;
+    loop {
+        skipped += upstream.buf.len();
+        let done = body.take(&mut upstream.buf, &mut sink).ok()?;
+        if done {
+            return upstream.buf.is_empty().then_some(upstream);
+        }
+        if skipped > MAX_SKIPPED {
+            return None;
+        }
+        upstream.buf.clear();
+        sink.clear();
+        if upstream.read_more().await.ok()? == 0 {
+            return None;
+        }
+    }
+}
+
+/// Where a response body ends, tracked over the pieces it arrives in.
+struct BodyEnd {
+    framing: Framing,
+    left: u64,
+    chunks: ChunkScanner,
+}
+
+impl BodyEnd {
+    fn new(framing: Framing) -> Self {
+        Self {
+            framing,
+            left: match framing {
+                Framing::Length(length) => length,
+                _ => 0,
+            },
+            chunks: ChunkScanner::default(),
+        }
+    }
+
+    /// Moves the part of `buf` that belongs to the body onto `out` (appending to
+    /// it), leaving any excess in `buf`. True when the body is complete.
+    fn take(&mut self, buf: &mut BytesMut, out: &mut Vec<u8>) -> io::Result<bool> {
+        let (len, done) = match self.framing {
+            Framing::Empty => (0, true),
+            Framing::Length(_) => {
+                let len = buf.len().min(usize::try_from(self.left).unwrap_or(usize::MAX));
+                self.left -= len as u64;
+                (len, self.left == 0)
+            }
+            Framing::Chunked => match self.chunks.feed(buf) {
+                Ok(Some(end)) => (end, true),
+                Ok(None) => (buf.len(), false),
+                Err(error) => return Err(io::Error::new(io::ErrorKind::InvalidData, error)),
+            },
+            Framing::UntilClose => (buf.len(), false),
+        };
+        out.extend_from_slice(&buf[..len]);
+        buf.advance(len);
+        Ok(done)
+    }
+}
+
+/// Serves the rest of the connection with hyper and the axum router, starting with
+/// the bytes already read.
+async fn hand_off(
+    stream: TcpStream,
+    read: Bytes,
+    peer: SocketAddr,
+    router: Router,
+    mut stop: watch::Receiver<bool>,
+) {
+    let service = hyper::service::service_fn(move |mut request: http::Request<_>| {
+        // What axum's `into_make_service_with_connect_info` would insert.
+        request.extensions_mut().insert(ConnectInfo(peer));
+        let mut router = router.clone();
+        async move { router.call(request).await }
+    });
+    let connection = hyper::server::conn::http1::Builder::new()
+        .serve_connection(TokioIo::new(Rewind { read, stream }), service);
+    tokio::pin!(connection);
+    tokio::select! {
+        _ = connection.as_mut() => {}
+        _ = stopped(&mut stop) => {
+            connection.as_mut().graceful_shutdown();
+            let _ = connection.await;
+        }
+    }
+}
+
+/// Resolves once the proxy is stopping.
+pub(super) async fn stopped(stop: &mut watch::Receiver<bool>) {
+    // An error means the sender is gone: stopping too.
+    let _ = stop.wait_for(|stop| *stop).await;
+}
+
+/// A stream that first yields bytes already read from it.
+struct Rewind {
+    read: Bytes,
+    stream: TcpStream,
+}
+
+impl AsyncRead for Rewind {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.read.is_empty() {
+            let len = self.read.len().min(buf.remaining());
+            buf.put_slice(&self.read.split_to(len));
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Rewind {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+}

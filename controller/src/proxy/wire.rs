@@ -1,0 +1,596 @@
+//! HTTP/1.1 on the wire, for the fast forwarding path (see `connection.rs`).
+//!
+//! The fast path takes the common request — HTTP/1.1, origin-form target, no body or a
+//! `Content-Length` one, no `Expect`, no upgrade — parses it in place with `httparse`,
+//! and writes the upstream request and the client's response head straight into byte
+//! buffers. Everything else is left to the general path (hyper and axum), which is why
+//! [`parse_request`] can answer [`Incoming::HandOff`] instead of an error: the general
+//! path gives the precise error answer or the full feature.
+
+use std::io::Write;
+use std::net::IpAddr;
+
+use httparse::{Header, Status};
+
+/// Request headers beyond this are left to the general path.
+pub const MAX_HEADERS: usize = 64;
+/// A request head that has not ended within this many bytes is left to the general path,
+/// which refuses it (431).
+pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+
+/// Headers that describe one connection, not the message: never forwarded (RFC 9110
+/// §7.6.1). `Upgrade` is among them because this proxy does not tunnel upgrades.
+const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// What the bytes at the start of a connection's buffer hold.
+pub enum Incoming<'h, 'b> {
+    /// Not a whole request yet: read more.
+    Partial,
+    /// A whole request the fast path forwards.
+    Forward(Request<'h, 'b>),
+    /// A request for the general path: an admin route, or anything the fast path does
+    /// not handle (including malformed requests, which the general path refuses).
+    HandOff,
+}
+
+/// A complete request, borrowed from the connection's buffer.
+pub struct Request<'h, 'b> {
+    pub method: &'b str,
+    /// Origin-form: path and query.
+    pub target: &'b str,
+    pub headers: &'h [Header<'b>],
+    pub body: &'b [u8],
+    /// Bytes of head and body: where the next request starts.
+    pub len: usize,
+    /// False when the client asked to close the connection after this exchange.
+    pub keep_alive: bool,
+}
+
+impl Request<'_, '_> {
+    pub fn path(&self) -> &str {
+        self.target.split_once('?').map_or(self.target, |(path, _)| path)
+    }
+
+    pub fn query(&self) -> Option<&str> {
+        self.target.split_once('?').map(|(_, query)| query)
+    }
+
+    pub fn is_head(&self) -> bool {
+        self.method == "HEAD"
+    }
+}
+
+/// Parses the request at the start of `buf`. `local_route` names the paths this proxy
+/// answers itself; requests for them are handed off.
+pub fn parse_request<'h, 'b>(
+    buf: &'b [u8],
+    storage: &'h mut [Header<'b>],
+    max_body: usize,
+    local_route: impl Fn(&str) -> bool,
+) -> Incoming<'h, 'b> {
+    let mut request = httparse::Request::new(storage);
+    let head_len = match request.parse(buf) {
+        Ok(Status::Complete(len)) => len,
+        Ok(Status::Partial) if buf.len() < MAX_HEAD_BYTES => return Incoming::Partial,
+        Ok(Status::Partial) | Err(_) => return Incoming::HandOff,
+    };
+    let (Some(method), Some(target), Some(1)) = (request.method, request.path, request.version)
+    else {
+        return Incoming::HandOff;
+    };
+    if !target.starts_with('/') {
+        return Incoming::HandOff;
+    }
+    let headers: &'h [Header<'b>] = request.headers;
+    let mut content_length: Option<usize> = None;
+    let mut keep_alive = true;
+    for header in headers {
+        let name = header.name;
+        if name.eq_ignore_ascii_case("content-length") {
+            match (content_length, parse_length(header.value)) {
+                (None, Some(length)) if length <= max_body => content_length = Some(length),
+                // Repeated, malformed or too large: the general path answers it.
+                _ => return Incoming::HandOff,
+            }
+        } else if name.eq_ignore_ascii_case("connection") {
+            for token in tokens(header.value) {
+                if token.eq_ignore_ascii_case(b"close") {
+                    keep_alive = false;
+                } else if token.eq_ignore_ascii_case(b"upgrade") {
+                    return Incoming::HandOff;
+                }
+            }
+        } else if name.eq_ignore_ascii_case("transfer-encoding")
+            || name.eq_ignore_ascii_case("expect")
+            || name.eq_ignore_ascii_case("upgrade")
+        {
+            return Incoming::HandOff;
+        }
+    }
+    let target_path = target.split_once('?').map_or(target, |(path, _)| path);
+    if local_route(target_path) {
+        return Incoming::HandOff;
+    }
+    let len = head_len + content_length.unwrap_or(0);
+    if buf.len() < len {
+        return Incoming::Partial;
+    }
+    Incoming::Forward(Request {
+        method,
+        target,
+        headers,
+        body: &buf[head_len..len],
+        len,
+        keep_alive,
+    })
+}
+
+fn parse_length(value: &[u8]) -> Option<usize> {
+    if value.is_empty() || value.len() > 19 || !value.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(value).ok()?.parse().ok()
+}
+
+/// The comma-separated tokens of a header value, trimmed.
+fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value
+        .split(|b| *b == b',')
+        .map(<[u8]>::trim_ascii)
+        .filter(|t| !t.is_empty())
+}
+
+/// Whether `name` must not cross the proxy: a hop-by-hop header, or one that the
+/// message's `Connection` header lists.
+fn is_hop_by_hop(name: &str, headers: &[Header], has_connection: bool) -> bool {
+    HOP_BY_HOP.iter().any(|h| h.eq_ignore_ascii_case(name))
+        || (has_connection
+            && headers
+                .iter()
+                .filter(|h| h.name.eq_ignore_ascii_case("connection"))
+                .flat_map(|h| tokens(h.value))
+                .any(|token| token.eq_ignore_ascii_case(name.as_bytes())))
+}
+
+fn has_connection_header(headers: &[Header]) -> bool {
+    headers
+        .iter()
+        .any(|h| h.name.eq_ignore_ascii_case("connection"))
+}
+
+/// Writes the request a replica receives into `out`: the client's, minus hop-by-hop
+/// headers, with the client appended to `X-Forwarded-For`, and the body. Written once
+/// per request and replayed as is on a failover.
+pub fn write_upstream_request(request: &Request, client: IpAddr, out: &mut Vec<u8>) {
+    out.clear();
+    out.extend_from_slice(request.method.as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(request.target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    let has_connection = has_connection_header(request.headers);
+    let mut forwarded_for = Vec::new();
+    for header in request.headers {
+        if header.name.eq_ignore_ascii_case("x-forwarded-for") {
+            if !forwarded_for.is_empty() {
+                forwarded_for.extend_from_slice(b", ");
+            }
+            forwarded_for.extend_from_slice(header.value.trim_ascii());
+        } else if !is_hop_by_hop(header.name, request.headers, has_connection) {
+            write_header(out, header.name.as_bytes(), header.value);
+        }
+    }
+    out.extend_from_slice(b"x-forwarded-for: ");
+    if !forwarded_for.is_empty() {
+        out.extend_from_slice(&forwarded_for);
+        out.extend_from_slice(b", ");
+    }
+    // Writing to a Vec cannot fail.
+    let _ = write!(out, "{}\r\n\r\n", client.to_canonical());
+    out.extend_from_slice(request.body);
+}
+
+fn write_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// How a response body ends (RFC 9112 §6.3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Framing {
+    /// No body: a response to HEAD, or 204 / 304.
+    Empty,
+    Length(u64),
+    Chunked,
+    /// Until the replica closes the connection.
+    UntilClose,
+}
+
+/// A replica's response head, once parsed.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ResponseHead {
+    pub status: u16,
+    pub head_len: usize,
+    pub framing: Framing,
+    /// Whether the replica's connection can carry another request afterwards.
+    pub reusable: bool,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum WireError {
+    #[error("malformed response head: {0}")]
+    Malformed(String),
+    #[error("response head larger than {MAX_HEAD_BYTES} bytes")]
+    HeadTooLarge,
+    #[error("invalid Content-Length in the response")]
+    BadLength,
+    #[error("malformed chunked body")]
+    BadChunk,
+}
+
+/// Parses the response at the start of `buf`. `Ok(None)`: read more. Interim (1xx)
+/// responses are returned too; the caller skips them.
+///
+/// The client's response head — the replica's minus hop-by-hop headers, with this
+/// hop's framing — is written into `out` (replacing its content) when `out` is given.
+pub fn parse_response(
+    buf: &[u8],
+    request_was_head: bool,
+    client_keep_alive: bool,
+    out: Option<&mut Vec<u8>>,
+) -> Result<Option<ResponseHead>, WireError> {
+    let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut response = httparse::Response::new(&mut storage);
+    let head_len = match response.parse(buf) {
+        Ok(Status::Complete(len)) => len,
+        Ok(Status::Partial) if buf.len() < MAX_HEAD_BYTES => return Ok(None),
+        Ok(Status::Partial) => return Err(WireError::HeadTooLarge),
+        Err(error) => return Err(WireError::Malformed(error.to_string())),
+    };
+    let status = response.code.unwrap_or_default();
+    let version = response.version.unwrap_or_default();
+    let headers = &*response.headers;
+
+    let mut length = None;
+    let mut chunked = None;
+    let mut close = version == 0;
+    for header in headers {
+        if header.name.eq_ignore_ascii_case("content-length") {
+            let parsed = parse_length(header.value.trim_ascii()).ok_or(WireError::BadLength)?;
+            if length.is_some_and(|l| l != parsed) {
+                return Err(WireError::BadLength);
+            }
+            length = Some(parsed);
+        } else if header.name.eq_ignore_ascii_case("transfer-encoding") {
+            // Chunked only if it is the final coding (RFC 9112 §6.3).
+            chunked = tokens(header.value)
+                .last()
+                .map(|t| t.eq_ignore_ascii_case(b"chunked"));
+        } else if header.name.eq_ignore_ascii_case("connection") {
+            close |= tokens(header.value).any(|t| t.eq_ignore_ascii_case(b"close"));
+        }
+    }
+    let framing = if request_was_head || status < 200 || status == 204 || status == 304 {
+        Framing::Empty
+    } else {
+        match (chunked, length) {
+            (Some(true), _) => Framing::Chunked,
+            (Some(false), _) => Framing::UntilClose,
+            (None, Some(length)) => Framing::Length(length as u64),
+            (None, None) => Framing::UntilClose,
+        }
+    };
+    let head = ResponseHead {
+        status,
+        head_len,
+        framing,
+        reusable: !close && framing != Framing::UntilClose,
+    };
+    if let Some(out) = out {
+        write_response_head(&response, &head, client_keep_alive, out);
+    }
+    Ok(Some(head))
+}
+
+fn write_response_head(
+    response: &httparse::Response,
+    head: &ResponseHead,
+    client_keep_alive: bool,
+    out: &mut Vec<u8>,
+) {
+    out.clear();
+    let _ = write!(
+        out,
+        "HTTP/1.1 {} {}\r\n",
+        head.status,
+        response.reason.unwrap_or("")
+    );
+    let headers = &*response.headers;
+    let has_connection = has_connection_header(headers);
+    for header in headers {
+        // With chunked framing a Content-Length must not be sent along (RFC 9112 §6.3).
+        let dropped_length = head.framing == Framing::Chunked
+            && header.name.eq_ignore_ascii_case("content-length");
+        if !dropped_length && !is_hop_by_hop(header.name, headers, has_connection) {
+            write_header(out, header.name.as_bytes(), header.value);
+        }
+    }
+    if head.framing == Framing::Chunked {
+        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+    }
+    if !client_keep_alive || head.framing == Framing::UntilClose {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Finds the end of a chunked body in the bytes relayed so far, without changing them:
+/// the body is passed through as the replica sent it.
+#[derive(Debug, Default)]
+pub struct ChunkScanner {
+    state: ChunkState,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum ChunkState {
+    /// Before the first hex digit of a chunk size.
+    #[default]
+    SizeStart,
+    Size {
+        size: u64,
+    },
+    /// Chunk extensions or whitespace up to the line end.
+    SizeLineRest {
+        size: u64,
+    },
+    Data {
+        left: u64,
+    },
+    DataCr,
+    DataLf,
+    /// Trailer section: at the start of a line.
+    TrailerLineStart,
+    TrailerLine,
+    TrailerEndLf,
+    Done,
+}
+
+impl ChunkScanner {
+    /// Scans `bytes`, the next bytes of the body. `Ok(Some(n))`: the body ends after
+    /// the first `n` of them.
+    pub fn feed(&mut self, bytes: &[u8]) -> Result<Option<usize>, WireError> {
+        use ChunkState::*;
+        let mut i = 0;
+        while i < bytes.len() {
+            if self.state == Done {
+                return Ok(Some(i));
+            }
+            let b = bytes[i];
+            self.state = match self.state {
+                SizeStart | Size { .. } => {
+                    let size = match self.state {
+                        Size { size } => size,
+                        _ => 0,
+                    };
+                    match (b as char).to_digit(16) {
+                        Some(digit) => Size {
+                            size: size
+                                .checked_mul(16)
+                                .and_then(|s| s.checked_add(u64::from(digit)))
+                                .ok_or(WireError::BadChunk)?,
+                        },
+                        None if self.state == SizeStart => return Err(WireError::BadChunk),
+                        None if b == b'\n' => after_size_line(size),
+                        None => SizeLineRest { size },
+                    }
+                }
+                SizeLineRest { size } if b == b'\n' => after_size_line(size),
+                SizeLineRest { size } => SizeLineRest { size },
+                Data { left } => {
+                    let take = (left as usize).min(bytes.len() - i);
+                    i += take;
+                    let left = left - take as u64;
+                    self.state = if left == 0 { DataCr } else { Data { left } };
+                    continue;
+                }
+                DataCr if b == b'\r' => DataLf,
+                DataCr | DataLf if b == b'\n' => SizeStart,
+                DataCr | DataLf => return Err(WireError::BadChunk),
+                TrailerLineStart if b == b'\r' => TrailerEndLf,
+                TrailerLineStart | TrailerEndLf if b == b'\n' => Done,
+                TrailerEndLf => return Err(WireError::BadChunk),
+                TrailerLineStart | TrailerLine if b == b'\n' => TrailerLineStart,
+                TrailerLineStart | TrailerLine => TrailerLine,
+                Done => unreachable!("checked above"),
+            };
+            i += 1;
+        }
+        Ok((self.state == Done).then_some(bytes.len()))
+    }
+}
+
+fn after_size_line(size: u64) -> ChunkState {
+    if size == 0 {
+        ChunkState::TrailerLineStart
+    } else {
+        ChunkState::Data { left: size }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn forwarded(raw: &[u8]) -> (String, usize, bool) {
+        let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        match parse_request(raw, &mut storage, 1024, |p| p == "/rep") {
+            Incoming::Forward(request) => {
+                let mut out = Vec::new();
+                write_upstream_request(&request, IpAddr::from([127, 0, 0, 9]), &mut out);
+                (
+                    String::from_utf8(out).unwrap(),
+                    request.len,
+                    request.keep_alive,
+                )
+            }
+            Incoming::Partial => panic!("partial: {}", String::from_utf8_lossy(raw)),
+            Incoming::HandOff => panic!("handed off: {}", String::from_utf8_lossy(raw)),
+        }
+    }
+
+    fn outcome(raw: &[u8]) -> &'static str {
+        let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        match parse_request(raw, &mut storage, 1024, |p| p == "/rep") {
+            Incoming::Forward(_) => "forward",
+            Incoming::Partial => "partial",
+            Incoming::HandOff => "hand off",
+        }
+    }
+
+    #[test]
+    fn the_upstream_request_drops_hop_by_hop_headers_and_appends_the_client() {
+        let raw = b"GET /home?id=1 HTTP/1.1\r\nHost: example\r\nConnection: keep-alive, x-secret\r\n\
+                    X-Secret: 1\r\nKeep-Alive: timeout=5\r\nTE: trailers\r\n\
+                    X-Forwarded-For: 10.0.0.1\r\nX-Forwarded-For: 10.0.0.2\r\nAccept: */*\r\n\r\nGET /next";
+        let (upstream, len, keep_alive) = forwarded(raw);
+        assert_eq!(
+            upstream,
+            "GET /home?id=1 HTTP/1.1\r\nHost: example\r\nAccept: */*\r\n\
+             x-forwarded-for: 10.0.0.1, 10.0.0.2, 127.0.0.9\r\n\r\n"
+        );
+        assert_eq!(&raw[len..], b"GET /next", "the next pipelined request starts here");
+        assert!(keep_alive);
+    }
+
+    #[test]
+    fn a_body_is_forwarded_once_it_is_complete() {
+        let head = b"POST /data HTTP/1.1\r\nContent-Length: 5\r\nConnection: close\r\n\r\n";
+        assert_eq!(outcome(&[&head[..], b"hel"].concat()), "partial");
+        let (upstream, len, keep_alive) = forwarded(&[&head[..], b"hello", b"extra"].concat());
+        assert_eq!(
+            upstream,
+            "POST /data HTTP/1.1\r\nContent-Length: 5\r\nx-forwarded-for: 127.0.0.9\r\n\r\nhello"
+        );
+        assert_eq!(len, head.len() + 5);
+        assert!(!keep_alive);
+    }
+
+    #[test]
+    fn unusual_requests_are_handed_to_the_general_path() {
+        assert_eq!(outcome(b"GET /home HTTP/1.1\r\nHost: x\r\n"), "partial");
+        assert_eq!(outcome(b"GET /home HTTP/1.1\r\n\r\n"), "forward");
+        for raw in [
+            &b"GET /rep HTTP/1.1\r\n\r\n"[..],
+            b"DELETE /rep?x=1 HTTP/1.1\r\n\r\n",
+            b"GET /home HTTP/1.0\r\n\r\n",
+            b"GET http://example/home HTTP/1.1\r\n\r\n",
+            b"POST /home HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"POST /home HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n",
+            b"GET /home HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+            b"POST /home HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n",
+            b"POST /home HTTP/1.1\r\nContent-Length: -3\r\n\r\n",
+            b"POST /home HTTP/1.1\r\nContent-Length: 4096\r\n\r\n",
+            b"GET /home HTTP/1.1\r\nBad Header\r\n\r\n",
+        ] {
+            assert_eq!(outcome(raw), "hand off", "{}", String::from_utf8_lossy(raw));
+        }
+    }
+
+    fn response(raw: &[u8], head_request: bool, keep_alive: bool) -> (ResponseHead, String) {
+        let mut out = Vec::new();
+        let head = parse_response(raw, head_request, keep_alive, Some(&mut out))
+            .unwrap()
+            .unwrap();
+        (head, String::from_utf8(out).unwrap())
+    }
+
+    #[test]
+    fn response_framing_follows_rfc_9112() {
+        let (head, out) = response(
+            b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\nkeep-alive: timeout=5\r\n\r\nabc",
+            false,
+            true,
+        );
+        assert_eq!(head.framing, Framing::Length(3));
+        assert!(head.reusable);
+        assert_eq!(head.head_len, 61);
+        assert_eq!(out, "HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\n");
+
+        let (head, out) = response(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\nContent-Length: 9\r\n\r\n",
+            false,
+            false,
+        );
+        assert_eq!(head.framing, Framing::Chunked);
+        assert_eq!(
+            out,
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n"
+        );
+
+        let (head, out) = response(b"HTTP/1.0 200 OK\r\nServer: old\r\n\r\n", false, true);
+        assert_eq!(head.framing, Framing::UntilClose);
+        assert!(!head.reusable);
+        assert_eq!(out, "HTTP/1.1 200 OK\r\nServer: old\r\nconnection: close\r\n\r\n");
+
+        let (head, _) = response(
+            b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\n",
+            true,
+            true,
+        );
+        assert_eq!(head.framing, Framing::Empty, "a response to HEAD has no body");
+        let (head, _) = response(b"HTTP/1.1 304 Not Modified\r\n\r\n", false, true);
+        assert_eq!(head.framing, Framing::Empty);
+        let (head, _) = response(b"HTTP/1.1 200 OK\r\nConnection: close\r\ncontent-length: 0\r\n\r\n", false, true);
+        assert!(!head.reusable);
+
+        assert_eq!(
+            parse_response(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n", false, true, None),
+            Ok(None)
+        );
+        for bad in [
+            &b"HTTP/1.1 200 OK\r\ncontent-length: x\r\n\r\n"[..],
+            b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\ncontent-length: 4\r\n\r\n",
+        ] {
+            assert_eq!(
+                parse_response(bad, false, true, None),
+                Err(WireError::BadLength)
+            );
+        }
+    }
+
+    #[test]
+    fn the_chunk_scanner_finds_the_end_of_the_body_in_any_split() {
+        let body = b"5\r\nhello\r\n1A;ext=1\r\nabcdefghijklmnopqrstuvwxyz\r\n0\r\nX-Trailer: 1\r\n\r\n";
+        let next = b"HTTP/1.1 200 OK";
+        let stream = [&body[..], next].concat();
+        for split in 0..stream.len() {
+            let mut scanner = ChunkScanner::default();
+            let end = match scanner.feed(&stream[..split]).unwrap() {
+                Some(end) => end,
+                None => split + scanner.feed(&stream[split..]).unwrap().unwrap(),
+            };
+            assert_eq!(end, body.len(), "split at {split}");
+        }
+        let mut scanner = ChunkScanner::default();
+        assert_eq!(scanner.feed(b"0\r\n\r\n"), Ok(Some(5)));
+        for bad in [&b"x\r\n"[..], b"3\r\nabcX", b"FFFFFFFFFFFFFFFFFF\r\n"] {
+            assert_eq!(
+                ChunkScanner::default().feed(bad),
+                Err(WireError::BadChunk),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+}
