@@ -291,7 +291,9 @@ impl BodyEnd {
         let (len, done) = match self.framing {
             Framing::Empty => (0, true),
             Framing::Length(_) => {
-                let len = buf.len().min(usize::try_from(self.left).unwrap_or(usize::MAX));
+                let len = buf
+                    .len()
+                    .min(usize::try_from(self.left).unwrap_or(usize::MAX));
                 self.left -= len as u64;
                 (len, self.left == 0)
             }

@@ -278,7 +278,12 @@ mod tests {
         else {
             panic!("not forwarded");
         };
-        let key = |s: &str| s.parse::<KeySource>().unwrap().extract(&request, None).to_vec();
+        let key = |s: &str| {
+            s.parse::<KeySource>()
+                .unwrap()
+                .extract(&request, None)
+                .to_vec()
+        };
         assert_eq!(key("header:x-user"), b"alice");
         assert_eq!(key("query:id"), b"42");
         assert_eq!(key("cookie:sid"), b"abc");

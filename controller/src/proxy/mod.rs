@@ -22,10 +22,10 @@ use hyper_util::client::legacy::{Client, connect::HttpConnector};
 use hyper_util::rt::TokioExecutor;
 
 use crate::metrics::Metrics;
-use upstream::UpstreamPool;
 use crate::pool::PoolControl;
 pub use error::ApiError;
 pub use key::KeySource;
+use upstream::UpstreamPool;
 
 #[derive(Clone, Debug)]
 pub struct ProxySettings {

@@ -58,7 +58,9 @@ pub struct Request<'h, 'b> {
 
 impl Request<'_, '_> {
     pub fn path(&self) -> &str {
-        self.target.split_once('?').map_or(self.target, |(path, _)| path)
+        self.target
+            .split_once('?')
+            .map_or(self.target, |(path, _)| path)
     }
 
     pub fn query(&self) -> Option<&str> {
@@ -320,8 +322,8 @@ fn write_response_head(
     let has_connection = has_connection_header(headers);
     for header in headers {
         // With chunked framing a Content-Length must not be sent along (RFC 9112 §6.3).
-        let dropped_length = head.framing == Framing::Chunked
-            && header.name.eq_ignore_ascii_case("content-length");
+        let dropped_length =
+            head.framing == Framing::Chunked && header.name.eq_ignore_ascii_case("content-length");
         if !dropped_length && !is_hop_by_hop(header.name, headers, has_connection) {
             write_header(out, header.name.as_bytes(), header.value);
         }
@@ -469,7 +471,11 @@ mod tests {
             "GET /home?id=1 HTTP/1.1\r\nHost: example\r\nAccept: */*\r\n\
              x-forwarded-for: 10.0.0.1, 10.0.0.2, 127.0.0.9\r\n\r\n"
         );
-        assert_eq!(&raw[len..], b"GET /next", "the next pipelined request starts here");
+        assert_eq!(
+            &raw[len..],
+            b"GET /next",
+            "the next pipelined request starts here"
+        );
         assert!(keep_alive);
     }
 
@@ -541,21 +547,33 @@ mod tests {
         let (head, out) = response(b"HTTP/1.0 200 OK\r\nServer: old\r\n\r\n", false, true);
         assert_eq!(head.framing, Framing::UntilClose);
         assert!(!head.reusable);
-        assert_eq!(out, "HTTP/1.1 200 OK\r\nServer: old\r\nconnection: close\r\n\r\n");
-
-        let (head, _) = response(
-            b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\n",
-            true,
-            true,
+        assert_eq!(
+            out,
+            "HTTP/1.1 200 OK\r\nServer: old\r\nconnection: close\r\n\r\n"
         );
-        assert_eq!(head.framing, Framing::Empty, "a response to HEAD has no body");
+
+        let (head, _) = response(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\n", true, true);
+        assert_eq!(
+            head.framing,
+            Framing::Empty,
+            "a response to HEAD has no body"
+        );
         let (head, _) = response(b"HTTP/1.1 304 Not Modified\r\n\r\n", false, true);
         assert_eq!(head.framing, Framing::Empty);
-        let (head, _) = response(b"HTTP/1.1 200 OK\r\nConnection: close\r\ncontent-length: 0\r\n\r\n", false, true);
+        let (head, _) = response(
+            b"HTTP/1.1 200 OK\r\nConnection: close\r\ncontent-length: 0\r\n\r\n",
+            false,
+            true,
+        );
         assert!(!head.reusable);
 
         assert_eq!(
-            parse_response(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n", false, true, None),
+            parse_response(
+                b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n",
+                false,
+                true,
+                None
+            ),
             Ok(None)
         );
         for bad in [
@@ -571,7 +589,8 @@ mod tests {
 
     #[test]
     fn the_chunk_scanner_finds_the_end_of_the_body_in_any_split() {
-        let body = b"5\r\nhello\r\n1A;ext=1\r\nabcdefghijklmnopqrstuvwxyz\r\n0\r\nX-Trailer: 1\r\n\r\n";
+        let body =
+            b"5\r\nhello\r\n1A;ext=1\r\nabcdefghijklmnopqrstuvwxyz\r\n0\r\nX-Trailer: 1\r\n\r\n";
         let next = b"HTTP/1.1 200 OK";
         let stream = [&body[..], next].concat();
         for split in 0..stream.len() {

@@ -111,7 +111,8 @@ async fn serve(listener: TcpListener, proxy: Arc<Proxy>, mut stop: watch::Receiv
             Ok((stream, peer)) => {
                 // Responses are written whole; Nagle's algorithm would only delay them.
                 let _ = stream.set_nodelay(true);
-                let serving = connection::serve(stream, peer, proxy.clone(), router.clone(), stop.clone());
+                let serving =
+                    connection::serve(stream, peer, proxy.clone(), router.clone(), stop.clone());
                 connections.spawn(serving);
             }
             Err(error) => {
