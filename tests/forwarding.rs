@@ -7,13 +7,13 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
 
 use common::Ringlb;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::oneshot;
+use tokio::sync::{Semaphore, oneshot};
 
 /// A replica that answers by path, in raw HTTP/1.1 (so that the test, not a
 /// library, decides the framing):
@@ -24,11 +24,14 @@ use tokio::sync::oneshot;
 ///   with hop-by-hop response headers the proxy must drop;
 /// - `/close-after`: a normal response, then the connection is closed without notice;
 /// - `/missing`: 404;
+/// - `/hold`: announces the request on `arrivals`, then answers once `release` is called;
 /// - anything else: `Server: Fake` with a `Content-Length` body.
 struct FakeReplica {
     addr: SocketAddr,
     /// Connections on which something other than a heartbeat arrived.
     proxied_connections: Arc<AtomicUsize>,
+    arrivals: mpsc::Receiver<()>,
+    releases: Arc<Semaphore>,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -39,7 +42,13 @@ impl FakeReplica {
         listener.set_nonblocking(true).unwrap();
         let addr = listener.local_addr().unwrap();
         let proxied_connections = Arc::new(AtomicUsize::new(0));
-        let counter = proxied_connections.clone();
+        let (arrived, arrivals) = mpsc::channel();
+        let releases = Arc::new(Semaphore::new(0));
+        let scripts = Scripts {
+            proxied: proxied_connections.clone(),
+            arrived: Arc::new(Mutex::new(arrived)),
+            releases: releases.clone(),
+        };
         let (stop, stopped) = oneshot::channel();
         let thread = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
@@ -51,7 +60,7 @@ impl FakeReplica {
                 let accept = async {
                     loop {
                         let (stream, _) = listener.accept().await.unwrap();
-                        tokio::spawn(serve_fake(stream, counter.clone()));
+                        tokio::spawn(serve_fake(stream, scripts.clone()));
                     }
                 };
                 tokio::select! {
@@ -63,6 +72,8 @@ impl FakeReplica {
         FakeReplica {
             addr,
             proxied_connections,
+            arrivals,
+            releases,
             stop: Some(stop),
             thread: Some(thread),
         }
@@ -71,6 +82,26 @@ impl FakeReplica {
     fn proxied_connections(&self) -> usize {
         self.proxied_connections.load(Ordering::SeqCst)
     }
+
+    /// Waits until a `/hold` request has arrived.
+    fn wait_for_held_request(&self) {
+        self.arrivals
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the held request reaches the replica");
+    }
+
+    /// Lets one held request be answered.
+    fn release(&self) {
+        self.releases.add_permits(1);
+    }
+}
+
+/// What the fake replica's connections share.
+#[derive(Clone)]
+struct Scripts {
+    proxied: Arc<AtomicUsize>,
+    arrived: Arc<Mutex<mpsc::Sender<()>>>,
+    releases: Arc<Semaphore>,
 }
 
 impl Drop for FakeReplica {
@@ -84,7 +115,7 @@ impl Drop for FakeReplica {
     }
 }
 
-async fn serve_fake(mut stream: tokio::net::TcpStream, proxied: Arc<AtomicUsize>) {
+async fn serve_fake(mut stream: tokio::net::TcpStream, scripts: Scripts) {
     let mut buf = Vec::new();
     let mut counted = false;
     loop {
@@ -125,7 +156,7 @@ async fn serve_fake(mut stream: tokio::net::TcpStream, proxied: Arc<AtomicUsize>
         let path = path.split('?').next().unwrap().to_owned();
         if path != "/heartbeat" && !counted {
             counted = true;
-            proxied.fetch_add(1, Ordering::SeqCst);
+            scripts.proxied.fetch_add(1, Ordering::SeqCst);
         }
         let written =
             match path.as_str() {
@@ -162,6 +193,13 @@ async fn serve_fake(mut stream: tokio::net::TcpStream, proxied: Arc<AtomicUsize>
                 "/close-after" => {
                     let _ = stream.write_all(&fixed(200, "OK", "", b"bye")).await;
                     return;
+                }
+                "/hold" => {
+                    let _ = scripts.arrived.lock().unwrap().send(());
+                    scripts.releases.acquire().await.unwrap().forget();
+                    stream
+                        .write_all(&fixed(200, "OK", "", b"Server: Fake"))
+                        .await
                 }
                 "/missing" => {
                     stream
@@ -377,4 +415,59 @@ async fn a_replica_connection_closed_while_idle_is_replaced_without_an_error() {
         "20 sequential requests opened {} connections",
         fake.proxied_connections() - before
     );
+}
+
+/// On SIGINT, a forwarded request in flight is still answered, and connections idle
+/// between requests (forwarding ones and handed-off ones) are closed rather than
+/// holding up the exit until the drain's time limit.
+#[tokio::test]
+async fn shutdown_answers_requests_in_flight_and_closes_idle_connections() {
+    let fake = FakeReplica::start();
+    let mut lb = front(&fake);
+    let open = |request: &[u8]| {
+        let mut stream = TcpStream::connect(lb.proxy).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        stream.write_all(request).unwrap();
+        stream
+    };
+    let mut buf = Vec::new();
+    let mut idle_forwarding = open(b"GET /home HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(read_response(&mut idle_forwarding, &mut buf).0, 200);
+    let mut idle_admin = open(b"GET /rep HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(read_response(&mut idle_admin, &mut buf).0, 200);
+    let mut in_flight = open(b"GET /hold HTTP/1.1\r\nHost: t\r\n\r\n");
+    fake.wait_for_held_request();
+
+    common::send_signal(lb.pid(), libc::SIGINT);
+    common::wait_until_blocking(
+        "the proxy to stop accepting connections",
+        Duration::from_secs(10),
+        || match TcpStream::connect_timeout(&lb.proxy, Duration::from_millis(200)) {
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => Ok(()),
+            other => Err(format!("connect: {other:?}")),
+        },
+    );
+    for (what, stream) in [
+        ("forwarding", &mut idle_forwarding),
+        ("admin", &mut idle_admin),
+    ] {
+        let mut rest = Vec::new();
+        stream.read_to_end(&mut rest).unwrap();
+        assert!(rest.is_empty(), "the idle {what} connection got {rest:?}");
+    }
+    assert!(
+        lb.wait_exit(Duration::ZERO).is_none(),
+        "ringlb exited with a request in flight"
+    );
+
+    fake.release();
+    let (status, head, body) = read_response(&mut in_flight, &mut buf);
+    assert_eq!((status, body.as_str()), (200, "Server: Fake"));
+    assert!(head.contains("\r\nconnection: close\r\n"), "{head}");
+    let exit = lb
+        .wait_exit(Duration::from_secs(5))
+        .expect("ringlb exits once the held request is answered");
+    assert!(exit.success(), "exit status {exit}");
 }

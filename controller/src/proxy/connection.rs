@@ -20,7 +20,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::sync::watch;
+use tokio::sync::oneshot;
 use tower_service::Service;
 
 use super::error::ApiError;
@@ -28,16 +28,39 @@ use super::upstream::UpstreamConn;
 use super::wire::{self, ChunkScanner, Framing, Incoming, ResponseHead};
 use super::{Proxy, is_local_route};
 
+/// Tells a connection that the proxy is stopping. The worker keeps one sender per
+/// connection and drops them all to stop: polling a oneshot is one atomic operation,
+/// where a shared `watch` channel takes a lock on every idle wait (1.4% of the
+/// proxy's CPU in a profile).
+pub struct StopSignal(oneshot::Receiver<()>);
+
+impl StopSignal {
+    pub fn new() -> (oneshot::Sender<()>, Self) {
+        let (sender, receiver) = oneshot::channel();
+        (sender, Self(receiver))
+    }
+
+    fn is_set(&mut self) -> bool {
+        !matches!(self.0.try_recv(), Err(oneshot::error::TryRecvError::Empty))
+    }
+
+    async fn wait(&mut self) {
+        let _ = (&mut self.0).await;
+    }
+}
+
 /// Serves `stream` until the client closes it, an error, or `stop` (between requests).
 pub async fn serve(
     mut stream: TcpStream,
     peer: SocketAddr,
     proxy: Arc<Proxy>,
     router: Router,
-    mut stop: watch::Receiver<bool>,
+    mut stop: StopSignal,
 ) {
     let mut buf = BytesMut::with_capacity(8 * 1024);
     let mut buffers = Buffers::default();
+    // The same for every request of the connection: formatted once.
+    let client_ip = peer.ip().to_canonical().to_string();
     loop {
         let served = {
             let mut storage = [httparse::EMPTY_HEADER; wire::MAX_HEADERS];
@@ -48,7 +71,19 @@ pub async fn serve(
                 is_local_route,
             ) {
                 Incoming::Forward(request) => {
-                    Some(forward(&proxy, &request, peer, &mut stream, &mut buffers).await)
+                    let client = Client {
+                        addr: peer,
+                        ip: &client_ip,
+                    };
+                    let forwarded = forward(
+                        &proxy,
+                        &request,
+                        client,
+                        &mut stream,
+                        &mut buffers,
+                        &mut stop,
+                    );
+                    Some(forwarded.await)
                 }
                 Incoming::Partial => None,
                 Incoming::HandOff => {
@@ -59,8 +94,7 @@ pub async fn serve(
         match served {
             Some(Ok(Served { len, keep_alive })) => {
                 buf.advance(len);
-                let stopping = *stop.borrow();
-                if !keep_alive || stopping {
+                if !keep_alive || stop.is_set() {
                     let _ = stream.shutdown().await;
                     return;
                 }
@@ -76,7 +110,7 @@ pub async fn serve(
                     // Idle between requests: this is where a drain closes the connection.
                     tokio::select! {
                         biased;
-                        _ = stopped(&mut stop) => return,
+                        _ = stop.wait() => return,
                         read = stream.read_buf(&mut buf) => read,
                     }
                 } else {
@@ -100,6 +134,14 @@ struct Buffers {
     out: Vec<u8>,
 }
 
+/// Who sent the request.
+#[derive(Clone, Copy)]
+struct Client<'a> {
+    addr: SocketAddr,
+    /// `addr`'s IP, as `X-Forwarded-For` gives it.
+    ip: &'a str,
+}
+
 struct Served {
     /// Bytes of the request that was served.
     len: usize,
@@ -111,24 +153,25 @@ struct Served {
 async fn forward(
     proxy: &Proxy,
     request: &wire::Request<'_, '_>,
-    peer: SocketAddr,
+    from: Client<'_>,
     client: &mut TcpStream,
     buffers: &mut Buffers,
+    stop: &mut StopSignal,
 ) -> io::Result<Served> {
-    let served = Served {
+    let mut served = Served {
         len: request.len,
         keep_alive: request.keep_alive,
     };
     let table = proxy.pool.routing().load_full();
     if table.backends.is_empty() {
         proxy.metrics.unroutable.inc();
-        return answer_error(ApiError::NoReplica, served, client, &mut buffers.out).await;
+        return answer_error(ApiError::NoReplica, served, client, &mut buffers.out, stop).await;
     }
     let candidates = {
-        let key = proxy.settings.key.extract(request, Some(peer));
+        let key = proxy.settings.key.extract(request, Some(from.addr));
         table.ring.candidates(&key)
     };
-    wire::write_upstream_request(request, peer.ip(), &mut buffers.upstream_request);
+    wire::write_upstream_request(request, from.ip, &mut buffers.upstream_request);
     let replayable = super::forward::is_idempotent(request.method);
 
     let mut attempts = 0;
@@ -152,22 +195,26 @@ async fn forward(
             Ok(Ok((upstream, head))) => {
                 backend.latency.observe(started.elapsed().as_secs_f64());
                 backend.responses.inc();
+                served.keep_alive &= head.framing != Framing::UntilClose;
+                if served.keep_alive && stop.is_set() {
+                    // The proxy is stopping: this is the connection's last response,
+                    // and the client is told so (as nginx does).
+                    wire::announce_close(&mut buffers.out);
+                    served.keep_alive = false;
+                }
                 if head.status == 404 {
                     // The path is not the replicas': the contract answers 400 naming it.
                     if let Some(upstream) = skip_body(upstream, &head).await {
                         proxy.upstreams.put(backend.addr, upstream);
                     }
                     let error = ApiError::UnknownEndpoint(request.path().to_owned());
-                    return answer_error(error, served, client, &mut buffers.out).await;
+                    return answer_error(error, served, client, &mut buffers.out, stop).await;
                 }
                 let reusable = relay(upstream, &head, client, &mut buffers.out).await?;
                 if let Some(upstream) = reusable {
                     proxy.upstreams.put(backend.addr, upstream);
                 }
-                return Ok(Served {
-                    keep_alive: served.keep_alive && head.framing != Framing::UntilClose,
-                    ..served
-                });
+                return Ok(served);
             }
             Ok(Err(error)) => {
                 backend.failures.inc();
@@ -182,7 +229,7 @@ async fn forward(
             Err(_elapsed) => {
                 backend.failures.inc();
                 let error = ApiError::UpstreamTimeout(backend.name.to_string());
-                return answer_error(error, served, client, &mut buffers.out).await;
+                return answer_error(error, served, client, &mut buffers.out, stop).await;
             }
         }
     }
@@ -191,15 +238,17 @@ async fn forward(
         attempts,
         last: last_error,
     };
-    answer_error(error, served, client, &mut buffers.out).await
+    answer_error(error, served, client, &mut buffers.out, stop).await
 }
 
 async fn answer_error(
     error: ApiError,
-    served: Served,
+    mut served: Served,
     client: &mut TcpStream,
     out: &mut Vec<u8>,
+    stop: &mut StopSignal,
 ) -> io::Result<Served> {
+    served.keep_alive &= !stop.is_set();
     error.write_http1(served.keep_alive, out);
     client.write_all(out).await?;
     Ok(served)
@@ -317,7 +366,7 @@ async fn hand_off(
     read: Bytes,
     peer: SocketAddr,
     router: Router,
-    mut stop: watch::Receiver<bool>,
+    mut stop: StopSignal,
 ) {
     let service = hyper::service::service_fn(move |mut request: http::Request<_>| {
         // What axum's `into_make_service_with_connect_info` would insert.
@@ -330,17 +379,11 @@ async fn hand_off(
     tokio::pin!(connection);
     tokio::select! {
         _ = connection.as_mut() => {}
-        _ = stopped(&mut stop) => {
+        _ = stop.wait() => {
             connection.as_mut().graceful_shutdown();
             let _ = connection.await;
         }
     }
-}
-
-/// Resolves once the proxy is stopping.
-pub(super) async fn stopped(stop: &mut watch::Receiver<bool>) {
-    // An error means the sender is gone: stopping too.
-    let _ = stop.wait_for(|stop| *stop).await;
 }
 
 /// A stream that first yields bytes already read from it.

@@ -8,7 +8,6 @@
 //! path gives the precise error answer or the full feature.
 
 use std::io::Write;
-use std::net::IpAddr;
 
 use httparse::{Header, Status};
 
@@ -172,8 +171,8 @@ fn has_connection_header(headers: &[Header]) -> bool {
 
 /// Writes the request a replica receives into `out`: the client's, minus hop-by-hop
 /// headers, with the client appended to `X-Forwarded-For`, and the body. Written once
-/// per request and replayed as is on a failover.
-pub fn write_upstream_request(request: &Request, client: IpAddr, out: &mut Vec<u8>) {
+/// per request and replayed as is on a failover. `client` is the client's IP.
+pub fn write_upstream_request(request: &Request, client: &str, out: &mut Vec<u8>) {
     out.clear();
     out.extend_from_slice(request.method.as_bytes());
     out.push(b' ');
@@ -196,8 +195,8 @@ pub fn write_upstream_request(request: &Request, client: IpAddr, out: &mut Vec<u
         out.extend_from_slice(&forwarded_for);
         out.extend_from_slice(b", ");
     }
-    // Writing to a Vec cannot fail.
-    let _ = write!(out, "{}\r\n\r\n", client.to_canonical());
+    out.extend_from_slice(client.as_bytes());
+    out.extend_from_slice(b"\r\n\r\n");
     out.extend_from_slice(request.body);
 }
 
@@ -337,6 +336,14 @@ fn write_response_head(
     out.extend_from_slice(b"\r\n");
 }
 
+/// Makes a client response head written by [`parse_response`] for a kept-alive
+/// connection announce that the connection closes after this response.
+pub fn announce_close(head: &mut Vec<u8>) {
+    debug_assert!(head.ends_with(b"\r\n\r\n"), "a complete head");
+    head.truncate(head.len() - 2);
+    head.extend_from_slice(b"connection: close\r\n\r\n");
+}
+
 /// Finds the end of a chunked body in the bytes relayed so far, without changing them:
 /// the body is passed through as the replica sent it.
 #[derive(Debug, Default)]
@@ -439,7 +446,7 @@ mod tests {
         match parse_request(raw, &mut storage, 1024, |p| p == "/rep") {
             Incoming::Forward(request) => {
                 let mut out = Vec::new();
-                write_upstream_request(&request, IpAddr::from([127, 0, 0, 9]), &mut out);
+                write_upstream_request(&request, "127.0.0.9", &mut out);
                 (
                     String::from_utf8(out).unwrap(),
                     request.len,
@@ -558,8 +565,14 @@ mod tests {
             Framing::Empty,
             "a response to HEAD has no body"
         );
-        let (head, _) = response(b"HTTP/1.1 304 Not Modified\r\n\r\n", false, true);
+        let (head, mut out) = response(b"HTTP/1.1 304 Not Modified\r\n\r\n", false, true);
         assert_eq!(head.framing, Framing::Empty);
+        let mut bytes = std::mem::take(&mut out).into_bytes();
+        announce_close(&mut bytes);
+        assert_eq!(
+            bytes,
+            b"HTTP/1.1 304 Not Modified\r\nconnection: close\r\n\r\n"
+        );
         let (head, _) = response(
             b"HTTP/1.1 200 OK\r\nConnection: close\r\ncontent-length: 0\r\n\r\n",
             false,

@@ -16,7 +16,8 @@ use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 use tokio_util::task::TaskTracker;
 
-use super::{Proxy, connection, router};
+use super::connection::{self, StopSignal};
+use super::{Proxy, router};
 
 /// The proxy's listening sockets: one per worker, all on the same address.
 pub struct ProxyListeners {
@@ -101,18 +102,26 @@ pub fn spawn(
 async fn serve(listener: TcpListener, proxy: Arc<Proxy>, mut stop: watch::Receiver<bool>) {
     let router = router(proxy.clone());
     let connections = TaskTracker::new();
+    // One per open connection; those of closed connections are pruned when the
+    // vector is full, so that pruning costs O(1) per connection.
+    let mut stop_connections: Vec<oneshot::Sender<()>> = Vec::new();
     loop {
         let accepted = tokio::select! {
             biased;
-            _ = connection::stopped(&mut stop) => break,
+            _ = stop.wait_for(|stop| *stop) => break,
             accepted = listener.accept() => accepted,
         };
         match accepted {
             Ok((stream, peer)) => {
                 // Responses are written whole; Nagle's algorithm would only delay them.
                 let _ = stream.set_nodelay(true);
+                if stop_connections.len() == stop_connections.capacity() {
+                    stop_connections.retain(|sender| !sender.is_closed());
+                }
+                let (stop_connection, stop_signal) = StopSignal::new();
+                stop_connections.push(stop_connection);
                 let serving =
-                    connection::serve(stream, peer, proxy.clone(), router.clone(), stop.clone());
+                    connection::serve(stream, peer, proxy.clone(), router.clone(), stop_signal);
                 connections.spawn(serving);
             }
             Err(error) => {
@@ -124,6 +133,8 @@ async fn serve(listener: TcpListener, proxy: Arc<Proxy>, mut stop: watch::Receiv
         }
     }
     drop(listener);
+    // Dropping the senders stops every connection.
+    drop(stop_connections);
     connections.close();
     connections.wait().await;
 }
