@@ -217,11 +217,8 @@ async fn forward(
                 return Ok(served);
             }
             Ok(Err(error)) => {
-                backend.failures.inc();
-                proxy.pool.report_unreachable(&backend.name);
                 let retry = error.is_connect() || replayable;
-                tracing::debug!(replica = %backend.name, %error, retry, "forwarding failed");
-                last_error = format!("{}: {error}", backend.name);
+                last_error = super::forward::attempt_failed(proxy, backend, &error, retry);
                 if !retry {
                     break;
                 }

@@ -17,6 +17,7 @@ use http_body_util::{BodyExt, Full, Limited};
 
 use super::Proxy;
 use super::error::ApiError;
+use crate::routing::Backend;
 
 /// Headers that describe one connection, not the request: never forwarded (RFC 9110 §7.6.1).
 const HOP_BY_HOP: [HeaderName; 8] = [
@@ -95,12 +96,8 @@ async fn forward_request(proxy: &Proxy, request: Request) -> Result<Response, Ap
                 return respond(response, parts.uri.path()).await;
             }
             Ok(Err(error)) => {
-                backend.failures.inc();
-                proxy.pool.report_unreachable(&backend.name);
-                // A connect error means the request never left: always safe to retry.
                 let retry = error.is_connect() || replayable;
-                tracing::debug!(replica = %backend.name, %error, retry, "forwarding failed");
-                last_error = format!("{}: {error}", backend.name);
+                last_error = attempt_failed(proxy, backend, &error, retry);
                 if !retry {
                     break;
                 }
@@ -146,6 +143,22 @@ async fn respond(
     }
     strip_hop_by_hop(&mut parts.headers);
     Ok(Response::from_parts(parts, Body::new(body)))
+}
+
+/// Records a failed attempt on `backend`: counted, and reported to the pool, which
+/// checks the replica at once. `retry` tells whether the request goes on to the next
+/// replica: always when it never left (a connect error), else only if it is
+/// idempotent. Returns what the client is told if no replica answers.
+pub(super) fn attempt_failed(
+    proxy: &Proxy,
+    backend: &Backend,
+    error: &dyn std::fmt::Display,
+    retry: bool,
+) -> String {
+    backend.failures.inc();
+    proxy.pool.report_unreachable(&backend.name);
+    tracing::debug!(replica = %backend.name, %error, retry, "forwarding failed");
+    format!("{}: {error}", backend.name)
 }
 
 /// Methods whose request can be sent again without extra effect (RFC 9110 §9.2.2).
