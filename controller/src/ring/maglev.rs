@@ -5,8 +5,33 @@
 use super::NO_OWNER;
 use super::config::{HashFn, is_prime, next_prime};
 
-pub(super) struct MaglevTable {
+/// A table of M entries, each naming the member that owns it: a key goes to entry
+/// `hash mod M`, and failover walks forward from there. Filled by Maglev ([`build`]) or
+/// by the rank table (`rank_table::build`).
+pub(super) struct LookupTable {
     table: Vec<u32>,
+}
+
+impl LookupTable {
+    pub(super) fn new(table: Vec<u32>) -> Self {
+        Self { table }
+    }
+
+    pub(super) fn entry_of(&self, hash: u64) -> usize {
+        (hash % self.table.len() as u64) as usize
+    }
+
+    pub(super) fn table(&self) -> &[u32] {
+        &self.table
+    }
+
+    /// Entries per member.
+    #[cfg(test)]
+    pub(super) fn counts(&self, members: usize) -> Vec<u64> {
+        let mut counts = vec![0u64; members];
+        self.table.iter().for_each(|&m| counts[m as usize] += 1);
+        counts
+    }
 }
 
 /// The table size for `slots`: the next prime at or above it (a prime size makes every
@@ -28,51 +53,41 @@ pub(super) fn permutation(hash: HashFn, name: &str, position: u64, size: u64) ->
     (offset, skip)
 }
 
-impl MaglevTable {
-    /// Builds the table with `slots` entries, rounded up to the next prime if it is not
-    /// prime ([`prime_size`]). `RingConfig::validate` rejects non-prime sizes.
-    pub(super) fn build(members: &[String], hash: HashFn, slots: u32) -> Self {
-        if members.is_empty() {
-            return MaglevTable { table: Vec::new() };
-        }
-        let size = u64::from(prime_size(slots));
-        // (next entry to try, step) per member.
-        let mut preference: Vec<(u64, u64)> = members
-            .iter()
-            .enumerate()
-            .map(|(index, name)| permutation(hash, name, index as u64 + 1, size))
-            .collect();
-        let mut table = vec![NO_OWNER; size as usize];
-        let mut filled = 0;
-        // Round-robin: each member takes one entry per round, so entry counts differ by at
-        // most one. Stops the moment the table is full, even mid-round (when M < N, later
-        // members get no entry).
-        'rounds: loop {
-            for (member, (next, skip)) in preference.iter_mut().enumerate() {
-                while table[*next as usize] != NO_OWNER {
-                    // (next + skip) mod M without a division: both are below M.
-                    *next += *skip;
-                    if *next >= size {
-                        *next -= size;
-                    }
-                }
-                table[*next as usize] = member as u32;
-                filled += 1;
-                if filled == table.len() {
-                    break 'rounds;
+/// Builds the table with `slots` entries, rounded up to the next prime if it is not
+/// prime ([`prime_size`]). `RingConfig::validate` rejects non-prime sizes.
+pub(super) fn build(members: &[String], hash: HashFn, slots: u32) -> LookupTable {
+    if members.is_empty() {
+        return LookupTable::new(Vec::new());
+    }
+    let size = u64::from(prime_size(slots));
+    // (next entry to try, step) per member.
+    let mut preference: Vec<(u64, u64)> = members
+        .iter()
+        .enumerate()
+        .map(|(index, name)| permutation(hash, name, index as u64 + 1, size))
+        .collect();
+    let mut table = vec![NO_OWNER; size as usize];
+    let mut filled = 0;
+    // Round-robin: each member takes one entry per round, so entry counts differ by at
+    // most one. Stops the moment the table is full, even mid-round (when M < N, later
+    // members get no entry).
+    'rounds: loop {
+        for (member, (next, skip)) in preference.iter_mut().enumerate() {
+            while table[*next as usize] != NO_OWNER {
+                // (next + skip) mod M without a division: both are below M.
+                *next += *skip;
+                if *next >= size {
+                    *next -= size;
                 }
             }
+            table[*next as usize] = member as u32;
+            filled += 1;
+            if filled == table.len() {
+                break 'rounds;
+            }
         }
-        MaglevTable { table }
     }
-
-    pub(super) fn entry_of(&self, hash: u64) -> usize {
-        (hash % self.table.len() as u64) as usize
-    }
-
-    pub(super) fn table(&self) -> &[u32] {
-        &self.table
-    }
+    LookupTable::new(table)
 }
 
 #[cfg(test)]
@@ -90,7 +105,7 @@ mod tests {
         // Server2: offset 27 mod 7 = 6, skip 30 mod 6 + 1 = 1 → prefers 6, 0, 1, 2, 3, 4, 5
         // Round 1: S1 takes 5, S2 takes 6. Round 2: S1 takes 4, S2 takes 0.
         // Round 3: S1 takes 3, S2 takes 1. Round 4: S1 takes 2 — the table is full.
-        let table = MaglevTable::build(&names(2), HashFn::Quadratic, 7);
+        let table = build(&names(2), HashFn::Quadratic, 7);
         assert_eq!(table.table, [1, 1, 0, 0, 0, 0, 1]);
     }
 
@@ -99,9 +114,8 @@ mod tests {
         // Round-robin filling gives every member one entry per round until the table is full.
         for n in [2, 3, 7, 10, 33, 100] {
             for hash in [HashFn::Xxh3, HashFn::Murmur3, HashFn::Quadratic] {
-                let table = MaglevTable::build(&names(n), hash, 65_537);
-                let mut counts = vec![0u32; n];
-                table.table.iter().for_each(|&m| counts[m as usize] += 1);
+                let table = build(&names(n), hash, 65_537);
+                let counts = table.counts(n);
                 let (min, max) = (counts.iter().min().unwrap(), counts.iter().max().unwrap());
                 assert!(max - min <= 1, "n = {n}, {hash}: {min}..{max}");
             }
@@ -110,14 +124,9 @@ mod tests {
 
     #[test]
     fn non_prime_size_is_rounded_up_and_tiny_tables_terminate() {
-        assert_eq!(
-            MaglevTable::build(&names(3), HashFn::Xxh3, 1000)
-                .table
-                .len(),
-            1009
-        );
+        assert_eq!(build(&names(3), HashFn::Xxh3, 1000).table.len(), 1009);
         // Fewer entries than members: the first members of the round take them all.
-        let tiny = MaglevTable::build(&names(5), HashFn::Xxh3, 3);
+        let tiny = build(&names(5), HashFn::Xxh3, 3);
         let mut owners = tiny.table.clone();
         owners.sort_unstable();
         assert_eq!(owners, [0, 1, 2]);

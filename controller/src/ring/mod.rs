@@ -27,9 +27,8 @@ pub use hash::{course_request_hash, course_vnode_hash, murmur3_x64_128};
 pub use keyspace::{FIRST_ID, KEY_COUNT, LAST_ID, for_each_default_key};
 pub use order::natural_cmp;
 
-use maglev::MaglevTable;
+use maglev::LookupTable;
 use point::PointRing;
-use rank_table::RankTable;
 use rendezvous::RendezvousSet;
 use slot::SlotRing;
 
@@ -47,9 +46,9 @@ pub struct Ring {
 enum Layout {
     Slot(SlotRing),
     Point(PointRing),
-    Maglev(MaglevTable),
+    /// Maglev and rank table: they fill the table differently, and use it alike.
+    Table(LookupTable),
     Rendezvous(RendezvousSet),
-    RankTable(RankTable),
 }
 
 impl Ring {
@@ -78,14 +77,12 @@ impl Ring {
                 config.hash,
                 config.vnodes.max(1),
             )),
-            Algorithm::Maglev => {
-                Layout::Maglev(MaglevTable::build(&members, config.hash, config.slots))
-            }
+            Algorithm::Maglev => Layout::Table(maglev::build(&members, config.hash, config.slots)),
             Algorithm::Rendezvous => {
                 Layout::Rendezvous(RendezvousSet::build(&members, config.hash))
             }
             Algorithm::RankTable => {
-                Layout::RankTable(RankTable::build(&members, config.hash, config.slots))
+                Layout::Table(rank_table::build(&members, config.hash, config.slots))
             }
         };
         Ring {
@@ -130,9 +127,8 @@ impl Ring {
         let owner = match &self.layout {
             Layout::Slot(ring) => ring.owner(hash),
             Layout::Point(ring) => ring.owners()[ring.point_of(hash)],
-            Layout::Maglev(table) => table.table()[table.entry_of(hash)],
+            Layout::Table(table) => table.table()[table.entry_of(hash)],
             Layout::Rendezvous(set) => return Some(set.winner(hash)),
-            Layout::RankTable(table) => table.table()[table.entry_of(hash)],
         };
         // Every non-empty layout places at least one member, so NO_OWNER cannot occur.
         debug_assert_ne!(owner, NO_OWNER);
@@ -153,9 +149,8 @@ impl Ring {
         match &self.layout {
             Layout::Slot(ring) => Candidates::walk(ring.placement(), ring.slot_of(hash), n),
             Layout::Point(ring) => Candidates::walk(ring.owners(), ring.point_of(hash), n),
-            Layout::Maglev(table) => Candidates::walk(table.table(), table.entry_of(hash), n),
+            Layout::Table(table) => Candidates::walk(table.table(), table.entry_of(hash), n),
             Layout::Rendezvous(set) => Candidates::ranked(set, hash, n),
-            Layout::RankTable(table) => Candidates::walk(table.table(), table.entry_of(hash), n),
         }
     }
 

@@ -26,17 +26,13 @@
 
 use super::NO_OWNER;
 use super::config::HashFn;
-use super::maglev::{permutation, prime_size};
+use super::maglev::{LookupTable, permutation, prime_size};
 
 /// Lower bound of the cap's slack ε.
 const MIN_SLACK: f64 = 0.015;
 /// ε's growth with N: 0.75·√(N/M), i.e. 0.75 standard deviations of a member's uncapped
 /// (binomial) entry count relative to the mean.
 const SLACK_SIGMAS: f64 = 0.75;
-
-pub(super) struct RankTable {
-    table: Vec<u32>,
-}
 
 /// Most entries one of `members` members may own in a table of `size` entries.
 ///
@@ -48,80 +44,70 @@ pub(super) fn cap(size: u64, members: usize) -> u64 {
     (((1.0 + slack) * m / n).ceil() as u64).max(size.div_ceil(members as u64))
 }
 
-impl RankTable {
-    /// Builds the table with `slots` entries, rounded up to the next prime if it is not prime
-    /// (so that every permutation visits every entry and the fill terminates).
-    pub(super) fn build(members: &[String], hash: HashFn, slots: u32) -> Self {
-        if members.is_empty() {
-            return RankTable { table: Vec::new() };
-        }
-        let size = prime_size(slots);
-        let cap = u32::try_from(cap(u64::from(size), members.len())).unwrap_or(u32::MAX);
+/// Builds the table with `slots` entries, rounded up to the next prime if it is not prime
+/// (so that every permutation visits every entry and the fill terminates).
+pub(super) fn build(members: &[String], hash: HashFn, slots: u32) -> LookupTable {
+    if members.is_empty() {
+        return LookupTable::new(Vec::new());
+    }
+    let size = prime_size(slots);
+    let cap = u32::try_from(cap(u64::from(size), members.len())).unwrap_or(u32::MAX);
 
-        // The members still taking entries, in canonical order (which breaks rank ties),
-        // as parallel arrays: next entry of its permutation, step, member index, room left.
-        let n = members.len();
-        let (mut next, mut skip) = (Vec::with_capacity(n), Vec::with_capacity(n));
-        for (index, name) in members.iter().enumerate() {
-            let (offset, step) = permutation(hash, name, index as u64 + 1, u64::from(size));
-            next.push(offset as u32);
-            skip.push(step as u32);
-        }
-        let mut member: Vec<u32> = (0..n as u32).collect();
-        let mut room = vec![cap; n];
+    // The members still taking entries, in canonical order (which breaks rank ties),
+    // as parallel arrays: next entry of its permutation, step, member index, room left.
+    let n = members.len();
+    let (mut next, mut skip) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    for (index, name) in members.iter().enumerate() {
+        let (offset, step) = permutation(hash, name, index as u64 + 1, u64::from(size));
+        next.push(offset as u32);
+        skip.push(step as u32);
+    }
+    let mut member: Vec<u32> = (0..n as u32).collect();
+    let mut room = vec![cap; n];
 
-        let mut table = vec![NO_OWNER; size as usize];
-        // Free entries as a bitmap: 32 KiB for M = 262 147, so the probes stay in L1.
-        let mut free = vec![u64::MAX; table.len().div_ceil(64)];
-        let mut filled = 0u32;
-        // Terminates: the caps add up to at least M, so while an entry is free some member
-        // has room, and its permutation reaches every entry within M rounds.
-        while filled < size {
-            let mut someone_full = false;
+    let mut table = vec![NO_OWNER; size as usize];
+    // Free entries as a bitmap: 32 KiB for M = 262 147, so the probes stay in L1.
+    let mut free = vec![u64::MAX; table.len().div_ceil(64)];
+    let mut filled = 0u32;
+    // Terminates: the caps add up to at least M, so while an entry is free some member
+    // has room, and its permutation reaches every entry within M rounds.
+    while filled < size {
+        let mut someone_full = false;
+        for i in 0..next.len() {
+            let entry = next[i];
+            let (word, bit) = ((entry / 64) as usize, 1u64 << (entry % 64));
+            if free[word] & bit != 0 {
+                free[word] &= !bit;
+                table[entry as usize] = member[i];
+                filled += 1;
+                room[i] -= 1;
+                someone_full |= room[i] == 0;
+            }
+            // (entry + skip) mod M without a division: both are below M < 2^31.
+            let stepped = entry + skip[i];
+            next[i] = if stepped >= size {
+                stepped - size
+            } else {
+                stepped
+            };
+        }
+        if someone_full {
+            // Drop full members, keeping the canonical order of the others.
+            let mut kept = 0;
             for i in 0..next.len() {
-                let entry = next[i];
-                let (word, bit) = ((entry / 64) as usize, 1u64 << (entry % 64));
-                if free[word] & bit != 0 {
-                    free[word] &= !bit;
-                    table[entry as usize] = member[i];
-                    filled += 1;
-                    room[i] -= 1;
-                    someone_full |= room[i] == 0;
+                if room[i] > 0 {
+                    (next[kept], skip[kept], member[kept], room[kept]) =
+                        (next[i], skip[i], member[i], room[i]);
+                    kept += 1;
                 }
-                // (entry + skip) mod M without a division: both are below M < 2^31.
-                let stepped = entry + skip[i];
-                next[i] = if stepped >= size {
-                    stepped - size
-                } else {
-                    stepped
-                };
             }
-            if someone_full {
-                // Drop full members, keeping the canonical order of the others.
-                let mut kept = 0;
-                for i in 0..next.len() {
-                    if room[i] > 0 {
-                        (next[kept], skip[kept], member[kept], room[kept]) =
-                            (next[i], skip[i], member[i], room[i]);
-                        kept += 1;
-                    }
-                }
-                next.truncate(kept);
-                skip.truncate(kept);
-                member.truncate(kept);
-                room.truncate(kept);
-            }
+            next.truncate(kept);
+            skip.truncate(kept);
+            member.truncate(kept);
+            room.truncate(kept);
         }
-        RankTable { table }
     }
-
-    pub(super) fn entry_of(&self, hash: u64) -> usize {
-        (hash % self.table.len() as u64) as usize
-    }
-
-    pub(super) fn table(&self) -> &[u32] {
-        &self.table
-    }
+    LookupTable::new(table)
 }
 
 #[cfg(test)]
@@ -132,12 +118,6 @@ mod tests {
         (1..=n).map(|i| format!("Server{i}")).collect()
     }
 
-    fn counts(table: &RankTable, n: usize) -> Vec<u64> {
-        let mut counts = vec![0u64; n];
-        table.table.iter().for_each(|&m| counts[m as usize] += 1);
-        counts
-    }
-
     #[test]
     fn fill_by_hand_with_quadratic_hashes() {
         // M = 7, the permutations of the Maglev test: Server1 walks 5, 4, 3, 2, 1, 0, 6 and
@@ -146,16 +126,16 @@ mod tests {
         // Round 2: S1 takes 3, S2 takes 1. Round 3: both reach 2 — the tie goes to S1,
         // which sorts first. Done: S1 owns 2, 3, 4, 5.
         assert_eq!(cap(7, 2), 5);
-        let table = RankTable::build(&names(2), HashFn::Quadratic, 7);
-        assert_eq!(table.table, [1, 1, 0, 0, 0, 0, 1]);
+        let table = build(&names(2), HashFn::Quadratic, 7);
+        assert_eq!(table.table(), [1, 1, 0, 0, 0, 0, 1]);
     }
 
     #[test]
     fn the_cap_bounds_every_share() {
         for n in [2, 3, 7, 10, 33, 100, 1000] {
             for hash in [HashFn::Xxh3, HashFn::Murmur3, HashFn::Quadratic] {
-                let table = RankTable::build(&names(n), hash, 65_537);
-                let counts = counts(&table, n);
+                let table = build(&names(n), hash, 65_537);
+                let counts = table.counts(n);
                 assert_eq!(counts.iter().sum::<u64>(), 65_537);
                 let max = *counts.iter().max().unwrap();
                 assert!(max <= cap(65_537, n), "n = {n}, {hash}: {max}");
@@ -175,14 +155,11 @@ mod tests {
 
     #[test]
     fn non_prime_size_is_rounded_up_and_tiny_tables_terminate() {
-        assert_eq!(
-            RankTable::build(&names(3), HashFn::Xxh3, 1000).table.len(),
-            1009
-        );
+        assert_eq!(build(&names(3), HashFn::Xxh3, 1000).table().len(), 1009);
         // Fewer entries than members: every entry is owned, some members own none.
-        let tiny = RankTable::build(&names(5), HashFn::Xxh3, 3);
-        assert!(!tiny.table.contains(&NO_OWNER));
-        let counts = counts(&tiny, 5);
+        let tiny = build(&names(5), HashFn::Xxh3, 3);
+        assert!(!tiny.table().contains(&NO_OWNER));
+        let counts = tiny.counts(5);
         assert!(counts.iter().all(|&c| c <= cap(3, 5)), "{counts:?}");
         assert!(counts.contains(&0));
     }
