@@ -16,7 +16,11 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ringlb::analysis::deploy::Announcement;
+use ringlb::analysis::deploy::{Announcement, keep_tail};
+// The process helpers `ringlb analyze` uses to clean up after its deployments. Each
+// test file uses a part of them (as of this whole module: see `dead_code` above).
+#[allow(unused_imports)]
+pub use ringlb::analysis::deploy::{is_replica_process, process_exists, signal as send_signal};
 use serde_json::Value;
 
 /// The binary under test, built by cargo for this test target.
@@ -510,45 +514,6 @@ pub fn wait_until_blocking<T>(
     }
 }
 
-/// True while `pid` exists (a zombie counts: it has not been reaped yet).
-pub fn process_exists(pid: u32) -> bool {
-    // SAFETY: signal 0 only checks for existence and permission.
-    let rc = unsafe { libc::kill(pid as libc::pid_t, 0) };
-    rc == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
-}
-
-pub fn send_signal(pid: u32, signal: libc::c_int) {
-    // SAFETY: plain syscall on a pid this test owns or that ringlb reported.
-    unsafe {
-        libc::kill(pid as libc::pid_t, signal);
-    }
-}
-
-/// True if `pid` is a live `ringlb replica --id name` process. Guards against ever
-/// signalling an unrelated process that reused a pid.
-pub fn is_replica_process(pid: u32, name: &str) -> bool {
-    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-        return false;
-    };
-    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-    let is_replica = args.iter().any(|a| *a == b"replica");
-    let has_id = args
-        .windows(2)
-        .any(|w| w[0] == b"--id" && w[1] == name.as_bytes());
-    is_replica && has_id && !is_zombie(pid)
-}
-
-fn is_zombie(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|stat| {
-            // `pid (comm) S …`: the state follows the last ')'.
-            let after = &stat[stat.rfind(')')? + 1..];
-            after.split_whitespace().next().map(|s| s == "Z")
-        })
-        .unwrap_or(false)
-}
-
 /// Continues (in case a test stopped it) and kills a replica process that should
 /// be gone; returns whether there was one.
 pub fn kill_replica_if_alive(pid: u32, name: &str) -> bool {
@@ -566,29 +531,10 @@ fn parse_addr(rest: &str) -> SocketAddr {
         .unwrap_or_else(|e| panic!("bad address {addr:?} in {rest:?}: {e}"))
 }
 
-/// Copies everything read from `stderr` into `keep` (its last [`STDERR_KEEP`]
-/// bytes), until end of file.
+/// Keeps the last [`STDERR_KEEP`] bytes of `stderr` in `keep`, until end of file.
 pub fn drain_stderr(
-    mut stderr: impl Read + Send + 'static,
+    stderr: impl Read + Send + 'static,
     keep: Arc<Mutex<String>>,
 ) -> std::thread::JoinHandle<()> {
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 8192];
-        loop {
-            match stderr.read(&mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    let mut kept = keep.lock().unwrap();
-                    kept.push_str(&String::from_utf8_lossy(&buf[..n]));
-                    if kept.len() > STDERR_KEEP {
-                        let mut cut = kept.len() - STDERR_KEEP;
-                        while !kept.is_char_boundary(cut) {
-                            cut += 1;
-                        }
-                        kept.drain(..cut);
-                    }
-                }
-            }
-        }
-    })
+    keep_tail(stderr, keep, STDERR_KEEP)
 }

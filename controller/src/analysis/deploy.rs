@@ -88,7 +88,11 @@ impl Deployment {
             .with_context(|| format!("cannot start {} up", exe.display()))?;
 
         let stderr = Arc::new(Mutex::new(String::new()));
-        drain(child.stderr.take().expect("piped stderr"), stderr.clone());
+        keep_tail(
+            child.stderr.take().expect("piped stderr"),
+            stderr.clone(),
+            STDERR_KEEP,
+        );
         let (tx, rx) = mpsc::channel::<String>();
         let stdout = child.stdout.take().expect("piped stdout");
         std::thread::spawn(move || {
@@ -260,17 +264,23 @@ pub fn current_exe() -> anyhow::Result<PathBuf> {
 }
 
 /// Copies `from` into `keep` (its last [`STDERR_KEEP`] bytes) until end of file.
-fn drain(mut from: impl Read + Send + 'static, keep: Arc<Mutex<String>>) {
+/// Copies what `from` yields into `keep`, holding only its last `limit` bytes, until
+/// end of file: a child's stderr, drained so that it never blocks on a full pipe.
+pub fn keep_tail(
+    mut from: impl Read + Send + 'static,
+    keep: Arc<Mutex<String>>,
+    limit: usize,
+) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
-        let mut buf = [0u8; 4096];
+        let mut buf = [0u8; 8192];
         loop {
             match from.read(&mut buf) {
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
                     let mut kept = keep.lock().unwrap();
                     kept.push_str(&String::from_utf8_lossy(&buf[..n]));
-                    if kept.len() > STDERR_KEEP {
-                        let mut cut = kept.len() - STDERR_KEEP;
+                    if kept.len() > limit {
+                        let mut cut = kept.len() - limit;
                         while !kept.is_char_boundary(cut) {
                             cut += 1;
                         }
@@ -279,7 +289,7 @@ fn drain(mut from: impl Read + Send + 'static, keep: Arc<Mutex<String>>) {
                 }
             }
         }
-    });
+    })
 }
 
 #[cfg(test)]
