@@ -263,7 +263,9 @@ async fn relay(
     let mut body = BodyEnd::new(head.framing);
     // The head and what has arrived of the body go out in one write: for a small
     // response, the whole exchange is one read and one write on each side.
-    let mut done = body.take(&mut upstream.buf, out)?;
+    let (len, mut done) = body.scan(&upstream.buf)?;
+    out.extend_from_slice(&upstream.buf[..len]);
+    upstream.buf.advance(len);
     client.write_all(out).await?;
     while !done {
         upstream.buf.clear();
@@ -276,9 +278,10 @@ async fn relay(
                 "the replica closed the connection mid-body",
             ));
         }
-        out.clear();
-        done = body.take(&mut upstream.buf, out)?;
-        client.write_all(out).await?;
+        let len;
+        (len, done) = body.scan(&upstream.buf)?;
+        client.write_all(&upstream.buf[..len]).await?;
+        upstream.buf.advance(len);
     }
     // Bytes after the response would belong to no request: the connection is not reused.
     Ok((head.reusable && upstream.buf.is_empty()).then_some(upstream))
@@ -293,19 +296,17 @@ async fn skip_body(mut upstream: UpstreamConn, head: &ResponseHead) -> Option<Up
     }
     upstream.buf.advance(head.head_len);
     let mut body = BodyEnd::new(head.framing);
-    let mut sink = Vec::new();
     let mut skipped = 0;
     loop {
-        skipped += upstream.buf.len();
-        let done = body.take(&mut upstream.buf, &mut sink).ok()?;
+        let (len, done) = body.scan(&upstream.buf).ok()?;
         if done {
-            return upstream.buf.is_empty().then_some(upstream);
+            return (upstream.buf.len() == len).then_some(upstream);
         }
+        skipped += len;
         if skipped > MAX_SKIPPED {
             return None;
         }
         upstream.buf.clear();
-        sink.clear();
         if upstream.read_more().await.ok()? == 0 {
             return None;
         }
@@ -331,10 +332,10 @@ impl BodyEnd {
         }
     }
 
-    /// Moves the part of `buf` that belongs to the body onto `out` (appending to
-    /// it), leaving any excess in `buf`. True when the body is complete.
-    fn take(&mut self, buf: &mut BytesMut, out: &mut Vec<u8>) -> io::Result<bool> {
-        let (len, done) = match self.framing {
+    /// Scans `buf`, the next bytes from the replica: how many of them belong to the
+    /// body, and whether the body is then complete.
+    fn scan(&mut self, buf: &[u8]) -> io::Result<(usize, bool)> {
+        Ok(match self.framing {
             Framing::Empty => (0, true),
             Framing::Length(_) => {
                 let len = buf
@@ -349,10 +350,7 @@ impl BodyEnd {
                 Err(error) => return Err(io::Error::new(io::ErrorKind::InvalidData, error)),
             },
             Framing::UntilClose => (buf.len(), false),
-        };
-        out.extend_from_slice(&buf[..len]);
-        buf.advance(len);
-        Ok(done)
+        })
     }
 }
 
