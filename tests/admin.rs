@@ -6,7 +6,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::{Ringlb, process_exists, rep_body, spread, wait_until};
+use common::{Ringlb, rep_body, spread, wait_until_exited};
 use reqwest::Method;
 use serde_json::Value;
 
@@ -130,16 +130,10 @@ async fn original_curl_examples() {
         four,
         "Server4 gets nothing after /rm, the others keep serving: {counts:?}"
     );
-    wait_until(
+    wait_until_exited(
         "the removed Server4 to exit",
+        server4_pid,
         Duration::from_secs(10),
-        || async {
-            if process_exists(server4_pid) {
-                Err(format!("pid {server4_pid} still exists"))
-            } else {
-                Ok(())
-            }
-        },
     )
     .await;
 }

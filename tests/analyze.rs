@@ -46,9 +46,7 @@ fn assert_png(path: &Path) {
 
 /// True while `pid` exists (a zombie counts).
 fn process_exists(pid: u64) -> bool {
-    // SAFETY: signal 0 only checks for existence and permission.
-    let rc = unsafe { libc::kill(pid as libc::pid_t, 0) };
-    rc == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
+    ringlb::analysis::deploy::process_exists(pid as u32)
 }
 
 #[test]

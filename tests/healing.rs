@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Ringlb, home, process_exists, send_signal, wait_until};
+use common::{Ringlb, home, send_signal, wait_until, wait_until_exited};
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
 
@@ -207,16 +207,10 @@ async fn killed_replica_is_replaced_in_place_and_no_request_fails() {
         ring["replacements"],
         json!([{"failed": "Server2", "replacement": "emergency_1"}])
     );
-    wait_until(
+    wait_until_exited(
         "the killed replica to be reaped",
+        victim,
         Duration::from_secs(5),
-        || async {
-            if process_exists(victim) {
-                Err(format!("pid {victim} still exists"))
-            } else {
-                Ok(())
-            }
-        },
     )
     .await;
     let pids = lb.replica_pids().await;
@@ -255,16 +249,10 @@ async fn hung_replica_fails_its_heartbeats_and_is_replaced() {
         ring["replacements"],
         json!([{"failed": "Server3", "replacement": "emergency_1"}])
     );
-    wait_until(
+    wait_until_exited(
         "the hung replica to be stopped",
+        hung,
         Duration::from_secs(15),
-        || async {
-            if process_exists(hung) {
-                Err(format!("pid {hung} still exists"))
-            } else {
-                Ok(())
-            }
-        },
     )
     .await;
     load_progress(&load, 200).await;

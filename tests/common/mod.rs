@@ -514,6 +514,18 @@ pub fn wait_until_blocking<T>(
     }
 }
 
+/// Waits (bounded) until process `pid` no longer exists (it was reaped), for `what`.
+pub async fn wait_until_exited(what: &str, pid: u32, timeout: Duration) {
+    wait_until(what, timeout, || async {
+        if process_exists(pid) {
+            Err(format!("pid {pid} still exists"))
+        } else {
+            Ok(())
+        }
+    })
+    .await
+}
+
 /// Continues (in case a test stopped it) and kills a replica process that should
 /// be gone; returns whether there was one.
 pub fn kill_replica_if_alive(pid: u32, name: &str) -> bool {
