@@ -259,7 +259,7 @@ async fn every_response_framing_reaches_the_client_intact() {
     assert_eq!(head.headers()["content-length"], "12");
     assert_eq!(head.text().await.unwrap(), "");
 
-    // The connection is still usable after each of them.
+    // An ordinary request still goes through afterwards (whichever connection it uses).
     assert_eq!(lb.home().await.unwrap(), "Fake");
 }
 
