@@ -24,12 +24,16 @@ use tokio::sync::{Semaphore, oneshot};
 ///   with hop-by-hop response headers the proxy must drop;
 /// - `/close-after`: a normal response, then the connection is closed without notice;
 /// - `/missing`: 404;
+/// - `/die`: counted in `died`, then the connection is closed without an answer, as
+///   a replica that read the request and crashed;
 /// - `/hold`: announces the request on `arrivals`, then answers once `release` is called;
 /// - anything else: `Server: Fake` with a `Content-Length` body.
 struct FakeReplica {
     addr: SocketAddr,
     /// Connections on which something other than a heartbeat arrived.
     proxied_connections: Arc<AtomicUsize>,
+    /// Requests to `/die` received.
+    died: Arc<AtomicUsize>,
     arrivals: mpsc::Receiver<()>,
     releases: Arc<Semaphore>,
     stop: Option<oneshot::Sender<()>>,
@@ -42,10 +46,12 @@ impl FakeReplica {
         listener.set_nonblocking(true).unwrap();
         let addr = listener.local_addr().unwrap();
         let proxied_connections = Arc::new(AtomicUsize::new(0));
+        let died = Arc::new(AtomicUsize::new(0));
         let (arrived, arrivals) = mpsc::channel();
         let releases = Arc::new(Semaphore::new(0));
         let scripts = Scripts {
             proxied: proxied_connections.clone(),
+            died: died.clone(),
             arrived: Arc::new(Mutex::new(arrived)),
             releases: releases.clone(),
         };
@@ -72,6 +78,7 @@ impl FakeReplica {
         FakeReplica {
             addr,
             proxied_connections,
+            died,
             arrivals,
             releases,
             stop: Some(stop),
@@ -100,6 +107,7 @@ impl FakeReplica {
 #[derive(Clone)]
 struct Scripts {
     proxied: Arc<AtomicUsize>,
+    died: Arc<AtomicUsize>,
     arrived: Arc<Mutex<mpsc::Sender<()>>>,
     releases: Arc<Semaphore>,
 }
@@ -190,6 +198,10 @@ async fn serve_fake(mut stream: tokio::net::TcpStream, scripts: Scripts) {
                         &request,
                     ))
                     .await,
+                "/die" => {
+                    scripts.died.fetch_add(1, Ordering::SeqCst);
+                    return;
+                }
                 "/close-after" => {
                     let _ = stream.write_all(&fixed(200, "OK", "", b"bye")).await;
                     return;
@@ -470,4 +482,50 @@ async fn shutdown_answers_requests_in_flight_and_closes_idle_connections() {
         .wait_exit(Duration::from_secs(5))
         .expect("ringlb exits once the held request is answered");
     assert!(exit.success(), "exit status {exit}");
+}
+
+/// RFC 9110 §9.2.2: a request that may have reached a replica is sent again only if it
+/// is idempotent. The replica reads each `/die` request and closes the connection
+/// without answering, on a connection the proxy reused from its pool.
+#[tokio::test]
+async fn a_post_the_replica_read_is_never_sent_again() {
+    let fake = FakeReplica::start();
+    // Two ring members on the same fake: a retry to "the next replica" lands there too.
+    let lb = Ringlb::start(&[
+        "--workers",
+        "1",
+        "--replica",
+        &format!("A={}", fake.addr),
+        "--replica",
+        &format!("B={}", fake.addr),
+    ]);
+    // Pooled connections to both members, so that the POST goes out on a reused one.
+    for _ in 0..10 {
+        assert_eq!(lb.home().await.unwrap(), "Fake");
+    }
+
+    let post = lb
+        .http
+        .post(lb.proxy_url("/die"))
+        .body("pay once")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(post.status(), 502);
+    let body: serde_json::Value = post.json().await.unwrap();
+    assert_eq!(body["status"], "failure");
+    assert_eq!(
+        fake.died.load(Ordering::SeqCst),
+        1,
+        "the POST reached replicas exactly once"
+    );
+
+    // A GET is idempotent: it is tried again (another connection or member).
+    let get = lb.http.get(lb.proxy_url("/die")).send().await.unwrap();
+    assert_eq!(get.status(), 502);
+    assert!(
+        fake.died.load(Ordering::SeqCst) >= 3,
+        "the GET was sent again: {} arrivals in all",
+        fake.died.load(Ordering::SeqCst)
+    );
 }

@@ -24,6 +24,7 @@ use tokio::sync::oneshot;
 use tower_service::Service;
 
 use super::error::ApiError;
+use super::failover;
 use super::upstream::UpstreamConn;
 use super::wire::{self, ChunkScanner, Framing, Incoming, ResponseHead};
 use super::{Proxy, is_local_route};
@@ -172,7 +173,6 @@ async fn forward(
         table.ring.candidates(&key)
     };
     wire::write_upstream_request(request, from.ip, &mut buffers.upstream_request);
-    let replayable = super::forward::is_idempotent(request.method);
 
     let mut attempts = 0;
     let mut last_error = String::new();
@@ -184,6 +184,7 @@ async fn forward(
             proxy.settings.request_timeout,
             proxy.upstreams.exchange(
                 backend.addr,
+                request.method,
                 &buffers.upstream_request,
                 request.is_head(),
                 request.keep_alive,
@@ -217,7 +218,7 @@ async fn forward(
                 return Ok(served);
             }
             Ok(Err(error)) => {
-                let retry = error.is_connect() || replayable;
+                let retry = failover::may_retry(request.method, error.progress());
                 last_error = super::forward::attempt_failed(proxy, backend, &error, retry);
                 if !retry {
                     break;

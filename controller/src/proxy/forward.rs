@@ -9,27 +9,14 @@ use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-#[cfg(test)]
-use http::Method;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{StatusCode, Uri};
 use http_body_util::{BodyExt, Full, Limited};
 
-use super::Proxy;
 use super::error::ApiError;
+use super::failover::{self, Progress};
+use super::{Proxy, wire};
 use crate::routing::Backend;
-
-/// Headers that describe one connection, not the request: never forwarded (RFC 9110 §7.6.1).
-const HOP_BY_HOP: [HeaderName; 8] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-];
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
@@ -63,9 +50,6 @@ async fn forward_request(proxy: &Proxy, request: Request) -> Result<Response, Ap
     };
     let headers = upstream_headers(std::mem::take(&mut parts.headers), client);
     let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-    // Replaying a request that a dead replica may have half-processed is only safe
-    // when repeating it has no extra effect.
-    let replayable = is_idempotent(parts.method.as_str());
 
     let mut attempts = 0;
     let mut last_error = String::new();
@@ -96,7 +80,14 @@ async fn forward_request(proxy: &Proxy, request: Request) -> Result<Response, Ap
                 return respond(response, parts.uri.path()).await;
             }
             Ok(Err(error)) => {
-                let retry = error.is_connect() || replayable;
+                // hyper's client sends a request again by itself only when it never
+                // left (a pooled connection found closed before the write).
+                let progress = if error.is_connect() {
+                    Progress::NotSent
+                } else {
+                    Progress::Sent
+                };
+                let retry = failover::may_retry(parts.method.as_str(), progress);
                 last_error = attempt_failed(proxy, backend, &error, retry);
                 if !retry {
                     break;
@@ -147,8 +138,7 @@ async fn respond(
 
 /// Records a failed attempt on `backend`: counted, and reported to the pool, which
 /// checks the replica at once. `retry` tells whether the request goes on to the next
-/// replica: always when it never left (a connect error), else only if it is
-/// idempotent. Returns what the client is told if no replica answers.
+/// replica (the failover policy's answer). Returns what the client is told if no replica answers.
 pub(super) fn attempt_failed(
     proxy: &Proxy,
     backend: &Backend,
@@ -161,14 +151,6 @@ pub(super) fn attempt_failed(
     format!("{}: {error}", backend.name)
 }
 
-/// Methods whose request can be sent again without extra effect (RFC 9110 §9.2.2).
-pub(super) fn is_idempotent(method: &str) -> bool {
-    matches!(
-        method,
-        "GET" | "HEAD" | "OPTIONS" | "PUT" | "DELETE" | "TRACE"
-    )
-}
-
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let listed: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
@@ -177,11 +159,12 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
         .flat_map(|v| v.split(','))
         .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
         .collect();
-    for name in listed.iter().chain(&HOP_BY_HOP) {
+    for name in &listed {
         headers.remove(name);
     }
-    // `Upgrade` is hop-by-hop too; this proxy does not tunnel upgrades.
-    headers.remove(header::UPGRADE);
+    for name in wire::HOP_BY_HOP {
+        headers.remove(name);
+    }
 }
 
 /// The request headers a replica sees: ours minus hop-by-hop, plus the client in
@@ -221,13 +204,5 @@ mod tests {
         assert!(out.get(header::TRANSFER_ENCODING).is_none());
         assert_eq!(out.get(header::HOST).unwrap(), "example");
         assert_eq!(out.get("x-forwarded-for").unwrap(), "10.0.0.1, 127.0.0.9");
-    }
-
-    #[test]
-    fn only_idempotent_methods_are_replayed() {
-        assert!(is_idempotent(Method::GET.as_str()));
-        assert!(is_idempotent(Method::PUT.as_str()));
-        assert!(!is_idempotent(Method::POST.as_str()));
-        assert!(!is_idempotent(Method::PATCH.as_str()));
     }
 }

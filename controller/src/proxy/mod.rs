@@ -4,6 +4,7 @@
 pub mod admin;
 mod connection;
 pub mod error;
+pub mod failover;
 pub mod forward;
 pub mod key;
 mod upstream;

@@ -11,6 +11,7 @@ use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use super::failover::{self, Progress};
 use super::wire::{self, ResponseHead, WireError};
 
 /// Idle connections kept per replica; more are closed when they come back.
@@ -24,6 +25,14 @@ pub struct UpstreamConn {
 }
 
 impl UpstreamConn {
+    /// False when the replica closed this idle connection (or sent bytes no request
+    /// asked for). Reads only if the runtime saw the socket become readable, so an
+    /// open connection costs no system call.
+    fn is_open(&self) -> bool {
+        let mut byte = [0u8; 1];
+        matches!(self.stream.try_read(&mut byte), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+    }
+
     /// Reads more of the response into `buf`; `Ok(0)` at end of stream.
     pub async fn read_more(&mut self) -> io::Result<usize> {
         if self.buf.capacity() - self.buf.len() < 4096 {
@@ -44,6 +53,8 @@ pub struct UpstreamPool {
 pub enum ExchangeError {
     #[error("connect: {0}")]
     Connect(io::Error),
+    #[error("sending the request: {0}")]
+    Write(io::Error),
     #[error("{0}")]
     Io(io::Error),
     #[error("{0}")]
@@ -53,10 +64,12 @@ pub enum ExchangeError {
 }
 
 impl ExchangeError {
-    /// True when the replica cannot have seen the request: safe to send it elsewhere
-    /// whatever its method.
-    pub fn is_connect(&self) -> bool {
-        matches!(self, Self::Connect(_))
+    /// How far the failed exchange got, for the failover policy.
+    pub fn progress(&self) -> Progress {
+        match self {
+            Self::Connect(_) | Self::Write(_) => Progress::NotSent,
+            Self::Io(_) | Self::Wire(_) | Self::Closed => Progress::Sent,
+        }
     }
 }
 
@@ -68,8 +81,16 @@ impl UpstreamPool {
         }
     }
 
+    /// An idle connection to `addr` that is not known to be closed.
     fn take(&self, addr: SocketAddr) -> Option<UpstreamConn> {
-        self.idle.lock().ok()?.get_mut(&addr)?.pop()
+        let mut idle = self.idle.lock().ok()?;
+        let conns = idle.get_mut(&addr)?;
+        while let Some(conn) = conns.pop() {
+            if conn.is_open() {
+                return Some(conn);
+            }
+        }
+        None
     }
 
     /// Returns a connection whose last response was read completely.
@@ -97,16 +118,18 @@ impl UpstreamPool {
         })
     }
 
-    /// Sends `request` to the replica at `addr` and reads the final response head into
-    /// the returned connection's buffer (interim 1xx responses are skipped). The client's
-    /// response head is written into `client_head`.
+    /// Sends `request` (made with `method`) to the replica at `addr` and reads the final
+    /// response head into the returned connection's buffer (interim 1xx responses are
+    /// skipped). The client's response head is written into `client_head`.
     ///
-    /// An idle connection the replica closed meanwhile fails before any byte of a
-    /// response: the request is then sent again on a new connection, like every HTTP
-    /// client with a pool does; the replica never processed it.
+    /// An idle connection the replica closed meanwhile is found out when it is taken
+    /// from the pool, or only once the request is on its way. In the second case the
+    /// request is sent again on a new connection only as the failover policy allows:
+    /// the replica may have read it before closing.
     pub async fn exchange(
         &self,
         addr: SocketAddr,
+        method: &str,
         request: &[u8],
         request_was_head: bool,
         client_keep_alive: bool,
@@ -122,12 +145,18 @@ impl UpstreamPool {
                 Ok(()) => {
                     read_head(&mut conn, request_was_head, client_keep_alive, client_head).await
                 }
-                Err(error) => Err(ExchangeError::Io(error)),
+                Err(error) => Err(ExchangeError::Write(error)),
             };
             match outcome {
                 Ok(head) => return Ok((conn, head)),
-                Err(ExchangeError::Io(_) | ExchangeError::Closed)
-                    if reused && conn.buf.is_empty() => {}
+                Err(
+                    error
+                    @ (ExchangeError::Write(_) | ExchangeError::Io(_) | ExchangeError::Closed),
+                ) if reused && conn.buf.is_empty() => {
+                    if !failover::may_retry(method, error.progress()) {
+                        return Err(error);
+                    }
+                }
                 Err(error) => return Err(error),
             }
         }

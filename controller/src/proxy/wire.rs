@@ -18,8 +18,9 @@ pub const MAX_HEADERS: usize = 64;
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
 
 /// Headers that describe one connection, not the message: never forwarded (RFC 9110
-/// §7.6.1). `Upgrade` is among them because this proxy does not tunnel upgrades.
-const HOP_BY_HOP: [&str; 9] = [
+/// §7.6.1), by either path. `Upgrade` is among them: it is forwarded only with the
+/// upgrade request it belongs to (see [`Request::upgrade`]).
+pub const HOP_BY_HOP: [&str; 9] = [
     "connection",
     "keep-alive",
     "proxy-connection",

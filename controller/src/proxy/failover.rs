@@ -1,0 +1,77 @@
+//! When a failed attempt may be sent to another replica: one policy for both
+//! forwarding paths (`connection.rs` and `forward.rs`).
+//!
+//! A request that may have reached a replica is sent again only if repeating it has
+//! no extra effect (RFC 9110 §9.2.2) and the client has seen nothing of a response:
+//! a replica that read a `POST` and died may have acted on it, and a second replica
+//! would act on it again. nginx follows the same rule (`proxy_next_upstream`
+//! never passes a non-idempotent request on once it was sent).
+
+/// How far a failed attempt got.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Progress {
+    /// No byte of the request reached the replica: the connection could not be made,
+    /// or writing the request failed.
+    NotSent,
+    /// The request was written; nothing of a response has gone to the client.
+    Sent,
+    /// Part of the response went to the client: nothing can be sent again, and the
+    /// client's connection cannot be used further.
+    Responded,
+}
+
+/// Methods whose request can be sent again without extra effect (RFC 9110 §9.2.2).
+pub fn is_idempotent(method: &str) -> bool {
+    matches!(
+        method,
+        "GET" | "HEAD" | "OPTIONS" | "PUT" | "DELETE" | "TRACE"
+    )
+}
+
+/// Whether a request with `method` whose attempt failed after `progress` may be
+/// sent again, to another replica or on another connection.
+pub fn may_retry(method: &str, progress: Progress) -> bool {
+    match progress {
+        Progress::NotSent => true,
+        Progress::Sent => is_idempotent(method),
+        Progress::Responded => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_policy_table() {
+        use Progress::*;
+        // (method, progress, may be sent again)
+        let table = [
+            ("GET", NotSent, true),
+            ("GET", Sent, true),
+            ("GET", Responded, false),
+            ("HEAD", Sent, true),
+            ("OPTIONS", Sent, true),
+            ("TRACE", Sent, true),
+            ("PUT", Sent, true),
+            ("DELETE", Sent, true),
+            ("PUT", Responded, false),
+            ("POST", NotSent, true),
+            ("POST", Sent, false),
+            ("POST", Responded, false),
+            ("PATCH", NotSent, true),
+            ("PATCH", Sent, false),
+            ("CONNECT", Sent, false),
+            // Methods are case-sensitive (RFC 9110 §9.1): `get` is not GET.
+            ("get", Sent, false),
+            ("BREW", Sent, false),
+        ];
+        for (method, progress, expected) in table {
+            assert_eq!(
+                may_retry(method, progress),
+                expected,
+                "{method} after {progress:?}"
+            );
+        }
+    }
+}
