@@ -35,6 +35,8 @@ pub struct Metrics {
     pub ring_rebuilds: Counter,
     pub ring_members: Gauge,
     pub unroutable: Counter,
+    read_timeouts: Family<ReplicaLabel, Counter>,
+    pub refused_connections: Counter,
     admin_changes: Family<AdminLabel, Counter>,
 }
 
@@ -58,6 +60,8 @@ impl Metrics {
         let ring_members = Gauge::default();
         let unroutable = Counter::default();
         let admin_changes = Family::<AdminLabel, Counter>::default();
+        let read_timeouts = Family::<ReplicaLabel, Counter>::default();
+        let refused_connections = Counter::default();
         registry.register(
             "responses",
             "Responses forwarded from each replica",
@@ -99,6 +103,16 @@ impl Metrics {
             unroutable.clone(),
         );
         registry.register(
+            "upstream_read_timeouts",
+            "Responses cut off because the replica sent nothing more within --read-timeout",
+            read_timeouts.clone(),
+        );
+        registry.register(
+            "refused_connections",
+            "Client connections answered 503 and closed because --max-connections were open",
+            refused_connections.clone(),
+        );
+        registry.register(
             "admin_changes",
             "Accepted /add and /rm calls",
             admin_changes.clone(),
@@ -113,6 +127,8 @@ impl Metrics {
             ring_rebuilds,
             ring_members,
             unroutable,
+            read_timeouts,
+            refused_connections,
             admin_changes,
         }
     }
@@ -141,6 +157,10 @@ impl Metrics {
         self.heartbeat_failures
             .get_or_create(&Self::label(name))
             .inc();
+    }
+
+    pub fn read_timeout(&self, name: &ReplicaName) {
+        self.read_timeouts.get_or_create(&Self::label(name)).inc();
     }
 
     pub fn admin_change(&self, operation: &str) {

@@ -37,9 +37,18 @@ impl Serving {
         let make_proxy = {
             let pool = pool.clone();
             let metrics = metrics.clone();
-            Arc::new(move || Proxy::new(pool.clone(), settings.clone(), metrics.clone()))
+            let settings = settings.clone();
+            Arc::new(move |worker| {
+                Proxy::new(pool.clone(), settings.clone(), metrics.clone(), worker)
+            })
         };
-        let proxy = workers::spawn(proxy_listener, make_proxy, stop.subscribe())?;
+        let max_connections = settings.max_connections;
+        let proxy = workers::spawn(
+            proxy_listener,
+            make_proxy,
+            max_connections,
+            stop.subscribe(),
+        )?;
         let ops = tokio::spawn(
             axum::serve(ops_listener, ops::router(Ops { pool, metrics }))
                 .with_graceful_shutdown(stopped(stop.subscribe()))

@@ -147,7 +147,14 @@ impl KubePool {
         routable.sort();
         let current = self.routing.load();
         if routable != current.membership() || *current.ring.config() != published.ring {
-            let table = RoutingTable::build(&routable, &published.ring, &self.metrics);
+            let failed = |name: &ReplicaName| {
+                suspects.contains(name)
+                    || published
+                        .members
+                        .iter()
+                        .any(|m| &m.name == name && !m.health.routable())
+            };
+            let table = current.next(&routable, &published.ring, &self.metrics, failed);
             self.metrics.ring_rebuilds.inc();
             self.metrics.ring_members.set(routable.len() as i64);
             tracing::info!(

@@ -536,8 +536,15 @@ impl<R: Runtime> Supervisor<R> {
             })
             .collect();
         routable.sort();
-        if routable != self.routing.load().membership() {
-            let table = RoutingTable::build(&routable, &self.settings.ring, &self.metrics);
+        let current = self.routing.load();
+        if routable != current.membership() {
+            // Still tracked but not routable: it failed (one removed is no longer tracked).
+            let failed = |name: &ReplicaName| {
+                self.tracked
+                    .get(name)
+                    .is_some_and(|tracked| !tracked.state.routable())
+            };
+            let table = current.next(&routable, &self.settings.ring, &self.metrics, failed);
             self.metrics.ring_rebuilds.inc();
             self.metrics.ring_members.set(routable.len() as i64);
             tracing::info!(

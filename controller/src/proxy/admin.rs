@@ -4,7 +4,6 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, header};
 use serde_json::{Value, json};
@@ -55,22 +54,9 @@ struct Change {
 async fn read_change(proxy: &Proxy, request: Request) -> Result<Change, ApiError> {
     let (parts, body) = request.into_parts();
     authorize(proxy.settings.admin_token.as_deref(), &parts.headers)?;
-    let bytes = read_body(body).await?;
+    let bytes =
+        super::forward::read_body(body, MAX_ADMIN_BODY, proxy.settings.client_body_timeout).await?;
     parse_change(&bytes)
-}
-
-async fn read_body(body: Body) -> Result<bytes::Bytes, ApiError> {
-    axum::body::to_bytes(body, MAX_ADMIN_BODY)
-        .await
-        .map_err(|error| {
-            let too_large = std::error::Error::source(&error)
-                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
-            if too_large {
-                ApiError::BodyTooLarge(MAX_ADMIN_BODY)
-            } else {
-                ApiError::BodyUnreadable(error.to_string())
-            }
-        })
 }
 
 fn authorize(token: Option<&str>, headers: &HeaderMap) -> Result<(), ApiError> {

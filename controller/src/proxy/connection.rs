@@ -12,20 +12,22 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::ConnectInfo;
+use axum::response::IntoResponse;
 use bytes::{Buf, Bytes, BytesMut};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
+use tokio::time::{Instant, Sleep};
 use tower_service::Service;
 
 use super::error::ApiError;
 use super::failover;
-use super::upstream::UpstreamConn;
+use super::upstream::{ExchangeError, UpstreamConn};
 use super::wire::{self, ChunkScanner, Framing, Incoming, ResponseHead};
 use super::{Proxy, is_local_route};
 
@@ -50,7 +52,8 @@ impl StopSignal {
     }
 }
 
-/// Serves `stream` until the client closes it, an error, or `stop` (between requests).
+/// Serves `stream` until the client closes it, an error, a client timeout, or `stop`
+/// (between requests).
 pub async fn serve(
     mut stream: TcpStream,
     peer: SocketAddr,
@@ -58,17 +61,24 @@ pub async fn serve(
     router: Router,
     mut stop: StopSignal,
 ) {
+    let settings = &proxy.settings;
     let mut buf = BytesMut::with_capacity(8 * 1024);
     let mut buffers = Buffers::default();
     // The same for every request of the connection: formatted once.
     let client_ip = peer.ip().to_canonical().to_string();
+    // When the current wait began: the connection's start, the end of the last
+    // response, the first byte of a request, or the last read of a request body.
+    let mut since = Instant::now();
+    let mut timer = ClientTimer::new(deadline(since, settings.client_header_timeout));
+    let mut first_request = true;
     loop {
-        let served = {
-            let mut storage = [httparse::EMPTY_HEADER; wire::MAX_HEADERS];
+        let next = {
+            let mut storage = wire::header_storage();
             match wire::parse_request(
                 &buf,
                 &mut storage,
-                proxy.settings.max_body_bytes,
+                &settings.head_limits,
+                settings.max_body_bytes,
                 is_local_route,
             ) {
                 Incoming::Forward(request) => {
@@ -84,45 +94,120 @@ pub async fn serve(
                         &mut buffers,
                         &mut stop,
                     );
-                    Some(forwarded.await)
+                    Next::Served(forwarded.await)
                 }
-                Incoming::Partial => None,
+                Incoming::Partial => Next::Read(Wait::Head),
+                Incoming::PartialBody => Next::Read(Wait::Body),
                 Incoming::HandOff => {
-                    return hand_off(stream, buf.freeze(), peer, router, stop).await;
+                    return hand_off(stream, buf.freeze(), peer, &proxy, router, stop).await;
+                }
+                Incoming::Refuse(refusal) => {
+                    let error = ApiError::refused(refusal, &settings.head_limits);
+                    return close_with(error, &mut stream, &mut buffers.out).await;
                 }
             }
         };
-        match served {
-            Some(Ok(Served { len, keep_alive })) => {
+        let wait = match next {
+            Next::Served(Ok(Served { len, keep_alive })) => {
                 buf.advance(len);
                 if !keep_alive || stop.is_set() {
                     let _ = stream.shutdown().await;
                     return;
                 }
+                first_request = false;
+                since = Instant::now();
+                continue;
             }
             // The client went away, or a replica's response broke off mid-body: the
             // client cannot be told more on this connection.
-            Some(Err(_)) => return,
-            None => {
-                if buf.capacity() - buf.len() < 4096 {
-                    buf.reserve(8 * 1024);
-                }
-                let read = if buf.is_empty() {
-                    // Idle between requests: this is where a drain closes the connection.
-                    tokio::select! {
-                        biased;
-                        _ = stop.wait() => return,
-                        read = stream.read_buf(&mut buf) => read,
-                    }
-                } else {
-                    stream.read_buf(&mut buf).await
-                };
-                match read {
-                    Ok(0) | Err(_) => return,
-                    Ok(_) => {}
-                }
-            }
+            Next::Served(Err(_)) => return,
+            Next::Read(wait) => wait,
+        };
+        let idle = buf.is_empty();
+        // What the client may take (nginx: keepalive_timeout, client_header_timeout,
+        // client_body_timeout), and whether it is told of the timeout: a connection
+        // on which no request began is closed without a word.
+        let (timeout, tell) = match wait {
+            Wait::Head if idle && !first_request => (settings.keepalive_timeout, false),
+            Wait::Head => (settings.client_header_timeout, !idle),
+            Wait::Body => (settings.client_body_timeout, true),
+        };
+        if buf.capacity() - buf.len() < 4096 {
+            buf.reserve(8 * 1024);
         }
+        let read = tokio::select! {
+            biased;
+            // Idle between requests: this is where a drain closes the connection.
+            _ = stop.wait(), if idle => return,
+            read = stream.read_buf(&mut buf) => read,
+            _ = timer.until(deadline(since, timeout)) => {
+                if tell {
+                    close_with(ApiError::RequestTimeout, &mut stream, &mut buffers.out).await;
+                }
+                return;
+            }
+        };
+        match read {
+            Ok(0) | Err(_) => return,
+            // A head's time counts from its first byte; a body's, between reads.
+            Ok(_) if idle || wait == Wait::Body => since = Instant::now(),
+            Ok(_) => {}
+        }
+    }
+}
+
+enum Next {
+    Served(io::Result<Served>),
+    Read(Wait),
+}
+
+/// What a connection waits for when it reads.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Wait {
+    Head,
+    Body,
+}
+
+/// `since + timeout`, or far in the future for a timeout too large to add.
+fn deadline(since: Instant, timeout: Duration) -> Instant {
+    since
+        .checked_add(timeout)
+        .unwrap_or_else(|| since + Duration::from_secs(365 * 24 * 3600))
+}
+
+/// The client-side deadline of one connection, on one timer. Moving a timer costs a
+/// trip into the runtime's timer wheel, so this one is moved only when it would fire
+/// too late (a shorter timeout begins) or when it fires before the current deadline
+/// (which then moved on): on a busy connection, about once per timeout period, not
+/// once per request. Keeping the deadline current costs a clock read per phase.
+struct ClientTimer(Pin<Box<Sleep>>);
+
+impl ClientTimer {
+    fn new(deadline: Instant) -> Self {
+        Self(Box::pin(tokio::time::sleep_until(deadline)))
+    }
+
+    /// Resolves once `deadline` has passed.
+    async fn until(&mut self, deadline: Instant) {
+        loop {
+            if self.0.deadline() > deadline {
+                self.0.as_mut().reset(deadline);
+            }
+            (&mut self.0).await;
+            if Instant::now() >= deadline {
+                return;
+            }
+            self.0.as_mut().reset(deadline);
+        }
+    }
+}
+
+/// Answers `error` and closes the connection: after a refused or timed-out request,
+/// the rest of the stream cannot be trusted to start at a request.
+async fn close_with(error: ApiError, stream: &mut TcpStream, out: &mut Vec<u8>) {
+    error.write_http1(false, out);
+    if stream.write_all(out).await.is_ok() {
+        let _ = stream.shutdown().await;
     }
 }
 
@@ -178,20 +263,25 @@ async fn forward(
     let mut last_error = String::new();
     for index in candidates.take(proxy.settings.max_attempts) {
         let backend = &table.backends[index];
+        if backend.ejection.is_ejected() {
+            // Taken out of the ring since this table was loaded.
+            continue;
+        }
         attempts += 1;
         let started = Instant::now();
-        let exchanged = tokio::time::timeout(
-            proxy.settings.request_timeout,
-            proxy.upstreams.exchange(
-                backend.addr,
-                request.method,
-                &buffers.upstream_request,
-                request.is_head(),
-                request.keep_alive,
-                &mut buffers.out,
-            ),
-        )
-        .await;
+        let exchange = proxy.upstreams.exchange(
+            backend.addr,
+            request.method,
+            &buffers.upstream_request,
+            request.is_head(),
+            request.keep_alive,
+            &mut buffers.out,
+        );
+        let exchanged = tokio::select! {
+            biased;
+            exchanged = tokio::time::timeout(proxy.settings.request_timeout, exchange) => exchanged,
+            _ = backend.ejection.wait(proxy.worker) => Ok(Err(ExchangeError::Ejected)),
+        };
         match exchanged {
             Ok(Ok((upstream, head))) => {
                 backend.latency.observe(started.elapsed().as_secs_f64());
@@ -211,9 +301,27 @@ async fn forward(
                     let error = ApiError::UnknownEndpoint(request.path().to_owned());
                     return answer_error(error, served, client, &mut buffers.out, stop).await;
                 }
-                let reusable = relay(upstream, &head, client, &mut buffers.out).await?;
-                if let Some(upstream) = reusable {
-                    proxy.upstreams.put(backend.addr, upstream);
+                let relayed = relay(
+                    upstream,
+                    &head,
+                    client,
+                    &mut buffers.out,
+                    proxy.settings.read_timeout,
+                )
+                .await;
+                match relayed {
+                    Ok(Some(upstream)) => proxy.upstreams.put(backend.addr, upstream),
+                    Ok(None) => {}
+                    Err(RelayError::Client(error)) => return Err(error),
+                    Err(RelayError::Replica(error)) => {
+                        if error.kind() == io::ErrorKind::TimedOut {
+                            proxy.metrics.read_timeout(&backend.name);
+                            proxy.pool.report_unreachable(&backend.name);
+                        }
+                        tracing::debug!(replica = %backend.name, %error, "response broke off");
+                        // The client has part of a response: only closing tells it.
+                        return Err(error);
+                    }
                 }
                 return Ok(served);
             }
@@ -231,12 +339,26 @@ async fn forward(
             }
         }
     }
+    if attempts == 0 {
+        // Every candidate was ejected meanwhile.
+        proxy.metrics.unroutable.inc();
+        return answer_error(ApiError::NoReplica, served, client, &mut buffers.out, stop).await;
+    }
     proxy.metrics.unroutable.inc();
     let error = ApiError::UpstreamUnreachable {
         attempts,
         last: last_error,
     };
     answer_error(error, served, client, &mut buffers.out, stop).await
+}
+
+/// A response that broke off while it was relayed.
+enum RelayError {
+    /// The client's side failed: it went away.
+    Client(io::Error),
+    /// The replica's side: closed, malformed, or silent for longer than the read
+    /// timeout (`TimedOut`).
+    Replica(io::Error),
 }
 
 async fn answer_error(
@@ -254,34 +376,48 @@ async fn answer_error(
 
 /// Relays the response body after `head` (whose client-side head is in `out`) to the
 /// client. Returns the replica's connection when it can carry another request.
+/// `read_timeout` bounds each wait for more of the body (nginx's proxy_read_timeout).
 async fn relay(
     mut upstream: UpstreamConn,
     head: &ResponseHead,
     client: &mut TcpStream,
     out: &mut Vec<u8>,
-) -> io::Result<Option<UpstreamConn>> {
+    read_timeout: Duration,
+) -> Result<Option<UpstreamConn>, RelayError> {
     upstream.buf.advance(head.head_len);
     let mut body = BodyEnd::new(head.framing);
     // The head and what has arrived of the body go out in one write: for a small
     // response, the whole exchange is one read and one write on each side.
-    let (len, mut done) = body.scan(&upstream.buf)?;
+    let (len, mut done) = body.scan(&upstream.buf).map_err(RelayError::Replica)?;
     out.extend_from_slice(&upstream.buf[..len]);
     upstream.buf.advance(len);
-    client.write_all(out).await?;
+    client.write_all(out).await.map_err(RelayError::Client)?;
     while !done {
         upstream.buf.clear();
-        if upstream.read_more().await? == 0 {
+        let read = tokio::time::timeout(read_timeout, upstream.read_more())
+            .await
+            .unwrap_or_else(|_| {
+                Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the replica sent nothing more within the read timeout",
+                ))
+            })
+            .map_err(RelayError::Replica)?;
+        if read == 0 {
             if body.framing == Framing::UntilClose {
                 return Ok(None);
             }
-            return Err(io::Error::new(
+            return Err(RelayError::Replica(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
                 "the replica closed the connection mid-body",
-            ));
+            )));
         }
         let len;
-        (len, done) = body.scan(&upstream.buf)?;
-        client.write_all(&upstream.buf[..len]).await?;
+        (len, done) = body.scan(&upstream.buf).map_err(RelayError::Replica)?;
+        client
+            .write_all(&upstream.buf[..len])
+            .await
+            .map_err(RelayError::Client)?;
         upstream.buf.advance(len);
     }
     // Bytes after the response would belong to no request: the connection is not reused.
@@ -356,21 +492,45 @@ impl BodyEnd {
 }
 
 /// Serves the rest of the connection with hyper and the axum router, starting with
-/// the bytes already read.
+/// the bytes already read. Every request's head is checked against the same limits
+/// as the fast path's; hyper's own limits sit above ours, as a backstop.
 async fn hand_off(
     stream: TcpStream,
     read: Bytes,
     peer: SocketAddr,
+    proxy: &Proxy,
     router: Router,
     mut stop: StopSignal,
 ) {
+    let limits = proxy.settings.head_limits;
     let service = hyper::service::service_fn(move |mut request: http::Request<_>| {
+        let refused = check_head(&limits, &request).err();
         // What axum's `into_make_service_with_connect_info` would insert.
         request.extensions_mut().insert(ConnectInfo(peer));
         let mut router = router.clone();
-        async move { router.call(request).await }
+        async move {
+            if let Some(refusal) = refused {
+                let mut response = ApiError::refused(refusal, &limits).into_response();
+                response.headers_mut().insert(
+                    http::header::CONNECTION,
+                    http::HeaderValue::from_static("close"),
+                );
+                return Ok(response);
+            }
+            router.call(request).await
+        }
     });
     let connection = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        // hyper's one timeout covers both the idle wait and the head: the shorter.
+        .header_read_timeout(
+            proxy
+                .settings
+                .client_header_timeout
+                .min(proxy.settings.keepalive_timeout),
+        )
+        .max_headers(wire::MAX_HEADERS)
+        .max_header_size(2 * limits.head)
         .serve_connection(TokioIo::new(Rewind { read, stream }), service);
     tokio::pin!(connection);
     tokio::select! {
@@ -380,6 +540,31 @@ async fn hand_off(
             let _ = connection.await;
         }
     }
+}
+
+/// The fast path's head check, on a request hyper parsed.
+fn check_head<B>(
+    limits: &wire::HeadLimits,
+    request: &http::Request<B>,
+) -> Result<(), wire::Refusal> {
+    let target = request
+        .uri()
+        .path_and_query()
+        .map_or(0, |pq| pq.as_str().len());
+    let headers = request.headers();
+    let head = headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum::<usize>();
+    let request_line = request.method().as_str().len() + target + 12;
+    limits.check(
+        request.version() == http::Version::HTTP_11,
+        request_line,
+        request_line + head + 2,
+        headers
+            .iter()
+            .map(|(name, value)| (name.as_str().as_bytes(), value.as_bytes())),
+    )
 }
 
 /// A stream that first yields bytes already read from it.

@@ -7,6 +7,7 @@ use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
+use super::wire::{HeadLimits, Refusal};
 use crate::pool::{MembershipError, PoolError};
 use crate::runtime::RuntimeError;
 
@@ -34,6 +35,22 @@ pub enum ApiError {
     UpstreamTimeout(String),
     #[error("could not reach a replica after {attempts} attempts: {last}")]
     UpstreamUnreachable { attempts: usize, last: String },
+    #[error("malformed request: {0}")]
+    MalformedRequest(String),
+    #[error("an HTTP/1.1 request needs exactly one Host header")]
+    Host,
+    #[error("the request line is longer than {0} bytes")]
+    TargetTooLong(usize),
+    #[error("a request header line is longer than {0} bytes")]
+    HeaderLineTooLong(usize),
+    #[error("the request headers are larger than {0} bytes")]
+    HeadTooLarge(usize),
+    #[error("more than {0} request headers")]
+    TooManyHeaders(usize),
+    #[error("the request was not received in time")]
+    RequestTimeout,
+    #[error("too many connections: at most {0} at once")]
+    TooManyConnections(usize),
 }
 
 impl ApiError {
@@ -54,6 +71,25 @@ impl ApiError {
             Self::NoReplica => StatusCode::SERVICE_UNAVAILABLE,
             Self::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             Self::UpstreamUnreachable { .. } => StatusCode::BAD_GATEWAY,
+            Self::MalformedRequest(_) | Self::Host => StatusCode::BAD_REQUEST,
+            Self::TargetTooLong(_) => StatusCode::URI_TOO_LONG,
+            Self::HeaderLineTooLong(_) | Self::HeadTooLarge(_) | Self::TooManyHeaders(_) => {
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+            }
+            Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
+            Self::TooManyConnections(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// The answer to a request refused by `limits`.
+    pub fn refused(refusal: Refusal, limits: &HeadLimits) -> Self {
+        match refusal {
+            Refusal::Malformed(error) => Self::MalformedRequest(error.to_string()),
+            Refusal::Host => Self::Host,
+            Refusal::TargetTooLong => Self::TargetTooLong(limits.line),
+            Refusal::LineTooLong => Self::HeaderLineTooLong(limits.line),
+            Refusal::HeadTooLarge => Self::HeadTooLarge(limits.head),
+            Refusal::TooManyHeaders => Self::TooManyHeaders(limits.headers),
         }
     }
 }

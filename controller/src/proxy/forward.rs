@@ -8,7 +8,7 @@ use std::time::Instant;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::response::{IntoResponse, Response};
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{StatusCode, Uri};
 use http_body_util::{BodyExt, Full, Limited};
@@ -35,7 +35,12 @@ async fn forward_request(proxy: &Proxy, request: Request) -> Result<Response, Ap
     let (mut parts, body) = request.into_parts();
     // Buffered (up to a limit) so that a failed attempt can be replayed on the next
     // replica; nginx buffers request bodies by default for the same reason.
-    let body = read_body(body, proxy.settings.max_body_bytes).await?;
+    let body = read_body(
+        body,
+        proxy.settings.max_body_bytes,
+        proxy.settings.client_body_timeout,
+    )
+    .await?;
 
     let table = proxy.pool.routing().load_full();
     if table.backends.is_empty() {
@@ -55,6 +60,10 @@ async fn forward_request(proxy: &Proxy, request: Request) -> Result<Response, Ap
     let mut last_error = String::new();
     for index in candidates.take(proxy.settings.max_attempts) {
         let backend = &table.backends[index];
+        if backend.ejection.is_ejected() {
+            // Taken out of the ring since this table was loaded.
+            continue;
+        }
         attempts += 1;
         let uri = Uri::builder()
             .scheme("http")
@@ -68,11 +77,14 @@ async fn forward_request(proxy: &Proxy, request: Request) -> Result<Response, Ap
         *upstream.headers_mut() = headers.clone();
 
         let started = Instant::now();
-        let sent = tokio::time::timeout(
-            proxy.settings.request_timeout,
-            proxy.client.request(upstream),
-        )
-        .await;
+        let sent = tokio::select! {
+            biased;
+            sent = tokio::time::timeout(
+                proxy.settings.request_timeout,
+                proxy.client.request(upstream),
+            ) => sent.map(|sent| sent.map_err(AttemptError::Client)),
+            _ = backend.ejection.wait(proxy.worker) => Ok(Err(AttemptError::Ejected)),
+        };
         match sent {
             Ok(Ok(response)) => {
                 backend.latency.observe(started.elapsed().as_secs_f64());
@@ -82,10 +94,9 @@ async fn forward_request(proxy: &Proxy, request: Request) -> Result<Response, Ap
             Ok(Err(error)) => {
                 // hyper's client sends a request again by itself only when it never
                 // left (a pooled connection found closed before the write).
-                let progress = if error.is_connect() {
-                    Progress::NotSent
-                } else {
-                    Progress::Sent
+                let progress = match &error {
+                    AttemptError::Client(error) if error.is_connect() => Progress::NotSent,
+                    _ => Progress::Sent,
                 };
                 let retry = failover::may_retry(parts.method.as_str(), progress);
                 last_error = attempt_failed(proxy, backend, &error, retry);
@@ -100,23 +111,54 @@ async fn forward_request(proxy: &Proxy, request: Request) -> Result<Response, Ap
         }
     }
     proxy.metrics.unroutable.inc();
+    if attempts == 0 {
+        // Every candidate was ejected meanwhile.
+        return Err(ApiError::NoReplica);
+    }
     Err(ApiError::UpstreamUnreachable {
         attempts,
         last: last_error,
     })
 }
 
-async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
+/// Why an attempt on the general path failed.
+#[derive(Debug, thiserror::Error)]
+enum AttemptError {
+    #[error("{0}")]
+    Client(hyper_util::client::legacy::Error),
+    #[error("taken out of the ring while the request waited for its answer")]
+    Ejected,
+}
+
+/// Reads a request body of at most `limit` bytes, each piece within `between_reads`
+/// of the last (nginx: client_body_timeout).
+pub(super) async fn read_body(
+    body: Body,
+    limit: usize,
+    between_reads: std::time::Duration,
+) -> Result<Bytes, ApiError> {
     // Most proxied requests (GET, HEAD) have no body: nothing to wait for or copy.
     if axum::body::HttpBody::is_end_stream(&body) {
         return Ok(Bytes::new());
     }
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(error) if error.is::<http_body_util::LengthLimitError>() => {
-            Err(ApiError::BodyTooLarge(limit))
+    let mut body = Limited::new(body, limit);
+    let mut collected = BytesMut::new();
+    loop {
+        let frame = tokio::time::timeout(between_reads, body.frame())
+            .await
+            .map_err(|_| ApiError::RequestTimeout)?;
+        match frame {
+            None => return Ok(collected.freeze()),
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    collected.extend_from_slice(&data);
+                }
+            }
+            Some(Err(error)) if error.is::<http_body_util::LengthLimitError>() => {
+                return Err(ApiError::BodyTooLarge(limit));
+            }
+            Some(Err(error)) => return Err(ApiError::BodyUnreadable(error.to_string())),
         }
-        Err(error) => Err(ApiError::BodyUnreadable(error.to_string())),
     }
 }
 

@@ -272,9 +272,11 @@ mod tests {
 
     #[test]
     fn the_fast_paths_request_gives_the_same_keys() {
-        let raw = b"GET /home?a=1&id=42&b HTTP/1.1\r\nX-User: alice\r\nCookie: x=1\r\nCookie: sid=abc; y=2\r\n\r\n";
-        let mut storage = [httparse::EMPTY_HEADER; wire::MAX_HEADERS];
-        let wire::Incoming::Forward(request) = wire::parse_request(raw, &mut storage, 0, |_| false)
+        let raw = b"GET /home?a=1&id=42&b HTTP/1.1\r\nHost: x\r\nX-User: alice\r\nCookie: x=1\r\nCookie: sid=abc; y=2\r\n\r\n";
+        let mut storage = wire::header_storage();
+        let limits = wire::HeadLimits::default();
+        let wire::Incoming::Forward(request) =
+            wire::parse_request(raw, &mut storage, &limits, 0, |_| false)
         else {
             panic!("not forwarded");
         };

@@ -36,7 +36,19 @@ pub struct ProxySettings {
     pub connect_timeout: Duration,
     /// Time until a replica's response headers.
     pub request_timeout: Duration,
+    /// Time between two reads of a replica's response body.
+    pub read_timeout: Duration,
+    /// Time to receive a whole request head, from its first byte (or from the
+    /// connection's start, for its first request).
+    pub client_header_timeout: Duration,
+    /// Time between two reads of a request body.
+    pub client_body_timeout: Duration,
+    /// Time a kept-alive client connection may wait for its next request.
+    pub keepalive_timeout: Duration,
     pub max_body_bytes: usize,
+    pub head_limits: wire::HeadLimits,
+    /// Client connections open at once in this process.
+    pub max_connections: usize,
     /// When set, `/add` and `/rm` need `Authorization: Bearer <token>`.
     pub admin_token: Option<String>,
 }
@@ -48,7 +60,13 @@ impl Default for ProxySettings {
             max_attempts: 3,
             connect_timeout: Duration::from_secs(1),
             request_timeout: Duration::from_secs(30),
+            read_timeout: Duration::from_secs(60),
+            client_header_timeout: Duration::from_secs(60),
+            client_body_timeout: Duration::from_secs(60),
+            keepalive_timeout: Duration::from_secs(75),
             max_body_bytes: 10 * 1024 * 1024,
+            head_limits: wire::HeadLimits::default(),
+            max_connections: 10_000,
             admin_token: None,
         }
     }
@@ -59,6 +77,8 @@ pub struct Proxy {
     pub pool: Arc<dyn PoolControl>,
     pub settings: ProxySettings,
     pub metrics: Arc<Metrics>,
+    /// This proxy's worker thread, by index.
+    pub worker: usize,
     /// The general path's client (see `connection.rs` for the two paths).
     client: Client<HttpConnector, Full<Bytes>>,
     /// The fast path's idle replica connections.
@@ -66,7 +86,12 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    pub fn new(pool: Arc<dyn PoolControl>, settings: ProxySettings, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        pool: Arc<dyn PoolControl>,
+        settings: ProxySettings,
+        metrics: Arc<Metrics>,
+        worker: usize,
+    ) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(settings.connect_timeout));
@@ -78,6 +103,7 @@ impl Proxy {
             pool,
             settings,
             metrics,
+            worker,
             client,
         }
     }

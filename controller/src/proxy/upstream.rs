@@ -61,6 +61,8 @@ pub enum ExchangeError {
     Wire(#[from] WireError),
     #[error("connection closed before a response")]
     Closed,
+    #[error("taken out of the ring while the request waited for its answer")]
+    Ejected,
 }
 
 impl ExchangeError {
@@ -68,7 +70,7 @@ impl ExchangeError {
     pub fn progress(&self) -> Progress {
         match self {
             Self::Connect(_) | Self::Write(_) => Progress::NotSent,
-            Self::Io(_) | Self::Wire(_) | Self::Closed => Progress::Sent,
+            Self::Io(_) | Self::Wire(_) | Self::Closed | Self::Ejected => Progress::Sent,
         }
     }
 }

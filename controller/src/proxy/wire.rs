@@ -8,14 +8,116 @@
 //! path gives the precise error answer or the full feature.
 
 use std::io::Write;
+use std::mem::MaybeUninit;
 
 use httparse::{Header, Status};
 
-/// Request headers beyond this are left to the general path.
-pub const MAX_HEADERS: usize = 64;
-/// A request head that has not ended within this many bytes is left to the general path,
-/// which refuses it (431).
+/// The most request headers `--max-headers` may allow; room for this many is kept on
+/// the stack (uninitialised: the parser writes only what it finds).
+pub const MAX_HEADERS: usize = 256;
+/// A response head that has not ended within this many bytes is refused.
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+
+/// Room for a request's headers, for [`parse_request`].
+pub type HeaderStorage<'b> = [MaybeUninit<Header<'b>>; MAX_HEADERS];
+
+pub fn header_storage<'b>() -> HeaderStorage<'b> {
+    [const { MaybeUninit::uninit() }; MAX_HEADERS]
+}
+
+/// Limits on a request head, checked before anything is forwarded, on both paths:
+/// nginx's `large_client_header_buffers` (8 KiB per line), Envoy's
+/// `max_request_headers_kb` and `max_headers_count`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HeadLimits {
+    /// The request line, and each header line, in bytes.
+    pub line: usize,
+    /// The whole head, in bytes.
+    pub head: usize,
+    /// Header lines.
+    pub headers: usize,
+}
+
+impl Default for HeadLimits {
+    fn default() -> Self {
+        Self {
+            line: 8 * 1024,
+            head: 64 * 1024,
+            headers: 100,
+        }
+    }
+}
+
+/// Why a request is refused before it is forwarded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// Not HTTP/1.x as RFC 9112 defines it.
+    Malformed(httparse::Error),
+    /// An HTTP/1.1 request without a `Host` header, or with more than one
+    /// (RFC 9112 §3.2: a server MUST answer 400).
+    Host,
+    /// The request line is longer than [`HeadLimits::line`].
+    TargetTooLong,
+    /// A header line is longer than [`HeadLimits::line`].
+    LineTooLong,
+    /// The head is larger than [`HeadLimits::head`].
+    HeadTooLarge,
+    /// More header lines than [`HeadLimits::headers`].
+    TooManyHeaders,
+}
+
+impl HeadLimits {
+    /// Checks a complete request head: both paths call this. `request_line` and
+    /// `head` are lengths in bytes; `headers` gives each header's name and value.
+    pub fn check<'a>(
+        &self,
+        http11: bool,
+        request_line: usize,
+        head: usize,
+        headers: impl Iterator<Item = (&'a [u8], &'a [u8])>,
+    ) -> Result<(), Refusal> {
+        if request_line > self.line {
+            return Err(Refusal::TargetTooLong);
+        }
+        if head > self.head {
+            return Err(Refusal::HeadTooLarge);
+        }
+        let mut hosts = 0;
+        let mut count = 0;
+        for (name, value) in headers {
+            count += 1;
+            // "name: value\r\n"
+            if name.len() + value.len() + 4 > self.line {
+                return Err(Refusal::LineTooLong);
+            }
+            hosts += usize::from(name.eq_ignore_ascii_case(b"host"));
+        }
+        if count > self.headers {
+            return Err(Refusal::TooManyHeaders);
+        }
+        // HTTP/1.0 has no Host requirement, but two are ambiguous in any version.
+        if hosts > 1 || (http11 && hosts == 0) {
+            return Err(Refusal::Host);
+        }
+        Ok(())
+    }
+
+    /// Checks the start of a head that is not complete yet, so that a client cannot
+    /// make the proxy buffer more than the limits allow.
+    fn check_partial(&self, buf: &[u8]) -> Result<(), Refusal> {
+        if buf.len() <= self.line {
+            return Ok(());
+        }
+        if buf.len() > self.head {
+            return Err(Refusal::HeadTooLarge);
+        }
+        match buf.iter().rposition(|b| *b == b'\n') {
+            None => Err(Refusal::TargetTooLong),
+            Some(end) if buf.len() - end - 1 > self.line => Err(Refusal::LineTooLong),
+            Some(_) => Ok(()),
+        }
+    }
+}
 
 /// Headers that describe one connection, not the message: never forwarded (RFC 9110
 /// §7.6.1), by either path. `Upgrade` is among them: it is forwarded only with the
@@ -34,13 +136,17 @@ pub const HOP_BY_HOP: [&str; 9] = [
 
 /// What the bytes at the start of a connection's buffer hold.
 pub enum Incoming<'h, 'b> {
-    /// Not a whole request yet: read more.
+    /// Not a whole request head yet: read more.
     Partial,
+    /// A whole head, with its body still arriving: read more.
+    PartialBody,
     /// A whole request the fast path forwards.
     Forward(Request<'h, 'b>),
     /// A request for the general path: an admin route, or anything the fast path does
-    /// not handle (including malformed requests, which the general path refuses).
+    /// not handle.
     HandOff,
+    /// A request refused before anything is forwarded; the connection then closes.
+    Refuse(Refusal),
 }
 
 /// A complete request, borrowed from the connection's buffer.
@@ -73,27 +179,42 @@ impl Request<'_, '_> {
 }
 
 /// Parses the request at the start of `buf`. `local_route` names the paths this proxy
-/// answers itself; requests for them are handed off.
+/// answers itself; requests for them are handed off once their head passed `limits`.
 pub fn parse_request<'h, 'b>(
     buf: &'b [u8],
-    storage: &'h mut [Header<'b>],
+    storage: &'h mut HeaderStorage<'b>,
+    limits: &HeadLimits,
     max_body: usize,
     local_route: impl Fn(&str) -> bool,
 ) -> Incoming<'h, 'b> {
-    let mut request = httparse::Request::new(storage);
-    let head_len = match request.parse(buf) {
+    let mut request = httparse::Request::new(&mut []);
+    let storage = &mut storage[..limits.headers.min(MAX_HEADERS)];
+    let head_len = match request.parse_with_uninit_headers(buf, storage) {
         Ok(Status::Complete(len)) => len,
-        Ok(Status::Partial) if buf.len() < MAX_HEAD_BYTES => return Incoming::Partial,
-        Ok(Status::Partial) | Err(_) => return Incoming::HandOff,
+        Ok(Status::Partial) => {
+            return match limits.check_partial(buf) {
+                Ok(()) => Incoming::Partial,
+                Err(refusal) => Incoming::Refuse(refusal),
+            };
+        }
+        Err(httparse::Error::TooManyHeaders) => return Incoming::Refuse(Refusal::TooManyHeaders),
+        Err(error) => return Incoming::Refuse(Refusal::Malformed(error)),
     };
-    let (Some(method), Some(target), Some(1)) = (request.method, request.path, request.version)
+    let (Some(method), Some(target), Some(version)) =
+        (request.method, request.path, request.version)
     else {
-        return Incoming::HandOff;
+        return Incoming::Refuse(Refusal::Malformed(httparse::Error::Version));
     };
-    if !target.starts_with('/') {
+    let headers: &'h [Header<'b>] = request.headers;
+    // "METHOD target HTTP/1.1\r\n"
+    let request_line = method.len() + target.len() + 12;
+    let fields = headers.iter().map(|h| (h.name.as_bytes(), h.value));
+    if let Err(refusal) = limits.check(version == 1, request_line, head_len, fields) {
+        return Incoming::Refuse(refusal);
+    }
+    if version != 1 || !target.starts_with('/') {
         return Incoming::HandOff;
     }
-    let headers: &'h [Header<'b>] = request.headers;
     let mut content_length: Option<usize> = None;
     let mut keep_alive = true;
     for header in headers {
@@ -125,7 +246,7 @@ pub fn parse_request<'h, 'b>(
     }
     let len = head_len + content_length.unwrap_or(0);
     if buf.len() < len {
-        return Incoming::Partial;
+        return Incoming::PartialBody;
     }
     Incoming::Forward(Request {
         method,
@@ -252,9 +373,14 @@ pub fn parse_response(
     client_keep_alive: bool,
     out: Option<&mut Vec<u8>>,
 ) -> Result<Option<ResponseHead>, WireError> {
-    let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut response = httparse::Response::new(&mut storage);
-    let head_len = match response.parse(buf) {
+    let mut storage = header_storage();
+    let mut response = httparse::Response::new(&mut []);
+    let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut response,
+        buf,
+        &mut storage,
+    );
+    let head_len = match parsed {
         Ok(Status::Complete(len)) => len,
         Ok(Status::Partial) if buf.len() < MAX_HEAD_BYTES => return Ok(None),
         Ok(Status::Partial) => return Err(WireError::HeadTooLarge),
@@ -442,9 +568,18 @@ fn after_size_line(size: u64) -> ChunkState {
 mod tests {
     use super::*;
 
+    fn parse<'h, 'b>(raw: &'b [u8], storage: &'h mut HeaderStorage<'b>) -> Incoming<'h, 'b> {
+        let limits = HeadLimits {
+            line: 256,
+            head: 1024,
+            headers: 8,
+        };
+        parse_request(raw, storage, &limits, 1024, |p| p == "/rep")
+    }
+
     fn forwarded(raw: &[u8]) -> (String, usize, bool) {
-        let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        match parse_request(raw, &mut storage, 1024, |p| p == "/rep") {
+        let mut storage = header_storage();
+        match parse(raw, &mut storage) {
             Incoming::Forward(request) => {
                 let mut out = Vec::new();
                 write_upstream_request(&request, "127.0.0.9", &mut out);
@@ -454,17 +589,24 @@ mod tests {
                     request.keep_alive,
                 )
             }
-            Incoming::Partial => panic!("partial: {}", String::from_utf8_lossy(raw)),
+            Incoming::Partial | Incoming::PartialBody => {
+                panic!("partial: {}", String::from_utf8_lossy(raw))
+            }
             Incoming::HandOff => panic!("handed off: {}", String::from_utf8_lossy(raw)),
+            Incoming::Refuse(refusal) => {
+                panic!("refused ({refusal:?}): {}", String::from_utf8_lossy(raw))
+            }
         }
     }
 
-    fn outcome(raw: &[u8]) -> &'static str {
-        let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        match parse_request(raw, &mut storage, 1024, |p| p == "/rep") {
-            Incoming::Forward(_) => "forward",
-            Incoming::Partial => "partial",
-            Incoming::HandOff => "hand off",
+    fn outcome(raw: &[u8]) -> String {
+        let mut storage = header_storage();
+        match parse(raw, &mut storage) {
+            Incoming::Forward(_) => "forward".into(),
+            Incoming::Partial => "partial".into(),
+            Incoming::PartialBody => "partial body".into(),
+            Incoming::HandOff => "hand off".into(),
+            Incoming::Refuse(refusal) => format!("{refusal:?}"),
         }
     }
 
@@ -489,12 +631,13 @@ mod tests {
 
     #[test]
     fn a_body_is_forwarded_once_it_is_complete() {
-        let head = b"POST /data HTTP/1.1\r\nContent-Length: 5\r\nConnection: close\r\n\r\n";
-        assert_eq!(outcome(&[&head[..], b"hel"].concat()), "partial");
+        let head =
+            b"POST /data HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nConnection: close\r\n\r\n";
+        assert_eq!(outcome(&[&head[..], b"hel"].concat()), "partial body");
         let (upstream, len, keep_alive) = forwarded(&[&head[..], b"hello", b"extra"].concat());
         assert_eq!(
             upstream,
-            "POST /data HTTP/1.1\r\nContent-Length: 5\r\nx-forwarded-for: 127.0.0.9\r\n\r\nhello"
+            "POST /data HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nx-forwarded-for: 127.0.0.9\r\n\r\nhello"
         );
         assert_eq!(len, head.len() + 5);
         assert!(!keep_alive);
@@ -503,21 +646,95 @@ mod tests {
     #[test]
     fn unusual_requests_are_handed_to_the_general_path() {
         assert_eq!(outcome(b"GET /home HTTP/1.1\r\nHost: x\r\n"), "partial");
-        assert_eq!(outcome(b"GET /home HTTP/1.1\r\n\r\n"), "forward");
+        assert_eq!(outcome(b"GET /home HTTP/1.1\r\nHost: x\r\n\r\n"), "forward");
         for raw in [
-            &b"GET /rep HTTP/1.1\r\n\r\n"[..],
-            b"DELETE /rep?x=1 HTTP/1.1\r\n\r\n",
+            &b"GET /rep HTTP/1.1\r\nHost: x\r\n\r\n"[..],
+            b"DELETE /rep?x=1 HTTP/1.1\r\nHost: x\r\n\r\n",
             b"GET /home HTTP/1.0\r\n\r\n",
-            b"GET http://example/home HTTP/1.1\r\n\r\n",
-            b"POST /home HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
-            b"POST /home HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n",
-            b"GET /home HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
-            b"POST /home HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n",
-            b"POST /home HTTP/1.1\r\nContent-Length: -3\r\n\r\n",
-            b"POST /home HTTP/1.1\r\nContent-Length: 4096\r\n\r\n",
-            b"GET /home HTTP/1.1\r\nBad Header\r\n\r\n",
+            b"GET http://example/home HTTP/1.1\r\nHost: example\r\n\r\n",
+            b"POST /home HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"POST /home HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n",
+            b"GET /home HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+            b"POST /home HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n",
+            b"POST /home HTTP/1.1\r\nHost: x\r\nContent-Length: -3\r\n\r\n",
+            b"POST /home HTTP/1.1\r\nHost: x\r\nContent-Length: 4096\r\n\r\n",
         ] {
             assert_eq!(outcome(raw), "hand off", "{}", String::from_utf8_lossy(raw));
+        }
+    }
+
+    /// The test limits: lines of 256 bytes, heads of 1024, 8 headers.
+    #[test]
+    fn heads_beyond_the_limits_or_without_host_are_refused() {
+        let line = |n: usize| format!("X-Long: {}\r\n", "a".repeat(n - 10));
+        let headers = |n: usize| "X-A: 1\r\n".repeat(n);
+        let cases: Vec<(String, &str)> = vec![
+            // (request, outcome)
+            ("GET /home HTTP/1.1\r\n\r\n".into(), "Host"),
+            (
+                "GET /home HTTP/1.1\r\nHost: a\r\nhost: b\r\n\r\n".into(),
+                "Host",
+            ),
+            (
+                "GET /home HTTP/1.0\r\nHost: a\r\nHost: b\r\n\r\n".into(),
+                "Host",
+            ),
+            ("GET /home HTTP/1.0\r\n\r\n".into(), "hand off"),
+            // A header line of exactly 256 bytes passes; 257 is refused.
+            (
+                format!("GET / HTTP/1.1\r\nHost: x\r\n{}\r\n", line(256)),
+                "forward",
+            ),
+            (
+                format!("GET / HTTP/1.1\r\nHost: x\r\n{}\r\n", line(257)),
+                "LineTooLong",
+            ),
+            // Refused before the head is complete: the line alone is too long.
+            (
+                format!("GET / HTTP/1.1\r\nHost: x\r\nX-Long: {}", "a".repeat(300)),
+                "LineTooLong",
+            ),
+            // "GET /a… HTTP/1.1\r\n": 3 + 1 + (1 + 240) + 1 + 8 + 2 = 256 bytes.
+            (
+                format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(240)),
+                "forward",
+            ),
+            (
+                format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(241)),
+                "TargetTooLong",
+            ),
+            (format!("GET /{}", "a".repeat(300)), "TargetTooLong"),
+            (
+                format!("GET / HTTP/1.1\r\nHost: x\r\n{}\r\n", headers(7)),
+                "forward",
+            ),
+            (
+                format!("GET / HTTP/1.1\r\nHost: x\r\n{}\r\n", headers(8)),
+                "TooManyHeaders",
+            ),
+            (
+                format!("GET / HTTP/1.1\r\nHost: x\r\n{}{}", line(200), line(200)),
+                "partial",
+            ),
+            (
+                format!(
+                    "GET / HTTP/1.1\r\n{}{}{}{}{}",
+                    line(250),
+                    line(250),
+                    line(250),
+                    line(250),
+                    line(100)
+                ),
+                "HeadTooLarge",
+            ),
+            (
+                "GET /home HTTP/1.1\r\nBad Header\r\n\r\n".into(),
+                "Malformed(HeaderName)",
+            ),
+            ("GET /home HTTP/2.0\r\n\r\n".into(), "Malformed(Version)"),
+        ];
+        for (raw, expected) in cases {
+            assert_eq!(outcome(raw.as_bytes()), expected, "{raw:?}");
         }
     }
 

@@ -7,8 +7,10 @@
 //! profiling showed to be the largest cost of a shared multi-threaded runtime
 //! (the nginx worker model, for the same reason).
 
+use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use socket2::{Domain, Protocol, Socket, Type};
@@ -17,6 +19,7 @@ use tokio::sync::{oneshot, watch};
 use tokio_util::task::TaskTracker;
 
 use super::connection::{self, StopSignal};
+use super::error::ApiError;
 use super::{Proxy, router};
 
 /// The proxy's listening sockets: one per worker, all on the same address.
@@ -59,18 +62,26 @@ pub struct ProxyWorkers {
     done: Vec<oneshot::Receiver<()>>,
 }
 
-/// Starts one worker per listener. `make_proxy` runs on each worker thread, so the
-/// upstream connection pool it creates belongs to that thread's runtime.
+/// Starts one worker per listener. `make_proxy` runs on each worker thread (it is
+/// given the worker's index), so the upstream connection pool it creates belongs to
+/// that thread's runtime. At most `max_connections` client connections are open at
+/// once over all workers.
 pub fn spawn(
     listeners: ProxyListeners,
-    make_proxy: Arc<dyn Fn() -> Proxy + Send + Sync>,
+    make_proxy: Arc<dyn Fn(usize) -> Proxy + Send + Sync>,
+    max_connections: usize,
     stop: watch::Receiver<bool>,
 ) -> std::io::Result<ProxyWorkers> {
     let mut done = Vec::new();
+    let open = Arc::new(OpenConnections {
+        count: AtomicUsize::new(0),
+        max: max_connections,
+    });
     for (i, socket) in listeners.sockets.into_iter().enumerate() {
         let (finished, finished_rx) = oneshot::channel();
         let make_proxy = make_proxy.clone();
         let stop = stop.clone();
+        let open = open.clone();
         std::thread::Builder::new()
             .name(format!("ringlb-proxy-{i}"))
             .spawn(move || {
@@ -86,7 +97,7 @@ pub fn spawn(
                 };
                 runtime.block_on(async move {
                     match tokio::net::TcpListener::from_std(socket) {
-                        Ok(listener) => serve(listener, Arc::new(make_proxy()), stop).await,
+                        Ok(listener) => serve(listener, Arc::new(make_proxy(i)), open, stop).await,
                         Err(error) => tracing::error!(%error, "cannot listen in a proxy worker"),
                     }
                 });
@@ -99,7 +110,12 @@ pub fn spawn(
 
 /// Accepts connections until `stop`, then waits for the open ones to finish: each
 /// closes after its current request (see `connection::serve`).
-async fn serve(listener: TcpListener, proxy: Arc<Proxy>, mut stop: watch::Receiver<bool>) {
+async fn serve(
+    listener: TcpListener,
+    proxy: Arc<Proxy>,
+    open: Arc<OpenConnections>,
+    mut stop: watch::Receiver<bool>,
+) {
     let router = router(proxy.clone());
     let connections = TaskTracker::new();
     // One per open connection; those of closed connections are pruned when the
@@ -113,6 +129,11 @@ async fn serve(listener: TcpListener, proxy: Arc<Proxy>, mut stop: watch::Receiv
         };
         match accepted {
             Ok((stream, peer)) => {
+                let Some(slot) = open.take() else {
+                    proxy.metrics.refused_connections.inc();
+                    refuse(stream, open.max);
+                    continue;
+                };
                 // Responses are written whole; Nagle's algorithm would only delay them.
                 let _ = stream.set_nodelay(true);
                 if stop_connections.len() == stop_connections.capacity() {
@@ -122,7 +143,10 @@ async fn serve(listener: TcpListener, proxy: Arc<Proxy>, mut stop: watch::Receiv
                 stop_connections.push(stop_connection);
                 let serving =
                     connection::serve(stream, peer, proxy.clone(), router.clone(), stop_signal);
-                connections.spawn(serving);
+                connections.spawn(async move {
+                    serving.await;
+                    drop(slot);
+                });
             }
             Err(error) => {
                 // Out of file descriptors, most likely: connections that close free
@@ -137,6 +161,76 @@ async fn serve(listener: TcpListener, proxy: Arc<Proxy>, mut stop: watch::Receiv
     drop(stop_connections);
     connections.close();
     connections.wait().await;
+}
+
+/// Client connections open in this process, over all workers.
+struct OpenConnections {
+    count: AtomicUsize,
+    max: usize,
+}
+
+/// One open connection's place under the cap; given back when dropped.
+struct Slot(Arc<OpenConnections>);
+
+impl OpenConnections {
+    fn take(self: &Arc<Self>) -> Option<Slot> {
+        let before = self.count.fetch_add(1, Ordering::Relaxed);
+        if before >= self.max {
+            self.count.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(Slot(self.clone()))
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.count.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Answers a connection above the cap with 503 and closes it, without a task: the
+/// answer fits the empty send buffer of a new socket, so one non-blocking write does.
+fn refuse(stream: tokio::net::TcpStream, max: usize) {
+    let mut out = Vec::new();
+    ApiError::TooManyConnections(max).write_http1(false, &mut out);
+    if let Ok(stream) = stream.into_std() {
+        let _ = (&stream).write(&out);
+        let _ = stream.shutdown(std::net::Shutdown::Write);
+    }
+}
+
+/// The default cap on client connections: 10,000, or what the file descriptor limit
+/// leaves room for (each client connection may hold a replica connection too). The
+/// soft limit is raised to the hard one first, as nginx's `worker_rlimit_nofile` does.
+pub fn default_max_connections() -> usize {
+    const DEFAULT: usize = 10_000;
+    #[cfg(unix)]
+    {
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit and setrlimit only read and write the struct given.
+        unsafe {
+            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+                return DEFAULT;
+            }
+            if limit.rlim_cur < limit.rlim_max {
+                let raised = libc::rlimit {
+                    rlim_cur: limit.rlim_max,
+                    rlim_max: limit.rlim_max,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                    limit = raised;
+                }
+            }
+        }
+        let room = usize::try_from(limit.rlim_cur).unwrap_or(usize::MAX);
+        DEFAULT.min(room.saturating_sub(128) / 2).max(1)
+    }
+    #[cfg(not(unix))]
+    DEFAULT
 }
 
 impl ProxyWorkers {
