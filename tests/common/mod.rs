@@ -16,6 +16,8 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+pub mod fake_replica;
+
 use ringlb::analysis::deploy::{Announcement, keep_tail};
 // The process helpers `ringlb analyze` uses to clean up after its deployments. Each
 // test file uses a part of them (as of this whole module: see `dead_code` above).
@@ -345,6 +347,10 @@ impl ExternalReplica {
             name: name.to_owned(),
             addr,
         }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("not killed").id()
     }
 
     /// Kills it with SIGKILL and reaps it.

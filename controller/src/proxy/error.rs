@@ -81,6 +81,22 @@ impl ApiError {
         }
     }
 
+    /// Whether the client's connection closes after this answer: the rest of what the
+    /// client sent cannot be trusted to start at a request (nginx closes too).
+    pub fn closes_connection(&self) -> bool {
+        matches!(
+            self,
+            Self::MalformedRequest(_)
+                | Self::Host
+                | Self::TargetTooLong(_)
+                | Self::HeaderLineTooLong(_)
+                | Self::HeadTooLarge(_)
+                | Self::TooManyHeaders(_)
+                | Self::RequestTimeout
+                | Self::TooManyConnections(_)
+        )
+    }
+
     /// The answer to a request refused by `limits`.
     pub fn refused(refusal: Refusal, limits: &HeadLimits) -> Self {
         match refusal {
@@ -119,7 +135,7 @@ impl ApiError {
         if status == StatusCode::UNAUTHORIZED {
             out.extend_from_slice(b"www-authenticate: Bearer\r\n");
         }
-        if !keep_alive {
+        if !keep_alive || self.closes_connection() {
             out.extend_from_slice(b"connection: close\r\n");
         }
         out.extend_from_slice(b"\r\n");
@@ -142,6 +158,11 @@ impl IntoResponse for ApiError {
                 .headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
+        if self.closes_connection() {
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         response
     }
 }
@@ -154,10 +175,12 @@ mod tests {
     /// The fast path's bytes and axum's response say the same thing.
     #[tokio::test]
     async fn both_renderings_agree() {
-        let errors: [fn() -> ApiError; 3] = [
+        let errors: [fn() -> ApiError; 5] = [
             || ApiError::Unauthorized,
             || ApiError::NoReplica,
             || ApiError::UnknownEndpoint("/nope".into()),
+            || ApiError::RequestTimeout,
+            || ApiError::HeaderLineTooLong(8192),
         ];
         for error in errors {
             let mut out = Vec::new();

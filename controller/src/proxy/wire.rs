@@ -79,9 +79,6 @@ impl HeadLimits {
         if request_line > self.line {
             return Err(Refusal::TargetTooLong);
         }
-        if head > self.head {
-            return Err(Refusal::HeadTooLarge);
-        }
         let mut hosts = 0;
         let mut count = 0;
         for (name, value) in headers {
@@ -94,6 +91,9 @@ impl HeadLimits {
         }
         if count > self.headers {
             return Err(Refusal::TooManyHeaders);
+        }
+        if head > self.head {
+            return Err(Refusal::HeadTooLarge);
         }
         // HTTP/1.0 has no Host requirement, but two are ambiguous in any version.
         if hosts > 1 || (http11 && hosts == 0) {
