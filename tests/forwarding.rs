@@ -261,3 +261,41 @@ async fn a_post_the_replica_read_is_never_sent_again() {
         fake.died.load(Ordering::SeqCst)
     );
 }
+
+/// `Connection: Upgrade`: the replica gets the upgrade headers, and after its `101`
+/// bytes flow both ways, including those the client sent right behind its request;
+/// the client's end of the stream reaches the replica, whose end closes the tunnel.
+#[tokio::test]
+async fn an_upgrade_becomes_a_tunnel() {
+    let fake = FakeReplica::start();
+    let lb = front(&fake);
+    let mut stream = TcpStream::connect(lb.proxy).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream
+        .write_all(
+            b"GET /upgrade HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\nearly ",
+        )
+        .unwrap();
+    let mut received = Vec::new();
+    let head_end = loop {
+        let mut chunk = [0u8; 1024];
+        let n = stream.read(&mut chunk).unwrap();
+        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&received));
+        received.extend_from_slice(&chunk[..n]);
+        if let Some(end) = received.windows(4).position(|w| w == b"\r\n\r\n") {
+            break end + 4;
+        }
+    };
+    let head = String::from_utf8_lossy(&received[..head_end]).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 101 "), "{head}");
+    assert!(head.contains("\r\nupgrade: echo\r\n"), "{head}");
+    assert!(head.contains("\r\nconnection: upgrade\r\n"), "{head}");
+
+    stream.write_all(b"ping").unwrap();
+    stream.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut rest = received[head_end..].to_vec();
+    stream.read_to_end(&mut rest).unwrap();
+    assert_eq!(String::from_utf8_lossy(&rest), "early ping");
+}

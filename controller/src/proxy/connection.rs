@@ -108,7 +108,18 @@ pub async fn serve(
             }
         };
         let wait = match next {
-            Next::Served(Ok(Served { len, keep_alive })) => {
+            Next::Served(Ok(Served {
+                len,
+                upgraded: Some(upstream),
+                ..
+            })) => {
+                buf.advance(len);
+                let idle = settings.keepalive_timeout;
+                return tunnel(&mut stream, &buf, upstream, idle, &mut timer).await;
+            }
+            Next::Served(Ok(Served {
+                len, keep_alive, ..
+            })) => {
                 buf.advance(len);
                 if !keep_alive || stop.is_set() {
                     let _ = stream.shutdown().await;
@@ -202,6 +213,52 @@ impl ClientTimer {
     }
 }
 
+/// Relays bytes both ways between the client and the replica after `101 Switching
+/// Protocols`, until both sides have closed (a side's end is passed on as a
+/// half-close) or no byte moved either way for `idle`. `early` is what the client
+/// sent after its upgrade request, before the tunnel began.
+async fn tunnel(
+    client: &mut TcpStream,
+    early: &[u8],
+    upstream: UpstreamConn,
+    idle: Duration,
+    timer: &mut ClientTimer,
+) {
+    let (mut replica, late) = upstream.into_parts();
+    if client.write_all(&late).await.is_err() || replica.write_all(early).await.is_err() {
+        return;
+    }
+    let (mut client_read, mut client_write) = client.split();
+    let (mut replica_read, mut replica_write) = replica.split();
+    let mut to_replica = vec![0u8; 16 * 1024];
+    let mut to_client = vec![0u8; 16 * 1024];
+    let (mut client_open, mut replica_open) = (true, true);
+    let mut since = Instant::now();
+    while client_open || replica_open {
+        let moved = tokio::select! {
+            read = client_read.read(&mut to_replica), if client_open => match read {
+                Ok(0) | Err(_) => {
+                    client_open = false;
+                    replica_write.shutdown().await
+                }
+                Ok(n) => replica_write.write_all(&to_replica[..n]).await,
+            },
+            read = replica_read.read(&mut to_client), if replica_open => match read {
+                Ok(0) | Err(_) => {
+                    replica_open = false;
+                    client_write.shutdown().await
+                }
+                Ok(n) => client_write.write_all(&to_client[..n]).await,
+            },
+            _ = timer.until(deadline(since, idle)) => return,
+        };
+        if moved.is_err() {
+            return;
+        }
+        since = Instant::now();
+    }
+}
+
 /// Answers `error` and closes the connection: after a refused or timed-out request,
 /// the rest of the stream cannot be trusted to start at a request.
 async fn close_with(error: ApiError, stream: &mut TcpStream, out: &mut Vec<u8>) {
@@ -232,6 +289,9 @@ struct Served {
     /// Bytes of the request that was served.
     len: usize,
     keep_alive: bool,
+    /// The replica's connection, after it answered an upgrade with `101`: the client's
+    /// connection is a tunnel to it from now on.
+    upgraded: Option<UpstreamConn>,
 }
 
 /// Forwards one request, with failover to the next distinct replica of the ring, and
@@ -247,6 +307,7 @@ async fn forward(
     let mut served = Served {
         len: request.len,
         keep_alive: request.keep_alive,
+        upgraded: None,
     };
     let table = proxy.pool.routing().load_full();
     if table.backends.is_empty() {
@@ -271,10 +332,8 @@ async fn forward(
         let started = Instant::now();
         let exchange = proxy.upstreams.exchange(
             backend.addr,
-            request.method,
+            request,
             &buffers.upstream_request,
-            request.is_head(),
-            request.keep_alive,
             &mut buffers.out,
         );
         let exchanged = tokio::select! {
@@ -283,7 +342,7 @@ async fn forward(
             _ = backend.ejection.wait(proxy.worker) => Ok(Err(ExchangeError::Ejected)),
         };
         match exchanged {
-            Ok(Ok((upstream, head))) => {
+            Ok(Ok((mut upstream, head))) => {
                 backend.latency.observe(started.elapsed().as_secs_f64());
                 backend.responses.inc();
                 served.keep_alive &= head.framing != Framing::UntilClose;
@@ -292,6 +351,13 @@ async fn forward(
                     // and the client is told so (as nginx does).
                     wire::announce_close(&mut buffers.out);
                     served.keep_alive = false;
+                }
+                if head.status == 101 {
+                    // The replica switched protocols: the connection becomes a tunnel.
+                    upstream.buf.advance(head.head_len);
+                    client.write_all(&buffers.out).await?;
+                    served.upgraded = Some(upstream);
+                    return Ok(served);
                 }
                 if head.status == 404 {
                     // The path is not the replicas': the contract answers 400 naming it.

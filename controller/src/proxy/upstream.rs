@@ -25,6 +25,12 @@ pub struct UpstreamConn {
 }
 
 impl UpstreamConn {
+    /// The connection and what was read from it beyond the response head: for a
+    /// tunnel after `101 Switching Protocols`.
+    pub fn into_parts(self) -> (TcpStream, BytesMut) {
+        (self.stream, self.buf)
+    }
+
     /// False when the replica closed this idle connection (or sent bytes no request
     /// asked for). Reads only if the runtime saw the socket become readable, so an
     /// open connection costs no system call.
@@ -120,7 +126,7 @@ impl UpstreamPool {
         })
     }
 
-    /// Sends `request` (made with `method`) to the replica at `addr` and reads the final
+    /// Sends `bytes` (made from `request`) to the replica at `addr` and reads the final
     /// response head into the returned connection's buffer (interim 1xx responses are
     /// skipped). The client's response head is written into `client_head`.
     ///
@@ -131,10 +137,8 @@ impl UpstreamPool {
     pub async fn exchange(
         &self,
         addr: SocketAddr,
-        method: &str,
-        request: &[u8],
-        request_was_head: bool,
-        client_keep_alive: bool,
+        request: &wire::Request<'_, '_>,
+        bytes: &[u8],
         client_head: &mut Vec<u8>,
     ) -> Result<(UpstreamConn, ResponseHead), ExchangeError> {
         loop {
@@ -143,10 +147,8 @@ impl UpstreamPool {
                 None => (self.connect(addr).await?, false),
             };
             conn.buf.clear();
-            let outcome = match conn.stream.write_all(request).await {
-                Ok(()) => {
-                    read_head(&mut conn, request_was_head, client_keep_alive, client_head).await
-                }
+            let outcome = match conn.stream.write_all(bytes).await {
+                Ok(()) => read_head(&mut conn, request, client_head).await,
                 Err(error) => Err(ExchangeError::Write(error)),
             };
             match outcome {
@@ -155,7 +157,7 @@ impl UpstreamPool {
                     error
                     @ (ExchangeError::Write(_) | ExchangeError::Io(_) | ExchangeError::Closed),
                 ) if reused && conn.buf.is_empty() => {
-                    if !failover::may_retry(method, error.progress()) {
+                    if !failover::may_retry(request.method, error.progress()) {
                         return Err(error);
                     }
                 }
@@ -167,17 +169,21 @@ impl UpstreamPool {
 
 async fn read_head(
     conn: &mut UpstreamConn,
-    request_was_head: bool,
-    client_keep_alive: bool,
+    request: &wire::Request<'_, '_>,
     client_head: &mut Vec<u8>,
 ) -> Result<ResponseHead, ExchangeError> {
     loop {
         match wire::parse_response(
             &conn.buf,
-            request_was_head,
-            client_keep_alive,
+            request.is_head(),
+            request.keep_alive,
             Some(client_head),
         ) {
+            // Switching protocols: final, if the client asked for it.
+            Ok(Some(head)) if head.status == 101 && request.upgrade => return Ok(head),
+            Ok(Some(head)) if head.status == 101 => {
+                return Err(WireError::Malformed("101 to a request without Upgrade".into()).into());
+            }
             Ok(Some(head)) if (100..200).contains(&head.status) => {
                 // An interim response (100 Continue, 103 Early Hints): the final one follows.
                 bytes::Buf::advance(&mut conn.buf, head.head_len);

@@ -160,6 +160,10 @@ pub struct Request<'h, 'b> {
     pub len: usize,
     /// False when the client asked to close the connection after this exchange.
     pub keep_alive: bool,
+    /// The client asks to switch protocols (`Connection: upgrade` with `Upgrade`): the
+    /// two headers go to the replica, and a `101` answer turns the connection into a
+    /// tunnel.
+    pub upgrade: bool,
 }
 
 impl Request<'_, '_> {
@@ -217,6 +221,8 @@ pub fn parse_request<'h, 'b>(
     }
     let mut content_length: Option<usize> = None;
     let mut keep_alive = true;
+    let mut connection_upgrade = false;
+    let mut upgrade_header = false;
     for header in headers {
         let name = header.name;
         if name.eq_ignore_ascii_case("content-length") {
@@ -230,15 +236,21 @@ pub fn parse_request<'h, 'b>(
                 if token.eq_ignore_ascii_case(b"close") {
                     keep_alive = false;
                 } else if token.eq_ignore_ascii_case(b"upgrade") {
-                    return Incoming::HandOff;
+                    connection_upgrade = true;
                 }
             }
+        } else if name.eq_ignore_ascii_case("upgrade") {
+            upgrade_header = true;
         } else if name.eq_ignore_ascii_case("transfer-encoding")
             || name.eq_ignore_ascii_case("expect")
-            || name.eq_ignore_ascii_case("upgrade")
         {
             return Incoming::HandOff;
         }
+    }
+    let upgrade = connection_upgrade && upgrade_header;
+    if upgrade && content_length.is_some_and(|length| length > 0) {
+        // An upgrade with a body: rare enough for the general path (without the upgrade).
+        return Incoming::HandOff;
     }
     let target_path = target.split_once('?').map_or(target, |(path, _)| path);
     if local_route(target_path) {
@@ -255,6 +267,7 @@ pub fn parse_request<'h, 'b>(
         body: &buf[head_len..len],
         len,
         keep_alive,
+        upgrade,
     })
 }
 
@@ -308,9 +321,14 @@ pub fn write_upstream_request(request: &Request, client: &str, out: &mut Vec<u8>
                 forwarded_for.extend_from_slice(b", ");
             }
             forwarded_for.extend_from_slice(header.value.trim_ascii());
-        } else if !is_hop_by_hop(header.name, request.headers, has_connection) {
+        } else if (request.upgrade && header.name.eq_ignore_ascii_case("upgrade"))
+            || !is_hop_by_hop(header.name, request.headers, has_connection)
+        {
             write_header(out, header.name.as_bytes(), header.value);
         }
+    }
+    if request.upgrade {
+        out.extend_from_slice(b"connection: upgrade\r\n");
     }
     out.extend_from_slice(b"x-forwarded-for: ");
     if !forwarded_for.is_empty() {
@@ -446,18 +464,23 @@ fn write_response_head(
     );
     let headers = &*response.headers;
     let has_connection = has_connection_header(headers);
+    let switching = head.status == 101;
     for header in headers {
         // With chunked framing a Content-Length must not be sent along (RFC 9112 §6.3).
         let dropped_length =
             head.framing == Framing::Chunked && header.name.eq_ignore_ascii_case("content-length");
-        if !dropped_length && !is_hop_by_hop(header.name, headers, has_connection) {
+        let kept_upgrade = switching && header.name.eq_ignore_ascii_case("upgrade");
+        if kept_upgrade || (!dropped_length && !is_hop_by_hop(header.name, headers, has_connection))
+        {
             write_header(out, header.name.as_bytes(), header.value);
         }
     }
     if head.framing == Framing::Chunked {
         out.extend_from_slice(b"transfer-encoding: chunked\r\n");
     }
-    if !client_keep_alive || head.framing == Framing::UntilClose {
+    if switching {
+        out.extend_from_slice(b"connection: upgrade\r\n");
+    } else if !client_keep_alive || head.framing == Framing::UntilClose {
         out.extend_from_slice(b"connection: close\r\n");
     }
     out.extend_from_slice(b"\r\n");
@@ -654,13 +677,44 @@ mod tests {
             b"GET http://example/home HTTP/1.1\r\nHost: example\r\n\r\n",
             b"POST /home HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n",
             b"POST /home HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n",
-            b"GET /home HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+            b"GET /home HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: ws\r\nContent-Length: 2\r\n\r\nab",
             b"POST /home HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n",
             b"POST /home HTTP/1.1\r\nHost: x\r\nContent-Length: -3\r\n\r\n",
             b"POST /home HTTP/1.1\r\nHost: x\r\nContent-Length: 4096\r\n\r\n",
         ] {
             assert_eq!(outcome(raw), "hand off", "{}", String::from_utf8_lossy(raw));
         }
+    }
+
+    #[test]
+    fn an_upgrade_keeps_its_headers_both_ways() {
+        let raw = b"GET /chat HTTP/1.1\r\nHost: x\r\nConnection: keep-alive, Upgrade\r\n\
+                    Upgrade: websocket\r\nSec-WebSocket-Key: k\r\n\r\n";
+        let (upstream, _, _) = forwarded(raw);
+        assert_eq!(
+            upstream,
+            "GET /chat HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nSec-WebSocket-Key: k\r\n\
+             connection: upgrade\r\nx-forwarded-for: 127.0.0.9\r\n\r\n"
+        );
+        // `Upgrade` alone, without the `Connection` token, is not an upgrade: dropped.
+        let (upstream, _, _) = forwarded(b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: h2c\r\n\r\n");
+        assert!(
+            !upstream.to_ascii_lowercase().contains("upgrade"),
+            "{upstream}"
+        );
+
+        let (head, out) = response(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+              Sec-WebSocket-Accept: a\r\n\r\n",
+            false,
+            true,
+        );
+        assert_eq!(head.framing, Framing::Empty);
+        assert_eq!(
+            out,
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nSec-WebSocket-Accept: a\r\n\
+             connection: upgrade\r\n\r\n"
+        );
     }
 
     /// The test limits: lines of 256 bytes, heads of 1024, 8 headers.
