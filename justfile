@@ -34,6 +34,12 @@ lint:
 bench *ARGS:
     python3 bench/proxy_bench.py {{ARGS}}
 
+# Failover benchmark: one of three backends killed (SIGKILL) or frozen (SIGSTOP) under
+# load, behind ringlb, nginx and HAProxy; writes a section of docs/bench.md. Options:
+# --duration S --fault-at S --connections C --proxies ringlb,nginx,haproxy --faults kill,freeze --no-write.
+bench-failover *ARGS:
+    python3 bench/failover_bench.py {{ARGS}}
+
 # --- Kubernetes (see README, Kubernetes) ---
 
 # Regenerate crds/serverpool.yaml from the Rust types (a test fails when it is stale).

@@ -214,7 +214,9 @@ mod tests {
         };
 
         // B failed, C was removed on request; A stays.
-        let second = first.next(&[a.clone()], &config, &metrics, |name| name.as_str() == "B");
+        let second = first.next(std::slice::from_ref(&a), &config, &metrics, |name| {
+            name.as_str() == "B"
+        });
         waiting.await.unwrap();
         assert!(!of_a.is_ejected() && !of_c.is_ejected());
         assert!(
