@@ -265,6 +265,16 @@ def version(cmd: list[str]) -> str:
         return "unknown"
 
 
+def kept_failover_section(path: Path) -> str:
+    """The failover benchmark's section of `path` (bench/failover_bench.py writes it
+    between its markers), so that rewriting the speed table keeps it."""
+    text = path.read_text() if path.exists() else ""
+    begin, end = text.find("<!-- failover:begin -->"), text.find("<!-- failover:end -->")
+    if begin == -1 or end < begin:
+        return ""
+    return "\n" + text[begin:end + len("<!-- failover:end -->")] + "\n"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=3)
@@ -394,7 +404,7 @@ def main() -> int:
     print()
     print(report)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(report)
+    args.out.write_text(report + kept_failover_section(args.out))
     print(f"written to {args.out}")
     return 0
 

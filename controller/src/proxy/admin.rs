@@ -46,9 +46,9 @@ pub async fn rm(
 
 /// The body of `/add` and `/rm`: `{"n": <integer ≥ 1>, "hostnames": [<string>, …]}`.
 #[derive(Debug, PartialEq, Eq)]
-struct Change {
-    n: u64,
-    hostnames: Vec<String>,
+pub struct Change {
+    pub n: u64,
+    pub hostnames: Vec<String>,
 }
 
 async fn read_change(proxy: &Proxy, request: Request) -> Result<Change, ApiError> {
@@ -83,7 +83,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-fn parse_change(bytes: &[u8]) -> Result<Change, ApiError> {
+pub fn parse_change(bytes: &[u8]) -> Result<Change, ApiError> {
     let value: Value =
         serde_json::from_slice(bytes).map_err(|e| ApiError::BadJson(e.to_string()))?;
     let Value::Object(fields) = value else {

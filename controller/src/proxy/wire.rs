@@ -898,3 +898,81 @@ mod tests {
         }
     }
 }
+
+/// Properties over generated input: what the fuzz targets check (`fuzz/`), kept in
+/// `cargo test`.
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn request() -> impl Strategy<Value = (Vec<u8>, usize)> {
+        let method = prop::sample::select(vec!["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH"]);
+        let path = "/[a-z0-9/._-]{0,40}(\\?[a-z0-9=&]{0,20})?";
+        let header = ("x-[a-z]{1,12}", "[ -~]{0,40}");
+        let headers = prop::collection::vec(header, 0..10);
+        let body = prop::collection::vec(any::<u8>(), 0..200);
+        (method, path, headers, body).prop_map(|(method, path, headers, body)| {
+            let mut raw = format!("{method} {path} HTTP/1.1\r\nHost: h\r\n");
+            for (name, value) in headers {
+                raw.push_str(&format!("{name}: {}\r\n", value.trim()));
+            }
+            raw.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
+            let mut raw = raw.into_bytes();
+            raw.extend_from_slice(&body);
+            let len = raw.len();
+            (raw, len)
+        })
+    }
+
+    proptest! {
+        /// A valid request is forwarded whole once all of it has arrived, and any
+        /// prefix of it only asks for more: never refused, never handed off.
+        #[test]
+        fn a_valid_request_is_forwarded_once_complete((raw, len) in request(), extra in prop::collection::vec(any::<u8>(), 0..20)) {
+            let limits = HeadLimits::default();
+            let mut whole = raw.clone();
+            whole.extend_from_slice(&extra);
+            let mut storage = header_storage();
+            match parse_request(&whole, &mut storage, &limits, 1024, |_| false) {
+                Incoming::Forward(request) => prop_assert_eq!(request.len, len),
+                _ => prop_assert!(false, "not forwarded"),
+            }
+            for cut in 0..len {
+                let mut storage = header_storage();
+                let outcome = parse_request(&raw[..cut], &mut storage, &limits, 1024, |_| false);
+                prop_assert!(
+                    matches!(outcome, Incoming::Partial | Incoming::PartialBody),
+                    "prefix of {} bytes", cut
+                );
+            }
+        }
+
+        /// Any bytes: an answer, and a forwarded request lies within them.
+        #[test]
+        fn any_bytes_get_an_answer(raw in prop::collection::vec(any::<u8>(), 0..600)) {
+            let limits = HeadLimits { line: 128, head: 512, headers: 8 };
+            let mut storage = header_storage();
+            if let Incoming::Forward(request) = parse_request(&raw, &mut storage, &limits, 64, |_| false) {
+                prop_assert!(request.len <= raw.len());
+                prop_assert!(request.headers.len() <= 8);
+            }
+        }
+
+        /// The chunk scanner finds the same end whether the bytes come whole or split.
+        #[test]
+        fn the_chunk_scanner_does_not_depend_on_how_bytes_arrive(
+            body in prop::collection::vec(prop::sample::select(b"0123456789abcdefABCDEF;=x \r\n".to_vec()), 0..200),
+            split in any::<prop::sample::Index>(),
+        ) {
+            let whole = ChunkScanner::default().feed(&body);
+            let split = split.index(body.len() + 1);
+            let mut scanner = ChunkScanner::default();
+            let pieces = match scanner.feed(&body[..split]) {
+                Ok(None) => scanner.feed(&body[split..]).map(|end| end.map(|end| split + end)),
+                other => other,
+            };
+            prop_assert_eq!(whole, pieces);
+        }
+    }
+}
