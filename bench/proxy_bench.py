@@ -285,6 +285,9 @@ def main() -> int:
     parser.add_argument("--no-build", action="store_true")
     parser.add_argument("--bin-dir", type=Path, default=ROOT / "target" / "release",
                         help="where ringlb and ringlb-replica are (implies --no-build if not the default)")
+    parser.add_argument("--baseline", type=Path,
+                        help="another ringlb binary (an earlier commit's, say) run as a fourth target "
+                             "in the same rounds, to measure a change against the same peers")
     args = parser.parse_args()
     if not (1 <= args.rounds <= 20 and 1 <= args.duration <= 120):
         parser.error("--rounds must be 1..20 and --duration 1..120")
@@ -313,6 +316,14 @@ def main() -> int:
              *sum((["--replica", f"Server{i}=127.0.0.1:{p}"] for i, p in enumerate(backends, 1)), [])],
             env=dict(os.environ, RUST_LOG="warn"),
         )
+        if args.baseline:
+            base_port, base_ops = free_port(), free_port()
+            baseline = stack.start(
+                [str(args.baseline), "up", "--listen", f"127.0.0.1:{base_port}",
+                 "--ops-listen", f"127.0.0.1:{base_ops}", "--key", "query:id",
+                 *sum((["--replica", f"Server{i}=127.0.0.1:{p}"] for i, p in enumerate(backends, 1)), [])],
+                env=dict(os.environ, RUST_LOG="warn"),
+            )
         ng_port = free_port()
         for d in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
             (tmp / d).mkdir()
@@ -329,6 +340,9 @@ def main() -> int:
             Target("nginx", ng_port, nginx.pid),
             Target("haproxy", hp_port, haproxy.pid),
         ]
+        if args.baseline:
+            wait_for_port(base_port)
+            targets.append(Target("ringlb baseline", base_port, baseline.pid))
         direct = Target("one replica, direct", backends[0], None)
 
         # Warm-up: connections, pools, caches.
@@ -390,6 +404,17 @@ def main() -> int:
         f"- p99: {ours['p99'] / best_p99:.2f}× the best peer's p99 ({best_p99:.3f} ms)",
         f"- CPU per request: {ours['cpu'] / best_cpu:.2f}× the best peer's ({best_cpu:.1f} µs)",
         "",
+    ]
+    if args.baseline:
+        base = rows[3]
+        lines += [
+            f"Baseline (`{args.baseline}`, {version([str(args.baseline), '--version'])}), same rounds: "
+            f"CPU per request {base['cpu'] / best_cpu:.2f}× the best peer's; ringlb ÷ baseline: "
+            f"CPU per request {ours['cpu'] / base['cpu']:.3f}×, req/s {ours['rps'] / base['rps']:.3f}×, "
+            f"p99 {ours['p99'] / base['p99']:.3f}×.",
+            "",
+        ]
+    lines += [
         "Per round:",
         "",
         "| round | target | req/s | p50 ms | p99 ms | CPU µs/req |",

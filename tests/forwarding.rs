@@ -299,3 +299,29 @@ async fn an_upgrade_becomes_a_tunnel() {
     stream.read_to_end(&mut rest).unwrap();
     assert_eq!(String::from_utf8_lossy(&rest), "early ping");
 }
+
+/// A WebSocket client talks to a WebSocket replica through the proxy.
+#[tokio::test]
+async fn websocket_echo_works_through_the_proxy() {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let fake = FakeReplica::start();
+    let lb = front(&fake);
+    let stream = tokio::net::TcpStream::connect(lb.proxy).await.unwrap();
+    let url = format!("ws://{}/ws", lb.proxy);
+    let (mut socket, response) = tokio_tungstenite::client_async(url, stream)
+        .await
+        .expect("the handshake goes through the proxy");
+    assert_eq!(response.status(), 101);
+    for text in ["hello", "through", "ringlb"] {
+        socket.send(Message::text(text)).await.unwrap();
+        let echoed = tokio::time::timeout(Duration::from_secs(10), socket.next())
+            .await
+            .expect("an echo within 10 s")
+            .unwrap()
+            .unwrap();
+        assert_eq!(echoed, Message::text(text));
+    }
+    socket.close(None).await.unwrap();
+}

@@ -25,6 +25,7 @@ use super::Ringlb;
 ///   a replica that read the request and crashed;
 /// - `/stall-body`: the head of a 100-byte body and its first 10 bytes, then silence;
 /// - `/upgrade`: `101 Switching Protocols` to `Upgrade: echo`, then every byte back;
+/// - `/ws`: a WebSocket handshake, then every message back;
 /// - `/hold`: announces the request on `arrivals`, then answers once `release` is called;
 /// - anything else: `Server: Fake` with a `Content-Length` body.
 pub struct FakeReplica {
@@ -221,6 +222,10 @@ async fn serve_fake(mut stream: tokio::net::TcpStream, scripts: Scripts) {
                 }
                 return;
             }
+            "/ws" => {
+                websocket_echo(stream, &request).await;
+                return;
+            }
             "/close-after" => {
                 let _ = stream.write_all(&fixed(200, "OK", "", b"bye")).await;
                 return;
@@ -297,5 +302,38 @@ pub fn read_response(stream: &mut TcpStream, buf: &mut Vec<u8>) -> (u16, String,
         let n = stream.read(&mut chunk).unwrap();
         assert!(n > 0, "closed before a response");
         buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// Answers a WebSocket handshake (RFC 6455 §4.2.2) and echoes every message.
+async fn websocket_echo(mut stream: tokio::net::TcpStream, request: &[u8]) {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+    use tokio_tungstenite::tungstenite::protocol::Role;
+
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut parsed = httparse::Request::new(&mut headers);
+    let _ = parsed.parse(request);
+    let Some(key) = parsed
+        .headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case("sec-websocket-key"))
+    else {
+        return;
+    };
+    let accept = derive_accept_key(key.value);
+    let switched = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Accept: {accept}\r\n\r\n"
+    );
+    if stream.write_all(switched.as_bytes()).await.is_err() {
+        return;
+    }
+    let mut socket =
+        tokio_tungstenite::WebSocketStream::from_raw_socket(stream, Role::Server, None).await;
+    while let Some(Ok(message)) = socket.next().await {
+        if message.is_close() || socket.send(message).await.is_err() {
+            return;
+        }
     }
 }
