@@ -10,7 +10,7 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use common::fake_replica::{FakeReplica, read_response};
-use common::{ExternalReplica, Ringlb};
+use common::{ExternalReplica, FAST_HEARTBEATS, Ringlb};
 
 /// Connects to the proxy; reads give up after 10 s so that a hang fails the test.
 fn connect(lb: &Ringlb) -> TcpStream {
@@ -277,20 +277,20 @@ async fn a_replica_that_stalls_mid_body_is_cut_off_and_reported() {
 async fn requests_waiting_on_a_frozen_replica_are_cut_loose_when_it_is_ejected() {
     let mut frozen = ExternalReplica::start("Frozen");
     let healthy = ExternalReplica::start("Healthy");
-    let lb = Ringlb::start(&[
-        "--replica",
-        &format!("Frozen={}", frozen.addr),
-        "--replica",
-        &format!("Healthy={}", healthy.addr),
-        "--heartbeat-interval",
-        "200ms",
-        "--heartbeat-timeout",
-        "200ms",
-        "--failure-threshold",
-        "2",
-        "--request-timeout",
-        "60s",
-    ]);
+    let lb = Ringlb::start(
+        &[
+            &FAST_HEARTBEATS[..],
+            &[
+                "--replica",
+                &format!("Frozen={}", frozen.addr),
+                "--replica",
+                &format!("Healthy={}", healthy.addr),
+                "--request-timeout",
+                "60s",
+            ][..],
+        ]
+        .concat(),
+    );
     common::send_signal(frozen.pid(), libc::SIGSTOP);
     let started = Instant::now();
     let gets: Vec<_> = (0..20)

@@ -9,19 +9,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Ringlb, home, send_signal, wait_until, wait_until_exited};
+use common::{FAST_HEARTBEATS, Ringlb, home, send_signal, wait_until, wait_until_exited};
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
-
-/// Fast heartbeats so that a failure is noticed within a second.
-const FAST_HEARTBEATS: [&str; 6] = [
-    "--heartbeat-interval",
-    "200ms",
-    "--heartbeat-timeout",
-    "200ms",
-    "--failure-threshold",
-    "2",
-];
 
 /// Whether the pool has healed into exactly `expected`: `/rep` lists them in this
 /// order, and `/ring` has exactly these members, all healthy and in the ring.

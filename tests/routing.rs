@@ -7,7 +7,7 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use common::{ExternalReplica, Ringlb, home_with, spread, wait_until};
+use common::{ExternalReplica, FAST_HEARTBEATS, Ringlb, home_with, spread, wait_until};
 use reqwest::Method;
 
 const REQUESTS: usize = 10_000;
@@ -129,18 +129,18 @@ async fn header_key_keeps_each_user_on_one_replica() {
 async fn external_replicas_are_fronted_and_a_dead_one_leaves_the_ring() {
     let mut a = ExternalReplica::start("ExtA");
     let b = ExternalReplica::start("ExtB");
-    let lb = Ringlb::start(&[
-        "--replica",
-        &format!("ExtA={}", a.addr),
-        "--replica",
-        &format!("ExtB={}", b.addr),
-        "--heartbeat-interval",
-        "200ms",
-        "--heartbeat-timeout",
-        "200ms",
-        "--failure-threshold",
-        "2",
-    ]);
+    let lb = Ringlb::start(
+        &[
+            &FAST_HEARTBEATS[..],
+            &[
+                "--replica",
+                &format!("ExtA={}", a.addr),
+                "--replica",
+                &format!("ExtB={}", b.addr),
+            ][..],
+        ]
+        .concat(),
+    );
     let url = lb.proxy_url("/home");
     assert_eq!(lb.rep().await, (2, vec!["ExtA".into(), "ExtB".into()]));
     let ring = lb.ring_json().await;

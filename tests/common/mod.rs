@@ -25,6 +25,16 @@ use ringlb::analysis::deploy::{Announcement, keep_tail};
 pub use ringlb::analysis::deploy::{is_replica_process, process_exists, signal as send_signal};
 use serde_json::Value;
 
+/// Fast heartbeats so that a failure is noticed within a second.
+pub const FAST_HEARTBEATS: [&str; 6] = [
+    "--heartbeat-interval",
+    "200ms",
+    "--heartbeat-timeout",
+    "200ms",
+    "--failure-threshold",
+    "2",
+];
+
 /// The binary under test, built by cargo for this test target.
 pub const RINGLB: &str = env!("CARGO_BIN_EXE_ringlb");
 
