@@ -26,7 +26,7 @@ use tokio::time::{Instant, Sleep};
 use tower_service::Service;
 
 use super::error::ApiError;
-use super::failover;
+use super::failover::{self, Attempt};
 use super::upstream::{ExchangeError, UpstreamConn};
 use super::wire::{self, ChunkScanner, Framing, Incoming, ResponseHead};
 use super::{Proxy, is_local_route};
@@ -336,13 +336,15 @@ async fn forward(
             &buffers.upstream_request,
             &mut buffers.out,
         );
-        let exchanged = tokio::select! {
-            biased;
-            exchanged = tokio::time::timeout(proxy.settings.request_timeout, exchange) => exchanged,
-            _ = backend.ejection.wait(proxy.worker) => Ok(Err(ExchangeError::Ejected)),
-        };
-        match exchanged {
-            Ok(Ok((mut upstream, head))) => {
+        let exchanged = failover::attempt(
+            backend,
+            proxy.worker,
+            proxy.settings.request_timeout,
+            exchange,
+        )
+        .await;
+        let error = match exchanged {
+            Attempt::Answered((mut upstream, head)) => {
                 backend.latency.observe(started.elapsed().as_secs_f64());
                 backend.responses.inc();
                 served.keep_alive &= head.framing != Framing::UntilClose;
@@ -391,18 +393,18 @@ async fn forward(
                 }
                 return Ok(served);
             }
-            Ok(Err(error)) => {
-                let retry = failover::may_retry(request.method, error.progress());
-                last_error = super::forward::attempt_failed(proxy, backend, &error, retry);
-                if !retry {
-                    break;
-                }
-            }
-            Err(_elapsed) => {
+            Attempt::Failed(error) => error,
+            Attempt::Ejected => ExchangeError::Ejected,
+            Attempt::TimedOut => {
                 backend.failures.inc();
                 let error = ApiError::UpstreamTimeout(backend.name.to_string());
                 return answer_error(error, served, client, &mut buffers.out, stop).await;
             }
+        };
+        let retry = failover::may_retry(request.method, error.progress());
+        last_error = super::forward::attempt_failed(proxy, backend, &error, retry);
+        if !retry {
+            break;
         }
     }
     if attempts == 0 {

@@ -7,6 +7,46 @@
 //! would act on it again. nginx follows the same rule (`proxy_next_upstream`
 //! never passes a non-idempotent request on once it was sent).
 
+use std::future::Future;
+use std::time::Duration;
+
+use crate::routing::Backend;
+
+/// What the client is told of an attempt cut loose by an ejection.
+pub const EJECTED: &str = "taken out of the ring while the request waited for its answer";
+
+/// How one attempt on a replica ended.
+pub enum Attempt<T, E> {
+    /// The replica's response head arrived.
+    Answered(T),
+    Failed(E),
+    /// The replica was taken out of the ring meanwhile (see `routing::Ejection`):
+    /// treated as a failure after the request was sent.
+    Ejected,
+    /// No response head within the request timeout: answered 504, not retried, as
+    /// the replica may still be working on it.
+    TimedOut,
+}
+
+/// Runs one attempt on `backend`, both paths' way: bounded by `timeout`, and
+/// abandoned when the replica is ejected. `worker` is the caller's worker index.
+pub async fn attempt<T, E>(
+    backend: &Backend,
+    worker: usize,
+    timeout: Duration,
+    exchange: impl Future<Output = Result<T, E>>,
+) -> Attempt<T, E> {
+    tokio::select! {
+        biased;
+        exchanged = tokio::time::timeout(timeout, exchange) => match exchanged {
+            Ok(Ok(answer)) => Attempt::Answered(answer),
+            Ok(Err(error)) => Attempt::Failed(error),
+            Err(_elapsed) => Attempt::TimedOut,
+        },
+        _ = backend.ejection.wait(worker) => Attempt::Ejected,
+    }
+}
+
 /// How far a failed attempt got.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Progress {

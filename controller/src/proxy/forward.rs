@@ -14,7 +14,7 @@ use http::{StatusCode, Uri};
 use http_body_util::{BodyExt, Full, Limited};
 
 use super::error::ApiError;
-use super::failover::{self, Progress};
+use super::failover::{self, Attempt, Progress};
 use super::{Proxy, wire};
 use crate::routing::Backend;
 
@@ -77,37 +77,33 @@ async fn forward_request(proxy: &Proxy, request: Request) -> Result<Response, Ap
         *upstream.headers_mut() = headers.clone();
 
         let started = Instant::now();
-        let sent = tokio::select! {
-            biased;
-            sent = tokio::time::timeout(
-                proxy.settings.request_timeout,
-                proxy.client.request(upstream),
-            ) => sent.map(|sent| sent.map_err(AttemptError::Client)),
-            _ = backend.ejection.wait(proxy.worker) => Ok(Err(AttemptError::Ejected)),
-        };
-        match sent {
-            Ok(Ok(response)) => {
+        let sent = failover::attempt(
+            backend,
+            proxy.worker,
+            proxy.settings.request_timeout,
+            proxy.client.request(upstream),
+        )
+        .await;
+        let (progress, error) = match sent {
+            Attempt::Answered(response) => {
                 backend.latency.observe(started.elapsed().as_secs_f64());
                 backend.responses.inc();
                 return respond(response, parts.uri.path()).await;
             }
-            Ok(Err(error)) => {
-                // hyper's client sends a request again by itself only when it never
-                // left (a pooled connection found closed before the write).
-                let progress = match &error {
-                    AttemptError::Client(error) if error.is_connect() => Progress::NotSent,
-                    _ => Progress::Sent,
-                };
-                let retry = failover::may_retry(parts.method.as_str(), progress);
-                last_error = attempt_failed(proxy, backend, &error, retry);
-                if !retry {
-                    break;
-                }
-            }
-            Err(_elapsed) => {
+            // hyper's client sends a request again by itself only when it never left
+            // (a pooled connection found closed before the write).
+            Attempt::Failed(error) if error.is_connect() => (Progress::NotSent, error.to_string()),
+            Attempt::Failed(error) => (Progress::Sent, error.to_string()),
+            Attempt::Ejected => (Progress::Sent, failover::EJECTED.to_owned()),
+            Attempt::TimedOut => {
                 backend.failures.inc();
                 return Err(ApiError::UpstreamTimeout(backend.name.to_string()));
             }
+        };
+        let retry = failover::may_retry(parts.method.as_str(), progress);
+        last_error = attempt_failed(proxy, backend, &error, retry);
+        if !retry {
+            break;
         }
     }
     proxy.metrics.unroutable.inc();
@@ -119,15 +115,6 @@ async fn forward_request(proxy: &Proxy, request: Request) -> Result<Response, Ap
         attempts,
         last: last_error,
     })
-}
-
-/// Why an attempt on the general path failed.
-#[derive(Debug, thiserror::Error)]
-enum AttemptError {
-    #[error("{0}")]
-    Client(hyper_util::client::legacy::Error),
-    #[error("taken out of the ring while the request waited for its answer")]
-    Ejected,
 }
 
 /// Reads a request body of at most `limit` bytes, each piece within `between_reads`

@@ -67,7 +67,7 @@ pub enum ExchangeError {
     Wire(#[from] WireError),
     #[error("connection closed before a response")]
     Closed,
-    #[error("taken out of the ring while the request waited for its answer")]
+    #[error("{}", failover::EJECTED)]
     Ejected,
 }
 
