@@ -37,6 +37,9 @@ pub struct Metrics {
     pub unroutable: Counter,
     read_timeouts: Family<ReplicaLabel, Counter>,
     pub refused_connections: Counter,
+    /// 1 while this process holds the operator's leader lease.
+    pub leader: Gauge,
+    pub leader_transitions: Counter,
     admin_changes: Family<AdminLabel, Counter>,
 }
 
@@ -62,6 +65,8 @@ impl Metrics {
         let admin_changes = Family::<AdminLabel, Counter>::default();
         let read_timeouts = Family::<ReplicaLabel, Counter>::default();
         let refused_connections = Counter::default();
+        let leader = Gauge::default();
+        let leader_transitions = Counter::default();
         registry.register(
             "responses",
             "Responses forwarded from each replica",
@@ -113,6 +118,16 @@ impl Metrics {
             refused_connections.clone(),
         );
         registry.register(
+            "leader",
+            "1 while this operator holds the leader lease and reconciles, else 0",
+            leader.clone(),
+        );
+        registry.register(
+            "leader_transitions",
+            "Times this operator became leader or stopped being one",
+            leader_transitions.clone(),
+        );
+        registry.register(
             "admin_changes",
             "Accepted /add and /rm calls",
             admin_changes.clone(),
@@ -129,6 +144,8 @@ impl Metrics {
             unroutable,
             read_timeouts,
             refused_connections,
+            leader,
+            leader_transitions,
             admin_changes,
         }
     }

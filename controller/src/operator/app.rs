@@ -4,12 +4,14 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Args;
 use tokio::net::TcpListener;
 
 use super::kube_pool::KubePool;
+use super::leader::{self, LeaseSettings};
 use super::reconciler::{self, Context, HeartbeatProber};
 use crate::cli::ProxyArgs;
 use crate::metrics::Metrics;
@@ -41,9 +43,18 @@ pub struct OperatorArgs {
     #[command(flatten)]
     pub proxy: ProxyArgs,
 
-    /// This pod's name, shown as the reporting instance of Events.
+    /// This pod's name: the reporting instance of Events, and who holds the leader lease.
     #[arg(long, env = "RINGLB_POD_NAME")]
     pub pod_name: Option<String>,
+
+    /// The Lease through which the operators of a namespace elect the one that reconciles.
+    #[arg(long, env = "RINGLB_LEASE_NAME", default_value = "ringlb-operator")]
+    pub lease_name: String,
+
+    /// How long the lease holds without renewal: the longest a standby waits to take
+    /// over after the leader died.
+    #[arg(long, env = "RINGLB_LEASE_DURATION", default_value = "15s", value_parser = humantime::parse_duration)]
+    pub lease_duration: std::time::Duration,
 }
 
 pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
@@ -68,12 +79,29 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
         args.max_replicas,
         metrics.clone(),
     ));
+    // The pod's name is unique among the operators of a namespace; elsewhere (a
+    // developer's machine) the host and process stand in for it.
+    let identity = args.pod_name.clone().unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        format!("{}-{}", host.trim(), std::process::id())
+    });
+    let lease = LeaseSettings {
+        name: args.lease_name.clone(),
+        duration: args.lease_duration,
+        grace: (args.lease_duration / 3).max(Duration::from_secs(1)),
+        ..LeaseSettings::new(&namespace, &identity)
+    };
+    let (stop_campaign, campaign_stopped) = tokio::sync::oneshot::channel::<()>();
+    let (leadership, elector) = leader::campaign(client.clone(), lease, metrics.clone(), async {
+        let _ = campaign_stopped.await;
+    });
     let ctx = Arc::new(Context::new(
         client,
         args.pod_name.clone(),
         Arc::new(HeartbeatProber::default()),
         metrics.clone(),
         Some(pool.clone()),
+        leadership,
     ));
 
     println!(
@@ -103,9 +131,12 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
     });
 
     shutdown.await;
+    // Step down first, so that a standby takes over while this process drains.
+    let _ = stop_campaign.send(());
     serving.drain().await;
     // The pods stay: they belong to their pools, not to this process.
     let _ = tokio::time::timeout(DRAIN_TIMEOUT, controller).await;
+    let _ = tokio::time::timeout(DRAIN_TIMEOUT, elector).await;
     tracing::info!("stopped");
     Ok(())
 }

@@ -6,7 +6,9 @@
 /// - the controller lists and watches pools and pods, creates and deletes pods,
 ///   and patches pool status;
 /// - the in-cluster proxy gets its pool and patches its spec on `/add` and `/rm`;
-/// - the event recorder creates events and patches them when an event repeats.
+/// - the event recorder creates events and patches them when an event repeats;
+/// - the leader election reads the Lease, creates it if missing, and patches it to
+///   take, renew and release it.
 pub const PERMISSIONS: &[(&str, &str, &[&str])] = &[
     (
         "ringlb.dev",
@@ -16,6 +18,7 @@ pub const PERMISSIONS: &[(&str, &str, &[&str])] = &[
     ("ringlb.dev", "serverpools/status", &["patch"]),
     ("", "pods", &["list", "watch", "create", "delete"]),
     ("events.k8s.io", "events", &["create", "patch"]),
+    ("coordination.k8s.io", "leases", &["get", "create", "patch"]),
 ];
 
 #[cfg(test)]

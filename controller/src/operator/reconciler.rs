@@ -28,6 +28,7 @@ use serde_json::json;
 
 use super::crd::{MemberStatus, ReplacementStatus, ServerPool, ServerPoolSpec, ServerPoolStatus};
 use super::kube_pool::{KubePool, PublishedMember};
+use super::leader::Leadership;
 use super::members;
 use crate::metrics::Metrics;
 use crate::pool::health::{HealthState, HeartbeatClient};
@@ -42,6 +43,8 @@ use crate::runtime::kube::{
 pub const CONTROLLER_NAME: &str = "ringlb-operator";
 /// Longest wait between retries of a failing pass.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// How soon a standby looks again whether it leads now.
+const STANDBY_RECHECK: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -98,6 +101,8 @@ pub struct Context {
     pub proxied: Option<Arc<KubePool>>,
     /// Time source of condition transitions (fixed in tests).
     pub clock: fn() -> Timestamp,
+    /// Whether this process holds the leader lease: only the leader reconciles.
+    pub leadership: Leadership,
     memory: Mutex<HashMap<String, PoolMemory>>,
 }
 
@@ -108,6 +113,7 @@ impl Context {
         prober: Arc<dyn Prober>,
         metrics: Arc<Metrics>,
         proxied: Option<Arc<KubePool>>,
+        leadership: Leadership,
     ) -> Self {
         let recorder = Recorder::new(
             client.clone(),
@@ -123,6 +129,7 @@ impl Context {
             metrics,
             proxied,
             clock: Timestamp::now,
+            leadership,
             memory: Mutex::new(HashMap::new()),
         }
     }
@@ -191,6 +198,10 @@ fn pool_key(pool: &ServerPool) -> String {
 
 /// One pass over one pool.
 pub async fn reconcile(pool: Arc<ServerPool>, ctx: Arc<Context>) -> Result<Action, Error> {
+    if !ctx.leadership.is_leader() {
+        // A standby: watches (its caches stay warm for a takeover) but writes nothing.
+        return Ok(Action::requeue(STANDBY_RECHECK));
+    }
     let namespace = pool.namespace().ok_or(Error::Incomplete)?;
     let name = pool.name_any();
     let key = pool_key(&pool);

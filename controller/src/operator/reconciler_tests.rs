@@ -16,6 +16,7 @@ use serde_json::{Value, json};
 
 use super::*;
 use crate::operator::crd::{HeartbeatSpec, ServerPoolSpec};
+use crate::operator::leader::Leadership;
 
 const NS: &str = "default";
 const POOL_UID: &str = "5d3c0f2e-0000-4000-8000-000000000001";
@@ -167,6 +168,7 @@ fn context(client: Client, healthy: &[&str], failing: &[&str]) -> Arc<Context> {
         Arc::new(FakeProber(table)),
         Arc::new(Metrics::new()),
         None,
+        Leadership::sole(),
     );
     ctx.clock = fixed_clock;
     Arc::new(ctx)
@@ -476,6 +478,7 @@ async fn a_replacement_survives_a_pass_that_still_sees_the_old_status() {
         metrics: ctx.metrics.clone(),
         proxied: None,
         clock: fixed_clock,
+        leadership: Leadership::sole(),
         memory: Mutex::new(std::mem::take(&mut *ctx.memory.lock().unwrap())),
     });
     pass(pool(3, None), &ctx).await;
@@ -583,4 +586,22 @@ fn status_keeps_transition_times_while_conditions_hold() {
         (ready.status.as_str(), &ready.last_transition_time),
         ("False", &later)
     );
+}
+
+#[tokio::test]
+async fn a_standby_writes_nothing_and_looks_again_soon() {
+    let (client, api) = MockApi::start(Vec::new());
+    let mut ctx = Context::new(
+        client,
+        None,
+        Arc::new(FakeProber(HashMap::new())),
+        Arc::new(Metrics::new()),
+        None,
+        Leadership::standby(),
+    );
+    ctx.clock = fixed_clock;
+    // An empty pool: a leader would create three pods and patch the status.
+    let action = pass(pool(3, None), &Arc::new(ctx)).await;
+    assert!(api.calls().is_empty(), "{:#?}", api.writes_and_reads());
+    assert_eq!(action, Action::requeue(STANDBY_RECHECK));
 }

@@ -1,0 +1,472 @@
+//! Leader election for the reconciler: of the `ringlb operator` processes of a
+//! namespace, only the one holding the `coordination.k8s.io/v1` Lease reconciles;
+//! the others watch and wait, and one of them takes over within the lease duration
+//! after the leader dies. The leader gives the lease up when it stops (SIGTERM), so
+//! that a rollout does not wait for the lease to expire.
+//!
+//! The lease itself is kube-lease-manager's (server-side apply, so two contenders
+//! cannot both take it); this module turns it into a [`Leadership`] that the
+//! reconciler reads, logs every transition, and counts them in `/metrics`.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kube::Client;
+use kube_lease_manager::{LeaseManager, LeaseManagerBuilder};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::metrics::Metrics;
+
+/// What the lease is called and how long it lasts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeaseSettings {
+    pub name: String,
+    pub namespace: String,
+    /// Who this process is in the lease's `holderIdentity`: the pod's name.
+    pub identity: String,
+    /// How long the lease holds without renewal: the longest a standby waits after
+    /// the leader died (client-go's default for controllers: 15 s).
+    pub duration: Duration,
+    /// How long before expiry the leader renews.
+    pub grace: Duration,
+}
+
+impl LeaseSettings {
+    pub fn new(namespace: &str, identity: &str) -> Self {
+        Self {
+            name: "ringlb-operator".to_owned(),
+            namespace: namespace.to_owned(),
+            identity: identity.to_owned(),
+            duration: Duration::from_secs(15),
+            grace: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Whether this process leads, as last confirmed through the lease.
+#[derive(Clone, Debug)]
+pub struct Leadership(watch::Receiver<bool>);
+
+impl Leadership {
+    /// Always the leader: for a process that is alone by construction (tests).
+    pub fn sole() -> Self {
+        let (sender, receiver) = watch::channel(true);
+        // The channel keeps its last value once the sender is gone.
+        drop(sender);
+        Self(receiver)
+    }
+
+    /// Never the leader: a standby (tests).
+    pub fn standby() -> Self {
+        let (sender, receiver) = watch::channel(false);
+        drop(sender);
+        Self(receiver)
+    }
+
+    pub fn is_leader(&self) -> bool {
+        *self.0.borrow()
+    }
+}
+
+/// Campaigns for the lease until `stop`, then steps down (releases it if held).
+/// Returns at once; the returned task ends after the step-down.
+pub fn campaign(
+    client: Client,
+    settings: LeaseSettings,
+    metrics: Arc<Metrics>,
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> (Leadership, JoinHandle<()>) {
+    let (leading, receiver) = watch::channel(false);
+    let task = tokio::spawn(async move {
+        let mut stop = std::pin::pin!(stop);
+        let mut retry = Duration::from_secs(1);
+        loop {
+            // A fresh manager after every error: one whose renewal failed may still
+            // believe it leads, and would never report the loss.
+            let manager = tokio::select! {
+                _ = &mut stop => return,
+                manager = manager(&client, &settings) => manager,
+            };
+            let manager = match manager {
+                Ok(manager) => manager,
+                Err(error) => {
+                    tracing::warn!(%error, lease = %settings.name, "cannot read the leader lease; retrying");
+                    tokio::select! {
+                        _ = &mut stop => return,
+                        _ = tokio::time::sleep(retry) => {}
+                    }
+                    retry = (retry * 2).min(settings.duration);
+                    continue;
+                }
+            };
+            retry = Duration::from_secs(1);
+            let error = loop {
+                tokio::select! {
+                    _ = &mut stop => {
+                        set(&leading, false, &settings, &metrics);
+                        match manager.release().await {
+                            Ok(()) => tracing::info!(identity = %settings.identity, "stepped down: lease released"),
+                            Err(error) => tracing::warn!(%error, "could not release the lease; it expires by itself"),
+                        }
+                        return;
+                    }
+                    changed = manager.changed() => match changed {
+                        Ok(now_leading) => set(&leading, now_leading, &settings, &metrics),
+                        Err(error) => break error,
+                    },
+                }
+            };
+            // The lease could not be read or renewed: this process can no longer be
+            // sure it leads, so it stops acting as the leader before it may expire.
+            tracing::warn!(%error, lease = %settings.name, "leader lease unavailable");
+            set(&leading, false, &settings, &metrics);
+        }
+    });
+    (Leadership(receiver), task)
+}
+
+async fn manager(
+    client: &Client,
+    settings: &LeaseSettings,
+) -> Result<LeaseManager, kube_lease_manager::LeaseManagerError> {
+    LeaseManagerBuilder::new(client.clone(), &settings.name)
+        .with_namespace(&settings.namespace)
+        .with_identity(&settings.identity)
+        .with_duration(settings.duration.as_secs().max(2))
+        .with_grace(settings.grace.as_secs().max(1))
+        .build()
+        .await
+}
+
+/// Publishes a change of leadership, logs it and counts it.
+fn set(leading: &watch::Sender<bool>, now: bool, settings: &LeaseSettings, metrics: &Metrics) {
+    let before = leading.send_replace(now);
+    metrics.leader.set(i64::from(now));
+    if before != now {
+        metrics.leader_transitions.inc();
+        if now {
+            tracing::info!(identity = %settings.identity, lease = %settings.name, "leading: this process reconciles");
+        } else {
+            tracing::info!(identity = %settings.identity, lease = %settings.name, "not leading: reconciling stops");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Against an in-memory API server that keeps Leases with resourceVersions and
+    //! server-side apply's rule for the holder: applying `spec.holderIdentity` over a
+    //! value another field manager set is a 409 Conflict. Real time, short leases.
+
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    use std::time::Instant;
+
+    use http::{Request, Response};
+    use kube::client::Body;
+    use serde_json::{Value, json};
+
+    use super::*;
+
+    const LEASES: &str = "/apis/coordination.k8s.io/v1/namespaces/default/leases";
+
+    #[derive(Default)]
+    struct Store {
+        leases: HashMap<String, Value>,
+        /// The field manager that set each lease's holder.
+        holder_manager: HashMap<String, String>,
+        version: u64,
+    }
+
+    #[derive(Clone, Default)]
+    struct LeaseApi(Arc<Mutex<Store>>);
+
+    impl LeaseApi {
+        fn client(&self) -> Client {
+            let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+            let api = self.clone();
+            tokio::spawn(async move {
+                while let Some((request, respond)) = handle.next_request().await {
+                    let method = request.method().to_string();
+                    let uri = request.uri().clone();
+                    let apply = request
+                        .headers()
+                        .get(http::header::CONTENT_TYPE)
+                        .is_some_and(|v| v.as_bytes().starts_with(b"application/apply-patch"));
+                    let bytes = request.into_body().collect_bytes().await.unwrap();
+                    let body: Value = serde_json::from_slice(&bytes)
+                        .or_else(|_| serde_yaml::from_slice(&bytes))
+                        .unwrap_or(Value::Null);
+                    let (code, answer) = api.answer(&method, &uri, apply, body);
+                    respond.send_response(
+                        Response::builder()
+                            .status(code)
+                            .body(Body::from(serde_json::to_vec(&answer).unwrap()))
+                            .unwrap(),
+                    );
+                }
+            });
+            Client::new(service, "default")
+        }
+
+        fn answer(&self, method: &str, uri: &http::Uri, apply: bool, body: Value) -> (u16, Value) {
+            let mut store = self.0.lock().unwrap();
+            let path = uri.path();
+            let manager = uri
+                .query()
+                .unwrap_or_default()
+                .split('&')
+                .find_map(|kv| kv.strip_prefix("fieldManager="))
+                .unwrap_or_default()
+                .to_owned();
+            let name = path
+                .strip_prefix(LEASES)
+                .unwrap_or_default()
+                .trim_start_matches('/');
+            match method {
+                "GET" => match store.leases.get(name) {
+                    Some(lease) => (200, lease.clone()),
+                    None => status(404, "NotFound"),
+                },
+                "POST" => {
+                    let name = body["metadata"]["name"].as_str().unwrap().to_owned();
+                    if store.leases.contains_key(&name) {
+                        return status(409, "AlreadyExists");
+                    }
+                    let mut lease = body;
+                    lease["spec"] = json!({});
+                    store.put(&name, lease);
+                    (201, store.leases[&name].clone())
+                }
+                "PATCH" => {
+                    let Some(mut lease) = store.leases.get(name).cloned() else {
+                        return status(404, "NotFound");
+                    };
+                    let new_holder = body["spec"].get("holderIdentity").cloned();
+                    if let (true, Some(Value::String(new))) = (apply, &new_holder) {
+                        let held = lease["spec"]["holderIdentity"].as_str();
+                        let owner = store.holder_manager.get(name);
+                        if held.is_some_and(|h| h != new) && owner.is_some_and(|o| *o != manager) {
+                            return status(409, "Conflict");
+                        }
+                    }
+                    for (field, value) in body["spec"].as_object().cloned().unwrap_or_default() {
+                        if value.is_null() {
+                            lease["spec"].as_object_mut().unwrap().remove(&field);
+                        } else {
+                            lease["spec"][&field] = value;
+                        }
+                    }
+                    if new_holder.is_some() {
+                        store.holder_manager.insert(name.to_owned(), manager);
+                    }
+                    store.put(name, lease);
+                    (200, store.leases[name].clone())
+                }
+                _ => status(405, "MethodNotAllowed"),
+            }
+        }
+
+        fn lease(&self) -> Value {
+            self.0.lock().unwrap().leases["ringlb-operator"].clone()
+        }
+
+        fn holder(&self) -> Option<String> {
+            let store = self.0.lock().unwrap();
+            let lease = store.leases.get("ringlb-operator")?;
+            lease["spec"]["holderIdentity"].as_str().map(str::to_owned)
+        }
+
+        /// A lease held by `holder`, renewed `ago` ago, for 2 s, as another
+        /// manager left it.
+        fn held_by(&self, holder: &str, ago: Duration) {
+            let renewed = k8s_openapi::jiff::Timestamp::now() - ago;
+            let mut store = self.0.lock().unwrap();
+            let lease = json!({
+                "apiVersion": "coordination.k8s.io/v1",
+                "kind": "Lease",
+                "metadata": {"name": "ringlb-operator", "namespace": "default"},
+                "spec": {
+                    "holderIdentity": holder,
+                    "leaseDurationSeconds": 2,
+                    "acquireTime": renewed.strftime("%Y-%m-%dT%H:%M:%S%.6fZ").to_string(),
+                    "renewTime": renewed.strftime("%Y-%m-%dT%H:%M:%S%.6fZ").to_string(),
+                    "leaseTransitions": 1,
+                },
+            });
+            store.put("ringlb-operator", lease);
+            store
+                .holder_manager
+                .insert("ringlb-operator".into(), format!("manager-of-{holder}"));
+        }
+    }
+
+    impl Store {
+        fn put(&mut self, name: &str, mut lease: Value) {
+            self.version += 1;
+            lease["metadata"]["resourceVersion"] = json!(self.version.to_string());
+            self.leases.insert(name.to_owned(), lease);
+        }
+    }
+
+    fn status(code: u16, reason: &str) -> (u16, Value) {
+        let body = json!({
+            "kind": "Status", "apiVersion": "v1", "status": "Failure",
+            "message": reason, "reason": reason, "code": code,
+        });
+        (code, body)
+    }
+
+    /// A 2 s lease, renewed 1 s before it ends.
+    fn settings(identity: &str) -> LeaseSettings {
+        LeaseSettings {
+            duration: Duration::from_secs(2),
+            grace: Duration::from_secs(1),
+            ..LeaseSettings::new("default", identity)
+        }
+    }
+
+    struct Candidate {
+        leadership: Leadership,
+        metrics: Arc<Metrics>,
+        stop: Option<tokio::sync::oneshot::Sender<()>>,
+        task: JoinHandle<()>,
+    }
+
+    fn candidate(api: &LeaseApi, identity: &str) -> Candidate {
+        candidate_with(api, settings(identity))
+    }
+
+    fn candidate_with(api: &LeaseApi, settings: LeaseSettings) -> Candidate {
+        let metrics = Arc::new(Metrics::new());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (leadership, task) = campaign(api.client(), settings, metrics.clone(), async {
+            let _ = stopped.await;
+        });
+        Candidate {
+            leadership,
+            metrics,
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    impl Candidate {
+        async fn step_down(&mut self) {
+            let _ = self.stop.take().unwrap().send(());
+            (&mut self.task).await.unwrap();
+        }
+    }
+
+    async fn until(what: &str, limit: Duration, check: impl Fn() -> bool) -> Duration {
+        let started = Instant::now();
+        while !check() {
+            assert!(started.elapsed() < limit, "{what}: not within {limit:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        started.elapsed()
+    }
+
+    #[tokio::test]
+    async fn one_of_two_acquires_renews_and_the_other_waits() {
+        let api = LeaseApi::default();
+        let a = candidate(&api, "a");
+        let b = candidate(&api, "b");
+        until("a leader", Duration::from_secs(5), || {
+            a.leadership.is_leader() || b.leadership.is_leader()
+        })
+        .await;
+        let (leader, standby) = if a.leadership.is_leader() {
+            (&a, &b)
+        } else {
+            (&b, &a)
+        };
+        let holder = api.holder().unwrap();
+        let first_renewal = api.lease()["spec"]["renewTime"].clone();
+        // Longer than the lease: it lasts only because it is renewed.
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        assert!(leader.leadership.is_leader() && !standby.leadership.is_leader());
+        assert_eq!(api.holder().unwrap(), holder, "the same holder");
+        assert_ne!(api.lease()["spec"]["renewTime"], first_renewal, "renewed");
+        assert_eq!(leader.metrics.leader.get(), 1);
+        assert_eq!(leader.metrics.leader_transitions.get(), 1);
+        assert_eq!(standby.metrics.leader.get(), 0);
+    }
+
+    #[tokio::test]
+    async fn an_expired_lease_of_a_dead_leader_is_taken_over() {
+        let api = LeaseApi::default();
+        api.held_by("dead", Duration::from_secs(60));
+        let a = candidate(&api, "a");
+        until("a takes over", Duration::from_secs(5), || {
+            a.leadership.is_leader()
+        })
+        .await;
+        assert_eq!(api.holder().as_deref(), Some("a"));
+    }
+
+    #[tokio::test]
+    async fn a_live_lease_of_another_is_respected_until_it_expires() {
+        let api = LeaseApi::default();
+        api.held_by("other", Duration::ZERO);
+        let a = candidate(&api, "a");
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        assert!(!a.leadership.is_leader(), "the lease still runs for 1 s");
+        // "other" stops renewing: within the lease duration (and a little), a leads.
+        until("a takes over", Duration::from_secs(5), || {
+            a.leadership.is_leader()
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn a_leader_whose_lease_was_taken_stops_leading() {
+        let api = LeaseApi::default();
+        let a = candidate(&api, "a");
+        until("a leads", Duration::from_secs(5), || {
+            a.leadership.is_leader()
+        })
+        .await;
+        // Another writer takes the lease (as after a partition): a finds out at its
+        // next renewal, within the lease duration.
+        api.held_by("intruder", Duration::ZERO);
+        until("a stops leading", Duration::from_secs(5), || {
+            !a.leadership.is_leader()
+        })
+        .await;
+        assert_eq!(a.metrics.leader.get(), 0);
+        assert_eq!(a.metrics.leader_transitions.get(), 2);
+    }
+
+    /// A rollout: the old leader stops, the new pod starts. The lease is released, so
+    /// the new pod leads at once instead of waiting out the old one's lease (here
+    /// 20 s, renewed every 10 s: at least 10 s left at any moment).
+    #[tokio::test]
+    async fn a_leader_that_steps_down_releases_the_lease_for_its_successor() {
+        let api = LeaseApi::default();
+        let long = |identity| LeaseSettings {
+            duration: Duration::from_secs(20),
+            grace: Duration::from_secs(10),
+            ..LeaseSettings::new("default", identity)
+        };
+        let mut a = candidate_with(&api, long("a"));
+        until("a leads", Duration::from_secs(5), || {
+            a.leadership.is_leader()
+        })
+        .await;
+        a.step_down().await;
+        assert!(!a.leadership.is_leader());
+        assert_eq!(api.holder(), None, "released");
+        let b = candidate_with(&api, long("b"));
+        let waited = until("b leads", Duration::from_secs(30), || {
+            b.leadership.is_leader()
+        })
+        .await;
+        assert!(
+            waited < Duration::from_secs(5),
+            "b waited {waited:?}: the lease was not released"
+        );
+    }
+}
