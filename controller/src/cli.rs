@@ -332,17 +332,32 @@ mod tests {
 
     #[test]
     fn bad_settings_are_refused_with_a_reason() {
-        assert!(
-            up(&["--hostnames", "A,B,C", "-n", "2"])
-                .initial_names()
-                .is_err()
+        let names = |args: &[&str]| up(args).initial_names().unwrap_err();
+        assert_eq!(
+            names(&["--hostnames", "A,B,C", "-n", "2"]),
+            "3 hostnames given for 2 replicas: pass --replicas 3"
         );
-        assert!(up(&["--hostnames", "A,A"]).initial_names().is_err());
-        assert!(up(&["--hostnames", "bad name"]).initial_names().is_err());
-        assert!(up(&["-n", "0"]).initial_names().is_err());
-        assert!(Cli::try_parse_from(["ringlb", "up", "--replica", "x"]).is_err());
-        assert!(Cli::try_parse_from(["ringlb", "up", "--key", "nope"]).is_err());
-        assert!(Cli::try_parse_from(["ringlb", "up", "--algorithm", "nope"]).is_err());
+        assert!(names(&["--hostnames", "A,A"]).contains("'A'"));
+        assert!(names(&["--hostnames", "bad name"]).contains("'bad name'"));
+        assert_eq!(names(&["-n", "0"]), "--replicas must be at least 1");
+        let refused = |args: &[&str]| {
+            let argv = ["ringlb", "up"].iter().chain(args);
+            Cli::try_parse_from(argv).unwrap_err().to_string()
+        };
+        for (args, reason) in [
+            (&["--replica", "x"][..], "'x' is not NAME=HOST:PORT"),
+            (&["--key", "nope"], "nope"),
+            (&["--algorithm", "nope"], "nope"),
+            (&["--max-headers", "0"], "--max-headers"),
+            (&["--max-header-line", "10"], "--max-header-line"),
+            (
+                &["--client-header-timeout", "soon"],
+                "--client-header-timeout",
+            ),
+        ] {
+            let error = refused(args);
+            assert!(error.contains(reason), "{args:?}: {error}");
+        }
     }
 
     #[test]

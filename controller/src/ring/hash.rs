@@ -212,7 +212,15 @@ mod tests {
 
     #[test]
     fn fmix64_is_murmur3_finaliser() {
-        assert_eq!(fmix64(0), 0);
-        assert_ne!(fmix64(1), fmix64(2));
+        // From the reference: mmh3.hash128(b"", seed=1) gives h1 = 0x4610abe56eff5cb5,
+        // h2 = 0x51622daa78f83583. With no data, x64_128 sets h1 = h2 = 1, then
+        // h1 += h2 (2), h2 += h1 (3), h1 = fmix64(2), h2 = fmix64(3), h1 += h2,
+        // h2 += h1; so fmix64(3) = h2 - h1 and fmix64(2) = h1 - fmix64(3) (mod 2^64).
+        let (h1, h2) = (0x4610_abe5_6eff_5cb5_u64, 0x5162_2daa_78f8_3583_u64);
+        let fmix3 = h2.wrapping_sub(h1);
+        assert_eq!(fmix3, 0x0b51_81c5_09f8_d8ce);
+        assert_eq!(fmix64(3), fmix3);
+        assert_eq!(fmix64(2), h1.wrapping_sub(fmix3));
+        assert_eq!(fmix64(0), 0, "zero is its fixed point");
     }
 }
