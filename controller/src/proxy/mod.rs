@@ -53,25 +53,6 @@ pub struct ProxySettings {
     pub admin_token: Option<String>,
 }
 
-impl Default for ProxySettings {
-    fn default() -> Self {
-        Self {
-            key: KeySource::RandomId,
-            max_attempts: 3,
-            connect_timeout: Duration::from_secs(1),
-            request_timeout: Duration::from_secs(30),
-            read_timeout: Duration::from_secs(60),
-            client_header_timeout: Duration::from_secs(60),
-            client_body_timeout: Duration::from_secs(60),
-            keepalive_timeout: Duration::from_secs(75),
-            max_body_bytes: 10 * 1024 * 1024,
-            head_limits: wire::HeadLimits::default(),
-            max_connections: 10_000,
-            admin_token: None,
-        }
-    }
-}
-
 /// State shared by all proxy handlers.
 pub struct Proxy {
     pub pool: Arc<dyn PoolControl>,
