@@ -80,7 +80,7 @@ struct Front {
 
 async fn serve<R: Runtime>(
     runtime: Arc<R>,
-    names: Vec<crate::pool::ReplicaName>,
+    names: Vec<crate::replica_name::ReplicaName>,
     settings: PoolSettings,
     front: Front,
 ) -> anyhow::Result<()> {

@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::pool::ReplicaName;
 use crate::proxy::wire::HeadLimits;
 use crate::proxy::{KeySource, ProxySettings};
+use crate::replica_name::ReplicaName;
 use crate::ring::{Algorithm, HashFn, Preset, RingConfig};
 
 /// ringlb: an HTTP load balancer that routes every request through a

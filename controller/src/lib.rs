@@ -19,6 +19,7 @@ pub mod operator;
 pub mod ops;
 pub mod pool;
 pub mod proxy;
+pub mod replica_name;
 pub mod ring;
 pub mod routing;
 pub mod runtime;

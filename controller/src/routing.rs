@@ -16,7 +16,7 @@ use prometheus_client::metrics::{counter::Counter, histogram::Histogram};
 use tokio::sync::Notify;
 
 use crate::metrics::Metrics;
-use crate::pool::ReplicaName;
+use crate::replica_name::ReplicaName;
 use crate::ring::{Ring, RingConfig};
 
 /// A routable replica with everything the request path needs, prepared once per

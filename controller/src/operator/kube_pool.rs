@@ -23,7 +23,8 @@ use super::members::{self, NamingError};
 use crate::metrics::Metrics;
 use crate::pool::health::HealthState;
 use crate::pool::supervisor::{MemberView, Replacement};
-use crate::pool::{MembershipError, PoolControl, PoolError, PoolView, ReplicaName, membership};
+use crate::pool::{MembershipError, PoolControl, PoolError, PoolView, membership};
+use crate::replica_name::ReplicaName;
 use crate::ring::RingConfig;
 use crate::routing::{RoutingTable, SharedRouting};
 use crate::runtime::RuntimeError;
@@ -213,7 +214,7 @@ impl KubePool {
                     });
                     return Ok(desired);
                 }
-                Err(error) if crate::runtime::kube::is_status(&error, 409) => continue,
+                Err(error) if super::pods::is_status(&error, 409) => continue,
                 Err(error) => return Err(backend(&self.name, error)),
             }
         }
@@ -274,7 +275,7 @@ impl Current {
 }
 
 fn backend(pool: &str, error: kube::Error) -> PoolError {
-    if crate::runtime::kube::is_status(&error, 404) {
+    if super::pods::is_status(&error, 404) {
         PoolError::Backend(format!("ServerPool {pool} does not exist"))
     } else {
         PoolError::Backend(format!("Kubernetes API: {error}"))

@@ -4,7 +4,8 @@
 use std::collections::{HashMap, HashSet};
 
 use super::crd::{ReplacementStatus, ServerPoolSpec};
-use crate::pool::{MembershipError, ReplicaName, membership};
+use crate::pool::{MembershipError, membership};
+use crate::replica_name::ReplicaName;
 
 /// Why a pool's names cannot be turned into pods.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -30,14 +30,15 @@ use super::crd::{MemberStatus, ReplacementStatus, ServerPool, ServerPoolSpec, Se
 use super::kube_pool::{KubePool, PublishedMember};
 use super::leader::Leadership;
 use super::members;
+use super::pods::{
+    CreateError, KubeRuntime, POOL_LABEL, PodState, PodTemplate, ReplicaPod, is_status,
+};
 use crate::metrics::Metrics;
 use crate::pool::health::{HealthState, HeartbeatClient};
 use crate::pool::supervisor::Replacement;
-use crate::pool::{Action as PlanAction, Health, Observed, Policy, ReplicaName, plan};
+use crate::pool::{Action as PlanAction, Health, Observed, Policy, plan};
+use crate::replica_name::ReplicaName;
 use crate::ring::RingConfig;
-use crate::runtime::kube::{
-    CreateError, KubeRuntime, POOL_LABEL, PodState, PodTemplate, ReplicaPod, is_status,
-};
 
 /// The controller name in Events (`kubectl describe sp`).
 pub const CONTROLLER_NAME: &str = "ringlb-operator";

@@ -1,7 +1,6 @@
 //! Membership and health: which replicas should exist, which are alive, and the
 //! supervisor that turns the difference into actions.
 //!
-//! - [`names`]: what a replica name may be;
 //! - [`membership`]: validation of `/add` and `/rm` (pure);
 //! - [`plan`]: desired vs observed → actions (pure, shared with the operator);
 //! - [`health`]: heartbeats and the per-replica health state machine;
@@ -10,13 +9,12 @@
 pub mod control;
 pub mod health;
 pub mod membership;
-pub mod names;
 pub mod plan;
 pub mod supervisor;
 
+pub use crate::replica_name::{NameError, ReplicaName};
 pub use control::PoolControl;
 pub use health::HealthSettings;
 pub use membership::MembershipError;
-pub use names::{NameError, ReplicaName};
 pub use plan::{Action, Health, Observed, Plan, Policy, plan};
 pub use supervisor::{MemberView, PoolError, PoolHandle, PoolView, Supervisor};

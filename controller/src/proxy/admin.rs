@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 
 use super::Proxy;
 use super::error::ApiError;
-use crate::pool::ReplicaName;
+use crate::replica_name::ReplicaName;
 
 /// Admin bodies are a count and a few names: anything larger is a mistake or abuse.
 pub const MAX_ADMIN_BODY: usize = 64 * 1024;

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Mutex;
 
 use super::{Instance, Runtime, RuntimeError};
-use crate::pool::ReplicaName;
+use crate::replica_name::ReplicaName;
 
 pub struct ExternalRuntime {
     /// Every replica given on the command line.

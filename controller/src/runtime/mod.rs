@@ -1,16 +1,16 @@
 //! Where replicas live. One small trait, [`Runtime`]: start, stop, list. The
-//! supervisor decides *what* to do (see [`crate::pool::plan`]); a runtime only knows
-//! *how*: child processes on loopback ([`process`]), servers that ringlb fronts
-//! but did not start ([`external`]), and, for the operator, Kubernetes pods ([`kube`]).
+//! supervisor decides *what* to do (the pool's plan); a runtime only knows *how*:
+//! child processes on loopback ([`process`]), or servers that ringlb fronts but did
+//! not start ([`external`]). (The operator's pods are `operator::pods`: the
+//! reconciler drives them itself.)
 
 pub mod external;
-pub mod kube;
 pub mod process;
 
 use std::future::Future;
 use std::net::SocketAddr;
 
-use crate::pool::ReplicaName;
+use crate::replica_name::ReplicaName;
 
 pub use external::ExternalRuntime;
 pub use process::ProcessRuntime;

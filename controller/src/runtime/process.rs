@@ -16,7 +16,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 use super::{Instance, Runtime, RuntimeError};
-use crate::pool::ReplicaName;
+use crate::replica_name::ReplicaName;
 
 /// How long a child may take to announce its address.
 const START_TIMEOUT: Duration = Duration::from_secs(10);

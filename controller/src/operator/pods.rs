@@ -1,4 +1,5 @@
-//! Replicas as Kubernetes pods, one [`KubeRuntime`] per `ServerPool`.
+//! The operator's pod API: replicas as Kubernetes pods, one [`KubeRuntime`] per
+//! `ServerPool`.
 //!
 //! A replica's pod is named after its logical name in DNS-1123 form
 //! (`emergency_58` → `emergency-58`); the logical name itself is kept in the label
@@ -6,13 +7,11 @@
 //! `ringlb.dev/pool` and an ownerReference to its pool, so that deleting the pool
 //! deletes its pods.
 //!
-//! The operator's reconciler uses [`KubeRuntime::observe`], [`KubeRuntime::create`]
-//! and [`KubeRuntime::delete`] directly (it never waits for a pod); the
-//! [`Runtime`] implementation offers the same pods to the local supervisor.
+//! The reconciler uses [`KubeRuntime::observe`], [`KubeRuntime::create`] and
+//! [`KubeRuntime::delete`]; it never waits for a pod.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, SocketAddr};
-use std::time::Duration;
+use std::net::IpAddr;
 
 use ::kube::api::{DeleteParams, ListParams, PostParams};
 use ::kube::{Api, Client};
@@ -24,9 +23,8 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use super::{Instance, Runtime, RuntimeError};
-use crate::operator::members::{NamingError, pod_name};
-use crate::pool::ReplicaName;
+use super::members::{NamingError, pod_name};
+use crate::replica_name::ReplicaName;
 
 /// Label: the pool a pod belongs to.
 pub const POOL_LABEL: &str = "ringlb.dev/pool";
@@ -270,96 +268,5 @@ pub fn replica_pod(pod: &Pod) -> ReplicaPod {
         uid: pod.metadata.uid.clone().unwrap_or_default(),
         ip,
         state,
-    }
-}
-
-/// How long [`Runtime::start`] waits for a new pod to get an address.
-const START_TIMEOUT: Duration = Duration::from_secs(120);
-
-impl Runtime for KubeRuntime {
-    async fn start(&self, name: &ReplicaName) -> Result<Instance, RuntimeError> {
-        let spawn_error = |reason: String| RuntimeError::Spawn {
-            name: name.clone(),
-            source: std::io::Error::other(reason),
-        };
-        match self.create(name).await {
-            Ok(_) => {}
-            // Already there (a previous start): wait for it like a new one.
-            Err(CreateError::Api(error)) if is_status(&error, 409) => {}
-            Err(error) => return Err(spawn_error(error.to_string())),
-        }
-        let deadline = tokio::time::Instant::now() + START_TIMEOUT;
-        loop {
-            let pods = self
-                .observe()
-                .await
-                .map_err(|e| spawn_error(e.to_string()))?;
-            let mine = pods.iter().find(|p| p.name.as_ref() == Some(name));
-            if let Some(ReplicaPod {
-                ip: Some(ip),
-                state,
-                ..
-            }) = mine
-            {
-                return Ok(Instance {
-                    name: name.clone(),
-                    addr: SocketAddr::new(*ip, self.template.port),
-                    pid: None,
-                    running: *state == PodState::Running,
-                });
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return Err(RuntimeError::NoAddress {
-                    name: name.clone(),
-                    reason: format!("its pod had no IP after {START_TIMEOUT:?}"),
-                });
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-    }
-
-    async fn stop(&self, name: &ReplicaName) {
-        let Ok(pod) = pod_name(name) else { return };
-        if let Err(error) = self.delete(&pod).await {
-            tracing::warn!(replica = %name, %error, "could not delete pod");
-        }
-    }
-
-    async fn kill(&self, name: &ReplicaName) {
-        let Ok(pod) = pod_name(name) else { return };
-        if let Err(error) = self.delete_now(&pod).await {
-            tracing::warn!(replica = %name, %error, "could not delete pod");
-        }
-    }
-
-    async fn list(&self) -> Vec<Instance> {
-        let pods = match self.observe().await {
-            Ok(pods) => pods,
-            Err(error) => {
-                tracing::warn!(%error, "could not list pods");
-                return Vec::new();
-            }
-        };
-        pods.into_iter()
-            .filter(|p| p.state != PodState::Terminating)
-            .filter_map(|p| {
-                Some(Instance {
-                    name: p.name?,
-                    addr: SocketAddr::new(p.ip?, self.template.port),
-                    pid: None,
-                    running: p.state != PodState::Exited,
-                })
-            })
-            .collect()
-    }
-
-    async fn stop_all(&self) {
-        for pod in self.observe().await.unwrap_or_default() {
-            let _ = self.delete(&pod.pod).await;
-        }
-    }
-
-    fn can_start(&self) -> bool {
-        true
     }
 }
