@@ -2,22 +2,160 @@
 //! shuts them down in order: stop accepting, drain, stop every replica.
 
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
+use clap::Args;
 use tokio::net::TcpListener;
 
-use crate::cli::UpArgs;
 use crate::metrics::Metrics;
 use crate::pool::supervisor::PoolSettings;
 use crate::pool::{HealthSettings, PoolHandle, Supervisor};
-use crate::proxy::ProxySettings;
 use crate::proxy::workers::ProxyListeners;
-use crate::ring::Algorithm;
+use crate::proxy::{ProxyArgs, ProxySettings};
+use crate::replica_name::ReplicaName;
+use crate::ring::{Algorithm, HashFn, Preset, RingConfig};
 use crate::runtime::{ExternalRuntime, ProcessRuntime, Runtime};
 use crate::serving::Serving;
+
+/// A replica that ringlb fronts but did not start: `NAME=HOST:PORT`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExternalReplica {
+    pub name: ReplicaName,
+    pub addr: SocketAddr,
+}
+
+impl std::str::FromStr for ExternalReplica {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (name, target) = s
+            .split_once('=')
+            .ok_or_else(|| format!("'{s}' is not NAME=HOST:PORT"))?;
+        let name = ReplicaName::parse(name).map_err(|e| format!("'{name}': {e}"))?;
+        let addr = target
+            .to_socket_addrs()
+            .map_err(|e| format!("'{target}': {e}"))?
+            .next()
+            .ok_or_else(|| format!("'{target}' resolves to no address"))?;
+        Ok(Self { name, addr })
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    /// Address of the load balancer (port 0 picks a free one; the chosen address is printed).
+    #[arg(long, env = "RINGLB_LISTEN", default_value = "127.0.0.1:5000")]
+    pub listen: SocketAddr,
+
+    /// Address of the operations port: /metrics, /healthz, /readyz, /ring.
+    #[arg(long, env = "RINGLB_OPS_LISTEN", default_value = "127.0.0.1:5001")]
+    pub ops_listen: SocketAddr,
+
+    /// Number of replicas to keep alive [default: 3, or the number of --hostnames].
+    #[arg(short = 'n', long, env = "RINGLB_REPLICAS")]
+    pub replicas: Option<usize>,
+
+    /// Names of the initial replicas, comma-separated; the rest are Server1, Server2, …
+    #[arg(long, env = "RINGLB_HOSTNAMES", value_delimiter = ',')]
+    pub hostnames: Vec<String>,
+
+    /// Front a replica you already run instead of starting local ones (repeatable):
+    /// same ring and heartbeats, nothing is spawned, a failed one rejoins when healthy.
+    #[arg(long = "replica", value_name = "NAME=HOST:PORT")]
+    pub external: Vec<ExternalReplica>,
+
+    /// Upper bound on the number of replicas that /add may reach.
+    #[arg(long, env = "RINGLB_MAX_REPLICAS", default_value_t = 100)]
+    pub max_replicas: usize,
+
+    /// Hashing preset: `default` (balanced) or `course` (512 slots, 9 virtual nodes,
+    /// quadratic hashes, as in the original project). The options below override it.
+    #[arg(long, env = "RINGLB_PRESET", default_value = "default")]
+    pub preset: Preset,
+
+    /// Ring algorithm: slot, point, maglev, rendezvous or rank-table.
+    #[arg(long, env = "RINGLB_ALGORITHM")]
+    pub algorithm: Option<Algorithm>,
+
+    /// Hash function: quadratic, xxh3 or murmur3.
+    #[arg(long, env = "RINGLB_HASH")]
+    pub hash: Option<HashFn>,
+
+    /// Slots of the ring (slot ring) or lookup table size (Maglev, rank table).
+    #[arg(long, env = "RINGLB_SLOTS")]
+    pub slots: Option<u32>,
+
+    /// Virtual nodes per replica (slot and point rings).
+    #[arg(long, env = "RINGLB_VNODES")]
+    pub vnodes: Option<u32>,
+
+    /// Time between heartbeats (e.g. 500ms, 2s).
+    #[arg(long, env = "RINGLB_HEARTBEAT_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub heartbeat_interval: Duration,
+
+    /// How long one heartbeat may take.
+    #[arg(long, env = "RINGLB_HEARTBEAT_TIMEOUT", default_value = "500ms", value_parser = humantime::parse_duration)]
+    pub heartbeat_timeout: Duration,
+
+    /// Consecutive failed heartbeats after which a replica is replaced.
+    #[arg(long, env = "RINGLB_FAILURE_THRESHOLD", default_value_t = 3)]
+    pub failure_threshold: u32,
+
+    #[command(flatten)]
+    pub proxy: ProxyArgs,
+
+    /// Address local replicas listen on.
+    #[arg(long, env = "RINGLB_REPLICA_HOST", default_value_t = IpAddr::V4(Ipv4Addr::LOCALHOST))]
+    pub replica_host: IpAddr,
+}
+
+impl UpArgs {
+    /// The ring configuration: the preset with any overrides, validated.
+    pub fn ring_config(&self) -> Result<RingConfig, String> {
+        let mut config = RingConfig::preset(self.preset);
+        if let Some(algorithm) = self.algorithm {
+            config.algorithm = algorithm;
+        }
+        if let Some(hash) = self.hash {
+            config.hash = hash;
+        }
+        if let Some(slots) = self.slots {
+            config.slots = slots;
+        }
+        if let Some(vnodes) = self.vnodes {
+            config.vnodes = vnodes;
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The names of the initial local replicas: `--hostnames` first, then the lowest
+    /// free `Server<k>` up to N.
+    pub fn initial_names(&self) -> Result<Vec<ReplicaName>, String> {
+        let n = self.replicas.unwrap_or(3.max(self.hostnames.len()));
+        if n == 0 {
+            return Err("--replicas must be at least 1".into());
+        }
+        if self.hostnames.len() > n {
+            return Err(format!(
+                "{} hostnames given for {n} replicas: pass --replicas {}",
+                self.hostnames.len(),
+                self.hostnames.len()
+            ));
+        }
+        if n > self.max_replicas {
+            return Err(format!(
+                "--replicas {n} is above --max-replicas {}",
+                self.max_replicas
+            ));
+        }
+        crate::pool::membership::names_to_add(&[], &[], n as u64, &self.hostnames, n)
+            .map_err(|e| e.to_string())
+    }
+}
 
 pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     // First of all: a signal from now on means "shut down in order".

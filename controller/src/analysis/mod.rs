@@ -646,13 +646,25 @@ mod tests {
     use super::*;
     use clap::Parser;
 
+    /// The `analyze` and `up` flags on their own, as `ringlb` parses them.
+    #[derive(Parser)]
+    struct Analyze {
+        #[command(flatten)]
+        args: AnalyzeArgs,
+    }
+
+    #[derive(Parser)]
+    struct Up {
+        #[command(flatten)]
+        args: crate::app::UpArgs,
+    }
+
+    fn parse(extra: &[&str]) -> Result<AnalyzeArgs, clap::Error> {
+        Analyze::try_parse_from(["analyze"].iter().chain(extra)).map(|a| a.args)
+    }
+
     fn args(extra: &[&str]) -> AnalyzeArgs {
-        let cli = crate::cli::Cli::try_parse_from(["ringlb", "analyze"].iter().chain(extra))
-            .unwrap_or_else(|e| panic!("{e}"));
-        match cli.command {
-            crate::cli::Command::Analyze(args) => *args,
-            _ => unreachable!(),
-        }
+        parse(extra).unwrap_or_else(|e| panic!("{e}"))
     }
 
     #[test]
@@ -691,9 +703,6 @@ mod tests {
 
     #[test]
     fn bad_arguments_are_refused() {
-        let parse = |extra: &[&str]| {
-            crate::cli::Cli::try_parse_from(["ringlb", "analyze"].iter().chain(extra)).map(|_| ())
-        };
         assert!(parse(&["--requests", "0"]).is_err());
         assert!(parse(&["--concurrency", "0"]).is_err());
         assert!(parse(&["--sizes", "101"]).is_err());
@@ -714,12 +723,9 @@ mod tests {
         assert_eq!(thousands(1_000_000), "1 000 000");
         assert!(Setup::Default.describe().starts_with("default: "));
         for setup in Setup::value_variants() {
-            let mut up = vec!["ringlb", "up"];
+            let mut up = vec!["up"];
             up.extend(setup.up_args());
-            let cli = crate::cli::Cli::try_parse_from(up).unwrap();
-            let crate::cli::Command::Up(up) = cli.command else {
-                unreachable!()
-            };
+            let up = Up::try_parse_from(up).unwrap().args;
             up.ring_config()
                 .unwrap_or_else(|e| panic!("{}: {e}", setup.name()));
         }

@@ -13,8 +13,8 @@ use tokio::net::TcpListener;
 use super::kube_pool::KubePool;
 use super::leader::{self, LeaseSettings};
 use super::reconciler::{self, Context, HeartbeatProber};
-use crate::cli::ProxyArgs;
 use crate::metrics::Metrics;
+use crate::proxy::ProxyArgs;
 use crate::proxy::workers::ProxyListeners;
 use crate::serving::{DRAIN_TIMEOUT, Serving};
 

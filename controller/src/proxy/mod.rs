@@ -2,6 +2,7 @@
 //! everything else through the ring.
 
 pub mod admin;
+mod args;
 mod connection;
 pub mod error;
 pub mod failover;
@@ -24,6 +25,7 @@ use hyper_util::rt::TokioExecutor;
 
 use crate::metrics::Metrics;
 use crate::pool::PoolControl;
+pub use args::ProxyArgs;
 pub use error::ApiError;
 pub use key::KeySource;
 use upstream::UpstreamPool;
