@@ -206,26 +206,22 @@ async fn connections_above_the_cap_get_503() {
         "--max-connections",
         "2",
     ]);
+    // Both are accepted (and counted) before the third arrives: each has been answered.
     let mut first = connect(&lb);
-    let _second = connect(&lb);
-    // Both are accepted (and counted) before the third arrives: the first answers.
-    first
-        .write_all(b"GET /home HTTP/1.1\r\nHost: t\r\n\r\n")
-        .unwrap();
-    assert_eq!(read_response(&mut first, &mut Vec::new()).0, 200);
-    common::wait_until(
-        "the third connection to be refused with 503",
-        Duration::from_secs(10),
-        || async {
-            let mut third = connect(&lb);
-            let answer = read_until_closed(&mut third);
-            match refused(&answer) {
-                (503, json) if json["message"].as_str().unwrap().contains("at most 2") => Ok(()),
-                other => Err(format!("{other:?}")),
-            }
-        },
-    )
-    .await;
+    let mut second = connect(&lb);
+    for stream in [&mut first, &mut second] {
+        stream
+            .write_all(b"GET /home HTTP/1.1\r\nHost: t\r\n\r\n")
+            .unwrap();
+        assert_eq!(read_response(stream, &mut Vec::new()).0, 200);
+    }
+    let mut third = connect(&lb);
+    let (status, json) = refused(&read_until_closed(&mut third));
+    assert_eq!(status, 503, "{json}");
+    assert!(
+        json["message"].as_str().unwrap().contains("at most 2"),
+        "{json}"
+    );
     drop(first);
     // A place is free again.
     common::wait_until(

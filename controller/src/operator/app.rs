@@ -131,7 +131,8 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
     });
 
     shutdown.await;
-    // Step down first, so that a standby takes over while this process drains.
+    // Step down first: the lease is free at once for a rollout's new pod. (A standby
+    // that is already running wakes at the expiry it last read, as after a crash.)
     let _ = stop_campaign.send(());
     serving.drain().await;
     // The pods stay: they belong to their pools, not to this process.

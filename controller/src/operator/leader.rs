@@ -10,9 +10,11 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use kube::Client;
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::{Api, Client};
 use kube_lease_manager::{LeaseManager, LeaseManagerBuilder};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -46,28 +48,49 @@ impl LeaseSettings {
 }
 
 /// Whether this process leads, as last confirmed through the lease.
+///
+/// Leading needs two things: the lease manager said so, and the lease as last read
+/// shows this process renewed it recently enough. The second is a deadline on the
+/// wall clock (client-go's `RenewDeadline`): a leader whose renewals hang, or which
+/// was paused, stops acting at `renewTime + duration − grace/2`, before a standby
+/// may take the lease at `renewTime + duration`.
 #[derive(Clone, Debug)]
-pub struct Leadership(watch::Receiver<bool>);
+pub struct Leadership {
+    leading: watch::Receiver<bool>,
+    /// Milliseconds since the Unix epoch until which the lease is known to be ours.
+    valid_until: Arc<AtomicU64>,
+}
 
 impl Leadership {
     /// Always the leader: for a process that is alone by construction (tests).
     pub fn sole() -> Self {
-        let (sender, receiver) = watch::channel(true);
-        // The channel keeps its last value once the sender is gone.
-        drop(sender);
-        Self(receiver)
+        Self::fixed(true)
     }
 
     /// Never the leader: a standby (tests).
     pub fn standby() -> Self {
-        let (sender, receiver) = watch::channel(false);
+        Self::fixed(false)
+    }
+
+    fn fixed(leading: bool) -> Self {
+        let (sender, receiver) = watch::channel(leading);
+        // The channel keeps its last value once the sender is gone.
         drop(sender);
-        Self(receiver)
+        Self {
+            leading: receiver,
+            valid_until: Arc::new(AtomicU64::new(u64::MAX)),
+        }
     }
 
     pub fn is_leader(&self) -> bool {
-        *self.0.borrow()
+        *self.leading.borrow() && now_ms() < self.valid_until.load(Ordering::SeqCst)
     }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Campaigns for the lease until `stop`, then steps down (releases it if held).
@@ -79,7 +102,18 @@ pub fn campaign(
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> (Leadership, JoinHandle<()>) {
     let (leading, receiver) = watch::channel(false);
+    let valid_until = Arc::new(AtomicU64::new(0));
+    let leadership = Leadership {
+        leading: receiver,
+        valid_until: valid_until.clone(),
+    };
+    let confirmer = tokio::spawn(confirm(
+        Api::namespaced(client.clone(), &settings.namespace),
+        settings.clone(),
+        valid_until.clone(),
+    ));
     let task = tokio::spawn(async move {
+        let _confirmer = AbortOnDrop(confirmer);
         let mut stop = std::pin::pin!(stop);
         let mut retry = Duration::from_secs(1);
         loop {
@@ -105,15 +139,24 @@ pub fn campaign(
             let error = loop {
                 tokio::select! {
                     _ = &mut stop => {
+                        let was_leading = *leading.borrow();
                         set(&leading, false, &settings, &metrics);
+                        // Safe when not leading too: it releases only our own lease.
                         match manager.release().await {
-                            Ok(()) => tracing::info!(identity = %settings.identity, "stepped down: lease released"),
+                            Ok(()) if was_leading => tracing::info!(identity = %settings.identity, "stepped down: lease released"),
+                            Ok(()) => {}
                             Err(error) => tracing::warn!(%error, "could not release the lease; it expires by itself"),
                         }
                         return;
                     }
                     changed = manager.changed() => match changed {
-                        Ok(now_leading) => set(&leading, now_leading, &settings, &metrics),
+                        Ok(now_leading) => {
+                            if now_leading {
+                                // Just taken: renewTime is now.
+                                valid_until.store(deadline_after(now_ms(), &settings), Ordering::SeqCst);
+                            }
+                            set(&leading, now_leading, &settings, &metrics);
+                        }
                         Err(error) => break error,
                     },
                 }
@@ -124,7 +167,45 @@ pub fn campaign(
             set(&leading, false, &settings, &metrics);
         }
     });
-    (Leadership(receiver), task)
+    (leadership, task)
+}
+
+/// When a lease renewed at `renewed_ms` stops counting as ours: half the grace
+/// before it expires, so that this process has stopped before anyone may take it.
+fn deadline_after(renewed_ms: u64, settings: &LeaseSettings) -> u64 {
+    let margin = settings.duration.saturating_sub(settings.grace / 2);
+    renewed_ms.saturating_add(margin.as_millis() as u64)
+}
+
+/// Reads the lease every quarter of the grace period and moves the deadline to what
+/// its last renewal allows, while it names this process. A read that fails or
+/// hangs moves nothing: the deadline then passes by itself.
+async fn confirm(api: Api<Lease>, settings: LeaseSettings, valid_until: Arc<AtomicU64>) {
+    let every = (settings.grace / 4).max(Duration::from_millis(100));
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let Ok(Ok(lease)) = tokio::time::timeout(every, api.get(&settings.name)).await else {
+            continue;
+        };
+        let Some(spec) = lease.spec else { continue };
+        if spec.holder_identity.as_deref() != Some(settings.identity.as_str()) {
+            continue;
+        }
+        if let Some(renewed) = spec.renew_time {
+            let renewed_ms = renewed.0.as_millisecond().max(0) as u64;
+            valid_until.fetch_max(deadline_after(renewed_ms, &settings), Ordering::SeqCst);
+        }
+    }
+}
+
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 async fn manager(
@@ -174,6 +255,9 @@ mod tests {
 
     #[derive(Default)]
     struct Store {
+        /// PATCHes are held unanswered (an API server that hangs on writes).
+        hang_patches: bool,
+        held: Vec<tower_test::mock::SendResponse<Response<Body>>>,
         leases: HashMap<String, Value>,
         /// The field manager that set each lease's holder.
         holder_manager: HashMap<String, String>,
@@ -199,6 +283,10 @@ mod tests {
                     let body: Value = serde_json::from_slice(&bytes)
                         .or_else(|_| serde_yaml::from_slice(&bytes))
                         .unwrap_or(Value::Null);
+                    if method == "PATCH" && api.0.lock().unwrap().hang_patches {
+                        api.0.lock().unwrap().held.push(respond);
+                        continue;
+                    }
                     let (code, answer) = api.answer(&method, &uri, apply, body);
                     respond.send_response(
                         Response::builder()
@@ -393,6 +481,33 @@ mod tests {
         assert_eq!(leader.metrics.leader.get(), 1);
         assert_eq!(leader.metrics.leader_transitions.get(), 1);
         assert_eq!(standby.metrics.leader.get(), 0);
+    }
+
+    /// client-go's RenewDeadline: a leader that cannot renew stops acting before its
+    /// lease may expire, while its renewal is still hanging.
+    #[tokio::test]
+    async fn a_leader_whose_renewals_hang_stops_before_its_lease_expires() {
+        let api = LeaseApi::default();
+        let a = candidate(&api, "a");
+        until("a leads", Duration::from_secs(5), || {
+            a.leadership.is_leader()
+        })
+        .await;
+        api.0.lock().unwrap().hang_patches = true;
+        until("a stops", Duration::from_secs(5), || {
+            !a.leadership.is_leader()
+        })
+        .await;
+        let renewed = api.lease()["spec"]["renewTime"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let renewed: k8s_openapi::jiff::Timestamp = renewed.parse().unwrap();
+        let expires = renewed + Duration::from_secs(2);
+        assert!(
+            k8s_openapi::jiff::Timestamp::now() < expires,
+            "a stopped before its lease could be taken ({renewed} + 2 s)"
+        );
     }
 
     #[tokio::test]

@@ -257,6 +257,11 @@ pub async fn reconcile(pool: Arc<ServerPool>, ctx: Arc<Context>) -> Result<Actio
         None
     };
 
+    // Observing took time (heartbeats): check again that this process still leads
+    // before it writes. A leader paused or cut off meanwhile has stopped by now.
+    if !ctx.leadership.is_leader() {
+        return Ok(Action::requeue(STANDBY_RECHECK));
+    }
     let mut created: HashSet<ReplicaName> = HashSet::new();
     let mut gone: HashSet<ReplicaName> = HashSet::new();
     let mut first_error: Option<Error> = None;
@@ -444,7 +449,7 @@ pub async fn reconcile(pool: Arc<ServerPool>, ctx: Arc<Context>) -> Result<Actio
         &problems,
         ctx.now(),
     );
-    if status != old_status {
+    if status != old_status && ctx.leadership.is_leader() {
         let pools: Api<ServerPool> = Api::namespaced(ctx.client.clone(), &namespace);
         pools
             .patch_status(
