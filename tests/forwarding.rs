@@ -123,8 +123,9 @@ async fn a_replica_connection_closed_while_idle_is_replaced_without_an_error() {
     let lb = front(&fake);
     // Each response to /close-after is followed by the replica closing the connection
     // without telling: the proxy's pooled connection is dead when the next request
-    // takes it. Non-idempotent requests too must not fail for it: the replica cannot
-    // have seen them.
+    // takes it. A POST must not fail for it: the connection is found closed before
+    // the request goes out. (Had the replica closed it only after the POST was
+    // written, the POST could not be sent again: see a_post_the_replica_read_...)
     for round in 0..3 {
         let closed = lb
             .http
@@ -133,6 +134,7 @@ async fn a_replica_connection_closed_while_idle_is_replaced_without_an_error() {
             .await
             .unwrap();
         assert_eq!(closed.text().await.unwrap(), "bye");
+        fake.wait_for_close();
         let posted = lb
             .http
             .post(lb.proxy_url("/echo"))

@@ -19,7 +19,8 @@ use super::Ringlb;
 /// - `/until-close`: a body without a length, ended by closing the connection;
 /// - `/echo`: the request it received (head and body) as a `Content-Length` body,
 ///   with hop-by-hop response headers the proxy must drop;
-/// - `/close-after`: a normal response, then the connection is closed without notice;
+/// - `/close-after`: a normal response, then the connection is closed without notice
+///   (announced on `closes`);
 /// - `/missing`: 404;
 /// - `/die`: counted in `died`, then the connection is closed without an answer, as
 ///   a replica that read the request and crashed;
@@ -35,6 +36,8 @@ pub struct FakeReplica {
     /// Requests to `/die` received.
     pub died: Arc<AtomicUsize>,
     arrivals: mpsc::Receiver<()>,
+    /// One message per connection closed after `/close-after`.
+    closes: mpsc::Receiver<()>,
     releases: Arc<Semaphore>,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -48,11 +51,13 @@ impl FakeReplica {
         let proxied_connections = Arc::new(AtomicUsize::new(0));
         let died = Arc::new(AtomicUsize::new(0));
         let (arrived, arrivals) = mpsc::channel();
+        let (closed, closes) = mpsc::channel();
         let releases = Arc::new(Semaphore::new(0));
         let scripts = Scripts {
             proxied: proxied_connections.clone(),
             died: died.clone(),
             arrived: Arc::new(Mutex::new(arrived)),
+            closed: Arc::new(Mutex::new(closed)),
             releases: releases.clone(),
         };
         let (stop, stopped) = oneshot::channel();
@@ -80,6 +85,7 @@ impl FakeReplica {
             proxied_connections,
             died,
             arrivals,
+            closes,
             releases,
             stop: Some(stop),
             thread: Some(thread),
@@ -91,6 +97,13 @@ impl FakeReplica {
     }
 
     /// Waits until a `/hold` request has arrived.
+    /// Waits until the replica has closed a connection after `/close-after`.
+    pub fn wait_for_close(&self) {
+        self.closes
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the replica closes the connection");
+    }
+
     pub fn wait_for_held_request(&self) {
         self.arrivals
             .recv_timeout(Duration::from_secs(10))
@@ -109,6 +122,7 @@ struct Scripts {
     proxied: Arc<AtomicUsize>,
     died: Arc<AtomicUsize>,
     arrived: Arc<Mutex<mpsc::Sender<()>>>,
+    closed: Arc<Mutex<mpsc::Sender<()>>>,
     releases: Arc<Semaphore>,
 }
 
@@ -228,6 +242,8 @@ async fn serve_fake(mut stream: tokio::net::TcpStream, scripts: Scripts) {
             }
             "/close-after" => {
                 let _ = stream.write_all(&fixed(200, "OK", "", b"bye")).await;
+                drop(stream);
+                let _ = scripts.closed.lock().unwrap().send(());
                 return;
             }
             "/hold" => {

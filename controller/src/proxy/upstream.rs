@@ -33,10 +33,13 @@ impl UpstreamConn {
 
     /// False when the replica closed this idle connection (or sent bytes no request
     /// asked for). Reads only if the runtime saw the socket become readable, so an
-    /// open connection costs no system call.
-    fn is_open(&self) -> bool {
+    /// open connection costs no system call — unless `thorough`: then the kernel is
+    /// asked too (one `recv` with `MSG_PEEK`), for a request that could not be sent
+    /// again if the connection turned out dead after the write.
+    fn is_open(&self, thorough: bool) -> bool {
         let mut byte = [0u8; 1];
-        matches!(self.stream.try_read(&mut byte), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+        let seen_open = matches!(self.stream.try_read(&mut byte), Err(e) if e.kind() == io::ErrorKind::WouldBlock);
+        seen_open && (!thorough || peek_open(&self.stream))
     }
 
     /// Reads more of the response into `buf`; `Ok(0)` at end of stream.
@@ -90,11 +93,11 @@ impl UpstreamPool {
     }
 
     /// An idle connection to `addr` that is not known to be closed.
-    fn take(&self, addr: SocketAddr) -> Option<UpstreamConn> {
+    fn take(&self, addr: SocketAddr, thorough: bool) -> Option<UpstreamConn> {
         let mut idle = self.idle.lock().ok()?;
         let conns = idle.get_mut(&addr)?;
         while let Some(conn) = conns.pop() {
-            if conn.is_open() {
+            if conn.is_open(thorough) {
                 return Some(conn);
             }
         }
@@ -142,7 +145,9 @@ impl UpstreamPool {
         client_head: &mut Vec<u8>,
     ) -> Result<(UpstreamConn, ResponseHead), ExchangeError> {
         loop {
-            let (mut conn, reused) = match self.take(addr) {
+            // A request that may not be sent again after the write gets the thorough check.
+            let thorough = !failover::may_retry(request.method, Progress::Sent);
+            let (mut conn, reused) = match self.take(addr, thorough) {
                 Some(conn) => (conn, true),
                 None => (self.connect(addr).await?, false),
             };
@@ -199,4 +204,27 @@ async fn read_head(
             Err(error) => return Err(ExchangeError::Io(error)),
         }
     }
+}
+
+/// Asks the kernel whether the peer closed `stream`, without consuming anything.
+#[cfg(unix)]
+fn peek_open(stream: &TcpStream) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut byte = 0u8;
+    // SAFETY: a one-byte buffer that lives across the call; MSG_PEEK leaves the
+    // socket's data in place and MSG_DONTWAIT never blocks.
+    let read = unsafe {
+        libc::recv(
+            stream.as_raw_fd(),
+            (&mut byte as *mut u8).cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    read < 0 && io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock
+}
+
+#[cfg(not(unix))]
+fn peek_open(_stream: &TcpStream) -> bool {
+    true
 }
