@@ -63,7 +63,7 @@ kind-up: image
 deploy:
     kubectl apply -f crds/
     kubectl wait --for condition=established crd/serverpools.ringlb.dev --timeout=60s
-    kubectl apply -f deploy/
+    kubectl apply -k deploy/
     kubectl rollout status deploy/ringlb --timeout=180s
 
 # The README's Kubernetes path on kind, scripted with assertions; cleans up after itself.

@@ -57,7 +57,7 @@ cleanup() {
     if $created_cluster && [ -z "${KEEP_CLUSTER:-}" ]; then
         kind delete cluster --name "$CLUSTER"
     else
-        k delete -f deploy/ --ignore-not-found --wait=true >/dev/null 2>&1
+        k delete -k deploy/ --ignore-not-found --wait=true >/dev/null 2>&1
         k delete -f crds/ --ignore-not-found >/dev/null 2>&1
     fi
 }
@@ -73,10 +73,10 @@ step "images"
 bash scripts/build-images.sh
 kind load docker-image "$RINGLB_IMAGE" "$REPLICA_IMAGE" --name "$CLUSTER"
 
-step "kubectl apply -f crds/ -f deploy/"
+step "kubectl apply -f crds/ -k deploy/"
 k apply -f crds/
 k wait --for condition=established crd/serverpools.ringlb.dev --timeout=60s
-k apply -f deploy/
+k apply -k deploy/
 k rollout status deploy/ringlb --timeout=180s
 sp_field() { k get sp demo -o "jsonpath={$1}"; }
 wait_until 120 "3 replicas ready" '[ "$(sp_field .status.readyReplicas)" = 3 ]'

@@ -64,6 +64,17 @@ mod tests {
 
     /// A document parsed into the Kubernetes type of its `apiVersion` and `kind`.
     #[derive(Debug)]
+    /// `kubectl apply -k deploy/`: the files it applies.
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Kustomization {
+        #[serde(rename = "apiVersion")]
+        _api_version: String,
+        #[serde(rename = "kind")]
+        _kind: String,
+        resources: Vec<String>,
+    }
+
     enum Manifest {
         Deployment(Box<Deployment>),
         Service(Box<Service>),
@@ -72,6 +83,7 @@ mod tests {
         ClusterRole(ClusterRole),
         RoleBinding(RoleBinding),
         ClusterRoleBinding(ClusterRoleBinding),
+        Kustomization(Kustomization),
         Secret(Box<Secret>),
         Crd(Box<CustomResourceDefinition>),
         ServerPool(Box<ServerPool>),
@@ -104,6 +116,9 @@ mod tests {
                 Manifest::Crd(typed(origin, value))
             }
             ("ringlb.dev/v1alpha1", "ServerPool") => Manifest::ServerPool(typed(origin, value)),
+            ("kustomize.config.k8s.io/v1beta1", "Kustomization") => {
+                Manifest::Kustomization(typed(origin, value))
+            }
             other => panic!("{origin}: no Kubernetes type known for {other:?}"),
         }
     }
@@ -152,6 +167,8 @@ mod tests {
                     Manifest::Secret(m) => serde_json::to_value(m),
                     Manifest::Crd(m) => serde_json::to_value(m),
                     Manifest::ServerPool(m) => serde_json::to_value(m),
+                    // Checked by `deny_unknown_fields` as it is read.
+                    Manifest::Kustomization(_) => Ok(json.clone()),
                 }
                 .unwrap();
                 assert_no_unknown_fields(&origin, &json, &round_trip);
@@ -159,6 +176,24 @@ mod tests {
             }
         }
         out
+    }
+
+    #[test]
+    fn the_kustomization_applies_every_other_file_of_deploy() {
+        let kustomization = all_manifests()
+            .into_iter()
+            .find_map(|(origin, m)| match m {
+                Manifest::Kustomization(k) if origin.contains("deploy/") => Some(k),
+                _ => None,
+            })
+            .expect("deploy/kustomization.yaml");
+        let listed: BTreeSet<String> = kustomization.resources.into_iter().collect();
+        let files: BTreeSet<String> = std::fs::read_dir(repo().join("deploy"))
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|name| name.ends_with(".yaml") && name != "kustomization.yaml")
+            .collect();
+        assert_eq!(listed, files);
     }
 
     #[test]
@@ -175,6 +210,7 @@ mod tests {
                 Manifest::Secret(_) => "Secret",
                 Manifest::Crd(_) => "CustomResourceDefinition",
                 Manifest::ServerPool(_) => "ServerPool",
+                Manifest::Kustomization(_) => "Kustomization",
             })
             .collect();
         for expected in [
