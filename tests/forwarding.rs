@@ -238,6 +238,7 @@ async fn a_post_the_replica_read_is_never_sent_again() {
         assert_eq!(lb.home().await.unwrap(), "Fake");
     }
 
+    let rebuilds_before = ring_rebuilds(&lb).await;
     let post = lb
         .http
         .post(lb.proxy_url("/die"))
@@ -254,7 +255,20 @@ async fn a_post_the_replica_read_is_never_sent_again() {
         "the POST reached replicas exactly once"
     );
 
-    // A GET is idempotent: it is tried again (another connection or member).
+    // A GET is idempotent: it is tried again on the other member. (The failed member
+    // was taken out of the ring and is checked at once: wait until the ring has been
+    // rebuilt without it and with it again, so that the GET sees both.)
+    common::wait_until(
+        "the failed member back in the ring",
+        Duration::from_secs(10),
+        || async {
+            match ring_rebuilds(&lb).await {
+                n if n >= rebuilds_before + 2 => Ok(()),
+                n => Err(format!("{n} rebuilds")),
+            }
+        },
+    )
+    .await;
     let get = lb.http.get(lb.proxy_url("/die")).send().await.unwrap();
     assert_eq!(get.status(), 502);
     assert!(
@@ -326,4 +340,14 @@ async fn websocket_echo_works_through_the_proxy() {
         assert_eq!(echoed, Message::text(text));
     }
     socket.close(None).await.unwrap();
+}
+
+/// Rings built so far (`ringlb_ring_rebuilds_total`).
+async fn ring_rebuilds(lb: &Ringlb) -> u64 {
+    let metrics = lb.http.get(lb.ops_url("/metrics")).send().await.unwrap();
+    let text = metrics.text().await.unwrap();
+    text.lines()
+        .find_map(|line| line.strip_prefix("ringlb_ring_rebuilds_total "))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("ringlb_ring_rebuilds_total in /metrics")
 }

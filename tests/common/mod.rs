@@ -73,7 +73,11 @@ impl Ringlb {
                 "127.0.0.1:0",
             ])
             .args(args)
-            .env("RUST_LOG", "info")
+            // TEST_RINGLB_LOG=debug shows more of ringlb's log in a failure report.
+            .env(
+                "RUST_LOG",
+                std::env::var("TEST_RINGLB_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .env_remove("RINGLB_ADMIN_TOKEN")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
