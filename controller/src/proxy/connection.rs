@@ -322,12 +322,7 @@ async fn forward(
 
     let mut attempts = 0;
     let mut last_error = String::new();
-    for index in candidates.take(proxy.settings.max_attempts) {
-        let backend = &table.backends[index];
-        if backend.ejection.is_ejected() {
-            // Taken out of the ring since this table was loaded.
-            continue;
-        }
+    for backend in failover::live_backends(&table, candidates, proxy.settings.max_attempts) {
         attempts += 1;
         let started = Instant::now();
         let exchange = proxy.upstreams.exchange(
@@ -407,16 +402,8 @@ async fn forward(
             break;
         }
     }
-    if attempts == 0 {
-        // Every candidate was ejected meanwhile.
-        proxy.metrics.unroutable.inc();
-        return answer_error(ApiError::NoReplica, served, client, &mut buffers.out, stop).await;
-    }
     proxy.metrics.unroutable.inc();
-    let error = ApiError::UpstreamUnreachable {
-        attempts,
-        last: last_error,
-    };
+    let error = failover::exhausted(attempts, last_error);
     answer_error(error, served, client, &mut buffers.out, stop).await
 }
 

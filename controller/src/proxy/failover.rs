@@ -10,7 +10,8 @@
 use std::future::Future;
 use std::time::Duration;
 
-use crate::routing::Backend;
+use super::error::ApiError;
+use crate::routing::{Backend, RoutingTable};
 
 /// What the client is told of an attempt cut loose by an ejection.
 pub const EJECTED: &str = "taken out of the ring while the request waited for its answer";
@@ -44,6 +45,29 @@ pub async fn attempt<T, E>(
             Err(_elapsed) => Attempt::TimedOut,
         },
         _ = backend.ejection.wait(worker) => Attempt::Ejected,
+    }
+}
+
+/// The replicas a request may try, in ring order: at most `max_attempts` of the
+/// candidates, without those ejected since `table` was loaded.
+pub fn live_backends(
+    table: &RoutingTable,
+    candidates: impl Iterator<Item = usize>,
+    max_attempts: usize,
+) -> impl Iterator<Item = &Backend> {
+    candidates
+        .take(max_attempts)
+        .map(|index| &table.backends[index])
+        .filter(|backend| !backend.ejection.is_ejected())
+}
+
+/// What the client is told when no attempt answered: every candidate was ejected
+/// meanwhile (`attempts` is 0), or the last failure.
+pub fn exhausted(attempts: usize, last: String) -> ApiError {
+    if attempts == 0 {
+        ApiError::NoReplica
+    } else {
+        ApiError::UpstreamUnreachable { attempts, last }
     }
 }
 

@@ -58,12 +58,7 @@ async fn forward_request(proxy: &Proxy, request: Request) -> Result<Response, Ap
 
     let mut attempts = 0;
     let mut last_error = String::new();
-    for index in candidates.take(proxy.settings.max_attempts) {
-        let backend = &table.backends[index];
-        if backend.ejection.is_ejected() {
-            // Taken out of the ring since this table was loaded.
-            continue;
-        }
+    for backend in failover::live_backends(&table, candidates, proxy.settings.max_attempts) {
         attempts += 1;
         let uri = Uri::builder()
             .scheme("http")
@@ -107,14 +102,7 @@ async fn forward_request(proxy: &Proxy, request: Request) -> Result<Response, Ap
         }
     }
     proxy.metrics.unroutable.inc();
-    if attempts == 0 {
-        // Every candidate was ejected meanwhile.
-        return Err(ApiError::NoReplica);
-    }
-    Err(ApiError::UpstreamUnreachable {
-        attempts,
-        last: last_error,
-    })
+    Err(failover::exhausted(attempts, last_error))
 }
 
 /// Reads a request body of at most `limit` bytes, each piece within `between_reads`
