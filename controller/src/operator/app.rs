@@ -4,7 +4,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Args;
@@ -85,12 +84,7 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
         format!("{}-{}", host.trim(), std::process::id())
     });
-    let lease = LeaseSettings {
-        name: args.lease_name.clone(),
-        duration: args.lease_duration,
-        grace: (args.lease_duration / 3).max(Duration::from_secs(1)),
-        ..LeaseSettings::new(&namespace, &identity)
-    };
+    let lease = LeaseSettings::new(&args.lease_name, &namespace, &identity, args.lease_duration);
     let (stop_campaign, campaign_stopped) = tokio::sync::oneshot::channel::<()>();
     let (leadership, elector) = leader::campaign(client.clone(), lease, metrics.clone(), async {
         let _ = campaign_stopped.await;

@@ -36,13 +36,14 @@ pub struct LeaseSettings {
 }
 
 impl LeaseSettings {
-    pub fn new(namespace: &str, identity: &str) -> Self {
+    /// A lease renewed a third of `duration` before it ends (5 s of the default 15 s).
+    pub fn new(name: &str, namespace: &str, identity: &str, duration: Duration) -> Self {
         Self {
-            name: "ringlb-operator".to_owned(),
+            name: name.to_owned(),
             namespace: namespace.to_owned(),
             identity: identity.to_owned(),
-            duration: Duration::from_secs(15),
-            grace: Duration::from_secs(5),
+            duration,
+            grace: (duration / 3).max(Duration::from_secs(1)),
         }
     }
 }
@@ -63,15 +64,18 @@ pub struct Leadership {
 
 impl Leadership {
     /// Always the leader: for a process that is alone by construction (tests).
+    #[cfg(test)]
     pub fn sole() -> Self {
         Self::fixed(true)
     }
 
     /// Never the leader: a standby (tests).
+    #[cfg(test)]
     pub fn standby() -> Self {
         Self::fixed(false)
     }
 
+    #[cfg(test)]
     fn fixed(leading: bool) -> Self {
         let (sender, receiver) = watch::channel(leading);
         // The channel keeps its last value once the sender is gone.
@@ -412,7 +416,7 @@ mod tests {
         LeaseSettings {
             duration: Duration::from_secs(2),
             grace: Duration::from_secs(1),
-            ..LeaseSettings::new("default", identity)
+            ..LeaseSettings::new("ringlb-operator", "default", identity, Duration::ZERO)
         }
     }
 
@@ -572,7 +576,7 @@ mod tests {
         let long = |identity| LeaseSettings {
             duration: Duration::from_secs(20),
             grace: Duration::from_secs(10),
-            ..LeaseSettings::new("default", identity)
+            ..LeaseSettings::new("ringlb-operator", "default", identity, Duration::ZERO)
         };
         let mut a = candidate_with(&api, long("a"));
         until("a leads", Duration::from_secs(5), || {
