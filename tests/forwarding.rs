@@ -80,10 +80,7 @@ async fn hop_by_hop_headers_stop_at_the_proxy_both_ways() {
 async fn pipelined_requests_and_admin_requests_share_one_connection() {
     let fake = FakeReplica::start();
     let lb = front(&fake);
-    let mut stream = TcpStream::connect(lb.proxy).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
+    let mut stream = lb.connect_raw();
     // Forwarded, forwarded, admin (handed to the general path), forwarded again:
     // written at once, answered in order.
     stream
@@ -171,10 +168,7 @@ async fn shutdown_answers_requests_in_flight_and_closes_idle_connections() {
     let fake = FakeReplica::start();
     let mut lb = front(&fake);
     let open = |request: &[u8]| {
-        let mut stream = TcpStream::connect(lb.proxy).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
+        let mut stream = lb.connect_raw();
         stream.write_all(request).unwrap();
         stream
     };
@@ -285,10 +279,7 @@ async fn a_post_the_replica_read_is_never_sent_again() {
 async fn an_upgrade_becomes_a_tunnel() {
     let fake = FakeReplica::start();
     let lb = front(&fake);
-    let mut stream = TcpStream::connect(lb.proxy).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
+    let mut stream = lb.connect_raw();
     stream
         .write_all(
             b"GET /upgrade HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\nearly ",

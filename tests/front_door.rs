@@ -12,15 +12,6 @@ use std::time::{Duration, Instant};
 use common::fake_replica::{FakeReplica, read_response};
 use common::{ExternalReplica, FAST_HEARTBEATS, Ringlb};
 
-/// Connects to the proxy; reads give up after 10 s so that a hang fails the test.
-fn connect(lb: &Ringlb) -> TcpStream {
-    let stream = TcpStream::connect(lb.proxy).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    stream
-}
-
 /// Everything the proxy sends until it closes the connection.
 fn read_until_closed(stream: &mut TcpStream) -> String {
     let mut all = Vec::new();
@@ -88,7 +79,7 @@ async fn heads_beyond_the_limits_or_without_host_are_refused_and_not_forwarded()
         // Straight away, and after an admin request that handed the connection to the
         // general path: the same answer either way.
         for after_hand_off in [false, true] {
-            let mut stream = connect(&lb);
+            let mut stream = lb.connect_raw();
             if after_hand_off {
                 stream
                     .write_all(b"GET /rep HTTP/1.1\r\nHost: t\r\n\r\n")
@@ -136,7 +127,7 @@ async fn slow_and_idle_clients_are_timed_out() {
 
     // Slowloris: a byte of the head every 100 ms. The head's time counts from its
     // first byte, so trickling does not extend it: 408 while it still trickles.
-    let mut trickling = connect(&lb);
+    let mut trickling = lb.connect_raw();
     trickling.write_all(b"GET /home HTTP/1.1\r\n").unwrap();
     let started = Instant::now();
     trickling.set_nonblocking(true).unwrap();
@@ -163,7 +154,7 @@ async fn slow_and_idle_clients_are_timed_out() {
     assert_eq!(status, 408);
 
     // A connection that never sends a byte is closed without an answer.
-    let mut silent = connect(&lb);
+    let mut silent = lb.connect_raw();
     assert_eq!(read_until_closed(&mut silent), "");
 
     // A body that stops arriving: 408, on the fast path (Content-Length) and on the
@@ -172,7 +163,7 @@ async fn slow_and_idle_clients_are_timed_out() {
         &b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\n0123456789"[..],
         b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
     ] {
-        let mut stalled = connect(&lb);
+        let mut stalled = lb.connect_raw();
         stalled.write_all(request).unwrap();
         let (status, json) = refused(&read_until_closed(&mut stalled));
         assert_eq!(status, 408, "{json}");
@@ -181,7 +172,7 @@ async fn slow_and_idle_clients_are_timed_out() {
     // Idle keep-alive: served, then closed without a word after the idle timeout,
     // on the fast path and on a connection handed to the general path.
     for path in ["/home", "/rep"] {
-        let mut idle = connect(&lb);
+        let mut idle = lb.connect_raw();
         write!(idle, "GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
         let mut rest = Vec::new();
         assert_eq!(read_response(&mut idle, &mut rest).0, 200);
@@ -207,15 +198,15 @@ async fn connections_above_the_cap_get_503() {
         "2",
     ]);
     // Both are accepted (and counted) before the third arrives: each has been answered.
-    let mut first = connect(&lb);
-    let mut second = connect(&lb);
+    let mut first = lb.connect_raw();
+    let mut second = lb.connect_raw();
     for stream in [&mut first, &mut second] {
         stream
             .write_all(b"GET /home HTTP/1.1\r\nHost: t\r\n\r\n")
             .unwrap();
         assert_eq!(read_response(stream, &mut Vec::new()).0, 200);
     }
-    let mut third = connect(&lb);
+    let mut third = lb.connect_raw();
     let (status, json) = refused(&read_until_closed(&mut third));
     assert_eq!(status, 503, "{json}");
     assert!(
@@ -241,7 +232,7 @@ async fn a_replica_that_stalls_mid_body_is_cut_off_and_reported() {
         "--read-timeout",
         "500ms",
     ]);
-    let mut stream = connect(&lb);
+    let mut stream = lb.connect_raw();
     stream
         .write_all(b"GET /stall-body HTTP/1.1\r\nHost: t\r\n\r\n")
         .unwrap();

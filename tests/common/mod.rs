@@ -141,6 +141,16 @@ impl Ringlb {
         }
     }
 
+    /// A raw connection to the proxy port; reads give up after 10 s, so that a hang
+    /// fails the test instead of stalling it.
+    pub fn connect_raw(&self) -> std::net::TcpStream {
+        let stream = std::net::TcpStream::connect(self.proxy).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        stream
+    }
+
     pub fn proxy_url(&self, path: &str) -> String {
         format!("http://{}{path}", self.proxy)
     }
