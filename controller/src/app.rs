@@ -13,9 +13,10 @@ use tokio::net::TcpListener;
 
 use crate::metrics::Metrics;
 use crate::pool::supervisor::PoolSettings;
-use crate::pool::{HealthSettings, PoolHandle, Supervisor};
+use crate::pool::{HealthSettings, Supervisor};
 use crate::proxy::workers::ProxyListeners;
 use crate::proxy::{ProxyArgs, ProxySettings};
+use crate::publish::{PoolView, Publisher};
 use crate::replica_name::ReplicaName;
 use crate::ring::{Algorithm, HashFn, Preset, RingConfig};
 use crate::runtime::{ExternalRuntime, ProcessRuntime, Runtime};
@@ -230,17 +231,26 @@ async fn serve<R: Runtime>(
         shutdown,
     } = front;
     let ring_config = settings.ring.clone();
-    let (pool, supervisor) = Supervisor::launch(runtime, names, settings, metrics.clone())
-        .await
-        .context("cannot start the replicas")?;
+    let publisher = Arc::new(Publisher::new(&ring_config, metrics.clone()));
+    let (pool, supervisor) =
+        Supervisor::launch(runtime, names, settings, metrics.clone(), publisher.clone())
+            .await
+            .context("cannot start the replicas")?;
 
     let proxy_addr = proxy_listener.local_addr();
     let ops_addr = ops_listener.local_addr()?;
-    announce(&pool, proxy_addr, ops_addr, &ring_config, &proxy_settings);
+    announce(
+        &publisher.view(),
+        proxy_addr,
+        ops_addr,
+        &ring_config,
+        &proxy_settings,
+    );
 
     let serving = Serving::start(
         proxy_listener,
         ops_listener,
+        publisher,
         Arc::new(pool.clone()),
         proxy_settings,
         metrics,
@@ -255,13 +265,12 @@ async fn serve<R: Runtime>(
 
 /// Stdout gets a few lines a newcomer (and the end-to-end tests) can read.
 fn announce(
-    pool: &PoolHandle,
+    view: &PoolView,
     proxy_addr: SocketAddr,
     ops_addr: SocketAddr,
     ring: &crate::ring::RingConfig,
     proxy: &ProxySettings,
 ) {
-    let view = pool.view();
     println!("ringlb: proxy listening on http://{proxy_addr}");
     println!("ringlb: operations on http://{ops_addr} (/metrics, /healthz, /readyz, /ring)");
     let shape = match ring.algorithm {

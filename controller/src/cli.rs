@@ -30,8 +30,11 @@ pub enum Command {
     /// recovery, hash functions) and write charts and tables to --out.
     Analyze(Box<crate::analysis::AnalyzeArgs>),
     /// In a Kubernetes cluster: keep the pods of every ServerPool of the namespace
-    /// alive, and serve one pool (--pool) through the proxy and operations port.
+    /// alive (the replica that holds the leader lease does; the others stand by).
     Operator(Box<crate::operator::app::OperatorArgs>),
+    /// In a Kubernetes cluster: serve one ServerPool (--pool) through the ring, from
+    /// its watched pods; run as many replicas as you like.
+    Proxy(Box<crate::operator::proxy_app::PoolProxyArgs>),
 }
 
 #[cfg(test)]

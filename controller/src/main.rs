@@ -15,6 +15,10 @@ async fn main() -> anyhow::Result<()> {
             ringlb::telemetry::init();
             ringlb::operator::app::run(*args).await
         }
+        Command::Proxy(args) => {
+            ringlb::telemetry::init();
+            ringlb::operator::proxy_app::run(*args).await
+        }
         Command::Crd => {
             print!("{}", ringlb::operator::crd::crd_yaml());
             Ok(())

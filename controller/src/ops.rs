@@ -1,5 +1,8 @@
 //! The operations port: Prometheus `/metrics`, `/healthz`, `/readyz`, and `/ring`,
 //! a JSON view of the members, their health and their share of the key space.
+//!
+//! A process that serves a pool (`ringlb up`, `ringlb proxy`) has all four
+//! ([`router`]); the operator, which serves none, has the first three ([`process_router`]).
 
 use std::sync::Arc;
 
@@ -12,36 +15,44 @@ use axum::routing::get;
 use serde_json::json;
 
 use crate::metrics::Metrics;
-use crate::pool::PoolControl;
+use crate::publish::Publisher;
 
-#[derive(Clone)]
-pub struct Ops {
-    pub pool: Arc<dyn PoolControl>,
-    pub metrics: Arc<Metrics>,
-}
-
-pub fn router(ops: Ops) -> Router {
+/// The routes of a process that serves a pool.
+pub fn router(publisher: Arc<Publisher>, metrics: Arc<Metrics>) -> Router {
     Router::new()
-        .route("/metrics", get(metrics))
-        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(readyz))
         .route("/ring", get(ring))
-        .with_state(ops)
+        .with_state(publisher)
+        .merge(common(metrics))
 }
 
-async fn metrics(State(ops): State<Ops>) -> impl IntoResponse {
+/// The routes of a process that serves no pool: it is ready once it runs.
+pub fn process_router(metrics: Arc<Metrics>) -> Router {
+    Router::new()
+        .route("/readyz", get(|| async { Json(json!({"ready": true})) }))
+        .merge(common(metrics))
+}
+
+fn common(metrics: Arc<Metrics>) -> Router {
+    Router::new()
+        .route("/metrics", get(encode_metrics))
+        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .with_state(metrics)
+}
+
+async fn encode_metrics(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
     (
         [(
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        ops.metrics.encode(),
+        metrics.encode(),
     )
 }
 
 /// Ready when at least one replica is in the ring: only then can a request be served.
-async fn readyz(State(ops): State<Ops>) -> impl IntoResponse {
-    let members = ops.pool.routing().load().backends.len();
+async fn readyz(State(publisher): State<Arc<Publisher>>) -> impl IntoResponse {
+    let members = publisher.routing().load().backends.len();
     let status = if members > 0 {
         StatusCode::OK
     } else {
@@ -53,13 +64,13 @@ async fn readyz(State(ops): State<Ops>) -> impl IntoResponse {
     )
 }
 
-async fn ring(State(ops): State<Ops>) -> impl IntoResponse {
-    let table = ops.pool.routing().load_full();
-    let view = ops.pool.view();
-    // Enumerating the key space takes a few milliseconds: off the async workers.
+async fn ring(State(publisher): State<Arc<Publisher>>) -> impl IntoResponse {
+    let table = publisher.table();
+    let view = publisher.view();
+    // The first read of a table enumerates the key space: off the async workers.
     let shares = tokio::task::spawn_blocking({
         let table = table.clone();
-        move || table.ring.shares()
+        move || table.shares().to_vec()
     })
     .await
     .unwrap_or_default();

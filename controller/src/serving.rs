@@ -1,5 +1,5 @@
 //! The two ports of a running load balancer, started and drained the same way by
-//! `ringlb up` and `ringlb operator`: the proxy on its per-core workers and the
+//! `ringlb up` and `ringlb proxy`: the proxy on its per-core workers and the
 //! operations port.
 
 use std::future::Future;
@@ -11,10 +11,11 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::metrics::Metrics;
-use crate::ops::{self, Ops};
-use crate::pool::PoolControl;
+use crate::ops;
+use crate::pool::PoolAdmin;
 use crate::proxy::workers::{self, ProxyListeners, ProxyWorkers};
 use crate::proxy::{Proxy, ProxySettings};
+use crate::publish::Publisher;
 
 /// How long in-flight requests may take to finish after a shutdown signal.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -29,17 +30,24 @@ impl Serving {
     pub fn start(
         proxy_listener: ProxyListeners,
         ops_listener: TcpListener,
-        pool: Arc<dyn PoolControl>,
+        publisher: Arc<Publisher>,
+        admin: Arc<dyn PoolAdmin>,
         settings: ProxySettings,
         metrics: Arc<Metrics>,
     ) -> std::io::Result<Self> {
         let (stop, _) = watch::channel(false);
         let make_proxy = {
-            let pool = pool.clone();
+            let publisher = publisher.clone();
             let metrics = metrics.clone();
             let settings = settings.clone();
             Arc::new(move |worker| {
-                Proxy::new(pool.clone(), settings.clone(), metrics.clone(), worker)
+                Proxy::new(
+                    publisher.clone(),
+                    admin.clone(),
+                    settings.clone(),
+                    metrics.clone(),
+                    worker,
+                )
             })
         };
         let max_connections = settings.max_connections;
@@ -50,7 +58,7 @@ impl Serving {
             stop.subscribe(),
         )?;
         let ops = tokio::spawn(
-            axum::serve(ops_listener, ops::router(Ops { pool, metrics }))
+            axum::serve(ops_listener, ops::router(publisher, metrics))
                 .with_graceful_shutdown(stopped(stop.subscribe()))
                 .into_future(),
         );

@@ -1,6 +1,7 @@
-//! `ringlb operator`: in a cluster, one process runs the reconciler for every
-//! `ServerPool` of its namespace, and serves the pool named by `--pool` through the
-//! same proxy (port 5000) and operations port (5001) as `ringlb up`.
+//! `ringlb operator`: the control plane in a cluster. Every replica of it campaigns
+//! for the Lease; the one that holds it reconciles every `ServerPool` of its
+//! namespace, the others watch and wait. It serves no traffic (that is
+//! `ringlb proxy`), only its operations port: `/metrics`, `/healthz`, `/readyz`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -9,38 +10,21 @@ use anyhow::Context as _;
 use clap::Args;
 use tokio::net::TcpListener;
 
-use super::kube_pool::KubePool;
 use super::leader::{self, LeaseSettings};
 use super::reconciler::{self, Context, HeartbeatProber};
 use crate::metrics::Metrics;
-use crate::proxy::ProxyArgs;
-use crate::proxy::workers::ProxyListeners;
-use crate::serving::{DRAIN_TIMEOUT, Serving};
+use crate::ops;
+use crate::serving::DRAIN_TIMEOUT;
 
 #[derive(Debug, Args)]
 pub struct OperatorArgs {
-    /// The ServerPool that the proxy serves (every pool of the namespace is reconciled).
-    #[arg(long, env = "RINGLB_POOL")]
-    pub pool: String,
-
     /// Namespace of the pools [default: the pod's own namespace, or the kubeconfig's].
     #[arg(long, env = "RINGLB_NAMESPACE")]
     pub namespace: Option<String>,
 
-    /// Address of the load balancer.
-    #[arg(long, env = "RINGLB_LISTEN", default_value = "0.0.0.0:5000")]
-    pub listen: SocketAddr,
-
-    /// Address of the operations port: /metrics, /healthz, /readyz, /ring.
+    /// Address of the operations port: /metrics, /healthz, /readyz.
     #[arg(long, env = "RINGLB_OPS_LISTEN", default_value = "0.0.0.0:5001")]
     pub ops_listen: SocketAddr,
-
-    /// Upper bound on the number of replicas that /add may reach.
-    #[arg(long, env = "RINGLB_MAX_REPLICAS", default_value_t = 100)]
-    pub max_replicas: usize,
-
-    #[command(flatten)]
-    pub proxy: ProxyArgs,
 
     /// This pod's name: the reporting instance of Events, and who holds the leader lease.
     #[arg(long, env = "RINGLB_POD_NAME")]
@@ -58,8 +42,6 @@ pub struct OperatorArgs {
 
 pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
     let shutdown = ringlb_replica::shutdown_signal();
-    let proxy_listener = ProxyListeners::bind(args.listen, args.proxy.workers())
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
     let ops_listener = TcpListener::bind(args.ops_listen)
         .await
         .with_context(|| format!("cannot listen on {} (operations port)", args.ops_listen))?;
@@ -72,12 +54,6 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(|| client.default_namespace().to_owned());
     let metrics = Arc::new(Metrics::new());
-    let pool = Arc::new(KubePool::new(
-        kube::Api::namespaced(client.clone(), &namespace),
-        &args.pool,
-        args.max_replicas,
-        metrics.clone(),
-    ));
     // The pod's name is unique among the operators of a namespace; elsewhere (a
     // developer's machine) the host and process stand in for it.
     let identity = args.pod_name.clone().unwrap_or_else(|| {
@@ -94,44 +70,42 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
         args.pod_name.clone(),
         Arc::new(HeartbeatProber::default()),
         metrics.clone(),
-        Some(pool.clone()),
         leadership,
     ));
 
+    println!("ringlb: operator for the ServerPools of namespace {namespace}, as {identity}");
     println!(
-        "ringlb: operator for the ServerPools of namespace {namespace}; proxy for pool {}",
-        args.pool
-    );
-    println!(
-        "ringlb: proxy listening on http://{}",
-        proxy_listener.local_addr()
-    );
-    println!(
-        "ringlb: operations on http://{} (/metrics, /healthz, /readyz, /ring)",
+        "ringlb: operations on http://{} (/metrics, /healthz, /readyz)",
         ops_listener.local_addr()?
     );
 
-    let serving = Serving::start(
-        proxy_listener,
-        ops_listener,
-        pool,
-        args.proxy.settings(),
-        metrics,
-    )?;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let stopped = move || {
+        let mut stopped = stopped.clone();
+        async move {
+            let _ = stopped.wait_for(|stop| *stop).await;
+        }
+    };
+    let ops = tokio::spawn(
+        axum::serve(ops_listener, ops::process_router(metrics))
+            .with_graceful_shutdown(stopped())
+            .into_future(),
+    );
     let controller = tokio::spawn({
-        let namespace = namespace.clone();
-        let stop = serving.stopped();
+        let stop = stopped();
         async move { reconciler::run(ctx, &namespace, stop).await }
     });
 
     shutdown.await;
+    tracing::info!("shutting down: stepping down as leader");
     // Step down first: the lease is free at once for a rollout's new pod. (A standby
     // that is already running wakes at the expiry it last read, as after a crash.)
     let _ = stop_campaign.send(());
-    serving.drain().await;
+    let _ = stop.send(true);
     // The pods stay: they belong to their pools, not to this process.
     let _ = tokio::time::timeout(DRAIN_TIMEOUT, controller).await;
     let _ = tokio::time::timeout(DRAIN_TIMEOUT, elector).await;
+    let _ = tokio::time::timeout(DRAIN_TIMEOUT, ops).await;
     tracing::info!("stopped");
     Ok(())
 }

@@ -1,22 +1,26 @@
 //! Kubernetes: the `ServerPool` custom resource and the operator that keeps its
 //! pods alive.
 //!
-//! - [`app`]: `ringlb operator`: reconciler, proxy and operations port in one process;
+//! - [`app`]: `ringlb operator`: the leader-elected reconciler (and its operations port);
+//! - [`proxy_app`]: `ringlb proxy`: the proxy of one pool, any number of replicas;
+//! - [`proxy`]: the proxy's watch of its pool and pods, published as its ring;
+//! - [`spec_admin`]: `/add` and `/rm` in a cluster: they edit the pool's spec;
 //! - [`crd`]: the resource types; `ringlb crd` prints the CRD generated from them;
 //! - [`members`]: desired logical names and their DNS-1123 pod names (pure);
 //! - [`pods`]: the pods of a pool: their manifest, listing, creating, deleting;
 //! - [`reconciler`]: pods follow the pool: create, delete, replace, Events, status;
 //! - [`leader`]: the Lease that lets one operator of a namespace reconcile;
-//! - [`kube_pool`]: the in-cluster pool behind the proxy (`/add`, `/rm` edit the spec);
 //! - [`manifests`]: the API permissions the operator uses (and tests of `deploy/`);
 
 pub mod app;
 pub mod crd;
-pub mod kube_pool;
 pub mod leader;
 pub mod manifests;
 pub mod members;
 pub mod pods;
+pub mod proxy;
+pub mod proxy_app;
 pub mod reconciler;
+pub mod spec_admin;
 
 pub use crd::{ServerPool, ServerPoolSpec, ServerPoolStatus};

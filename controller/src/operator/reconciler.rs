@@ -27,7 +27,6 @@ use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 
 use super::crd::{MemberStatus, ReplacementStatus, ServerPool, ServerPoolSpec, ServerPoolStatus};
-use super::kube_pool::{KubePool, PublishedMember};
 use super::leader::Leadership;
 use super::members;
 use super::pods::{
@@ -35,10 +34,8 @@ use super::pods::{
 };
 use crate::metrics::Metrics;
 use crate::pool::health::{HealthState, HeartbeatClient};
-use crate::pool::supervisor::Replacement;
 use crate::pool::{Action as PlanAction, Health, Observed, Policy, plan};
 use crate::replica_name::ReplicaName;
-use crate::ring::RingConfig;
 
 /// The controller name in Events (`kubectl describe sp`).
 pub const CONTROLLER_NAME: &str = "ringlb-operator";
@@ -98,8 +95,6 @@ pub struct Context {
     pub recorder: Recorder,
     pub prober: Arc<dyn Prober>,
     pub metrics: Arc<Metrics>,
-    /// The pool that this process's proxy serves, if any.
-    pub proxied: Option<Arc<KubePool>>,
     /// Time source of condition transitions (fixed in tests).
     pub clock: fn() -> Timestamp,
     /// Whether this process holds the leader lease: only the leader reconciles.
@@ -113,7 +108,6 @@ impl Context {
         reporter_instance: Option<String>,
         prober: Arc<dyn Prober>,
         metrics: Arc<Metrics>,
-        proxied: Option<Arc<KubePool>>,
         leadership: Leadership,
     ) -> Self {
         let recorder = Recorder::new(
@@ -128,7 +122,6 @@ impl Context {
             recorder,
             prober,
             metrics,
-            proxied,
             clock: Timestamp::now,
             leadership,
             memory: Mutex::new(HashMap::new()),
@@ -230,10 +223,9 @@ pub async fn reconcile(pool: Arc<ServerPool>, ctx: Arc<Context>) -> Result<Actio
 
     // What cannot be carried out as written: reported in the Degraded condition.
     let mut problems: Vec<String> = Vec::new();
-    let ring = spec.ring_config().unwrap_or_else(|error| {
+    if let Err(error) = spec.ring_config() {
         problems.push(format!("spec.hashing: {error}"));
-        RingConfig::default()
-    });
+    }
     if name.len() > 63 {
         problems.push("a pool name longer than 63 characters cannot label its pods".into());
     }
@@ -247,7 +239,7 @@ pub async fn reconcile(pool: Arc<ServerPool>, ctx: Arc<Context>) -> Result<Actio
     }
 
     let pods = runtime.observe().await?;
-    let health = heartbeat(&ctx, &key, &name, &uid, &pods, spec).await;
+    let health = heartbeat(&ctx, &key, &uid, &pods, spec).await;
 
     let desired = if problems.is_empty() {
         members::desired_members(spec, &members::replacement_map(&recorded))
@@ -460,41 +452,6 @@ pub async fn reconcile(pool: Arc<ServerPool>, ctx: Arc<Context>) -> Result<Actio
             .await?;
     }
 
-    if let Some(proxied) = ctx.proxied.as_ref().filter(|p| p.name() == name) {
-        let members: Vec<PublishedMember> = desired_now
-            .iter()
-            .flatten()
-            .map(|(n, _)| PublishedMember {
-                name: n.clone(),
-                addr: pod_of
-                    .get(n)
-                    .and_then(|p| p.ip)
-                    .map(|ip| SocketAddr::new(ip, spec.port)),
-                health: pod_of
-                    .get(n)
-                    .and_then(|p| health.get(&p.uid).copied())
-                    .unwrap_or_else(HealthState::starting),
-            })
-            .collect();
-        proxied.publish(
-            desired_now
-                .iter()
-                .flatten()
-                .map(|(n, _)| n.clone())
-                .collect(),
-            members,
-            live.iter()
-                .filter_map(|r| {
-                    Some(Replacement {
-                        failed: ReplicaName::parse(&r.failed).ok()?,
-                        replacement: ReplicaName::parse(&r.replacement).ok()?,
-                    })
-                })
-                .collect(),
-            ring,
-        );
-    }
-
     if let Some(error) = first_error {
         return Err(error);
     }
@@ -515,7 +472,6 @@ fn note(first: &mut Option<Error>, result: Result<(), Error>) {
 async fn heartbeat(
     ctx: &Context,
     key: &str,
-    pool: &str,
     uid: &str,
     pods: &[ReplicaPod],
     spec: &ServerPoolSpec,
@@ -537,12 +493,6 @@ async fn heartbeat(
         async move { (uid, name, check.await) }
     }))
     .await;
-    let suspects = ctx
-        .proxied
-        .as_ref()
-        .filter(|p| p.name() == pool)
-        .map(|p| p.take_suspects())
-        .unwrap_or_default();
     ctx.with_memory(key, uid, |m| {
         m.health.retain(|uid, _| pods.iter().any(|p| p.uid == *uid));
         for pod in pods {
@@ -552,9 +502,6 @@ async fn heartbeat(
                 .or_insert_with(HealthState::starting);
             if pod.state == PodState::Exited {
                 state.mark_exited();
-            }
-            if pod.name.as_ref().is_some_and(|n| suspects.contains(n)) {
-                state.mark_suspect();
             }
         }
         for (uid, name, ok) in beats {

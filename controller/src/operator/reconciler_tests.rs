@@ -167,7 +167,6 @@ fn context(client: Client, healthy: &[&str], failing: &[&str]) -> Arc<Context> {
         None,
         Arc::new(FakeProber(table)),
         Arc::new(Metrics::new()),
-        None,
         Leadership::sole(),
     );
     ctx.clock = fixed_clock;
@@ -476,7 +475,6 @@ async fn a_replacement_survives_a_pass_that_still_sees_the_old_status() {
         ),
         prober: ctx.prober.clone(),
         metrics: ctx.metrics.clone(),
-        proxied: None,
         clock: fixed_clock,
         leadership: Leadership::sole(),
         memory: Mutex::new(std::mem::take(&mut *ctx.memory.lock().unwrap())),
@@ -596,7 +594,6 @@ async fn a_standby_writes_nothing_and_looks_again_soon() {
         None,
         Arc::new(FakeProber(HashMap::new())),
         Arc::new(Metrics::new()),
-        None,
         Leadership::standby(),
     );
     ctx.clock = fixed_clock;

@@ -4,17 +4,18 @@
 //! - [`membership`]: validation of `/add` and `/rm` (pure);
 //! - [`plan`]: desired vs observed → actions (pure, shared with the operator);
 //! - [`health`]: heartbeats and the per-replica health state machine;
-//! - [`supervisor`]: the single task that owns the pool and applies all of the above.
+//! - [`supervisor`]: the single task that owns the pool and applies all of the above;
+//! - [`admin`]: the write side that `/add`, `/rm` and the proxy's failure reports use.
 
-pub mod control;
+pub mod admin;
 pub mod health;
 pub mod membership;
 pub mod plan;
 pub mod supervisor;
 
 pub use crate::replica_name::{NameError, ReplicaName};
-pub use control::PoolControl;
+pub use admin::{PoolAdmin, PoolError};
 pub use health::HealthSettings;
 pub use membership::MembershipError;
 pub use plan::{Action, Health, Observed, Plan, Policy, plan};
-pub use supervisor::{MemberView, PoolError, PoolHandle, PoolView, Supervisor};
+pub use supervisor::{PoolHandle, Supervisor};

@@ -2,24 +2,23 @@
 //!
 //! Every change goes through it, one at a time: admin calls, heartbeat results,
 //! request failures reported by the proxy. Each round it heartbeats the replicas,
-//! runs [`plan`], applies the actions through the [`Runtime`], and publishes a new
-//! routing table when the set of routable replicas changed. Because there is a
-//! single writer, an `/add` or `/rm` is validated and applied atomically.
+//! runs [`plan`], applies the actions through the [`Runtime`], and hands the pool's
+//! state to the [`Publisher`]. Because there is a single writer, an `/add` or `/rm`
+//! is validated and applied atomically.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use super::health::{HealthSettings, HealthState, HeartbeatClient};
-use super::membership::{self, MembershipError};
-use super::{Action, Health, Observed, Policy, ReplicaName, plan};
+use super::membership;
+use super::{Action, Health, Observed, Policy, PoolAdmin, PoolError, ReplicaName, plan};
 use crate::metrics::Metrics;
+use crate::publish::{MemberState, PoolState, Publisher, Replacement};
 use crate::ring::RingConfig;
-use crate::routing::{RoutingTable, SharedRouting};
 use crate::runtime::{Runtime, RuntimeError};
 
 #[derive(Clone, Debug)]
@@ -27,46 +26,6 @@ pub struct PoolSettings {
     pub health: HealthSettings,
     pub max_replicas: usize,
     pub ring: RingConfig,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum PoolError {
-    #[error(transparent)]
-    Membership(#[from] MembershipError),
-    #[error(transparent)]
-    Runtime(#[from] RuntimeError),
-    #[error("the load balancer is shutting down")]
-    ShuttingDown,
-    /// The store of the desired state (the Kubernetes API) refused or failed.
-    #[error("{0}")]
-    Backend(String),
-}
-
-/// One replica in the JSON view of the ring.
-#[derive(Clone, Debug, serde::Serialize)]
-pub struct MemberView {
-    pub name: ReplicaName,
-    pub address: SocketAddr,
-    pub pid: Option<u32>,
-    pub health: Health,
-    pub consecutive_failures: u32,
-    pub in_ring: bool,
-}
-
-/// A failed replica and the one that took its place.
-#[derive(Clone, Debug, serde::Serialize)]
-pub struct Replacement {
-    pub failed: ReplicaName,
-    pub replacement: ReplicaName,
-}
-
-/// What the admin API and the operations port read: published after every change.
-#[derive(Clone, Debug, Default, serde::Serialize)]
-pub struct PoolView {
-    /// The replicas the pool keeps alive, in the order they were added: what `/rep` lists.
-    pub desired: Vec<ReplicaName>,
-    pub members: Vec<MemberView>,
-    pub replacements: Vec<Replacement>,
 }
 
 type Reply = oneshot::Sender<Result<Vec<ReplicaName>, PoolError>>;
@@ -92,8 +51,6 @@ enum Command {
 pub struct PoolHandle {
     commands: mpsc::Sender<Command>,
     suspects: mpsc::Sender<ReplicaName>,
-    view: Arc<ArcSwap<PoolView>>,
-    routing: SharedRouting,
 }
 
 impl PoolHandle {
@@ -140,14 +97,6 @@ impl PoolHandle {
         let _ = self.suspects.try_send(name.clone());
     }
 
-    pub fn view(&self) -> Arc<PoolView> {
-        self.view.load_full()
-    }
-
-    pub fn routing(&self) -> &SharedRouting {
-        &self.routing
-    }
-
     /// Stops every replica and the supervisor; returns once they are gone.
     pub async fn shutdown(&self) {
         let (reply, done) = oneshot::channel();
@@ -178,11 +127,10 @@ pub struct Supervisor<R: Runtime> {
     tracked: HashMap<ReplicaName, Tracked>,
     next_emergency: u64,
     replacements: Vec<Replacement>,
-    routing: SharedRouting,
-    view: Arc<ArcSwap<PoolView>>,
+    publisher: Arc<Publisher>,
 }
 
-impl super::PoolControl for PoolHandle {
+impl PoolAdmin for PoolHandle {
     fn add(
         &self,
         n: u64,
@@ -199,35 +147,22 @@ impl super::PoolControl for PoolHandle {
         Box::pin(PoolHandle::remove(self, n, hostnames))
     }
 
-    fn view(&self) -> Arc<PoolView> {
-        PoolHandle::view(self)
-    }
-
-    fn routing(&self) -> &SharedRouting {
-        PoolHandle::routing(self)
-    }
-
     fn report_unreachable(&self, name: &ReplicaName) {
         PoolHandle::report_unreachable(self, name)
     }
 }
 
 impl<R: Runtime> Supervisor<R> {
-    /// Starts the initial replicas, publishes the first ring and spawns the
-    /// supervisor task. If any initial replica cannot start, everything started so
-    /// far is stopped and the error returned.
+    /// Starts the initial replicas, publishes the first ring through `publisher` and
+    /// spawns the supervisor task. If any initial replica cannot start, everything
+    /// started so far is stopped and the error returned.
     pub async fn launch(
         runtime: Arc<R>,
         initial: Vec<ReplicaName>,
         settings: PoolSettings,
         metrics: Arc<Metrics>,
+        publisher: Arc<Publisher>,
     ) -> Result<(PoolHandle, JoinHandle<()>), PoolError> {
-        let routing: SharedRouting = Arc::new(ArcSwap::from_pointee(RoutingTable::build(
-            &[],
-            &settings.ring,
-            &metrics,
-        )));
-        let view = Arc::new(ArcSwap::from_pointee(PoolView::default()));
         let mut supervisor = Supervisor {
             heartbeats: HeartbeatClient::new(settings.health.timeout),
             runtime,
@@ -237,8 +172,7 @@ impl<R: Runtime> Supervisor<R> {
             tracked: HashMap::new(),
             next_emergency: 1,
             replacements: Vec::new(),
-            routing: routing.clone(),
-            view: view.clone(),
+            publisher,
         };
         if let Err(error) = supervisor.start_all(&initial).await {
             supervisor.runtime.stop_all().await;
@@ -251,15 +185,7 @@ impl<R: Runtime> Supervisor<R> {
         let (commands, command_rx) = mpsc::channel(64);
         let (suspects, suspect_rx) = mpsc::channel(256);
         let task = tokio::spawn(supervisor.run(command_rx, suspect_rx));
-        Ok((
-            PoolHandle {
-                commands,
-                suspects,
-                view,
-                routing,
-            },
-            task,
-        ))
+        Ok((PoolHandle { commands, suspects }, task))
     }
 
     async fn run(
@@ -522,55 +448,22 @@ impl<R: Runtime> Supervisor<R> {
         Ok(self.desired.clone())
     }
 
-    /// Publishes a new routing table if the routable set changed, and the view.
+    /// Hands the pool as it is now to the publisher.
     fn publish(&mut self) {
-        let mut routable: Vec<(ReplicaName, SocketAddr)> = self
-            .desired
-            .iter()
-            .filter_map(|name| {
-                let tracked = self.tracked.get(name)?;
-                tracked
-                    .state
-                    .routable()
-                    .then(|| (name.clone(), tracked.addr))
-            })
-            .collect();
-        routable.sort();
-        let current = self.routing.load();
-        if routable != current.membership() {
-            // Still tracked but not routable: it failed (one removed is no longer tracked).
-            let failed = |name: &ReplicaName| {
-                self.tracked
-                    .get(name)
-                    .is_some_and(|tracked| !tracked.state.routable())
-            };
-            let table = current.next(&routable, &self.settings.ring, &self.metrics, failed);
-            self.metrics.ring_rebuilds.inc();
-            self.metrics.ring_members.set(routable.len() as i64);
-            tracing::info!(
-                members = ?routable.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
-                "ring rebuilt"
-            );
-            self.routing.store(Arc::new(table));
-        }
-        let in_ring: HashSet<&ReplicaName> = routable.iter().map(|(n, _)| n).collect();
-        let mut members: Vec<MemberView> = self
-            .tracked
-            .iter()
-            .map(|(name, t)| MemberView {
-                name: name.clone(),
-                address: t.addr,
-                pid: t.pid,
-                health: t.state.health,
-                consecutive_failures: t.state.consecutive_failures,
-                in_ring: in_ring.contains(name),
-            })
-            .collect();
-        members.sort_by(|a, b| a.name.cmp(&b.name));
-        self.view.store(Arc::new(PoolView {
+        self.publisher.publish(&PoolState {
             desired: self.desired.clone(),
-            members,
+            members: self
+                .tracked
+                .iter()
+                .map(|(name, t)| MemberState {
+                    name: name.clone(),
+                    addr: Some(t.addr),
+                    pid: t.pid,
+                    health: t.state,
+                })
+                .collect(),
             replacements: self.replacements.clone(),
-        }));
+            ring: self.settings.ring.clone(),
+        });
     }
 }

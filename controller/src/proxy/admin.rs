@@ -23,7 +23,7 @@ fn rep_body(replicas: &[ReplicaName]) -> Json<Value> {
 }
 
 pub async fn rep(State(proxy): State<Arc<Proxy>>) -> Json<Value> {
-    rep_body(&proxy.pool.view().desired)
+    rep_body(&proxy.publisher.view().desired)
 }
 
 pub async fn add(
@@ -31,7 +31,7 @@ pub async fn add(
     request: Request,
 ) -> Result<Json<Value>, ApiError> {
     let change = read_change(&proxy, request).await?;
-    let replicas = proxy.pool.add(change.n, change.hostnames).await?;
+    let replicas = proxy.admin.add(change.n, change.hostnames).await?;
     Ok(rep_body(&replicas))
 }
 
@@ -40,7 +40,7 @@ pub async fn rm(
     request: Request,
 ) -> Result<Json<Value>, ApiError> {
     let change = read_change(&proxy, request).await?;
-    let replicas = proxy.pool.remove(change.n, change.hostnames).await?;
+    let replicas = proxy.admin.remove(change.n, change.hostnames).await?;
     Ok(rep_body(&replicas))
 }
 

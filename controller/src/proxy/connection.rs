@@ -309,7 +309,7 @@ async fn forward(
         keep_alive: request.keep_alive,
         upgraded: None,
     };
-    let table = proxy.pool.routing().load_full();
+    let table = proxy.publisher.table();
     if table.backends.is_empty() {
         proxy.metrics.unroutable.inc();
         return answer_error(ApiError::NoReplica, served, client, &mut buffers.out, stop).await;
@@ -379,7 +379,7 @@ async fn forward(
                     Err(RelayError::Replica(error)) => {
                         if error.kind() == io::ErrorKind::TimedOut {
                             proxy.metrics.read_timeout(&backend.name);
-                            proxy.pool.report_unreachable(&backend.name);
+                            proxy.admin.report_unreachable(&backend.name);
                         }
                         tracing::debug!(replica = %backend.name, %error, "response broke off");
                         // The client has part of a response: only closing tells it.

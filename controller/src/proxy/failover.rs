@@ -11,7 +11,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use super::error::ApiError;
-use crate::routing::{Backend, RoutingTable};
+use crate::publish::{Backend, RoutingTable};
 
 /// What the client is told of an attempt cut loose by an ejection.
 pub const EJECTED: &str = "taken out of the ring while the request waited for its answer";
@@ -21,7 +21,7 @@ pub enum Attempt<T, E> {
     /// The replica's response head arrived.
     Answered(T),
     Failed(E),
-    /// The replica was taken out of the ring meanwhile (see `routing::Ejection`):
+    /// The replica was taken out of the ring meanwhile (see `publish::Ejection`):
     /// treated as a failure after the request was sent.
     Ejected,
     /// No response head within the request timeout: answered 504, not retried, as

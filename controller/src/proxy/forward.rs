@@ -16,7 +16,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use super::error::ApiError;
 use super::failover::{self, Attempt, Progress};
 use super::{Proxy, wire};
-use crate::routing::Backend;
+use crate::publish::Backend;
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
@@ -42,7 +42,7 @@ async fn forward_request(proxy: &Proxy, request: Request) -> Result<Response, Ap
     )
     .await?;
 
-    let table = proxy.pool.routing().load_full();
+    let table = proxy.publisher.table();
     if table.backends.is_empty() {
         proxy.metrics.unroutable.inc();
         return Err(ApiError::NoReplica);
@@ -163,7 +163,7 @@ pub(super) fn attempt_failed(
     retry: bool,
 ) -> String {
     backend.failures.inc();
-    proxy.pool.report_unreachable(&backend.name);
+    proxy.admin.report_unreachable(&backend.name);
     tracing::debug!(replica = %backend.name, %error, retry, "forwarding failed");
     format!("{}: {error}", backend.name)
 }

@@ -24,7 +24,8 @@ use hyper_util::client::legacy::{Client, connect::HttpConnector};
 use hyper_util::rt::TokioExecutor;
 
 use crate::metrics::Metrics;
-use crate::pool::PoolControl;
+use crate::pool::PoolAdmin;
+use crate::publish::Publisher;
 pub use args::ProxyArgs;
 pub use error::ApiError;
 pub use key::KeySource;
@@ -57,7 +58,10 @@ pub struct ProxySettings {
 
 /// State shared by all proxy handlers.
 pub struct Proxy {
-    pub pool: Arc<dyn PoolControl>,
+    /// What requests are routed by and `/rep` reads.
+    pub publisher: Arc<Publisher>,
+    /// Where `/add`, `/rm` and unreachable replicas go.
+    pub admin: Arc<dyn PoolAdmin>,
     pub settings: ProxySettings,
     pub metrics: Arc<Metrics>,
     /// This proxy's worker thread, by index.
@@ -70,7 +74,8 @@ pub struct Proxy {
 
 impl Proxy {
     pub fn new(
-        pool: Arc<dyn PoolControl>,
+        publisher: Arc<Publisher>,
+        admin: Arc<dyn PoolAdmin>,
         settings: ProxySettings,
         metrics: Arc<Metrics>,
         worker: usize,
@@ -83,7 +88,8 @@ impl Proxy {
             .build(connector);
         Self {
             upstreams: UpstreamPool::new(settings.connect_timeout),
-            pool,
+            publisher,
+            admin,
             settings,
             metrics,
             worker,

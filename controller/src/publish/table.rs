@@ -1,14 +1,14 @@
 //! The routing table: one ring snapshot plus the address of each member.
 //!
-//! The supervisor builds a new table whenever the set of routable replicas changes
-//! and publishes it with one atomic pointer swap; the proxy loads the current table
-//! per request without taking a lock. A replica that leaves the table because it
-//! failed is ejected: requests still waiting on it are told at once (see [`Ejection`]).
+//! The [`super::Publisher`] builds a new table whenever the set of routable replicas
+//! changes and swaps it in with one atomic pointer store; the proxy loads the current
+//! table per request without taking a lock. A replica that leaves the table because
+//! it failed is ejected: requests still waiting on it are told at once (see [`Ejection`]).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use arc_swap::ArcSwap;
 use http::uri::Authority;
@@ -86,6 +86,8 @@ impl Ejection {
 pub struct RoutingTable {
     pub ring: Ring,
     pub backends: Vec<Backend>,
+    /// Each member's share of the key space, computed on first use (`/ring`).
+    shares: OnceLock<Vec<f64>>,
 }
 
 pub type SharedRouting = Arc<ArcSwap<RoutingTable>>;
@@ -163,7 +165,18 @@ impl RoutingTable {
                 }
             })
             .collect();
-        Self { ring, backends }
+        Self {
+            ring,
+            backends,
+            shares: OnceLock::new(),
+        }
+    }
+
+    /// Each member's share of the key space, in the order of `ring.members()`.
+    /// Enumerating the key space takes milliseconds: it is done once per table, and
+    /// callers on async workers should call it from a blocking task.
+    pub fn shares(&self) -> &[f64] {
+        self.shares.get_or_init(|| self.ring.shares())
     }
 
     /// The (name, address) pairs of this table, sorted: what a rebuild compares.

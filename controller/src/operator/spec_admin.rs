@@ -1,169 +1,55 @@
-//! The in-cluster pool: a [`PoolControl`] whose source of truth is one
-//! `ServerPool`. The proxy and the operations port use it exactly as they use the
-//! local supervisor.
-//!
-//! - the reconciler publishes into it after every pass: the routing table (ready
-//!   members only) and the view (`/rep`, `/ring`);
-//! - `/add` and `/rm` are validated with [`crate::pool::membership`] against the
-//!   resource, then written to its spec (`replicas`, `hostnames`) with optimistic
-//!   concurrency; the reconciler makes the pods follow.
+//! `/add` and `/rm` in a cluster: the write side of a pool whose source of truth is
+//! one `ServerPool`. A change is validated with [`crate::pool::membership`] against
+//! the resource, then written to its spec (`replicas`, `hostnames`) with a
+//! resourceVersion precondition, from any proxy replica; the operator makes the
+//! pods follow, and every proxy's watch sees the new spec.
 
-use std::collections::HashSet;
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use arc_swap::ArcSwap;
 use futures::future::BoxFuture;
 use kube::Api;
 use kube::api::{Patch, PatchParams};
 use serde_json::json;
+use tokio::sync::mpsc;
 
 use super::crd::ServerPool;
 use super::members::{self, NamingError};
 use crate::metrics::Metrics;
-use crate::pool::health::HealthState;
-use crate::pool::supervisor::{MemberView, Replacement};
-use crate::pool::{MembershipError, PoolControl, PoolError, PoolView, membership};
+use crate::pool::{MembershipError, PoolAdmin, PoolError, membership};
+use crate::publish::Publisher;
 use crate::replica_name::ReplicaName;
-use crate::ring::RingConfig;
-use crate::routing::{RoutingTable, SharedRouting};
 use crate::runtime::RuntimeError;
 
 /// How often `/add` or `/rm` retries when the pool changed under it.
 const CONFLICT_RETRIES: usize = 5;
 
-/// One desired member as the reconciler last saw it.
-#[derive(Clone, Debug)]
-pub struct PublishedMember {
-    pub name: ReplicaName,
-    /// The pod's IP and the pool's port, once the pod has an IP.
-    pub addr: Option<SocketAddr>,
-    pub health: HealthState,
-}
-
-struct Published {
-    ring: RingConfig,
-    members: Vec<PublishedMember>,
-}
-
-pub struct KubePool {
+pub struct SpecAdmin {
     api: Api<ServerPool>,
     name: String,
     max_replicas: usize,
     metrics: Arc<Metrics>,
-    routing: SharedRouting,
-    view: ArcSwap<PoolView>,
-    published: Mutex<Published>,
-    /// Members the proxy could not reach since the last reconcile.
-    suspects: Mutex<HashSet<ReplicaName>>,
+    /// Shows an accepted change in `/rep` before the watch brings it.
+    publisher: Arc<Publisher>,
+    /// Replicas the proxy could not reach, for the pool's watch (see `watch.rs`).
+    suspects: mpsc::Sender<ReplicaName>,
 }
 
-impl KubePool {
+impl SpecAdmin {
     pub fn new(
         api: Api<ServerPool>,
         name: &str,
         max_replicas: usize,
         metrics: Arc<Metrics>,
+        publisher: Arc<Publisher>,
+        suspects: mpsc::Sender<ReplicaName>,
     ) -> Self {
-        let ring = RingConfig::default();
         Self {
-            routing: Arc::new(ArcSwap::from_pointee(RoutingTable::build(
-                &[],
-                &ring,
-                &metrics,
-            ))),
             api,
             name: name.to_owned(),
             max_replicas,
             metrics,
-            view: ArcSwap::from_pointee(PoolView::default()),
-            published: Mutex::new(Published {
-                ring,
-                members: Vec::new(),
-            }),
-            suspects: Mutex::new(HashSet::new()),
-        }
-    }
-
-    /// The `ServerPool` this proxy serves.
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    /// The reconciler's report: desired members with their addresses and health.
-    pub fn publish(
-        &self,
-        desired: Vec<ReplicaName>,
-        members: Vec<PublishedMember>,
-        replacements: Vec<Replacement>,
-        ring: RingConfig,
-    ) {
-        let mut published = self.published.lock().unwrap();
-        published.ring = ring;
-        published.members = members;
-        self.rebuild(&published);
-        let in_ring: HashSet<ReplicaName> = self
-            .routing
-            .load()
-            .backends
-            .iter()
-            .map(|b| b.name.clone())
-            .collect();
-        let mut views: Vec<MemberView> = published
-            .members
-            .iter()
-            .filter_map(|m| {
-                Some(MemberView {
-                    name: m.name.clone(),
-                    address: m.addr?,
-                    pid: None,
-                    health: m.health.health,
-                    consecutive_failures: m.health.consecutive_failures,
-                    in_ring: in_ring.contains(&m.name),
-                })
-            })
-            .collect();
-        views.sort_by(|a, b| a.name.cmp(&b.name));
-        self.view.store(Arc::new(PoolView {
-            desired,
-            members: views,
-            replacements,
-        }));
-    }
-
-    /// Takes the members reported unreachable since the last call.
-    pub fn take_suspects(&self) -> HashSet<ReplicaName> {
-        std::mem::take(&mut *self.suspects.lock().unwrap())
-    }
-
-    /// Publishes a new routing table if the routable set or the ring changed.
-    fn rebuild(&self, published: &Published) {
-        let suspects = self.suspects.lock().unwrap().clone();
-        let mut routable: Vec<(ReplicaName, SocketAddr)> = published
-            .members
-            .iter()
-            .filter(|m| m.health.routable() && !suspects.contains(&m.name))
-            .filter_map(|m| Some((m.name.clone(), m.addr?)))
-            .collect();
-        routable.sort();
-        let current = self.routing.load();
-        if routable != current.membership() || *current.ring.config() != published.ring {
-            let failed = |name: &ReplicaName| {
-                suspects.contains(name)
-                    || published
-                        .members
-                        .iter()
-                        .any(|m| &m.name == name && !m.health.routable())
-            };
-            let table = current.next(&routable, &published.ring, &self.metrics, failed);
-            self.metrics.ring_rebuilds.inc();
-            self.metrics.ring_members.set(routable.len() as i64);
-            tracing::info!(
-                pool = %self.name,
-                members = ?routable.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
-                "ring rebuilt"
-            );
-            self.routing.store(Arc::new(table));
+            publisher,
+            suspects,
         }
     }
 
@@ -208,10 +94,7 @@ impl KubePool {
                 Ok(_) => {
                     tracing::info!(pool = %self.name, replicas, ?hostnames, "admin: {operation}");
                     self.metrics.admin_change(operation);
-                    self.view.rcu(|view| PoolView {
-                        desired: desired.clone(),
-                        ..PoolView::clone(view)
-                    });
+                    self.publisher.show_desired(desired.clone());
                     return Ok(desired);
                 }
                 Err(error) if super::pods::is_status(&error, 409) => continue,
@@ -292,7 +175,7 @@ fn refusal(error: NamingError) -> PoolError {
     }
 }
 
-impl PoolControl for KubePool {
+impl PoolAdmin for SpecAdmin {
     fn add(
         &self,
         n: u64,
@@ -301,8 +184,12 @@ impl PoolControl for KubePool {
         Box::pin(async move {
             let max = self.max_replicas;
             self.change("add", |current| {
-                let ring = self.published.lock().unwrap().ring.clone();
-                let max = ring.member_capacity().map_or(max, |c| c.min(max));
+                let table = self.publisher.table();
+                let max = table
+                    .ring
+                    .config()
+                    .member_capacity()
+                    .map_or(max, |c| c.min(max));
                 let added = membership::names_to_add(
                     &current.desired,
                     &current.in_use,
@@ -343,23 +230,9 @@ impl PoolControl for KubePool {
         })
     }
 
-    fn view(&self) -> Arc<PoolView> {
-        self.view.load_full()
-    }
-
-    fn routing(&self) -> &SharedRouting {
-        &self.routing
-    }
-
     fn report_unreachable(&self, name: &ReplicaName) {
-        let inserted = self.suspects.lock().unwrap().insert(name.clone());
-        if inserted {
-            tracing::warn!(replica = %name, "replica unreachable, out of the ring until its heartbeat succeeds");
-            // try_lock: never block a request on a reconcile that is publishing.
-            if let Ok(published) = self.published.try_lock() {
-                self.rebuild(&published);
-            }
-        }
+        // Never blocks a request: if the watch is busy with reports, this one is redundant.
+        let _ = self.suspects.try_send(name.clone());
     }
 }
 
@@ -382,7 +255,7 @@ mod tests {
     /// The calls the mock received: (method, body).
     type Calls = Arc<StdMutex<Vec<(String, Value)>>>;
 
-    fn mock(pool: ServerPool, conflicts: usize) -> (KubePool, Calls) {
+    fn mock(pool: ServerPool, conflicts: usize) -> (SpecAdmin, Calls) {
         let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
         let calls = Arc::new(StdMutex::new(Vec::new()));
         let recorded = calls.clone();
@@ -414,11 +287,14 @@ mod tests {
             }
         });
         let client = Client::new(service, "default");
-        let kube_pool = KubePool::new(
+        let metrics = Arc::new(Metrics::new());
+        let kube_pool = SpecAdmin::new(
             Api::namespaced(client, "default"),
             "demo",
             10,
-            Arc::new(Metrics::new()),
+            metrics.clone(),
+            Arc::new(Publisher::new(&Default::default(), metrics)),
+            mpsc::channel(1).0,
         );
         (kube_pool, calls)
     }
@@ -478,7 +354,7 @@ mod tests {
                     "spec": {"replicas": 5, "hostnames": null}})]
         );
         // /rep answers the new desired list at once.
-        assert_eq!(names(&kube_pool.view().desired).len(), 5);
+        assert_eq!(names(&kube_pool.publisher.view().desired).len(), 5);
     }
 
     #[tokio::test]
@@ -554,55 +430,5 @@ mod tests {
             .map(|(m, _)| m.clone())
             .collect();
         assert_eq!(methods, ["GET", "PATCH", "GET", "PATCH", "GET", "PATCH"]);
-    }
-
-    #[test]
-    fn the_ring_holds_only_ready_members_and_suspects_leave_it() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let _guard = rt.enter();
-        let (kube_pool, _) = mock(pool(3, &[], &[]), 0);
-        let healthy = |ok| {
-            let mut state = HealthState::starting();
-            state.record_heartbeat(ok, 3);
-            state
-        };
-        let member = |name: &str, ip: Option<&str>, ok| PublishedMember {
-            name: ReplicaName::parse(name).unwrap(),
-            addr: ip.map(|ip| SocketAddr::new(ip.parse().unwrap(), 5000)),
-            health: healthy(ok),
-        };
-        let desired: Vec<ReplicaName> = ["Server1", "Server2", "Server3"]
-            .iter()
-            .map(|n| ReplicaName::parse(n).unwrap())
-            .collect();
-        kube_pool.publish(
-            desired.clone(),
-            vec![
-                member("Server1", Some("10.0.0.1"), true),
-                member("Server2", Some("10.0.0.2"), false),
-                member("Server3", None, false),
-            ],
-            Vec::new(),
-            RingConfig::default(),
-        );
-        let in_ring = |p: &KubePool| -> Vec<String> {
-            p.routing()
-                .load()
-                .backends
-                .iter()
-                .map(|b| b.name.to_string())
-                .collect()
-        };
-        assert_eq!(in_ring(&kube_pool), ["Server1"]);
-        assert_eq!(
-            names(&kube_pool.view().desired),
-            ["Server1", "Server2", "Server3"]
-        );
-        kube_pool.report_unreachable(&desired[0]);
-        assert!(in_ring(&kube_pool).is_empty());
-        assert_eq!(kube_pool.take_suspects().len(), 1);
     }
 }

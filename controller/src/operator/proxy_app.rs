@@ -1,0 +1,104 @@
+//! `ringlb proxy --pool NAME`: the data plane in a cluster. Any number of replicas
+//! of it serve one `ServerPool` behind the Service `ringlb`: each routes through
+//! the ring it builds from its own watch (see [`super::proxy`]), and `/add` and
+//! `/rm` edit the pool's spec (see [`super::spec_admin`]).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use clap::Args;
+use tokio::net::TcpListener;
+
+use super::proxy;
+use super::spec_admin::SpecAdmin;
+use crate::metrics::Metrics;
+use crate::proxy::ProxyArgs;
+use crate::proxy::workers::ProxyListeners;
+use crate::publish::Publisher;
+use crate::ring::RingConfig;
+use crate::serving::{DRAIN_TIMEOUT, Serving};
+
+#[derive(Debug, Args)]
+pub struct PoolProxyArgs {
+    /// The ServerPool to serve.
+    #[arg(long, env = "RINGLB_POOL")]
+    pub pool: String,
+
+    /// Namespace of the pool [default: the pod's own namespace, or the kubeconfig's].
+    #[arg(long, env = "RINGLB_NAMESPACE")]
+    pub namespace: Option<String>,
+
+    /// Address of the load balancer.
+    #[arg(long, env = "RINGLB_LISTEN", default_value = "0.0.0.0:5000")]
+    pub listen: SocketAddr,
+
+    /// Address of the operations port: /metrics, /healthz, /readyz, /ring.
+    #[arg(long, env = "RINGLB_OPS_LISTEN", default_value = "0.0.0.0:5001")]
+    pub ops_listen: SocketAddr,
+
+    /// Upper bound on the number of replicas that /add may reach.
+    #[arg(long, env = "RINGLB_MAX_REPLICAS", default_value_t = 100)]
+    pub max_replicas: usize,
+
+    #[command(flatten)]
+    pub proxy: ProxyArgs,
+}
+
+pub async fn run(args: PoolProxyArgs) -> anyhow::Result<()> {
+    let shutdown = ringlb_replica::shutdown_signal();
+    let proxy_listener = ProxyListeners::bind(args.listen, args.proxy.workers())
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let ops_listener = TcpListener::bind(args.ops_listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (operations port)", args.ops_listen))?;
+    let client = kube::Client::try_default().await.context(
+        "cannot reach the Kubernetes API (in a pod: its service account; outside: ~/.kube/config)",
+    )?;
+    let namespace = args
+        .namespace
+        .clone()
+        .unwrap_or_else(|| client.default_namespace().to_owned());
+
+    let metrics = Arc::new(Metrics::new());
+    let publisher = Arc::new(Publisher::new(&RingConfig::default(), metrics.clone()));
+    let (reports, reported) = tokio::sync::mpsc::channel(256);
+    let admin = Arc::new(SpecAdmin::new(
+        kube::Api::namespaced(client.clone(), &namespace),
+        &args.pool,
+        args.max_replicas,
+        metrics.clone(),
+        publisher.clone(),
+        reports,
+    ));
+
+    println!("ringlb: proxy for ServerPool {}/{}", namespace, args.pool);
+    println!(
+        "ringlb: proxy listening on http://{}",
+        proxy_listener.local_addr()
+    );
+    println!(
+        "ringlb: operations on http://{} (/metrics, /healthz, /readyz, /ring)",
+        ops_listener.local_addr()?
+    );
+    let serving = Serving::start(
+        proxy_listener,
+        ops_listener,
+        publisher.clone(),
+        admin,
+        args.proxy.settings(),
+        metrics,
+    )?;
+    let watch = tokio::spawn({
+        let stop = serving.stopped();
+        async move {
+            proxy::run(client, &namespace, &args.pool, publisher, reported, stop).await;
+        }
+    });
+
+    shutdown.await;
+    serving.drain().await;
+    let _ = tokio::time::timeout(DRAIN_TIMEOUT, watch).await;
+    tracing::info!("stopped");
+    Ok(())
+}

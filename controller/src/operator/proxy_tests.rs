@@ -1,0 +1,455 @@
+//! The in-cluster proxy from watch events: what it publishes, and that two proxies
+//! fed the same events route alike.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{PodCondition, PodStatus};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::runtime::reflector::store::Writer;
+use kube::runtime::watcher::Event;
+
+use super::*;
+use crate::metrics::Metrics;
+use crate::operator::crd::{MemberStatus, ReplacementStatus, ServerPoolSpec, ServerPoolStatus};
+use crate::operator::pods::MEMBER_LABEL;
+
+fn pool(replicas: u32) -> ServerPool {
+    let mut pool = ServerPool::new(
+        "demo",
+        ServerPoolSpec {
+            replicas,
+            hostnames: Vec::new(),
+            image: "ringlb-replica:dev".into(),
+            port: 5000,
+            hashing: None,
+            heartbeat: None,
+        },
+    );
+    pool.metadata.namespace = Some("default".into());
+    pool
+}
+
+fn with_status(
+    mut pool: ServerPool,
+    ready: &[(&str, &str, bool)],
+    replaced: &[(&str, &str)],
+) -> ServerPool {
+    pool.status = Some(ServerPoolStatus {
+        members: ready
+            .iter()
+            .map(|(name, pod, ready)| MemberStatus {
+                name: name.to_string(),
+                pod: pod.to_string(),
+                ready: *ready,
+            })
+            .collect(),
+        emergency_replacements: replaced
+            .iter()
+            .map(|(failed, replacement)| ReplacementStatus {
+                failed: failed.to_string(),
+                replacement: replacement.to_string(),
+            })
+            .collect(),
+        ..ServerPoolStatus::default()
+    });
+    pool
+}
+
+/// A running pod of pool `demo`; `ready` is its `Ready` condition (`None`: not probed yet).
+fn pod(member: &str, pod: &str, ip: &str, ready: Option<bool>) -> Pod {
+    Pod {
+        metadata: ObjectMeta {
+            name: Some(pod.into()),
+            namespace: Some("default".into()),
+            uid: Some(format!("uid-{pod}-{ip}")),
+            labels: Some(BTreeMap::from([
+                (POOL_LABEL.to_owned(), "demo".to_owned()),
+                (MEMBER_LABEL.to_owned(), member.to_owned()),
+            ])),
+            ..ObjectMeta::default()
+        },
+        spec: None,
+        status: Some(PodStatus {
+            phase: Some("Running".into()),
+            pod_ip: Some(ip.into()),
+            conditions: ready.map(|ready| {
+                vec![PodCondition {
+                    type_: "Ready".into(),
+                    status: if ready { "True" } else { "False" }.into(),
+                    ..PodCondition::default()
+                }]
+            }),
+            ..PodStatus::default()
+        }),
+    }
+}
+
+/// One proxy's caches and publisher, fed events by hand as the reflectors would.
+struct FakeProxy {
+    pools: Store<ServerPool>,
+    pool_writer: Writer<ServerPool>,
+    pods: Store<Pod>,
+    pod_writer: Writer<Pod>,
+    suspects: SuspectAddrs,
+    publisher: Publisher,
+}
+
+enum Change {
+    Pool(Event<ServerPool>),
+    Pod(Event<Pod>),
+}
+
+impl FakeProxy {
+    fn new() -> Self {
+        let (pools, pool_writer) = reflector::store();
+        let (pods, pod_writer) = reflector::store();
+        Self {
+            pools,
+            pool_writer,
+            pods,
+            pod_writer,
+            suspects: SuspectAddrs::new(),
+            publisher: Publisher::new(&RingConfig::default(), Arc::new(Metrics::new())),
+        }
+    }
+
+    /// Applies one event and publishes, as `run` does.
+    fn apply(&mut self, change: &Change) {
+        match change {
+            Change::Pool(event) => self.pool_writer.apply_watcher_event(event),
+            Change::Pod(event) => self.pod_writer.apply_watcher_event(event),
+        }
+        let pool = self.pools.state().into_iter().next();
+        let state = pool_state(
+            pool.as_deref(),
+            &self.pods.state(),
+            &self.suspects,
+            self.publisher.table().ring.config(),
+        );
+        self.publisher.publish(&state);
+    }
+
+    fn in_ring(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .publisher
+            .table()
+            .backends
+            .iter()
+            .map(|b| format!("{}@{}", b.name, b.addr.ip()))
+            .collect();
+        names.sort();
+        names
+    }
+
+    fn rep(&self) -> Vec<String> {
+        self.publisher
+            .view()
+            .desired
+            .iter()
+            .map(|n| n.to_string())
+            .collect()
+    }
+}
+
+fn apply_pool(pool: ServerPool) -> Change {
+    Change::Pool(Event::Apply(pool))
+}
+
+fn apply_pod(pod: Pod) -> Change {
+    Change::Pod(Event::Apply(pod))
+}
+
+#[test]
+fn watch_events_give_the_ring_and_rep_they_should() {
+    let mut proxy = FakeProxy::new();
+    // Initial lists: no pool, no pods yet.
+    for change in [
+        Change::Pool(Event::Init),
+        Change::Pool(Event::InitDone),
+        Change::Pod(Event::Init),
+        Change::Pod(Event::InitDone),
+    ] {
+        proxy.apply(&change);
+    }
+    assert!(proxy.rep().is_empty() && proxy.in_ring().is_empty());
+
+    // The pool is created: three desired, none serving.
+    proxy.apply(&apply_pool(pool(3)));
+    assert_eq!(proxy.rep(), ["Server1", "Server2", "Server3"]);
+    assert!(proxy.in_ring().is_empty());
+
+    // Pods start; no operator has written a status: the kubelet's readiness decides.
+    proxy.apply(&apply_pod(pod(
+        "Server1",
+        "server1",
+        "10.0.0.1",
+        Some(true),
+    )));
+    proxy.apply(&apply_pod(pod("Server2", "server2", "10.0.0.2", None)));
+    proxy.apply(&apply_pod(pod(
+        "Server3",
+        "server3",
+        "10.0.0.3",
+        Some(false),
+    )));
+    assert_eq!(proxy.in_ring(), ["Server1@10.0.0.1"]);
+
+    // The operator's status: Server2 and Server3 ready (Server2 not probed by the
+    // kubelet yet: the operator's word stands; Server3 the kubelet says is not: out).
+    let reported = with_status(
+        pool(3),
+        &[
+            ("Server1", "server1", true),
+            ("Server2", "server2", true),
+            ("Server3", "server3", true),
+        ],
+        &[],
+    );
+    proxy.apply(&apply_pool(reported.clone()));
+    assert_eq!(proxy.in_ring(), ["Server1@10.0.0.1", "Server2@10.0.0.2"]);
+    proxy.apply(&apply_pod(pod(
+        "Server3",
+        "server3",
+        "10.0.0.3",
+        Some(true),
+    )));
+    assert_eq!(proxy.in_ring().len(), 3);
+
+    // The operator says Server2 failed: out at once, though its pod still looks ready.
+    let server2_failed = with_status(
+        pool(3),
+        &[
+            ("Server1", "server1", true),
+            ("Server2", "server2", false),
+            ("Server3", "server3", true),
+        ],
+        &[],
+    );
+    let ejection = proxy
+        .publisher
+        .table()
+        .backends
+        .iter()
+        .find(|b| b.name.as_str() == "Server2")
+        .unwrap()
+        .ejection
+        .clone();
+    proxy.apply(&apply_pool(server2_failed));
+    assert_eq!(proxy.in_ring(), ["Server1@10.0.0.1", "Server3@10.0.0.3"]);
+    assert!(
+        ejection.is_ejected(),
+        "requests waiting on Server2 are cut loose"
+    );
+
+    // It is replaced: /rep names emergency_1, which serves once its pod is ready.
+    let replaced = with_status(
+        pool(3),
+        &[
+            ("Server1", "server1", true),
+            ("emergency_1", "emergency-1", true),
+            ("Server3", "server3", true),
+        ],
+        &[("Server2", "emergency_1")],
+    );
+    proxy.apply(&Change::Pod(Event::Delete(pod(
+        "Server2",
+        "server2",
+        "10.0.0.2",
+        Some(true),
+    ))));
+    proxy.apply(&apply_pool(replaced));
+    assert_eq!(proxy.rep(), ["Server1", "emergency_1", "Server3"]);
+    assert_eq!(proxy.in_ring().len(), 2);
+    proxy.apply(&apply_pod(pod(
+        "emergency_1",
+        "emergency-1",
+        "10.0.0.4",
+        Some(true),
+    )));
+    assert_eq!(
+        proxy.in_ring(),
+        [
+            "Server1@10.0.0.1",
+            "Server3@10.0.0.3",
+            "emergency_1@10.0.0.4"
+        ]
+    );
+    let view = proxy.publisher.view();
+    assert_eq!(view.replacements.len(), 1);
+    assert_eq!(view.replacements[0].failed.as_str(), "Server2");
+
+    // A pod that is terminating leaves at once.
+    let mut leaving = pod("Server3", "server3", "10.0.0.3", Some(true));
+    leaving.metadata.deletion_timestamp =
+        Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+        ));
+    proxy.apply(&apply_pod(leaving));
+    assert_eq!(proxy.in_ring().len(), 2);
+
+    // The pool is deleted: nothing desired, nothing routed (/readyz turns 503).
+    proxy.apply(&Change::Pool(Event::Delete(reported)));
+    assert!(proxy.rep().is_empty() && proxy.in_ring().is_empty());
+}
+
+#[test]
+fn two_proxies_fed_the_same_events_route_every_key_alike() {
+    let ready = |n: u32| {
+        with_status(
+            pool(n),
+            &(1..=n)
+                .map(|i| (format!("Server{i}"), format!("server{i}")))
+                .collect::<Vec<_>>()
+                .iter()
+                .map(|(name, pod)| (name.as_str(), pod.as_str(), true))
+                .collect::<Vec<_>>(),
+            &[],
+        )
+    };
+    let pods: Vec<Change> = (1..=6)
+        .map(|i| {
+            apply_pod(pod(
+                &format!("Server{i}"),
+                &format!("server{i}"),
+                &format!("10.0.1.{i}"),
+                Some(true),
+            ))
+        })
+        .collect();
+    let mut events = vec![Change::Pool(Event::Init), apply_pool(pool(6))];
+    events.push(Change::Pool(Event::InitDone));
+    events.extend(pods);
+    events.push(apply_pool(ready(6)));
+    // Scaled down to 5: Server6's pod is still there until the operator deletes it.
+    events.push(apply_pool(ready(5)));
+
+    let (mut a, mut b) = (FakeProxy::new(), FakeProxy::new());
+    for event in &events {
+        a.apply(event);
+    }
+    // The second proxy lists the pods in another order and starts later: the stores
+    // end up holding the same objects.
+    for event in events.iter().rev().filter(|e| matches!(e, Change::Pod(_))) {
+        b.apply(event);
+    }
+    for event in events.iter().filter(|e| matches!(e, Change::Pool(_))) {
+        b.apply(event);
+    }
+
+    assert_eq!(a.in_ring().len(), 5);
+    assert_eq!(a.in_ring(), b.in_ring());
+    let (ring_a, ring_b) = (a.publisher.table(), b.publisher.table());
+    let owner = |table: &crate::publish::RoutingTable, key: &[u8]| {
+        table
+            .ring
+            .lookup(key)
+            .map(|i| table.backends[i].name.clone())
+    };
+    let mut owners = std::collections::HashSet::new();
+    for i in 0..10_000 {
+        let key = format!("user-{i}");
+        let owner_a = owner(&ring_a, key.as_bytes());
+        assert_eq!(owner_a, owner(&ring_b, key.as_bytes()), "key {key}");
+        owners.insert(owner_a.unwrap());
+    }
+    assert_eq!(owners.len(), 5, "every member owns keys");
+}
+
+/// A replica stand-in that answers `GET /heartbeat` once `healthy` is set.
+async fn heartbeat_server(healthy: Arc<std::sync::atomic::AtomicBool>) -> SocketAddr {
+    use std::sync::atomic::Ordering;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = axum::Router::new().route(
+        "/heartbeat",
+        axum::routing::get(move || {
+            let healthy = healthy.clone();
+            async move {
+                if healthy.load(Ordering::SeqCst) {
+                    http::StatusCode::OK
+                } else {
+                    http::StatusCode::SERVICE_UNAVAILABLE
+                }
+            }
+        }),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    addr
+}
+
+#[tokio::test]
+async fn a_member_this_proxy_could_not_reach_is_out_of_its_ring_until_it_answers_again() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let healthy = Arc::new(AtomicBool::new(false));
+    let server = heartbeat_server(healthy.clone()).await;
+    let ip = server.ip().to_string();
+    let mut spec_pool = with_status(
+        pool(2),
+        &[("Server1", "server1", true), ("Server2", "server2", true)],
+        &[],
+    );
+    spec_pool.spec.port = server.port();
+    let pods = vec![
+        Arc::new(pod("Server1", "server1", &ip, Some(true))),
+        Arc::new(pod("Server2", "server2", "10.0.0.2", Some(true))),
+    ];
+    let state = |suspects: &Suspects| {
+        pool_state(
+            Some(&spec_pool),
+            &pods,
+            suspects.addrs(),
+            &RingConfig::default(),
+        )
+    };
+    let serving = |state: &PoolState| -> Vec<String> {
+        state
+            .members
+            .iter()
+            .filter(|m| m.health.routable())
+            .map(|m| m.name.to_string())
+            .collect()
+    };
+    let fast = HealthSettings {
+        interval: Duration::from_millis(10),
+        timeout: Duration::from_millis(500),
+        ..HealthSettings::default()
+    };
+
+    let mut suspects = Suspects::default();
+    let server1 = ReplicaName::parse("Server1").unwrap();
+    assert!(suspects.insert(server1.clone(), server, &fast));
+    assert!(
+        !suspects.insert(server1.clone(), server, &fast),
+        "reported twice, probed once"
+    );
+    assert_eq!(serving(&state(&suspects)), ["Server2"]);
+    assert_eq!(state(&suspects).members[0].health.health, Health::Suspect);
+
+    // It answers its heartbeat again: back in the ring.
+    healthy.store(true, Ordering::SeqCst);
+    let answered = tokio::time::timeout(Duration::from_secs(10), suspects.next_answer())
+        .await
+        .expect("the probe sees the member answer");
+    assert_eq!(answered, server1);
+    assert_eq!(serving(&state(&suspects)), ["Server1", "Server2"]);
+
+    // A suspect whose pod comes back at another address is forgotten.
+    let server2 = ReplicaName::parse("Server2").unwrap();
+    let old = SocketAddr::new("10.0.0.2".parse().unwrap(), server.port());
+    suspects.insert(server2.clone(), old, &fast);
+    assert_eq!(serving(&state(&suspects)), ["Server1"]);
+    let moved = vec![
+        pods[0].clone(),
+        Arc::new(pod("Server2", "server2", "10.0.0.9", Some(true))),
+    ];
+    let after = pool_state(
+        Some(&spec_pool),
+        &moved,
+        suspects.addrs(),
+        &RingConfig::default(),
+    );
+    assert_eq!(serving(&after), ["Server1", "Server2"]);
+    suspects.retain_current(&after);
+    assert!(suspects.addrs().is_empty());
+}

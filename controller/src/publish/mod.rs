@@ -1,0 +1,328 @@
+//! The publisher: the one place where a pool's state becomes what the proxy routes by
+//! and what the admin API and the operations port show.
+//!
+//! Whoever knows the pool feeds it a [`PoolState`]: the local supervisor after every
+//! change, the Kubernetes proxy after every watch event. [`Publisher::publish`]
+//! computes the routable members, rebuilds the routing table only when they (or the
+//! ring's configuration) changed, ejects members that left because they failed,
+//! updates the ring metrics and builds the [`PoolView`]. The request path reads the
+//! table through [`Publisher::routing`] without a lock.
+
+mod table;
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+
+use crate::metrics::Metrics;
+use crate::pool::Health;
+use crate::pool::health::HealthState;
+use crate::replica_name::ReplicaName;
+use crate::ring::RingConfig;
+pub use table::{Backend, Ejection, RoutingTable, SharedRouting};
+
+/// One replica as the pool's owner sees it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MemberState {
+    pub name: ReplicaName,
+    /// Where it listens; `None` while it has no address yet (a pod being scheduled).
+    pub addr: Option<SocketAddr>,
+    pub pid: Option<u32>,
+    pub health: HealthState,
+}
+
+/// Everything a publish needs: what should serve, what is there, and how to hash.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PoolState {
+    /// The replicas the pool keeps alive, in the order they were added.
+    pub desired: Vec<ReplicaName>,
+    /// Every replica known to exist, desired or not (one being removed, one failed).
+    pub members: Vec<MemberState>,
+    pub replacements: Vec<Replacement>,
+    pub ring: RingConfig,
+}
+
+/// One replica in the JSON view of the ring.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct MemberView {
+    pub name: ReplicaName,
+    pub address: SocketAddr,
+    pub pid: Option<u32>,
+    pub health: Health,
+    pub consecutive_failures: u32,
+    pub in_ring: bool,
+}
+
+/// A failed replica and the one that took its place.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Replacement {
+    pub failed: ReplicaName,
+    pub replacement: ReplicaName,
+}
+
+/// What the admin API and the operations port read: published after every change.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct PoolView {
+    /// The replicas the pool keeps alive, in the order they were added: what `/rep` lists.
+    pub desired: Vec<ReplicaName>,
+    pub members: Vec<MemberView>,
+    pub replacements: Vec<Replacement>,
+}
+
+pub struct Publisher {
+    metrics: Arc<Metrics>,
+    routing: SharedRouting,
+    view: ArcSwap<PoolView>,
+    /// Publishes happen one at a time: each compares with the table it replaces.
+    publishing: Mutex<()>,
+}
+
+impl Publisher {
+    /// A publisher with an empty ring.
+    pub fn new(ring: &RingConfig, metrics: Arc<Metrics>) -> Self {
+        Self {
+            routing: Arc::new(ArcSwap::from_pointee(RoutingTable::build(
+                &[],
+                ring,
+                &metrics,
+            ))),
+            metrics,
+            view: ArcSwap::from_pointee(PoolView::default()),
+            publishing: Mutex::new(()),
+        }
+    }
+
+    /// The routing table the proxy loads per request.
+    pub fn routing(&self) -> &SharedRouting {
+        &self.routing
+    }
+
+    pub fn table(&self) -> Arc<RoutingTable> {
+        self.routing.load_full()
+    }
+
+    pub fn view(&self) -> Arc<PoolView> {
+        self.view.load_full()
+    }
+
+    /// Makes `state` current: a new routing table if the routable members or the
+    /// ring's configuration changed, and a new view. Returns whether the ring was rebuilt.
+    pub fn publish(&self, state: &PoolState) -> bool {
+        let _one_at_a_time = self.publishing.lock().unwrap_or_else(|e| e.into_inner());
+        let routable = routable(state);
+        let current = self.routing.load();
+        let rebuild = routable != current.membership() || *current.ring.config() != state.ring;
+        if rebuild {
+            // Still listed but not routable: it failed (one removed is no longer listed).
+            let failed = |name: &ReplicaName| {
+                state
+                    .members
+                    .iter()
+                    .any(|m| &m.name == name && !m.health.routable())
+            };
+            let table = current.next(&routable, &state.ring, &self.metrics, failed);
+            self.metrics.ring_rebuilds.inc();
+            self.metrics.ring_members.set(routable.len() as i64);
+            tracing::info!(
+                members = ?routable.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
+                "ring rebuilt"
+            );
+            self.routing.store(Arc::new(table));
+        }
+        let in_ring: HashSet<&ReplicaName> = routable.iter().map(|(n, _)| n).collect();
+        let mut members: Vec<MemberView> = state
+            .members
+            .iter()
+            .filter_map(|m| {
+                Some(MemberView {
+                    name: m.name.clone(),
+                    address: m.addr?,
+                    pid: m.pid,
+                    health: m.health.health,
+                    consecutive_failures: m.health.consecutive_failures,
+                    in_ring: in_ring.contains(&m.name),
+                })
+            })
+            .collect();
+        members.sort_by(|a, b| a.name.cmp(&b.name));
+        self.view.store(Arc::new(PoolView {
+            desired: state.desired.clone(),
+            members,
+            replacements: state.replacements.clone(),
+        }));
+        rebuild
+    }
+
+    /// A change of the desired replicas that the owner has accepted but not yet
+    /// observed (Kubernetes: the spec was written, the watch has not delivered it):
+    /// `/rep` shows it at once; the next publish carries it anyway.
+    pub fn show_desired(&self, desired: Vec<ReplicaName>) {
+        let _one_at_a_time = self.publishing.lock().unwrap_or_else(|e| e.into_inner());
+        self.view.rcu(|view| PoolView {
+            desired: desired.clone(),
+            ..PoolView::clone(view)
+        });
+    }
+}
+
+/// The members that take traffic: desired, with an address, and healthy. Sorted,
+/// as [`RoutingTable::membership`] is, so that the two compare.
+fn routable(state: &PoolState) -> Vec<(ReplicaName, SocketAddr)> {
+    let desired: HashSet<&ReplicaName> = state.desired.iter().collect();
+    let mut routable: Vec<(ReplicaName, SocketAddr)> = state
+        .members
+        .iter()
+        .filter(|m| desired.contains(&m.name) && m.health.routable())
+        .filter_map(|m| Some((m.name.clone(), m.addr?)))
+        .collect();
+    routable.sort();
+    routable.dedup_by(|a, b| a.0 == b.0);
+    routable
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn name(s: &str) -> ReplicaName {
+        ReplicaName::parse(s).unwrap()
+    }
+
+    fn member(s: &str, port: u16, health: Health) -> MemberState {
+        MemberState {
+            name: name(s),
+            addr: Some(SocketAddr::from(([127, 0, 0, 1], port))),
+            pid: None,
+            health: HealthState {
+                health,
+                consecutive_failures: 0,
+            },
+        }
+    }
+
+    fn state(desired: &[&str], members: Vec<MemberState>) -> PoolState {
+        PoolState {
+            desired: desired.iter().map(|s| name(s)).collect(),
+            members,
+            replacements: Vec::new(),
+            ring: RingConfig::default(),
+        }
+    }
+
+    fn in_ring(publisher: &Publisher) -> Vec<String> {
+        let mut names: Vec<String> = publisher
+            .table()
+            .backends
+            .iter()
+            .map(|b| b.name.to_string())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn only_desired_healthy_members_with_an_address_route_and_the_view_lists_them_all() {
+        let publisher = Publisher::new(&RingConfig::default(), Arc::new(Metrics::new()));
+        let mut no_address = member("D", 4, Health::Healthy);
+        no_address.addr = None;
+        let rebuilt = publisher.publish(&state(
+            &["A", "B", "D"],
+            vec![
+                member("A", 1, Health::Healthy),
+                member("B", 2, Health::Starting),
+                // Healthy but no longer desired (being removed).
+                member("C", 3, Health::Healthy),
+                no_address,
+            ],
+        ));
+        assert!(rebuilt);
+        assert_eq!(in_ring(&publisher), ["A"]);
+        let view = publisher.view();
+        assert_eq!(
+            view.desired.iter().map(|n| n.as_str()).collect::<Vec<_>>(),
+            ["A", "B", "D"]
+        );
+        let listed: Vec<(&str, bool)> = view
+            .members
+            .iter()
+            .map(|m| (m.name.as_str(), m.in_ring))
+            .collect();
+        assert_eq!(listed, [("A", true), ("B", false), ("C", false)]);
+    }
+
+    #[test]
+    fn the_ring_is_rebuilt_only_when_its_members_or_configuration_change() {
+        let metrics = Arc::new(Metrics::new());
+        let publisher = Publisher::new(&RingConfig::default(), metrics.clone());
+        let two = state(
+            &["A", "B"],
+            vec![
+                member("A", 1, Health::Healthy),
+                member("B", 2, Health::Healthy),
+            ],
+        );
+        assert!(publisher.publish(&two));
+        let first = publisher.table();
+        // Same members, health counters moved: the same table stays.
+        let mut same = two.clone();
+        same.members[0].health.consecutive_failures = 1;
+        assert!(!publisher.publish(&same));
+        assert!(Arc::ptr_eq(&first, &publisher.table()));
+        assert_eq!(publisher.view().members[0].consecutive_failures, 1);
+        // Another algorithm: rebuilt with the same members.
+        let mut other = two.clone();
+        other.ring = RingConfig {
+            algorithm: crate::ring::Algorithm::Rendezvous,
+            ..RingConfig::default()
+        };
+        assert!(publisher.publish(&other));
+        assert_eq!(metrics.ring_rebuilds.get(), 2);
+        assert_eq!(metrics.ring_members.get(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_member_that_turns_unhealthy_is_ejected_and_one_no_longer_listed_is_not() {
+        let publisher = Publisher::new(&RingConfig::default(), Arc::new(Metrics::new()));
+        publisher.publish(&state(
+            &["A", "B", "C"],
+            vec![
+                member("A", 1, Health::Healthy),
+                member("B", 2, Health::Healthy),
+                member("C", 3, Health::Healthy),
+            ],
+        ));
+        let ejection = |n: &str| {
+            publisher
+                .table()
+                .backends
+                .iter()
+                .find(|b| b.name.as_str() == n)
+                .unwrap()
+                .ejection
+                .clone()
+        };
+        let (b, c) = (ejection("B"), ejection("C"));
+        // B is suspect now; C is gone from the list (removed).
+        publisher.publish(&state(
+            &["A", "B"],
+            vec![
+                member("A", 1, Health::Healthy),
+                member("B", 2, Health::Suspect),
+            ],
+        ));
+        assert!(b.is_ejected());
+        assert!(!c.is_ejected());
+    }
+
+    #[test]
+    fn shown_desired_replicas_stay_until_the_next_publish() {
+        let publisher = Publisher::new(&RingConfig::default(), Arc::new(Metrics::new()));
+        publisher.publish(&state(&["A"], vec![member("A", 1, Health::Healthy)]));
+        publisher.show_desired(vec![name("A"), name("B")]);
+        assert_eq!(publisher.view().desired.len(), 2);
+        assert_eq!(publisher.view().members.len(), 1);
+        assert_eq!(in_ring(&publisher), ["A"]);
+    }
+}
