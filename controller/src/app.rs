@@ -12,6 +12,7 @@ use clap::Args;
 use tokio::net::TcpListener;
 
 use crate::metrics::Metrics;
+use crate::pool::health::HeartbeatProber;
 use crate::pool::supervisor::PoolSettings;
 use crate::pool::{HealthSettings, Supervisor};
 use crate::proxy::workers::ProxyListeners;
@@ -232,10 +233,16 @@ async fn serve<R: Runtime>(
     } = front;
     let ring_config = settings.ring.clone();
     let publisher = Arc::new(Publisher::new(&ring_config, metrics.clone()));
-    let (pool, supervisor) =
-        Supervisor::launch(runtime, names, settings, metrics.clone(), publisher.clone())
-            .await
-            .context("cannot start the replicas")?;
+    let (pool, supervisor) = Supervisor::launch(
+        runtime,
+        names,
+        settings,
+        Arc::new(HeartbeatProber::default()),
+        metrics.clone(),
+        publisher.clone(),
+    )
+    .await
+    .context("cannot start the replicas")?;
 
     let proxy_addr = proxy_listener.local_addr();
     let ops_addr = ops_listener.local_addr()?;

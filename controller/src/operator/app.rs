@@ -11,9 +11,10 @@ use clap::Args;
 use tokio::net::TcpListener;
 
 use super::leader::{self, LeaseSettings};
-use super::reconciler::{self, Context, HeartbeatProber};
+use super::reconciler::{self, Context};
 use crate::metrics::Metrics;
 use crate::ops;
+use crate::pool::health::HeartbeatProber;
 use crate::serving::DRAIN_TIMEOUT;
 
 #[derive(Debug, Args)]

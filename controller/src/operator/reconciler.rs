@@ -15,7 +15,6 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::future::BoxFuture;
 use k8s_openapi::api::core::v1::{ObjectReference, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
@@ -33,7 +32,7 @@ use super::pods::{
     CreateError, KubeRuntime, POOL_LABEL, PodState, PodTemplate, ReplicaPod, is_status,
 };
 use crate::metrics::Metrics;
-use crate::pool::health::{HealthState, HeartbeatClient};
+use crate::pool::health::{HealthState, Prober};
 use crate::pool::{Action as PlanAction, Health, Observed, Policy, plan};
 use crate::replica_name::ReplicaName;
 
@@ -50,30 +49,6 @@ pub enum Error {
     Api(#[from] kube::Error),
     #[error("the ServerPool has no namespace or uid")]
     Incomplete,
-}
-
-/// Sends one heartbeat. The operator uses [`HeartbeatProber`]; tests use a fake.
-pub trait Prober: Send + Sync + 'static {
-    fn check(&self, addr: SocketAddr, timeout: Duration) -> BoxFuture<'static, bool>;
-}
-
-/// `GET /heartbeat` over pooled connections, one client per timeout.
-#[derive(Default)]
-pub struct HeartbeatProber {
-    clients: Mutex<HashMap<Duration, HeartbeatClient>>,
-}
-
-impl Prober for HeartbeatProber {
-    fn check(&self, addr: SocketAddr, timeout: Duration) -> BoxFuture<'static, bool> {
-        let client = self
-            .clients
-            .lock()
-            .unwrap()
-            .entry(timeout)
-            .or_insert_with(|| HeartbeatClient::new(timeout))
-            .clone();
-        Box::pin(async move { client.check(addr).await })
-    }
 }
 
 /// What the reconciler remembers about a pool between passes.

@@ -1,10 +1,13 @@
 //! Heartbeats: `GET /heartbeat` with a timeout, and the per-replica state machine
 //! that turns their results into [`Health`].
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::future::BoxFuture;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::{Client, connect::HttpConnector};
 use hyper_util::rt::TokioExecutor;
@@ -65,6 +68,32 @@ impl HeartbeatClient {
             tokio::time::timeout(self.timeout, beat).await,
             Ok(Some(true))
         )
+    }
+}
+
+/// Sends one heartbeat. The supervisor and the operator use [`HeartbeatProber`];
+/// tests use fakes.
+pub trait Prober: Send + Sync + 'static {
+    /// True when the replica at `addr` answers `GET /heartbeat` with 200 within `timeout`.
+    fn check(&self, addr: SocketAddr, timeout: Duration) -> BoxFuture<'static, bool>;
+}
+
+/// `GET /heartbeat` over pooled connections, one client per timeout.
+#[derive(Default)]
+pub struct HeartbeatProber {
+    clients: Mutex<HashMap<Duration, HeartbeatClient>>,
+}
+
+impl Prober for HeartbeatProber {
+    fn check(&self, addr: SocketAddr, timeout: Duration) -> BoxFuture<'static, bool> {
+        let client = self
+            .clients
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(timeout)
+            .or_insert_with(|| HeartbeatClient::new(timeout))
+            .clone();
+        Box::pin(async move { client.check(addr).await })
     }
 }
 

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use super::health::{HealthSettings, HealthState, HeartbeatClient};
+use super::health::{HealthSettings, HealthState, Prober};
 use super::membership;
 use super::{Action, Health, Observed, Policy, PoolAdmin, PoolError, ReplicaName, plan};
 use crate::metrics::Metrics;
@@ -121,7 +121,7 @@ struct Tracked {
 pub struct Supervisor<R: Runtime> {
     runtime: Arc<R>,
     settings: PoolSettings,
-    heartbeats: HeartbeatClient,
+    heartbeats: Arc<dyn Prober>,
     metrics: Arc<Metrics>,
     desired: Vec<ReplicaName>,
     tracked: HashMap<ReplicaName, Tracked>,
@@ -160,11 +160,12 @@ impl<R: Runtime> Supervisor<R> {
         runtime: Arc<R>,
         initial: Vec<ReplicaName>,
         settings: PoolSettings,
+        heartbeats: Arc<dyn Prober>,
         metrics: Arc<Metrics>,
         publisher: Arc<Publisher>,
     ) -> Result<(PoolHandle, JoinHandle<()>), PoolError> {
         let mut supervisor = Supervisor {
-            heartbeats: HeartbeatClient::new(settings.health.timeout),
+            heartbeats,
             runtime,
             settings,
             metrics,
@@ -281,9 +282,10 @@ impl<R: Runtime> Supervisor<R> {
             .filter(|(_, t)| t.running)
             .map(|(name, t)| (name.clone(), t.addr))
             .collect();
+        let timeout = self.settings.health.timeout;
         let beats = futures::future::join_all(targets.into_iter().map(|(name, addr)| {
-            let client = self.heartbeats.clone();
-            async move { (name, client.check(addr).await) }
+            let check = self.heartbeats.check(addr, timeout);
+            async move { (name, check.await) }
         }))
         .await;
 
