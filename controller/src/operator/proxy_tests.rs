@@ -96,8 +96,8 @@ struct FakeProxy {
 }
 
 enum Change {
-    Pool(Event<ServerPool>),
-    Pod(Event<Pod>),
+    Pool(Box<Event<ServerPool>>),
+    Pod(Box<Event<Pod>>),
 }
 
 impl FakeProxy {
@@ -153,11 +153,11 @@ impl FakeProxy {
 }
 
 fn apply_pool(pool: ServerPool) -> Change {
-    Change::Pool(Event::Apply(pool))
+    Change::Pool(Box::new(Event::Apply(pool)))
 }
 
 fn apply_pod(pod: Pod) -> Change {
-    Change::Pod(Event::Apply(pod))
+    Change::Pod(Box::new(Event::Apply(pod)))
 }
 
 #[test]
@@ -165,10 +165,10 @@ fn watch_events_give_the_ring_and_rep_they_should() {
     let mut proxy = FakeProxy::new();
     // Initial lists: no pool, no pods yet.
     for change in [
-        Change::Pool(Event::Init),
-        Change::Pool(Event::InitDone),
-        Change::Pod(Event::Init),
-        Change::Pod(Event::InitDone),
+        Change::Pool(Box::new(Event::Init)),
+        Change::Pool(Box::new(Event::InitDone)),
+        Change::Pod(Box::new(Event::Init)),
+        Change::Pod(Box::new(Event::InitDone)),
     ] {
         proxy.apply(&change);
     }
@@ -252,12 +252,12 @@ fn watch_events_give_the_ring_and_rep_they_should() {
         ],
         &[("Server2", "emergency_1")],
     );
-    proxy.apply(&Change::Pod(Event::Delete(pod(
+    proxy.apply(&Change::Pod(Box::new(Event::Delete(pod(
         "Server2",
         "server2",
         "10.0.0.2",
         Some(true),
-    ))));
+    )))));
     proxy.apply(&apply_pool(replaced));
     assert_eq!(proxy.rep(), ["Server1", "emergency_1", "Server3"]);
     assert_eq!(proxy.in_ring().len(), 2);
@@ -289,7 +289,7 @@ fn watch_events_give_the_ring_and_rep_they_should() {
     assert_eq!(proxy.in_ring().len(), 2);
 
     // The pool is deleted: nothing desired, nothing routed (/readyz turns 503).
-    proxy.apply(&Change::Pool(Event::Delete(reported)));
+    proxy.apply(&Change::Pool(Box::new(Event::Delete(reported))));
     assert!(proxy.rep().is_empty() && proxy.in_ring().is_empty());
 }
 
@@ -317,8 +317,8 @@ fn two_proxies_fed_the_same_events_route_every_key_alike() {
             ))
         })
         .collect();
-    let mut events = vec![Change::Pool(Event::Init), apply_pool(pool(6))];
-    events.push(Change::Pool(Event::InitDone));
+    let mut events = vec![Change::Pool(Box::new(Event::Init)), apply_pool(pool(6))];
+    events.push(Change::Pool(Box::new(Event::InitDone)));
     events.extend(pods);
     events.push(apply_pool(ready(6)));
     // Scaled down to 5: Server6's pod is still there until the operator deletes it.

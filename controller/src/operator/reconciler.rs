@@ -165,273 +165,363 @@ fn pool_key(pool: &ServerPool) -> String {
     )
 }
 
-/// One pass over one pool.
+/// One pass over one pool: observe, apply, report.
 pub async fn reconcile(pool: Arc<ServerPool>, ctx: Arc<Context>) -> Result<Action, Error> {
     if !ctx.leadership.is_leader() {
         // A standby: watches (its caches stay warm for a takeover) but writes nothing.
         return Ok(Action::requeue(STANDBY_RECHECK));
     }
-    let namespace = pool.namespace().ok_or(Error::Incomplete)?;
-    let name = pool.name_any();
-    let key = pool_key(&pool);
     if pool.meta().deletion_timestamp.is_some() {
         // Its pods go with it (ownerReferences): nothing to do but forget it.
-        ctx.memory.lock().unwrap().remove(&key);
+        ctx.memory.lock().unwrap().remove(&pool_key(&pool));
         return Ok(Action::await_change());
     }
-    let uid = pool.uid().ok_or(Error::Incomplete)?;
-    let owner = pool.controller_owner_ref(&()).ok_or(Error::Incomplete)?;
-    let spec = &pool.spec;
-    let old_status = pool.status.clone().unwrap_or_default();
-    let settings = spec.health_settings();
-    let runtime = KubeRuntime::new(
-        ctx.client.clone(),
-        &namespace,
-        &name,
-        owner,
-        PodTemplate {
-            image: spec.image.clone(),
-            port: spec.port,
-        },
-    );
-    let reference = pool.object_ref(&());
-
-    // What cannot be carried out as written: reported in the Degraded condition.
-    let mut problems: Vec<String> = Vec::new();
-    if let Err(error) = spec.ring_config() {
-        problems.push(format!("spec.hashing: {error}"));
-    }
-    if name.len() > 63 {
-        problems.push("a pool name longer than 63 characters cannot label its pods".into());
-    }
-
-    // Replacements recorded in the status, and those made since (the cached pool may lag).
-    let mut recorded = old_status.emergency_replacements.clone();
-    for made in ctx.with_memory(&key, &uid, |m| m.replacements.clone()) {
-        if !recorded.iter().any(|r| r.failed == made.failed) {
-            recorded.push(made);
-        }
-    }
-
-    let pods = runtime.observe().await?;
-    let health = heartbeat(&ctx, &key, &uid, &pods, spec).await;
-
-    let desired = if problems.is_empty() {
-        members::desired_members(spec, &members::replacement_map(&recorded))
-            .map_err(|error| problems.push(error.to_string()))
-            .ok()
-    } else {
-        None
-    };
-
+    let target = Target::of(&pool, &ctx)?;
+    let mut seen = observe(&target, &ctx).await?;
     // Observing took time (heartbeats): check again that this process still leads
     // before it writes. A leader paused or cut off meanwhile has stopped by now.
     if !ctx.leadership.is_leader() {
         return Ok(Action::requeue(STANDBY_RECHECK));
     }
-    let mut created: HashSet<ReplicaName> = HashSet::new();
-    let mut gone: HashSet<ReplicaName> = HashSet::new();
-    let mut first_error: Option<Error> = None;
-    if let Some(desired) = &desired {
-        // One pod per name: the one with the expected pod name wins, others are extras.
-        let mut by_name: HashMap<ReplicaName, &ReplicaPod> = HashMap::new();
-        let mut extras: Vec<&ReplicaPod> = Vec::new();
-        let mut terminating: HashSet<ReplicaName> = HashSet::new();
-        for pod in &pods {
-            match &pod.name {
-                Some(n) if pod.state == PodState::Terminating => {
-                    terminating.insert(n.clone());
-                }
-                Some(n) if members::pod_name(n).as_deref() == Ok(pod.pod.as_str()) => {
-                    by_name.insert(n.clone(), pod);
-                }
-                _ if pod.state == PodState::Terminating => {}
-                _ => extras.push(pod),
-            }
-        }
-        let observed: Vec<Observed> = by_name
-            .iter()
-            .map(|(n, pod)| Observed {
-                name: n.clone(),
-                health: health.get(&pod.uid).map_or(Health::Starting, |h| h.health),
-            })
-            .collect();
-        // A name whose old pod is still terminating waits for it to go.
-        let wanted: Vec<ReplicaName> = desired
-            .iter()
-            .map(|(n, _)| n.clone())
-            .filter(|n| !terminating.contains(n))
-            .collect();
-        let next_emergency = members::next_emergency(
-            recorded.iter().map(|r| r.replacement.as_str()).chain(
-                pods.iter()
-                    .filter_map(|p| p.name.as_ref().map(|n| n.as_str())),
-            ),
-        );
-        let mut planned = plan(
-            &wanted,
-            &observed,
-            Policy {
-                replace_failed: true,
-                next_emergency,
-            },
-        )
-        .actions;
-        // Deterministic order: the plan iterates a map of observed pods.
-        planned.sort_by_key(|a| match a {
-            PlanAction::Stop(n) => (0, n.clone()),
-            PlanAction::Replace { failed, .. } => (1, failed.clone()),
-            PlanAction::Start(n) => (2, n.clone()),
-        });
+    let done = apply(&target, &ctx, &mut seen).await;
+    report(&target, &ctx, &seen, &done).await?;
+    if let Some(error) = done.first_error {
+        return Err(error);
+    }
+    ctx.with_memory(&target.key, &target.uid, |m| m.failures = 0);
+    Ok(Action::requeue(pool.spec.health_settings().interval))
+}
 
-        for extra in extras {
-            let result = runtime.delete(&extra.pod).await;
-            note(&mut first_error, result.map_err(Error::from));
-            publish_event(
-                &ctx,
-                &reference,
-                EventType::Normal,
-                "Deleted",
-                "DeletePod",
-                format!(
-                    "deleted pod {} that names no replica of this pool",
-                    extra.pod
-                ),
-                Some(pod_reference(&namespace, &extra.pod)),
-            )
-            .await;
+/// The pool a pass works on, and the handles it works through.
+struct Target<'a> {
+    pool: &'a ServerPool,
+    namespace: String,
+    name: String,
+    /// `namespace/name`: the key of the pass's memory.
+    key: String,
+    uid: String,
+    pods: KubeRuntime,
+    /// The pool, for Events.
+    reference: ObjectReference,
+}
+
+impl<'a> Target<'a> {
+    fn of(pool: &'a ServerPool, ctx: &Context) -> Result<Self, Error> {
+        let namespace = pool.namespace().ok_or(Error::Incomplete)?;
+        let name = pool.name_any();
+        let owner = pool.controller_owner_ref(&()).ok_or(Error::Incomplete)?;
+        Ok(Self {
+            key: pool_key(pool),
+            uid: pool.uid().ok_or(Error::Incomplete)?,
+            pods: KubeRuntime::new(
+                ctx.client.clone(),
+                &namespace,
+                &name,
+                owner,
+                PodTemplate {
+                    image: pool.spec.image.clone(),
+                    port: pool.spec.port,
+                },
+            ),
+            reference: pool.object_ref(&()),
+            pool,
+            namespace,
+            name,
+        })
+    }
+
+    fn pod_reference(&self, pod: &str) -> ObjectReference {
+        pod_reference(&self.namespace, pod)
+    }
+}
+
+/// What a pass found: the pool's pods and their health, and what it should have.
+struct Seen {
+    pods: Vec<ReplicaPod>,
+    /// Health per pod uid.
+    health: HashMap<String, HealthState>,
+    /// Replacements recorded in the status and those made since (the cached pool may
+    /// lag); the pass adds the ones it makes.
+    replacements: Vec<ReplacementStatus>,
+    /// The desired members and their pod names; `None` when the spec cannot be carried out.
+    desired: Option<Vec<(ReplicaName, String)>>,
+    /// What cannot be carried out as written: reported in the Degraded condition.
+    problems: Vec<String>,
+}
+
+/// Lists the pods, heartbeats the running ones, and works out what should exist.
+async fn observe(target: &Target<'_>, ctx: &Context) -> Result<Seen, Error> {
+    let spec = &target.pool.spec;
+    let mut problems: Vec<String> = Vec::new();
+    if let Err(error) = spec.ring_config() {
+        problems.push(format!("spec.hashing: {error}"));
+    }
+    if target.name.len() > 63 {
+        problems.push("a pool name longer than 63 characters cannot label its pods".into());
+    }
+    let mut replacements = target
+        .pool
+        .status
+        .as_ref()
+        .map(|s| s.emergency_replacements.clone())
+        .unwrap_or_default();
+    for made in ctx.with_memory(&target.key, &target.uid, |m| m.replacements.clone()) {
+        if !replacements.iter().any(|r| r.failed == made.failed) {
+            replacements.push(made);
         }
-        for action in planned {
-            match action {
-                PlanAction::Start(n) => {
-                    if create(&ctx, &runtime, &reference, &namespace, &n, &mut problems)
-                        .await
-                        .map_err(|e| note(&mut first_error, Err(e)))
-                        .unwrap_or(false)
-                    {
-                        created.insert(n);
-                    }
+    }
+    let pods = target.pods.observe().await?;
+    let health = heartbeat(ctx, &target.key, &target.uid, &pods, spec).await;
+    let desired = if problems.is_empty() {
+        members::desired_members(spec, &members::replacement_map(&replacements))
+            .map_err(|error| problems.push(error.to_string()))
+            .ok()
+    } else {
+        None
+    };
+    Ok(Seen {
+        pods,
+        health,
+        replacements,
+        desired,
+        problems,
+    })
+}
+
+/// What a pass changed.
+#[derive(Default)]
+struct Done {
+    /// Replicas whose pod this pass created.
+    created: HashSet<ReplicaName>,
+    /// Replicas whose pod this pass deleted.
+    gone: HashSet<ReplicaName>,
+    /// The first failed API call; the pass went on, the error policy retries.
+    first_error: Option<Error>,
+}
+
+/// Plans against what was seen and carries the plan out: pods created, deleted,
+/// replaced, an Event for each.
+async fn apply(target: &Target<'_>, ctx: &Context, seen: &mut Seen) -> Done {
+    let mut done = Done::default();
+    let Some(desired) = seen.desired.clone() else {
+        return done;
+    };
+    let work = plan_pass(&desired, seen);
+    for extra in &work.extras {
+        let result = target.pods.delete(extra).await;
+        note(&mut done.first_error, result.map_err(Error::from));
+        publish_event(
+            ctx,
+            &target.reference,
+            EventType::Normal,
+            "Deleted",
+            "DeletePod",
+            format!("deleted pod {extra} that names no replica of this pool"),
+            Some(target.pod_reference(extra)),
+        )
+        .await;
+    }
+    for action in work.actions {
+        match action {
+            PlanAction::Start(n) => {
+                if create(ctx, target, &n, &mut seen.problems, &mut done.first_error).await {
+                    done.created.insert(n);
                 }
-                PlanAction::Stop(n) => {
-                    let pod = by_name.get(&n).map(|p| p.pod.clone()).unwrap_or_default();
-                    note(
-                        &mut first_error,
-                        runtime.delete(&pod).await.map_err(Error::from),
-                    );
-                    gone.insert(n.clone());
-                    publish_event(
-                        &ctx,
-                        &reference,
-                        EventType::Normal,
-                        "Deleted",
-                        "DeletePod",
-                        format!("deleted pod {pod}: replica {n} is no longer desired"),
-                        Some(pod_reference(&namespace, &pod)),
-                    )
-                    .await;
-                }
-                PlanAction::Replace {
-                    failed,
-                    replacement,
-                } => {
-                    let made = ReplacementStatus {
-                        failed: failed.to_string(),
-                        replacement: replacement.to_string(),
-                    };
-                    // Remembered before any pod changes, so that no later pass
-                    // brings the failed name back.
-                    ctx.with_memory(&key, &uid, |m| m.replacements.push(made.clone()));
-                    recorded.push(made);
-                    ctx.metrics.replacements.inc();
-                    let pod = by_name
-                        .get(&failed)
-                        .map(|p| p.pod.clone())
-                        .unwrap_or_default();
-                    note(
-                        &mut first_error,
-                        runtime.delete_now(&pod).await.map_err(Error::from),
-                    );
-                    gone.insert(failed.clone());
-                    publish_event(
-                        &ctx,
-                        &reference,
-                        EventType::Warning,
-                        "Replaced",
-                        "ReplacePod",
-                        format!(
-                            "replica {failed} (pod {pod}) failed its heartbeats: replaced by {replacement}"
-                        ),
-                        Some(pod_reference(&namespace, &pod)),
-                    )
-                    .await;
-                    if create(
-                        &ctx,
-                        &runtime,
-                        &reference,
-                        &namespace,
-                        &replacement,
-                        &mut problems,
-                    )
-                    .await
-                    .map_err(|e| note(&mut first_error, Err(e)))
-                    .unwrap_or(false)
-                    {
-                        created.insert(replacement);
-                    }
+            }
+            PlanAction::Stop(n) => {
+                let pod = work.pod_of.get(&n).cloned().unwrap_or_default();
+                note(
+                    &mut done.first_error,
+                    target.pods.delete(&pod).await.map_err(Error::from),
+                );
+                publish_event(
+                    ctx,
+                    &target.reference,
+                    EventType::Normal,
+                    "Deleted",
+                    "DeletePod",
+                    format!("deleted pod {pod}: replica {n} is no longer desired"),
+                    Some(target.pod_reference(&pod)),
+                )
+                .await;
+                done.gone.insert(n);
+            }
+            PlanAction::Replace {
+                failed,
+                replacement,
+            } => {
+                let made = ReplacementStatus {
+                    failed: failed.to_string(),
+                    replacement: replacement.to_string(),
+                };
+                // Remembered before any pod changes, so that no later pass
+                // brings the failed name back.
+                ctx.with_memory(&target.key, &target.uid, |m| {
+                    m.replacements.push(made.clone())
+                });
+                seen.replacements.push(made);
+                ctx.metrics.replacements.inc();
+                let pod = work.pod_of.get(&failed).cloned().unwrap_or_default();
+                note(
+                    &mut done.first_error,
+                    target.pods.delete_now(&pod).await.map_err(Error::from),
+                );
+                publish_event(
+                    ctx,
+                    &target.reference,
+                    EventType::Warning,
+                    "Replaced",
+                    "ReplacePod",
+                    format!(
+                        "replica {failed} (pod {pod}) failed its heartbeats: replaced by {replacement}"
+                    ),
+                    Some(target.pod_reference(&pod)),
+                )
+                .await;
+                done.gone.insert(failed);
+                if create(
+                    ctx,
+                    target,
+                    &replacement,
+                    &mut seen.problems,
+                    &mut done.first_error,
+                )
+                .await
+                {
+                    done.created.insert(replacement);
                 }
             }
         }
     }
+    done
+}
 
-    // The status after this pass.
-    let live = members::live_replacements(spec, &recorded);
-    ctx.with_memory(&key, &uid, |m| m.replacements = live.clone());
-    let desired_now = desired
+/// A pass's work, decided before any call: pods that name no replica, and the plan.
+struct PassWork {
+    extras: Vec<String>,
+    actions: Vec<PlanAction>,
+    /// The pod of each desired replica that has one.
+    pod_of: HashMap<ReplicaName, String>,
+}
+
+/// Pure: which pod stands for which replica, and what [`plan`] makes of them.
+fn plan_pass(desired: &[(ReplicaName, String)], seen: &Seen) -> PassWork {
+    // One pod per name: the one with the expected pod name wins, others are extras.
+    let mut by_name: HashMap<ReplicaName, &ReplicaPod> = HashMap::new();
+    let mut extras: Vec<String> = Vec::new();
+    let mut terminating: HashSet<ReplicaName> = HashSet::new();
+    for pod in &seen.pods {
+        match &pod.name {
+            Some(n) if pod.state == PodState::Terminating => {
+                terminating.insert(n.clone());
+            }
+            Some(n) if members::pod_name(n).as_deref() == Ok(pod.pod.as_str()) => {
+                by_name.insert(n.clone(), pod);
+            }
+            _ if pod.state == PodState::Terminating => {}
+            _ => extras.push(pod.pod.clone()),
+        }
+    }
+    let observed: Vec<Observed> = by_name
+        .iter()
+        .map(|(n, pod)| Observed {
+            name: n.clone(),
+            health: seen
+                .health
+                .get(&pod.uid)
+                .map_or(Health::Starting, |h| h.health),
+        })
+        .collect();
+    // A name whose old pod is still terminating waits for it to go.
+    let wanted: Vec<ReplicaName> = desired
+        .iter()
+        .map(|(n, _)| n.clone())
+        .filter(|n| !terminating.contains(n))
+        .collect();
+    let next_emergency = members::next_emergency(
+        seen.replacements
+            .iter()
+            .map(|r| r.replacement.as_str())
+            .chain(
+                seen.pods
+                    .iter()
+                    .filter_map(|p| p.name.as_ref().map(|n| n.as_str())),
+            ),
+    );
+    let mut actions = plan(
+        &wanted,
+        &observed,
+        Policy {
+            replace_failed: true,
+            next_emergency,
+        },
+    )
+    .actions;
+    // Deterministic order: the plan iterates a map of observed pods.
+    actions.sort_by_key(|a| match a {
+        PlanAction::Stop(n) => (0, n.clone()),
+        PlanAction::Replace { failed, .. } => (1, failed.clone()),
+        PlanAction::Start(n) => (2, n.clone()),
+    });
+    PassWork {
+        extras,
+        actions,
+        pod_of: by_name
+            .into_iter()
+            .map(|(n, pod)| (n, pod.pod.clone()))
+            .collect(),
+    }
+}
+
+/// Writes the status this pass leaves, if it changed (and this process still leads).
+async fn report(target: &Target<'_>, ctx: &Context, seen: &Seen, done: &Done) -> Result<(), Error> {
+    let spec = &target.pool.spec;
+    let old_status = target.pool.status.clone().unwrap_or_default();
+    let live = members::live_replacements(spec, &seen.replacements);
+    ctx.with_memory(&target.key, &target.uid, |m| m.replacements = live.clone());
+    let desired_now = seen
+        .desired
         .as_ref()
         .and_then(|_| members::desired_members(spec, &members::replacement_map(&live)).ok());
-    let pod_of: HashMap<&ReplicaName, &ReplicaPod> = pods
+    let pod_of: HashMap<&ReplicaName, &ReplicaPod> = seen
+        .pods
         .iter()
         .filter(|p| p.state != PodState::Terminating)
         .filter_map(|p| Some((p.name.as_ref()?, p)))
-        .filter(|(n, _)| !gone.contains(*n))
+        .filter(|(n, _)| !done.gone.contains(*n))
         .collect();
     let ready: HashSet<ReplicaName> = pod_of
         .iter()
-        .filter(|(_, pod)| health.get(&pod.uid).is_some_and(HealthState::routable))
+        .filter(|(_, pod)| seen.health.get(&pod.uid).is_some_and(HealthState::routable))
         .map(|(n, _)| (*n).clone())
         .collect();
     let existing: HashSet<ReplicaName> = pod_of
         .keys()
         .map(|n| (*n).clone())
-        .chain(created.iter().cloned())
+        .chain(done.created.iter().cloned())
         .collect();
     let status = compute_status(
         spec,
-        pool.metadata.generation,
+        target.pool.metadata.generation,
         &old_status,
         desired_now.as_deref(),
         &existing,
         &ready,
-        live.clone(),
-        &problems,
+        live,
+        &seen.problems,
         ctx.now(),
     );
     if status != old_status && ctx.leadership.is_leader() {
-        let pools: Api<ServerPool> = Api::namespaced(ctx.client.clone(), &namespace);
+        let pools: Api<ServerPool> = Api::namespaced(ctx.client.clone(), &target.namespace);
         pools
             .patch_status(
-                &name,
+                &target.name,
                 &PatchParams::default(),
                 &Patch::Merge(json!({ "status": status })),
             )
             .await?;
     }
-
-    if let Some(error) = first_error {
-        return Err(error);
-    }
-    ctx.with_memory(&key, &uid, |m| m.failures = 0);
-    Ok(Action::requeue(settings.interval))
+    Ok(())
 }
 
 /// Keeps the first error of a pass; the pass goes on so that one failed call does
@@ -497,51 +587,54 @@ async fn heartbeat(
     })
 }
 
-/// Creates the pod of `name` and records an Event. `Ok(false)`: the pod name is
-/// taken by something that is not this pool's (reported in `problems`).
+/// Creates the pod of `name` and records an Event; true when it was created. A pod
+/// name taken by something that is not this pool's, or a name that cannot be a
+/// pod, goes to `problems`; a failed API call to `first_error`.
 async fn create(
     ctx: &Context,
-    runtime: &KubeRuntime,
-    reference: &ObjectReference,
-    namespace: &str,
+    target: &Target<'_>,
     name: &ReplicaName,
     problems: &mut Vec<String>,
-) -> Result<bool, Error> {
+    first_error: &mut Option<Error>,
+) -> bool {
     let pod = members::pod_name(name).unwrap_or_default();
-    match runtime.create(name).await {
+    match target.pods.create(name).await {
         Ok(_) => {
             publish_event(
                 ctx,
-                reference,
+                &target.reference,
                 EventType::Normal,
                 "Created",
                 "CreatePod",
                 format!("created pod {pod} for replica {name}"),
-                Some(pod_reference(namespace, &pod)),
+                Some(target.pod_reference(&pod)),
             )
             .await;
-            Ok(true)
+            true
         }
         Err(CreateError::Api(error)) if is_status(&error, 409) => {
             let problem =
                 format!("pod {pod} for replica {name} already exists and is not this pool's");
             publish_event(
                 ctx,
-                reference,
+                &target.reference,
                 EventType::Warning,
                 "PodConflict",
                 "CreatePod",
                 problem.clone(),
-                Some(pod_reference(namespace, &pod)),
+                Some(target.pod_reference(&pod)),
             )
             .await;
             problems.push(problem);
-            Ok(false)
+            false
         }
-        Err(CreateError::Api(error)) => Err(error.into()),
+        Err(CreateError::Api(error)) => {
+            note(first_error, Err(error.into()));
+            false
+        }
         Err(CreateError::Naming(error)) => {
             problems.push(error.to_string());
-            Ok(false)
+            false
         }
     }
 }
