@@ -59,12 +59,14 @@ kind-up: image
     kind get clusters | grep -qx ringlb || kind create cluster --config kind-config.yaml --wait 180s
     kind load docker-image ringlb:dev ringlb-replica:dev --name ringlb
 
-# Install the CRD, then the operator, its RBAC, Service, Secret and the demo pool.
+# Install the CRD, then the operators and proxies, their RBAC, the Service, the Secret,
+# the disruption budgets and the demo pool.
 deploy:
     kubectl apply -f crds/
     kubectl wait --for condition=established crd/serverpools.ringlb.dev --timeout=60s
     kubectl apply -k deploy/
-    kubectl rollout status deploy/ringlb --timeout=180s
+    kubectl rollout status deploy/ringlb-operator --timeout=180s
+    kubectl rollout status deploy/ringlb-proxy --timeout=180s
 
 # The README's Kubernetes path on kind, scripted with assertions; cleans up after itself.
 e2e:

@@ -1,24 +1,46 @@
-//! What the operator needs from the Kubernetes API, and tests that the manifests in
-//! `deploy/` and `crds/` parse into the Kubernetes types and grant exactly that.
+//! What the operator and the proxy need from the Kubernetes API, and tests that the
+//! manifests in `deploy/` and `crds/` parse into the Kubernetes types, grant exactly
+//! that to the right pods, and deploy both highly available.
 
-/// Every API permission the operator uses: (API group, resource, verbs).
+/// What `ringlb operator` (the control plane) uses: (API group, resource, verbs).
 ///
-/// - the controller lists and watches pools and pods, creates and deletes pods,
-///   and patches pool status;
-/// - the in-cluster proxy gets its pool and patches its spec on `/add` and `/rm`;
-/// - the event recorder creates events and patches them when an event repeats;
-/// - the leader election reads the Lease, creates it if missing, and patches it to
-///   take, renew and release it.
-pub const PERMISSIONS: &[(&str, &str, &[&str])] = &[
+/// - `serverpools` list, watch: the reconciler's controller follows every pool of its
+///   namespace (`reconciler.rs`); it never reads one pool alone nor writes a spec;
+/// - `serverpools/status` patch: the reconciler writes replicas, members,
+///   replacements and conditions (`reconciler.rs`);
+/// - `pods` list, watch, create, delete: the controller watches the pods it owns
+///   (`reconciler.rs`), and `pods.rs` lists a pool's pods, creates missing ones and
+///   deletes extras and failed ones;
+/// - `events.k8s.io` `events` create, patch: the event recorder, for every pod
+///   created, deleted or replaced (patched when an event repeats);
+/// - `coordination.k8s.io` `leases` get, create, patch: the leader election
+///   (`leader.rs`, through kube-lease-manager) reads the Lease (the standby follows its
+///   expiry), creates it if missing, and patches it (server-side apply) to take, renew
+///   and release it.
+pub const OPERATOR_PERMISSIONS: &[(&str, &str, &[&str])] = &[
+    ("ringlb.dev", "serverpools", &["list", "watch"]),
+    ("ringlb.dev", "serverpools/status", &["patch"]),
+    ("", "pods", &["list", "watch", "create", "delete"]),
+    ("events.k8s.io", "events", &["create", "patch"]),
+    ("coordination.k8s.io", "leases", &["get", "create", "patch"]),
+];
+
+/// What `ringlb proxy --pool NAME` (the data plane) uses: (API group, resource, verbs).
+///
+/// - `serverpools` list, watch: the reflector of its one pool (field selector
+///   `metadata.name`), whose status says which members serve (`proxy.rs`);
+/// - `serverpools` get, patch: `/add` and `/rm` read the pool, then write
+///   `spec.replicas` and `spec.hostnames` with a resourceVersion precondition
+///   (`spec_admin.rs`);
+/// - `pods` list, watch: the reflector of the pool's pods (label `ringlb.dev/pool`):
+///   their addresses, and their readiness while the operator is away (`proxy.rs`).
+pub const PROXY_PERMISSIONS: &[(&str, &str, &[&str])] = &[
     (
         "ringlb.dev",
         "serverpools",
         &["get", "list", "watch", "patch"],
     ),
-    ("ringlb.dev", "serverpools/status", &["patch"]),
-    ("", "pods", &["list", "watch", "create", "delete"]),
-    ("events.k8s.io", "events", &["create", "patch"]),
-    ("coordination.k8s.io", "leases", &["get", "create", "patch"]),
+    ("", "pods", &["list", "watch"]),
 ];
 
 #[cfg(test)]
@@ -27,13 +49,21 @@ mod tests {
     use std::path::{Path, PathBuf};
 
     use k8s_openapi::api::apps::v1::Deployment;
-    use k8s_openapi::api::core::v1::{Secret, Service, ServiceAccount};
-    use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
+    use k8s_openapi::api::core::v1::{
+        Container, EnvVar, PodSpec, Probe, Secret, Service, ServiceAccount,
+    };
+    use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+    use k8s_openapi::api::rbac::v1::{
+        ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef, Subject,
+    };
     use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
     use serde::Deserialize;
 
-    use super::PERMISSIONS;
+    use super::{OPERATOR_PERMISSIONS, PROXY_PERMISSIONS};
     use crate::operator::ServerPool;
+    use crate::serving::DRAIN_TIMEOUT;
 
     fn repo() -> PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -62,10 +92,8 @@ mod tests {
         docs
     }
 
-    /// A document parsed into the Kubernetes type of its `apiVersion` and `kind`.
-    #[derive(Debug)]
     /// `kubectl apply -k deploy/`: the files it applies.
-    #[derive(Deserialize)]
+    #[derive(Debug, Deserialize)]
     #[serde(deny_unknown_fields)]
     struct Kustomization {
         #[serde(rename = "apiVersion")]
@@ -75,6 +103,7 @@ mod tests {
         resources: Vec<String>,
     }
 
+    /// A document parsed into the Kubernetes type of its `apiVersion` and `kind`.
     enum Manifest {
         Deployment(Box<Deployment>),
         Service(Box<Service>),
@@ -83,6 +112,7 @@ mod tests {
         ClusterRole(ClusterRole),
         RoleBinding(RoleBinding),
         ClusterRoleBinding(ClusterRoleBinding),
+        PodDisruptionBudget(Box<PodDisruptionBudget>),
         Kustomization(Kustomization),
         Secret(Box<Secret>),
         Crd(Box<CustomResourceDefinition>),
@@ -111,6 +141,9 @@ mod tests {
             }
             ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding") => {
                 Manifest::ClusterRoleBinding(typed(origin, value))
+            }
+            ("policy/v1", "PodDisruptionBudget") => {
+                Manifest::PodDisruptionBudget(typed(origin, value))
             }
             ("apiextensions.k8s.io/v1", "CustomResourceDefinition") => {
                 Manifest::Crd(typed(origin, value))
@@ -150,40 +183,295 @@ mod tests {
         }
     }
 
-    fn all_manifests() -> Vec<(String, Manifest)> {
+    /// The manifests of `dir`, each parsed and checked for unknown fields.
+    fn manifests_of(dir: &str) -> Vec<(String, Manifest)> {
         let mut out = Vec::new();
-        for dir in ["deploy", "crds"] {
-            for (origin, value) in documents(dir) {
-                let json = serde_json::to_value(&value).unwrap();
-                let manifest = parse(&origin, value);
-                let round_trip = match &manifest {
-                    Manifest::Deployment(m) => serde_json::to_value(m),
-                    Manifest::Service(m) => serde_json::to_value(m),
-                    Manifest::ServiceAccount(m) => serde_json::to_value(m),
-                    Manifest::Role(m) => serde_json::to_value(m),
-                    Manifest::ClusterRole(m) => serde_json::to_value(m),
-                    Manifest::RoleBinding(m) => serde_json::to_value(m),
-                    Manifest::ClusterRoleBinding(m) => serde_json::to_value(m),
-                    Manifest::Secret(m) => serde_json::to_value(m),
-                    Manifest::Crd(m) => serde_json::to_value(m),
-                    Manifest::ServerPool(m) => serde_json::to_value(m),
-                    // Checked by `deny_unknown_fields` as it is read.
-                    Manifest::Kustomization(_) => Ok(json.clone()),
-                }
-                .unwrap();
-                assert_no_unknown_fields(&origin, &json, &round_trip);
-                out.push((origin, manifest));
+        for (origin, value) in documents(dir) {
+            let json = serde_json::to_value(&value).unwrap();
+            let manifest = parse(&origin, value);
+            let round_trip = match &manifest {
+                Manifest::Deployment(m) => serde_json::to_value(m),
+                Manifest::Service(m) => serde_json::to_value(m),
+                Manifest::ServiceAccount(m) => serde_json::to_value(m),
+                Manifest::Role(m) => serde_json::to_value(m),
+                Manifest::ClusterRole(m) => serde_json::to_value(m),
+                Manifest::RoleBinding(m) => serde_json::to_value(m),
+                Manifest::ClusterRoleBinding(m) => serde_json::to_value(m),
+                Manifest::PodDisruptionBudget(m) => serde_json::to_value(m),
+                Manifest::Secret(m) => serde_json::to_value(m),
+                Manifest::Crd(m) => serde_json::to_value(m),
+                Manifest::ServerPool(m) => serde_json::to_value(m),
+                // Checked by `deny_unknown_fields` as it is read.
+                Manifest::Kustomization(_) => Ok(json.clone()),
             }
+            .unwrap();
+            assert_no_unknown_fields(&origin, &json, &round_trip);
+            out.push((origin, manifest));
         }
         out
     }
 
+    fn all_manifests() -> Vec<(String, Manifest)> {
+        let mut out = manifests_of("deploy");
+        out.extend(manifests_of("crds"));
+        out
+    }
+
+    /// What `kubectl apply -k deploy/` creates, by kind.
+    #[derive(Default)]
+    struct Deployed {
+        deployments: Vec<Deployment>,
+        services: Vec<Service>,
+        service_accounts: Vec<ServiceAccount>,
+        roles: Vec<Role>,
+        cluster_roles: Vec<ClusterRole>,
+        role_bindings: Vec<RoleBinding>,
+        cluster_role_bindings: Vec<ClusterRoleBinding>,
+        budgets: Vec<PodDisruptionBudget>,
+        secrets: Vec<Secret>,
+        pools: Vec<ServerPool>,
+    }
+
+    /// (API group, resource) → verbs.
+    type Permissions = BTreeMap<(String, String), BTreeSet<String>>;
+
+    fn permissions(table: &[(&str, &str, &[&str])]) -> Permissions {
+        table
+            .iter()
+            .map(|(group, resource, verbs)| {
+                (
+                    (group.to_string(), resource.to_string()),
+                    verbs.iter().map(|v| v.to_string()).collect(),
+                )
+            })
+            .collect()
+    }
+
+    impl Deployed {
+        fn load() -> Self {
+            let mut d = Deployed::default();
+            for (_, manifest) in manifests_of("deploy") {
+                match manifest {
+                    Manifest::Deployment(m) => d.deployments.push(*m),
+                    Manifest::Service(m) => d.services.push(*m),
+                    Manifest::ServiceAccount(m) => d.service_accounts.push(*m),
+                    Manifest::Role(m) => d.roles.push(m),
+                    Manifest::ClusterRole(m) => d.cluster_roles.push(m),
+                    Manifest::RoleBinding(m) => d.role_bindings.push(m),
+                    Manifest::ClusterRoleBinding(m) => d.cluster_role_bindings.push(m),
+                    Manifest::PodDisruptionBudget(m) => d.budgets.push(*m),
+                    Manifest::Secret(m) => d.secrets.push(*m),
+                    Manifest::ServerPool(m) => d.pools.push(*m),
+                    Manifest::Kustomization(_) | Manifest::Crd(_) => {}
+                }
+            }
+            d
+        }
+
+        fn deployment(&self, name: &str) -> &Deployment {
+            self.deployments
+                .iter()
+                .find(|d| d.metadata.name.as_deref() == Some(name))
+                .unwrap_or_else(|| panic!("no Deployment {name} in deploy/"))
+        }
+
+        fn operator(&self) -> &Deployment {
+            self.deployment("ringlb-operator")
+        }
+
+        fn proxy(&self) -> &Deployment {
+            self.deployment("ringlb-proxy")
+        }
+
+        /// The union of what the bindings of deploy/ grant to a service account, and
+        /// the roles that granted it (`Role/NAME`, `ClusterRole/NAME`).
+        fn granted_to(&self, account: &str, namespace: &str) -> (Permissions, BTreeSet<String>) {
+            let is_subject = |subjects: &Option<Vec<Subject>>, binding_ns: Option<&str>| {
+                subjects.iter().flatten().any(|s| {
+                    s.kind == "ServiceAccount"
+                        && s.name == account
+                        && s.namespace.as_deref().or(binding_ns) == Some(namespace)
+                })
+            };
+            let mut refs: Vec<(&RoleRef, Option<&str>)> = Vec::new();
+            for binding in &self.role_bindings {
+                let ns = binding.metadata.namespace.as_deref();
+                if is_subject(&binding.subjects, ns) {
+                    refs.push((&binding.role_ref, ns));
+                }
+            }
+            for binding in &self.cluster_role_bindings {
+                if is_subject(&binding.subjects, None) {
+                    refs.push((&binding.role_ref, None));
+                }
+            }
+            let mut granted = Permissions::new();
+            let mut used = BTreeSet::new();
+            for (role_ref, ns) in refs {
+                let name = Some(role_ref.name.as_str());
+                let rules = match role_ref.kind.as_str() {
+                    "Role" => self
+                        .roles
+                        .iter()
+                        .find(|r| {
+                            r.metadata.name.as_deref() == name
+                                && r.metadata.namespace.as_deref() == ns
+                        })
+                        .map(|r| &r.rules),
+                    "ClusterRole" => self
+                        .cluster_roles
+                        .iter()
+                        .find(|r| r.metadata.name.as_deref() == name)
+                        .map(|r| &r.rules),
+                    other => panic!("roleRef of kind {other}"),
+                }
+                .unwrap_or_else(|| {
+                    panic!(
+                        "a binding of {account} refers to {}/{}, not in deploy/",
+                        role_ref.kind, role_ref.name
+                    )
+                });
+                used.insert(format!("{}/{}", role_ref.kind, role_ref.name));
+                for rule in rules.iter().flatten() {
+                    add_rule(&mut granted, &role_ref.name, rule);
+                }
+            }
+            (granted, used)
+        }
+    }
+
+    fn add_rule(granted: &mut Permissions, origin: &str, rule: &PolicyRule) {
+        assert!(
+            rule.resource_names.is_none() && rule.non_resource_urls.is_none(),
+            "{origin}: unexpected rule shape"
+        );
+        for group in rule.api_groups.iter().flatten() {
+            for resource in rule.resources.iter().flatten() {
+                assert!(
+                    group != "*" && resource != "*" && !rule.verbs.iter().any(|v| v == "*"),
+                    "{origin}: wildcards are not least privilege"
+                );
+                granted
+                    .entry((group.clone(), resource.clone()))
+                    .or_default()
+                    .extend(rule.verbs.iter().cloned());
+            }
+        }
+    }
+
+    fn pod_spec(deployment: &Deployment) -> &PodSpec {
+        deployment
+            .spec
+            .as_ref()
+            .unwrap()
+            .template
+            .spec
+            .as_ref()
+            .unwrap()
+    }
+
+    fn pod_labels(deployment: &Deployment) -> &BTreeMap<String, String> {
+        deployment
+            .spec
+            .as_ref()
+            .unwrap()
+            .template
+            .metadata
+            .as_ref()
+            .and_then(|m| m.labels.as_ref())
+            .expect("pod template labels")
+    }
+
+    fn container(deployment: &Deployment) -> &Container {
+        let containers = &pod_spec(deployment).containers;
+        assert_eq!(
+            containers.len(),
+            1,
+            "{:?}: one container",
+            deployment.metadata.name
+        );
+        &containers[0]
+    }
+
+    fn args(container: &Container) -> Vec<&str> {
+        container
+            .args
+            .iter()
+            .flatten()
+            .map(String::as_str)
+            .collect()
+    }
+
+    fn env(container: &Container) -> BTreeMap<&str, &EnvVar> {
+        container
+            .env
+            .iter()
+            .flatten()
+            .map(|e| (e.name.as_str(), e))
+            .collect()
+    }
+
+    /// The downward-API field an environment variable is taken from.
+    fn field_ref<'a>(env: &BTreeMap<&str, &'a EnvVar>, name: &str) -> Option<&'a str> {
+        env.get(name)?
+            .value_from
+            .as_ref()?
+            .field_ref
+            .as_ref()
+            .map(|f| f.field_path.as_str())
+    }
+
+    /// The container port number of a named port.
+    fn port(container: &Container, name: &str) -> Option<i32> {
+        container
+            .ports
+            .iter()
+            .flatten()
+            .find(|p| p.name.as_deref() == Some(name))
+            .map(|p| p.container_port)
+    }
+
+    /// (path, port) of an httpGet probe.
+    fn http_get(probe: Option<&Probe>) -> Option<(&str, &IntOrString)> {
+        let get = probe?.http_get.as_ref()?;
+        Some((get.path.as_deref()?, &get.port))
+    }
+
+    /// Whether `selector` selects a pod with these labels (an empty selector selects
+    /// every pod, as a PodDisruptionBudget's does).
+    fn selects(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
+        let by_labels = selector
+            .match_labels
+            .iter()
+            .flatten()
+            .all(|(k, v)| labels.get(k) == Some(v));
+        let by_expressions = selector.match_expressions.iter().flatten().all(|e| {
+            let value = labels.get(&e.key);
+            let values = e.values.as_deref().unwrap_or_default();
+            match e.operator.as_str() {
+                "In" => value.is_some_and(|v| values.contains(v)),
+                "NotIn" => value.is_none_or(|v| !values.contains(v)),
+                "Exists" => value.is_some(),
+                "DoesNotExist" => value.is_none(),
+                other => panic!("selector operator {other}"),
+            }
+        });
+        by_labels && by_expressions
+    }
+
+    fn int(value: Option<&IntOrString>) -> Option<i32> {
+        match value? {
+            IntOrString::Int(n) => Some(*n),
+            IntOrString::String(s) => panic!("{s}: give a number of pods, not a percentage"),
+        }
+    }
+
     #[test]
     fn the_kustomization_applies_every_other_file_of_deploy() {
-        let kustomization = all_manifests()
+        let kustomization = manifests_of("deploy")
             .into_iter()
-            .find_map(|(origin, m)| match m {
-                Manifest::Kustomization(k) if origin.contains("deploy/") => Some(k),
+            .find_map(|(_, m)| match m {
+                Manifest::Kustomization(k) => Some(k),
                 _ => None,
             })
             .expect("deploy/kustomization.yaml");
@@ -207,6 +495,7 @@ mod tests {
                 Manifest::ServiceAccount(_) => "ServiceAccount",
                 Manifest::Role(_) | Manifest::ClusterRole(_) => "Role",
                 Manifest::RoleBinding(_) | Manifest::ClusterRoleBinding(_) => "RoleBinding",
+                Manifest::PodDisruptionBudget(_) => "PodDisruptionBudget",
                 Manifest::Secret(_) => "Secret",
                 Manifest::Crd(_) => "CustomResourceDefinition",
                 Manifest::ServerPool(_) => "ServerPool",
@@ -219,9 +508,11 @@ mod tests {
             "ServiceAccount",
             "Role",
             "RoleBinding",
+            "PodDisruptionBudget",
             "Secret",
             "CustomResourceDefinition",
             "ServerPool",
+            "Kustomization",
         ] {
             assert!(
                 kinds.contains(expected),
@@ -231,96 +522,212 @@ mod tests {
     }
 
     #[test]
-    fn rbac_grants_exactly_what_the_operator_uses() {
-        let mut granted: BTreeMap<(String, String), BTreeSet<String>> = BTreeMap::new();
-        for (origin, manifest) in all_manifests() {
-            let rules = match manifest {
-                Manifest::Role(role) => role.rules,
-                Manifest::ClusterRole(role) => role.rules,
-                _ => continue,
-            };
-            for rule in rules.into_iter().flatten() {
-                assert!(
-                    rule.resource_names.is_none() && rule.non_resource_urls.is_none(),
-                    "{origin}: unexpected rule shape"
-                );
-                for group in rule.api_groups.iter().flatten() {
-                    for resource in rule.resources.iter().flatten() {
-                        assert!(
-                            !rule.verbs.iter().any(|v| v == "*") && resource != "*",
-                            "{origin}: wildcards are not least privilege"
-                        );
-                        granted
-                            .entry((group.clone(), resource.clone()))
-                            .or_default()
-                            .extend(rule.verbs.iter().cloned());
-                    }
-                }
-            }
-        }
-        let needed: BTreeMap<(String, String), BTreeSet<String>> = PERMISSIONS
+    fn each_deployment_runs_as_an_account_granted_exactly_what_its_command_uses() {
+        let deployed = Deployed::load();
+        let names: BTreeSet<&str> = deployed
+            .deployments
             .iter()
-            .map(|(group, resource, verbs)| {
-                (
-                    (group.to_string(), resource.to_string()),
-                    verbs.iter().map(|v| v.to_string()).collect(),
-                )
-            })
+            .filter_map(|d| d.metadata.name.as_deref())
             .collect();
-        assert_eq!(granted, needed);
+        assert_eq!(names, BTreeSet::from(["ringlb-operator", "ringlb-proxy"]));
+
+        let mut bound_roles = BTreeSet::new();
+        let mut accounts = BTreeSet::new();
+        for deployment in &deployed.deployments {
+            let name = deployment.metadata.name.as_deref().unwrap();
+            let namespace = deployment
+                .metadata
+                .namespace
+                .as_deref()
+                .unwrap_or("default");
+            let command = args(container(deployment)).first().copied();
+            let needed = match command {
+                Some("operator") => OPERATOR_PERMISSIONS,
+                Some("proxy") => PROXY_PERMISSIONS,
+                other => panic!("{name} runs {other:?}: which permissions does it need?"),
+            };
+            let pod = pod_spec(deployment);
+            assert_ne!(
+                pod.automount_service_account_token,
+                Some(false),
+                "{name} talks to the API"
+            );
+            let account = pod
+                .service_account_name
+                .as_deref()
+                .unwrap_or_else(|| panic!("{name} runs as the namespace's default account"));
+            assert!(
+                deployed.service_accounts.iter().any(|sa| {
+                    sa.metadata.name.as_deref() == Some(account)
+                        && sa.metadata.namespace.as_deref().unwrap_or("default") == namespace
+                }),
+                "{name}: ServiceAccount {account} is not in deploy/"
+            );
+            let (granted, used) = deployed.granted_to(account, namespace);
+            assert_eq!(
+                granted,
+                permissions(needed),
+                "{name} (`ringlb {}`) runs as {account}",
+                command.unwrap()
+            );
+            bound_roles.extend(used);
+            accounts.insert(account);
+        }
+        assert_eq!(
+            accounts.len(),
+            2,
+            "the operator and the proxy share an account"
+        );
+        // No Role of deploy/ grants anything this test did not compare.
+        let roles: BTreeSet<String> = deployed
+            .roles
+            .iter()
+            .map(|r| format!("Role/{}", r.metadata.name.as_deref().unwrap_or_default()))
+            .chain(deployed.cluster_roles.iter().map(|r| {
+                format!(
+                    "ClusterRole/{}",
+                    r.metadata.name.as_deref().unwrap_or_default()
+                )
+            }))
+            .collect();
+        assert_eq!(bound_roles, roles);
     }
 
     #[test]
-    fn deployment_is_wired_as_the_operator_expects() {
-        let manifests = all_manifests();
-        let deployment = manifests
-            .iter()
-            .find_map(|(_, m)| match m {
-                Manifest::Deployment(d) => Some(d),
-                _ => None,
-            })
-            .unwrap();
-        let pod = deployment
+    fn both_deployments_run_two_hardened_pods_spread_over_nodes() {
+        let deployed = Deployed::load();
+        let components = [
+            ("operator", deployed.operator(), deployed.proxy()),
+            ("proxy", deployed.proxy(), deployed.operator()),
+        ];
+        for (component, deployment, other) in components {
+            let name = deployment.metadata.name.as_deref().unwrap();
+            let spec = deployment.spec.as_ref().unwrap();
+            assert_eq!(spec.replicas, Some(2), "{name}");
+            let strategy = spec.strategy.as_ref().expect("a strategy");
+            assert_eq!(strategy.type_.as_deref(), Some("RollingUpdate"), "{name}");
+
+            let labels = pod_labels(deployment);
+            assert_eq!(labels["app.kubernetes.io/name"], "ringlb", "{name}");
+            assert_eq!(labels["app.kubernetes.io/component"], component, "{name}");
+            assert!(selects(&spec.selector, labels), "{name}: selector");
+            assert!(
+                !selects(&spec.selector, pod_labels(other)),
+                "{name}'s selector also selects the pods of the other Deployment"
+            );
+
+            // Preferred, not required: a one-node cluster (kind) still runs both pods.
+            let pod = pod_spec(deployment);
+            let anti = pod
+                .affinity
+                .as_ref()
+                .and_then(|a| a.pod_anti_affinity.as_ref())
+                .unwrap_or_else(|| panic!("{name}: no pod anti-affinity"));
+            assert!(
+                anti.required_during_scheduling_ignored_during_execution
+                    .is_none()
+            );
+            assert!(
+                anti.preferred_during_scheduling_ignored_during_execution
+                    .iter()
+                    .flatten()
+                    .any(|t| {
+                        t.pod_affinity_term.topology_key == "kubernetes.io/hostname"
+                            && t.pod_affinity_term
+                                .label_selector
+                                .as_ref()
+                                .is_some_and(|s| {
+                                    selects(s, labels) && !selects(s, pod_labels(other))
+                                })
+                    }),
+                "{name}: its pods do not prefer different nodes"
+            );
+
+            let container = container(deployment);
+            assert_eq!(container.image.as_deref(), Some("ringlb:dev"), "{name}");
+            assert_eq!(args(container), [component], "{name}");
+            assert_eq!(port(container, "ops"), Some(5001), "{name}");
+            let ops = IntOrString::String("ops".to_owned());
+            assert_eq!(
+                http_get(container.liveness_probe.as_ref()),
+                Some(("/healthz", &ops)),
+                "{name}: liveness"
+            );
+            assert_eq!(
+                http_get(container.readiness_probe.as_ref()),
+                Some(("/readyz", &ops)),
+                "{name}: readiness"
+            );
+            let requests = container
+                .resources
+                .as_ref()
+                .and_then(|r| r.requests.as_ref())
+                .unwrap_or_else(|| panic!("{name}: no resource requests"));
+            assert!(
+                requests.contains_key("cpu") && requests.contains_key("memory"),
+                "{name}"
+            );
+            let env = env(container);
+            assert_eq!(
+                field_ref(&env, "RINGLB_NAMESPACE"),
+                Some("metadata.namespace"),
+                "{name}"
+            );
+
+            let pod_security = pod.security_context.as_ref().unwrap();
+            assert_eq!(pod_security.run_as_non_root, Some(true), "{name}");
+            assert!(pod_security.seccomp_profile.is_some(), "{name}");
+            let security = container.security_context.as_ref().unwrap();
+            assert_eq!(security.allow_privilege_escalation, Some(false), "{name}");
+            assert_eq!(security.read_only_root_filesystem, Some(true), "{name}");
+            let dropped = security.capabilities.as_ref().and_then(|c| c.drop.as_ref());
+            assert_eq!(dropped, Some(&vec!["ALL".to_owned()]), "{name}");
+        }
+    }
+
+    #[test]
+    fn the_proxy_serves_the_demo_pool_and_loses_no_request_to_a_rollout_or_a_deletion() {
+        let deployed = Deployed::load();
+        let proxy = deployed.proxy();
+        let rolling = proxy
             .spec
             .as_ref()
             .unwrap()
-            .template
-            .spec
+            .strategy
             .as_ref()
-            .unwrap();
-        assert_eq!(pod.service_account_name.as_deref(), Some("ringlb"));
-        let container = &pod.containers[0];
+            .and_then(|s| s.rolling_update.as_ref())
+            .expect("ringlb-proxy: rollingUpdate");
+        // A new proxy is Ready before an old one stops.
         assert_eq!(
-            container.args.as_deref(),
-            Some(&["operator".to_owned()][..])
+            int(rolling.max_unavailable.as_ref()),
+            Some(0),
+            "maxUnavailable"
         );
-        assert!(container.liveness_probe.is_some() && container.readiness_probe.is_some());
-        assert!(container.resources.as_ref().unwrap().requests.is_some());
-        let env: BTreeMap<&str, &k8s_openapi::api::core::v1::EnvVar> = container
-            .env
-            .iter()
-            .flatten()
-            .map(|e| (e.name.as_str(), e))
-            .collect();
-        for name in [
-            "RINGLB_POOL",
-            "RINGLB_NAMESPACE",
-            "RINGLB_LISTEN",
-            "RINGLB_OPS_LISTEN",
-        ] {
-            assert!(env.contains_key(name), "{name} is not set");
-        }
+        assert!(
+            int(rolling.max_surge.as_ref()).is_some_and(|n| n >= 1),
+            "maxSurge"
+        );
+
+        let container = container(proxy);
+        assert_eq!(port(container, "http"), Some(5000));
+        let env = env(container);
+        let pool = env["RINGLB_POOL"].value.as_deref();
+        assert_eq!(pool, Some("demo"));
+        assert!(
+            deployed
+                .pools
+                .iter()
+                .any(|p| p.metadata.name.as_deref() == pool),
+            "the proxy's pool is not in deploy/"
+        );
         let token = env["RINGLB_ADMIN_TOKEN"].value_from.as_ref().unwrap();
         let secret_ref = token.secret_key_ref.as_ref().unwrap();
         assert_eq!(secret_ref.name, "ringlb-admin");
-        let secret = manifests
+        let secret = deployed
+            .secrets
             .iter()
-            .find_map(|(_, m)| match m {
-                Manifest::Secret(s) => Some(s),
-                _ => None,
-            })
-            .unwrap();
-        assert_eq!(secret.metadata.name.as_deref(), Some("ringlb-admin"));
+            .find(|s| s.metadata.name.as_deref() == Some("ringlb-admin"))
+            .expect("Secret ringlb-admin");
         assert!(
             secret
                 .string_data
@@ -329,26 +736,144 @@ mod tests {
                 .contains_key(&secret_ref.key)
         );
 
-        let service = manifests
-            .iter()
-            .find_map(|(_, m)| match m {
-                Manifest::Service(s) => Some(s),
-                _ => None,
-            })
-            .unwrap();
-        let ports = service.spec.as_ref().unwrap().ports.as_ref().unwrap();
-        assert!(ports.iter().any(|p| p.port == 5000));
+        // Deleting a proxy: it keeps serving while it leaves the Service's endpoints
+        // (the kubelet sleeps: the image has no shell), then drains on SIGTERM, all
+        // within the grace period.
+        let pre_stop = container
+            .lifecycle
+            .as_ref()
+            .and_then(|l| l.pre_stop.as_ref())
+            .expect("ringlb-proxy: no preStop hook");
+        assert!(
+            pre_stop.exec.is_none(),
+            "the image is FROM scratch: nothing to exec"
+        );
+        let sleep = pre_stop.sleep.as_ref().expect("preStop sleep").seconds;
+        assert!(
+            sleep >= 3,
+            "preStop sleeps {sleep} s: too short for the endpoints to follow"
+        );
+        let grace = pod_spec(proxy)
+            .termination_grace_period_seconds
+            .unwrap_or(30);
+        let drain = i64::try_from(DRAIN_TIMEOUT.as_secs()).unwrap();
+        assert!(
+            grace >= sleep + drain,
+            "terminationGracePeriodSeconds {grace} < preStop {sleep} s + drain {drain} s"
+        );
+    }
 
-        let pool = manifests
+    #[test]
+    fn the_operator_elects_a_leader_by_pod_name_and_has_time_to_release_the_lease() {
+        let deployed = Deployed::load();
+        let operator = deployed.operator();
+        let container = container(operator);
+        let env = env(container);
+        assert_eq!(field_ref(&env, "RINGLB_POD_NAME"), Some("metadata.name"));
+        if let Some(lease) = env.get("RINGLB_LEASE_NAME") {
+            // scripts/e2e-kind.sh reads this Lease.
+            assert_eq!(lease.value.as_deref(), Some("ringlb-operator"));
+        }
+        // The control plane serves no traffic: no proxy settings, no proxy port.
+        for name in ["RINGLB_POOL", "RINGLB_LISTEN", "RINGLB_ADMIN_TOKEN"] {
+            assert!(!env.contains_key(name), "the operator does not take {name}");
+        }
+        assert_eq!(port(container, "http"), None);
+        assert_eq!(
+            container.ports.iter().flatten().count(),
+            1,
+            "ringlb-operator: only the ops port"
+        );
+        // On SIGTERM: the pass in progress and the lease release, each bounded by the
+        // drain timeout, so that a successor need not wait for the lease to expire.
+        let grace = pod_spec(operator)
+            .termination_grace_period_seconds
+            .unwrap_or(30);
+        let drain = i64::try_from(DRAIN_TIMEOUT.as_secs()).unwrap();
+        assert!(grace >= 2 * drain, "terminationGracePeriodSeconds {grace}");
+    }
+
+    #[test]
+    fn the_service_reaches_the_proxies_and_only_them() {
+        let deployed = Deployed::load();
+        let service = deployed
+            .services
             .iter()
-            .find_map(|(_, m)| match m {
-                Manifest::ServerPool(p) => Some(p),
-                _ => None,
+            .find(|s| s.metadata.name.as_deref() == Some("ringlb"))
+            .expect("Service ringlb");
+        let spec = service.spec.as_ref().unwrap();
+        let selector = spec
+            .selector
+            .as_ref()
+            .filter(|s| !s.is_empty())
+            .expect("a selector");
+        let selects = |labels: &BTreeMap<String, String>| {
+            selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+        };
+        assert!(selects(pod_labels(deployed.proxy())), "the proxies");
+        assert!(
+            !selects(pod_labels(deployed.operator())),
+            "not the operators"
+        );
+
+        let proxy = container(deployed.proxy());
+        let ports: BTreeMap<i32, Option<i32>> = spec
+            .ports
+            .iter()
+            .flatten()
+            .map(|p| {
+                let target = match &p.target_port {
+                    Some(IntOrString::String(name)) => port(proxy, name),
+                    Some(IntOrString::Int(n)) => Some(*n),
+                    None => Some(p.port),
+                };
+                (p.port, target)
             })
-            .unwrap();
-        assert_eq!(pool.metadata.name.as_deref(), Some("demo"));
-        assert_eq!(pool.spec.replicas, 3);
-        let pool_env = env["RINGLB_POOL"].value.as_deref();
-        assert_eq!(pool_env, Some("demo"));
+            .collect();
+        assert_eq!(
+            ports,
+            BTreeMap::from([(5000, Some(5000)), (5001, Some(5001))])
+        );
+    }
+
+    #[test]
+    fn each_deployment_has_a_disruption_budget_that_lets_a_drain_through() {
+        let deployed = Deployed::load();
+        let components = [
+            (deployed.proxy(), deployed.operator()),
+            (deployed.operator(), deployed.proxy()),
+        ];
+        for (deployment, other) in components {
+            let name = deployment.metadata.name.as_deref().unwrap();
+            let replicas = deployment.spec.as_ref().unwrap().replicas.unwrap_or(1);
+            let budgets: Vec<&PodDisruptionBudget> = deployed
+                .budgets
+                .iter()
+                .filter(|b| {
+                    let selector = b.spec.as_ref().and_then(|s| s.selector.as_ref());
+                    selector.is_some_and(|s| selects(s, pod_labels(deployment)))
+                })
+                .collect();
+            assert_eq!(budgets.len(), 1, "{name}: one PodDisruptionBudget");
+            let spec = budgets[0].spec.as_ref().unwrap();
+            let selector = spec.selector.as_ref().unwrap();
+            assert!(
+                !selects(selector, pod_labels(other)),
+                "{name}'s budget also counts the other Deployment's pods"
+            );
+            let min = int(spec.min_available.as_ref());
+            let max = int(spec.max_unavailable.as_ref());
+            // One pod kept, and at least one eviction allowed at full strength.
+            let (kept, evictable) = match (min, max) {
+                (Some(min), None) => (min, replicas - min),
+                (None, Some(max)) => (replicas - max, max),
+                other => panic!("{name}: minAvailable or maxUnavailable, not {other:?}"),
+            };
+            assert!(kept >= 1, "{name}: a drain may take every pod");
+            assert!(evictable >= 1, "{name}: a drain can never evict a pod");
+            if name == "ringlb-proxy" {
+                assert_eq!(min, Some(1), "{name}: minAvailable 1");
+            }
+        }
     }
 }
