@@ -1,47 +1,33 @@
-//! What the operator and the proxy need from the Kubernetes API, and tests that the
-//! manifests in `deploy/` and `crds/` parse into the Kubernetes types, grant exactly
-//! that to the right pods, and deploy both highly available.
-
-/// What `ringlb operator` (the control plane) uses: (API group, resource, verbs).
-///
-/// - `serverpools` list, watch: the reconciler's controller follows every pool of its
-///   namespace (`reconciler.rs`); it never reads one pool alone nor writes a spec;
-/// - `serverpools/status` patch: the reconciler writes replicas, members,
-///   replacements and conditions (`reconciler.rs`);
-/// - `pods` list, watch, create, delete: the controller watches the pods it owns
-///   (`reconciler.rs`), and `pods.rs` lists a pool's pods, creates missing ones and
-///   deletes extras and failed ones;
-/// - `events.k8s.io` `events` create, patch: the event recorder, for every pod
-///   created, deleted or replaced (patched when an event repeats);
-/// - `coordination.k8s.io` `leases` get, create, patch: the leader election
-///   (`leader.rs`, through kube-lease-manager) reads the Lease (the standby follows its
-///   expiry), creates it if missing, and patches it (server-side apply) to take, renew
-///   and release it.
-pub const OPERATOR_PERMISSIONS: &[(&str, &str, &[&str])] = &[
-    ("ringlb.dev", "serverpools", &["list", "watch"]),
-    ("ringlb.dev", "serverpools/status", &["patch"]),
-    ("", "pods", &["list", "watch", "create", "delete"]),
-    ("events.k8s.io", "events", &["create", "patch"]),
-    ("coordination.k8s.io", "leases", &["get", "create", "patch"]),
-];
-
-/// What `ringlb proxy --pool NAME` (the data plane) uses: (API group, resource, verbs).
-///
-/// - `serverpools` list, watch: the reflector of its one pool (field selector
-///   `metadata.name`), whose status says which members serve (`proxy.rs`);
-/// - `serverpools` get, patch: `/add` and `/rm` read the pool, then write
-///   `spec.replicas` and `spec.hostnames` with a resourceVersion precondition
-///   (`spec_admin.rs`);
-/// - `pods` list, watch: the reflector of the pool's pods (label `ringlb.dev/pool`):
-///   their addresses, and their readiness while the operator is away (`proxy.rs`).
-pub const PROXY_PERMISSIONS: &[(&str, &str, &[&str])] = &[
-    (
-        "ringlb.dev",
-        "serverpools",
-        &["get", "list", "watch", "patch"],
-    ),
-    ("", "pods", &["list", "watch"]),
-];
+//! What each command asks of the Kubernetes API, and why (the RBAC test derives
+//! the same list from what a fake API server was asked while both commands ran):
+//!
+//! `ringlb operator` (the control plane):
+//! - `serverpools` list, watch: the reconciler's controller follows every pool of its
+//!   namespace (`reconciler.rs`); it never reads one pool alone nor writes a spec;
+//! - `serverpools/status` patch: the reconciler writes replicas, members,
+//!   replacements and conditions (`reconciler.rs`);
+//! - `pods` list, watch, create, delete: the controller watches the pods it owns
+//!   (`reconciler.rs`), and `pods.rs` lists a pool's pods, creates missing ones and
+//!   deletes extras and failed ones;
+//! - `events.k8s.io` `events` create, patch: the event recorder, for every pod
+//!   created, deleted or replaced (patched when an event repeats);
+//! - `coordination.k8s.io` `leases` get, create, patch: the leader election
+//!   (`leader.rs`, through kube-lease-manager) reads the Lease (the standby follows its
+//!   expiry), creates it if missing, and patches it (server-side apply) to take, renew
+//!   and release it.
+//!
+//! `ringlb proxy --pool NAME` (the data plane):
+//! - `serverpools` list, watch: the reflector of its one pool (field selector
+//!   `metadata.name`), whose status says which members serve (`proxy.rs`);
+//! - `serverpools` get, patch: `/add` and `/rm` read the pool, then write
+//!   `spec.replicas` and `spec.hostnames` with a resourceVersion precondition
+//!   (`spec_admin.rs`);
+//! - `pods` list, watch: the reflector of the pool's pods (label `ringlb.dev/pool`):
+//!   their addresses, and their readiness while the operator is away (`proxy.rs`).
+//!
+//! The tests check that the manifests of `deploy/` and `crds/` parse into their
+//! Kubernetes types, grant exactly that to the right pods, and deploy both commands
+//! highly available.
 
 #[cfg(test)]
 mod tests {
@@ -61,7 +47,6 @@ mod tests {
     use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
     use serde::Deserialize;
 
-    use super::{OPERATOR_PERMISSIONS, PROXY_PERMISSIONS};
     use crate::operator::ServerPool;
     use crate::serving::DRAIN_TIMEOUT;
 
@@ -235,16 +220,15 @@ mod tests {
     /// (API group, resource) → verbs.
     type Permissions = BTreeMap<(String, String), BTreeSet<String>>;
 
-    fn permissions(table: &[(&str, &str, &[&str])]) -> Permissions {
-        table
-            .iter()
-            .map(|(group, resource, verbs)| {
-                (
-                    (group.to_string(), resource.to_string()),
-                    verbs.iter().map(|v| v.to_string()).collect(),
-                )
-            })
-            .collect()
+    fn permissions(seen: BTreeSet<crate::operator::fixtures::Permission>) -> Permissions {
+        let mut permissions = Permissions::new();
+        for (group, resource, verb) in seen {
+            permissions
+                .entry((group, resource))
+                .or_default()
+                .insert(verb);
+        }
+        permissions
     }
 
     impl Deployed {
@@ -521,8 +505,13 @@ mod tests {
         }
     }
 
-    #[test]
-    fn each_deployment_runs_as_an_account_granted_exactly_what_its_command_uses() {
+    /// The verbs are those the fake API server saw each command use while it ran
+    /// (`api_usage_tests.rs`): a verb the code starts using fails this test until
+    /// the Role grants it, and one the Role grants that nothing uses fails it too.
+    #[tokio::test]
+    async fn each_deployment_runs_as_an_account_granted_exactly_what_its_command_uses() {
+        let (operator_used, proxy_used) = crate::operator::api_usage_tests::permissions().await;
+        let (operator_used, proxy_used) = (permissions(operator_used), permissions(proxy_used));
         let deployed = Deployed::load();
         let names: BTreeSet<&str> = deployed
             .deployments
@@ -542,8 +531,8 @@ mod tests {
                 .unwrap_or("default");
             let command = args(container(deployment)).first().copied();
             let needed = match command {
-                Some("operator") => OPERATOR_PERMISSIONS,
-                Some("proxy") => PROXY_PERMISSIONS,
+                Some("operator") => &operator_used,
+                Some("proxy") => &proxy_used,
                 other => panic!("{name} runs {other:?}: which permissions does it need?"),
             };
             let pod = pod_spec(deployment);
@@ -565,8 +554,8 @@ mod tests {
             );
             let (granted, used) = deployed.granted_to(account, namespace);
             assert_eq!(
-                granted,
-                permissions(needed),
+                &granted,
+                needed,
                 "{name} (`ringlb {}`) runs as {account}",
                 command.unwrap()
             );

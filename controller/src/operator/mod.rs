@@ -10,10 +10,14 @@
 //! - [`pods`]: the pods of a pool: their manifest, listing, creating, deleting;
 //! - [`reconciler`]: pods follow the pool: create, delete, replace, Events, status;
 //! - [`leader`]: the Lease that lets one operator of a namespace reconcile;
-//! - [`manifests`]: the API permissions the operator uses (and tests of `deploy/`);
+//! - [`manifests`]: the API permissions each command uses, and the tests of `deploy/`;
 
+#[cfg(test)]
+mod api_usage_tests;
 pub mod app;
 pub mod crd;
+#[cfg(test)]
+pub mod fixtures;
 pub mod leader;
 pub mod manifests;
 pub mod members;

@@ -1,0 +1,283 @@
+//! Both commands run whole against the stateful fake API server: what they do over
+//! time, and which API verbs they were seen using (the RBAC test in `manifests.rs`
+//! compares the Roles of `deploy/` with exactly these).
+//!
+//! - the operator: elected through the Lease, it deletes a stray pod, replaces a
+//!   replica whose heartbeat fails, reports a pod name another pool holds (an Event
+//!   that repeats: patched), writes the status, and releases the Lease when it stops;
+//! - the proxy: its watches build the ring from the pool's status and pods, a spec
+//!   change written by `/add` on *another* proxy reaches its `/rep`, and `/rm` works.
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use serde_json::{Value, json};
+use tokio::sync::{mpsc, oneshot};
+
+use super::fixtures::{FakeApiServer, Permission};
+use super::leader::{self, LeaseSettings};
+use super::reconciler::{self, Context};
+use super::spec_admin::SpecAdmin;
+use crate::metrics::Metrics;
+use crate::pool::PoolAdmin;
+use crate::pool::health::Prober;
+use crate::publish::Publisher;
+use crate::ring::RingConfig;
+
+pub const POOLS: &str = "/apis/ringlb.dev/v1alpha1/namespaces/default/serverpools";
+pub const PODS: &str = "/api/v1/namespaces/default/pods";
+const LEASES: &str = "/apis/coordination.k8s.io/v1/namespaces/default/leases";
+const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/default/events";
+
+/// Pool `demo`: `replicas` replicas, heartbeats every 100 ms, one failure fails.
+fn pool(replicas: u32, status: Value) -> Value {
+    json!({
+        "apiVersion": "ringlb.dev/v1alpha1",
+        "kind": "ServerPool",
+        "metadata": {"name": "demo", "namespace": "default", "uid": "uid-demo", "generation": 1},
+        "spec": {
+            "replicas": replicas,
+            "image": "ringlb-replica:dev",
+            "port": 5000,
+            "heartbeat": {"intervalMs": 100, "timeoutMs": 50, "failureThreshold": 1},
+        },
+        "status": status,
+    })
+}
+
+/// A running, ready pod of pool `demo`; `member: None` names no replica.
+fn pod(name: &str, member: Option<&str>, ip: &str) -> Value {
+    let mut labels = json!({"ringlb.dev/pool": "demo"});
+    if let Some(member) = member {
+        labels["ringlb.dev/member"] = json!(member);
+    }
+    json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": "default", "uid": format!("uid-{name}"), "labels": labels},
+        "status": {
+            "phase": "Running",
+            "podIP": ip,
+            "conditions": [{"type": "Ready", "status": "True"}],
+        },
+    })
+}
+
+/// Waits (real time, bounded) until `done` holds.
+async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !done() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting until {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Heartbeats answer from a table of pod IPs (unknown IPs fail).
+struct ProbeTable(HashMap<IpAddr, bool>);
+
+impl Prober for ProbeTable {
+    fn check(&self, addr: SocketAddr, _timeout: Duration) -> BoxFuture<'static, bool> {
+        let ok = self.0.get(&addr.ip()).copied().unwrap_or(false);
+        Box::pin(async move { ok })
+    }
+}
+
+/// Runs `ringlb operator`'s pieces (election, controller) until it has replaced a
+/// failed replica, then stops it; returns the server it used.
+pub async fn operator_run() -> FakeApiServer {
+    let api = FakeApiServer::default();
+    api.put(POOLS, pool(3, Value::Null));
+    api.put(PODS, pod("server1", Some("Server1"), "10.0.0.1"));
+    api.put(PODS, pod("server2", Some("Server2"), "10.0.0.2"));
+    api.put(PODS, pod("stray", None, "10.0.0.9"));
+    // Server3's pod name is taken by another pool's pod.
+    let mut foreign = pod("server3", Some("Server3"), "10.0.0.8");
+    foreign["metadata"]["labels"]["ringlb.dev/pool"] = json!("other");
+    api.put(PODS, foreign);
+
+    let metrics = Arc::new(Metrics::new());
+    let (stop_campaign, campaign_stopped) = oneshot::channel::<()>();
+    let lease = LeaseSettings {
+        duration: Duration::from_secs(2),
+        grace: Duration::from_secs(1),
+        ..LeaseSettings::new("ringlb-operator", "default", "op-a", Duration::ZERO)
+    };
+    let (leadership, elector) = leader::campaign(api.client(), lease, metrics.clone(), async {
+        let _ = campaign_stopped.await;
+    });
+    let probes = ProbeTable(HashMap::from([("10.0.0.1".parse().unwrap(), true)]));
+    let ctx = Arc::new(Context::new(
+        api.client(),
+        Some("op-a".into()),
+        Arc::new(probes),
+        metrics,
+        leadership,
+    ));
+    let (stop_controller, controller_stopped) = oneshot::channel::<()>();
+    let controller = tokio::spawn(reconciler::run(ctx, "default", async {
+        let _ = controller_stopped.await;
+    }));
+
+    eventually(
+        "Server2 is replaced, the status says so, the conflict is reported again",
+        || {
+            let status = api.get(POOLS, "demo").map(|p| p["status"].clone());
+            let repeated = api
+                .calls()
+                .iter()
+                .any(|c| c.method == "PATCH" && c.path.starts_with(EVENTS));
+            api.names(PODS) == ["emergency-1", "server1", "server3"]
+                && status
+                    .is_some_and(|s| s["emergencyReplacements"][0]["replacement"] == "emergency_1")
+                && repeated
+        },
+    )
+    .await;
+    assert_eq!(
+        api.get(LEASES, "ringlb-operator").unwrap()["spec"]["holderIdentity"],
+        "op-a"
+    );
+
+    let _ = stop_controller.send(());
+    let _ = stop_campaign.send(());
+    tokio::time::timeout(Duration::from_secs(10), controller)
+        .await
+        .expect("the controller stops")
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(10), elector)
+        .await
+        .expect("the election stops")
+        .unwrap();
+    // Stepped down: the lease is free for a standby at once.
+    assert!(
+        api.get(LEASES, "ringlb-operator").unwrap()["spec"]
+            .get("holderIdentity")
+            .is_none_or(Value::is_null)
+    );
+    api
+}
+
+/// Runs `ringlb proxy`'s pieces (watch, publisher, `/add` and `/rm`) against a pool
+/// the operator has reported on; returns the server it used.
+pub async fn proxy_run() -> FakeApiServer {
+    let api = FakeApiServer::default();
+    let ready = |n: usize| {
+        json!({"members": (1..=n).map(|i| json!({
+            "name": format!("Server{i}"), "pod": format!("server{i}"), "ready": true,
+        })).collect::<Vec<_>>()})
+    };
+    api.put(POOLS, pool(2, ready(2)));
+    api.put(PODS, pod("server1", Some("Server1"), "10.0.0.1"));
+    api.put(PODS, pod("server2", Some("Server2"), "10.0.0.2"));
+    // Another pool's pod: not this proxy's.
+    let mut other = pod("web1", Some("web1"), "10.0.0.7");
+    other["metadata"]["labels"]["ringlb.dev/pool"] = json!("other");
+    api.put(PODS, other);
+
+    let metrics = Arc::new(Metrics::new());
+    let publisher = Arc::new(Publisher::new(&RingConfig::default(), metrics.clone()));
+    let (reports, reported) = mpsc::channel(16);
+    let (stop, stopped) = oneshot::channel::<()>();
+    let watch = tokio::spawn({
+        let (client, publisher) = (api.client(), publisher.clone());
+        async move {
+            super::proxy::run(client, "default", "demo", publisher, reported, async {
+                let _ = stopped.await;
+            })
+            .await
+        }
+    });
+    let in_ring = |publisher: &Publisher| {
+        let mut names: Vec<String> = publisher
+            .table()
+            .backends
+            .iter()
+            .map(|b| b.addr.to_string())
+            .collect();
+        names.sort();
+        names
+    };
+    eventually("both members are in the ring", || {
+        in_ring(&publisher) == ["10.0.0.1:5000", "10.0.0.2:5000"]
+    })
+    .await;
+
+    // `/add` on another proxy replica: this one learns it from its watch.
+    let elsewhere = SpecAdmin::new(
+        kube::Api::namespaced(api.client(), "default"),
+        "demo",
+        10,
+        metrics.clone(),
+        Arc::new(Publisher::new(&RingConfig::default(), metrics.clone())),
+        mpsc::channel(1).0,
+    );
+    elsewhere.add(1, vec![]).await.unwrap();
+    eventually("/rep lists the replica added elsewhere", || {
+        publisher.view().desired.len() == 3
+    })
+    .await;
+    // The operator reports Server3 ready and its pod appears: it joins the ring.
+    api.put(PODS, pod("server3", Some("Server3"), "10.0.0.3"));
+    let mut reported_pool = api.get(POOLS, "demo").unwrap();
+    reported_pool["status"] = ready(3);
+    api.put(POOLS, reported_pool);
+    eventually("Server3 joins the ring", || in_ring(&publisher).len() == 3).await;
+
+    // `/rm` on this proxy.
+    let admin = SpecAdmin::new(
+        kube::Api::namespaced(api.client(), "default"),
+        "demo",
+        10,
+        metrics,
+        publisher.clone(),
+        reports,
+    );
+    let desired = admin.remove(1, vec!["Server3".into()]).await.unwrap();
+    assert_eq!(desired.len(), 2);
+    assert_eq!(api.get(POOLS, "demo").unwrap()["spec"]["replicas"], 2);
+    eventually("Server3 leaves the ring", || in_ring(&publisher).len() == 2).await;
+
+    let _ = stop.send(());
+    tokio::time::timeout(Duration::from_secs(10), watch)
+        .await
+        .expect("the watch stops")
+        .unwrap();
+    api
+}
+
+#[tokio::test]
+async fn the_elected_operator_replaces_a_failed_replica_and_steps_down_when_stopped() {
+    let api = operator_run().await;
+    // The stray pod went, and every write came with an Event.
+    assert!(!api.names(PODS).contains(&"stray".to_owned()));
+    let events = api.names(EVENTS);
+    assert!(events.len() >= 3, "{events:?}");
+    let degraded = api.get(POOLS, "demo").unwrap()["status"]["conditions"][1].clone();
+    assert_eq!(degraded["reason"], "InvalidSpec", "{degraded}");
+}
+
+#[tokio::test]
+async fn a_proxy_follows_its_pool_through_its_watches() {
+    let api = proxy_run().await;
+    // Watches, not polling: after the first LIST of each, changes came as events.
+    let lists = api
+        .calls()
+        .iter()
+        .filter(|c| c.method == "GET" && c.path == PODS && !c.query.contains("watch"))
+        .count();
+    assert_eq!(lists, 1, "one LIST of the pods, then a WATCH");
+}
+
+/// The verbs each command was seen using.
+pub async fn permissions() -> (BTreeSet<Permission>, BTreeSet<Permission>) {
+    (
+        operator_run().await.permissions(),
+        proxy_run().await.permissions(),
+    )
+}

@@ -1,0 +1,518 @@
+//! Test fixture: a stateful in-memory Kubernetes API server.
+//!
+//! It keeps objects of any namespaced resource with resourceVersions, answers get,
+//! list (label and field selectors), watch (from a resourceVersion, then live),
+//! create, merge/apply patches (with a resourceVersion precondition; `/status`
+//! patches only the status), and delete; and it records every request, so that a
+//! test can say which verbs a component was seen using (see [`FakeApiServer::permissions`]).
+//!
+//! Approximations, on purpose: every patch is a JSON merge patch (server-side apply
+//! included, without field ownership); a delete removes the object at once (no
+//! grace period, no garbage collection).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::Frame;
+use kube::Client;
+use kube::client::Body;
+use serde_json::{Value, json};
+
+/// One request the server got.
+#[derive(Clone, Debug)]
+pub struct ApiCall {
+    pub method: String,
+    pub path: String,
+    pub query: String,
+}
+
+/// (API group, resource, verb), as RBAC names them.
+pub type Permission = (String, String, String);
+
+#[derive(Default)]
+struct State {
+    /// Collection path (`/api/v1/namespaces/default/pods`) → name → object.
+    objects: BTreeMap<String, BTreeMap<String, Value>>,
+    /// Every change, in order: (resourceVersion, collection, type, object).
+    history: Vec<(u64, String, &'static str, Value)>,
+    version: u64,
+    calls: Vec<ApiCall>,
+}
+
+#[derive(Clone)]
+pub struct FakeApiServer {
+    state: Arc<Mutex<State>>,
+    /// The latest resourceVersion: watches wake on it.
+    changed: tokio::sync::watch::Sender<u64>,
+}
+
+impl Default for FakeApiServer {
+    fn default() -> Self {
+        Self {
+            state: Arc::default(),
+            changed: tokio::sync::watch::channel(0).0,
+        }
+    }
+}
+
+type ResponseBody = BoxBody<Bytes, Infallible>;
+
+impl FakeApiServer {
+    /// A client of this server, in namespace `default`.
+    pub fn client(&self) -> Client {
+        Client::new(self.clone(), "default")
+    }
+
+    /// Stores `object` (as a client's create would), under `collection`.
+    pub fn put(&self, collection: &str, object: Value) {
+        let mut state = self.state.lock().unwrap();
+        let name = object["metadata"]["name"].as_str().unwrap().to_owned();
+        let existed = state
+            .objects
+            .get(collection)
+            .is_some_and(|c| c.contains_key(&name));
+        self.store(
+            &mut state,
+            collection,
+            &name,
+            object,
+            if existed { "MODIFIED" } else { "ADDED" },
+        );
+    }
+
+    pub fn get(&self, collection: &str, name: &str) -> Option<Value> {
+        let state = self.state.lock().unwrap();
+        state.objects.get(collection)?.get(name).cloned()
+    }
+
+    /// The names of the objects of `collection`.
+    pub fn names(&self, collection: &str) -> Vec<String> {
+        let state = self.state.lock().unwrap();
+        state
+            .objects
+            .get(collection)
+            .map(|c| c.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    pub fn calls(&self) -> Vec<ApiCall> {
+        self.state.lock().unwrap().calls.clone()
+    }
+
+    /// What the requests so far needed, as RBAC verbs: GET of one object is `get`,
+    /// of a collection `list`, with `watch=true` `watch`; POST `create`; PATCH
+    /// `patch`; PUT `update`; DELETE `delete` (`deletecollection` without a name).
+    pub fn permissions(&self) -> BTreeSet<Permission> {
+        self.calls()
+            .iter()
+            .filter_map(|call| {
+                let target = Target::parse(&call.path)?;
+                let watch =
+                    query_param(&call.query, "watch").is_some_and(|w| w == "true" || w == "1");
+                let verb = match (call.method.as_str(), target.name.is_some()) {
+                    ("GET", true) => "get",
+                    ("GET", false) if watch => "watch",
+                    ("GET", false) => "list",
+                    ("POST", _) => "create",
+                    ("PATCH", _) => "patch",
+                    ("PUT", _) => "update",
+                    ("DELETE", true) => "delete",
+                    ("DELETE", false) => "deletecollection",
+                    _ => return None,
+                };
+                let resource = match &target.subresource {
+                    Some(sub) => format!("{}/{sub}", target.resource),
+                    None => target.resource.clone(),
+                };
+                Some((target.group.clone(), resource, verb.to_owned()))
+            })
+            .collect()
+    }
+
+    async fn handle(&self, request: Request<Body>) -> Response<ResponseBody> {
+        let method = request.method().to_string();
+        let path = request.uri().path().to_owned();
+        let query = request.uri().query().unwrap_or_default().to_owned();
+        let bytes = request
+            .into_body()
+            .collect_bytes()
+            .await
+            .unwrap_or_default();
+        let body: Value = serde_json::from_slice(&bytes)
+            .or_else(|_| serde_yaml::from_slice(&bytes))
+            .unwrap_or(Value::Null);
+        self.state.lock().unwrap().calls.push(ApiCall {
+            method: method.clone(),
+            path: path.clone(),
+            query: query.clone(),
+        });
+        let Some(target) = Target::parse(&path) else {
+            return answer(StatusCode::NOT_FOUND, status_body(404, "NotFound", &path));
+        };
+        let watch = query_param(&query, "watch").is_some_and(|w| w == "true" || w == "1");
+        match (method.as_str(), &target.name) {
+            ("GET", None) if watch => self.watch(&target, &query),
+            ("GET", None) => self.list(&target, &query),
+            ("GET", Some(name)) => match self.get(&target.collection, name) {
+                Some(object) => answer(StatusCode::OK, object),
+                None => not_found(name),
+            },
+            ("POST", None) => self.create(&target, body),
+            ("PATCH", Some(name)) => {
+                let apply = query.contains("fieldManager") && body.get("apiVersion").is_some();
+                self.patch(&target, name, body, apply)
+            }
+            ("DELETE", Some(name)) => self.delete(&target, name),
+            _ => answer(
+                StatusCode::METHOD_NOT_ALLOWED,
+                status_body(405, "MethodNotAllowed", &method),
+            ),
+        }
+    }
+
+    fn list(&self, target: &Target, query: &str) -> Response<ResponseBody> {
+        let state = self.state.lock().unwrap();
+        let items: Vec<Value> = state
+            .objects
+            .get(&target.collection)
+            .into_iter()
+            .flat_map(|c| c.values())
+            .filter(|o| selected(o, query))
+            .cloned()
+            .collect();
+        answer(
+            StatusCode::OK,
+            json!({
+                "apiVersion": "v1",
+                "kind": "List",
+                "metadata": {"resourceVersion": state.version.to_string()},
+                "items": items,
+            }),
+        )
+    }
+
+    /// The changes after `resourceVersion`, then every change as it happens.
+    fn watch(&self, target: &Target, query: &str) -> Response<ResponseBody> {
+        let from: u64 = query_param(query, "resourceVersion")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let server = self.clone();
+        let collection = target.collection.clone();
+        let query = query.to_owned();
+        let changed = self.changed.subscribe();
+        let events = futures::stream::unfold((from, changed), move |(mut cursor, mut changed)| {
+            let (server, collection, query) = (server.clone(), collection.clone(), query.clone());
+            async move {
+                loop {
+                    let next = {
+                        let state = server.state.lock().unwrap();
+                        state
+                            .history
+                            .iter()
+                            .find(|(rv, c, _, o)| {
+                                *rv > cursor && *c == collection && selected(o, &query)
+                            })
+                            .cloned()
+                            .or_else(|| {
+                                // Skip what does not match, up to the latest version.
+                                cursor = cursor.max(state.version);
+                                None
+                            })
+                    };
+                    if let Some((rv, _, kind, object)) = next {
+                        let mut line =
+                            serde_json::to_vec(&json!({"type": kind, "object": object})).unwrap();
+                        line.push(b'\n');
+                        return Some((
+                            Ok::<_, Infallible>(Frame::data(Bytes::from(line))),
+                            (rv, changed),
+                        ));
+                    }
+                    changed.changed().await.ok()?;
+                }
+            }
+        });
+        Response::builder()
+            .status(StatusCode::OK)
+            .body(BodyExt::boxed(StreamBody::new(events)))
+            .unwrap()
+    }
+
+    fn create(&self, target: &Target, mut object: Value) -> Response<ResponseBody> {
+        let mut state = self.state.lock().unwrap();
+        if object["metadata"]["name"].as_str().is_none() {
+            let prefix = object["metadata"]["generateName"]
+                .as_str()
+                .unwrap_or("object-")
+                .to_owned();
+            object["metadata"]["name"] = json!(format!("{prefix}{}", state.version + 1));
+        }
+        let name = object["metadata"]["name"].as_str().unwrap().to_owned();
+        if state
+            .objects
+            .get(&target.collection)
+            .is_some_and(|c| c.contains_key(&name))
+        {
+            return answer(
+                StatusCode::CONFLICT,
+                status_body(409, "AlreadyExists", &name),
+            );
+        }
+        object["metadata"]["namespace"] = json!(target.namespace);
+        object["metadata"]["uid"] = json!(format!("uid-{name}-{}", state.version + 1));
+        let stored = self.store(&mut state, &target.collection, &name, object, "ADDED");
+        answer(StatusCode::CREATED, stored)
+    }
+
+    fn patch(
+        &self,
+        target: &Target,
+        name: &str,
+        patch: Value,
+        apply: bool,
+    ) -> Response<ResponseBody> {
+        let mut state = self.state.lock().unwrap();
+        let current = state
+            .objects
+            .get(&target.collection)
+            .and_then(|c| c.get(name))
+            .cloned();
+        let mut object = match current {
+            Some(object) => object,
+            // Server-side apply creates what is missing.
+            None if apply && target.subresource.is_none() => {
+                json!({"metadata": {"name": name, "namespace": target.namespace,
+                                    "uid": format!("uid-{name}")}})
+            }
+            None => return not_found(name),
+        };
+        if let Some(expected) = patch["metadata"]["resourceVersion"].as_str()
+            && object["metadata"]["resourceVersion"].as_str() != Some(expected)
+        {
+            return answer(
+                StatusCode::CONFLICT,
+                status_body(409, "Conflict", "the object has been modified"),
+            );
+        }
+        let mut patch = patch;
+        if let Some(map) = patch.as_object_mut() {
+            map.remove("apiVersion");
+            map.remove("kind");
+            if let Some(metadata) = map.get_mut("metadata").and_then(Value::as_object_mut) {
+                metadata.remove("resourceVersion");
+            }
+            // The status subresource changes only the status, the resource never does.
+            if target.subresource.as_deref() == Some("status") {
+                map.retain(|key, _| key == "status");
+            } else {
+                map.remove("status");
+            }
+        }
+        merge(&mut object, &patch);
+        let stored = self.store(&mut state, &target.collection, name, object, "MODIFIED");
+        answer(StatusCode::OK, stored)
+    }
+
+    fn delete(&self, target: &Target, name: &str) -> Response<ResponseBody> {
+        let mut state = self.state.lock().unwrap();
+        let Some(object) = state
+            .objects
+            .get_mut(&target.collection)
+            .and_then(|c| c.remove(name))
+        else {
+            return not_found(name);
+        };
+        state.version += 1;
+        let version = state.version;
+        state.history.push((
+            version,
+            target.collection.clone(),
+            "DELETED",
+            object.clone(),
+        ));
+        self.changed.send_replace(version);
+        answer(StatusCode::OK, object)
+    }
+
+    fn store(
+        &self,
+        state: &mut State,
+        collection: &str,
+        name: &str,
+        mut object: Value,
+        kind: &'static str,
+    ) -> Value {
+        state.version += 1;
+        let version = state.version;
+        object["metadata"]["resourceVersion"] = json!(version.to_string());
+        state
+            .objects
+            .entry(collection.to_owned())
+            .or_default()
+            .insert(name.to_owned(), object.clone());
+        state
+            .history
+            .push((version, collection.to_owned(), kind, object.clone()));
+        self.changed.send_replace(version);
+        object
+    }
+}
+
+impl tower_service::Service<Request<Body>> for FakeApiServer {
+    type Response = Response<ResponseBody>;
+    type Error = Infallible;
+    type Future = futures::future::BoxFuture<'static, Result<Self::Response, Infallible>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Infallible>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<Body>) -> Self::Future {
+        let server = self.clone();
+        Box::pin(async move { Ok(server.handle(request).await) })
+    }
+}
+
+/// What a request path names.
+struct Target {
+    group: String,
+    namespace: String,
+    resource: String,
+    name: Option<String>,
+    subresource: Option<String>,
+    /// The path up to the resource: where its objects are kept.
+    collection: String,
+}
+
+impl Target {
+    /// `/api/v1/namespaces/NS/RES[/NAME[/SUB]]` or
+    /// `/apis/GROUP/VERSION/namespaces/NS/RES[/NAME[/SUB]]`.
+    fn parse(path: &str) -> Option<Self> {
+        let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+        let (group, rest) = match parts.as_slice() {
+            ["api", _version, rest @ ..] => ("", rest),
+            ["apis", group, _version, rest @ ..] => (*group, rest),
+            _ => return None,
+        };
+        let ["namespaces", namespace, resource, tail @ ..] = rest else {
+            return None;
+        };
+        let prefix_len = parts.len() - tail.len();
+        Some(Self {
+            group: group.to_owned(),
+            namespace: (*namespace).to_owned(),
+            resource: (*resource).to_owned(),
+            name: tail.first().map(|s| (*s).to_owned()),
+            subresource: tail.get(1).map(|s| (*s).to_owned()),
+            collection: format!("/{}", parts[..prefix_len].join("/")),
+        })
+    }
+}
+
+fn answer(status: StatusCode, body: Value) -> Response<ResponseBody> {
+    Response::builder()
+        .status(status)
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(BodyExt::boxed(Full::new(Bytes::from(
+            serde_json::to_vec(&body).unwrap(),
+        ))))
+        .unwrap()
+}
+
+fn not_found(name: &str) -> Response<ResponseBody> {
+    answer(StatusCode::NOT_FOUND, status_body(404, "NotFound", name))
+}
+
+fn status_body(code: u16, reason: &str, message: &str) -> Value {
+    json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+           "reason": reason, "code": code, "message": message})
+}
+
+/// RFC 7386: objects merge key by key, `null` removes, anything else replaces.
+fn merge(target: &mut Value, patch: &Value) {
+    let Some(patch) = patch.as_object() else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = json!({});
+    }
+    let target = target.as_object_mut().unwrap();
+    for (key, value) in patch {
+        if value.is_null() {
+            target.remove(key);
+        } else {
+            merge(target.entry(key.clone()).or_insert(Value::Null), value);
+        }
+    }
+}
+
+fn query_param(query: &str, key: &str) -> Option<String> {
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=')?;
+        (k == key).then(|| percent_decode(v))
+    })
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("");
+                match u8::from_str_radix(hex, 16) {
+                    Ok(byte) => {
+                        out.push(byte);
+                        i += 3;
+                    }
+                    Err(_) => {
+                        out.push(b'%');
+                        i += 1;
+                    }
+                }
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            byte => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Whether `object` matches the query's `labelSelector` and `fieldSelector`
+/// (equality terms only, comma-separated: what ringlb sends).
+fn selected(object: &Value, query: &str) -> bool {
+    let terms = |key: &str| -> Vec<(String, String)> {
+        query_param(query, key)
+            .unwrap_or_default()
+            .split(',')
+            .filter_map(|term| {
+                let (k, v) = term.split_once('=')?;
+                Some((k.to_owned(), v.to_owned()))
+            })
+            .collect()
+    };
+    let labels_match = terms("labelSelector")
+        .iter()
+        .all(|(k, v)| object["metadata"]["labels"][k].as_str() == Some(v));
+    let fields_match = terms("fieldSelector").iter().all(|(k, v)| {
+        let field = k.split('.').fold(object, |value, part| &value[part]);
+        field.as_str() == Some(v)
+    });
+    labels_match && fields_match
+}
