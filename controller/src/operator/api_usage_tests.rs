@@ -274,6 +274,43 @@ async fn a_proxy_follows_its_pool_through_its_watches() {
     assert_eq!(lists, 1, "one LIST of the pods, then a WATCH");
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_standby_that_takes_over_reconciles_at_once() {
+    let api = FakeApiServer::default();
+    api.put(POOLS, pool(1, Value::Null));
+    let (leading, leadership) = leader::Leadership::manual();
+    let ctx = Arc::new(Context::new(
+        api.client(),
+        None,
+        Arc::new(ProbeTable(HashMap::new())),
+        Arc::new(Metrics::new()),
+        leadership,
+    ));
+    let (stop, stopped) = oneshot::channel::<()>();
+    let controller = tokio::spawn(reconciler::run(ctx, "default", async {
+        let _ = stopped.await;
+    }));
+    // As a standby it watches and writes nothing, however long it waits. (Half an
+    // interval off its rechecks, so that the next one is a second away.)
+    tokio::time::sleep(reconciler::STANDBY_RECHECK * 15 + reconciler::STANDBY_RECHECK / 2).await;
+    assert!(api.names(PODS).is_empty());
+    assert!(api.calls().iter().all(|c| c.method == "GET"));
+
+    let took_over = tokio::time::Instant::now();
+    leading.send_replace(true);
+    while api.names(PODS).is_empty() {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Virtual time: the pass ran on the takeover, not at the standby's next recheck.
+    assert!(
+        took_over.elapsed() < Duration::from_millis(100),
+        "{:?}",
+        took_over.elapsed()
+    );
+    let _ = stop.send(());
+    controller.await.unwrap();
+}
+
 /// The verbs each command was seen using.
 pub async fn permissions() -> (BTreeSet<Permission>, BTreeSet<Permission>) {
     (

@@ -75,6 +75,17 @@ impl Leadership {
         Self::fixed(false)
     }
 
+    /// Leading when the test says so.
+    #[cfg(test)]
+    pub fn manual() -> (watch::Sender<bool>, Self) {
+        let (sender, receiver) = watch::channel(false);
+        let leadership = Self {
+            leading: receiver,
+            valid_until: Arc::new(AtomicU64::new(u64::MAX)),
+        };
+        (sender, leadership)
+    }
+
     #[cfg(test)]
     fn fixed(leading: bool) -> Self {
         let (sender, receiver) = watch::channel(leading);
@@ -88,6 +99,19 @@ impl Leadership {
 
     pub fn is_leader(&self) -> bool {
         *self.leading.borrow() && now_ms() < self.valid_until.load(Ordering::SeqCst)
+    }
+
+    /// Yields each time this process becomes the leader: the controller reconciles
+    /// every pool then, instead of waiting for a standby's next recheck.
+    pub fn gained(&self) -> impl futures::Stream<Item = ()> + Send + Sync + 'static {
+        futures::stream::unfold(self.leading.clone(), |mut leading| async move {
+            loop {
+                leading.changed().await.ok()?;
+                if *leading.borrow_and_update() {
+                    return Some(((), leading));
+                }
+            }
+        })
     }
 }
 

@@ -41,7 +41,7 @@ pub const CONTROLLER_NAME: &str = "ringlb-operator";
 /// Longest wait between retries of a failing pass.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// How soon a standby looks again whether it leads now.
-const STANDBY_RECHECK: Duration = Duration::from_secs(2);
+pub const STANDBY_RECHECK: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -133,6 +133,8 @@ pub async fn run(
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
     Controller::new(pools, watcher::Config::default())
         .owns(pods, watcher::Config::default().labels(POOL_LABEL))
+        // A standby that takes over starts at once, not at its next recheck.
+        .reconcile_all_on(ctx.leadership.gained())
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
