@@ -11,5 +11,6 @@ COPY ringlb /ringlb
 USER 65532:65532
 EXPOSE 5000 5001
 ENTRYPOINT ["/ringlb"]
-# In a cluster: reconcile ServerPools and serve the pool named by RINGLB_POOL.
+# In a cluster: reconcile the namespace's ServerPools (deploy/operator.yaml); the proxy
+# runs the same image with `proxy` (deploy/proxy.yaml).
 CMD ["operator"]

@@ -76,12 +76,18 @@ printf '%s\n' "$help" | sed -n 1p
 docker run --rm "$RINGLB_IMAGE" --version
 crd=$(docker run --rm "$RINGLB_IMAGE" crd) || fail "ringlb crd failed"
 [[ $crd == *$'\nkind: CustomResourceDefinition\n'* ]] || fail "\`ringlb crd\` did not print the CRD"
-# The image's default command is the operator: outside a cluster it must say why it stops.
-if out=$(docker run --rm -e RINGLB_POOL=demo -e RUST_BACKTRACE=0 "$RINGLB_IMAGE" 2>&1); then
+# The image's default command is the operator; the proxy is its other in-cluster
+# command. Outside a cluster both must say why they stop.
+if out=$(docker run --rm -e RUST_BACKTRACE=0 "$RINGLB_IMAGE" 2>&1); then
     fail "ringlb operator started without a Kubernetes API"
 fi
 [[ $out == *'cannot reach the Kubernetes API'* ]] || fail "unexpected operator error: $out"
 echo "ringlb operator without a cluster -> $(printf '%s' "$out" | head -n1)"
+if out=$(docker run --rm -e RINGLB_POOL=demo -e RUST_BACKTRACE=0 "$RINGLB_IMAGE" proxy 2>&1); then
+    fail "ringlb proxy started without a Kubernetes API"
+fi
+[[ $out == *'cannot reach the Kubernetes API'* ]] || fail "unexpected proxy error: $out"
+echo "ringlb proxy without a cluster -> $(printf '%s' "$out" | head -n1)"
 
 replica_ip=$(docker inspect -f "{{(index .NetworkSettings.Networks \"$network\").IPAddress}}" "$replica")
 [ -n "$replica_ip" ] || fail "no address for the replica container"
