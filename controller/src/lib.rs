@@ -14,6 +14,7 @@
 pub mod analysis;
 pub mod app;
 pub mod cli;
+pub mod health_state;
 pub mod metrics;
 pub mod operator;
 pub mod ops;

@@ -31,9 +31,10 @@ use super::members;
 use super::pods::{
     CreateError, KubeRuntime, POOL_LABEL, PodState, PodTemplate, ReplicaPod, is_status,
 };
+use crate::health_state::{Health, HealthState};
 use crate::metrics::Metrics;
-use crate::pool::health::{HealthState, Prober};
-use crate::pool::{Action as PlanAction, Health, Observed, Policy, plan};
+use crate::pool::health::Prober;
+use crate::pool::{Action as PlanAction, Observed, Policy, plan};
 use crate::replica_name::ReplicaName;
 
 /// The controller name in Events (`kubectl describe sp`).

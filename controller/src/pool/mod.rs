@@ -17,5 +17,5 @@ pub use crate::replica_name::{NameError, ReplicaName};
 pub use admin::{PoolAdmin, PoolError};
 pub use health::HealthSettings;
 pub use membership::MembershipError;
-pub use plan::{Action, Health, Observed, Plan, Policy, plan};
+pub use plan::{Action, Observed, Plan, Policy, plan};
 pub use supervisor::{PoolHandle, Supervisor};

@@ -6,20 +6,7 @@
 use std::collections::HashSet;
 
 use super::ReplicaName;
-
-/// What heartbeats and the runtime say about one replica.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Health {
-    /// Started, no heartbeat has succeeded yet: not routable.
-    Starting,
-    /// The last heartbeat succeeded: routable.
-    Healthy,
-    /// A request to it failed to connect; routable again after a good heartbeat.
-    Suspect,
-    /// Too many heartbeats failed in a row, or the process is gone.
-    Failed,
-}
+use crate::health_state::Health;
 
 /// One replica as the runtime and the health checks see it.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -13,9 +13,10 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use super::health::{HealthSettings, HealthState, Prober};
+use super::health::{HealthSettings, Prober};
 use super::membership;
-use super::{Action, Health, Observed, Policy, PoolAdmin, PoolError, ReplicaName, plan};
+use super::{Action, Observed, Policy, PoolAdmin, PoolError, ReplicaName, plan};
+use crate::health_state::{Health, HealthState};
 use crate::metrics::Metrics;
 use crate::publish::{MemberState, PoolState, Publisher, Replacement};
 use crate::ring::RingConfig;
@@ -469,3 +470,7 @@ impl<R: Runtime> Supervisor<R> {
         });
     }
 }
+
+#[cfg(test)]
+#[path = "supervisor_tests.rs"]
+mod tests;

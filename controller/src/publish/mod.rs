@@ -16,9 +16,8 @@ use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 
+use crate::health_state::{Health, HealthState};
 use crate::metrics::Metrics;
-use crate::pool::Health;
-use crate::pool::health::HealthState;
 use crate::replica_name::ReplicaName;
 use crate::ring::RingConfig;
 pub use table::{Backend, Ejection, RoutingTable, SharedRouting};
