@@ -54,21 +54,27 @@ image:
 image-smoke: image
     bash scripts/image-smoke.sh
 
-# Create the kind cluster `ringlb` (if needed) and load both images into it.
+# Create the kind cluster `ringlb` (if needed), load both images into it and make it
+# kubectl's current context (for `just deploy`).
 kind-up: image
     kind get clusters | grep -qx ringlb || kind create cluster --config kind-config.yaml --wait 180s
     kind load docker-image ringlb:dev ringlb-replica:dev --name ringlb
+    kubectl config use-context kind-ringlb
 
-# Install the CRD, then the operators and proxies, their RBAC, the Service, the Secret,
-# the disruption budgets and the demo pool.
+# Into kubectl's current context: the CRD (waits until it is established: deploy/'s
+# ServerPool is refused before), then the operators and proxies, their RBAC, the Service,
+# the Secret, the disruption budgets and the demo pool; returns once both Deployments
+# have rolled out and the pool `demo` is Ready (all its replicas ready).
 deploy:
     kubectl apply -f crds/
-    kubectl wait --for condition=established crd/serverpools.ringlb.dev --timeout=60s
+    kubectl wait --for=condition=established crd/serverpools.ringlb.dev --timeout=60s
     kubectl apply -k deploy/
     kubectl rollout status deploy/ringlb-operator --timeout=180s
     kubectl rollout status deploy/ringlb-proxy --timeout=180s
+    kubectl wait --for=condition=Ready sp/demo --timeout=180s
 
-# The README's Kubernetes path on kind, scripted with assertions; cleans up after itself.
+# The README's Kubernetes path on kind, scripted with assertions, in a throwaway
+# namespace; removes only what it created (an existing cluster is kept).
 e2e:
     bash scripts/e2e-kind.sh
 

@@ -42,7 +42,8 @@ fn pool(replicas: u32, status: Value) -> Value {
             "replicas": replicas,
             "image": "ringlb-replica:dev",
             "port": 5000,
-            "heartbeat": {"intervalMs": 100, "timeoutMs": 50, "failureThreshold": 1},
+            "heartbeat": {"intervalMs": 100, "timeoutMs": 50, "failureThreshold": 1,
+                          "startupGraceMs": 0},
         },
         "status": status,
     })

@@ -11,12 +11,38 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::pool::HealthSettings;
+use crate::replica_name::MAX_NAME_LEN;
 use crate::ring::{Algorithm, HashFn, Preset, RingConfig};
 
 /// The replica image a pool runs unless its spec names another.
 pub const DEFAULT_REPLICA_IMAGE: &str = "ringlb-replica:dev";
 /// The port replicas listen on unless the spec names another.
 pub const DEFAULT_REPLICA_PORT: u16 = 5000;
+
+// Bounds of the schema. The API server refuses a pool outside them, so every pool that
+// a watcher lists deserializes into the Rust types (a `replicas` above `u32::MAX` once
+// broke the LIST of every pool of the namespace) and stays within what the reconciler can do.
+
+/// Most replicas a pool may ask for (`spec.replicas`, `spec.hostnames`).
+pub const MAX_POOL_REPLICAS: u32 = 1000;
+/// Bounds of `spec.heartbeat.intervalMs`: 100 ms to 1 hour.
+const MIN_INTERVAL_MS: u64 = 100;
+const MAX_INTERVAL_MS: u64 = 3_600_000;
+/// Bounds of `spec.heartbeat.timeoutMs`: 10 ms to 1 minute.
+const MIN_TIMEOUT_MS: u64 = 10;
+const MAX_TIMEOUT_MS: u64 = 60_000;
+/// Most consecutive failures `spec.heartbeat.failureThreshold` may ask for.
+const MAX_FAILURE_THRESHOLD: u32 = 100;
+/// Longest `spec.heartbeat.startupGraceMs`: 1 hour.
+const MAX_STARTUP_GRACE_MS: u64 = 3_600_000;
+/// `RingConfig::validate`'s largest table (`ring::config::MAX_SLOTS`, not exported; a test
+/// checks that both agree).
+const MAX_SLOTS: u32 = 1 << 24;
+/// `RingConfig::validate`'s most virtual nodes per member (`ring::config::MAX_VNODES`).
+const MAX_VNODES: u32 = 10_000;
+/// A replica name (`ReplicaName::parse`) that is also a pod name (`members::pod_name`):
+/// a letter or digit, then letters, digits, `_` and `-`, ending with a letter or digit.
+const REPLICA_NAME_PATTERN: &str = "^[A-Za-z0-9]([A-Za-z0-9_-]*[A-Za-z0-9])?$";
 
 /// A pool of ringlb replicas: ringlb keeps `replicas` pods alive, replaces those
 /// whose heartbeats fail with `emergency-<n>` pods, and routes through a
@@ -36,7 +62,8 @@ pub const DEFAULT_REPLICA_PORT: u16 = 5000;
     doc = "A pool of ringlb replicas kept alive by the ringlb operator",
     scale(
         spec_replicas_path = ".spec.replicas",
-        status_replicas_path = ".status.replicas"
+        status_replicas_path = ".status.replicas",
+        label_selector_path = ".status.selector"
     ),
     printcolumn(
         name = "Desired",
@@ -58,18 +85,29 @@ pub const DEFAULT_REPLICA_PORT: u16 = 5000;
 )]
 #[serde(rename_all = "camelCase")]
 pub struct ServerPoolSpec {
-    /// Number of replicas to keep alive.
+    /// Number of replicas to keep alive (at most 1000).
+    #[schemars(range(min = 0, max = MAX_POOL_REPLICAS), extend("format" = "int32"))]
     pub replicas: u32,
     /// Names of the first replicas; the rest are Server1, Server2, … (the lowest
     /// numbers not taken). Names are 1–63 characters of [A-Za-z0-9_-], starting and
-    /// (so that they make valid pod names) ending with a letter or digit.
+    /// (so that they make valid pod names) ending with a letter or digit; no name twice.
+    /// Names past the first `replicas` wait for the pool to grow.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    // A set: the API server refuses a name given twice, without the O(n²) cost of a CEL
+    // rule over 1000 items. Two names that give the same pod name (`Web_1`, `web-1`)
+    // are still refused at run time only (Degraded), as a CEL rule for that would be as costly.
+    #[schemars(
+        length(max = MAX_POOL_REPLICAS),
+        inner(length(min = 1, max = MAX_NAME_LEN), pattern(REPLICA_NAME_PATTERN)),
+        extend("x-kubernetes-list-type" = "set")
+    )]
     pub hostnames: Vec<String>,
     /// Container image of the replicas (serves /home and /heartbeat on `port`).
     #[serde(default = "default_image")]
     pub image: String,
     /// Port the replicas listen on.
     #[serde(default = "default_port")]
+    #[schemars(range(min = 1, max = 65_535), extend("format" = "int32"))]
     pub port: u16,
     /// Ring settings of the proxy; unset: the default preset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -87,9 +125,115 @@ fn default_port() -> u16 {
     DEFAULT_REPLICA_PORT
 }
 
+/// The `x-kubernetes-validations` of `spec.hashing` (see [`hashing_rules`]).
+fn hashing_validations(schema: &mut schemars::Schema) {
+    let rules = hashing_rules()
+        .into_iter()
+        .map(|(rule, message)| serde_json::json!({ "rule": rule, "message": message }))
+        .collect();
+    schema.insert(
+        "x-kubernetes-validations".to_owned(),
+        serde_json::Value::Array(rules),
+    );
+}
+
+/// CEL rules (rule, message) that refuse at admission what [`ServerPoolSpec::ring_config`]
+/// refuses at run time (`RingConfig::validate`), on the effective settings: the preset's
+/// (default or course) where the spec leaves one unset. The schema's `minimum`/`maximum`
+/// carry the upper bounds of `slots` and `vnodes`; these rules carry what depends on the
+/// algorithm.
+///
+/// Primality of the Maglev and rank-table sizes: CEL has no loop and no primality test, so
+/// the rule tries every prime up to √16777216 = 4096 (564 of them, written out) as a
+/// divisor. That decides it exactly for every size the schema lets through, at a cost of
+/// a few thousand CEL steps.
+fn hashing_rules() -> Vec<(String, String)> {
+    let course = RingConfig::preset(Preset::Course);
+    let default = RingConfig::preset(Preset::Default);
+    let is_course = format!("has(self.preset) && self.preset == '{}'", Preset::Course);
+    let algorithm = format!(
+        "(has(self.algorithm) ? self.algorithm : ({is_course} ? '{}' : '{}'))",
+        course.algorithm, default.algorithm
+    );
+    let slots = format!(
+        "(has(self.slots) ? self.slots : ({is_course} ? {} : {}))",
+        course.slots, default.slots
+    );
+    let vnodes = format!(
+        "(has(self.vnodes) ? self.vnodes : ({is_course} ? {} : {}))",
+        course.vnodes, default.vnodes
+    );
+    let names = |algorithms: &[Algorithm]| {
+        let quoted: Vec<String> = algorithms.iter().map(|a| format!("'{a}'")).collect();
+        format!("[{}]", quoted.join(", "))
+    };
+    let slot_tables = [Algorithm::Slot, Algorithm::Maglev, Algorithm::RankTable];
+    let vnode_rings = [Algorithm::Slot, Algorithm::Point];
+    let prime_tables = [Algorithm::Maglev, Algorithm::RankTable];
+    let divisors: Vec<String> = primes_up_to(MAX_SLOTS.isqrt())
+        .iter()
+        .map(u32::to_string)
+        .collect();
+    let is_prime = format!(
+        "self.slots >= 2 && [{}].all(p, p * p > self.slots || self.slots % p != 0)",
+        divisors.join(", ")
+    );
+    // Unset slots: the preset's size, prime or not.
+    let preset_size_is_prime = match (is_prime_u32(course.slots), is_prime_u32(default.slots)) {
+        (true, true) => "true".to_owned(),
+        (false, false) => "false".to_owned(),
+        (true, false) => is_course.clone(),
+        (false, true) => format!("!({is_course})"),
+    };
+    vec![
+        (
+            format!("!({algorithm} in {}) || {slots} >= 1", names(&slot_tables)),
+            "slots must be at least 1 for the slot, maglev and rank-table algorithms".to_owned(),
+        ),
+        (
+            format!("!({algorithm} in {}) || {vnodes} >= 1", names(&vnode_rings)),
+            "vnodes must be at least 1 for the slot and point algorithms".to_owned(),
+        ),
+        (
+            format!(
+                "{algorithm} != '{}' || {vnodes} <= {slots}",
+                Algorithm::Slot
+            ),
+            "a slot ring cannot hold more virtual servers (vnodes) than it has slots".to_owned(),
+        ),
+        (
+            format!(
+                "!({algorithm} in {}) || (has(self.slots) ? {is_prime} : {preset_size_is_prime})",
+                names(&prime_tables)
+            ),
+            format!(
+                "slots must be prime for the maglev and rank-table algorithms, e.g. {} or {} \
+                 (the course preset's {} is not)",
+                crate::ring::MAGLEV_DEFAULT_SLOTS,
+                crate::ring::RANK_TABLE_DEFAULT_SLOTS,
+                course.slots
+            ),
+        ),
+    ]
+}
+
+fn is_prime_u32(n: u32) -> bool {
+    let n = u64::from(n);
+    n >= 2
+        && (2..)
+            .take_while(|d| d * d <= n)
+            .all(|d| !n.is_multiple_of(d))
+}
+
+/// The primes up to `n`, in order.
+fn primes_up_to(n: u32) -> Vec<u32> {
+    (2..=n).filter(|&p| is_prime_u32(p)).collect()
+}
+
 /// The ring: a preset, with any of its settings overridden.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(transform = hashing_validations)]
 pub struct HashingSpec {
     /// `default` (measured best) or `course` (512 slots, 9 virtual nodes, quadratic hashes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -98,27 +242,49 @@ pub struct HashingSpec {
     pub algorithm: Option<Algorithm>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hash: Option<HashFn>,
-    /// Slots of the slot ring, or the (prime) Maglev table size.
+    /// Slots of the slot ring, or the (prime) Maglev and rank-table size; at most 16777216.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = MAX_SLOTS), extend("format" = "int32"))]
     pub slots: Option<u32>,
-    /// Virtual nodes per replica (slot and point rings).
+    /// Virtual nodes per replica (slot and point rings); at most 10000.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = MAX_VNODES), extend("format" = "int32"))]
     pub vnodes: Option<u32>,
 }
 
 /// How replicas are heartbeaten.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "!has(self.timeoutMs) || !has(self.intervalMs) || self.timeoutMs < self.intervalMs",
+    "message": "timeoutMs must be less than intervalMs"
+}]))]
 pub struct HeartbeatSpec {
-    /// Time between heartbeats, in milliseconds.
+    /// Time between heartbeats, in milliseconds (100 ms to 1 hour).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        range(min = MIN_INTERVAL_MS, max = MAX_INTERVAL_MS),
+        extend("format" = "int32")
+    )]
     pub interval_ms: Option<u64>,
-    /// How long one heartbeat may take, in milliseconds.
+    /// How long one heartbeat may take, in milliseconds (10 ms to 1 minute; less than
+    /// `intervalMs` when both are set).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        range(min = MIN_TIMEOUT_MS, max = MAX_TIMEOUT_MS),
+        extend("format" = "int32")
+    )]
     pub timeout_ms: Option<u64>,
-    /// Consecutive failed heartbeats after which a replica is replaced.
+    /// Consecutive failed heartbeats after which a replica is replaced (1 to 100).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = MAX_FAILURE_THRESHOLD), extend("format" = "int32"))]
     pub failure_threshold: Option<u32>,
+    /// How long a new pod may fail its heartbeats before they count, in milliseconds
+    /// (an image that takes a while to listen): failures count from its first success
+    /// or once this has passed [default: 30000; at most 1 hour].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = MAX_STARTUP_GRACE_MS), extend("format" = "int32"))]
+    pub startup_grace_ms: Option<u64>,
 }
 
 /// What the reconciler saw at its last pass.
@@ -127,23 +293,40 @@ pub struct HeartbeatSpec {
 pub struct ServerPoolStatus {
     /// Desired replicas (the scale subresource reads this).
     #[serde(default)]
+    #[schemars(range(min = 0, max = i32::MAX), extend("format" = "int32"))]
     pub replicas: u32,
     /// Replicas whose heartbeats succeed: the members of the ring.
     #[serde(default)]
+    #[schemars(range(min = 0, max = i32::MAX), extend("format" = "int32"))]
     pub ready_replicas: u32,
     /// Every desired replica: its logical name, its pod and whether it is in the ring.
+    /// Keyed by `name` (the reconciler lists each desired name once).
     #[serde(default)]
+    #[schemars(extend(
+        "x-kubernetes-list-type" = "map",
+        "x-kubernetes-list-map-keys" = ["name"]
+    ))]
     pub members: Vec<MemberStatus>,
     /// Failed replicas and the emergency replicas that took their places.
     #[serde(default)]
     pub emergency_replacements: Vec<ReplacementStatus>,
     /// The spec generation this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
     pub observed_generation: Option<i64>,
     /// `Ready`: every desired replica is in the ring; `Degraded`: the spec cannot
-    /// be carried out as written (the message says why).
+    /// be carried out as written (the message says why). One condition per `type`.
     #[serde(default)]
+    #[schemars(extend(
+        "x-kubernetes-list-type" = "map",
+        "x-kubernetes-list-map-keys" = ["type"]
+    ))]
     pub conditions: Vec<Condition>,
+    /// Label selector of the pool's pods (`ringlb.dev/pool=<name>`) in the string form
+    /// that the scale subresource reads (`labelSelectorPath: .status.selector`), so that
+    /// a HorizontalPodAutoscaler can find them. Absent until the reconciler writes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -205,7 +388,20 @@ impl ServerPoolSpec {
                 .max(1),
         }
     }
+
+    /// How long a new pod's failed heartbeats are not counted (see [`HeartbeatSpec`]).
+    pub fn startup_grace(&self) -> Duration {
+        let ms = self
+            .heartbeat
+            .as_ref()
+            .and_then(|h| h.startup_grace_ms)
+            .unwrap_or(DEFAULT_STARTUP_GRACE_MS);
+        Duration::from_millis(ms)
+    }
 }
+
+/// `spec.heartbeat.startupGraceMs` when unset.
+pub const DEFAULT_STARTUP_GRACE_MS: u64 = 30_000;
 
 /// The first line of the generated CRD file.
 const GENERATED_HEADER: &str =
@@ -250,6 +446,10 @@ mod tests {
         let scale = subresources.scale.as_ref().unwrap();
         assert_eq!(scale.spec_replicas_path, ".spec.replicas");
         assert_eq!(scale.status_replicas_path, ".status.replicas");
+        assert_eq!(
+            scale.label_selector_path.as_deref(),
+            Some(".status.selector")
+        );
         let columns: Vec<&str> = version
             .additional_printer_columns
             .iter()
@@ -284,5 +484,580 @@ mod tests {
         )
         .unwrap();
         assert!(bad.ring_config().unwrap_err().contains("prime"));
+    }
+
+    // ---- the schema's bounds and rules, read back from the generated CRD ----
+
+    use serde_json::{Value, json};
+
+    /// The `openAPIV3Schema` of the generated CRD, as JSON.
+    fn open_api_schema() -> Value {
+        let crd = ServerPool::crd();
+        let schema = crd.spec.versions[0].schema.clone().unwrap();
+        serde_json::to_value(schema.open_api_v3_schema.unwrap()).unwrap()
+    }
+
+    /// The subschema at `path` (property names separated by dots; `[]` for array items).
+    fn at<'a>(schema: &'a Value, path: &str) -> &'a Value {
+        path.split('.').fold(schema, |node, key| {
+            let next = if key == "[]" {
+                &node["items"]
+            } else {
+                &node["properties"][key]
+            };
+            assert!(!next.is_null(), "no schema at {path} (stopped at {key})");
+            next
+        })
+    }
+
+    /// `(format, minimum, maximum)` of the integer at `path`.
+    fn int_bounds(schema: &Value, path: &str) -> (String, Option<f64>, Option<f64>) {
+        let node = at(schema, path);
+        assert_eq!(node["type"], "integer", "{path}");
+        (
+            node["format"].as_str().unwrap_or_default().to_owned(),
+            node["minimum"].as_f64(),
+            node["maximum"].as_f64(),
+        )
+    }
+
+    fn int32(min: f64, max: f64) -> (String, Option<f64>, Option<f64>) {
+        ("int32".to_owned(), Some(min), Some(max))
+    }
+
+    #[test]
+    fn spec_integers_are_int32_with_exact_bounds() {
+        let schema = open_api_schema();
+        let expected = [
+            ("spec.replicas", int32(0.0, 1000.0)),
+            ("spec.port", int32(1.0, 65_535.0)),
+            ("spec.heartbeat.intervalMs", int32(100.0, 3_600_000.0)),
+            ("spec.heartbeat.timeoutMs", int32(10.0, 60_000.0)),
+            ("spec.heartbeat.failureThreshold", int32(1.0, 100.0)),
+            ("spec.heartbeat.startupGraceMs", int32(0.0, 3_600_000.0)),
+            ("spec.hashing.slots", int32(0.0, 16_777_216.0)),
+            ("spec.hashing.vnodes", int32(0.0, 10_000.0)),
+        ];
+        for (path, bounds) in &expected {
+            assert_eq!(&int_bounds(&schema, path), bounds, "{path}");
+        }
+        // No integer of spec is left without a signed format and both bounds (a new
+        // field must choose its own), and every bound fits the format.
+        fn walk(node: &Value, path: &str, found: &mut Vec<String>) {
+            if node["type"] == "integer" {
+                let format = node["format"].as_str().unwrap_or_default();
+                let limit = match format {
+                    "int32" => f64::from(i32::MAX),
+                    "int64" => i64::MAX as f64,
+                    other => panic!("{path}: format {other:?}, not int32 or int64"),
+                };
+                let (min, max) = (node["minimum"].as_f64(), node["maximum"].as_f64());
+                assert!(min.is_some_and(|m| m >= 0.0), "{path}: minimum {min:?}");
+                assert!(max.is_some_and(|m| m <= limit), "{path}: maximum {max:?}");
+                found.push(path.to_owned());
+            }
+            for (key, child) in node["properties"].as_object().into_iter().flatten() {
+                walk(child, &format!("{path}.{key}"), found);
+            }
+            if node.get("items").is_some() {
+                walk(&node["items"], &format!("{path}[]"), found);
+            }
+        }
+        let mut found = Vec::new();
+        walk(at(&schema, "spec"), "spec", &mut found);
+        found.sort();
+        let mut paths: Vec<&str> = expected.iter().map(|(path, _)| *path).collect();
+        paths.sort();
+        assert_eq!(found, paths);
+    }
+
+    #[test]
+    fn schema_bounds_match_what_the_code_accepts() {
+        // The table and vnode limits are `RingConfig::validate`'s.
+        let slot = |slots, vnodes| RingConfig {
+            slots,
+            vnodes,
+            ..RingConfig::course()
+        };
+        assert_eq!(slot(MAX_SLOTS, 9).validate(), Ok(()));
+        assert!(slot(MAX_SLOTS + 1, 9).validate().is_err());
+        let point = |vnodes| RingConfig {
+            algorithm: Algorithm::Point,
+            vnodes,
+            ..RingConfig::default()
+        };
+        assert_eq!(point(MAX_VNODES).validate(), Ok(()));
+        assert!(point(MAX_VNODES + 1).validate().is_err());
+        // Every bound fits the Rust field it guards.
+        assert!(u64::from(MAX_POOL_REPLICAS) <= u64::from(u32::MAX));
+        assert!(MAX_INTERVAL_MS <= i32::MAX as u64 && MAX_STARTUP_GRACE_MS <= i32::MAX as u64);
+    }
+
+    #[test]
+    fn status_integers_are_signed_and_non_negative() {
+        let schema = open_api_schema();
+        for path in ["status.replicas", "status.readyReplicas"] {
+            assert_eq!(
+                int_bounds(&schema, path),
+                int32(0.0, f64::from(i32::MAX)),
+                "{path}"
+            );
+        }
+        assert_eq!(
+            int_bounds(&schema, "status.observedGeneration"),
+            ("int64".to_owned(), Some(0.0), None)
+        );
+    }
+
+    #[test]
+    fn hostnames_are_a_set_of_replica_names() {
+        let schema = open_api_schema();
+        let hostnames = at(&schema, "spec.hostnames");
+        assert_eq!(hostnames["maxItems"], json!(1000));
+        assert_eq!(hostnames["x-kubernetes-list-type"], "set");
+        let item = &hostnames["items"];
+        assert_eq!(item["type"], "string");
+        assert_eq!(item["minLength"], json!(1));
+        assert_eq!(item["maxLength"], json!(63));
+        assert_eq!(item["pattern"], "^[A-Za-z0-9]([A-Za-z0-9_-]*[A-Za-z0-9])?$");
+    }
+
+    #[test]
+    fn the_scale_selector_is_a_status_string_left_out_while_unset() {
+        let schema = open_api_schema();
+        assert_eq!(at(&schema, "status.selector")["type"], "string");
+        let status = ServerPoolStatus::default();
+        let json = serde_json::to_value(&status).unwrap();
+        assert!(json.get("selector").is_none(), "{json}");
+        let status = ServerPoolStatus {
+            selector: Some("ringlb.dev/pool=demo".to_owned()),
+            ..status
+        };
+        let json = serde_json::to_value(&status).unwrap();
+        assert_eq!(json["selector"], "ringlb.dev/pool=demo");
+        // A status written before the field existed reads back as unset.
+        let old: ServerPoolStatus = serde_json::from_value(json!({ "replicas": 3 })).unwrap();
+        assert_eq!(old.selector, None);
+    }
+
+    #[test]
+    fn status_lists_are_maps_keyed_by_type_and_name() {
+        let schema = open_api_schema();
+        for (path, key) in [("status.conditions", "type"), ("status.members", "name")] {
+            let list = at(&schema, path);
+            assert_eq!(list["x-kubernetes-list-type"], "map", "{path}");
+            assert_eq!(list["x-kubernetes-list-map-keys"], json!([key]), "{path}");
+            // A map key must be required in every item.
+            let required = list["items"]["required"].as_array().unwrap();
+            assert!(required.contains(&json!(key)), "{path}");
+        }
+    }
+
+    #[test]
+    fn heartbeat_timeout_must_be_shorter_than_the_interval() {
+        let schema = open_api_schema();
+        assert_eq!(
+            at(&schema, "spec.heartbeat")["x-kubernetes-validations"],
+            json!([{
+                "rule": "!has(self.timeoutMs) || !has(self.intervalMs) || self.timeoutMs < self.intervalMs",
+                "message": "timeoutMs must be less than intervalMs"
+            }])
+        );
+    }
+
+    #[test]
+    fn hashing_rules_say_what_ring_config_refuses() {
+        let schema = open_api_schema();
+        let rules = at(&schema, "spec.hashing")["x-kubernetes-validations"]
+            .as_array()
+            .unwrap()
+            .clone();
+        let messages: Vec<&str> = rules
+            .iter()
+            .map(|r| r["message"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            messages,
+            [
+                "slots must be at least 1 for the slot, maglev and rank-table algorithms",
+                "vnodes must be at least 1 for the slot and point algorithms",
+                "a slot ring cannot hold more virtual servers (vnodes) than it has slots",
+                "slots must be prime for the maglev and rank-table algorithms, e.g. 65537 or \
+                 262147 (the course preset's 512 is not)",
+            ]
+        );
+        let rule = |i: usize| rules[i]["rule"].as_str().unwrap().to_owned();
+        // The effective settings: the spec's, else the preset's.
+        let algorithm = "(has(self.algorithm) ? self.algorithm : (has(self.preset) && \
+                         self.preset == 'course' ? 'slot' : 'rank-table'))";
+        let slots = "(has(self.slots) ? self.slots : (has(self.preset) && \
+                     self.preset == 'course' ? 512 : 262147))";
+        let vnodes = "(has(self.vnodes) ? self.vnodes : (has(self.preset) && \
+                      self.preset == 'course' ? 9 : 160))";
+        assert_eq!(
+            rule(0),
+            format!("!({algorithm} in ['slot', 'maglev', 'rank-table']) || {slots} >= 1")
+        );
+        assert_eq!(
+            rule(1),
+            format!("!({algorithm} in ['slot', 'point']) || {vnodes} >= 1")
+        );
+        assert_eq!(
+            rule(2),
+            format!("{algorithm} != 'slot' || {vnodes} <= {slots}")
+        );
+        // Primality: trial division by every prime up to √MAX_SLOTS, written out.
+        let prime = rule(3);
+        let (head, rest) = prime.split_once('[').unwrap();
+        let (head, rest) = (head.to_owned(), rest.split_once('[').unwrap());
+        assert_eq!(
+            format!("{head}[{}", rest.0),
+            format!(
+                "!({algorithm} in ['maglev', 'rank-table']) || (has(self.slots) ? \
+                 self.slots >= 2 && "
+            )
+        );
+        let (list, tail) = rest.1.split_once(']').unwrap();
+        assert_eq!(
+            tail,
+            ".all(p, p * p > self.slots || self.slots % p != 0) : \
+             !(has(self.preset) && self.preset == 'course'))"
+        );
+        let divisors: Vec<u64> = list.split(", ").map(|p| p.parse().unwrap()).collect();
+        assert_eq!(divisors.len(), 564);
+        assert_eq!((divisors[0], divisors[563]), (2, 4093));
+        assert!(
+            4097 * 4097 > u64::from(MAX_SLOTS),
+            "the next prime after 4093 is 4099"
+        );
+        // Trial division by these divisors is exactly `RingConfig::validate`'s primality,
+        // checked on the sizes that matter: small ones, the presets', squares of the
+        // largest divisors and the neighbours of the maximum.
+        let passes = |n: u64| n >= 2 && divisors.iter().all(|p| p * p > n || !n.is_multiple_of(*p));
+        let maglev = |slots| RingConfig {
+            algorithm: Algorithm::Maglev,
+            slots,
+            ..RingConfig::default()
+        };
+        let mut sizes: Vec<u32> = (0..5000).collect();
+        sizes.extend([65_536, 65_537, 262_144, 262_147, 4093 * 4093, 4091 * 4093]);
+        sizes.extend(MAX_SLOTS - 100..=MAX_SLOTS);
+        for n in sizes {
+            assert_eq!(
+                passes(u64::from(n)),
+                maglev(n).validate().is_ok(),
+                "slots {n}"
+            );
+        }
+    }
+
+    // A tiny checker of `minimum`, `maximum`, `minLength`, `maxLength`, `maxItems` and
+    // `pattern` (no other keyword: types, enums and CEL are the API server's), to see that
+    // the schema alone refuses the values that once broke the watchers.
+
+    /// Why `doc` breaks the bounds of `schema`, one line per broken keyword.
+    fn bound_errors(schema: &Value, doc: &Value, path: &str) -> Vec<String> {
+        let mut errors = Vec::new();
+        let mut fail = |keyword: &str| errors.push(format!("{path}: {keyword}"));
+        match doc {
+            Value::Number(n) => {
+                let n = n.as_f64().unwrap();
+                if schema["minimum"].as_f64().is_some_and(|min| n < min) {
+                    fail("minimum");
+                }
+                if schema["maximum"].as_f64().is_some_and(|max| n > max) {
+                    fail("maximum");
+                }
+            }
+            Value::String(s) => {
+                let len = s.chars().count() as u64;
+                if schema["minLength"].as_u64().is_some_and(|min| len < min) {
+                    fail("minLength");
+                }
+                if schema["maxLength"].as_u64().is_some_and(|max| len > max) {
+                    fail("maxLength");
+                }
+                if let Some(pattern) = schema["pattern"].as_str()
+                    && !mini_regex::is_match(pattern, s)
+                {
+                    fail("pattern");
+                }
+            }
+            Value::Array(items) => {
+                if schema["maxItems"]
+                    .as_u64()
+                    .is_some_and(|max| items.len() as u64 > max)
+                {
+                    fail("maxItems");
+                }
+                for (i, item) in items.iter().enumerate() {
+                    errors.extend(bound_errors(
+                        &schema["items"],
+                        item,
+                        &format!("{path}[{i}]"),
+                    ));
+                }
+            }
+            Value::Object(fields) => {
+                for (key, value) in fields {
+                    let sub = &schema["properties"][key];
+                    if !sub.is_null() {
+                        errors.extend(bound_errors(sub, value, &format!("{path}.{key}")));
+                    }
+                }
+            }
+            Value::Null | Value::Bool(_) => {}
+        }
+        errors
+    }
+
+    /// The bound errors of a pool whose spec is `{"replicas": 3}` with `spec` merged in.
+    fn spec_errors(spec: Value) -> Vec<String> {
+        let mut pool = json!({ "replicas": 3 });
+        pool.as_object_mut()
+            .unwrap()
+            .extend(spec.as_object().unwrap().clone());
+        bound_errors(&open_api_schema(), &json!({ "spec": pool }), "")
+    }
+
+    #[test]
+    fn the_schema_refuses_out_of_range_specs() {
+        assert_eq!(spec_errors(json!({})), Vec::<String>::new());
+        let refused = [
+            (
+                json!({ "replicas": 4_294_967_296_u64 }),
+                ".spec.replicas: maximum",
+            ),
+            (json!({ "replicas": 1001 }), ".spec.replicas: maximum"),
+            (json!({ "replicas": -1 }), ".spec.replicas: minimum"),
+            (json!({ "port": 0 }), ".spec.port: minimum"),
+            (json!({ "port": 65_536 }), ".spec.port: maximum"),
+            (
+                json!({ "heartbeat": { "intervalMs": 10 } }),
+                ".spec.heartbeat.intervalMs: minimum",
+            ),
+            (
+                json!({ "heartbeat": { "timeoutMs": 60_001 } }),
+                ".spec.heartbeat.timeoutMs: maximum",
+            ),
+            (
+                json!({ "heartbeat": { "failureThreshold": 0 } }),
+                ".spec.heartbeat.failureThreshold: minimum",
+            ),
+            (
+                json!({ "hashing": { "slots": 16_777_217 } }),
+                ".spec.hashing.slots: maximum",
+            ),
+            (
+                json!({ "hashing": { "vnodes": 10_001 } }),
+                ".spec.hashing.vnodes: maximum",
+            ),
+            (
+                json!({ "hostnames": ["ok", "bad name"] }),
+                ".spec.hostnames[1]: pattern",
+            ),
+            (
+                json!({ "hostnames": ["Server_"] }),
+                ".spec.hostnames[0]: pattern",
+            ),
+            (
+                json!({ "hostnames": ["x".repeat(64)] }),
+                ".spec.hostnames[0]: maxLength",
+            ),
+            (
+                json!({ "hostnames": [""] }),
+                ".spec.hostnames[0]: minLength",
+            ),
+        ];
+        for (spec, error) in refused {
+            let errors = spec_errors(spec.clone());
+            assert!(errors.iter().any(|e| e == error), "{spec}: {errors:?}");
+        }
+        let too_many: Vec<String> = (0..1001).map(|i| format!("web-{i}")).collect();
+        assert_eq!(
+            spec_errors(json!({ "hostnames": too_many })),
+            [".spec.hostnames: maxItems"]
+        );
+        // The limits themselves are accepted.
+        let limits = json!({
+            "replicas": 1000, "port": 65_535, "hostnames": ["x".repeat(63), "emergency_58", "9"],
+            "heartbeat": { "intervalMs": 100, "timeoutMs": 10, "failureThreshold": 100 },
+            "hashing": { "slots": 16_777_216, "vnodes": 10_000 }
+        });
+        assert_eq!(spec_errors(limits), Vec::<String>::new());
+    }
+
+    #[test]
+    fn the_hostname_pattern_is_what_the_operator_accepts() {
+        // Every string up to 3 characters over an alphabet with every kind of character,
+        // plus long ones: the schema (pattern and lengths) accepts exactly the names that
+        // are replica names (`ReplicaName::parse`) and make pod names (`members::pod_name`).
+        let alphabet = ['a', 'Z', '7', '_', '-', '.', ' ', 'é'];
+        let mut names = vec![String::new()];
+        for _ in 0..3 {
+            let longer: Vec<String> = names
+                .iter()
+                .filter(|n| n.chars().count() == names.last().unwrap().chars().count())
+                .flat_map(|n| alphabet.iter().map(move |c| format!("{n}{c}")))
+                .collect();
+            names.extend(longer);
+        }
+        names.extend([
+            "a".repeat(63),
+            "a".repeat(64),
+            format!("{}_", "a".repeat(62)),
+        ]);
+        let item = at(&open_api_schema(), "spec.hostnames.[]").clone();
+        for name in names {
+            let by_schema = bound_errors(&item, &json!(name), "").is_empty();
+            let by_code = crate::replica_name::ReplicaName::parse(&name)
+                .ok()
+                .is_some_and(|n| super::super::members::pod_name(&n).is_ok());
+            assert_eq!(by_schema, by_code, "{name:?}");
+        }
+    }
+
+    /// Full matches of the regular expressions the schema uses: `^…$` around literals,
+    /// `[…]` classes with ranges, `(…)` groups and the `*`, `+`, `?` quantifiers.
+    mod mini_regex {
+        enum Atom {
+            Class(Vec<(char, char)>),
+            Group(Vec<Piece>),
+        }
+
+        struct Piece {
+            atom: Atom,
+            min: usize,
+            max: usize,
+        }
+
+        pub fn is_match(pattern: &str, text: &str) -> bool {
+            let body = pattern
+                .strip_prefix('^')
+                .and_then(|p| p.strip_suffix('$'))
+                .expect("an anchored pattern");
+            let mut chars = body.chars().peekable();
+            let pieces = parse(&mut chars);
+            assert!(chars.next().is_none(), "unbalanced ')' in {pattern}");
+            let text: Vec<char> = text.chars().collect();
+            ends(&pieces, &text, 0).contains(&text.len())
+        }
+
+        fn parse(chars: &mut std::iter::Peekable<std::str::Chars>) -> Vec<Piece> {
+            let mut pieces = Vec::new();
+            while let Some(&c) = chars.peek() {
+                if c == ')' {
+                    break;
+                }
+                chars.next();
+                let atom = match c {
+                    '[' => {
+                        let mut ranges = Vec::new();
+                        loop {
+                            let first = chars.next().expect("unclosed [");
+                            if first == ']' {
+                                break;
+                            }
+                            let mut ahead = chars.clone();
+                            if ahead.next() == Some('-') && ahead.peek().is_some_and(|&e| e != ']')
+                            {
+                                chars.next();
+                                ranges.push((first, chars.next().unwrap()));
+                            } else {
+                                ranges.push((first, first));
+                            }
+                        }
+                        Atom::Class(ranges)
+                    }
+                    '(' => {
+                        let group = parse(chars);
+                        assert_eq!(chars.next(), Some(')'), "unclosed (");
+                        Atom::Group(group)
+                    }
+                    '\\' => {
+                        let c = chars.next().unwrap();
+                        Atom::Class(vec![(c, c)])
+                    }
+                    '.' | '{' | '|' => panic!("mini_regex does not know {c:?}"),
+                    c => Atom::Class(vec![(c, c)]),
+                };
+                let (min, max) = match chars.peek() {
+                    Some('*') => (0, usize::MAX),
+                    Some('+') => (1, usize::MAX),
+                    Some('?') => (0, 1),
+                    _ => (1, 1),
+                };
+                if (min, max) != (1, 1) {
+                    chars.next();
+                }
+                pieces.push(Piece { atom, min, max });
+            }
+            pieces
+        }
+
+        /// Every position where `pieces` can end when started at `start`.
+        fn ends(pieces: &[Piece], text: &[char], start: usize) -> Vec<usize> {
+            pieces.iter().fold(vec![start], |starts, piece| {
+                let mut out = Vec::new();
+                for s in starts {
+                    for e in piece_ends(piece, text, s) {
+                        if !out.contains(&e) {
+                            out.push(e);
+                        }
+                    }
+                }
+                out
+            })
+        }
+
+        fn piece_ends(piece: &Piece, text: &[char], start: usize) -> Vec<usize> {
+            let mut out = if piece.min == 0 { vec![start] } else { vec![] };
+            let mut current = vec![start];
+            // Each repetition consumes at least one character or adds no new end.
+            for count in 1..=piece.max.min(text.len() + 1) {
+                let mut next = Vec::new();
+                for &s in &current {
+                    for e in atom_ends(&piece.atom, text, s) {
+                        if !next.contains(&e) {
+                            next.push(e);
+                        }
+                    }
+                }
+                if next.is_empty() {
+                    break;
+                }
+                if count >= piece.min {
+                    out.extend(next.iter().filter(|e| !out.contains(e)).collect::<Vec<_>>());
+                }
+                current = next;
+            }
+            out
+        }
+
+        fn atom_ends(atom: &Atom, text: &[char], start: usize) -> Vec<usize> {
+            match atom {
+                Atom::Class(ranges) => match text.get(start) {
+                    Some(c) if ranges.iter().any(|(lo, hi)| (lo..=hi).contains(&c)) => {
+                        vec![start + 1]
+                    }
+                    _ => vec![],
+                },
+                Atom::Group(pieces) => ends(pieces, text, start),
+            }
+        }
+
+        #[test]
+        fn matches_like_a_regex() {
+            let p = "^[A-Za-z0-9]([A-Za-z0-9_-]*[A-Za-z0-9])?$";
+            for ok in ["a", "a1", "web-01", "Server_1", "a-b_c"] {
+                assert!(is_match(p, ok), "{ok}");
+            }
+            for bad in ["", "-a", "a-", "a_", "a b", "a.b", "é"] {
+                assert!(!is_match(p, bad), "{bad}");
+            }
+            assert!(is_match("^a+b?$", "aaa") && is_match("^a+b?$", "ab"));
+            assert!(!is_match("^a+b?$", "b") && !is_match("^a+b?$", "abb"));
+            assert!(is_match("^x[-a]*$", "x-a-") && !is_match("^x[-a]*$", "xb"));
+        }
     }
 }

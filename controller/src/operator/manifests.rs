@@ -6,9 +6,11 @@
 //!   namespace (`reconciler.rs`); it never reads one pool alone nor writes a spec;
 //! - `serverpools/status` patch: the reconciler writes replicas, members,
 //!   replacements and conditions (`reconciler.rs`);
-//! - `pods` list, watch, create, delete: the controller watches the pods it owns
-//!   (`reconciler.rs`), and `pods.rs` lists a pool's pods, creates missing ones and
-//!   deletes extras and failed ones;
+//! - `pods` list, watch, get, create, delete: the controller watches the pods of
+//!   every pool (`reconciler.rs`; passes and heartbeats read that watch's store),
+//!   and `pods.rs` creates missing pods, reads one whose create was refused with 409
+//!   (this pool's own, not yet in the store, or another's?), and deletes extras and
+//!   failed ones;
 //! - `events.k8s.io` `events` create, patch: the event recorder, for every pod
 //!   created, deleted or replaced (patched when an event repeats);
 //! - `coordination.k8s.io` `leases` get, create, patch: the leader election

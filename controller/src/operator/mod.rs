@@ -18,6 +18,7 @@ pub mod app;
 pub mod crd;
 #[cfg(test)]
 pub mod fixtures;
+pub mod heartbeats;
 pub mod leader;
 pub mod manifests;
 pub mod members;

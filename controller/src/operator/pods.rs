@@ -54,6 +54,9 @@ pub struct ReplicaPod {
     pub pod: String,
     pub uid: String,
     pub ip: Option<IpAddr>,
+    /// The port its container declares: where its heartbeats go (a pod made before
+    /// a `spec.port` change still listens on the old one).
+    pub port: Option<u16>,
     pub state: PodState,
 }
 
@@ -207,6 +210,28 @@ impl KubeRuntime {
         Ok(self.pods.create(&PostParams::default(), &pod).await?)
     }
 
+    /// Whether pod `pod` is this pool's (its label and its controller owner): tells
+    /// a create refused with 409 because this pool made the pod already (the watch
+    /// has not shown it yet) from one that another pool or someone else holds.
+    pub async fn owns(&self, pod: &str) -> Result<bool, ::kube::Error> {
+        let Some(found) = self.pods.get_opt(pod).await? else {
+            return Ok(false);
+        };
+        let labelled = found
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(POOL_LABEL))
+            .is_some_and(|p| *p == self.pool);
+        let owned = found
+            .metadata
+            .owner_references
+            .iter()
+            .flatten()
+            .any(|o| o.uid == self.owner.uid);
+        Ok(labelled && owned)
+    }
+
     /// Deletes pod `pod` gracefully; one already gone is not an error.
     pub async fn delete(&self, pod: &str) -> Result<(), ::kube::Error> {
         self.delete_with(pod, &DeleteParams::default()).await
@@ -262,11 +287,18 @@ pub fn replica_pod(pod: &Pod) -> ReplicaPod {
             _ => PodState::Pending,
         }
     };
+    let port = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.containers.iter().find(|c| c.name == CONTAINER))
+        .and_then(|c| c.ports.as_ref()?.first())
+        .and_then(|p| u16::try_from(p.container_port).ok());
     ReplicaPod {
         name,
         pod: pod.metadata.name.clone().unwrap_or_default(),
         uid: pod.metadata.uid.clone().unwrap_or_default(),
         ip,
+        port,
         state,
     }
 }

@@ -1,9 +1,10 @@
-//! The reconciler: one pass per `ServerPool` change, pod change or heartbeat
-//! interval. It drives the same [`plan`] as the local supervisor:
+//! The reconciler: one pass per `ServerPool` change, pod change, change of a pod's
+//! health (the pool's heartbeat task, `heartbeats.rs`, asks for it) or resync. It
+//! drives the same [`plan`] as the local supervisor:
 //!
-//! observe pods → heartbeat the running ones → health per pod (kept across passes)
-//! → `plan(desired, observed)` → create, delete, replace pods (an Event for each)
-//! → status, written only when it changed → requeue after the heartbeat interval.
+//! observe (pods from the watch's store, health from the heartbeat task) →
+//! `plan(desired, observed)` → create, delete, replace pods (an Event for each) →
+//! status, written only when it changed.
 //!
 //! A desired replica without a pod gets one under its name, so a pod deleted from
 //! outside comes back as it was; a replica whose heartbeats fail `failureThreshold`
@@ -11,7 +12,6 @@
 //! pod is `emergency-<n>`, and the replacement is recorded in the status.
 
 use std::collections::{HashMap, HashSet};
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -21,15 +21,18 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::{Controller, watcher};
+use kube::runtime::reflector::{self, ObjectRef, Store, store::Writer};
+use kube::runtime::{Controller, WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
+use tokio::sync::mpsc;
 
 use super::crd::{MemberStatus, ReplacementStatus, ServerPool, ServerPoolSpec, ServerPoolStatus};
+use super::heartbeats::{BeatConfig, Heartbeats};
 use super::leader::Leadership;
 use super::members;
 use super::pods::{
-    CreateError, KubeRuntime, POOL_LABEL, PodState, PodTemplate, ReplicaPod, is_status,
+    CreateError, KubeRuntime, POOL_LABEL, PodState, PodTemplate, ReplicaPod, is_status, replica_pod,
 };
 use crate::health_state::{Health, HealthState};
 use crate::metrics::Metrics;
@@ -43,6 +46,9 @@ pub const CONTROLLER_NAME: &str = "ringlb-operator";
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// How soon a standby looks again whether it leads now.
 pub const STANDBY_RECHECK: Duration = Duration::from_secs(2);
+/// A converged pool is looked at again after this long even if nothing happened
+/// (changes of the pool, its pods or their health trigger a pass at once).
+pub const RESYNC: Duration = Duration::from_secs(60);
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -57,8 +63,8 @@ pub enum Error {
 struct PoolMemory {
     /// The pool's uid: a pool deleted and created again starts afresh.
     uid: String,
-    /// Health per pod uid: a pod created again under the same name starts afresh.
-    health: HashMap<String, HealthState>,
+    /// Pods this process deleted (by uid) that the watch may still show.
+    deleted: HashSet<String>,
     /// Replacements made, which the cached pool may not show yet.
     replacements: Vec<ReplacementStatus>,
     /// Failed passes in a row, for the backoff.
@@ -69,8 +75,13 @@ struct PoolMemory {
 pub struct Context {
     pub client: Client,
     pub recorder: Recorder,
-    pub prober: Arc<dyn Prober>,
     pub metrics: Arc<Metrics>,
+    /// The pods of every pool of the namespace, as the controller's watch keeps them.
+    pub pods: Store<Pod>,
+    pod_writer: Mutex<Option<Writer<Pod>>>,
+    pub heartbeats: Heartbeats,
+    /// Pools whose pods' health changed, from the heartbeat tasks.
+    wakes: Mutex<Option<mpsc::UnboundedReceiver<ObjectRef<ServerPool>>>>,
     /// Time source of condition transitions (fixed in tests).
     pub clock: fn() -> Timestamp,
     /// Whether this process holds the leader lease: only the leader reconciles.
@@ -93,15 +104,33 @@ impl Context {
                 instance: reporter_instance,
             },
         );
+        let (pods, pod_writer) = reflector::store();
+        let (wake, wakes) = mpsc::unbounded_channel();
         Self {
             client,
             recorder,
-            prober,
+            heartbeats: Heartbeats::new(prober, metrics.clone(), pods.clone(), wake),
             metrics,
+            pods,
+            pod_writer: Mutex::new(Some(pod_writer)),
+            wakes: Mutex::new(Some(wakes)),
             clock: Timestamp::now,
             leadership,
             memory: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Fills the pod store as a watch would (tests: no watch runs).
+    #[cfg(test)]
+    pub fn set_pods(&self, pods: Vec<Pod>) {
+        use kube::runtime::watcher::Event;
+        let mut writer = self.pod_writer.lock().unwrap();
+        let writer = writer.as_mut().expect("the watch has not started");
+        writer.apply_watcher_event(&Event::Init);
+        for pod in pods {
+            writer.apply_watcher_event(&Event::InitApply(pod));
+        }
+        writer.apply_watcher_event(&Event::InitDone);
     }
 
     fn with_memory<T>(&self, key: &str, uid: &str, f: impl FnOnce(&mut PoolMemory) -> T) -> T {
@@ -132,12 +161,33 @@ pub async fn run(
     use futures::StreamExt;
     let pools: Api<ServerPool> = Api::namespaced(ctx.client.clone(), namespace);
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
+    let writer = ctx
+        .pod_writer
+        .lock()
+        .unwrap()
+        .take()
+        .expect("the controller runs once per context");
+    let wakes = ctx
+        .wakes
+        .lock()
+        .unwrap()
+        .take()
+        .expect("the controller runs once per context");
+    // One watch of the pods feeds both the store the passes read and their triggers.
+    let pod_events = watcher(pods, watcher::Config::default().labels(POOL_LABEL))
+        .default_backoff()
+        .reflect(writer)
+        .touched_objects();
+    let heartbeat_changes = futures::stream::unfold(wakes, |mut wakes| async move {
+        Some((wakes.recv().await?, wakes))
+    });
     Controller::new(pools, watcher::Config::default())
-        .owns(pods, watcher::Config::default().labels(POOL_LABEL))
+        .owns_stream(pod_events)
+        .reconcile_on(heartbeat_changes)
         // A standby that takes over starts at once, not at its next recheck.
         .reconcile_all_on(ctx.leadership.gained())
         .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, ctx)
+        .run(reconcile, error_policy, ctx.clone())
         .for_each(|result| async move {
             match result {
                 Ok((pool, _)) => tracing::debug!(pool = %pool.name, "reconciled"),
@@ -145,6 +195,7 @@ pub async fn run(
             }
         })
         .await;
+    ctx.heartbeats.stop_all();
 }
 
 /// Retries a failed pass after 1 s, 2 s, 4 s, … up to a minute.
@@ -177,6 +228,7 @@ pub async fn reconcile(pool: Arc<ServerPool>, ctx: Arc<Context>) -> Result<Actio
     if pool.meta().deletion_timestamp.is_some() {
         // Its pods go with it (ownerReferences): nothing to do but forget it.
         ctx.memory.lock().unwrap().remove(&pool_key(&pool));
+        ctx.heartbeats.forget(&ObjectRef::from_obj(&*pool));
         return Ok(Action::await_change());
     }
     let target = Target::of(&pool, &ctx)?;
@@ -192,7 +244,7 @@ pub async fn reconcile(pool: Arc<ServerPool>, ctx: Arc<Context>) -> Result<Actio
         return Err(error);
     }
     ctx.with_memory(&target.key, &target.uid, |m| m.failures = 0);
-    Ok(Action::requeue(pool.spec.health_settings().interval))
+    Ok(Action::requeue(RESYNC))
 }
 
 /// The pool a pass works on, and the handles it works through.
@@ -252,7 +304,7 @@ struct Seen {
     problems: Vec<String>,
 }
 
-/// Lists the pods, heartbeats the running ones, and works out what should exist.
+/// Reads the pool's pods and their health, and works out what should exist.
 async fn observe(target: &Target<'_>, ctx: &Context) -> Result<Seen, Error> {
     let spec = &target.pool.spec;
     let mut problems: Vec<String> = Vec::new();
@@ -273,8 +325,43 @@ async fn observe(target: &Target<'_>, ctx: &Context) -> Result<Seen, Error> {
             replacements.push(made);
         }
     }
-    let pods = target.pods.observe().await?;
-    let health = heartbeat(ctx, &target.key, &target.uid, &pods, spec).await;
+    // From the watch's store, less the pods this process deleted that it still shows.
+    let pods: Vec<ReplicaPod> = {
+        let listed: Vec<ReplicaPod> = ctx
+            .pods
+            .state()
+            .iter()
+            .filter(|pod| {
+                pod.metadata.namespace.as_deref() == Some(target.namespace.as_str())
+                    && pod
+                        .metadata
+                        .labels
+                        .as_ref()
+                        .and_then(|l| l.get(POOL_LABEL))
+                        .is_some_and(|p| *p == target.name)
+            })
+            .map(|pod| replica_pod(pod))
+            .collect();
+        ctx.with_memory(&target.key, &target.uid, |m| {
+            m.deleted.retain(|uid| listed.iter().any(|p| p.uid == *uid));
+            listed
+                .into_iter()
+                .filter(|p| !m.deleted.contains(&p.uid))
+                .collect()
+        })
+    };
+    let health = ctx
+        .heartbeats
+        .health_of(
+            &ObjectRef::from_obj(target.pool),
+            &target.uid,
+            BeatConfig {
+                settings: spec.health_settings(),
+                startup_grace: spec.startup_grace(),
+                port: spec.port,
+            },
+        )
+        .await;
     let desired = if problems.is_empty() {
         members::desired_members(spec, &members::replacement_map(&replacements))
             .map_err(|error| problems.push(error.to_string()))
@@ -310,8 +397,9 @@ async fn apply(target: &Target<'_>, ctx: &Context, seen: &mut Seen) -> Done {
         return done;
     };
     let work = plan_pass(&desired, seen);
-    for extra in &work.extras {
+    for (extra, uid) in &work.extras {
         let result = target.pods.delete(extra).await;
+        forget_deleted(ctx, target, uid, &result);
         note(&mut done.first_error, result.map_err(Error::from));
         publish_event(
             ctx,
@@ -332,11 +420,10 @@ async fn apply(target: &Target<'_>, ctx: &Context, seen: &mut Seen) -> Done {
                 }
             }
             PlanAction::Stop(n) => {
-                let pod = work.pod_of.get(&n).cloned().unwrap_or_default();
-                note(
-                    &mut done.first_error,
-                    target.pods.delete(&pod).await.map_err(Error::from),
-                );
+                let (pod, uid) = work.pod_of.get(&n).cloned().unwrap_or_default();
+                let result = target.pods.delete(&pod).await;
+                forget_deleted(ctx, target, &uid, &result);
+                note(&mut done.first_error, result.map_err(Error::from));
                 publish_event(
                     ctx,
                     &target.reference,
@@ -364,11 +451,10 @@ async fn apply(target: &Target<'_>, ctx: &Context, seen: &mut Seen) -> Done {
                 });
                 seen.replacements.push(made);
                 ctx.metrics.replacements.inc();
-                let pod = work.pod_of.get(&failed).cloned().unwrap_or_default();
-                note(
-                    &mut done.first_error,
-                    target.pods.delete_now(&pod).await.map_err(Error::from),
-                );
+                let (pod, uid) = work.pod_of.get(&failed).cloned().unwrap_or_default();
+                let result = target.pods.delete_now(&pod).await;
+                forget_deleted(ctx, target, &uid, &result);
+                note(&mut done.first_error, result.map_err(Error::from));
                 publish_event(
                     ctx,
                     &target.reference,
@@ -401,17 +487,18 @@ async fn apply(target: &Target<'_>, ctx: &Context, seen: &mut Seen) -> Done {
 
 /// A pass's work, decided before any call: pods that name no replica, and the plan.
 struct PassWork {
-    extras: Vec<String>,
+    /// (pod name, uid) of each pod that names no replica of the pool.
+    extras: Vec<(String, String)>,
     actions: Vec<PlanAction>,
-    /// The pod of each desired replica that has one.
-    pod_of: HashMap<ReplicaName, String>,
+    /// The pod (name, uid) of each desired replica that has one.
+    pod_of: HashMap<ReplicaName, (String, String)>,
 }
 
 /// Pure: which pod stands for which replica, and what [`plan`] makes of them.
 fn plan_pass(desired: &[(ReplicaName, String)], seen: &Seen) -> PassWork {
     // One pod per name: the one with the expected pod name wins, others are extras.
     let mut by_name: HashMap<ReplicaName, &ReplicaPod> = HashMap::new();
-    let mut extras: Vec<String> = Vec::new();
+    let mut extras: Vec<(String, String)> = Vec::new();
     let mut terminating: HashSet<ReplicaName> = HashSet::new();
     for pod in &seen.pods {
         match &pod.name {
@@ -422,7 +509,7 @@ fn plan_pass(desired: &[(ReplicaName, String)], seen: &Seen) -> PassWork {
                 by_name.insert(n.clone(), pod);
             }
             _ if pod.state == PodState::Terminating => {}
-            _ => extras.push(pod.pod.clone()),
+            _ => extras.push((pod.pod.clone(), pod.uid.clone())),
         }
     }
     let observed: Vec<Observed> = by_name
@@ -471,8 +558,18 @@ fn plan_pass(desired: &[(ReplicaName, String)], seen: &Seen) -> PassWork {
         actions,
         pod_of: by_name
             .into_iter()
-            .map(|(n, pod)| (n, pod.pod.clone()))
+            .map(|(n, pod)| (n, (pod.pod.clone(), pod.uid.clone())))
             .collect(),
+    }
+}
+
+/// A pod this pass deleted (or found gone) is not seen again by the next passes,
+/// even while the watch still shows it.
+fn forget_deleted(ctx: &Context, target: &Target<'_>, uid: &str, result: &Result<(), kube::Error>) {
+    if result.is_ok() && !uid.is_empty() {
+        ctx.with_memory(&target.key, &target.uid, |m| {
+            m.deleted.insert(uid.to_owned())
+        });
     }
 }
 
@@ -503,7 +600,7 @@ async fn report(target: &Target<'_>, ctx: &Context, seen: &Seen, done: &Done) ->
         .map(|n| (*n).clone())
         .chain(done.created.iter().cloned())
         .collect();
-    let status = compute_status(
+    let mut status = compute_status(
         spec,
         target.pool.metadata.generation,
         &old_status,
@@ -514,6 +611,9 @@ async fn report(target: &Target<'_>, ctx: &Context, seen: &Seen, done: &Done) ->
         &seen.problems,
         ctx.now(),
     );
+    // The scale subresource's label selector (an HPA reads it); a name that cannot
+    // be a label value has none (and a Degraded condition says why).
+    status.selector = (target.name.len() <= 63).then(|| format!("{POOL_LABEL}={}", target.name));
     if status != old_status && ctx.leadership.is_leader() {
         let pools: Api<ServerPool> = Api::namespaced(ctx.client.clone(), &target.namespace);
         pools
@@ -534,60 +634,6 @@ fn note(first: &mut Option<Error>, result: Result<(), Error>) {
         tracing::warn!(%error, "Kubernetes API call failed");
         first.get_or_insert(error);
     }
-}
-
-/// Heartbeats every running pod at once and returns the health of every pod (by uid).
-async fn heartbeat(
-    ctx: &Context,
-    key: &str,
-    uid: &str,
-    pods: &[ReplicaPod],
-    spec: &ServerPoolSpec,
-) -> HashMap<String, HealthState> {
-    let settings = spec.health_settings();
-    let targets: Vec<(String, Option<ReplicaName>, SocketAddr)> = pods
-        .iter()
-        .filter(|p| p.state == PodState::Running)
-        .filter_map(|p| {
-            Some((
-                p.uid.clone(),
-                p.name.clone(),
-                SocketAddr::new(p.ip?, spec.port),
-            ))
-        })
-        .collect();
-    let beats = futures::future::join_all(targets.into_iter().map(|(uid, name, addr)| {
-        let check = ctx.prober.check(addr, settings.timeout);
-        async move { (uid, name, check.await) }
-    }))
-    .await;
-    ctx.with_memory(key, uid, |m| {
-        m.health.retain(|uid, _| pods.iter().any(|p| p.uid == *uid));
-        for pod in pods {
-            let state = m
-                .health
-                .entry(pod.uid.clone())
-                .or_insert_with(HealthState::starting);
-            if pod.state == PodState::Exited {
-                state.mark_exited();
-            }
-        }
-        for (uid, name, ok) in beats {
-            if let Some(state) = m.health.get_mut(&uid) {
-                let before = state.health;
-                state.record_heartbeat(ok, settings.failure_threshold);
-                if let Some(name) = &name {
-                    if !ok {
-                        ctx.metrics.heartbeat_failed(name);
-                    }
-                    if before != Health::Failed && state.health == Health::Failed {
-                        tracing::warn!(pool = key, replica = %name, "replica failed its heartbeats");
-                    }
-                }
-            }
-        }
-        m.health.clone()
-    })
 }
 
 /// Creates the pod of `name` and records an Event; true when it was created. A pod
@@ -616,6 +662,15 @@ async fn create(
             true
         }
         Err(CreateError::Api(error)) if is_status(&error, 409) => {
+            // This pool's own pod, made by an earlier pass the watch has not shown yet?
+            match target.pods.owns(&pod).await {
+                Ok(true) => return true,
+                Ok(false) => {}
+                Err(error) => {
+                    note(first_error, Err(error.into()));
+                    return false;
+                }
+            }
             let problem =
                 format!("pod {pod} for replica {name} already exists and is not this pool's");
             publish_event(
@@ -736,6 +791,8 @@ pub fn compute_status(
         }
     };
     ServerPoolStatus {
+        // Filled by the caller, which knows the pool's name.
+        selector: None,
         replicas,
         ready_replicas,
         members,

@@ -21,7 +21,6 @@ use crate::operator::leader::Leadership;
 const NS: &str = "default";
 const POOL_UID: &str = "5d3c0f2e-0000-4000-8000-000000000001";
 const PODS: &str = "/api/v1/namespaces/default/pods";
-const LIST_PODS: &str = "/api/v1/namespaces/default/pods?&labelSelector=ringlb.dev%2Fpool%3Ddemo";
 const STATUS: &str = "/apis/ringlb.dev/v1alpha1/namespaces/default/serverpools/demo/status";
 const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/default/events";
 
@@ -36,10 +35,16 @@ struct Call {
 /// A fake API server: answers from the pods it is given, records every call.
 struct MockApi {
     calls: Arc<Mutex<Vec<Call>>>,
+    /// What the pods' watch shows (the reconciler reads pods from its store).
+    pods: Vec<Pod>,
 }
 
 impl MockApi {
     fn start(pods: Vec<Value>) -> (Client, MockApi) {
+        let listed = pods
+            .iter()
+            .map(|p| serde_json::from_value(p.clone()).unwrap())
+            .collect();
         let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
         let calls = Arc::new(Mutex::new(Vec::new()));
         let recorded = calls.clone();
@@ -64,7 +69,13 @@ impl MockApi {
                 );
             }
         });
-        (Client::new(service, NS), MockApi { calls })
+        (
+            Client::new(service, NS),
+            MockApi {
+                calls,
+                pods: listed,
+            },
+        )
     }
 
     fn calls(&self) -> Vec<Call> {
@@ -154,7 +165,7 @@ fn fixed_clock() -> Timestamp {
     "2026-01-02T03:04:05Z".parse().unwrap()
 }
 
-fn context(client: Client, healthy: &[&str], failing: &[&str]) -> Arc<Context> {
+fn context(client: Client, api: &MockApi, healthy: &[&str], failing: &[&str]) -> Arc<Context> {
     let mut table = HashMap::new();
     for ip in healthy {
         table.insert(ip.parse().unwrap(), true);
@@ -170,6 +181,7 @@ fn context(client: Client, healthy: &[&str], failing: &[&str]) -> Arc<Context> {
         Leadership::sole(),
     );
     ctx.clock = fixed_clock;
+    ctx.set_pods(api.pods.clone());
     Arc::new(ctx)
 }
 
@@ -186,6 +198,8 @@ fn pool(replicas: u32, status: Option<ServerPoolStatus>) -> ServerPool {
                 interval_ms: Some(1000),
                 timeout_ms: Some(500),
                 failure_threshold: Some(1),
+                // These pods fail from their first heartbeat on purpose.
+                startup_grace_ms: Some(0),
             }),
         },
     );
@@ -201,6 +215,7 @@ fn running_pod(member: &str, ip: &str) -> Value {
     let name = ReplicaName::parse(member).unwrap();
     let mut pod = serde_json::to_value(template_pod(&name)).unwrap();
     pod["metadata"]["uid"] = json!(format!("uid-{}", members::pod_name(&name).unwrap()));
+    pod["metadata"]["namespace"] = json!(NS);
     pod["status"] = json!({"phase": "Running", "podIP": ip});
     pod
 }
@@ -245,14 +260,13 @@ fn patched_status(api: &MockApi) -> ServerPoolStatus {
 #[tokio::test]
 async fn an_empty_pool_gets_its_pods_with_owner_references_and_labels() {
     let (client, api) = MockApi::start(Vec::new());
-    let ctx = context(client, ALL_HEALTHY, &[]);
+    let ctx = context(client, &api, ALL_HEALTHY, &[]);
     let action = pass(pool(3, None), &ctx).await;
-    assert_eq!(action, Action::requeue(Duration::from_secs(1)));
+    assert_eq!(action, Action::requeue(RESYNC));
 
     assert_eq!(
         api.writes_and_reads(),
         [
-            format!("GET {LIST_PODS}"),
             format!("POST {PODS}"),
             format!("POST {PODS}"),
             format!("POST {PODS}"),
@@ -309,12 +323,9 @@ async fn an_empty_pool_gets_its_pods_with_owner_references_and_labels() {
 async fn a_converged_pool_is_left_alone_and_its_status_not_rewritten() {
     // First pass: everything healthy, status written once.
     let (client, api) = MockApi::start(three_running());
-    let ctx = context(client, ALL_HEALTHY, &[]);
+    let ctx = context(client, &api, ALL_HEALTHY, &[]);
     pass(pool(3, None), &ctx).await;
-    assert_eq!(
-        api.writes_and_reads(),
-        [format!("GET {LIST_PODS}"), format!("PATCH {STATUS}")]
-    );
+    assert_eq!(api.writes_and_reads(), [format!("PATCH {STATUS}")]);
     let status = patched_status(&api);
     assert_eq!((status.replicas, status.ready_replicas), (3, 3));
     let ready = status
@@ -324,26 +335,26 @@ async fn a_converged_pool_is_left_alone_and_its_status_not_rewritten() {
         .unwrap();
     assert_eq!(ready.status, "True");
 
-    // Second pass with that status: only the pod list, no write, no Event.
+    // Second pass with that status: no API call at all (pods come from the watch).
     let (client, api) = MockApi::start(three_running());
-    let ctx = context(client, ALL_HEALTHY, &[]);
+    let ctx = context(client, &api, ALL_HEALTHY, &[]);
     pass(pool(3, Some(status)), &ctx).await;
-    assert_eq!(api.writes_and_reads(), [format!("GET {LIST_PODS}")]);
+    assert!(
+        api.writes_and_reads().is_empty(),
+        "{:?}",
+        api.writes_and_reads()
+    );
     assert!(api.event_reasons().is_empty());
 }
 
 #[tokio::test]
 async fn scaling_down_deletes_the_extra_pods() {
     let (client, api) = MockApi::start(three_running());
-    let ctx = context(client, ALL_HEALTHY, &[]);
+    let ctx = context(client, &api, ALL_HEALTHY, &[]);
     pass(pool(2, None), &ctx).await;
     assert_eq!(
         api.writes_and_reads(),
-        [
-            format!("GET {LIST_PODS}"),
-            format!("DELETE {PODS}/server3"),
-            format!("PATCH {STATUS}"),
-        ]
+        [format!("DELETE {PODS}/server3"), format!("PATCH {STATUS}"),]
     );
     assert_eq!(api.event_reasons(), ["Deleted"]);
     let status = patched_status(&api);
@@ -353,7 +364,7 @@ async fn scaling_down_deletes_the_extra_pods() {
 #[tokio::test]
 async fn scaling_up_creates_only_the_missing_pods() {
     let (client, api) = MockApi::start(three_running());
-    let ctx = context(client, ALL_HEALTHY, &[]);
+    let ctx = context(client, &api, ALL_HEALTHY, &[]);
     pass(pool(5, None), &ctx).await;
     let names: Vec<String> = api
         .created_pods()
@@ -372,7 +383,7 @@ async fn a_pod_deleted_from_outside_is_created_again_under_its_name() {
         running_pod("Server3", "10.0.0.3"),
     ];
     let (client, api) = MockApi::start(pods);
-    let ctx = context(client, ALL_HEALTHY, &[]);
+    let ctx = context(client, &api, ALL_HEALTHY, &[]);
     pass(pool(3, None), &ctx).await;
     let created = api.created_pods();
     assert_eq!(created.len(), 1);
@@ -386,12 +397,11 @@ async fn a_pod_deleted_from_outside_is_created_again_under_its_name() {
 #[tokio::test]
 async fn a_failed_pod_is_replaced_by_an_emergency_pod_and_recorded() {
     let (client, api) = MockApi::start(three_running());
-    let ctx = context(client, &["10.0.0.1", "10.0.0.3"], &["10.0.0.2"]);
+    let ctx = context(client, &api, &["10.0.0.1", "10.0.0.3"], &["10.0.0.2"]);
     pass(pool(3, None), &ctx).await;
     assert_eq!(
         api.writes_and_reads(),
         [
-            format!("GET {LIST_PODS}"),
             format!("DELETE {PODS}/server2"),
             format!("POST {PODS}"),
             format!("PATCH {STATUS}"),
@@ -451,8 +461,8 @@ async fn a_failed_pod_is_replaced_by_an_emergency_pod_and_recorded() {
 
 #[tokio::test]
 async fn a_replacement_survives_a_pass_that_still_sees_the_old_status() {
-    let (client, _api) = MockApi::start(three_running());
-    let ctx = context(client, &["10.0.0.1", "10.0.0.3"], &["10.0.0.2"]);
+    let (client, api) = MockApi::start(three_running());
+    let ctx = context(client, &api, &["10.0.0.1", "10.0.0.3"], &["10.0.0.2"]);
     pass(pool(3, None), &ctx).await;
 
     // The cached pool has no status yet; server2 is gone, emergency-1 is starting.
@@ -464,41 +474,23 @@ async fn a_replacement_survives_a_pass_that_still_sees_the_old_status() {
     emergency["status"] = json!({"phase": "Pending"});
     pods.push(emergency);
     let (client, api) = MockApi::start(pods);
-    let ctx = Arc::new(Context {
-        client,
-        recorder: kube::runtime::events::Recorder::new(
-            ctx.client.clone(),
-            kube::runtime::events::Reporter {
-                controller: CONTROLLER_NAME.into(),
-                instance: None,
-            },
-        ),
-        prober: ctx.prober.clone(),
-        metrics: ctx.metrics.clone(),
-        clock: fixed_clock,
-        leadership: Leadership::sole(),
-        memory: Mutex::new(std::mem::take(&mut *ctx.memory.lock().unwrap())),
-    });
+    let remembered = std::mem::take(&mut *ctx.memory.lock().unwrap());
+    let ctx = context(client, &api, &["10.0.0.1", "10.0.0.3"], &[]);
+    *ctx.memory.lock().unwrap() = remembered;
     pass(pool(3, None), &ctx).await;
     // No pod for Server2 again, nothing deleted: only the status catches up.
-    assert_eq!(
-        api.writes_and_reads(),
-        [format!("GET {LIST_PODS}"), format!("PATCH {STATUS}")]
-    );
+    assert_eq!(api.writes_and_reads(), [format!("PATCH {STATUS}")]);
     assert_eq!(patched_status(&api).emergency_replacements.len(), 1);
 }
 
 #[tokio::test]
 async fn names_that_cannot_be_pods_are_refused_with_a_condition() {
     let (client, api) = MockApi::start(Vec::new());
-    let ctx = context(client, ALL_HEALTHY, &[]);
+    let ctx = context(client, &api, ALL_HEALTHY, &[]);
     let mut bad = pool(2, None);
     bad.spec.hostnames = vec!["Web_1".into(), "web-1".into()];
     pass(bad, &ctx).await;
-    assert_eq!(
-        api.writes_and_reads(),
-        [format!("GET {LIST_PODS}"), format!("PATCH {STATUS}")]
-    );
+    assert_eq!(api.writes_and_reads(), [format!("PATCH {STATUS}")]);
     let status = patched_status(&api);
     let degraded = status
         .conditions
@@ -522,15 +514,11 @@ async fn pods_that_name_no_replica_are_deleted() {
     let mut pods = three_running();
     pods.push(stray);
     let (client, api) = MockApi::start(pods);
-    let ctx = context(client, ALL_HEALTHY, &[]);
+    let ctx = context(client, &api, ALL_HEALTHY, &[]);
     pass(pool(3, None), &ctx).await;
     assert_eq!(
         api.writes_and_reads(),
-        [
-            format!("GET {LIST_PODS}"),
-            format!("DELETE {PODS}/server9"),
-            format!("PATCH {STATUS}"),
-        ]
+        [format!("DELETE {PODS}/server9"), format!("PATCH {STATUS}"),]
     );
 }
 
