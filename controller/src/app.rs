@@ -261,6 +261,7 @@ async fn serve<R: Runtime>(
         Arc::new(pool.clone()),
         proxy_settings,
         metrics,
+        crate::ops::answers(),
     )?;
     shutdown.await;
     serving.drain().await;

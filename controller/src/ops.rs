@@ -17,27 +17,55 @@ use serde_json::json;
 use crate::metrics::Metrics;
 use crate::publish::Publisher;
 
+/// What `/healthz` asks: `Err(why)` when the process should be restarted (a task
+/// it cannot do without has died or is stuck).
+pub type Liveness = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
+
+/// Alive as long as it answers (`ringlb up`: its tasks end only with the process).
+pub fn answers() -> Liveness {
+    Arc::new(|| Ok(()))
+}
+
+/// Sets a flag when the task that holds it ends, however it ends (panics included).
+pub struct EndsWith(pub Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for EndsWith {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 /// The routes of a process that serves a pool.
-pub fn router(publisher: Arc<Publisher>, metrics: Arc<Metrics>) -> Router {
+pub fn router(publisher: Arc<Publisher>, metrics: Arc<Metrics>, alive: Liveness) -> Router {
     Router::new()
         .route("/readyz", get(readyz))
         .route("/ring", get(ring))
         .with_state(publisher)
-        .merge(common(metrics))
+        .merge(common(metrics, alive))
 }
 
 /// The routes of a process that serves no pool: it is ready once it runs.
-pub fn process_router(metrics: Arc<Metrics>) -> Router {
+pub fn process_router(metrics: Arc<Metrics>, alive: Liveness) -> Router {
     Router::new()
         .route("/readyz", get(|| async { Json(json!({"ready": true})) }))
-        .merge(common(metrics))
+        .merge(common(metrics, alive))
 }
 
-fn common(metrics: Arc<Metrics>) -> Router {
+fn common(metrics: Arc<Metrics>, alive: Liveness) -> Router {
     Router::new()
         .route("/metrics", get(encode_metrics))
-        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .with_state(metrics)
+        .route("/healthz", get(healthz).with_state(alive))
+}
+
+async fn healthz(State(alive): State<Liveness>) -> impl IntoResponse {
+    match alive() {
+        Ok(()) => (StatusCode::OK, Json(json!({"status": "ok"}))),
+        Err(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "failing", "reason": why})),
+        ),
+    }
 }
 
 async fn encode_metrics(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
@@ -103,4 +131,46 @@ async fn ring(State(publisher): State<Arc<Publisher>>) -> impl IntoResponse {
         "members": members,
         "replacements": view.replacements,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn healthz_fails_once_a_task_the_process_needs_has_ended() {
+        let ended = Arc::new(AtomicBool::new(false));
+        let alive: Liveness = Arc::new({
+            let ended = ended.clone();
+            move || match ended.load(Ordering::SeqCst) {
+                false => Ok(()),
+                true => Err("the watch of the pool has stopped".to_owned()),
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/healthz", listener.local_addr().unwrap());
+        let server = tokio::spawn(async move {
+            axum::serve(listener, process_router(Arc::new(Metrics::new()), alive)).await
+        });
+        let client = reqwest::Client::new();
+        let get = || async {
+            let response = client.get(&url).send().await.unwrap();
+            let status = response.status();
+            (status, response.json::<serde_json::Value>().await.unwrap())
+        };
+        assert_eq!(get().await.0, StatusCode::OK);
+
+        // The task ends (here: a task holding the flag returns).
+        tokio::spawn(async move {
+            let _ends = EndsWith(ended);
+        })
+        .await
+        .unwrap();
+        let (status, body) = get().await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(body["reason"], "the watch of the pool has stopped");
+        server.abort();
+    }
 }

@@ -34,6 +34,7 @@ impl Serving {
         admin: Arc<dyn PoolAdmin>,
         settings: ProxySettings,
         metrics: Arc<Metrics>,
+        alive: ops::Liveness,
     ) -> std::io::Result<Self> {
         let (stop, _) = watch::channel(false);
         let make_proxy = {
@@ -58,7 +59,7 @@ impl Serving {
             stop.subscribe(),
         )?;
         let ops = tokio::spawn(
-            axum::serve(ops_listener, ops::router(publisher, metrics))
+            axum::serve(ops_listener, ops::router(publisher, metrics, alive))
                 .with_graceful_shutdown(stopped(stop.subscribe()))
                 .into_future(),
         );

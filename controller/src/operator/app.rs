@@ -80,6 +80,23 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
         ops_listener.local_addr()?
     );
 
+    // /healthz fails when the controller has stopped or a pass hangs: the kubelet
+    // restarts the pod (a standby's controller runs too, so this holds for both).
+    let controller_ended = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let alive: ops::Liveness = Arc::new({
+        let (ctx, controller_ended) = (ctx.clone(), controller_ended.clone());
+        move || {
+            if controller_ended.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err("the controller has stopped".to_owned());
+            }
+            match ctx.longest_pass() {
+                Some(running) if running > reconciler::STUCK_PASS => {
+                    Err(format!("a reconcile pass has been running for {running:?}"))
+                }
+                _ => Ok(()),
+            }
+        }
+    });
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let stopped = move || {
         let mut stopped = stopped.clone();
@@ -88,13 +105,16 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
         }
     };
     let ops = tokio::spawn(
-        axum::serve(ops_listener, ops::process_router(metrics))
+        axum::serve(ops_listener, ops::process_router(metrics, alive))
             .with_graceful_shutdown(stopped())
             .into_future(),
     );
     let controller = tokio::spawn({
         let stop = stopped();
-        async move { reconciler::run(ctx, &namespace, stop).await }
+        async move {
+            let _ends = ops::EndsWith(controller_ended);
+            reconciler::run(ctx, &namespace, stop).await
+        }
     });
 
     shutdown.await;

@@ -30,6 +30,8 @@ use crate::replica_name::ReplicaName;
 pub const POOL_LABEL: &str = "ringlb.dev/pool";
 /// Label: the logical replica name of a pod (what `/rep` lists).
 pub const MEMBER_LABEL: &str = "ringlb.dev/member";
+/// Grace period of a failed replica's pod.
+pub const FAILED_POD_GRACE_SECONDS: u32 = 5;
 /// The name of the replica container in every pod.
 pub const CONTAINER: &str = "replica";
 
@@ -54,6 +56,8 @@ pub struct ReplicaPod {
     pub pod: String,
     pub uid: String,
     pub ip: Option<IpAddr>,
+    /// When it was asked to stop (its `deletionTimestamp`), if it is terminating.
+    pub deleting_since: Option<k8s_openapi::jiff::Timestamp>,
     /// The port its container declares: where its heartbeats go (a pod made before
     /// a `spec.port` change still listens on the old one).
     pub port: Option<u16>,
@@ -237,11 +241,16 @@ impl KubeRuntime {
         self.delete_with(pod, &DeleteParams::default()).await
     }
 
-    /// Deletes pod `pod` without a grace period: for a replica that failed, whose
-    /// name is needed by nobody and whose requests are lost anyway.
-    pub async fn delete_now(&self, pod: &str) -> Result<(), ::kube::Error> {
-        self.delete_with(pod, &DeleteParams::default().grace_period(0))
-            .await
+    /// Deletes the pod of a replica that failed with a short grace period: its name
+    /// is not reused (the replacement has another), so nothing waits for it, and the
+    /// kubelet still stops its container in order (a force delete would leave a
+    /// frozen process running on a node the API server no longer knows about).
+    pub async fn delete_failed(&self, pod: &str) -> Result<(), ::kube::Error> {
+        self.delete_with(
+            pod,
+            &DeleteParams::default().grace_period(FAILED_POD_GRACE_SECONDS),
+        )
+        .await
     }
 
     async fn delete_with(&self, pod: &str, params: &DeleteParams) -> Result<(), ::kube::Error> {
@@ -300,5 +309,6 @@ pub fn replica_pod(pod: &Pod) -> ReplicaPod {
         ip,
         port,
         state,
+        deleting_since: pod.metadata.deletion_timestamp.as_ref().map(|t| t.0),
     }
 }

@@ -5,6 +5,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Context as _;
 use clap::Args;
@@ -13,6 +14,7 @@ use tokio::net::TcpListener;
 use super::proxy;
 use super::spec_admin::SpecAdmin;
 use crate::metrics::Metrics;
+use crate::ops;
 use crate::proxy::ProxyArgs;
 use crate::proxy::workers::ProxyListeners;
 use crate::publish::Publisher;
@@ -81,6 +83,16 @@ pub async fn run(args: PoolProxyArgs) -> anyhow::Result<()> {
         "ringlb: operations on http://{} (/metrics, /healthz, /readyz, /ring)",
         ops_listener.local_addr()?
     );
+    // Without its watch the proxy's ring goes stale: /healthz fails, the kubelet
+    // restarts it.
+    let watch_ended = Arc::new(AtomicBool::new(false));
+    let alive: ops::Liveness = Arc::new({
+        let watch_ended = watch_ended.clone();
+        move || match watch_ended.load(Ordering::SeqCst) {
+            false => Ok(()),
+            true => Err("the watch of the pool has stopped".to_owned()),
+        }
+    });
     let serving = Serving::start(
         proxy_listener,
         ops_listener,
@@ -88,10 +100,12 @@ pub async fn run(args: PoolProxyArgs) -> anyhow::Result<()> {
         admin,
         args.proxy.settings(),
         metrics,
+        alive,
     )?;
     let watch = tokio::spawn({
         let stop = serving.stopped();
         async move {
+            let _ends = ops::EndsWith(watch_ended);
             proxy::run(client, &namespace, &args.pool, publisher, reported, stop).await;
         }
     });

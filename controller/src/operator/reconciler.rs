@@ -49,6 +49,12 @@ pub const STANDBY_RECHECK: Duration = Duration::from_secs(2);
 /// A converged pool is looked at again after this long even if nothing happened
 /// (changes of the pool, its pods or their health trigger a pass at once).
 pub const RESYNC: Duration = Duration::from_secs(60);
+/// How long past its deletion deadline a pod may still be terminating before its
+/// replica is replaced under a new name.
+pub const STUCK_TERMINATING: Duration = Duration::from_secs(60);
+/// A pass running longer than this is stuck (every API call it makes has its own
+/// timeout): `/healthz` fails so that the kubelet restarts the operator.
+pub const STUCK_PASS: Duration = Duration::from_secs(300);
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -87,6 +93,8 @@ pub struct Context {
     /// Whether this process holds the leader lease: only the leader reconciles.
     pub leadership: Leadership,
     memory: Mutex<HashMap<String, PoolMemory>>,
+    /// When each pass in progress began, by pool key: what `/healthz` checks.
+    passes: Mutex<HashMap<String, tokio::time::Instant>>,
 }
 
 impl Context {
@@ -117,7 +125,14 @@ impl Context {
             clock: Timestamp::now,
             leadership,
             memory: Mutex::new(HashMap::new()),
+            passes: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// How long the oldest pass in progress has been running.
+    pub fn longest_pass(&self) -> Option<Duration> {
+        let passes = self.passes.lock().unwrap();
+        passes.values().map(|began| began.elapsed()).max()
     }
 
     /// Fills the pod store as a watch would (tests: no watch runs).
@@ -232,6 +247,7 @@ pub async fn reconcile(pool: Arc<ServerPool>, ctx: Arc<Context>) -> Result<Actio
         return Ok(Action::await_change());
     }
     let target = Target::of(&pool, &ctx)?;
+    let _in_progress = PassInProgress::begin(&ctx, &target.key);
     let mut seen = observe(&target, &ctx).await?;
     // Observing took time (heartbeats): check again that this process still leads
     // before it writes. A leader paused or cut off meanwhile has stopped by now.
@@ -245,6 +261,31 @@ pub async fn reconcile(pool: Arc<ServerPool>, ctx: Arc<Context>) -> Result<Actio
     }
     ctx.with_memory(&target.key, &target.uid, |m| m.failures = 0);
     Ok(Action::requeue(RESYNC))
+}
+
+/// Marks a pass in progress for as long as it lives.
+struct PassInProgress<'a> {
+    ctx: &'a Context,
+    key: String,
+}
+
+impl<'a> PassInProgress<'a> {
+    fn begin(ctx: &'a Context, key: &str) -> Self {
+        ctx.passes
+            .lock()
+            .unwrap()
+            .insert(key.to_owned(), tokio::time::Instant::now());
+        Self {
+            ctx,
+            key: key.to_owned(),
+        }
+    }
+}
+
+impl Drop for PassInProgress<'_> {
+    fn drop(&mut self) {
+        self.ctx.passes.lock().unwrap().remove(&self.key);
+    }
 }
 
 /// The pool a pass works on, and the handles it works through.
@@ -302,6 +343,10 @@ struct Seen {
     desired: Option<Vec<(ReplicaName, String)>>,
     /// What cannot be carried out as written: reported in the Degraded condition.
     problems: Vec<String>,
+    /// The replica names of every pool's pods in the namespace: pod names are the
+    /// namespace's, so an emergency number another pool uses is not free.
+    taken: Vec<ReplicaName>,
+    now: Timestamp,
 }
 
 /// Reads the pool's pods and their health, and works out what should exist.
@@ -369,12 +414,21 @@ async fn observe(target: &Target<'_>, ctx: &Context) -> Result<Seen, Error> {
     } else {
         None
     };
+    let taken = ctx
+        .pods
+        .state()
+        .iter()
+        .filter(|pod| pod.metadata.namespace.as_deref() == Some(target.namespace.as_str()))
+        .filter_map(|pod| replica_pod(pod).name)
+        .collect();
     Ok(Seen {
         pods,
         health,
         replacements,
         desired,
         problems,
+        taken,
+        now: (ctx.clock)(),
     })
 }
 
@@ -452,7 +506,7 @@ async fn apply(target: &Target<'_>, ctx: &Context, seen: &mut Seen) -> Done {
                 seen.replacements.push(made);
                 ctx.metrics.replacements.inc();
                 let (pod, uid) = work.pod_of.get(&failed).cloned().unwrap_or_default();
-                let result = target.pods.delete_now(&pod).await;
+                let result = target.pods.delete_failed(&pod).await;
                 forget_deleted(ctx, target, &uid, &result);
                 note(&mut done.first_error, result.map_err(Error::from));
                 publish_event(
@@ -500,10 +554,20 @@ fn plan_pass(desired: &[(ReplicaName, String)], seen: &Seen) -> PassWork {
     let mut by_name: HashMap<ReplicaName, &ReplicaPod> = HashMap::new();
     let mut extras: Vec<(String, String)> = Vec::new();
     let mut terminating: HashSet<ReplicaName> = HashSet::new();
+    // A pod still terminating long after its grace (its node is gone, a finalizer
+    // hangs) would hold its name for good: that replica is replaced under a new one.
+    let mut stuck: Vec<(ReplicaName, &ReplicaPod)> = Vec::new();
     for pod in &seen.pods {
         match &pod.name {
             Some(n) if pod.state == PodState::Terminating => {
-                terminating.insert(n.clone());
+                let overdue = pod.deleting_since.is_some_and(|since| {
+                    seen.now.duration_since(since).as_secs() > STUCK_TERMINATING.as_secs() as i64
+                });
+                if overdue {
+                    stuck.push((n.clone(), pod));
+                } else {
+                    terminating.insert(n.clone());
+                }
             }
             Some(n) if members::pod_name(n).as_deref() == Ok(pod.pod.as_str()) => {
                 by_name.insert(n.clone(), pod);
@@ -512,14 +576,23 @@ fn plan_pass(desired: &[(ReplicaName, String)], seen: &Seen) -> PassWork {
             _ => extras.push((pod.pod.clone(), pod.uid.clone())),
         }
     }
+    for (name, pod) in stuck {
+        if !by_name.contains_key(&name) && desired.iter().any(|(d, _)| *d == name) {
+            tracing::warn!(replica = %name, pod = %pod.pod, "pod stuck terminating: replacing it under a new name");
+            by_name.insert(name, pod);
+        }
+    }
     let observed: Vec<Observed> = by_name
         .iter()
         .map(|(n, pod)| Observed {
             name: n.clone(),
-            health: seen
-                .health
-                .get(&pod.uid)
-                .map_or(Health::Starting, |h| h.health),
+            health: if pod.state == PodState::Terminating {
+                Health::Failed
+            } else {
+                seen.health
+                    .get(&pod.uid)
+                    .map_or(Health::Starting, |h| h.health)
+            },
         })
         .collect();
     // A name whose old pod is still terminating waits for it to go.
@@ -532,11 +605,7 @@ fn plan_pass(desired: &[(ReplicaName, String)], seen: &Seen) -> PassWork {
         seen.replacements
             .iter()
             .map(|r| r.replacement.as_str())
-            .chain(
-                seen.pods
-                    .iter()
-                    .filter_map(|p| p.name.as_ref().map(|n| n.as_str())),
-            ),
+            .chain(seen.taken.iter().map(ReplicaName::as_str)),
     );
     let mut actions = plan(
         &wanted,

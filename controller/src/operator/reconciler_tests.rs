@@ -407,10 +407,11 @@ async fn a_failed_pod_is_replaced_by_an_emergency_pod_and_recorded() {
             format!("PATCH {STATUS}"),
         ]
     );
-    // A failed replica's pod goes at once: nothing waits for its grace period.
+    // A failed replica's pod gets a short grace: nothing waits for it, and the
+    // kubelet still stops it in order.
     assert_eq!(
         api.body_of("DELETE", &format!("{PODS}/server2"))["gracePeriodSeconds"],
-        0
+        5
     );
     let created = api.created_pods();
     assert_eq!(created[0]["metadata"]["name"], "emergency-1");
@@ -589,4 +590,46 @@ async fn a_standby_writes_nothing_and_looks_again_soon() {
     let action = pass(pool(3, None), &Arc::new(ctx)).await;
     assert!(api.calls().is_empty(), "{:#?}", api.writes_and_reads());
     assert_eq!(action, Action::requeue(STANDBY_RECHECK));
+}
+
+#[tokio::test]
+async fn an_emergency_name_another_pool_holds_is_not_picked() {
+    // Pool `other` of the same namespace owns pod emergency-1 already.
+    let mut foreign = running_pod("emergency_1", "10.0.9.1");
+    foreign["metadata"]["labels"]["ringlb.dev/pool"] = json!("other");
+    let mut pods = three_running();
+    pods.push(foreign);
+    let (client, api) = MockApi::start(pods);
+    let ctx = context(client, &api, &["10.0.0.1", "10.0.0.3"], &["10.0.0.2"]);
+    pass(pool(3, None), &ctx).await;
+    let created = api.created_pods();
+    assert_eq!(created.len(), 1);
+    assert_eq!(created[0]["metadata"]["name"], "emergency-2");
+    assert!(!api.event_reasons().contains(&"PodConflict".to_owned()));
+}
+
+#[tokio::test]
+async fn a_pod_stuck_terminating_is_replaced_under_a_new_name() {
+    let stuck_since = |seconds_ago: i64| {
+        let at = fixed_clock() - k8s_openapi::jiff::SignedDuration::from_secs(seconds_ago);
+        json!(at.to_string())
+    };
+    let mut pods = three_running();
+    // server2 was asked to stop 10 minutes ago and never went (its node is gone).
+    pods[1]["metadata"]["deletionTimestamp"] = stuck_since(600);
+    let (client, api) = MockApi::start(pods.clone());
+    let ctx = context(client, &api, ALL_HEALTHY, &[]);
+    pass(pool(3, None), &ctx).await;
+    assert_eq!(api.created_pods()[0]["metadata"]["name"], "emergency-1");
+    assert_eq!(
+        patched_status(&api).emergency_replacements[0].failed,
+        "Server2"
+    );
+
+    // One that has just begun terminating is waited for: its name comes back.
+    pods[1]["metadata"]["deletionTimestamp"] = stuck_since(5);
+    let (client, api) = MockApi::start(pods);
+    let ctx = context(client, &api, ALL_HEALTHY, &[]);
+    pass(pool(3, None), &ctx).await;
+    assert!(api.created_pods().is_empty());
 }
