@@ -453,3 +453,46 @@ async fn a_member_this_proxy_could_not_reach_is_out_of_its_ring_until_it_answers
     suspects.retain_current(&after);
     assert!(suspects.addrs().is_empty());
 }
+
+#[test]
+fn an_invalid_hashing_spec_keeps_the_last_good_ring() {
+    let mut proxy = FakeProxy::new();
+    let ready = with_status(
+        pool(2),
+        &[("Server1", "server1", true), ("Server2", "server2", true)],
+        &[],
+    );
+    proxy.apply(&apply_pod(pod(
+        "Server1",
+        "server1",
+        "10.0.0.1",
+        Some(true),
+    )));
+    proxy.apply(&apply_pod(pod(
+        "Server2",
+        "server2",
+        "10.0.0.2",
+        Some(true),
+    )));
+    let mut course = ready.clone();
+    course.spec.hashing = Some(crate::operator::crd::HashingSpec {
+        preset: Some(crate::ring::Preset::Course),
+        ..Default::default()
+    });
+    proxy.apply(&apply_pool(course));
+    let good = proxy.publisher.table().ring.config().clone();
+    assert_eq!(good.algorithm, crate::ring::Algorithm::Slot);
+
+    // Maglev with a table size that is not prime: the ring stays as it was, and so
+    // do its members (the operator says why in Degraded; the schema refuses it too).
+    let mut invalid = ready;
+    invalid.spec.hashing = Some(crate::operator::crd::HashingSpec {
+        algorithm: Some(crate::ring::Algorithm::Maglev),
+        slots: Some(100),
+        ..Default::default()
+    });
+    assert!(invalid.spec.ring_config().is_err());
+    proxy.apply(&apply_pool(invalid));
+    assert_eq!(*proxy.publisher.table().ring.config(), good);
+    assert_eq!(proxy.in_ring().len(), 2);
+}
