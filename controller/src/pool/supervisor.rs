@@ -117,6 +117,8 @@ struct Tracked {
     pid: Option<u32>,
     running: bool,
     state: HealthState,
+    /// When its last failed heartbeat was counted.
+    last_failure: Option<tokio::time::Instant>,
 }
 
 pub struct Supervisor<R: Runtime> {
@@ -267,6 +269,7 @@ impl<R: Runtime> Supervisor<R> {
                     pid: instance.pid,
                     running: true,
                     state: HealthState::starting(),
+                    last_failure: None,
                 });
             tracked.addr = instance.addr;
             tracked.pid = instance.pid;
@@ -291,10 +294,24 @@ impl<R: Runtime> Supervisor<R> {
         .await;
 
         let threshold = self.settings.health.failure_threshold;
+        // Failures count at most once per half interval: the extra checks made after
+        // a proxy's report (or at launch) must not turn "3 failures a second apart"
+        // into 3 failures within milliseconds.
+        let spacing = self.settings.health.interval / 2;
+        let now = tokio::time::Instant::now();
         for (name, ok) in beats {
             let Some(tracked) = self.tracked.get_mut(&name) else {
                 continue;
             };
+            if !ok {
+                if tracked
+                    .last_failure
+                    .is_some_and(|last| now.duration_since(last) < spacing)
+                {
+                    continue;
+                }
+                tracked.last_failure = Some(now);
+            }
             let before = tracked.state.health;
             tracked.state.record_heartbeat(ok, threshold);
             if !ok {
@@ -389,6 +406,7 @@ impl<R: Runtime> Supervisor<R> {
                         pid: instance.pid,
                         running: instance.running,
                         state: HealthState::starting(),
+                        last_failure: None,
                     },
                 );
                 Ok(())

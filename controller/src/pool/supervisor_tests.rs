@@ -666,6 +666,27 @@ async fn report_unreachable_takes_a_member_out_at_once_and_a_good_heartbeat_brin
     assert_eq!(pool.runtime.calls().len(), 3, "nothing stopped or started");
 }
 
+#[tokio::test(start_paused = true)]
+async fn reports_in_a_burst_count_as_one_failure_not_as_many() {
+    let pool = Pool::launch(FakeRuntime::new(true), &THREE, &[]).await;
+    let admin: &dyn PoolAdmin = &pool.handle;
+    let calls = pool.runtime.calls().len();
+    pool.answers("Server2", false);
+    // A burst of reports (requests failing under load), no time passing: each one
+    // checks Server2 at once, but only the first failure counts (threshold 3).
+    for _ in 0..5 {
+        let before = pool.view();
+        admin.report_unreachable(&name("Server2"));
+        pool.published_after(&before).await;
+    }
+    assert_eq!(pool.health("Server2"), Health::Suspect);
+    assert_eq!(pool.runtime.calls().len(), calls, "not replaced");
+    // Two more ticks a whole interval apart: three failures, replaced.
+    pool.tick().await;
+    pool.tick().await;
+    assert_eq!(pool.desired(), ["Server1", "emergency_1", "Server3"]);
+}
+
 // ---------------------------------------------------------------------------------
 // /add and /rm
 // ---------------------------------------------------------------------------------
