@@ -686,10 +686,16 @@ async fn report(target: &Target<'_>, ctx: &Context, seen: &Seen, done: &Done) ->
     if status != old_status && ctx.leadership.is_leader() {
         let pools: Api<ServerPool> = Api::namespaced(ctx.client.clone(), &target.namespace);
         pools
+            // Server-side apply under the controller's field manager: the status is
+            // this controller's, and a list it no longer sends is removed whole.
             .patch_status(
                 &target.name,
-                &PatchParams::default(),
-                &Patch::Merge(json!({ "status": status })),
+                &PatchParams::apply(CONTROLLER_NAME).force(),
+                &Patch::Apply(json!({
+                    "apiVersion": "ringlb.dev/v1alpha1",
+                    "kind": "ServerPool",
+                    "status": status,
+                })),
             )
             .await?;
     }

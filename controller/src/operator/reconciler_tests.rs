@@ -29,6 +29,7 @@ const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/default/events";
 struct Call {
     method: String,
     path: String,
+    query: String,
     body: Value,
 }
 
@@ -51,14 +52,16 @@ impl MockApi {
         tokio::spawn(async move {
             while let Some((request, respond)) = handle.next_request().await {
                 let method = request.method().to_string();
-                let path = request
-                    .uri()
-                    .path_and_query()
-                    .map(|p| p.as_str().trim_end_matches('?').to_owned())
-                    .unwrap_or_default();
+                let path = request.uri().path().to_owned();
+                let query = request.uri().query().unwrap_or_default().to_owned();
                 let bytes = request.into_body().collect_bytes().await.unwrap();
                 let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-                let call = Call { method, path, body };
+                let call = Call {
+                    method,
+                    path,
+                    query,
+                    body,
+                };
                 let (code, answer) = answer(&call, &pods);
                 recorded.lock().unwrap().push(call);
                 respond.send_response(
@@ -632,4 +635,24 @@ async fn a_pod_stuck_terminating_is_replaced_under_a_new_name() {
     let ctx = context(client, &api, ALL_HEALTHY, &[]);
     pass(pool(3, None), &ctx).await;
     assert!(api.created_pods().is_empty());
+}
+
+#[tokio::test]
+async fn the_status_is_written_by_server_side_apply_under_the_controller_name() {
+    let (client, api) = MockApi::start(three_running());
+    let ctx = context(client, &api, ALL_HEALTHY, &[]);
+    pass(pool(3, None), &ctx).await;
+    let call = api
+        .calls()
+        .into_iter()
+        .find(|c| c.method == "PATCH" && c.path == STATUS)
+        .unwrap();
+    assert!(
+        call.query.contains("fieldManager=ringlb-operator"),
+        "{}",
+        call.query
+    );
+    assert!(call.query.contains("force=true"), "{}", call.query);
+    assert_eq!(call.body["kind"], "ServerPool");
+    assert_eq!(call.body["status"]["selector"], "ringlb.dev/pool=demo");
 }
