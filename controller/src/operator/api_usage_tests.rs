@@ -312,6 +312,56 @@ async fn a_standby_that_takes_over_reconciles_at_once() {
     controller.await.unwrap();
 }
 
+/// Counts its probes; every pod answers.
+#[derive(Default)]
+struct CountingProber(std::sync::atomic::AtomicUsize);
+
+impl Prober for CountingProber {
+    fn check(&self, _: SocketAddr, _: Duration) -> BoxFuture<'static, bool> {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Box::pin(async { true })
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_deleted_pool_stops_being_heartbeaten() {
+    let api = FakeApiServer::default();
+    api.put(POOLS, pool(2, Value::Null));
+    api.put(PODS, pod("server1", Some("Server1"), "10.0.0.1"));
+    api.put(PODS, pod("server2", Some("Server2"), "10.0.0.2"));
+    let prober = Arc::new(CountingProber::default());
+    // Leading from the start.
+    let (leading, leadership) = leader::Leadership::manual();
+    leading.send_replace(true);
+    let ctx = Arc::new(Context::new(
+        api.client(),
+        None,
+        prober.clone(),
+        Arc::new(Metrics::new()),
+        leadership,
+    ));
+    let (stop, stopped) = oneshot::channel::<()>();
+    let controller = tokio::spawn(reconciler::run(ctx, "default", async {
+        let _ = stopped.await;
+    }));
+    let probes = || prober.0.load(std::sync::atomic::Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(probes() >= 2 * 40, "two pods every 100 ms: {}", probes());
+
+    // The pool goes (its pods would go by garbage collection; the fake keeps them,
+    // which makes any probe after this one too many).
+    let path = format!("{POOLS}/demo");
+    let client = api.client();
+    let request = http::Request::delete(path).body(Vec::new()).unwrap();
+    client.request_text(request).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = probes();
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert_eq!(probes(), after, "no heartbeats for a pool that is gone");
+    let _ = stop.send(());
+    controller.await.unwrap();
+}
+
 /// The verbs each command was seen using.
 pub async fn permissions() -> (BTreeSet<Permission>, BTreeSet<Permission>) {
     (

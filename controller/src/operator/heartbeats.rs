@@ -60,6 +60,8 @@ pub struct Heartbeats {
     /// A pool whose pods' health changed: reconcile it.
     wake: mpsc::UnboundedSender<ObjectRef<ServerPool>>,
     pools: Mutex<HashMap<String, PoolBeats>>,
+    /// The controller's pools, once it runs: a task whose pool is gone ends.
+    known_pools: Arc<std::sync::OnceLock<Store<ServerPool>>>,
 }
 
 impl Heartbeats {
@@ -75,7 +77,13 @@ impl Heartbeats {
             pods,
             wake,
             pools: Mutex::new(HashMap::new()),
+            known_pools: Arc::default(),
         }
+    }
+
+    /// From now on, a pool's task ends at the first round after its pool left `pools`.
+    pub fn follow_pools(&self, pools: Store<ServerPool>) {
+        let _ = self.known_pools.set(pools);
     }
 
     /// The health of pool `pool`'s pods by pod uid. Starts (or, when its settings
@@ -140,11 +148,19 @@ impl Heartbeats {
             health: health.clone(),
         };
         let wake = self.wake.clone();
+        let known_pools = self.known_pools.clone();
         let task = tokio::spawn(async move {
             let mut ticks = tokio::time::interval(round.config.settings.interval);
             ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 ticks.tick().await;
+                // (A task starts from a pass over its pool, so the store has held it.)
+                if let Some(pools) = known_pools.get()
+                    && pools.get(&round.pool).is_none()
+                {
+                    tracing::debug!(pool = %round.pool.name, "pool gone: its heartbeats stop");
+                    return;
+                }
                 let changed = round.run().await;
                 rounds_sender.send_modify(|n| *n += 1);
                 if changed && wake.send(round.pool.clone()).is_err() {

@@ -196,7 +196,11 @@ pub async fn run(
     let heartbeat_changes = futures::stream::unfold(wakes, |mut wakes| async move {
         Some((wakes.recv().await?, wakes))
     });
-    Controller::new(pools, watcher::Config::default())
+    let controller = Controller::new(pools, watcher::Config::default());
+    // A pool deleted without a pass seeing it go (its pods go by garbage collection)
+    // must not keep a heartbeat task: the tasks look the pool up here.
+    ctx.heartbeats.follow_pools(controller.store());
+    controller
         .owns_stream(pod_events)
         .reconcile_on(heartbeat_changes)
         // A standby that takes over starts at once, not at its next recheck.
@@ -506,6 +510,11 @@ async fn apply(target: &Target<'_>, ctx: &Context, seen: &mut Seen) -> Done {
                 seen.replacements.push(made);
                 ctx.metrics.replacements.inc();
                 let (pod, uid) = work.pod_of.get(&failed).cloned().unwrap_or_default();
+                let why = match seen.pods.iter().find(|p| p.uid == uid).map(|p| p.state) {
+                    Some(PodState::Exited) => "its container exited",
+                    Some(PodState::Terminating) => "its pod is stuck terminating",
+                    _ => "failed its heartbeats",
+                };
                 let result = target.pods.delete_failed(&pod).await;
                 forget_deleted(ctx, target, &uid, &result);
                 note(&mut done.first_error, result.map_err(Error::from));
@@ -515,9 +524,7 @@ async fn apply(target: &Target<'_>, ctx: &Context, seen: &mut Seen) -> Done {
                     EventType::Warning,
                     "Replaced",
                     "ReplacePod",
-                    format!(
-                        "replica {failed} (pod {pod}) failed its heartbeats: replaced by {replacement}"
-                    ),
+                    format!("replica {failed} (pod {pod}): {why}; replaced by {replacement}"),
                     Some(target.pod_reference(&pod)),
                 )
                 .await;
