@@ -329,10 +329,6 @@ impl<'a> Target<'a> {
             name,
         })
     }
-
-    fn pod_reference(&self, pod: &str) -> ObjectReference {
-        pod_reference(&self.namespace, pod)
-    }
 }
 
 /// What a pass found: the pool's pods and their health, and what it should have.
@@ -456,19 +452,10 @@ async fn apply(target: &Target<'_>, ctx: &Context, seen: &mut Seen) -> Done {
     };
     let work = plan_pass(&desired, seen);
     for (extra, uid) in &work.extras {
-        let result = target.pods.delete(extra).await;
-        forget_deleted(ctx, target, uid, &result);
-        note(&mut done.first_error, result.map_err(Error::from));
-        publish_event(
-            ctx,
-            &target.reference,
-            EventType::Normal,
-            "Deleted",
-            "DeletePod",
-            format!("deleted pod {extra} that names no replica of this pool"),
-            Some(target.pod_reference(extra)),
-        )
-        .await;
+        let event = PodEvent::deleted(format!(
+            "deleted pod {extra} that names no replica of this pool"
+        ));
+        remove_pod(ctx, target, &mut done, (extra, uid), false, event).await;
     }
     for action in work.actions {
         match action {
@@ -479,19 +466,10 @@ async fn apply(target: &Target<'_>, ctx: &Context, seen: &mut Seen) -> Done {
             }
             PlanAction::Stop(n) => {
                 let (pod, uid) = work.pod_of.get(&n).cloned().unwrap_or_default();
-                let result = target.pods.delete(&pod).await;
-                forget_deleted(ctx, target, &uid, &result);
-                note(&mut done.first_error, result.map_err(Error::from));
-                publish_event(
-                    ctx,
-                    &target.reference,
-                    EventType::Normal,
-                    "Deleted",
-                    "DeletePod",
-                    format!("deleted pod {pod}: replica {n} is no longer desired"),
-                    Some(target.pod_reference(&pod)),
-                )
-                .await;
+                let event = PodEvent::deleted(format!(
+                    "deleted pod {pod}: replica {n} is no longer desired"
+                ));
+                remove_pod(ctx, target, &mut done, (&pod, &uid), false, event).await;
                 done.gone.insert(n);
             }
             PlanAction::Replace {
@@ -515,19 +493,13 @@ async fn apply(target: &Target<'_>, ctx: &Context, seen: &mut Seen) -> Done {
                     Some(PodState::Terminating) => "its pod is stuck terminating",
                     _ => "failed its heartbeats",
                 };
-                let result = target.pods.delete_failed(&pod).await;
-                forget_deleted(ctx, target, &uid, &result);
-                note(&mut done.first_error, result.map_err(Error::from));
-                publish_event(
-                    ctx,
-                    &target.reference,
-                    EventType::Warning,
-                    "Replaced",
-                    "ReplacePod",
-                    format!("replica {failed} (pod {pod}): {why}; replaced by {replacement}"),
-                    Some(target.pod_reference(&pod)),
-                )
-                .await;
+                let event = PodEvent {
+                    type_: EventType::Warning,
+                    reason: "Replaced",
+                    action: "ReplacePod",
+                    note: format!("replica {failed} (pod {pod}): {why}; replaced by {replacement}"),
+                };
+                remove_pod(ctx, target, &mut done, (&pod, &uid), true, event).await;
                 done.gone.insert(failed);
                 if create(
                     ctx,
@@ -639,14 +611,29 @@ fn plan_pass(desired: &[(ReplicaName, String)], seen: &Seen) -> PassWork {
     }
 }
 
-/// A pod this pass deleted (or found gone) is not seen again by the next passes,
-/// even while the watch still shows it.
-fn forget_deleted(ctx: &Context, target: &Target<'_>, uid: &str, result: &Result<(), kube::Error>) {
+/// Deletes one pod (a `failed` one with a short grace, see `pods.rs`), records the
+/// first error and the Event. A pod deleted (or found gone) is not seen again by the
+/// next passes, even while the watch still shows it.
+async fn remove_pod(
+    ctx: &Context,
+    target: &Target<'_>,
+    done: &mut Done,
+    (pod, uid): (&str, &str),
+    failed: bool,
+    event: PodEvent,
+) {
+    let result = if failed {
+        target.pods.delete_failed(pod).await
+    } else {
+        target.pods.delete(pod).await
+    };
     if result.is_ok() && !uid.is_empty() {
         ctx.with_memory(&target.key, &target.uid, |m| {
             m.deleted.insert(uid.to_owned())
         });
     }
+    note(&mut done.first_error, result.map_err(Error::from));
+    publish_event(ctx, target, pod, event).await;
 }
 
 /// Writes the status this pass leaves, if it changed (and this process still leads).
@@ -731,16 +718,13 @@ async fn create(
     let pod = members::pod_name(name).unwrap_or_default();
     match target.pods.create(name).await {
         Ok(_) => {
-            publish_event(
-                ctx,
-                &target.reference,
-                EventType::Normal,
-                "Created",
-                "CreatePod",
-                format!("created pod {pod} for replica {name}"),
-                Some(target.pod_reference(&pod)),
-            )
-            .await;
+            let event = PodEvent {
+                type_: EventType::Normal,
+                reason: "Created",
+                action: "CreatePod",
+                note: format!("created pod {pod} for replica {name}"),
+            };
+            publish_event(ctx, target, &pod, event).await;
             true
         }
         Err(CreateError::Api(error)) if is_status(&error, 409) => {
@@ -755,16 +739,13 @@ async fn create(
             }
             let problem =
                 format!("pod {pod} for replica {name} already exists and is not this pool's");
-            publish_event(
-                ctx,
-                &target.reference,
-                EventType::Warning,
-                "PodConflict",
-                "CreatePod",
-                problem.clone(),
-                Some(target.pod_reference(&pod)),
-            )
-            .await;
+            let event = PodEvent {
+                type_: EventType::Warning,
+                reason: "PodConflict",
+                action: "CreatePod",
+                note: problem.clone(),
+            };
+            publish_event(ctx, target, &pod, event).await;
             problems.push(problem);
             false
         }
@@ -789,25 +770,37 @@ fn pod_reference(namespace: &str, pod: &str) -> ObjectReference {
     }
 }
 
-/// Events are for people: one that cannot be written is logged, never fatal.
-async fn publish_event(
-    ctx: &Context,
-    reference: &ObjectReference,
+/// What an Event about one of the pool's pods says.
+struct PodEvent {
     type_: EventType,
-    reason: &str,
-    action: &str,
+    reason: &'static str,
+    action: &'static str,
     note: String,
-    pod: Option<ObjectReference>,
-) {
-    tracing::info!(pool = ?reference.name, reason, "{note}");
+}
+
+impl PodEvent {
+    fn deleted(note: String) -> Self {
+        Self {
+            type_: EventType::Normal,
+            reason: "Deleted",
+            action: "DeletePod",
+            note,
+        }
+    }
+}
+
+/// Records an Event on the pool about pod `pod`. Events are for people: one that
+/// cannot be written is logged, never fatal.
+async fn publish_event(ctx: &Context, target: &Target<'_>, pod: &str, event: PodEvent) {
+    tracing::info!(pool = %target.name, reason = event.reason, "{}", event.note);
     let event = Event {
-        type_,
-        reason: reason.to_owned(),
-        note: Some(note),
-        action: action.to_owned(),
-        secondary: pod,
+        type_: event.type_,
+        reason: event.reason.to_owned(),
+        note: Some(event.note),
+        action: event.action.to_owned(),
+        secondary: Some(pod_reference(&target.namespace, pod)),
     };
-    if let Err(error) = ctx.recorder.publish(&event, reference).await {
+    if let Err(error) = ctx.recorder.publish(&event, &target.reference).await {
         tracing::warn!(%error, "could not record an Event");
     }
 }
