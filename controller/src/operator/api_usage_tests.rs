@@ -194,15 +194,9 @@ pub async fn proxy_run() -> FakeApiServer {
             .await
         }
     });
-    let in_ring = |publisher: &Publisher| {
-        let mut names: Vec<String> = publisher
-            .table()
-            .backends
-            .iter()
-            .map(|b| b.addr.to_string())
-            .collect();
-        names.sort();
-        names
+    let in_ring = |publisher: &Publisher| -> Vec<String> {
+        let members = publisher.table().membership();
+        members.iter().map(|(_, addr)| addr.to_string()).collect()
     };
     eventually("both members are in the ring", || {
         in_ring(&publisher) == ["10.0.0.1:5000", "10.0.0.2:5000"]

@@ -47,13 +47,7 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {} (operations port)", args.ops_listen))?;
 
-    let client = kube::Client::try_default().await.context(
-        "cannot reach the Kubernetes API (in a pod: its service account; outside: ~/.kube/config)",
-    )?;
-    let namespace = args
-        .namespace
-        .clone()
-        .unwrap_or_else(|| client.default_namespace().to_owned());
+    let (client, namespace) = super::connect(args.namespace.as_deref()).await?;
     let metrics = Arc::new(Metrics::new());
     // The pod's name is unique among the operators of a namespace; elsewhere (a
     // developer's machine) the host and process stand in for it.

@@ -29,3 +29,14 @@ pub mod reconciler;
 pub mod spec_admin;
 
 pub use crd::{ServerPool, ServerPoolSpec, ServerPoolStatus};
+
+/// The API client both in-cluster commands use, and the namespace they work in:
+/// `namespace`, or the pod's own (the kubeconfig's outside a cluster).
+pub async fn connect(namespace: Option<&str>) -> anyhow::Result<(kube::Client, String)> {
+    use anyhow::Context as _;
+    let client = kube::Client::try_default().await.context(
+        "cannot reach the Kubernetes API (in a pod: its service account; outside: ~/.kube/config)",
+    )?;
+    let namespace = namespace.map_or_else(|| client.default_namespace().to_owned(), str::to_owned);
+    Ok((client, namespace))
+}

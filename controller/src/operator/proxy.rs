@@ -30,7 +30,7 @@ use super::crd::ServerPool;
 use super::members;
 use super::pods::{POOL_LABEL, PodState, replica_pod};
 use crate::health_state::{Health, HealthState};
-use crate::pool::health::{HealthSettings, HeartbeatClient};
+use crate::pool::health::{HealthSettings, HeartbeatProber, Prober};
 use crate::publish::{MemberState, PoolState, Publisher, Replacement};
 use crate::replica_name::ReplicaName;
 use crate::ring::RingConfig;
@@ -149,8 +149,8 @@ fn pod_ready(pod: &Pod) -> Option<bool> {
 
 /// The members this proxy took out of its own ring because a request could not
 /// reach them, each with a heartbeat of its own that brings it back.
-#[derive(Default)]
 pub struct Suspects {
+    prober: Arc<dyn Prober>,
     addrs: SuspectAddrs,
     probes: HashMap<ReplicaName, AbortHandle>,
     /// Each probe ends when its member answers: (name, address).
@@ -158,6 +158,15 @@ pub struct Suspects {
 }
 
 impl Suspects {
+    pub fn new(prober: Arc<dyn Prober>) -> Self {
+        Self {
+            prober,
+            addrs: SuspectAddrs::new(),
+            probes: HashMap::new(),
+            answered: JoinSet::new(),
+        }
+    }
+
     pub fn addrs(&self) -> &SuspectAddrs {
         &self.addrs
     }
@@ -169,14 +178,14 @@ impl Suspects {
             return false;
         }
         tracing::warn!(replica = %name, %addr, "replica unreachable, out of this proxy's ring until its heartbeat succeeds");
-        let client = HeartbeatClient::new(health.timeout);
-        let interval = health.interval;
+        let prober = self.prober.clone();
+        let (interval, timeout) = (health.interval, health.timeout);
         let probe = self.answered.spawn({
             let name = name.clone();
             async move {
                 loop {
                     tokio::time::sleep(interval).await;
-                    if client.check(addr).await {
+                    if prober.check(addr, timeout).await {
                         return (name, addr);
                     }
                 }
@@ -256,7 +265,7 @@ pub async fn run(
     .reflect(pod_writer)
     .map(|event| event.map(drop));
     let mut events = std::pin::pin!(futures::stream::select(pool_events, pod_events));
-    let mut suspects = Suspects::default();
+    let mut suspects = Suspects::new(Arc::new(HeartbeatProber::default()));
     let mut stop = std::pin::pin!(stop);
 
     loop {

@@ -54,13 +54,7 @@ pub async fn run(args: PoolProxyArgs) -> anyhow::Result<()> {
     let ops_listener = TcpListener::bind(args.ops_listen)
         .await
         .with_context(|| format!("cannot listen on {} (operations port)", args.ops_listen))?;
-    let client = kube::Client::try_default().await.context(
-        "cannot reach the Kubernetes API (in a pod: its service account; outside: ~/.kube/config)",
-    )?;
-    let namespace = args
-        .namespace
-        .clone()
-        .unwrap_or_else(|| client.default_namespace().to_owned());
+    let (client, namespace) = super::connect(args.namespace.as_deref()).await?;
 
     let metrics = Arc::new(Metrics::new());
     let publisher = Arc::new(Publisher::new(&RingConfig::default(), metrics.clone()));

@@ -131,12 +131,10 @@ impl FakeProxy {
     }
 
     fn in_ring(&self) -> Vec<String> {
-        let mut names: Vec<String> = self
-            .publisher
-            .table()
-            .backends
+        let members = self.publisher.table().membership();
+        let mut names: Vec<String> = members
             .iter()
-            .map(|b| format!("{}@{}", b.name, b.addr.ip()))
+            .map(|(name, addr)| format!("{name}@{}", addr.ip()))
             .collect();
         names.sort();
         names
@@ -416,7 +414,7 @@ async fn a_member_this_proxy_could_not_reach_is_out_of_its_ring_until_it_answers
         ..HealthSettings::default()
     };
 
-    let mut suspects = Suspects::default();
+    let mut suspects = Suspects::new(Arc::new(crate::pool::health::HeartbeatProber::default()));
     let server1 = ReplicaName::parse("Server1").unwrap();
     assert!(suspects.insert(server1.clone(), server, &fast));
     assert!(

@@ -34,13 +34,13 @@ impl Default for HealthSettings {
 
 /// Sends heartbeats over pooled keep-alive connections.
 #[derive(Clone)]
-pub struct HeartbeatClient {
+struct HeartbeatClient {
     client: Client<HttpConnector, Empty<Bytes>>,
     timeout: Duration,
 }
 
 impl HeartbeatClient {
-    pub fn new(timeout: Duration) -> Self {
+    fn new(timeout: Duration) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(timeout));
         connector.set_nodelay(true);
@@ -51,7 +51,7 @@ impl HeartbeatClient {
     }
 
     /// True when the replica answers `GET /heartbeat` with 200 within the timeout.
-    pub async fn check(&self, addr: SocketAddr) -> bool {
+    async fn check(&self, addr: SocketAddr) -> bool {
         let Ok(uri) = format!("http://{addr}/heartbeat").parse::<http::Uri>() else {
             return false;
         };

@@ -46,12 +46,8 @@ fn as_strs(names: &[ReplicaName]) -> Vec<&str> {
 
 /// The members of the publisher's current routing table, sorted.
 fn ring_of(publisher: &Publisher) -> Vec<String> {
-    let mut names: Vec<String> = publisher
-        .table()
-        .backends
-        .iter()
-        .map(|b| b.name.to_string())
-        .collect();
+    let members = publisher.table().membership();
+    let mut names: Vec<String> = members.iter().map(|(n, _)| n.to_string()).collect();
     names.sort();
     names
 }

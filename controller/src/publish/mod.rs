@@ -211,14 +211,8 @@ mod tests {
     }
 
     fn in_ring(publisher: &Publisher) -> Vec<String> {
-        let mut names: Vec<String> = publisher
-            .table()
-            .backends
-            .iter()
-            .map(|b| b.name.to_string())
-            .collect();
-        names.sort();
-        names
+        let members = publisher.table().membership();
+        members.iter().map(|(n, _)| n.to_string()).collect()
     }
 
     #[test]
