@@ -22,6 +22,9 @@ pub enum Health {
 pub struct HealthState {
     pub health: Health,
     pub consecutive_failures: u32,
+    /// A heartbeat has succeeded at least once: the replica got as far as serving.
+    /// (The operator backs off replacing replicas that never did.)
+    pub served: bool,
 }
 
 impl HealthState {
@@ -29,6 +32,7 @@ impl HealthState {
         Self {
             health: Health::Starting,
             consecutive_failures: 0,
+            served: false,
         }
     }
 
@@ -39,6 +43,7 @@ impl HealthState {
         if ok {
             self.health = Health::Healthy;
             self.consecutive_failures = 0;
+            self.served = true;
         } else {
             self.consecutive_failures = self.consecutive_failures.saturating_add(1);
             if self.consecutive_failures >= failure_threshold {
@@ -78,6 +83,7 @@ mod tests {
         state.record_heartbeat(true, 3);
         assert!(state.routable());
         assert_eq!(state.consecutive_failures, 0);
+        assert!(state.served);
     }
 
     #[test]

@@ -30,10 +30,10 @@ use crate::ring::RingConfig;
 pub const POOLS: &str = "/apis/ringlb.dev/v1alpha1/namespaces/default/serverpools";
 pub const PODS: &str = "/api/v1/namespaces/default/pods";
 const LEASES: &str = "/apis/coordination.k8s.io/v1/namespaces/default/leases";
-const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/default/events";
+pub const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/default/events";
 
 /// Pool `demo`: `replicas` replicas, heartbeats every 100 ms, one failure fails.
-fn pool(replicas: u32, status: Value) -> Value {
+pub fn pool(replicas: u32, status: Value) -> Value {
     json!({
         "apiVersion": "ringlb.dev/v1alpha1",
         "kind": "ServerPool",
@@ -254,7 +254,7 @@ async fn the_elected_operator_replaces_a_failed_replica_and_steps_down_when_stop
     let events = api.names(EVENTS);
     assert!(events.len() >= 3, "{events:?}");
     let degraded = api.get(POOLS, "demo").unwrap()["status"]["conditions"][1].clone();
-    assert_eq!(degraded["reason"], "InvalidSpec", "{degraded}");
+    assert_eq!(degraded["reason"], "PodConflict", "{degraded}");
 }
 
 #[tokio::test]

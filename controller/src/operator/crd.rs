@@ -307,8 +307,14 @@ pub struct ServerPoolStatus {
         "x-kubernetes-list-map-keys" = ["name"]
     ))]
     pub members: Vec<MemberStatus>,
-    /// Failed replicas and the emergency replicas that took their places.
+    /// Each slot whose replica was replaced: its original name, the replica that
+    /// holds it now and how often it was replaced. One entry per slot, so the status
+    /// stays small however often a pod fails. Keyed by `original`.
     #[serde(default)]
+    #[schemars(extend(
+        "x-kubernetes-list-type" = "map",
+        "x-kubernetes-list-map-keys" = ["original"]
+    ))]
     pub emergency_replacements: Vec<ReplacementStatus>,
     /// The spec generation this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -343,10 +349,20 @@ pub struct MemberStatus {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ReplacementStatus {
-    /// Logical name of the replica whose heartbeats failed.
-    pub failed: String,
-    /// Logical name of the emergency replica that took its place.
+    /// The slot: the name the spec gives it (`Server2`, a hostname).
+    pub original: String,
+    /// The emergency replica that holds the slot now.
     pub replacement: String,
+    /// Replacements of this slot so far.
+    #[serde(default)]
+    #[schemars(range(min = 0, max = i32::MAX), extend("format" = "int32"))]
+    pub count: u32,
+    /// Replacements in a row of replicas that never answered a heartbeat (an image
+    /// that exits at start, a wrong port): the next one waits 1 s, 2 s, 4 s, … up to
+    /// 5 minutes. Back to 0 when a replica of the slot fails after it had served.
+    #[serde(default)]
+    #[schemars(range(min = 0, max = i32::MAX), extend("format" = "int32"))]
+    pub unready_streak: u32,
 }
 
 impl ServerPoolSpec {

@@ -2,6 +2,7 @@
 //! `SERVER_ID` says) and their pod names. Pure functions, unit-tested here.
 
 use std::collections::{HashMap, HashSet};
+use std::time::Duration;
 
 use super::crd::{ReplacementStatus, ServerPoolSpec};
 use crate::pool::{MembershipError, membership};
@@ -70,28 +71,29 @@ pub fn base_names(spec: &ServerPoolSpec) -> Result<Vec<ReplicaName>, NamingError
     membership::names_to_add(&[], &[], n as u64, hostnames, n).map_err(NamingError::Hostnames)
 }
 
-/// Follows recorded replacements: `Server2` replaced by `emergency_1`, itself
-/// replaced by `emergency_4`, is `emergency_4` today.
+/// Follows recorded replacements: slot `Server2`, held by `emergency_4`, is
+/// `emergency_4` today. (The status has one entry per slot; a chain can only come
+/// from a hand-edited status, and a cycle stops where it closes.)
 pub fn resolve(name: &ReplicaName, replacements: &HashMap<String, ReplicaName>) -> ReplicaName {
     let mut current = name.clone();
     let mut visited = HashSet::new();
     while let Some(next) = replacements.get(current.as_str()) {
         if !visited.insert(current.clone()) {
-            break; // a cycle can only come from a hand-edited status: stop there
+            break;
         }
         current = next.clone();
     }
     current
 }
 
-/// A pool's replacements as a map from failed name to replacement; entries that
-/// are not valid names are ignored.
+/// A pool's replacements as a map from slot (original name) to the replica that
+/// holds it; entries that are not valid names are ignored.
 pub fn replacement_map<'a>(
     recorded: impl IntoIterator<Item = &'a ReplacementStatus>,
 ) -> HashMap<String, ReplicaName> {
     recorded
         .into_iter()
-        .filter_map(|r| Some((r.failed.clone(), ReplicaName::parse(&r.replacement).ok()?)))
+        .filter_map(|r| Some((r.original.clone(), ReplicaName::parse(&r.replacement).ok()?)))
         .collect()
 }
 
@@ -114,36 +116,79 @@ pub fn desired_members(
     Ok(desired.into_iter().zip(pods).collect())
 }
 
-/// The replacements worth keeping: those on the path from a current base name to
-/// its desired name (others belong to slots that were scaled away).
+/// The replacements worth keeping: one per slot the spec still has (the slots of
+/// names scaled away or removed are dropped).
 pub fn live_replacements(
     spec: &ServerPoolSpec,
     recorded: &[ReplacementStatus],
 ) -> Vec<ReplacementStatus> {
-    let map = replacement_map(recorded);
     let Ok(bases) = base_names(spec) else {
         return recorded.to_vec();
     };
-    let mut on_path: HashSet<String> = HashSet::new();
-    for base in bases {
-        let mut current = base;
-        while let Some(next) = map.get(current.as_str()) {
-            if !on_path.insert(current.to_string()) {
-                break;
-            }
-            current = next.clone();
-        }
-    }
     let mut seen = HashSet::new();
     recorded
         .iter()
-        .filter(|r| on_path.contains(&r.failed) && seen.insert(r.failed.clone()))
+        .filter(|r| bases.iter().any(|b| b.as_str() == r.original) && seen.insert(&r.original))
         .cloned()
         .collect()
 }
 
+/// The slot that `name` holds: the original name of the entry it replaced into,
+/// else its own name (a replica that was never replaced is its own slot).
+pub fn slot_of(name: &ReplicaName, recorded: &[ReplacementStatus]) -> String {
+    recorded
+        .iter()
+        .find(|r| r.replacement == name.as_str())
+        .map_or_else(|| name.to_string(), |r| r.original.clone())
+}
+
+/// `recorded` with one more replacement: replica `failed` gave way to
+/// `replacement`. `served` says whether `failed` ever answered a heartbeat: if it
+/// did, the slot's streak of unready replicas ends; if not, it grows (and the next
+/// replacement of the slot waits longer, see [`replacement_delay`]).
+pub fn record_replacement(
+    recorded: &[ReplacementStatus],
+    failed: &ReplicaName,
+    replacement: &ReplicaName,
+    served: bool,
+) -> Vec<ReplacementStatus> {
+    let slot = slot_of(failed, recorded);
+    let mut out: Vec<ReplacementStatus> = recorded
+        .iter()
+        .filter(|r| r.original != slot)
+        .cloned()
+        .collect();
+    let before = recorded.iter().find(|r| r.original == slot);
+    out.push(ReplacementStatus {
+        original: slot,
+        replacement: replacement.to_string(),
+        count: before.map_or(0, |r| r.count).saturating_add(1),
+        unready_streak: if served {
+            0
+        } else {
+            before.map_or(0, |r| r.unready_streak).saturating_add(1)
+        },
+    });
+    out
+}
+
+/// Longest wait between two replacements of one slot.
+pub const MAX_REPLACEMENT_DELAY: Duration = Duration::from_secs(300);
+
+/// How long after a slot's last replacement its next one may come, when the
+/// replica that fails never served: nothing after a replica that served (or the
+/// first unready one: `streak` 0), then 1 s, 2 s, 4 s, … up to 5 minutes, as the
+/// kubelet's CrashLoopBackOff, so that an image that cannot start costs a handful
+/// of pods an hour instead of one every few seconds.
+pub fn replacement_delay(streak: u32) -> Duration {
+    match streak {
+        0 => Duration::ZERO,
+        k => Duration::from_secs(1u64 << (k - 1).min(16)).min(MAX_REPLACEMENT_DELAY),
+    }
+}
+
 /// The lowest number the next `emergency_<n>` may take: above every emergency name
-/// recorded or in use, so that numbers are not reused while a pool lives.
+/// recorded or in use, so that no two replicas of the namespace share one.
 pub fn next_emergency<'a>(names: impl IntoIterator<Item = &'a str>) -> u64 {
     names
         .into_iter()
@@ -203,8 +248,9 @@ mod tests {
         pairs
             .iter()
             .map(|(f, r)| ReplacementStatus {
-                failed: f.to_string(),
+                original: f.to_string(),
                 replacement: r.to_string(),
+                ..ReplacementStatus::default()
             })
             .collect()
     }
@@ -275,7 +321,7 @@ mod tests {
 
     #[test]
     fn replacements_take_the_place_of_the_failed_name() {
-        let recorded = replaced(&[("Server2", "emergency_1"), ("emergency_1", "emergency_4")]);
+        let recorded = replaced(&[("Server2", "emergency_4")]);
         let members = desired_members(&spec(3, &[]), &replacement_map(&recorded)).unwrap();
         assert_eq!(
             strings(&members),
@@ -285,7 +331,7 @@ mod tests {
                 ("Server3".into(), "server3".into()),
             ]
         );
-        // Scaled down past Server2: its replacements are no longer live.
+        // Scaled down past Server2: its slot is no longer live.
         assert_eq!(live_replacements(&spec(3, &[]), &recorded), recorded);
         assert!(live_replacements(&spec(1, &[]), &recorded).is_empty());
         assert_eq!(
@@ -293,6 +339,47 @@ mod tests {
             5
         );
         assert_eq!(next_emergency(["Server1"]), 1);
+    }
+
+    #[test]
+    fn a_slot_keeps_one_entry_however_often_it_is_replaced() {
+        // Server2 fails after serving, then its emergency replicas never start.
+        let mut recorded = record_replacement(&[], &name("Server2"), &name("emergency_1"), true);
+        recorded = record_replacement(&recorded, &name("emergency_1"), &name("emergency_2"), false);
+        recorded = record_replacement(&recorded, &name("emergency_2"), &name("emergency_3"), false);
+        recorded = record_replacement(&recorded, &name("Server1"), &name("emergency_4"), false);
+        assert_eq!(
+            recorded,
+            [
+                ReplacementStatus {
+                    original: "Server2".into(),
+                    replacement: "emergency_3".into(),
+                    count: 3,
+                    unready_streak: 2,
+                },
+                ReplacementStatus {
+                    original: "Server1".into(),
+                    replacement: "emergency_4".into(),
+                    count: 1,
+                    unready_streak: 1,
+                },
+            ]
+        );
+        assert_eq!(slot_of(&name("emergency_3"), &recorded), "Server2");
+        assert_eq!(slot_of(&name("Server3"), &recorded), "Server3");
+        // A replica of the slot that served ends the streak.
+        let recorded =
+            record_replacement(&recorded, &name("emergency_3"), &name("emergency_5"), true);
+        let slot = recorded.iter().find(|r| r.original == "Server2").unwrap();
+        assert_eq!((slot.count, slot.unready_streak), (4, 0));
+    }
+
+    #[test]
+    fn unready_replacements_back_off_to_five_minutes() {
+        let delays: Vec<u64> = (0..=11).map(|k| replacement_delay(k).as_secs()).collect();
+        // 0 for the first, then 2^(k-1) s: 1, 2, 4, … 256, capped at 300.
+        assert_eq!(delays, [0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 300, 300]);
+        assert_eq!(replacement_delay(u32::MAX), MAX_REPLACEMENT_DELAY);
     }
 
     #[test]

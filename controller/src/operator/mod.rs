@@ -22,6 +22,8 @@ pub mod heartbeats;
 pub mod leader;
 pub mod manifests;
 pub mod members;
+#[cfg(test)]
+mod over_time_tests;
 pub mod pods;
 pub mod proxy;
 pub mod proxy_app;

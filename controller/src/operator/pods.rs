@@ -62,6 +62,9 @@ pub struct ReplicaPod {
     /// a `spec.port` change still listens on the old one).
     pub port: Option<u16>,
     pub state: PodState,
+    /// Why its container is not running, as the kubelet says (`ImagePullBackOff`,
+    /// `Error, exit code 1`): what a Degraded condition quotes.
+    pub container_reason: Option<String>,
 }
 
 /// What a pool's pods look like.
@@ -310,5 +313,27 @@ pub fn replica_pod(pod: &Pod) -> ReplicaPod {
         port,
         state,
         deleting_since: pod.metadata.deletion_timestamp.as_ref().map(|t| t.0),
+        container_reason: container_reason(pod),
     }
+}
+
+/// The waiting or terminated reason of the replica container, if it is not running.
+fn container_reason(pod: &Pod) -> Option<String> {
+    let container = pod
+        .status
+        .as_ref()?
+        .container_statuses
+        .as_ref()?
+        .iter()
+        .find(|c| c.name == CONTAINER)?;
+    let state = container.state.as_ref()?;
+    if let Some(waiting) = &state.waiting {
+        return waiting.reason.clone();
+    }
+    let terminated = state.terminated.as_ref()?;
+    Some(format!(
+        "{}, exit code {}",
+        terminated.reason.as_deref().unwrap_or("terminated"),
+        terminated.exit_code
+    ))
 }

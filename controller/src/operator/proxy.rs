@@ -113,7 +113,7 @@ pub fn pool_state(
             pid: None,
             health: HealthState {
                 health,
-                consecutive_failures: 0,
+                ..HealthState::starting()
             },
         });
     }
@@ -126,7 +126,7 @@ pub fn pool_state(
             .iter()
             .filter_map(|r| {
                 Some(Replacement {
-                    failed: ReplicaName::parse(&r.failed).ok()?,
+                    failed: ReplicaName::parse(&r.original).ok()?,
                     replacement: ReplicaName::parse(&r.replacement).ok()?,
                 })
             })

@@ -47,8 +47,9 @@ fn with_status(
         emergency_replacements: replaced
             .iter()
             .map(|(failed, replacement)| ReplacementStatus {
-                failed: failed.to_string(),
+                original: failed.to_string(),
                 replacement: replacement.to_string(),
+                ..ReplacementStatus::default()
             })
             .collect(),
         ..ServerPoolStatus::default()

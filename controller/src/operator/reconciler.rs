@@ -71,8 +71,13 @@ struct PoolMemory {
     uid: String,
     /// Pods this process deleted (by uid) that the watch may still show.
     deleted: HashSet<String>,
-    /// Replacements made, which the cached pool may not show yet.
+    /// The slots as this process last left them, which the cached pool may not
+    /// show yet.
     replacements: Vec<ReplacementStatus>,
+    /// When each slot was last replaced: its backoff counts from there. (A new
+    /// leader counts from when it first sees the slot fail: it waits at least as
+    /// long as the old one would have.)
+    last_replaced: HashMap<String, tokio::time::Instant>,
     /// Failed passes in a row, for the backoff.
     failures: u32,
 }
@@ -264,7 +269,9 @@ pub async fn reconcile(pool: Arc<ServerPool>, ctx: Arc<Context>) -> Result<Actio
         return Err(error);
     }
     ctx.with_memory(&target.key, &target.uid, |m| m.failures = 0);
-    Ok(Action::requeue(RESYNC))
+    Ok(Action::requeue(
+        done.retry_in.map_or(RESYNC, |wait| wait.min(RESYNC)),
+    ))
 }
 
 /// Marks a pass in progress for as long as it lives.
@@ -342,22 +349,28 @@ struct Seen {
     /// The desired members and their pod names; `None` when the spec cannot be carried out.
     desired: Option<Vec<(ReplicaName, String)>>,
     /// What cannot be carried out as written: reported in the Degraded condition.
-    problems: Vec<String>,
+    problems: Vec<Problem>,
     /// The replica names of every pool's pods in the namespace: pod names are the
     /// namespace's, so an emergency number another pool uses is not free.
     taken: Vec<ReplicaName>,
     now: Timestamp,
+    /// When each slot was last replaced, by this process.
+    last_replaced: HashMap<String, tokio::time::Instant>,
+    /// `now` on the clock of the backoff.
+    instant: tokio::time::Instant,
 }
 
 /// Reads the pool's pods and their health, and works out what should exist.
 async fn observe(target: &Target<'_>, ctx: &Context) -> Result<Seen, Error> {
     let spec = &target.pool.spec;
-    let mut problems: Vec<String> = Vec::new();
+    let mut problems: Vec<Problem> = Vec::new();
     if let Err(error) = spec.ring_config() {
-        problems.push(format!("spec.hashing: {error}"));
+        problems.push(Problem::invalid_spec(format!("spec.hashing: {error}")));
     }
     if target.name.len() > 63 {
-        problems.push("a pool name longer than 63 characters cannot label its pods".into());
+        problems.push(Problem::invalid_spec(
+            "a pool name longer than 63 characters cannot label its pods".into(),
+        ));
     }
     let mut replacements = target
         .pool
@@ -365,11 +378,28 @@ async fn observe(target: &Target<'_>, ctx: &Context) -> Result<Seen, Error> {
         .as_ref()
         .map(|s| s.emergency_replacements.clone())
         .unwrap_or_default();
+    // A slot this process replaced more often than the cached status says is newer.
     for made in ctx.with_memory(&target.key, &target.uid, |m| m.replacements.clone()) {
-        if !replacements.iter().any(|r| r.failed == made.failed) {
-            replacements.push(made);
+        match replacements
+            .iter_mut()
+            .find(|r| r.original == made.original)
+        {
+            Some(cached) if cached.count >= made.count => {}
+            Some(cached) => *cached = made,
+            None => replacements.push(made),
         }
     }
+    let instant = tokio::time::Instant::now();
+    let last_replaced = ctx.with_memory(&target.key, &target.uid, |m| {
+        // A slot in backoff that this process did not replace (it took over, or
+        // restarted): its wait counts from now.
+        for slot in replacements.iter().filter(|r| r.unready_streak > 0) {
+            m.last_replaced
+                .entry(slot.original.clone())
+                .or_insert(instant);
+        }
+        m.last_replaced.clone()
+    });
     // From the watch's store, less the pods this process deleted that it still shows.
     let pods: Vec<ReplicaPod> = {
         let listed: Vec<ReplicaPod> = ctx
@@ -409,7 +439,7 @@ async fn observe(target: &Target<'_>, ctx: &Context) -> Result<Seen, Error> {
         .await;
     let desired = if problems.is_empty() {
         members::desired_members(spec, &members::replacement_map(&replacements))
-            .map_err(|error| problems.push(error.to_string()))
+            .map_err(|error| problems.push(Problem::invalid_spec(error.to_string())))
             .ok()
     } else {
         None
@@ -429,6 +459,8 @@ async fn observe(target: &Target<'_>, ctx: &Context) -> Result<Seen, Error> {
         problems,
         taken,
         now: (ctx.clock)(),
+        last_replaced,
+        instant,
     })
 }
 
@@ -441,6 +473,25 @@ struct Done {
     gone: HashSet<ReplicaName>,
     /// The first failed API call; the pass went on, the error policy retries.
     first_error: Option<Error>,
+    /// The soonest a replacement held back by its slot's backoff may be made.
+    retry_in: Option<Duration>,
+}
+
+/// Why a pool is Degraded: a condition reason and what to tell the user.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    /// `InvalidSpec`, `PodConflict` or `ReplacementBackoff`.
+    pub reason: &'static str,
+    pub message: String,
+}
+
+impl Problem {
+    pub fn invalid_spec(message: String) -> Self {
+        Self {
+            reason: "InvalidSpec",
+            message,
+        }
+    }
 }
 
 /// Plans against what was seen and carries the plan out: pods created, deleted,
@@ -451,6 +502,13 @@ async fn apply(target: &Target<'_>, ctx: &Context, seen: &mut Seen) -> Done {
         return done;
     };
     let work = plan_pass(&desired, seen);
+    for held in &work.held_back {
+        seen.problems.push(Problem {
+            reason: "ReplacementBackoff",
+            message: held.message(),
+        });
+    }
+    done.retry_in = work.held_back.iter().map(|h| h.wait).min();
     for (extra, uid) in &work.extras {
         let event = PodEvent::deleted(format!(
             "deleted pod {extra} that names no replica of this pool"
@@ -476,18 +534,18 @@ async fn apply(target: &Target<'_>, ctx: &Context, seen: &mut Seen) -> Done {
                 failed,
                 replacement,
             } => {
-                let made = ReplacementStatus {
-                    failed: failed.to_string(),
-                    replacement: replacement.to_string(),
-                };
+                let (pod, uid) = work.pod_of.get(&failed).cloned().unwrap_or_default();
+                let served = seen.health.get(&uid).is_some_and(|h| h.served);
+                seen.replacements =
+                    members::record_replacement(&seen.replacements, &failed, &replacement, served);
+                let slot = members::slot_of(&replacement, &seen.replacements);
                 // Remembered before any pod changes, so that no later pass
                 // brings the failed name back.
                 ctx.with_memory(&target.key, &target.uid, |m| {
-                    m.replacements.push(made.clone())
+                    m.replacements = seen.replacements.clone();
+                    m.last_replaced.insert(slot, seen.instant);
                 });
-                seen.replacements.push(made);
                 ctx.metrics.replacements.inc();
-                let (pod, uid) = work.pod_of.get(&failed).cloned().unwrap_or_default();
                 let why = match seen.pods.iter().find(|p| p.uid == uid).map(|p| p.state) {
                     Some(PodState::Exited) => "its container exited",
                     Some(PodState::Terminating) => "its pod is stuck terminating",
@@ -523,8 +581,60 @@ struct PassWork {
     /// (pod name, uid) of each pod that names no replica of the pool.
     extras: Vec<(String, String)>,
     actions: Vec<PlanAction>,
+    /// Replacements the plan asked for that their slot's backoff holds back.
+    held_back: Vec<HeldBack>,
     /// The pod (name, uid) of each desired replica that has one.
     pod_of: HashMap<ReplicaName, (String, String)>,
+}
+
+/// A failed replica whose replacement waits for its slot's backoff.
+struct HeldBack {
+    replica: ReplicaName,
+    pod: String,
+    container_reason: Option<String>,
+    wait: Duration,
+}
+
+impl HeldBack {
+    fn message(&self) -> String {
+        let why = self
+            .container_reason
+            .as_deref()
+            .map_or_else(String::new, |r| format!(" (container: {r})"));
+        format!(
+            "replica {} (pod {}) never answered a heartbeat{why}; next replacement in {}s",
+            self.replica,
+            self.pod,
+            self.wait.as_secs_f64().ceil() as u64
+        )
+    }
+}
+
+/// How much longer the replacement of failed replica `name` must wait: `None` when
+/// it may be made now. Only a replica that never served waits, for the delay its
+/// slot's streak gives, counted from the slot's last replacement (or, when this
+/// process made none, from the first time it sees the slot fail).
+fn backoff_left(name: &ReplicaName, pod: &ReplicaPod, seen: &Seen) -> Option<Duration> {
+    if seen.health.get(&pod.uid).is_some_and(|h| h.served) {
+        return None;
+    }
+    let slot = members::slot_of(name, &seen.replacements);
+    let streak = seen
+        .replacements
+        .iter()
+        .find(|r| r.original == slot)
+        .map_or(0, |r| r.unready_streak);
+    let delay = members::replacement_delay(streak);
+    if delay.is_zero() {
+        return None;
+    }
+    let since = seen
+        .last_replaced
+        .get(&slot)
+        .copied()
+        .unwrap_or(seen.instant);
+    let ready_at = since + delay;
+    (ready_at > seen.instant).then(|| ready_at - seen.instant)
 }
 
 /// Pure: which pod stands for which replica, and what [`plan`] makes of them.
@@ -595,6 +705,29 @@ fn plan_pass(desired: &[(ReplicaName, String)], seen: &Seen) -> PassWork {
         },
     )
     .actions;
+    // A slot whose replicas never served waits before its next replacement; its
+    // failed pod stays meanwhile (its logs say why).
+    let mut held_back = Vec::new();
+    actions.retain(|action| {
+        let PlanAction::Replace { failed, .. } = action else {
+            return true;
+        };
+        let Some(pod) = by_name.get(failed) else {
+            return true;
+        };
+        match backoff_left(failed, pod, seen) {
+            None => true,
+            Some(wait) => {
+                held_back.push(HeldBack {
+                    replica: failed.clone(),
+                    pod: pod.pod.clone(),
+                    container_reason: pod.container_reason.clone(),
+                    wait,
+                });
+                false
+            }
+        }
+    });
     // Deterministic order: the plan iterates a map of observed pods.
     actions.sort_by_key(|a| match a {
         PlanAction::Stop(n) => (0, n.clone()),
@@ -604,6 +737,7 @@ fn plan_pass(desired: &[(ReplicaName, String)], seen: &Seen) -> PassWork {
     PassWork {
         extras,
         actions,
+        held_back,
         pod_of: by_name
             .into_iter()
             .map(|(n, pod)| (n, (pod.pod.clone(), pod.uid.clone())))
@@ -712,7 +846,7 @@ async fn create(
     ctx: &Context,
     target: &Target<'_>,
     name: &ReplicaName,
-    problems: &mut Vec<String>,
+    problems: &mut Vec<Problem>,
     first_error: &mut Option<Error>,
 ) -> bool {
     let pod = members::pod_name(name).unwrap_or_default();
@@ -746,7 +880,10 @@ async fn create(
                 note: problem.clone(),
             };
             publish_event(ctx, target, &pod, event).await;
-            problems.push(problem);
+            problems.push(Problem {
+                reason: "PodConflict",
+                message: problem,
+            });
             false
         }
         Err(CreateError::Api(error)) => {
@@ -754,7 +891,7 @@ async fn create(
             false
         }
         Err(CreateError::Naming(error)) => {
-            problems.push(error.to_string());
+            problems.push(Problem::invalid_spec(error.to_string()));
             false
         }
     }
@@ -819,7 +956,7 @@ pub fn compute_status(
     existing: &HashSet<ReplicaName>,
     ready: &HashSet<ReplicaName>,
     replacements: Vec<ReplacementStatus>,
-    problems: &[String],
+    problems: &[Problem],
     now: Time,
 ) -> ServerPoolStatus {
     let members: Vec<MemberStatus> = desired
@@ -844,10 +981,19 @@ pub fn compute_status(
     } else {
         ("False", "ReplicasNotReady")
     };
-    let degraded = if problems.is_empty() {
-        ("False", "AsExpected", String::new())
-    } else {
-        ("True", "InvalidSpec", problems.join("; "))
+    // The first problem names the reason (a spec that cannot be carried out comes
+    // first, as it is found first); the message has them all.
+    let degraded = match problems.first() {
+        None => ("False", "AsExpected", String::new()),
+        Some(first) => (
+            "True",
+            first.reason,
+            problems
+                .iter()
+                .map(|p| p.message.as_str())
+                .collect::<Vec<_>>()
+                .join("; "),
+        ),
     };
     let condition = |type_: &str, (status, reason): (&str, &str), message: String| {
         let unchanged = old

@@ -443,8 +443,11 @@ async fn a_failed_pod_is_replaced_by_an_emergency_pod_and_recorded() {
     assert_eq!(
         status.emergency_replacements,
         [ReplacementStatus {
-            failed: "Server2".into(),
+            original: "Server2".into(),
             replacement: "emergency_1".into(),
+            count: 1,
+            // Its heartbeats never succeeded: the slot's next replacement waits.
+            unready_streak: 1,
         }]
     );
     let names: Vec<(&str, &str, bool)> = status
@@ -625,7 +628,7 @@ async fn a_pod_stuck_terminating_is_replaced_under_a_new_name() {
     pass(pool(3, None), &ctx).await;
     assert_eq!(api.created_pods()[0]["metadata"]["name"], "emergency-1");
     assert_eq!(
-        patched_status(&api).emergency_replacements[0].failed,
+        patched_status(&api).emergency_replacements[0].original,
         "Server2"
     );
 

@@ -137,7 +137,7 @@ impl Current {
                     status
                         .emergency_replacements
                         .iter()
-                        .map(|r| r.failed.as_str()),
+                        .map(|r| r.original.as_str()),
                 )
                 .filter_map(|n| ReplicaName::parse(n).ok()),
         );
@@ -317,8 +317,9 @@ mod tests {
             emergency_replacements: replaced
                 .iter()
                 .map(|(f, r)| ReplacementStatus {
-                    failed: f.to_string(),
+                    original: f.to_string(),
                     replacement: r.to_string(),
+                    ..ReplacementStatus::default()
                 })
                 .collect(),
             ..ServerPoolStatus::default()

@@ -196,7 +196,7 @@ mod tests {
             pid: None,
             health: HealthState {
                 health,
-                consecutive_failures: 0,
+                ..HealthState::starting()
             },
         }
     }
