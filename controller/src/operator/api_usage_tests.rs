@@ -19,6 +19,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::fixtures::{FakeApiServer, Permission};
 use super::leader::{self, LeaseSettings};
+use super::pods::{PodTemplate, TEMPLATE_LABEL};
 use super::reconciler::{self, Context};
 use super::spec_admin::SpecAdmin;
 use crate::metrics::Metrics;
@@ -49,9 +50,18 @@ pub fn pool(replicas: u32, status: Value) -> Value {
     })
 }
 
-/// A running, ready pod of pool `demo`; `member: None` names no replica.
+/// The template hash of pool `demo`'s pods.
+pub fn template_hash() -> String {
+    PodTemplate {
+        image: "ringlb-replica:dev".into(),
+        port: 5000,
+    }
+    .hash()
+}
+
+/// A running, ready pod of pool `demo` (of its current template); `member: None` names no replica.
 fn pod(name: &str, member: Option<&str>, ip: &str) -> Value {
-    let mut labels = json!({"ringlb.dev/pool": "demo"});
+    let mut labels = json!({"ringlb.dev/pool": "demo", TEMPLATE_LABEL: template_hash()});
     if let Some(member) = member {
         labels["ringlb.dev/member"] = json!(member);
     }

@@ -78,6 +78,12 @@ const REPLICA_NAME_PATTERN: &str = "^[A-Za-z0-9]([A-Za-z0-9_-]*[A-Za-z0-9])?$";
         description = "Replicas whose heartbeats succeed (in the ring)"
     ),
     printcolumn(
+        name = "Up-to-date",
+        type_ = "integer",
+        json_path = ".status.updatedReplicas",
+        description = "Replicas served by a pod of the current image and port"
+    ),
+    printcolumn(
         name = "Age",
         type_ = "date",
         json_path = ".metadata.creationTimestamp"
@@ -299,6 +305,11 @@ pub struct ServerPoolStatus {
     #[serde(default)]
     #[schemars(range(min = 0, max = i32::MAX), extend("format" = "int32"))]
     pub ready_replicas: u32,
+    /// Replicas served by a pod of the current template (`spec.image`, `spec.port`):
+    /// below `replicas` while a rollout is under way.
+    #[serde(default)]
+    #[schemars(range(min = 0, max = i32::MAX), extend("format" = "int32"))]
+    pub updated_replicas: u32,
     /// Every desired replica: its logical name, its pod and whether it is in the ring.
     /// Keyed by `name` (the reconciler lists each desired name once).
     #[serde(default)]

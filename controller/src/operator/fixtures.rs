@@ -100,6 +100,16 @@ impl FakeApiServer {
             .unwrap_or_default()
     }
 
+    /// Every change so far, in order: (collection, `ADDED`/`MODIFIED`/`DELETED`, object).
+    pub fn history(&self) -> Vec<(String, &'static str, Value)> {
+        let state = self.state.lock().unwrap();
+        state
+            .history
+            .iter()
+            .map(|(_, collection, kind, object)| (collection.clone(), *kind, object.clone()))
+            .collect()
+    }
+
     pub fn calls(&self) -> Vec<ApiCall> {
         self.state.lock().unwrap().calls.clone()
     }

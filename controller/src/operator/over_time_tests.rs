@@ -3,7 +3,7 @@
 //! kubelet gives each new pod an address and either runs it (its heartbeats then
 //! answer) or lets its container exit, as an image that cannot start does.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -13,10 +13,10 @@ use serde_json::{Value, json};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use super::api_usage_tests::{PODS, POOLS, pool};
+use super::api_usage_tests::{EVENTS, PODS, POOLS, pool};
 use super::fixtures::FakeApiServer;
 use super::leader::Leadership;
-use super::pods::CONTAINER;
+use super::pods::{CONTAINER, PodTemplate, TEMPLATE_LABEL};
 use super::reconciler::{self, Context};
 use crate::metrics::Metrics;
 use crate::pool::health::Prober;
@@ -31,15 +31,15 @@ enum Outcome {
 }
 
 /// Starts pods as they are created, every 100 ms of (virtual) time; answers the
-/// heartbeats of the pods it runs.
+/// heartbeats of the pods it runs, on their container port.
 struct Kubelet {
-    up: Arc<Mutex<HashSet<IpAddr>>>,
+    up: Arc<Mutex<HashSet<SocketAddr>>>,
     task: JoinHandle<()>,
 }
 
 impl Kubelet {
     fn start(api: &FakeApiServer, outcome: fn(&Value) -> Outcome) -> Self {
-        let up: Arc<Mutex<HashSet<IpAddr>>> = Arc::default();
+        let up: Arc<Mutex<HashSet<SocketAddr>>> = Arc::default();
         let task = tokio::spawn({
             let (api, up) = (api.clone(), up.clone());
             async move {
@@ -58,7 +58,11 @@ impl Kubelet {
                             .unwrap();
                         pod["status"] = match outcome(&pod) {
                             Outcome::Run => {
-                                up.lock().unwrap().insert(ip);
+                                let port =
+                                    pod["spec"]["containers"][0]["ports"][0]["containerPort"]
+                                        .as_u64()
+                                        .unwrap();
+                                up.lock().unwrap().insert(SocketAddr::new(ip, port as u16));
                                 json!({
                                     "phase": "Running",
                                     "podIP": ip.to_string(),
@@ -96,11 +100,11 @@ impl Drop for Kubelet {
 }
 
 /// Heartbeats answer for the pods the kubelet runs.
-struct Answers(Arc<Mutex<HashSet<IpAddr>>>);
+struct Answers(Arc<Mutex<HashSet<SocketAddr>>>);
 
 impl Prober for Answers {
     fn check(&self, addr: SocketAddr, _: Duration) -> BoxFuture<'static, bool> {
-        let ok = self.0.lock().unwrap().contains(&addr.ip());
+        let ok = self.0.lock().unwrap().contains(&addr);
         Box::pin(async move { ok })
     }
 }
@@ -228,4 +232,141 @@ async fn a_replica_that_served_is_replaced_at_once_whatever_its_slot_went_throug
     assert_eq!(slot["count"], 5, "{slot}");
     assert_eq!(slot["unreadyStreak"], 0, "{slot}");
     operator.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_new_image_and_port_roll_one_pod_at_a_time_with_every_member_serving() {
+    let api = FakeApiServer::default();
+    api.put(POOLS, pool(3, Value::Null));
+    let kubelet = Kubelet::start(&api, |_| Outcome::Run);
+    let operator = Operator::start(&api, kubelet.prober());
+    let status = || api.get(POOLS, "demo").unwrap()["status"].clone();
+    while status()["readyReplicas"] != 3 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let before: Vec<String> = api.names(PODS);
+    assert_eq!(before, ["server1", "server2", "server3"]);
+    let changes_before = api.history().len();
+
+    // A new image that listens on another port.
+    let mut changed = api.get(POOLS, "demo").unwrap();
+    changed["spec"]["image"] = json!("ringlb-replica:v2");
+    changed["spec"]["port"] = json!(8080);
+    changed["metadata"]["generation"] = json!(2);
+    api.put(POOLS, changed);
+    let new_template = PodTemplate {
+        image: "ringlb-replica:v2".into(),
+        port: 8080,
+    }
+    .hash();
+    let rolled = || {
+        let pods = api.names(PODS);
+        pods.len() == 3
+            && pods.iter().all(|p| {
+                api.get(PODS, p).unwrap()["metadata"]["labels"][TEMPLATE_LABEL] == new_template
+            })
+            && status()["updatedReplicas"] == 3
+            && status()["readyReplicas"] == 3
+    };
+    let began = tokio::time::Instant::now();
+    while !rolled() {
+        // All along: every member ready on a pod that exists, at most one extra pod.
+        let now = status();
+        assert_eq!(now["readyReplicas"], 3, "{now}");
+        for member in now["members"].as_array().unwrap() {
+            let pod = member["pod"].as_str().unwrap();
+            assert!(
+                api.get(PODS, pod).is_some(),
+                "{member} names a pod that is gone"
+            );
+        }
+        assert!(api.names(PODS).len() <= 4, "{:?}", api.names(PODS));
+        assert!(began.elapsed() < Duration::from_secs(60), "{now}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    operator.stop().await;
+
+    // Same names, no replacement (the old pods' heartbeats went to their own port).
+    let now = status();
+    let names: Vec<&str> = now["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["Server1", "Server2", "Server3"]);
+    assert!(
+        now["emergencyReplacements"].as_array().unwrap().is_empty(),
+        "{now}"
+    );
+    // Each old pod was deleted only after a status write had named its successor,
+    // and each new pod was created only once the one before served.
+    let mut named: HashMap<String, String> = HashMap::new();
+    let mut surges = 0;
+    for (collection, kind, object) in &api.history()[changes_before..] {
+        if collection == POOLS {
+            for member in object["status"]["members"].as_array().into_iter().flatten() {
+                named.insert(
+                    member["name"].as_str().unwrap().into(),
+                    member["pod"].as_str().unwrap().into(),
+                );
+            }
+        } else if collection != PODS {
+            continue;
+        } else if *kind == "DELETED" {
+            let member = object["metadata"]["labels"]["ringlb.dev/member"]
+                .as_str()
+                .unwrap();
+            let pod = object["metadata"]["name"].as_str().unwrap();
+            assert_ne!(
+                named[member], pod,
+                "{pod} deleted while the status named it"
+            );
+            surges -= 1;
+        } else if *kind == "ADDED" {
+            surges += 1;
+            assert_eq!(surges, 1, "one new pod at a time");
+        }
+    }
+    let events = api.names(EVENTS);
+    assert!(!events.is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rollout_to_an_image_that_cannot_start_stalls_with_the_old_pods_serving() {
+    let api = FakeApiServer::default();
+    api.put(POOLS, pool(2, Value::Null));
+    let kubelet = Kubelet::start(&api, |pod| {
+        if pod["spec"]["containers"][0]["image"] == "ringlb-replica:broken" {
+            Outcome::Crash
+        } else {
+            Outcome::Run
+        }
+    });
+    let operator = Operator::start(&api, kubelet.prober());
+    let status = || api.get(POOLS, "demo").unwrap()["status"].clone();
+    while status()["readyReplicas"] != 2 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut changed = api.get(POOLS, "demo").unwrap();
+    changed["spec"]["image"] = json!("ringlb-replica:broken");
+    changed["metadata"]["generation"] = json!(2);
+    api.put(POOLS, changed);
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    operator.stop().await;
+
+    let now = status();
+    // One new pod was tried, it failed, and nothing else changed: the old pods serve.
+    assert_eq!(pod_creates(&api), 3, "{:?}", api.names(PODS));
+    assert_eq!(now["readyReplicas"], 2, "{now}");
+    assert_eq!(now["updatedReplicas"], 0, "{now}");
+    let degraded = &now["conditions"][1];
+    assert_eq!(degraded["reason"], "RolloutStalled", "{degraded}");
+    assert!(
+        degraded["message"]
+            .as_str()
+            .unwrap()
+            .contains("Error, exit code 1"),
+        "{degraded}"
+    );
 }

@@ -30,6 +30,9 @@ use crate::replica_name::ReplicaName;
 pub const POOL_LABEL: &str = "ringlb.dev/pool";
 /// Label: the logical replica name of a pod (what `/rep` lists).
 pub const MEMBER_LABEL: &str = "ringlb.dev/member";
+/// Label: the hash of the pod template a pod was made from ([`PodTemplate::hash`]):
+/// a pod whose hash is not the pool's current one is rolled to the new template.
+pub const TEMPLATE_LABEL: &str = "ringlb.dev/template";
 /// Grace period of a failed replica's pod.
 pub const FAILED_POD_GRACE_SECONDS: u32 = 5;
 /// The name of the replica container in every pod.
@@ -65,6 +68,9 @@ pub struct ReplicaPod {
     /// Why its container is not running, as the kubelet says (`ImagePullBackOff`,
     /// `Error, exit code 1`): what a Degraded condition quotes.
     pub container_reason: Option<String>,
+    /// The hash of the template it was made from (`None`: made before templates
+    /// were hashed, so it is rolled like an outdated one).
+    pub template: Option<String>,
 }
 
 /// What a pool's pods look like.
@@ -72,6 +78,17 @@ pub struct ReplicaPod {
 pub struct PodTemplate {
     pub image: String,
     pub port: u16,
+}
+
+impl PodTemplate {
+    /// A short, stable digest of everything a pod is made from: a pod labelled
+    /// with another one is outdated. (Our own MurmurHash3, so that the label does
+    /// not change with the Rust release that built the operator.)
+    pub fn hash(&self) -> String {
+        let text = format!("{}\0{}", self.image, self.port);
+        let (high, _) = crate::ring::murmur3_x64_128(text.as_bytes(), 0);
+        format!("{:010x}", high >> 24)
+    }
 }
 
 /// The pods of one `ServerPool`.
@@ -109,9 +126,10 @@ impl KubeRuntime {
         format!("{POOL_LABEL}={}", self.pool)
     }
 
-    /// The pod of replica `name`: pure, so that tests can compare it whole.
-    pub fn pod_manifest(&self, name: &ReplicaName) -> Result<Pod, NamingError> {
-        let pod = pod_name(name)?;
+    /// The pod of replica `name`, named `pod`: pure, so that tests can compare it whole.
+    pub fn pod_manifest(&self, name: &ReplicaName, pod: &str) -> Result<Pod, NamingError> {
+        pod_name(name)?;
+        let pod = pod.to_owned();
         let port = i32::from(self.template.port);
         let labels = BTreeMap::from([
             (
@@ -124,6 +142,7 @@ impl KubeRuntime {
             ),
             (POOL_LABEL.to_owned(), self.pool.clone()),
             (MEMBER_LABEL.to_owned(), name.to_string()),
+            (TEMPLATE_LABEL.to_owned(), self.template.hash()),
         ]);
         let env = |name: &str, value: String| EnvVar {
             name: name.to_owned(),
@@ -211,9 +230,9 @@ impl KubeRuntime {
         Ok(list.items.iter().map(replica_pod).collect())
     }
 
-    /// Creates the pod of `name`.
-    pub async fn create(&self, name: &ReplicaName) -> Result<Pod, CreateError> {
-        let pod = self.pod_manifest(name)?;
+    /// Creates pod `pod` of replica `name`.
+    pub async fn create(&self, name: &ReplicaName, pod: &str) -> Result<Pod, CreateError> {
+        let pod = self.pod_manifest(name, pod)?;
         Ok(self.pods.create(&PostParams::default(), &pod).await?)
     }
 
@@ -314,6 +333,12 @@ pub fn replica_pod(pod: &Pod) -> ReplicaPod {
         state,
         deleting_since: pod.metadata.deletion_timestamp.as_ref().map(|t| t.0),
         container_reason: container_reason(pod),
+        template: pod
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(TEMPLATE_LABEL))
+            .cloned(),
     }
 }
 

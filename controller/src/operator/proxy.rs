@@ -72,10 +72,17 @@ pub fn pool_state(
 
     let mut members: Vec<MemberState> = Vec::new();
     let mut listed: HashSet<ReplicaName> = HashSet::new();
-    // Desired members first (their pod is the one with the expected name), then any
-    // other pod of the pool that names a replica (one being removed or replaced).
-    let expected: HashMap<&str, &ReplicaName> =
-        desired.iter().map(|(n, pod)| (pod.as_str(), n)).collect();
+    // Desired members first, each on the pod the operator's status names (during a
+    // rollout it moves a member from its old pod to its new one, after the new one
+    // answers) or else the one with the expected name; then any other pod of the
+    // pool that names a replica (one being removed or replaced).
+    let expected: HashMap<&str, &ReplicaName> = desired
+        .iter()
+        .map(|(n, pod)| {
+            let named = status.members.iter().find(|m| m.name == n.as_str());
+            (named.map_or(pod.as_str(), |m| m.pod.as_str()), n)
+        })
+        .collect();
     let mut ordered: Vec<&Arc<Pod>> = pods.iter().collect();
     ordered.sort_by_key(|p| {
         let name = p.metadata.name.as_deref().unwrap_or_default();
@@ -92,7 +99,8 @@ pub fn pool_state(
         let addr = replica
             .ip
             .filter(|_| replica.state == PodState::Running)
-            .map(|ip| SocketAddr::new(ip, spec.port));
+            // Its own container port: a pod made before a port change listens there.
+            .map(|ip| SocketAddr::new(ip, replica.port.unwrap_or(spec.port)));
         let kubelet_ready = pod_ready(pod);
         let serving = addr.is_some()
             && match said_ready(&name, &replica.pod) {

@@ -495,3 +495,56 @@ fn an_invalid_hashing_spec_keeps_the_last_good_ring() {
     assert_eq!(*proxy.publisher.table().ring.config(), good);
     assert_eq!(proxy.in_ring().len(), 2);
 }
+
+#[test]
+fn a_rollout_moves_a_member_to_its_new_pod_when_the_status_says_so() {
+    let mut proxy = FakeProxy::new();
+    let ready = |pods: [&str; 2]| {
+        with_status(
+            pool(2),
+            &[("Server1", pods[0], true), ("Server2", pods[1], true)],
+            &[],
+        )
+    };
+    proxy.apply(&apply_pool(ready(["server1", "server2"])));
+    proxy.apply(&apply_pod(pod(
+        "Server1",
+        "server1",
+        "10.0.0.1",
+        Some(true),
+    )));
+    proxy.apply(&apply_pod(pod(
+        "Server2",
+        "server2",
+        "10.0.0.2",
+        Some(true),
+    )));
+    let before = proxy.publisher.table();
+
+    // The new template's pod of Server1 starts, and is ready: the status still
+    // names the old one, so the old one serves.
+    proxy.apply(&apply_pod(pod(
+        "Server1",
+        "server1-3f2a1",
+        "10.0.0.11",
+        Some(true),
+    )));
+    assert_eq!(proxy.in_ring(), ["Server1@10.0.0.1", "Server2@10.0.0.2"]);
+
+    // The operator hands Server1 over: same name, new address, and no key moves.
+    proxy.apply(&apply_pool(ready(["server1-3f2a1", "server2"])));
+    assert_eq!(proxy.in_ring(), ["Server1@10.0.0.11", "Server2@10.0.0.2"]);
+    let after = proxy.publisher.table();
+    let owner = |table: &crate::publish::RoutingTable, key: &[u8]| {
+        let i = table.ring.lookup(key).unwrap();
+        table.backends[i].name.clone()
+    };
+    for i in 0..10_000 {
+        let key = format!("user-{i}");
+        assert_eq!(
+            owner(&before, key.as_bytes()),
+            owner(&after, key.as_bytes())
+        );
+    }
+    assert_eq!(proxy.rep(), ["Server1", "Server2"]);
+}

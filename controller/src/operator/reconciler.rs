@@ -11,7 +11,7 @@
 //! times in a row (or whose container exited) is replaced by `emergency_<n>`, whose
 //! pod is `emergency-<n>`, and the replacement is recorded in the status.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -358,6 +358,10 @@ struct Seen {
     last_replaced: HashMap<String, tokio::time::Instant>,
     /// `now` on the clock of the backoff.
     instant: tokio::time::Instant,
+    /// The hash of the pool's current pod template.
+    template: String,
+    /// The pod the cached status names for each replica.
+    status_pods: HashMap<ReplicaName, String>,
 }
 
 /// Reads the pool's pods and their health, and works out what should exist.
@@ -461,6 +465,14 @@ async fn observe(target: &Target<'_>, ctx: &Context) -> Result<Seen, Error> {
         now: (ctx.clock)(),
         last_replaced,
         instant,
+        template: target.pods.template().hash(),
+        status_pods: target
+            .pool
+            .status
+            .iter()
+            .flat_map(|s| &s.members)
+            .filter_map(|m| Some((ReplicaName::parse(&m.name).ok()?, m.pod.clone())))
+            .collect(),
     })
 }
 
@@ -475,6 +487,8 @@ struct Done {
     first_error: Option<Error>,
     /// The soonest a replacement held back by its slot's backoff may be made.
     retry_in: Option<Duration>,
+    /// The pod that serves each replica after this pass (not those it created).
+    serving: HashMap<ReplicaName, ServingPod>,
 }
 
 /// Why a pool is Degraded: a condition reason and what to tell the user.
@@ -509,16 +523,24 @@ async fn apply(target: &Target<'_>, ctx: &Context, seen: &mut Seen) -> Done {
         });
     }
     done.retry_in = work.held_back.iter().map(|h| h.wait).min();
-    for (extra, uid) in &work.extras {
-        let event = PodEvent::deleted(format!(
-            "deleted pod {extra} that names no replica of this pool"
-        ));
-        remove_pod(ctx, target, &mut done, (extra, uid), false, event).await;
+    seen.problems.extend(work.rollout.stalled.iter().cloned());
+    for extra in &work.extras {
+        let event = PodEvent::deleted(extra.why.clone());
+        remove_pod(
+            ctx,
+            target,
+            &mut done,
+            (&extra.pod, &extra.uid),
+            false,
+            event,
+        )
+        .await;
     }
     for action in work.actions {
         match action {
             PlanAction::Start(n) => {
-                if create(ctx, target, &n, &mut seen.problems, &mut done.first_error).await {
+                let pod = members::pod_name(&n).unwrap_or_default();
+                if create(ctx, target, (&n, &pod), "", seen, &mut done).await {
                     done.created.insert(n);
                 }
             }
@@ -559,32 +581,57 @@ async fn apply(target: &Target<'_>, ctx: &Context, seen: &mut Seen) -> Done {
                 };
                 remove_pod(ctx, target, &mut done, (&pod, &uid), true, event).await;
                 done.gone.insert(failed);
-                if create(
-                    ctx,
-                    target,
-                    &replacement,
-                    &mut seen.problems,
-                    &mut done.first_error,
-                )
-                .await
-                {
+                let pod = members::pod_name(&replacement).unwrap_or_default();
+                if create(ctx, target, (&replacement, &pod), "", seen, &mut done).await {
                     done.created.insert(replacement);
                 }
             }
         }
     }
+    if let Some((name, pod)) = &work.rollout.start {
+        let why = format!(
+            " from the new template {} (rolling update: it serves once its heartbeats \
+             answer, then pod {} goes)",
+            seen.template,
+            work.pod_of.get(name).map_or("", |(p, _)| p.as_str())
+        );
+        create(ctx, target, (name, pod), &why, seen, &mut done).await;
+    }
+    done.serving = work
+        .serving
+        .into_iter()
+        .filter(|(n, _)| !done.gone.contains(n))
+        .collect();
     done
 }
 
 /// A pass's work, decided before any call: pods that name no replica, and the plan.
 struct PassWork {
-    /// (pod name, uid) of each pod that names no replica of the pool.
-    extras: Vec<(String, String)>,
+    /// Pods to delete: those that name no replica of the pool, outdated pods whose
+    /// replica a new pod serves, second pods of a name.
+    extras: Vec<Extra>,
     actions: Vec<PlanAction>,
     /// Replacements the plan asked for that their slot's backoff holds back.
     held_back: Vec<HeldBack>,
+    rollout: RolloutWork,
+    /// The pod that serves each replica that has one, once this pass is done.
+    serving: HashMap<ReplicaName, ServingPod>,
     /// The pod (name, uid) of each desired replica that has one.
     pod_of: HashMap<ReplicaName, (String, String)>,
+}
+
+/// A pod a pass deletes, and the Event's note.
+struct Extra {
+    pod: String,
+    uid: String,
+    why: String,
+}
+
+/// The rollout's part of a pass.
+struct RolloutWork {
+    /// Replica and pod name of the new pod to start.
+    start: Option<(ReplicaName, String)>,
+    stalled: Vec<Problem>,
 }
 
 /// A failed replica whose replacement waits for its slot's backoff.
@@ -639,9 +686,9 @@ fn backoff_left(name: &ReplicaName, pod: &ReplicaPod, seen: &Seen) -> Option<Dur
 
 /// Pure: which pod stands for which replica, and what [`plan`] makes of them.
 fn plan_pass(desired: &[(ReplicaName, String)], seen: &Seen) -> PassWork {
-    // One pod per name: the one with the expected pod name wins, others are extras.
-    let mut by_name: HashMap<ReplicaName, &ReplicaPod> = HashMap::new();
-    let mut extras: Vec<(String, String)> = Vec::new();
+    // The pods of each replica name; a pod that names none is an extra.
+    let mut of_name: BTreeMap<ReplicaName, Vec<&ReplicaPod>> = BTreeMap::new();
+    let mut extras: Vec<Extra> = Vec::new();
     let mut terminating: HashSet<ReplicaName> = HashSet::new();
     // A pod still terminating long after its grace (its node is gone, a finalizer
     // hangs) would hold its name for good: that replica is replaced under a new one.
@@ -658,11 +705,50 @@ fn plan_pass(desired: &[(ReplicaName, String)], seen: &Seen) -> PassWork {
                     terminating.insert(n.clone());
                 }
             }
-            Some(n) if members::pod_name(n).as_deref() == Ok(pod.pod.as_str()) => {
-                by_name.insert(n.clone(), pod);
-            }
-            _ if pod.state == PodState::Terminating => {}
-            _ => extras.push((pod.pod.clone(), pod.uid.clone())),
+            Some(n) => of_name.entry(n.clone()).or_default().push(pod),
+            None if pod.state == PodState::Terminating => {}
+            None => extras.push(Extra {
+                pod: pod.pod.clone(),
+                uid: pod.uid.clone(),
+                why: format!("deleted pod {} that names no replica of this pool", pod.pod),
+            }),
+        }
+    }
+    // One pod stands for each name; while it is outdated, one pod of the current
+    // template may run beside it (the rollout's surge); any other is an extra.
+    let mut by_name: HashMap<ReplicaName, &ReplicaPod> = HashMap::new();
+    let mut surges: BTreeMap<ReplicaName, &ReplicaPod> = BTreeMap::new();
+    for (name, pods) in &of_name {
+        let standing = standing_pod(name, pods, seen);
+        let outdated = standing.template.as_deref() != Some(seen.template.as_str());
+        let surge = pods
+            .iter()
+            .find(|p| {
+                outdated && p.uid != standing.uid && p.template.as_deref() == Some(&seen.template)
+            })
+            .copied();
+        for pod in pods.iter().filter(|p| {
+            p.uid != standing.uid && Some(p.uid.as_str()) != surge.map(|s| s.uid.as_str())
+        }) {
+            let why = if standing.template.as_deref() == Some(seen.template.as_str())
+                && pod.template != standing.template
+            {
+                format!(
+                    "deleted pod {} of an earlier template: pod {} serves replica {name} now",
+                    pod.pod, standing.pod
+                )
+            } else {
+                format!("deleted pod {}: a second pod of replica {name}", pod.pod)
+            };
+            extras.push(Extra {
+                pod: pod.pod.clone(),
+                uid: pod.uid.clone(),
+                why,
+            });
+        }
+        by_name.insert(name.clone(), standing);
+        if let Some(surge) = surge {
+            surges.insert(name.clone(), surge);
         }
     }
     for (name, pod) in stuck {
@@ -734,14 +820,136 @@ fn plan_pass(desired: &[(ReplicaName, String)], seen: &Seen) -> PassWork {
         PlanAction::Replace { failed, .. } => (1, failed.clone()),
         PlanAction::Start(n) => (2, n.clone()),
     });
+    let rollout = plan_rollout(desired, seen, &by_name, &surges, &actions);
+    let mut serving: HashMap<ReplicaName, ServingPod> = by_name
+        .iter()
+        .map(|(n, pod)| (n.clone(), ServingPod::of(pod, seen)))
+        .collect();
+    for (name, surge) in &rollout.handed_over {
+        serving.insert(name.clone(), ServingPod::of(surge, seen));
+    }
     PassWork {
         extras,
         actions,
         held_back,
+        rollout: RolloutWork {
+            start: rollout.start,
+            stalled: rollout.stalled,
+        },
+        serving,
         pod_of: by_name
             .into_iter()
             .map(|(n, pod)| (n, (pod.pod.clone(), pod.uid.clone())))
             .collect(),
+    }
+}
+
+/// The pod that stands for replica `name` among its pods: the one the status
+/// names (the proxies route to it), else the one under the name's own pod name,
+/// else an outdated one (a rollout replaces it in order), else the first.
+fn standing_pod<'a>(name: &ReplicaName, pods: &[&'a ReplicaPod], seen: &Seen) -> &'a ReplicaPod {
+    let primary = members::pod_name(name).ok();
+    let by = |f: &dyn Fn(&ReplicaPod) -> bool| pods.iter().copied().find(|p| f(p));
+    by(&|p| seen.status_pods.get(name) == Some(&p.pod))
+        .or_else(|| by(&|p| primary.as_deref() == Some(p.pod.as_str())))
+        .or_else(|| by(&|p| p.template.as_deref() != Some(seen.template.as_str())))
+        .unwrap_or(pods[0])
+}
+
+/// What a pass does for the rollout of a new template.
+struct RolloutPlan<'a> {
+    /// Surge pods that serve: the status names them from this pass on, and the
+    /// next pass deletes the outdated pod they stand in for.
+    handed_over: Vec<(ReplicaName, &'a ReplicaPod)>,
+    /// The next replica to roll, and the name of its new pod.
+    start: Option<(ReplicaName, String)>,
+    stalled: Vec<Problem>,
+}
+
+/// Pure: one replica at a time, a pod of the current template is started beside
+/// the outdated one (maxUnavailable 0); once its heartbeats answer, the status
+/// names it (the proxies move the replica's ring entry to it: same name, so no
+/// key moves) and the next pass deletes the outdated pod. A new pod that fails
+/// stalls the rollout, with the outdated pod still serving, until the spec changes.
+fn plan_rollout<'a>(
+    desired: &[(ReplicaName, String)],
+    seen: &Seen,
+    standing: &HashMap<ReplicaName, &'a ReplicaPod>,
+    surges: &BTreeMap<ReplicaName, &'a ReplicaPod>,
+    actions: &[PlanAction],
+) -> RolloutPlan<'a> {
+    let mut rollout = RolloutPlan {
+        handed_over: Vec::new(),
+        start: None,
+        stalled: Vec::new(),
+    };
+    let health = |pod: &ReplicaPod| seen.health.get(&pod.uid).copied();
+    for (name, surge) in surges {
+        match health(surge) {
+            Some(h) if h.routable() => rollout.handed_over.push((name.clone(), *surge)),
+            Some(h) if h.health == Health::Failed => {
+                let why = surge
+                    .container_reason
+                    .as_deref()
+                    .map_or_else(String::new, |r| format!(" (container: {r})"));
+                rollout.stalled.push(Problem {
+                    reason: "RolloutStalled",
+                    message: format!(
+                        "pod {} of the new template for replica {name} failed{why}; \
+                         the rollout waits for a spec change, pod {} still serves",
+                        surge.pod,
+                        standing.get(name).map_or("", |p| p.pod.as_str())
+                    ),
+                });
+            }
+            _ => {}
+        }
+    }
+    if !surges.is_empty() {
+        return rollout;
+    }
+    let acted_on = |name: &ReplicaName| {
+        actions.iter().any(|a| match a {
+            PlanAction::Start(n) | PlanAction::Stop(n) => n == name,
+            PlanAction::Replace { failed, .. } => failed == name,
+        })
+    };
+    let next = desired.iter().map(|(n, _)| n).find(|name| {
+        standing.get(*name).is_some_and(|pod| {
+            pod.template.as_deref() != Some(seen.template.as_str())
+                && pod.state != PodState::Terminating
+                && health(pod).is_none_or(|h| h.health != Health::Failed)
+        }) && !acted_on(name)
+    });
+    if let Some(name) = next {
+        let primary = members::pod_name(name).unwrap_or_default();
+        let taken = |pod: &str| seen.pods.iter().any(|p| p.pod == pod);
+        let pod = if taken(&primary) {
+            format!("{primary}-{}", &seen.template[..5])
+        } else {
+            primary
+        };
+        rollout.start = Some((name.clone(), pod));
+    }
+    rollout
+}
+
+/// The pod that serves a replica as this pass leaves it: what the status names.
+#[derive(Clone, Debug)]
+struct ServingPod {
+    pod: String,
+    routable: bool,
+    /// Made from the current template.
+    current: bool,
+}
+
+impl ServingPod {
+    fn of(pod: &ReplicaPod, seen: &Seen) -> Self {
+        Self {
+            pod: pod.pod.clone(),
+            routable: seen.health.get(&pod.uid).is_some_and(HealthState::routable),
+            current: pod.template.as_deref() == Some(seen.template.as_str()),
+        }
     }
 }
 
@@ -776,27 +984,27 @@ async fn report(target: &Target<'_>, ctx: &Context, seen: &Seen, done: &Done) ->
     let old_status = target.pool.status.clone().unwrap_or_default();
     let live = members::live_replacements(spec, &seen.replacements);
     ctx.with_memory(&target.key, &target.uid, |m| m.replacements = live.clone());
-    let desired_now = seen
-        .desired
-        .as_ref()
-        .and_then(|_| members::desired_members(spec, &members::replacement_map(&live)).ok());
-    let pod_of: HashMap<&ReplicaName, &ReplicaPod> = seen
-        .pods
+    // Each member with the pod that serves it (a rollout's new pod, once it does).
+    let desired_now: Option<Vec<(ReplicaName, String)>> = seen.desired.as_ref().and_then(|_| {
+        let desired = members::desired_members(spec, &members::replacement_map(&live)).ok()?;
+        Some(
+            desired
+                .into_iter()
+                .map(|(name, pod)| {
+                    let pod = done.serving.get(&name).map_or(pod, |s| s.pod.clone());
+                    (name, pod)
+                })
+                .collect(),
+        )
+    });
+    let ready: HashSet<ReplicaName> = done
+        .serving
         .iter()
-        .filter(|p| p.state != PodState::Terminating)
-        .filter_map(|p| Some((p.name.as_ref()?, p)))
-        .filter(|(n, _)| !done.gone.contains(*n))
+        .filter(|(_, pod)| pod.routable)
+        .map(|(n, _)| n.clone())
         .collect();
-    let ready: HashSet<ReplicaName> = pod_of
-        .iter()
-        .filter(|(_, pod)| seen.health.get(&pod.uid).is_some_and(HealthState::routable))
-        .map(|(n, _)| (*n).clone())
-        .collect();
-    let existing: HashSet<ReplicaName> = pod_of
-        .keys()
-        .map(|n| (*n).clone())
-        .chain(done.created.iter().cloned())
-        .collect();
+    let existing: HashSet<ReplicaName> =
+        done.serving.keys().chain(&done.created).cloned().collect();
     let mut status = compute_status(
         spec,
         target.pool.metadata.generation,
@@ -811,6 +1019,19 @@ async fn report(target: &Target<'_>, ctx: &Context, seen: &Seen, done: &Done) ->
     // The scale subresource's label selector (an HPA reads it); a name that cannot
     // be a label value has none (and a Degraded condition says why).
     status.selector = (target.name.len() <= 63).then(|| format!("{POOL_LABEL}={}", target.name));
+    status.updated_replicas = status
+        .members
+        .iter()
+        .filter(|m| {
+            let name = ReplicaName::parse(&m.name).ok();
+            // A pod created this pass is made from the current template.
+            name.as_ref().is_some_and(|n| {
+                done.serving
+                    .get(n)
+                    .map_or(done.created.contains(n), |s| s.current)
+            })
+        })
+        .count() as u32;
     if status != old_status && ctx.leadership.is_leader() {
         let pools: Api<ServerPool> = Api::namespaced(ctx.client.clone(), &target.namespace);
         pools
@@ -845,25 +1066,27 @@ fn note(first: &mut Option<Error>, result: Result<(), Error>) {
 async fn create(
     ctx: &Context,
     target: &Target<'_>,
-    name: &ReplicaName,
-    problems: &mut Vec<Problem>,
-    first_error: &mut Option<Error>,
+    (name, pod): (&ReplicaName, &str),
+    why: &str,
+    seen: &mut Seen,
+    done: &mut Done,
 ) -> bool {
-    let pod = members::pod_name(name).unwrap_or_default();
-    match target.pods.create(name).await {
+    let problems = &mut seen.problems;
+    let first_error = &mut done.first_error;
+    match target.pods.create(name, pod).await {
         Ok(_) => {
             let event = PodEvent {
                 type_: EventType::Normal,
                 reason: "Created",
                 action: "CreatePod",
-                note: format!("created pod {pod} for replica {name}"),
+                note: format!("created pod {pod} for replica {name}{why}"),
             };
-            publish_event(ctx, target, &pod, event).await;
+            publish_event(ctx, target, pod, event).await;
             true
         }
         Err(CreateError::Api(error)) if is_status(&error, 409) => {
             // This pool's own pod, made by an earlier pass the watch has not shown yet?
-            match target.pods.owns(&pod).await {
+            match target.pods.owns(pod).await {
                 Ok(true) => return true,
                 Ok(false) => {}
                 Err(error) => {
@@ -879,7 +1102,7 @@ async fn create(
                 action: "CreatePod",
                 note: problem.clone(),
             };
-            publish_event(ctx, target, &pod, event).await;
+            publish_event(ctx, target, pod, event).await;
             problems.push(Problem {
                 reason: "PodConflict",
                 message: problem,
@@ -1012,8 +1235,9 @@ pub fn compute_status(
         }
     };
     ServerPoolStatus {
-        // Filled by the caller, which knows the pool's name.
+        // Filled by the caller, which knows the pool's name and its pods.
         selector: None,
+        updated_replicas: 0,
         replicas,
         ready_replicas,
         members,

@@ -238,7 +238,7 @@ fn template_pod(name: &ReplicaName) -> Pod {
             port: 5000,
         },
     )
-    .pod_manifest(name)
+    .pod_manifest(name, &members::pod_name(name).unwrap())
     .unwrap()
 }
 
