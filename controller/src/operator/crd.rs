@@ -483,7 +483,7 @@ mod tests {
             .flatten()
             .map(|c| c.name.as_str())
             .collect();
-        assert_eq!(columns, ["Desired", "Ready", "Age"]);
+        assert_eq!(columns, ["Desired", "Ready", "Up-to-date", "Age"]);
     }
 
     #[test]
