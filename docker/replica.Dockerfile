@@ -6,6 +6,6 @@
 FROM scratch
 COPY ringlb-replica /ringlb-replica
 USER 65532:65532
-ENV PORT=5000 REPLICA_HOST=0.0.0.0
+ENV PORT=5000 REPLICA_HOST=::
 EXPOSE 5000
 ENTRYPOINT ["/ringlb-replica"]

@@ -5,7 +5,7 @@
 //! subcommand, so `cargo run -- up` needs no second binary; `ringlb-replica` is the
 //! same server as a standalone binary for containers and benchmarks.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use axum::{
     Router,
@@ -24,7 +24,7 @@ pub struct ReplicaArgs {
     /// Port to listen on; 0 picks a free one (the chosen address is printed on stdout).
     #[arg(long, env = "PORT", default_value_t = 5000)]
     pub port: u16,
-    /// Address to listen on: 127.0.0.1 for local use, 0.0.0.0 in containers.
+    /// Address to listen on: 127.0.0.1 for local use, `::` (IPv6 and IPv4) in containers.
     #[arg(long, env = "REPLICA_HOST", default_value_t = IpAddr::V4(Ipv4Addr::LOCALHOST))]
     pub host: IpAddr,
 }
@@ -70,11 +70,54 @@ async fn not_found() -> impl IntoResponse {
     )
 }
 
+/// A listening TCP socket on `addr`. `[::]` listens on IPv6 *and* IPv4 whatever
+/// the host's `bindv6only` says, so one default serves IPv4, IPv6 and dual-stack
+/// clusters; where IPv6 is switched off, `[::]` falls back to `0.0.0.0`. With
+/// `reuse_port` several sockets may share the address (the proxy's workers).
+pub fn bind_tcp(addr: SocketAddr, reuse_port: bool) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let bind = |addr: SocketAddr| -> std::io::Result<std::net::TcpListener> {
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        if addr.ip() == IpAddr::V6(Ipv6Addr::UNSPECIFIED) {
+            socket.set_only_v6(false)?;
+        }
+        socket.set_reuse_address(true)?;
+        #[cfg(unix)]
+        if reuse_port {
+            socket.set_reuse_port(true)?;
+        }
+        socket.set_nonblocking(true)?;
+        socket.bind(&addr.into())?;
+        socket.listen(1024)?;
+        Ok(socket.into())
+    };
+    match bind(addr) {
+        Err(error) if addr.ip() == IpAddr::V6(Ipv6Addr::UNSPECIFIED) && no_ipv6(&error) => bind(
+            SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), addr.port()),
+        ),
+        result => result,
+    }
+}
+
+/// The errors of a host without IPv6 (disabled by sysctl, or not built in).
+fn no_ipv6(error: &std::io::Error) -> bool {
+    const EAFNOSUPPORT: i32 = 97;
+    const EADDRNOTAVAIL: i32 = 99;
+    matches!(error.raw_os_error(), Some(EAFNOSUPPORT | EADDRNOTAVAIL))
+        || error.kind() == std::io::ErrorKind::AddrNotAvailable
+        || error.kind() == std::io::ErrorKind::Unsupported
+}
+
+/// [`bind_tcp`] for a Tokio server.
+pub fn bind_tokio(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::from_std(bind_tcp(addr, false)?)
+}
+
 /// Binds, announces the address on stdout, and serves until SIGINT or SIGTERM.
 pub async fn run(args: ReplicaArgs) -> std::io::Result<()> {
     // Before announcing: a signal that follows the announcement must be caught.
     let shutdown = shutdown_signal();
-    let listener = TcpListener::bind(SocketAddr::new(args.host, args.port)).await?;
+    let listener = bind_tokio(SocketAddr::new(args.host, args.port))?;
     let local = listener.local_addr()?;
     // One line, flushed at once: the parent process waits for it.
     println!("{LISTENING_PREFIX}{local} as {}", args.id);
@@ -169,5 +212,20 @@ mod tests {
         let (status, body) = call("POST", "/home").await;
         assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
         assert!(body.contains("\"status\":\"failure\""));
+    }
+
+    #[test]
+    fn the_unspecified_ipv6_address_takes_ipv4_and_ipv6_clients() {
+        let listener = bind_tcp("[::]:0".parse().unwrap(), false).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        // Over IPv4 always; over IPv6 where the host has it (it falls back to
+        // 0.0.0.0 where it does not).
+        std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        if listener.local_addr().unwrap().is_ipv6() {
+            std::net::TcpStream::connect(("::1", port)).unwrap();
+        }
+        // Set on the socket, not left to the host's `bindv6only` (1 on some hosts).
+        let only_v6 = socket2::SockRef::from(&listener).only_v6().unwrap();
+        assert!(!only_v6 || !listener.local_addr().unwrap().is_ipv6());
     }
 }

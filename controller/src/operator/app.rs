@@ -8,7 +8,6 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::Args;
-use tokio::net::TcpListener;
 
 use super::leader::{self, LeaseSettings};
 use super::reconciler::{self, Context};
@@ -24,7 +23,7 @@ pub struct OperatorArgs {
     pub namespace: Option<String>,
 
     /// Address of the operations port: /metrics, /healthz, /readyz.
-    #[arg(long, env = "RINGLB_OPS_LISTEN", default_value = "0.0.0.0:5001")]
+    #[arg(long, env = "RINGLB_OPS_LISTEN", default_value = "[::]:5001")]
     pub ops_listen: SocketAddr,
 
     /// This pod's name: the reporting instance of Events, and who holds the leader lease.
@@ -43,8 +42,7 @@ pub struct OperatorArgs {
 
 pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
     let shutdown = ringlb_replica::shutdown_signal();
-    let ops_listener = TcpListener::bind(args.ops_listen)
-        .await
+    let ops_listener = ringlb_replica::bind_tokio(args.ops_listen)
         .with_context(|| format!("cannot listen on {} (operations port)", args.ops_listen))?;
 
     let (client, namespace) = super::connect(args.namespace.as_deref()).await?;

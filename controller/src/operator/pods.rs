@@ -180,7 +180,8 @@ impl KubeRuntime {
                     env: Some(vec![
                         env("SERVER_ID", name.to_string()),
                         env("PORT", self.template.port.to_string()),
-                        env("REPLICA_HOST", "0.0.0.0".to_owned()),
+                        // IPv4, IPv6 and dual-stack clusters alike.
+                        env("REPLICA_HOST", "::".to_owned()),
                     ]),
                     ports: Some(vec![ContainerPort {
                         name: Some("http".to_owned()),

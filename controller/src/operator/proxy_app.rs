@@ -9,7 +9,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Context as _;
 use clap::Args;
-use tokio::net::TcpListener;
 
 use super::proxy;
 use super::spec_admin::SpecAdmin;
@@ -32,11 +31,11 @@ pub struct PoolProxyArgs {
     pub namespace: Option<String>,
 
     /// Address of the load balancer.
-    #[arg(long, env = "RINGLB_LISTEN", default_value = "0.0.0.0:5000")]
+    #[arg(long, env = "RINGLB_LISTEN", default_value = "[::]:5000")]
     pub listen: SocketAddr,
 
     /// Address of the operations port: /metrics, /healthz, /readyz, /ring.
-    #[arg(long, env = "RINGLB_OPS_LISTEN", default_value = "0.0.0.0:5001")]
+    #[arg(long, env = "RINGLB_OPS_LISTEN", default_value = "[::]:5001")]
     pub ops_listen: SocketAddr,
 
     /// Upper bound on the number of replicas that /add may reach.
@@ -51,8 +50,7 @@ pub async fn run(args: PoolProxyArgs) -> anyhow::Result<()> {
     let shutdown = ringlb_replica::shutdown_signal();
     let proxy_listener = ProxyListeners::bind(args.listen, args.proxy.workers())
         .with_context(|| format!("cannot listen on {}", args.listen))?;
-    let ops_listener = TcpListener::bind(args.ops_listen)
-        .await
+    let ops_listener = ringlb_replica::bind_tokio(args.ops_listen)
         .with_context(|| format!("cannot listen on {} (operations port)", args.ops_listen))?;
     let (client, namespace) = super::connect(args.namespace.as_deref()).await?;
 
