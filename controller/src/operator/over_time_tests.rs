@@ -370,3 +370,43 @@ async fn a_rollout_to_an_image_that_cannot_start_stalls_with_the_old_pods_servin
         "{degraded}"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn two_pools_of_one_namespace_with_the_default_names_both_serve() {
+    let api = FakeApiServer::default();
+    api.put(POOLS, pool(2, Value::Null));
+    let kubelet = Kubelet::start(&api, |_| Outcome::Run);
+    let operator = Operator::start(&api, kubelet.prober());
+    let ready = |name: &str| {
+        api.get(POOLS, name)
+            .is_some_and(|p| p["status"]["readyReplicas"] == 2)
+    };
+    while !ready("demo") {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // A second pool wants Server1 and Server2 too: pods server1 and server2 are
+    // demo's, so its slots take free emergency names instead of waiting forever.
+    let mut web = pool(2, Value::Null);
+    web["metadata"]["name"] = json!("web");
+    web["metadata"]["uid"] = json!("uid-web");
+    api.put(POOLS, web);
+    let began = tokio::time::Instant::now();
+    while !ready("web") {
+        assert!(began.elapsed() < Duration::from_secs(30));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    operator.stop().await;
+    assert_eq!(
+        api.names(PODS),
+        ["emergency-1", "emergency-2", "server1", "server2"]
+    );
+    let web = api.get(POOLS, "web").unwrap()["status"].clone();
+    assert_eq!(web["conditions"][1]["status"], "False", "{web}");
+    let members: Vec<&str> = web["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(members, ["emergency_1", "emergency_2"]);
+}

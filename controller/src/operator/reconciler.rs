@@ -78,6 +78,8 @@ struct PoolMemory {
     /// leader counts from when it first sees the slot fail: it waits at least as
     /// long as the old one would have.)
     last_replaced: HashMap<String, tokio::time::Instant>,
+    /// Pod names a create found held by a pod that is not this pool's.
+    conflicts: HashSet<String>,
     /// Failed passes in a row, for the backoff.
     failures: u32,
 }
@@ -353,6 +355,9 @@ struct Seen {
     /// The replica names of every pool's pods in the namespace: pod names are the
     /// namespace's, so an emergency number another pool uses is not free.
     taken: Vec<ReplicaName>,
+    /// Pod names held by pods that are not this pool's: other pools' (from the
+    /// watch) and others' (a create refused with 409).
+    held_elsewhere: HashSet<String>,
     now: Timestamp,
     /// When each slot was last replaced, by this process.
     last_replaced: HashMap<String, tokio::time::Instant>,
@@ -448,13 +453,23 @@ async fn observe(target: &Target<'_>, ctx: &Context) -> Result<Seen, Error> {
     } else {
         None
     };
-    let taken = ctx
+    let in_namespace: Vec<ReplicaPod> = ctx
         .pods
         .state()
         .iter()
         .filter(|pod| pod.metadata.namespace.as_deref() == Some(target.namespace.as_str()))
-        .filter_map(|pod| replica_pod(pod).name)
+        .map(|pod| replica_pod(pod))
         .collect();
+    let taken = in_namespace.iter().filter_map(|p| p.name.clone()).collect();
+    let mut held_elsewhere: HashSet<String> = in_namespace
+        .into_iter()
+        .filter(|p| !pods.iter().any(|ours| ours.uid == p.uid))
+        .map(|p| p.pod)
+        .collect();
+    // (Taken: a name that is free again later is not renamed for an old 409.)
+    held_elsewhere.extend(ctx.with_memory(&target.key, &target.uid, |m| {
+        std::mem::take(&mut m.conflicts)
+    }));
     Ok(Seen {
         pods,
         health,
@@ -462,6 +477,7 @@ async fn observe(target: &Target<'_>, ctx: &Context) -> Result<Seen, Error> {
         desired,
         problems,
         taken,
+        held_elsewhere,
         now: (ctx.clock)(),
         last_replaced,
         instant,
@@ -557,7 +573,10 @@ async fn apply(target: &Target<'_>, ctx: &Context, seen: &mut Seen) -> Done {
                 replacement,
             } => {
                 let (pod, uid) = work.pod_of.get(&failed).cloned().unwrap_or_default();
-                let served = seen.health.get(&uid).is_some_and(|h| h.served);
+                // A name whose pod name is held elsewhere never had a pod: it is
+                // renamed, not failed (no backoff).
+                let held_elsewhere = pod.is_empty();
+                let served = held_elsewhere || seen.health.get(&uid).is_some_and(|h| h.served);
                 seen.replacements =
                     members::record_replacement(&seen.replacements, &failed, &replacement, served);
                 let slot = members::slot_of(&replacement, &seen.replacements);
@@ -569,17 +588,29 @@ async fn apply(target: &Target<'_>, ctx: &Context, seen: &mut Seen) -> Done {
                 });
                 ctx.metrics.replacements.inc();
                 let why = match seen.pods.iter().find(|p| p.uid == uid).map(|p| p.state) {
+                    _ if held_elsewhere => "its pod name is held by a pod that is not this pool's",
                     Some(PodState::Exited) => "its container exited",
                     Some(PodState::Terminating) => "its pod is stuck terminating",
                     _ => "failed its heartbeats",
+                };
+                let pod_shown = if held_elsewhere {
+                    members::pod_name(&failed).unwrap_or_default()
+                } else {
+                    pod.clone()
                 };
                 let event = PodEvent {
                     type_: EventType::Warning,
                     reason: "Replaced",
                     action: "ReplacePod",
-                    note: format!("replica {failed} (pod {pod}): {why}; replaced by {replacement}"),
+                    note: format!(
+                        "replica {failed} (pod {pod_shown}): {why}; replaced by {replacement}"
+                    ),
                 };
-                remove_pod(ctx, target, &mut done, (&pod, &uid), true, event).await;
+                if held_elsewhere {
+                    publish_event(ctx, target, &pod_shown, event).await;
+                } else {
+                    remove_pod(ctx, target, &mut done, (&pod, &uid), true, event).await;
+                }
                 done.gone.insert(failed);
                 let pod = members::pod_name(&replacement).unwrap_or_default();
                 if create(ctx, target, (&replacement, &pod), "", seen, &mut done).await {
@@ -757,7 +788,7 @@ fn plan_pass(desired: &[(ReplicaName, String)], seen: &Seen) -> PassWork {
             by_name.insert(name, pod);
         }
     }
-    let observed: Vec<Observed> = by_name
+    let mut observed: Vec<Observed> = by_name
         .iter()
         .map(|(n, pod)| Observed {
             name: n.clone(),
@@ -770,6 +801,17 @@ fn plan_pass(desired: &[(ReplicaName, String)], seen: &Seen) -> PassWork {
             },
         })
         .collect();
+    // Pod names are the namespace's: a desired name whose pod name another pool's
+    // pod (or someone else's) holds can never have its pod, so its slot takes a
+    // free emergency name, as a failed replica's would.
+    for (name, pod) in desired {
+        if !by_name.contains_key(name) && seen.held_elsewhere.contains(pod) {
+            observed.push(Observed {
+                name: name.clone(),
+                health: Health::Failed,
+            });
+        }
+    }
     // A name whose old pod is still terminating waits for it to go.
     let wanted: Vec<ReplicaName> = desired
         .iter()
@@ -1094,6 +1136,10 @@ async fn create(
                     return false;
                 }
             }
+            // The next pass gives the slot another name.
+            ctx.with_memory(&target.key, &target.uid, |m| {
+                m.conflicts.insert(pod.to_owned())
+            });
             let problem =
                 format!("pod {pod} for replica {name} already exists and is not this pool's");
             let event = PodEvent {
