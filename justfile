@@ -81,3 +81,10 @@ e2e:
 # Delete the kind cluster.
 kind-down:
     kind delete cluster --name ringlb
+
+# --- Docker (see README, Docker) ---
+
+# The Docker tests (tests/docker.rs) on freshly built images, with their figures: time
+# until N serve again and failed requests after docker kill/stop/pause/network disconnect.
+test-docker: image
+    cargo test --test docker -- --nocapture

@@ -20,7 +20,7 @@ use crate::proxy::{ProxyArgs, ProxySettings};
 use crate::publish::{PoolView, Publisher};
 use crate::replica_name::ReplicaName;
 use crate::ring::{Algorithm, HashFn, Preset, RingConfig};
-use crate::runtime::{ExternalRuntime, ProcessRuntime, Runtime};
+use crate::runtime::{DockerRuntime, DockerSettings, ExternalRuntime, ProcessRuntime, Runtime};
 use crate::serving::Serving;
 
 /// A replica that ringlb fronts but did not start: `NAME=HOST:PORT`.
@@ -44,6 +44,15 @@ impl std::str::FromStr for ExternalReplica {
             .ok_or_else(|| format!("'{target}' resolves to no address"))?;
         Ok(Self { name, addr })
     }
+}
+
+/// Where `ringlb up` runs its replicas.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum RuntimeKind {
+    /// Child processes on --replica-host (127.0.0.1).
+    Process,
+    /// Containers from --replica-image on --docker-network.
+    Docker,
 }
 
 #[derive(Debug, Args)]
@@ -112,6 +121,30 @@ pub struct UpArgs {
     /// Address local replicas listen on.
     #[arg(long, env = "RINGLB_REPLICA_HOST", default_value_t = IpAddr::V4(Ipv4Addr::LOCALHOST))]
     pub replica_host: IpAddr,
+
+    /// Where replicas run: `process` (children of ringlb) or `docker` (containers,
+    /// through the Docker Engine at DOCKER_HOST or /var/run/docker.sock).
+    #[arg(long, env = "RINGLB_RUNTIME", value_enum, default_value_t = RuntimeKind::Process)]
+    pub runtime: RuntimeKind,
+
+    /// Image of the replica containers (--runtime docker); `just image` builds it.
+    #[arg(
+        long,
+        env = "RINGLB_REPLICA_IMAGE",
+        default_value = "ringlb-replica:dev"
+    )]
+    pub replica_image: String,
+
+    /// User-defined bridge network of the replica containers, created if missing
+    /// (--runtime docker). It also names the pool: at start, ringlb removes the
+    /// containers an earlier run on this network left, so run one ringlb per network.
+    #[arg(long, env = "RINGLB_DOCKER_NETWORK", default_value = "ringlb")]
+    pub docker_network: String,
+
+    /// Put before every container name (--runtime docker), for several pools on one
+    /// Engine: with `t1-`, the replica Server1 is the container t1-Server1.
+    #[arg(long, env = "RINGLB_DOCKER_NAME_PREFIX", default_value = "")]
+    pub docker_name_prefix: String,
 }
 
 impl UpArgs {
@@ -195,9 +228,27 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     };
     if args.external.is_empty() {
         let names = args.initial_names().map_err(anyhow::Error::msg)?;
-        let runtime = Arc::new(ProcessRuntime::current_exe(args.replica_host)?);
-        serve(runtime, names, settings, front).await
+        match args.runtime {
+            RuntimeKind::Process => {
+                let runtime = Arc::new(ProcessRuntime::current_exe(args.replica_host)?);
+                serve(runtime, names, settings, front).await
+            }
+            RuntimeKind::Docker => {
+                let runtime = Arc::new(
+                    DockerRuntime::connect(DockerSettings {
+                        image: args.replica_image.clone(),
+                        network: args.docker_network.clone(),
+                        name_prefix: args.docker_name_prefix.clone(),
+                    })
+                    .await?,
+                );
+                serve(runtime, names, settings, front).await
+            }
+        }
     } else {
+        if args.runtime != RuntimeKind::Process {
+            anyhow::bail!("--replica fronts servers ringlb does not start: it takes no --runtime");
+        }
         let runtime = Arc::new(ExternalRuntime::new(
             args.external.iter().map(|r| (r.name.clone(), r.addr)),
         ));
@@ -300,4 +351,32 @@ fn announce(
         );
     }
     println!("ringlb: try `curl http://{proxy_addr}/home`; Ctrl-C stops everything");
+}
+
+/// `ringlb healthcheck`: the container health check of images without a shell or
+/// curl (compose.yaml). GETs the URL; success only on a 2xx answer in time.
+#[derive(Debug, Args)]
+pub struct HealthcheckArgs {
+    /// What to ask: by default the operations port's readiness.
+    #[arg(long, default_value = "http://127.0.0.1:5001/readyz")]
+    pub url: String,
+
+    /// How long the answer may take.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+}
+
+pub async fn healthcheck(args: HealthcheckArgs) -> anyhow::Result<()> {
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(args.timeout)
+        .build()?;
+    let response = http
+        .get(&args.url)
+        .send()
+        .await
+        .with_context(|| format!("GET {}", args.url))?;
+    let status = response.status();
+    anyhow::ensure!(status.is_success(), "GET {} answered {status}", args.url);
+    Ok(())
 }

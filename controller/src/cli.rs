@@ -20,7 +20,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the load balancer with its replicas (local processes by default,
-    /// or servers you already run with --replica).
+    /// containers with --runtime docker, or servers you already run with --replica).
     Up(Box<UpArgs>),
     /// Run one replica server (what `up` starts for each replica).
     Replica(ringlb_replica::ReplicaArgs),
@@ -35,6 +35,9 @@ pub enum Command {
     /// In a Kubernetes cluster: serve one ServerPool (--pool) through the ring, from
     /// its watched pods; run as many replicas as you like.
     Proxy(Box<crate::operator::proxy_app::PoolProxyArgs>),
+    /// Exit 0 if --url (default: the operations port's /readyz) answers 2xx: the
+    /// health check of a container image that has no shell or curl.
+    Healthcheck(crate::app::HealthcheckArgs),
 }
 
 #[cfg(test)]

@@ -19,6 +19,7 @@ async fn main() -> anyhow::Result<()> {
             ringlb::telemetry::init();
             ringlb::operator::proxy_app::run(*args).await
         }
+        Command::Healthcheck(args) => ringlb::app::healthcheck(args).await,
         Command::Crd => {
             print!("{}", ringlb::operator::crd::crd_yaml());
             Ok(())

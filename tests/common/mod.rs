@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub mod fake_replica;
+pub mod load;
 
 use ringlb::analysis::deploy::{Announcement, keep_tail};
 // The process helpers `ringlb analyze` uses to clean up after its deployments. Each

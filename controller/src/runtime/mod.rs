@@ -1,9 +1,10 @@
 //! Where replicas live. One small trait, [`Runtime`]: start, stop, list. The
 //! supervisor decides *what* to do (the pool's plan); a runtime only knows *how*:
-//! child processes on loopback ([`process`]), or servers that ringlb fronts but did
-//! not start ([`external`]). (The operator's pods are `operator::pods`: the
-//! reconciler drives them itself.)
+//! child processes on loopback ([`process`]), containers on a Docker network
+//! ([`docker`]), or servers that ringlb fronts but did not start ([`external`]).
+//! (The operator's pods are `operator::pods`: the reconciler drives them itself.)
 
+pub mod docker;
 pub mod external;
 pub mod process;
 
@@ -12,6 +13,7 @@ use std::net::SocketAddr;
 
 use crate::replica_name::ReplicaName;
 
+pub use docker::{DockerRuntime, DockerSettings};
 pub use external::ExternalRuntime;
 pub use process::ProcessRuntime;
 
