@@ -351,7 +351,7 @@ freeze server3 replica
 wait_until 120 "pod emergency-1 exists" 'k get pod emergency-1'
 wait_until 60 "pod server3 gone" '! k get pod server3'
 wait_until 120 "5 replicas ready with the emergency one" '[ "$(sp_field .status.readyReplicas)" = 5 ]'
-[ "$(sp_field '.status.emergencyReplacements[0].failed')" = Server3 ] || fail "replacement not recorded"
+[ "$(sp_field '.status.emergencyReplacements[0].original')" = Server3 ] || fail "replacement not recorded"
 [ "$(sp_field '.status.emergencyReplacements[0].replacement')" = emergency_1 ] ||
     fail "replacement name"
 [ "$(k get pod emergency-1 -o jsonpath='{.metadata.labels.ringlb\.dev/member}')" = emergency_1 ] ||
@@ -491,7 +491,7 @@ wait_until $((${duration:-15} + 20)) "the standby $standby holds the lease" '[ "
 k delete pod "$leader" --grace-period=0 --force
 k rollout status deploy/ringlb-operator --timeout=120s
 [ "$(holder)" = "$standby" ] || fail "the lease moved from $standby to $(holder)"
-replacement_of() { sp_field ".status.emergencyReplacements[?(@.failed==\"$1\")].replacement"; }
+replacement_of() { sp_field ".status.emergencyReplacements[?(@.original==\"$1\")].replacement"; }
 freeze server1 replica
 wait_until 120 "Server1 replaced under the new leader" '[ -n "$(replacement_of Server1)" ]'
 replacement=$(replacement_of Server1)
@@ -513,6 +513,30 @@ step "kubectl scale sp/demo --replicas=3"
 k scale sp/demo --replicas=3
 wait_until 120 "3 pods" '[ "$(k get pods -l ringlb.dev/pool=demo --no-headers | grep -vc Terminating)" = 3 ]'
 wait_until 60 "3 replicas ready" '[ "$(sp_field .status.readyReplicas)" = 3 ]'
+k get sp
+
+step "a new port rolls the pods one at a time, every request served"
+# The same image on another port: a new pod template, so every replica is rolled.
+before=$(k get pods -l ringlb.dev/pool=demo -o jsonpath='{range .items[*]}{.metadata.name}{"\n"}{end}')
+replaced_before=$(sp_field .status.emergencyReplacements)
+k patch sp demo --type merge -p '{"spec":{"port":5100}}'
+served=0
+deadline=$((SECONDS + 300))
+until [ "$(sp_field .status.updatedReplicas)" = 3 ] && [ "$(sp_field .status.readyReplicas)" = 3 ]; do
+    [ $SECONDS -lt $deadline ] || fail "rollout not done in 300 s"
+    curl -fsS --max-time 5 "$LB/home" >/dev/null || fail "request $served failed during the rollout"
+    served=$((served + 1))
+    sleep 0.2
+done
+echo "ok: $served requests during the rollout, none failed"
+[ "$(sp_field .status.emergencyReplacements)" = "$replaced_before" ] ||
+    fail "a replica was replaced during the rollout: $(sp_field .status.emergencyReplacements)"
+for pod in $(k get pods -l ringlb.dev/pool=demo -o jsonpath='{.items[*].metadata.name}'); do
+    port=$(k get pod "$pod" -o jsonpath='{.spec.containers[0].ports[0].containerPort}')
+    [ "$port" = 5100 ] || fail "pod $pod still on port $port"
+done
+k get events --field-selector reason=Created -o name | grep -q . || fail "no Created event"
+echo "pods before: $(echo $before)"
 k get sp
 
 echo

@@ -13,6 +13,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
@@ -42,6 +43,8 @@ struct State {
     history: Vec<(u64, String, &'static str, Value)>,
     version: u64,
     calls: Vec<ApiCall>,
+    /// Requests answered with an error instead: (method, path suffix, code, until).
+    faults: Vec<(String, String, u16, tokio::time::Instant)>,
 }
 
 #[derive(Clone)]
@@ -100,6 +103,16 @@ impl FakeApiServer {
             .unwrap_or_default()
     }
 
+    /// Answers `method` requests whose path ends with `path_suffix` with HTTP
+    /// `code` for the next `duration` (of tokio's clock, so paused tests can use it).
+    pub fn fail(&self, method: &str, path_suffix: &str, code: u16, duration: Duration) {
+        let until = tokio::time::Instant::now() + duration;
+        let mut state = self.state.lock().unwrap();
+        state
+            .faults
+            .push((method.to_owned(), path_suffix.to_owned(), code, until));
+    }
+
     /// Every change so far, in order: (collection, `ADDED`/`MODIFIED`/`DELETED`, object).
     pub fn history(&self) -> Vec<(String, &'static str, Value)> {
         let state = self.state.lock().unwrap();
@@ -156,11 +169,25 @@ impl FakeApiServer {
         let body: Value = serde_json::from_slice(&bytes)
             .or_else(|_| serde_yaml::from_slice(&bytes))
             .unwrap_or(Value::Null);
-        self.state.lock().unwrap().calls.push(ApiCall {
-            method: method.clone(),
-            path: path.clone(),
-            query: query.clone(),
-        });
+        let fault = {
+            let mut state = self.state.lock().unwrap();
+            state.calls.push(ApiCall {
+                method: method.clone(),
+                path: path.clone(),
+                query: query.clone(),
+            });
+            let now = tokio::time::Instant::now();
+            state.faults.retain(|(_, _, _, until)| *until > now);
+            state
+                .faults
+                .iter()
+                .find(|(m, suffix, _, _)| *m == method && path.ends_with(suffix.as_str()))
+                .map(|(_, _, code, _)| *code)
+        };
+        if let Some(code) = fault {
+            let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            return answer(status, status_body(code, "InternalError", "injected fault"));
+        }
         let Some(target) = Target::parse(&path) else {
             return answer(StatusCode::NOT_FOUND, status_body(404, "NotFound", &path));
         };

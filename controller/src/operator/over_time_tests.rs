@@ -20,6 +20,8 @@ use super::pods::{CONTAINER, PodTemplate, TEMPLATE_LABEL};
 use super::reconciler::{self, Context};
 use crate::metrics::Metrics;
 use crate::pool::health::Prober;
+use crate::publish::Publisher;
+use crate::ring::RingConfig;
 
 /// What the fake kubelet does with a new pod.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -409,4 +411,68 @@ async fn two_pools_of_one_namespace_with_the_default_names_both_serve() {
         .map(|m| m["name"].as_str().unwrap())
         .collect();
     assert_eq!(members, ["emergency_1", "emergency_2"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn failing_status_writes_do_not_keep_a_frozen_replica_in_the_proxys_ring() {
+    let api = FakeApiServer::default();
+    api.put(POOLS, pool(3, Value::Null));
+    let kubelet = Kubelet::start(&api, |_| Outcome::Run);
+    let operator = Operator::start(&api, kubelet.prober());
+    // A proxy of the pool, as `ringlb proxy` runs it.
+    let metrics = Arc::new(Metrics::new());
+    let publisher = Arc::new(Publisher::new(&RingConfig::default(), metrics));
+    let (stop_proxy, proxy_stopped) = oneshot::channel::<()>();
+    let proxy = tokio::spawn({
+        let (client, publisher) = (api.client(), publisher.clone());
+        async move {
+            let (_reports, reported) = tokio::sync::mpsc::channel(1);
+            super::proxy::run(client, "default", "demo", publisher, reported, async {
+                let _ = proxy_stopped.await;
+            })
+            .await
+        }
+    });
+    let in_ring = || -> Vec<String> {
+        let members = publisher.table().membership();
+        members.iter().map(|(name, _)| name.to_string()).collect()
+    };
+    while in_ring().len() != 3 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    // Every status write fails for 20 s; then Server2 stops answering.
+    api.fail("PATCH", "/status", 500, Duration::from_secs(20));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let server2 = api.get(PODS, "server2").unwrap()["status"]["podIP"]
+        .as_str()
+        .unwrap()
+        .parse::<IpAddr>()
+        .unwrap();
+    kubelet
+        .up
+        .lock()
+        .unwrap()
+        .retain(|addr| addr.ip() != server2);
+    let frozen = tokio::time::Instant::now();
+    // Out of the proxy's ring within its heartbeats (100 ms, one failure), though no
+    // status can be written: its pod is deleted, which the proxy's watch shows.
+    while in_ring().contains(&"Server2".to_owned()) {
+        assert!(frozen.elapsed() < Duration::from_secs(2), "{:?}", in_ring());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(in_ring(), ["Server1", "Server3"]);
+    // Once status writes succeed again, its replacement joins.
+    while in_ring() != ["Server1", "Server3", "emergency_1"] {
+        assert!(
+            frozen.elapsed() < Duration::from_secs(60),
+            "{:?}",
+            in_ring()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(frozen.elapsed() > Duration::from_secs(19));
+    let _ = stop_proxy.send(());
+    proxy.await.unwrap();
+    operator.stop().await;
 }
