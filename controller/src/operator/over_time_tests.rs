@@ -476,3 +476,51 @@ async fn failing_status_writes_do_not_keep_a_frozen_replica_in_the_proxys_ring()
     proxy.await.unwrap();
     operator.stop().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_invalid_hashing_spec_is_reported_and_the_pods_are_still_kept_alive() {
+    let api = FakeApiServer::default();
+    api.put(POOLS, pool(2, Value::Null));
+    let kubelet = Kubelet::start(&api, |_| Outcome::Run);
+    let operator = Operator::start(&api, kubelet.prober());
+    let status = || api.get(POOLS, "demo").unwrap()["status"].clone();
+    while status()["readyReplicas"] != 2 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Maglev with a table size that is not prime (the CEL rule refuses it at
+    // admission; an API server without CEL, or an older CRD, lets it through).
+    let mut invalid = api.get(POOLS, "demo").unwrap();
+    invalid["spec"]["hashing"] = json!({"algorithm": "maglev", "slots": 100});
+    invalid["metadata"]["generation"] = json!(2);
+    api.put(POOLS, invalid);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Hashing is the proxies' concern (they keep their last good ring); a replica
+    // that fails meanwhile is still replaced.
+    let server2 = api.get(PODS, "server2").unwrap()["status"]["podIP"]
+        .as_str()
+        .unwrap()
+        .parse::<IpAddr>()
+        .unwrap();
+    kubelet
+        .up
+        .lock()
+        .unwrap()
+        .retain(|addr| addr.ip() != server2);
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    operator.stop().await;
+
+    assert_eq!(api.names(PODS), ["emergency-1", "server1"]);
+    let now = status();
+    assert_eq!(now["readyReplicas"], 2, "{now}");
+    let degraded = &now["conditions"][1];
+    assert_eq!(degraded["status"], "True", "{now}");
+    assert_eq!(degraded["reason"], "InvalidSpec", "{now}");
+    assert!(
+        degraded["message"]
+            .as_str()
+            .unwrap()
+            .contains("spec.hashing"),
+        "{now}"
+    );
+    assert_eq!(degraded["observedGeneration"], 2, "{now}");
+}

@@ -373,10 +373,13 @@ struct Seen {
 async fn observe(target: &Target<'_>, ctx: &Context) -> Result<Seen, Error> {
     let spec = &target.pool.spec;
     let mut problems: Vec<Problem> = Vec::new();
+    // Hashing is the proxies' business (they keep their last good ring): the pods
+    // are still kept alive while it is wrong.
     if let Err(error) = spec.ring_config() {
         problems.push(Problem::invalid_spec(format!("spec.hashing: {error}")));
     }
-    if target.name.len() > 63 {
+    let unnamable = target.name.len() > 63;
+    if unnamable {
         problems.push(Problem::invalid_spec(
             "a pool name longer than 63 characters cannot label its pods".into(),
         ));
@@ -446,12 +449,12 @@ async fn observe(target: &Target<'_>, ctx: &Context) -> Result<Seen, Error> {
             },
         )
         .await;
-    let desired = if problems.is_empty() {
+    let desired = if unnamable {
+        None
+    } else {
         members::desired_members(spec, &members::replacement_map(&replacements))
             .map_err(|error| problems.push(Problem::invalid_spec(error.to_string())))
             .ok()
-    } else {
-        None
     };
     let in_namespace: Vec<ReplicaPod> = ctx
         .pods
