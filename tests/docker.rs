@@ -404,6 +404,161 @@ async fn a_start_after_kill_9_removes_the_orphans() {
     pool.assert_gone();
 }
 
+/// A folder of `ringlb analyze`'s output, removed at the end (also when the test fails).
+struct OutDir(PathBuf);
+
+impl Drop for OutDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Runs `ringlb analyze args…` with its output in `log`; after `timeout` it is killed
+/// (and the test fails). Always reaped.
+fn analyze(args: &[&str], log: &std::path::Path, timeout: Duration) -> std::process::ExitStatus {
+    let file = std::fs::File::create(log).unwrap();
+    let mut child = Command::new(common::RINGLB)
+        .arg("analyze")
+        .args(args)
+        .env_remove("RINGLB_ADMIN_TOKEN")
+        .stdin(std::process::Stdio::null())
+        .stdout(file.try_clone().unwrap())
+        .stderr(file)
+        .spawn()
+        .expect("spawn ringlb analyze");
+    let deadline = Instant::now() + timeout;
+    loop {
+        // Polling a child's exit against a deadline: std has no wait with a timeout.
+        match child.try_wait().expect("wait for ringlb analyze") {
+            Some(status) => return status,
+            None if Instant::now() >= deadline => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "ringlb analyze did not finish within {timeout:?}:\n{}",
+                    std::fs::read_to_string(log).unwrap_or_default()
+                );
+            }
+            None => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
+}
+
+/// `ringlb analyze --target` (A3 only, one kill) against a ringlb whose replicas are
+/// containers: `/ring` names each member's container, and A3 kills one through the
+/// Engine and times its replacement, as it does for a replica process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn analyze_kills_a_replica_container_and_times_n_serving_again() {
+    let Some(pool) = Pool::new("analyze") else {
+        return;
+    };
+    let mut lb = start(&pool).await;
+    // /ring names the container of each member, and no pid.
+    let ring = lb.ring_json().await;
+    for member in ring["members"].as_array().unwrap() {
+        let name = member["name"].as_str().unwrap();
+        assert_eq!(member["container"], json!(pool.container(name)), "{member}");
+        assert_eq!(member["pid"], json!(null), "{member}");
+    }
+
+    let out =
+        OutDir(std::env::temp_dir().join(format!("ringlb-docker-analyze-{}", std::process::id())));
+    let _ = std::fs::remove_dir_all(&out.0);
+    std::fs::create_dir_all(&out.0).unwrap();
+    let log = out.0.join("analyze.log");
+    let (target, ops) = (lb.proxy_url(""), lb.ops_url(""));
+    let status = tokio::task::spawn_blocking({
+        let out = out.0.to_str().unwrap().to_owned();
+        let log = log.clone();
+        move || {
+            analyze(
+                &[
+                    "--target",
+                    &target,
+                    "--ops-target",
+                    &ops,
+                    "--out",
+                    &out,
+                    "--experiments",
+                    "a3",
+                    "--kills",
+                    "1",
+                ],
+                &log,
+                Duration::from_secs(120),
+            )
+        }
+    })
+    .await
+    .unwrap();
+    let log = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(status.success(), "ringlb analyze failed ({status}):\n{log}");
+
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.0.join("results.json")).unwrap())
+            .unwrap();
+    let recovery = &json["recovery"];
+    for check in recovery["endpoints"].as_array().unwrap() {
+        assert_eq!(check["passed"], true, "{check}");
+    }
+    let kills = recovery["kills"].as_array().unwrap();
+    assert_eq!(kills.len(), 1, "no container was killed: {recovery}");
+    let kill = &kills[0];
+    // The first in natural order, by its container, through the Engine.
+    assert_eq!(kill["killed"], "Server1", "{kill}");
+    assert_eq!(
+        kill["container"],
+        json!(pool.container("Server1")),
+        "{kill}"
+    );
+    assert_eq!(kill["pid"], json!(null), "{kill}");
+    assert_eq!(kill["replacement"], "emergency_1", "{kill}");
+    let again = kill["serving_again_ms"].as_f64();
+    assert!(
+        again.is_some_and(|ms| ms > 0.0),
+        "N did not serve again: {kill}"
+    );
+    assert_eq!(kill["failed"], 0, "{kill}");
+    assert_eq!(recovery["loop_failed"], 0, "{recovery}");
+    println!(
+        "figures: analyze A3 on containers -> killed {}, N=3 served again after {:.0} ms; \
+         {} requests meanwhile, {} failed",
+        kill["container"],
+        again.unwrap_or_default(),
+        kill["requests"],
+        kill["failed"]
+    );
+    let md = std::fs::read_to_string(out.0.join("results.md")).unwrap();
+    let row = format!(
+        "| Server1 (container {}) | emergency_1 |",
+        pool.container("Server1")
+    );
+    assert!(md.contains(&row), "results.md has no row {row:?}:\n{md}");
+
+    // What the report says happened did: Server1's container is gone, replaced by a
+    // running emergency_1, and N = 3 serve.
+    let expected = ["emergency_1", "Server2", "Server3"];
+    let ring = healed(&lb, &expected)
+        .await
+        .expect("N = 3 serving after analyze");
+    assert_eq!(
+        ring["replacements"],
+        json!([{"failed": "Server1", "replacement": "emergency_1"}])
+    );
+    assert_eq!(pool.running(), ["Server2", "Server3", "emergency_1"]);
+    assert!(
+        !pool.containers().contains_key("Server1"),
+        "{:?}",
+        pool.containers()
+    );
+
+    let status = lb
+        .signal_and_wait(libc::SIGINT, Duration::from_secs(30))
+        .expect("ringlb exits after SIGINT");
+    assert!(status.success(), "exit status after SIGINT: {status}");
+    pool.assert_gone();
+}
+
 /// `docker compose`, or the standalone `docker-compose` where the plugin is missing.
 fn compose_command() -> Option<Vec<&'static str>> {
     let works = |cmd: &[&str]| {

@@ -114,7 +114,7 @@ async fn ring(State(publisher): State<Arc<Publisher>>) -> impl IntoResponse {
         .members
         .iter()
         .map(|m| {
-            json!({
+            let mut member = json!({
                 "name": m.name,
                 "address": m.address,
                 "pid": m.pid,
@@ -122,7 +122,12 @@ async fn ring(State(publisher): State<Arc<Publisher>>) -> impl IntoResponse {
                 "consecutive_failures": m.consecutive_failures,
                 "in_ring": m.in_ring,
                 "share": share_of(m.name.as_str()),
-            })
+            });
+            // A replica container (`--runtime docker`): what `docker ps` calls it.
+            if let Some(container) = &m.container {
+                member["container"] = json!(container);
+            }
+            member
         })
         .collect();
     Json(json!({

@@ -27,6 +27,9 @@ pub struct MemberInfo {
     pub name: String,
     #[serde(default)]
     pub pid: Option<u32>,
+    /// Its container, when the load balancer runs replicas as containers.
+    #[serde(default)]
+    pub container: Option<String>,
     pub health: String,
     pub in_ring: bool,
     /// Share of the key space (0..1) when in the ring.

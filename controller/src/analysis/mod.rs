@@ -61,7 +61,7 @@ pub struct AnalyzeArgs {
     pub target: Option<String>,
 
     /// The operations port of --target (for health, key-space shares, and the pids
-    /// that A3 needs to kill replicas).
+    /// or containers that A3 needs to kill replicas).
     #[arg(long, value_name = "URL", requires = "target")]
     pub ops_target: Option<String>,
 
@@ -630,9 +630,10 @@ async fn remote(
         let mut recovery = Recovery::default();
         recovery.endpoints = recovery::check_endpoints(&api).await?;
         if api.ops.is_none() {
-            recovery
-                .notes
-                .push("no replica killed: A3 needs --ops-target to find replica pids".into());
+            recovery.notes.push(
+                "no replica killed: A3 needs --ops-target to find replica pids or containers"
+                    .into(),
+            );
         } else if args.kills > 0 {
             recovery::kill_replicas(&api, None, args.kills, &mut recovery).await?;
         }

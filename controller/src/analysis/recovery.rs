@@ -1,5 +1,7 @@
 //! A3 — failure recovery: every endpoint once, then replicas killed under a steady
-//! request loop, timed from the operations port.
+//! request loop, timed from the operations port. A replica process on this machine is
+//! killed with SIGKILL; a replica container (`--runtime docker`, compose) with
+//! `docker kill` through the Engine API. The rest is the same for both.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -13,6 +15,7 @@ use super::api::{Endpoint, RingView, rep_names};
 use super::count::{Outcome, server_name};
 use super::deploy::{Deployment, is_replica_process, signal};
 use super::load::get;
+use crate::runtime::docker::{connect_engine, kill_container, replica_container_id};
 
 /// How long one kill may take to be detected and healed before it is given up.
 const KILL_TIMEOUT: Duration = Duration::from_secs(20);
@@ -51,7 +54,12 @@ pub struct EndpointCheck {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Kill {
     pub killed: String,
-    pub pid: u32,
+    /// Its process, when a replica process was killed.
+    #[serde(default)]
+    pub pid: Option<u32>,
+    /// Its container, when a replica container was killed (`docker kill`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
     pub replacement: Option<String>,
     /// It left the ring (a failed request marked it suspect, or heartbeats failed).
     pub left_ring_ms: Option<f64>,
@@ -258,16 +266,61 @@ impl SteadyLoop {
     }
 }
 
+/// How a replica is killed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Victim {
+    /// A replica process on this machine: SIGKILL.
+    Process(u32),
+    /// A replica container, named as the Engine knows it: `docker kill`.
+    Container(String),
+}
+
+impl std::fmt::Display for Victim {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Victim::Process(pid) => write!(f, "pid {pid}"),
+            Victim::Container(name) => write!(f, "container {name}"),
+        }
+    }
+}
+
 /// The victim of the next kill: the first healthy member in the ring (natural order)
-/// whose pid is a replica process on this machine.
-fn pick_victim(view: &RingView) -> Option<(String, u32)> {
-    let mut candidates: Vec<(String, u32)> = view
+/// whose pid is a replica process on this machine, or that has a container and no
+/// pid. (Whether the container is still that replica is checked with the Engine just
+/// before the kill.)
+fn pick_victim(view: &RingView) -> Option<(String, Victim)> {
+    let mut candidates: Vec<(String, Victim)> = view
         .healthy_in_ring()
-        .filter_map(|m| Some((m.name.clone(), m.pid?)))
-        .filter(|(name, pid)| is_replica_process(*pid, name))
+        .filter_map(|m| {
+            let victim = match (m.pid, &m.container) {
+                (Some(pid), _) if is_replica_process(pid, &m.name) => Victim::Process(pid),
+                (None, Some(container)) => Victim::Container(container.clone()),
+                _ => return None,
+            };
+            Some((m.name.clone(), victim))
+        })
         .collect();
     candidates.sort_by(|a, b| crate::ring::natural_cmp(&a.0, &b.0));
     candidates.into_iter().next()
+}
+
+/// The Docker Engine client of the container kills, connected on first use.
+#[derive(Default)]
+struct Engine(Option<bollard::Docker>);
+
+impl Engine {
+    /// Kills replica `replica`'s container (after checking that it is that replica's)
+    /// and returns when the Engine took the kill: the instant to time from.
+    async fn kill(&mut self, container: &str, replica: &str) -> anyhow::Result<Instant> {
+        let docker = match &mut self.0 {
+            Some(docker) => docker,
+            empty => empty.insert(connect_engine().await?),
+        };
+        let id = replica_container_id(docker, container, replica).await?;
+        let killed_at = Instant::now();
+        kill_container(docker, &id).await?;
+        Ok(killed_at)
+    }
 }
 
 /// Kills `kills` replicas one after the other (each once N serve again) under a
@@ -296,21 +349,42 @@ async fn kill_loop(
     steady: &SteadyLoop,
     recovery: &mut Recovery,
 ) -> anyhow::Result<()> {
+    let mut engine = Engine::default();
     for _ in 0..kills {
         let view = api.wait_serving(n, KILL_TIMEOUT).await?.unwrap_or_default();
         note_pids(deployment, &view);
-        let Some((victim, pid)) = pick_victim(&view) else {
+        let Some((victim, how)) = pick_victim(&view) else {
             recovery.notes.push(
-                "no replica could be killed: /ring lists no pid of a replica process on this machine"
+                "no replica could be killed: /ring lists no pid of a replica process on this \
+                 machine and no replica container"
                     .into(),
             );
             return Ok(());
         };
-        let killed_at = Instant::now();
-        signal(pid, libc::SIGKILL);
+        let killed_at = match &how {
+            Victim::Process(pid) => {
+                let killed_at = Instant::now();
+                signal(*pid, libc::SIGKILL);
+                killed_at
+            }
+            Victim::Container(container) => match engine.kill(container, &victim).await {
+                Ok(killed_at) => killed_at,
+                Err(error) => {
+                    recovery
+                        .notes
+                        .push(format!("{victim} could not be killed: {error:#}"));
+                    return Ok(());
+                }
+            },
+        };
+        let (pid, container) = match &how {
+            Victim::Process(pid) => (Some(*pid), None),
+            Victim::Container(container) => (None, Some(container.clone())),
+        };
         let mut kill = Kill {
             killed: victim.clone(),
             pid,
+            container,
             replacement: None,
             left_ring_ms: None,
             replaced_ms: None,
@@ -326,7 +400,7 @@ async fn kill_loop(
             let now = Instant::now();
             if now - killed_at > KILL_TIMEOUT {
                 recovery.notes.push(format!(
-                    "{victim} (pid {pid}): N replicas did not serve again within {KILL_TIMEOUT:?}"
+                    "{victim} ({how}): N replicas did not serve again within {KILL_TIMEOUT:?}"
                 ));
                 break now;
             }
@@ -365,5 +439,35 @@ fn note_pids(deployment: Option<&Deployment>, view: &RingView) {
                 deployment.note_replica(pid, &m.name);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_container_without_a_pid_is_a_victim_and_a_pid_of_no_replica_process_is_not() {
+        let view: RingView = serde_json::from_value(json!({
+            "desired": ["Server1", "Server2", "Server3", "Server10"],
+            "members": [
+                // Not a replica process on this machine (this test's own pid).
+                {"name": "Server1", "pid": std::process::id(), "health": "healthy", "in_ring": true},
+                {"name": "Server10", "container": "p-Server10", "health": "healthy", "in_ring": true},
+                {"name": "Server2", "container": "p-Server2", "health": "suspect", "in_ring": false},
+                {"name": "Server3", "container": "p-Server3", "health": "healthy", "in_ring": true},
+            ],
+        }))
+        .unwrap();
+        // Natural order: Server3 before Server10; Server2 is out of the ring.
+        assert_eq!(
+            pick_victim(&view),
+            Some(("Server3".into(), Victim::Container("p-Server3".into())))
+        );
+        let mut only_pids = view.clone();
+        for m in &mut only_pids.members {
+            m.container = None;
+        }
+        assert_eq!(pick_victim(&only_pids), None);
     }
 }

@@ -461,9 +461,13 @@ fn a3(md: &mut String, results: &Results) {
         for k in &r.kills {
             let _ = writeln!(
                 md,
-                "| {} (pid {}) | {} | {} | {} | {} | {} | {} |",
+                "| {} ({}) | {} | {} | {} | {} | {} | {} |",
                 k.killed,
-                k.pid,
+                match (&k.container, k.pid) {
+                    (Some(container), _) => format!("container {container}"),
+                    (None, Some(pid)) => format!("pid {pid}"),
+                    (None, None) => "–".into(),
+                },
                 k.replacement.as_deref().unwrap_or("–"),
                 ms(k.left_ring_ms),
                 ms(k.replaced_ms),
@@ -474,8 +478,8 @@ fn a3(md: &mut String, results: &Results) {
         }
         let _ = writeln!(
             md,
-            "\nOver the whole kill phase the loop sent {} requests; {} failed. A killed local replica \
-             is noticed at the next heartbeat round (its process has exited), so it is replaced within \
+            "\nOver the whole kill phase the loop sent {} requests; {} failed. A killed replica is \
+             noticed at the next heartbeat round (its process or container has exited), so it is replaced within \
              one heartbeat interval plus the replacement's start, without waiting for 3 failed \
              heartbeats. Meanwhile a request routed to it fails to connect and is retried on the next \
              replica of the ring, so clients see no error.\n",

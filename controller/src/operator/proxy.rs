@@ -119,6 +119,7 @@ pub fn pool_state(
             name,
             addr,
             pid: None,
+            container: None,
             health: HealthState {
                 health,
                 ..HealthState::starting()

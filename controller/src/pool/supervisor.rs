@@ -115,6 +115,8 @@ impl PoolHandle {
 struct Tracked {
     addr: SocketAddr,
     pid: Option<u32>,
+    /// Its container, when the runtime runs containers.
+    container: Option<String>,
     running: bool,
     state: HealthState,
     /// When its last failed heartbeat was counted.
@@ -267,12 +269,14 @@ impl<R: Runtime> Supervisor<R> {
                 .or_insert_with(|| Tracked {
                     addr: instance.addr,
                     pid: instance.pid,
+                    container: instance.container.clone(),
                     running: true,
                     state: HealthState::starting(),
                     last_failure: None,
                 });
             tracked.addr = instance.addr;
             tracked.pid = instance.pid;
+            tracked.container.clone_from(&instance.container);
             tracked.running = instance.running;
             if !instance.running && tracked.state.health != Health::Failed {
                 tracing::warn!(replica = %instance.name, pid = ?instance.pid, "replica process exited");
@@ -404,6 +408,7 @@ impl<R: Runtime> Supervisor<R> {
                     Tracked {
                         addr: instance.addr,
                         pid: instance.pid,
+                        container: instance.container,
                         running: instance.running,
                         state: HealthState::starting(),
                         last_failure: None,
@@ -480,6 +485,7 @@ impl<R: Runtime> Supervisor<R> {
                     name: name.clone(),
                     addr: Some(t.addr),
                     pid: t.pid,
+                    container: t.container.clone(),
                     health: t.state,
                 })
                 .collect(),

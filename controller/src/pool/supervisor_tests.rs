@@ -219,6 +219,7 @@ impl Runtime for FakeRuntime {
             name: name.clone(),
             addr,
             pid: Some(pid),
+            container: None,
             running: true,
         })
     }
@@ -241,6 +242,7 @@ impl Runtime for FakeRuntime {
                 name: name.clone(),
                 addr: i.addr,
                 pid: Some(i.pid),
+                container: None,
                 running: i.running,
             })
             .collect()

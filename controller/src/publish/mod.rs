@@ -29,6 +29,8 @@ pub struct MemberState {
     /// Where it listens; `None` while it has no address yet (a pod being scheduled).
     pub addr: Option<SocketAddr>,
     pub pid: Option<u32>,
+    /// Its container's name, when it runs as a container (`--runtime docker`).
+    pub container: Option<String>,
     pub health: HealthState,
 }
 
@@ -49,6 +51,7 @@ pub struct MemberView {
     pub name: ReplicaName,
     pub address: SocketAddr,
     pub pid: Option<u32>,
+    pub container: Option<String>,
     pub health: Health,
     pub consecutive_failures: u32,
     pub in_ring: bool,
@@ -139,6 +142,7 @@ impl Publisher {
                     name: m.name.clone(),
                     address: m.addr?,
                     pid: m.pid,
+                    container: m.container.clone(),
                     health: m.health.health,
                     consecutive_failures: m.health.consecutive_failures,
                     in_ring: in_ring.contains(&m.name),
@@ -194,6 +198,7 @@ mod tests {
             name: name(s),
             addr: Some(SocketAddr::from(([127, 0, 0, 1], port))),
             pid: None,
+            container: None,
             health: HealthState {
                 health,
                 ..HealthState::starting()
@@ -220,10 +225,12 @@ mod tests {
         let publisher = Publisher::new(&RingConfig::default(), Arc::new(Metrics::new()));
         let mut no_address = member("D", 4, Health::Healthy);
         no_address.addr = None;
+        let mut in_a_container = member("A", 1, Health::Healthy);
+        in_a_container.container = Some("pool-A".into());
         let rebuilt = publisher.publish(&state(
             &["A", "B", "D"],
             vec![
-                member("A", 1, Health::Healthy),
+                in_a_container,
                 member("B", 2, Health::Starting),
                 // Healthy but no longer desired (being removed).
                 member("C", 3, Health::Healthy),
@@ -243,6 +250,8 @@ mod tests {
             .map(|m| (m.name.as_str(), m.in_ring))
             .collect();
         assert_eq!(listed, [("A", true), ("B", false), ("C", false)]);
+        assert_eq!(view.members[0].container.as_deref(), Some("pool-A"));
+        assert_eq!(view.members[1].container, None);
     }
 
     #[test]

@@ -26,8 +26,8 @@ use bollard::models::{
     ContainerCreateBody, ContainerSummaryStateEnum, HostConfig, NetworkCreateRequest,
 };
 use bollard::query_parameters::{
-    CreateContainerOptionsBuilder, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
-    StopContainerOptionsBuilder,
+    CreateContainerOptionsBuilder, KillContainerOptionsBuilder, ListContainersOptionsBuilder,
+    RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
 };
 
 use super::{Instance, Runtime, RuntimeError};
@@ -62,6 +62,8 @@ pub struct DockerSettings {
 
 struct Container {
     id: String,
+    /// Its name (prefix included), as `docker ps` shows it.
+    name: String,
     addr: SocketAddr,
 }
 
@@ -80,17 +82,7 @@ impl DockerRuntime {
     /// an earlier run left, and makes sure the network exists.
     pub async fn connect(settings: DockerSettings) -> anyhow::Result<Self> {
         check_name_prefix(&settings.name_prefix)?;
-        let unreachable = |e: EngineError| {
-            anyhow::anyhow!(
-                "cannot reach the Docker Engine ({}): {e}; is it running, and may this user use its socket?",
-                std::env::var("DOCKER_HOST").unwrap_or_else(|_| "/var/run/docker.sock".into())
-            )
-        };
-        let docker = Docker::connect_with_defaults()
-            .map_err(unreachable)?
-            .with_timeout(ENGINE_TIMEOUT);
-        // The Engine may be older than the client's API version: agree on one.
-        let docker = docker.negotiate_version().await.map_err(unreachable)?;
+        let docker = connect_engine().await?;
         match docker.inspect_image(&settings.image).await {
             Ok(_) => {}
             Err(e) if is_not_found(&e) => anyhow::bail!(
@@ -260,11 +252,14 @@ impl Runtime for DockerRuntime {
                 });
             }
         };
-        let previous = self
-            .containers
-            .lock()
-            .expect("containers lock")
-            .insert(name.clone(), Container { id, addr });
+        let previous = self.containers.lock().expect("containers lock").insert(
+            name.clone(),
+            Container {
+                id,
+                name: self.container_name(name),
+                addr,
+            },
+        );
         if let Some(previous) = previous {
             self.stop_and_remove(&previous.id).await;
         }
@@ -272,6 +267,7 @@ impl Runtime for DockerRuntime {
             name: name.clone(),
             addr,
             pid: None,
+            container: Some(self.container_name(name)),
             running: true,
         })
     }
@@ -324,6 +320,7 @@ impl Runtime for DockerRuntime {
                 name: name.clone(),
                 addr: container.addr,
                 pid: None,
+                container: Some(container.name.clone()),
                 // Exited, dead or removed by someone else: gone. Paused counts as
                 // running, as a stopped (SIGSTOP) child process does: it holds its
                 // address but does not answer, and its heartbeats tell.
@@ -373,6 +370,62 @@ impl Runtime for DockerRuntime {
     fn can_start(&self) -> bool {
         true
     }
+}
+
+/// A client of the Engine at `DOCKER_HOST`, else the local socket, on an API version
+/// both speak; every call bounded by [`ENGINE_TIMEOUT`].
+pub async fn connect_engine() -> anyhow::Result<Docker> {
+    let unreachable = |e: EngineError| {
+        anyhow::anyhow!(
+            "cannot reach the Docker Engine ({}): {e}; is it running, and may this user use its socket?",
+            std::env::var("DOCKER_HOST").unwrap_or_else(|_| "/var/run/docker.sock".into())
+        )
+    };
+    let docker = Docker::connect_with_defaults()
+        .map_err(unreachable)?
+        .with_timeout(ENGINE_TIMEOUT);
+    // The Engine may be older than the client's API version: agree on one.
+    docker.negotiate_version().await.map_err(unreachable)
+}
+
+/// The id of the running container `container` if a ringlb started it as replica
+/// `replica` (its label says so): the check before `ringlb analyze` kills a replica
+/// container, so that a container that took the name since is never touched (as
+/// `analysis::deploy::is_replica_process` is for a pid).
+pub async fn replica_container_id(
+    docker: &Docker,
+    container: &str,
+    replica: &str,
+) -> anyhow::Result<String> {
+    let inspected = docker
+        .inspect_container(container, None)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot inspect container {container}: {e}"))?;
+    let labelled = inspected
+        .config
+        .and_then(|c| c.labels)
+        .and_then(|mut labels| labels.remove(LABEL_REPLICA));
+    anyhow::ensure!(
+        labelled.as_deref() == Some(replica),
+        "container {container} is not replica {replica} of a ringlb (label {LABEL_REPLICA}: {labelled:?})"
+    );
+    anyhow::ensure!(
+        inspected.state.and_then(|s| s.running) == Some(true),
+        "container {container} is not running"
+    );
+    inspected
+        .id
+        .ok_or_else(|| anyhow::anyhow!("the Engine gave no id for container {container}"))
+}
+
+/// `docker kill` (SIGKILL) of the container `id`: `ringlb analyze`'s failure
+/// experiment. The ringlb that owns it sees it exit, removes and replaces it.
+pub async fn kill_container(docker: &Docker, id: &str) -> anyhow::Result<()> {
+    let options = KillContainerOptionsBuilder::new().signal("SIGKILL").build();
+    docker
+        .kill_container(id, Some(options))
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot kill container {id}: {e}"))
 }
 
 /// The containers with `label=value`, in any state.

@@ -45,6 +45,7 @@ impl Runtime for ExternalRuntime {
             name: name.clone(),
             addr,
             pid: None,
+            container: None,
             running: true,
         })
     }
@@ -62,6 +63,7 @@ impl Runtime for ExternalRuntime {
                 name: name.clone(),
                 addr: *addr,
                 pid: None,
+                container: None,
                 running: true,
             })
             .collect()

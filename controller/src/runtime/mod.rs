@@ -25,6 +25,9 @@ pub struct Instance {
     pub addr: SocketAddr,
     /// The operating-system process, when the runtime started one.
     pub pid: Option<u32>,
+    /// The container's name, when the runtime runs the replica as a container (what
+    /// `docker ps` shows, prefix included).
+    pub container: Option<String>,
     /// False once the runtime knows it is gone (a child process that exited).
     pub running: bool,
 }

@@ -172,6 +172,7 @@ impl Runtime for ProcessRuntime {
             name: name.clone(),
             addr,
             pid,
+            container: None,
             running: true,
         })
     }
@@ -199,6 +200,7 @@ impl Runtime for ProcessRuntime {
                 name: name.clone(),
                 addr: replica.addr,
                 pid: replica.pid,
+                container: None,
                 running: matches!(replica.child.try_wait(), Ok(None)),
             })
             .collect()
