@@ -33,7 +33,9 @@ enum Outcome {
 }
 
 /// Starts pods as they are created, every 100 ms of (virtual) time; answers the
-/// heartbeats of the pods it runs, on their container port.
+/// heartbeats of the pods it runs, on their container port. As a kubelet whose
+/// readiness probe runs every second, it marks a running pod `Ready` 1 s after it
+/// started.
 struct Kubelet {
     up: Arc<Mutex<HashSet<SocketAddr>>>,
     task: JoinHandle<()>,
@@ -46,11 +48,25 @@ impl Kubelet {
             let (api, up) = (api.clone(), up.clone());
             async move {
                 let mut started = 0u32;
+                let mut probed_at: HashMap<String, tokio::time::Instant> = HashMap::new();
                 loop {
+                    let now = tokio::time::Instant::now();
                     for name in api.names(PODS) {
                         let Some(mut pod) = api.get(PODS, &name) else {
                             continue;
                         };
+                        let uid = pod["metadata"]["uid"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .to_owned();
+                        if pod["status"]["phase"] == "Running"
+                            && pod["status"]["conditions"][0]["status"] == "False"
+                            && probed_at.get(&uid).is_some_and(|at| *at <= now)
+                        {
+                            pod["status"]["conditions"][0]["status"] = json!("True");
+                            api.put(PODS, pod);
+                            continue;
+                        }
                         if !pod["status"]["phase"].is_null() {
                             continue;
                         }
@@ -65,10 +81,11 @@ impl Kubelet {
                                         .as_u64()
                                         .unwrap();
                                 up.lock().unwrap().insert(SocketAddr::new(ip, port as u16));
+                                probed_at.insert(uid, now + Duration::from_secs(1));
                                 json!({
                                     "phase": "Running",
                                     "podIP": ip.to_string(),
-                                    "conditions": [{"type": "Ready", "status": "True"}],
+                                    "conditions": [{"type": "Ready", "status": "False"}],
                                 })
                             }
                             Outcome::Crash => json!({
@@ -146,6 +163,60 @@ impl Operator {
     }
 }
 
+/// A `ringlb proxy --pool demo`: its watches and publisher, until [`Proxy::stop`].
+struct Proxy {
+    publisher: Arc<Publisher>,
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<()>,
+}
+
+impl Proxy {
+    fn start(api: &FakeApiServer) -> Self {
+        let publisher = Arc::new(Publisher::new(
+            &RingConfig::default(),
+            Arc::new(Metrics::new()),
+        ));
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn({
+            let (client, publisher) = (api.client(), publisher.clone());
+            async move {
+                let (_reports, reported) = tokio::sync::mpsc::channel(1);
+                super::proxy::run(client, "default", "demo", publisher, reported, async {
+                    let _ = stopped.await;
+                })
+                .await
+            }
+        });
+        Self {
+            publisher,
+            stop,
+            task,
+        }
+    }
+
+    /// The members in its ring, sorted.
+    fn in_ring(&self) -> Vec<String> {
+        let members = self.publisher.table().membership();
+        members.iter().map(|(name, _)| name.to_string()).collect()
+    }
+
+    /// The member each of 10,000 keys goes to.
+    fn owners(&self) -> Vec<String> {
+        let table = self.publisher.table();
+        (0..10_000)
+            .map(|i| {
+                let i = table.ring.lookup(format!("user-{i}").as_bytes()).unwrap();
+                table.backends[i].name.to_string()
+            })
+            .collect()
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        self.task.await.unwrap();
+    }
+}
+
 fn pod_creates(api: &FakeApiServer) -> usize {
     api.calls()
         .iter()
@@ -180,13 +251,28 @@ async fn a_crashing_image_costs_a_handful_of_pods_in_ten_minutes() {
         assert_eq!(slot["unreadyStreak"], 10, "{slot}");
     }
     assert!(status.to_string().len() < 2048, "{status}");
+    // The status changes with each replacement and each failure, not at every pass.
+    let status_writes = api
+        .calls()
+        .iter()
+        .filter(|c| c.method == "PATCH" && c.path.ends_with("/status"))
+        .count();
+    // (21 for 22 pods here; a countdown in the Degraded message made it 29.)
+    assert!(
+        status_writes <= creates + 2,
+        "{status_writes} status writes"
+    );
     // Degraded says why, with the container's own reason.
     let degraded = &status["conditions"][1];
     assert_eq!(degraded["status"], "True");
     assert_eq!(degraded["reason"], "ReplacementBackoff", "{degraded}");
     let message = degraded["message"].as_str().unwrap();
     assert!(message.contains("Error, exit code 1"), "{message}");
-    assert!(message.contains("next replacement in"), "{message}");
+    // The whole delay, not a countdown: the status does not change at every pass.
+    assert!(
+        message.contains("replaced again 300s after the last replacement"),
+        "{message}"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -242,10 +328,12 @@ async fn a_new_image_and_port_roll_one_pod_at_a_time_with_every_member_serving()
     api.put(POOLS, pool(3, Value::Null));
     let kubelet = Kubelet::start(&api, |_| Outcome::Run);
     let operator = Operator::start(&api, kubelet.prober());
+    let proxy = Proxy::start(&api);
     let status = || api.get(POOLS, "demo").unwrap()["status"].clone();
-    while status()["readyReplicas"] != 3 {
+    while status()["readyReplicas"] != 3 || proxy.in_ring().len() != 3 {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    let owners = proxy.owners();
     let before: Vec<String> = api.names(PODS);
     assert_eq!(before, ["server1", "server2", "server3"]);
     let changes_before = api.history().len();
@@ -283,9 +371,13 @@ async fn a_new_image_and_port_roll_one_pod_at_a_time_with_every_member_serving()
             );
         }
         assert!(api.names(PODS).len() <= 4, "{:?}", api.names(PODS));
+        // No member leaves the proxy's ring, so no key changes replica.
+        assert_eq!(proxy.in_ring(), ["Server1", "Server2", "Server3"], "{now}");
         assert!(began.elapsed() < Duration::from_secs(60), "{now}");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    assert_eq!(proxy.owners(), owners);
+    proxy.stop().await;
     operator.stop().await;
 
     // Same names, no replacement (the old pods' heartbeats went to their own port).
@@ -419,24 +511,8 @@ async fn failing_status_writes_do_not_keep_a_frozen_replica_in_the_proxys_ring()
     api.put(POOLS, pool(3, Value::Null));
     let kubelet = Kubelet::start(&api, |_| Outcome::Run);
     let operator = Operator::start(&api, kubelet.prober());
-    // A proxy of the pool, as `ringlb proxy` runs it.
-    let metrics = Arc::new(Metrics::new());
-    let publisher = Arc::new(Publisher::new(&RingConfig::default(), metrics));
-    let (stop_proxy, proxy_stopped) = oneshot::channel::<()>();
-    let proxy = tokio::spawn({
-        let (client, publisher) = (api.client(), publisher.clone());
-        async move {
-            let (_reports, reported) = tokio::sync::mpsc::channel(1);
-            super::proxy::run(client, "default", "demo", publisher, reported, async {
-                let _ = proxy_stopped.await;
-            })
-            .await
-        }
-    });
-    let in_ring = || -> Vec<String> {
-        let members = publisher.table().membership();
-        members.iter().map(|(name, _)| name.to_string()).collect()
-    };
+    let proxy = Proxy::start(&api);
+    let in_ring = || proxy.in_ring();
     while in_ring().len() != 3 {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -472,8 +548,13 @@ async fn failing_status_writes_do_not_keep_a_frozen_replica_in_the_proxys_ring()
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert!(frozen.elapsed() > Duration::from_secs(19));
-    let _ = stop_proxy.send(());
-    proxy.await.unwrap();
+    // And soon after: the operator's retries are at most 10 s apart.
+    assert!(
+        frozen.elapsed() < Duration::from_secs(32),
+        "{:?}",
+        frozen.elapsed()
+    );
+    proxy.stop().await;
     operator.stop().await;
 }
 

@@ -71,6 +71,9 @@ pub struct ReplicaPod {
     /// The hash of the template it was made from (`None`: made before templates
     /// were hashed, so it is rolled like an outdated one).
     pub template: Option<String>,
+    /// The kubelet's word on its readiness probe ([`pod_ready`]): the proxies take a
+    /// member out while it says `false`, so a rollout hands over only once it agrees.
+    pub kubelet_ready: Option<bool>,
 }
 
 /// What a pool's pods look like.
@@ -340,7 +343,20 @@ pub fn replica_pod(pod: &Pod) -> ReplicaPod {
             .as_ref()
             .and_then(|l| l.get(TEMPLATE_LABEL))
             .cloned(),
+        kubelet_ready: pod_ready(pod),
     }
+}
+
+/// The kubelet's word: `Some(true)` when the pod's `Ready` condition is `True`,
+/// `None` when it has none yet.
+pub fn pod_ready(pod: &Pod) -> Option<bool> {
+    pod.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .map(|c| c.status == "True")
 }
 
 /// The waiting or terminated reason of the replica container, if it is not running.

@@ -101,7 +101,7 @@ pub fn pool_state(
             .filter(|_| replica.state == PodState::Running)
             // Its own container port: a pod made before a port change listens there.
             .map(|ip| SocketAddr::new(ip, replica.port.unwrap_or(spec.port)));
-        let kubelet_ready = pod_ready(pod);
+        let kubelet_ready = replica.kubelet_ready;
         let serving = addr.is_some()
             && match said_ready(&name, &replica.pod) {
                 // The kubelet may not have probed it yet (`None`): the operator's word stands.
@@ -142,18 +142,6 @@ pub fn pool_state(
             .collect(),
         ring: spec.ring_config().unwrap_or_else(|_| ring.clone()),
     }
-}
-
-/// The kubelet's word: `Some(true)` when the pod's `Ready` condition is `True`,
-/// `None` when it has none yet.
-fn pod_ready(pod: &Pod) -> Option<bool> {
-    pod.status
-        .as_ref()?
-        .conditions
-        .as_ref()?
-        .iter()
-        .find(|c| c.type_ == "Ready")
-        .map(|c| c.status == "True")
 }
 
 /// The members this proxy took out of its own ring because a request could not

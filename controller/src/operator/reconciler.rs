@@ -42,8 +42,11 @@ use crate::replica_name::ReplicaName;
 
 /// The controller name in Events (`kubectl describe sp`).
 pub const CONTROLLER_NAME: &str = "ringlb-operator";
-/// Longest wait between retries of a failing pass.
-const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// Longest wait between retries of a failing pass. Short: a pass that failed only
+/// to write the status (the API server was down) leaves the proxies without the
+/// news of a replacement until a retry succeeds, and every trigger during an
+/// outage counts as a failure.
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
 /// How soon a standby looks again whether it leads now.
 pub const STANDBY_RECHECK: Duration = Duration::from_secs(2);
 /// A converged pool is looked at again after this long even if nothing happened
@@ -224,7 +227,7 @@ pub async fn run(
     ctx.heartbeats.stop_all();
 }
 
-/// Retries a failed pass after 1 s, 2 s, 4 s, … up to a minute.
+/// Retries a failed pass after 1 s, 2 s, 4 s, 8 s, then every 10 s.
 pub fn error_policy(pool: Arc<ServerPool>, error: &Error, ctx: Arc<Context>) -> Action {
     let key = pool_key(&pool);
     let uid = pool.uid().unwrap_or_default();
@@ -673,7 +676,11 @@ struct HeldBack {
     replica: ReplicaName,
     pod: String,
     container_reason: Option<String>,
+    /// How much longer it waits: when the pass looks again.
     wait: Duration,
+    /// The whole delay of its slot's backoff: what the status says (a countdown
+    /// would change the status at every pass).
+    delay: Duration,
 }
 
 impl HeldBack {
@@ -683,10 +690,10 @@ impl HeldBack {
             .as_deref()
             .map_or_else(String::new, |r| format!(" (container: {r})"));
         format!(
-            "replica {} (pod {}) never answered a heartbeat{why}; next replacement in {}s",
+            "replica {} (pod {}) never answered a heartbeat{why}; replaced again {}s after the last replacement",
             self.replica,
             self.pod,
-            self.wait.as_secs_f64().ceil() as u64
+            self.delay.as_secs()
         )
     }
 }
@@ -700,12 +707,7 @@ fn backoff_left(name: &ReplicaName, pod: &ReplicaPod, seen: &Seen) -> Option<Dur
         return None;
     }
     let slot = members::slot_of(name, &seen.replacements);
-    let streak = seen
-        .replacements
-        .iter()
-        .find(|r| r.original == slot)
-        .map_or(0, |r| r.unready_streak);
-    let delay = members::replacement_delay(streak);
+    let delay = backoff_delay(name, seen);
     if delay.is_zero() {
         return None;
     }
@@ -716,6 +718,17 @@ fn backoff_left(name: &ReplicaName, pod: &ReplicaPod, seen: &Seen) -> Option<Dur
         .unwrap_or(seen.instant);
     let ready_at = since + delay;
     (ready_at > seen.instant).then(|| ready_at - seen.instant)
+}
+
+/// The backoff delay of the slot that replica `name` holds, from its streak.
+fn backoff_delay(name: &ReplicaName, seen: &Seen) -> Duration {
+    let slot = members::slot_of(name, &seen.replacements);
+    let streak = seen
+        .replacements
+        .iter()
+        .find(|r| r.original == slot)
+        .map_or(0, |r| r.unready_streak);
+    members::replacement_delay(streak)
 }
 
 /// Pure: which pod stands for which replica, and what [`plan`] makes of them.
@@ -836,6 +849,13 @@ fn plan_pass(desired: &[(ReplicaName, String)], seen: &Seen) -> PassWork {
         },
     )
     .actions;
+    // Deterministic order (the plan iterates a map of observed pods), so that a
+    // status that lists them is the same pass after pass.
+    actions.sort_by_key(|a| match a {
+        PlanAction::Stop(n) => (0, n.clone()),
+        PlanAction::Replace { failed, .. } => (1, failed.clone()),
+        PlanAction::Start(n) => (2, n.clone()),
+    });
     // A slot whose replicas never served waits before its next replacement; its
     // failed pod stays meanwhile (its logs say why).
     let mut held_back = Vec::new();
@@ -854,17 +874,13 @@ fn plan_pass(desired: &[(ReplicaName, String)], seen: &Seen) -> PassWork {
                     pod: pod.pod.clone(),
                     container_reason: pod.container_reason.clone(),
                     wait,
+                    delay: backoff_delay(failed, seen),
                 });
                 false
             }
         }
     });
-    // Deterministic order: the plan iterates a map of observed pods.
-    actions.sort_by_key(|a| match a {
-        PlanAction::Stop(n) => (0, n.clone()),
-        PlanAction::Replace { failed, .. } => (1, failed.clone()),
-        PlanAction::Start(n) => (2, n.clone()),
-    });
+
     let rollout = plan_rollout(desired, seen, &by_name, &surges, &actions);
     let mut serving: HashMap<ReplicaName, ServingPod> = by_name
         .iter()
@@ -931,7 +947,12 @@ fn plan_rollout<'a>(
     let health = |pod: &ReplicaPod| seen.health.get(&pod.uid).copied();
     for (name, surge) in surges {
         match health(surge) {
-            Some(h) if h.routable() => rollout.handed_over.push((name.clone(), *surge)),
+            // Handed over only once the kubelet agrees too: a proxy takes a member
+            // out while its pod's Ready condition says false, and the handover must
+            // not make the member leave any proxy's ring.
+            Some(h) if h.routable() && surge.kubelet_ready != Some(false) => {
+                rollout.handed_over.push((name.clone(), *surge))
+            }
             Some(h) if h.health == Health::Failed => {
                 let why = surge
                     .container_reason
