@@ -107,6 +107,16 @@ impl Kubelet {
         Self { up, task }
     }
 
+    /// Pod `pod` stops answering its heartbeats (its process is frozen).
+    fn freeze(&self, api: &FakeApiServer, pod: &str) {
+        let ip: IpAddr = api.get(PODS, pod).unwrap()["status"]["podIP"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        self.up.lock().unwrap().retain(|addr| addr.ip() != ip);
+    }
+
     fn prober(&self) -> Arc<dyn Prober> {
         Arc::new(Answers(self.up.clone()))
     }
@@ -214,6 +224,13 @@ impl Proxy {
     async fn stop(self) {
         let _ = self.stop.send(());
         self.task.await.unwrap();
+    }
+}
+
+/// Waits, on the paused clock, until `done` holds.
+async fn until(mut done: impl FnMut() -> bool) {
+    while !done() {
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
@@ -330,9 +347,7 @@ async fn a_new_image_and_port_roll_one_pod_at_a_time_with_every_member_serving()
     let operator = Operator::start(&api, kubelet.prober());
     let proxy = Proxy::start(&api);
     let status = || api.get(POOLS, "demo").unwrap()["status"].clone();
-    while status()["readyReplicas"] != 3 || proxy.in_ring().len() != 3 {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    until(|| status()["readyReplicas"] == 3 && proxy.in_ring().len() == 3).await;
     let owners = proxy.owners();
     let before: Vec<String> = api.names(PODS);
     assert_eq!(before, ["server1", "server2", "server3"]);
@@ -439,9 +454,7 @@ async fn a_rollout_to_an_image_that_cannot_start_stalls_with_the_old_pods_servin
     });
     let operator = Operator::start(&api, kubelet.prober());
     let status = || api.get(POOLS, "demo").unwrap()["status"].clone();
-    while status()["readyReplicas"] != 2 {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    until(|| status()["readyReplicas"] == 2).await;
     let mut changed = api.get(POOLS, "demo").unwrap();
     changed["spec"]["image"] = json!("ringlb-replica:broken");
     changed["metadata"]["generation"] = json!(2);
@@ -475,9 +488,7 @@ async fn two_pools_of_one_namespace_with_the_default_names_both_serve() {
         api.get(POOLS, name)
             .is_some_and(|p| p["status"]["readyReplicas"] == 2)
     };
-    while !ready("demo") {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    until(|| ready("demo")).await;
     // A second pool wants Server1 and Server2 too: pods server1 and server2 are
     // demo's, so its slots take free emergency names instead of waiting forever.
     let mut web = pool(2, Value::Null);
@@ -513,23 +524,12 @@ async fn failing_status_writes_do_not_keep_a_frozen_replica_in_the_proxys_ring()
     let operator = Operator::start(&api, kubelet.prober());
     let proxy = Proxy::start(&api);
     let in_ring = || proxy.in_ring();
-    while in_ring().len() != 3 {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    until(|| in_ring().len() == 3).await;
 
     // Every status write fails for 20 s; then Server2 stops answering.
     api.fail("PATCH", "/status", 500, Duration::from_secs(20));
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let server2 = api.get(PODS, "server2").unwrap()["status"]["podIP"]
-        .as_str()
-        .unwrap()
-        .parse::<IpAddr>()
-        .unwrap();
-    kubelet
-        .up
-        .lock()
-        .unwrap()
-        .retain(|addr| addr.ip() != server2);
+    kubelet.freeze(&api, "server2");
     let frozen = tokio::time::Instant::now();
     // Out of the proxy's ring within its heartbeats (100 ms, one failure), though no
     // status can be written: its pod is deleted, which the proxy's watch shows.
@@ -565,9 +565,7 @@ async fn an_invalid_hashing_spec_is_reported_and_the_pods_are_still_kept_alive()
     let kubelet = Kubelet::start(&api, |_| Outcome::Run);
     let operator = Operator::start(&api, kubelet.prober());
     let status = || api.get(POOLS, "demo").unwrap()["status"].clone();
-    while status()["readyReplicas"] != 2 {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    until(|| status()["readyReplicas"] == 2).await;
     // Maglev with a table size that is not prime (the CEL rule refuses it at
     // admission; an API server without CEL, or an older CRD, lets it through).
     let mut invalid = api.get(POOLS, "demo").unwrap();
@@ -577,16 +575,7 @@ async fn an_invalid_hashing_spec_is_reported_and_the_pods_are_still_kept_alive()
     tokio::time::sleep(Duration::from_secs(1)).await;
     // Hashing is the proxies' concern (they keep their last good ring); a replica
     // that fails meanwhile is still replaced.
-    let server2 = api.get(PODS, "server2").unwrap()["status"]["podIP"]
-        .as_str()
-        .unwrap()
-        .parse::<IpAddr>()
-        .unwrap();
-    kubelet
-        .up
-        .lock()
-        .unwrap()
-        .retain(|addr| addr.ip() != server2);
+    kubelet.freeze(&api, "server2");
     tokio::time::sleep(Duration::from_secs(10)).await;
     operator.stop().await;
 
