@@ -298,17 +298,7 @@ async fn replaced_under_load(pool: &Pool, fault: Fault) {
         pool.containers()
     );
 
-    wait_until(
-        "emergency_1 to answer requests",
-        Duration::from_secs(10),
-        || async {
-            match load.served("emergency_1").await {
-                0 => Err("no answer from emergency_1 yet".to_owned()),
-                _ => Ok(()),
-            }
-        },
-    )
-    .await;
+    load.until_served_by("emergency_1").await;
     load_progress(&load, 200).await;
     let (counts, failures, slowest) = load.finish().await;
     let total: usize = counts.values().sum::<usize>() + failures.len();

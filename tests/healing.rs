@@ -45,17 +45,7 @@ async fn killed_replica_is_replaced_in_place_and_no_request_fails() {
     println!("kill -9 of Server2 → N=3 with emergency_1 healthy in the ring: {recovery:.2?}");
 
     // The replacement serves: let the load run on until emergency_1 has answered.
-    wait_until(
-        "emergency_1 to answer requests",
-        Duration::from_secs(10),
-        || async {
-            match load.served("emergency_1").await {
-                0 => Err("no answer from emergency_1 yet".to_owned()),
-                _ => Ok(()),
-            }
-        },
-    )
-    .await;
+    load.until_served_by("emergency_1").await;
     load_progress(&load, 200).await;
     let (counts, failures, slowest) = load.finish().await;
     println!(

@@ -101,6 +101,21 @@ impl Load {
         self.counts.lock().await.get(name).copied().unwrap_or(0)
     }
 
+    /// Waits (at most 10 s) until replica `name` has answered a request of the load.
+    pub async fn until_served_by(&self, name: &str) {
+        wait_until(
+            &format!("{name} to answer requests"),
+            Duration::from_secs(10),
+            || async {
+                match self.served(name).await {
+                    0 => Err(format!("no answer from {name} yet")),
+                    _ => Ok(()),
+                }
+            },
+        )
+        .await;
+    }
+
     /// Stops the load; returns the answers per replica, the failures, and the
     /// slowest request.
     pub async fn finish(mut self) -> (BTreeMap<String, usize>, Vec<String>, Duration) {
