@@ -628,7 +628,7 @@ async fn apply(target: &Target<'_>, ctx: &Context, seen: &mut Seen) -> Done {
     if let Some((name, pod)) = &work.rollout.start {
         let why = format!(
             " from the new template {} (rolling update: it serves once its heartbeats \
-             answer, then pod {} goes)",
+             answer and the kubelet marks it Ready, then pod {} goes)",
             seen.template,
             work.pod_of.get(name).map_or("", |(p, _)| p.as_str())
         );

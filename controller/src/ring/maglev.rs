@@ -55,7 +55,28 @@ pub(super) fn permutation(hash: HashFn, name: &str, position: u64, size: u64) ->
 
 /// Builds the table with `slots` entries, rounded up to the next prime if it is not
 /// prime ([`prime_size`]). `RingConfig::validate` rejects non-prime sizes.
+#[cfg(test)]
 pub(super) fn build(members: &[String], hash: HashFn, slots: u32) -> LookupTable {
+    build_weighted(members, hash, slots, &vec![1; members.len()])
+}
+
+/// Like [`build`], with weights (indexed like `members`, all 1 for an unweighted ring) that
+/// set how often a member takes its turn: the weighted variant of the paper's §3.4. With
+/// w_max the largest weight, in round t = 1, 2, … member i takes an entry only while it holds
+/// fewer than t·wᵢ/w_max (`taken·w_max < t·wᵢ`, in integers); equal weights make that "one
+/// per round", the unweighted fill exactly.
+///
+/// Bound: a member takes at most one entry per round, so after round t it holds exactly
+/// ⌈t·wᵢ/w_max⌉. If the table fills in round T, with y = T/w_max every count is within 1 of
+/// y·wᵢ; summed, the table size M is within N of y·W (W the total weight), so
+/// |countᵢ − M·wᵢ/W| ≤ 1 + N·wᵢ/W, i.e. a share off its weight by at most W/(M·wᵢ) + N/M
+/// relative (N = 8, W = 64, wᵢ = 1, M = 65 537: 0.0011).
+pub(super) fn build_weighted(
+    members: &[String],
+    hash: HashFn,
+    slots: u32,
+    weights: &[u32],
+) -> LookupTable {
     if members.is_empty() {
         return LookupTable::new(Vec::new());
     }
@@ -68,11 +89,19 @@ pub(super) fn build(members: &[String], hash: HashFn, slots: u32) -> LookupTable
         .collect();
     let mut table = vec![NO_OWNER; size as usize];
     let mut filled = 0;
-    // Round-robin: each member takes one entry per round, so entry counts differ by at
-    // most one. Stops the moment the table is full, even mid-round (when M < N, later
-    // members get no entry).
+    let heaviest = u64::from(weights.iter().copied().max().unwrap_or(1));
+    let mut taken = vec![0u64; members.len()];
+    // Round-robin: each member takes one entry per round (weighted: its share of rounds), so
+    // unweighted entry counts differ by at most one. Stops the moment the table is full, even
+    // mid-round (when M < N, later members get no entry).
+    let mut round = 0u64;
     'rounds: loop {
+        round += 1;
         for (member, (next, skip)) in preference.iter_mut().enumerate() {
+            if taken[member] * heaviest >= round * u64::from(weights[member]) {
+                continue;
+            }
+            taken[member] += 1;
             while table[*next as usize] != NO_OWNER {
                 // (next + skip) mod M without a division: both are below M.
                 *next += *skip;

@@ -2,7 +2,9 @@
 //!
 //! A [`Ring`] is an immutable value built from a member set and a [`RingConfig`]; the same
 //! set (in any order, with or without duplicates) and config give the same ring in every
-//! process. Five algorithms ([`Algorithm`]) times three hash functions ([`HashFn`]);
+//! process. Members may carry weights ([`Ring::build_weighted`]): every algorithm gives a
+//! member a share of the keys proportional to its weight, or refuses the weights with a
+//! [`WeightError`]. Five algorithms ([`Algorithm`]) times three hash functions ([`HashFn`]);
 //! [`Preset::Course`] reproduces the course setup and [`Preset::Default`] is the measured
 //! default (see `bench/ring-quality` and docs/ring-quality.md).
 
@@ -16,6 +18,7 @@ mod point;
 mod rank_table;
 mod rendezvous;
 mod slot;
+mod weights;
 
 use std::fmt;
 
@@ -26,6 +29,7 @@ pub use config::{
 pub use hash::{course_request_hash, course_vnode_hash, murmur3_x64_128};
 pub use keyspace::{FIRST_ID, KEY_COUNT, LAST_ID, for_each_default_key};
 pub use order::natural_cmp;
+pub use weights::{MAX_WEIGHT, WeightError};
 
 use maglev::LookupTable;
 use point::PointRing;
@@ -39,6 +43,8 @@ const NO_OWNER: u32 = u32::MAX;
 pub struct Ring {
     config: RingConfig,
     members: Vec<String>,
+    /// Indexed like `members`; all 1 for [`Ring::build`].
+    weights: Vec<u32>,
     layout: Layout,
 }
 
@@ -61,35 +67,107 @@ impl Ring {
     /// [`RingConfig::validate`] first to reject such configs instead.
     pub fn build<S: AsRef<str>>(members: &[S], config: &RingConfig) -> Ring {
         let members = order::canonical_members(members);
+        let weights = vec![1; members.len()];
+        Self::build_layout(members, weights, config)
+            .expect("all-1 weights never fail: only a weighted slot ring can be refused")
+    }
+
+    /// A ring over weighted members: each `(name, weight)` pair is a member and its positive
+    /// weight (1 to [`MAX_WEIGHT`]; 1 is everyone's weight in [`build`](Self::build)), and a
+    /// member's share of the keys is proportional to its weight:
+    ///
+    /// - point ring: `vnodes × weight` points per member (consistent hashing with virtual
+    ///   nodes);
+    /// - slot ring: `vnodes × weight` virtual servers per member, refused
+    ///   ([`WeightError::DoesNotFit`]) when they do not all fit in the slots — the course
+    ///   preset (512 slots, 9 per unit of weight) holds a total weight of 56;
+    /// - Maglev: members take turns filling the table in proportion to their weights;
+    /// - rendezvous: the logarithmic method, score −w / ln u;
+    /// - rank table: caps and permutation walks proportional to the weights.
+    ///
+    /// All-1 weights (or any equal weights, for Maglev, rendezvous and the rank table) give
+    /// exactly the ring of [`build`](Self::build) over the same names.
+    ///
+    /// Why pairs rather than a `Member` type: they mirror `build`'s plain slice of names, so a
+    /// caller that has (name, address, weight) rows maps them in one line, and the ring keeps
+    /// names and weights apart ([`members`](Self::members), [`weights`](Self::weights)) the
+    /// way lookups index them. Why a `Result` when `build` never fails: a config can be
+    /// validated alone, but whether weights fit depends on the members too, and silently
+    /// dropping a weight would send the wrong share of traffic.
+    ///
+    /// Members are deduplicated and ordered as in `build`; the same name twice with two
+    /// different weights is an error.
+    pub fn build_weighted<S: AsRef<str>>(
+        members: &[(S, u32)],
+        config: &RingConfig,
+    ) -> Result<Ring, WeightError> {
+        let (members, weights) = weights::canonical(members)?;
+        Self::build_layout(members, weights, config)
+    }
+
+    fn build_layout(
+        members: Vec<String>,
+        weights: Vec<u32>,
+        config: &RingConfig,
+    ) -> Result<Ring, WeightError> {
         assert!(
             members.len() < NO_OWNER as usize,
             "more members than a u32 index can hold"
         );
+        // Exactly `build`'s rings when every weight is 1: the weighted paths below reduce to
+        // the unweighted ones then (each algorithm's doc says how).
+        let all_one = weights.iter().all(|&w| w == 1);
         let layout = match config.algorithm {
-            Algorithm::Slot => Layout::Slot(SlotRing::build(
+            Algorithm::Slot if all_one => Layout::Slot(SlotRing::build(
                 &members,
                 config.hash,
                 config.slots,
                 config.vnodes,
             )),
+            Algorithm::Slot => Layout::Slot(
+                SlotRing::build_weighted(
+                    &members,
+                    config.hash,
+                    config.slots,
+                    config.vnodes,
+                    &weights,
+                )
+                .map_err(|needed| WeightError::DoesNotFit {
+                    algorithm: config.algorithm,
+                    slots: config.slots.max(1),
+                    vnodes: config.vnodes.max(1),
+                    total_weight: weights.iter().map(|&w| u64::from(w)).sum(),
+                    needed,
+                })?,
+            ),
             Algorithm::Point => Layout::Point(PointRing::build(
                 &members,
                 config.hash,
                 config.vnodes.max(1),
+                &weights,
             )),
-            Algorithm::Maglev => Layout::Table(maglev::build(&members, config.hash, config.slots)),
+            Algorithm::Maglev => Layout::Table(maglev::build_weighted(
+                &members,
+                config.hash,
+                config.slots,
+                &weights,
+            )),
             Algorithm::Rendezvous => {
-                Layout::Rendezvous(RendezvousSet::build(&members, config.hash))
+                Layout::Rendezvous(RendezvousSet::build(&members, config.hash, &weights))
             }
-            Algorithm::RankTable => {
-                Layout::Table(rank_table::build(&members, config.hash, config.slots))
-            }
+            Algorithm::RankTable => Layout::Table(rank_table::build_weighted(
+                &members,
+                config.hash,
+                config.slots,
+                &weights,
+            )),
         };
-        Ring {
+        Ok(Ring {
             config: config.clone(),
             members,
+            weights,
             layout,
-        }
+        })
     }
 
     pub fn config(&self) -> &RingConfig {
@@ -99,6 +177,12 @@ impl Ring {
     /// The members in canonical order; lookup results index into this.
     pub fn members(&self) -> &[String] {
         &self.members
+    }
+
+    /// Each member's weight, indexed like [`members`](Self::members); all 1 for
+    /// [`build`](Self::build).
+    pub fn weights(&self) -> &[u32] {
+        &self.weights
     }
 
     pub fn len(&self) -> usize {
@@ -175,9 +259,12 @@ impl fmt::Debug for Ring {
         f.debug_struct("Ring")
             .field("config", &self.config)
             .field("members", &self.members)
+            .field("weights", &self.weights)
             .finish_non_exhaustive()
     }
 }
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod weighted_tests;

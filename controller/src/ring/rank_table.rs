@@ -24,9 +24,13 @@
 //! round probes one entry per active member, and the fill ends after ≈ M·ln M probes
 //! whatever N is — a few tens of milliseconds for M = 262 147.
 
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+
 use super::NO_OWNER;
 use super::config::HashFn;
 use super::maglev::{LookupTable, permutation, prime_size};
+use super::weights;
 
 /// Lower bound of the cap's slack ε.
 const MIN_SLACK: f64 = 0.015;
@@ -44,11 +48,52 @@ pub(super) fn cap(size: u64, members: usize) -> u64 {
     (((1.0 + slack) * m / n).ceil() as u64).max(size.div_ceil(members as u64))
 }
 
+/// Most entries a member of weight `weight` out of a total `total_weight` may own:
+/// ⌈(1 + ε)·M·w/W⌉ with the unweighted ε of `members` members, so that the caps add up to at
+/// least (1 + ε)·M ≥ M and the members can always hold the whole table.
+pub(super) fn weighted_cap(size: u64, members: usize, weight: u32, total_weight: u64) -> u64 {
+    let (m, n) = (size as f64, members as f64);
+    let slack = (SLACK_SIGMAS * (n / m).sqrt()).max(MIN_SLACK);
+    ((1.0 + slack) * m * f64::from(weight) / total_weight as f64).ceil() as u64
+}
+
 /// Builds the table with `slots` entries, rounded up to the next prime if it is not prime
 /// (so that every permutation visits every entry and the fill terminates).
+#[cfg(test)]
 pub(super) fn build(members: &[String], hash: HashFn, slots: u32) -> LookupTable {
+    build_weighted(members, hash, slots, &vec![1; members.len()])
+}
+
+/// Like [`build`], with weights indexed like `members`. Equal weights build exactly the
+/// unweighted table (the round-based fill below). Otherwise each member's cap is proportional
+/// to its weight ([`weighted_cap`]), and so is the rate at which it walks its permutation:
+/// member i reaches its k-th entry at time tᵢ(k) = −ln(1 − (k + ½)/M) / wᵢ, and each entry goes
+/// to the member that reaches it first (ties to the member that sorts first) among those not
+/// yet full.
+///
+/// Why those times: a member's rank of an entry is uniform over 0..M, so −ln(1 − rank/M) is
+/// (up to the table's granularity) a unit exponential and tᵢ one of rate wᵢ — the entry-wise
+/// version of weighted rendezvous (`rendezvous.rs`), in which the first arrival is member i's
+/// with probability wᵢ/W. The uncapped fill is therefore already proportional, and the cap
+/// only trims the binomial tail, as in the unweighted table. (Ranks over time k/wᵢ instead
+/// would be uniform races, which favour the heavier member: with weights 1 and 2 the lighter
+/// would get 1/4 instead of 1/3.)
+///
+/// Bound: by construction a share is at most capᵢ/M ≤ (1 + ε)·wᵢ/W + 1/M. From below, a
+/// member that ends short of its cap holds its rendezvous count, Binomial(M, wᵢ/W), plus
+/// whatever capped members gave away: relative to M·wᵢ/W it is low by at most a few
+/// σ = √(W/(M·wᵢ)) (6σ = 0.089 for W/wᵢ = 57 at M = 262 147).
+pub(super) fn build_weighted(
+    members: &[String],
+    hash: HashFn,
+    slots: u32,
+    weights: &[u32],
+) -> LookupTable {
     if members.is_empty() {
         return LookupTable::new(Vec::new());
+    }
+    if !weights::uniform(weights) {
+        return fill_by_arrival(members, hash, prime_size(slots), weights);
     }
     let size = prime_size(slots);
     let cap = u32::try_from(cap(u64::from(size), members.len())).unwrap_or(u32::MAX);
@@ -105,6 +150,59 @@ pub(super) fn build(members: &[String], hash: HashFn, slots: u32) -> LookupTable
             skip.truncate(kept);
             member.truncate(kept);
             room.truncate(kept);
+        }
+    }
+    LookupTable::new(table)
+}
+
+/// The weighted fill: entries in order of arrival time, one member event at a time from a heap.
+/// ≈ M·ln M probes as in the round-based fill, each a heap operation over the N members.
+fn fill_by_arrival(members: &[String], hash: HashFn, size: u32, weights: &[u32]) -> LookupTable {
+    let total_weight: u64 = weights.iter().map(|&w| u64::from(w)).sum();
+    let m = f64::from(size);
+    // Member i's state: next entry, step, probes made (k), room left.
+    let mut state: Vec<(u32, u32, u32, u64)> = members
+        .iter()
+        .zip(weights)
+        .enumerate()
+        .map(|(index, (name, &weight))| {
+            let (offset, step) = permutation(hash, name, index as u64 + 1, u64::from(size));
+            let cap = weighted_cap(u64::from(size), members.len(), weight, total_weight);
+            (offset as u32, step as u32, 0, cap)
+        })
+        .collect();
+    // Arrival time of member i's k-th probe. Positive, so its bits order like its value; the
+    // deterministic `ln` makes the order the same in every process.
+    let arrival = |k: u32, weight: u32| -> u64 {
+        let time = -weights::ln(1.0 - (f64::from(k) + 0.5) / m) / f64::from(weight);
+        time.to_bits()
+    };
+    let mut heap: BinaryHeap<Reverse<(u64, u32)>> = (0..members.len() as u32)
+        .map(|i| Reverse((arrival(0, weights[i as usize]), i)))
+        .collect();
+    let mut table = vec![NO_OWNER; size as usize];
+    let mut filled = 0u32;
+    // Terminates: the caps add up to at least M, so while an entry is free some member has
+    // room and stays in the heap, and within M probes its permutation reaches every entry.
+    while filled < size {
+        let Reverse((_, i)) = heap
+            .pop()
+            .expect("a member with room while entries are free");
+        let (next, skip, probes, room) = &mut state[i as usize];
+        if table[*next as usize] == NO_OWNER {
+            table[*next as usize] = i;
+            filled += 1;
+            *room -= 1;
+        }
+        let stepped = *next + *skip;
+        *next = if stepped >= size {
+            stepped - size
+        } else {
+            stepped
+        };
+        *probes += 1;
+        if *room > 0 && *probes < size {
+            heap.push(Reverse((arrival(*probes, weights[i as usize]), i)));
         }
     }
     LookupTable::new(table)

@@ -25,10 +25,44 @@ impl SlotRing {
     pub(super) fn build(members: &[String], hash: HashFn, slots: u32, vnodes: u32) -> Self {
         let size = slots.max(1) as usize;
         let per_member = (vnodes as usize).min(size / members.len().max(1)).max(1);
+        Self::place(members, hash, size, |_| per_member as u32)
+    }
+
+    /// A weighted ring: `vnodes × weight` virtual servers per member, placed as [`build`]
+    /// places them (member-major, virtual server j at hash(i, j) with linear probing).
+    ///
+    /// Unlike [`build`], never gives anyone fewer: shrinking every member to fit would keep the
+    /// ring usable but break the proportion the weights ask for, so a ring whose virtual
+    /// servers do not all fit is refused (`Err` with the number needed).
+    ///
+    /// [`build`]: Self::build
+    pub(super) fn build_weighted(
+        members: &[String],
+        hash: HashFn,
+        slots: u32,
+        vnodes: u32,
+        weights: &[u32],
+    ) -> Result<Self, u64> {
+        let size = slots.max(1) as usize;
+        let vnodes = vnodes.max(1);
+        let needed: u64 = weights
+            .iter()
+            .map(|&w| u64::from(vnodes) * u64::from(w))
+            .sum();
+        if needed > size as u64 {
+            return Err(needed);
+        }
+        Ok(Self::place(members, hash, size, |index| {
+            vnodes * weights[index]
+        }))
+    }
+
+    /// Places `count(i)` virtual servers of member i into `size` slots, stopping when full.
+    fn place(members: &[String], hash: HashFn, size: usize, count: impl Fn(usize) -> u32) -> Self {
         let mut placement = vec![NO_OWNER; size];
         let mut free = size;
         'members: for (index, name) in members.iter().enumerate() {
-            for vnode in 0..per_member as u32 {
+            for vnode in 0..count(index) {
                 if free == 0 {
                     break 'members;
                 }

@@ -194,9 +194,12 @@ proptest! {
 
     /// Maglev's weaker guarantee. Removing one of N members must move its ≈1/N of the keys;
     /// the rebuilt permutations also shift some other entries, but the paper's analysis and
-    /// its Figure 10 keep that small for M ≫ N. We assert that keys of surviving members
-    /// move at most as often as the removed member's own share, i.e. total movement is at
-    /// most twice the ideal 1/N.
+    /// its Figure 10 keep that small for M ≫ N. It is a tendency, not a bound: over 400
+    /// random sets of 3–8 members the survivors' keys that moved were at most 0.19/N, but
+    /// two members whose permutations interleave closely couple the fill, and proptest
+    /// found a set of four where 34% moved (1.38/N; kept as a vector below). We assert
+    /// that keys of surviving members move at most twice as often as the removed
+    /// member's own share, i.e. total movement is at most three times the ideal 1/N.
     #[test]
     fn maglev_keeps_most_keys_in_place_when_a_member_leaves(
         members in member_set(20).prop_filter("at least 3", |m| m.len() >= 3),
@@ -218,8 +221,38 @@ proptest! {
         }
         let n = members.len() as f64;
         let survivors_moved = f64::from(moved_elsewhere) / f64::from(stayed_elsewhere + moved_elsewhere);
-        prop_assert!(survivors_moved <= 1.0 / n, "{survivors_moved} of survivors' keys moved, N = {n}");
+        prop_assert!(survivors_moved <= 2.0 / n, "{survivors_moved} of survivors' keys moved, N = {n}");
     }
+}
+
+/// The set proptest found: with xxh3 and M = 65 537, removing `A` (or `d`) moves about a
+/// third of the other members' keys, while removing `KYq-7` or `cRLMF_00` moves about a
+/// ninth: Maglev's disruption depends on how the members' permutations interleave.
+#[test]
+fn maglev_disruption_depends_on_the_members_permutations() {
+    let c = RingConfig {
+        slots: 65_537,
+        ..config(Algorithm::Maglev, HashFn::Xxh3)
+    };
+    let members: Vec<String> = ["A", "KYq-7", "cRLMF_00", "d"].map(String::from).to_vec();
+    let survivors_moved = |gone: &str| {
+        let rest: Vec<&String> = members.iter().filter(|m| *m != gone).collect();
+        let (before, after) = (Ring::build(&members, &c), Ring::build(&rest, &c));
+        let (mut kept, mut moved) = (0u32, 0u32);
+        for id in 0..20_000u32 {
+            let key = id.to_string();
+            let old = owner(&before, key.as_bytes());
+            if old != gone {
+                let same = old == owner(&after, key.as_bytes());
+                (kept, moved) = (kept + u32::from(same), moved + u32::from(!same));
+            }
+        }
+        f64::from(moved) / f64::from(kept + moved)
+    };
+    let (a, k) = (survivors_moved("A"), survivors_moved("KYq-7"));
+    assert!((0.30..0.40).contains(&a), "{a}");
+    assert!((0.08..0.15).contains(&k), "{k}");
+    assert!(a <= 2.0 / 4.0, "within the property's bound: {a}");
 }
 
 proptest! {
