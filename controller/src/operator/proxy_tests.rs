@@ -131,6 +131,13 @@ impl FakeProxy {
         self.publisher.publish(&state);
     }
 
+    /// Pods that run and that the kubelet says are Ready: (member, pod, IP).
+    fn apply_ready_pods(&mut self, pods: &[(&str, &str, &str)]) {
+        for (member, name, ip) in pods {
+            self.apply(&apply_pod(pod(member, name, ip, Some(true))));
+        }
+    }
+
     fn in_ring(&self) -> Vec<String> {
         let members = self.publisher.table().membership();
         let mut names: Vec<String> = members
@@ -461,18 +468,10 @@ fn an_invalid_hashing_spec_keeps_the_last_good_ring() {
         &[("Server1", "server1", true), ("Server2", "server2", true)],
         &[],
     );
-    proxy.apply(&apply_pod(pod(
-        "Server1",
-        "server1",
-        "10.0.0.1",
-        Some(true),
-    )));
-    proxy.apply(&apply_pod(pod(
-        "Server2",
-        "server2",
-        "10.0.0.2",
-        Some(true),
-    )));
+    proxy.apply_ready_pods(&[
+        ("Server1", "server1", "10.0.0.1"),
+        ("Server2", "server2", "10.0.0.2"),
+    ]);
     let mut course = ready.clone();
     course.spec.hashing = Some(crate::operator::crd::HashingSpec {
         preset: Some(crate::ring::Preset::Course),
@@ -507,18 +506,10 @@ fn a_rollout_moves_a_member_to_its_new_pod_when_the_status_says_so() {
         )
     };
     proxy.apply(&apply_pool(ready(["server1", "server2"])));
-    proxy.apply(&apply_pod(pod(
-        "Server1",
-        "server1",
-        "10.0.0.1",
-        Some(true),
-    )));
-    proxy.apply(&apply_pod(pod(
-        "Server2",
-        "server2",
-        "10.0.0.2",
-        Some(true),
-    )));
+    proxy.apply_ready_pods(&[
+        ("Server1", "server1", "10.0.0.1"),
+        ("Server2", "server2", "10.0.0.2"),
+    ]);
     let before = proxy.publisher.table();
 
     // The new template's pod of Server1 starts, and is ready: the status still
