@@ -392,8 +392,8 @@ async fn a_deleted_pool_stops_being_heartbeaten() {
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert!(probes() >= 2 * 40, "two pods every 100 ms: {}", probes());
 
-    // The pool goes (its pods would go by garbage collection; the fake keeps them,
-    // which makes any probe after this one too many).
+    // The pool goes. These pods name no owner, so the fake's garbage collection
+    // keeps them (a real one may lag): any probe after this one is too many.
     let path = format!("{POOLS}/demo");
     let client = api.client();
     let request = http::Request::delete(path).body(Vec::new()).unwrap();

@@ -6,9 +6,12 @@
 //! patches only the status), and delete; and it records every request, so that a
 //! test can say which verbs a component was seen using (see [`FakeApiServer::permissions`]).
 //!
+//! Deleting an object deletes, at once, every object whose `ownerReferences` name its
+//! uid (garbage collection, as the API server's background propagation ends).
+//!
 //! Approximations, on purpose: every patch is a JSON merge patch (server-side apply
 //! included, without field ownership); a delete removes the object at once (no
-//! grace period, no garbage collection).
+//! grace period); garbage collection is immediate.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::convert::Infallible;
@@ -357,22 +360,32 @@ impl FakeApiServer {
 
     fn delete(&self, target: &Target, name: &str) -> Response<ResponseBody> {
         let mut state = self.state.lock().unwrap();
-        let Some(object) = state
-            .objects
-            .get_mut(&target.collection)
-            .and_then(|c| c.remove(name))
-        else {
+        let Some(object) = remove(&mut state, &target.collection, name) else {
             return not_found(name);
         };
-        state.version += 1;
-        let version = state.version;
-        state.history.push((
-            version,
-            target.collection.clone(),
-            "DELETED",
-            object.clone(),
-        ));
-        self.changed.send_replace(version);
+        // Garbage collection: the objects it owns go with it (and theirs).
+        let mut owners = vec![object["metadata"]["uid"].clone()];
+        while let Some(uid) = owners.pop() {
+            let owned: Vec<(String, String)> = state
+                .objects
+                .iter()
+                .flat_map(|(collection, objects)| {
+                    objects.iter().map(move |(name, o)| (collection, name, o))
+                })
+                .filter(|(_, _, o)| {
+                    o["metadata"]["ownerReferences"]
+                        .as_array()
+                        .is_some_and(|refs| refs.iter().any(|r| r["uid"] == uid))
+                })
+                .map(|(collection, name, _)| (collection.clone(), name.clone()))
+                .collect();
+            for (collection, name) in owned {
+                if let Some(gone) = remove(&mut state, &collection, &name) {
+                    owners.push(gone["metadata"]["uid"].clone());
+                }
+            }
+        }
+        self.changed.send_replace(state.version);
         answer(StatusCode::OK, object)
     }
 
@@ -452,6 +465,17 @@ impl Target {
             collection: format!("/{}", parts[..prefix_len].join("/")),
         })
     }
+}
+
+/// Removes one object and records its `DELETED` event.
+fn remove(state: &mut State, collection: &str, name: &str) -> Option<Value> {
+    let object = state.objects.get_mut(collection)?.remove(name)?;
+    state.version += 1;
+    let version = state.version;
+    state
+        .history
+        .push((version, collection.to_owned(), "DELETED", object.clone()));
+    Some(object)
 }
 
 fn answer(status: StatusCode, body: Value) -> Response<ResponseBody> {

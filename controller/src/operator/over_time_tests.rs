@@ -594,3 +594,30 @@ async fn an_invalid_hashing_spec_is_reported_and_the_pods_are_still_kept_alive()
     );
     assert_eq!(degraded["observedGeneration"], 2, "{now}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn kubectl_delete_sp_takes_its_pods_and_empties_the_proxys_ring() {
+    let api = FakeApiServer::default();
+    api.put(POOLS, pool(3, Value::Null));
+    let kubelet = Kubelet::start(&api, |_| Outcome::Run);
+    let operator = Operator::start(&api, kubelet.prober());
+    let proxy = Proxy::start(&api);
+    until(|| proxy.in_ring().len() == 3).await;
+    assert_eq!(proxy.publisher.view().desired.len(), 3);
+
+    let request = http::Request::delete(format!("{POOLS}/demo"))
+        .body(Vec::new())
+        .unwrap();
+    api.client().request_text(request).await.unwrap();
+    // Its pods name it as their owner: garbage collection takes them.
+    assert!(api.names(PODS).is_empty(), "{:?}", api.names(PODS));
+    let deleted = tokio::time::Instant::now();
+    until(|| proxy.in_ring().is_empty()).await;
+    assert!(deleted.elapsed() < Duration::from_secs(1));
+    // `/rep` says N 0, and the operator creates nothing for a pool that is gone.
+    assert!(proxy.publisher.view().desired.is_empty());
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert!(api.names(PODS).is_empty(), "{:?}", api.names(PODS));
+    proxy.stop().await;
+    operator.stop().await;
+}
