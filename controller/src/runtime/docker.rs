@@ -106,6 +106,14 @@ impl DockerRuntime {
         &self.settings.network
     }
 
+    /// Takes `name`'s container out of this run's list (it is being stopped).
+    fn forget(&self, name: &ReplicaName) -> Option<Container> {
+        self.containers
+            .lock()
+            .expect("containers lock")
+            .remove(name)
+    }
+
     fn container_name(&self, name: &ReplicaName) -> String {
         format!("{}{name}", self.settings.name_prefix)
     }
@@ -273,23 +281,13 @@ impl Runtime for DockerRuntime {
     }
 
     async fn stop(&self, name: &ReplicaName) {
-        let container = self
-            .containers
-            .lock()
-            .expect("containers lock")
-            .remove(name);
-        if let Some(container) = container {
+        if let Some(container) = self.forget(name) {
             self.stop_and_remove(&container.id).await;
         }
     }
 
     async fn kill(&self, name: &ReplicaName) {
-        let container = self
-            .containers
-            .lock()
-            .expect("containers lock")
-            .remove(name);
-        if let Some(container) = container
+        if let Some(container) = self.forget(name)
             && let Err(e) = remove(&self.docker, &container.id).await
         {
             tracing::warn!(replica = %name, error = %e, "could not remove failed replica container");
