@@ -989,7 +989,9 @@ fn plan_rollout<'a>(
     });
     if let Some(name) = next {
         let primary = members::pod_name(name).unwrap_or_default();
-        let taken = |pod: &str| seen.pods.iter().any(|p| p.pod == pod);
+        // Not this pool's pods' names, nor those held by others (a 409 would stall it).
+        let taken =
+            |pod: &str| seen.pods.iter().any(|p| p.pod == pod) || seen.held_elsewhere.contains(pod);
         let pod = if taken(&primary) {
             format!("{primary}-{}", &seen.template[..5])
         } else {
