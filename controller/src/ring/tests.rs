@@ -3,14 +3,14 @@
 use super::*;
 use proptest::prelude::*;
 
-const ALGORITHMS: [Algorithm; 5] = [
+pub(super) const ALGORITHMS: [Algorithm; 5] = [
     Algorithm::Slot,
     Algorithm::Point,
     Algorithm::Maglev,
     Algorithm::Rendezvous,
     Algorithm::RankTable,
 ];
-const HASHES: [HashFn; 3] = [HashFn::Quadratic, HashFn::Xxh3, HashFn::Murmur3];
+pub(super) const HASHES: [HashFn; 3] = [HashFn::Quadratic, HashFn::Xxh3, HashFn::Murmur3];
 
 /// A config of `algorithm` small enough to build many times in a test.
 fn config(algorithm: Algorithm, hash: HashFn) -> RingConfig {

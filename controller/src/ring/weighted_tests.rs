@@ -1,17 +1,9 @@
 //! Weighted members: every algorithm, the all-1 contract, proportional shares and what a
 //! weight change moves.
 
+use super::tests::{ALGORITHMS, HASHES};
 use super::*;
 use proptest::prelude::*;
-
-const ALGORITHMS: [Algorithm; 5] = [
-    Algorithm::Slot,
-    Algorithm::Point,
-    Algorithm::Maglev,
-    Algorithm::Rendezvous,
-    Algorithm::RankTable,
-];
-const HASHES: [HashFn; 3] = [HashFn::Quadratic, HashFn::Xxh3, HashFn::Murmur3];
 
 fn servers(n: usize) -> Vec<String> {
     (1..=n).map(|i| format!("Server{i}")).collect()
