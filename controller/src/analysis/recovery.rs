@@ -54,6 +54,7 @@ pub struct EndpointCheck {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Kill {
     pub killed: String,
+    // (The victim as two optional fields, not a `Victim`: results.json stays as it was.)
     /// Its process, when a replica process was killed.
     #[serde(default)]
     pub pid: Option<u32>,
@@ -268,7 +269,7 @@ impl SteadyLoop {
 
 /// How a replica is killed.
 #[derive(Clone, Debug, PartialEq, Eq)]
-enum Victim {
+pub(super) enum Victim {
     /// A replica process on this machine: SIGKILL.
     Process(u32),
     /// A replica container, named as the Engine knows it: `docker kill`.
@@ -280,6 +281,17 @@ impl std::fmt::Display for Victim {
         match self {
             Victim::Process(pid) => write!(f, "pid {pid}"),
             Victim::Container(name) => write!(f, "container {name}"),
+        }
+    }
+}
+
+impl Kill {
+    /// What was killed, as [`Victim`] says it (none in a results.json without either).
+    pub(super) fn victim(&self) -> Option<Victim> {
+        match (&self.container, self.pid) {
+            (Some(container), _) => Some(Victim::Container(container.clone())),
+            (None, Some(pid)) => Some(Victim::Process(pid)),
+            (None, None) => None,
         }
     }
 }
@@ -377,14 +389,16 @@ async fn kill_loop(
                 }
             },
         };
-        let (pid, container) = match &how {
-            Victim::Process(pid) => (Some(*pid), None),
-            Victim::Container(container) => (None, Some(container.clone())),
-        };
         let mut kill = Kill {
             killed: victim.clone(),
-            pid,
-            container,
+            pid: match how {
+                Victim::Process(pid) => Some(pid),
+                Victim::Container(_) => None,
+            },
+            container: match &how {
+                Victim::Container(container) => Some(container.clone()),
+                Victim::Process(_) => None,
+            },
             replacement: None,
             left_ring_ms: None,
             replaced_ms: None,

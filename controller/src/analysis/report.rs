@@ -463,11 +463,7 @@ fn a3(md: &mut String, results: &Results) {
                 md,
                 "| {} ({}) | {} | {} | {} | {} | {} | {} |",
                 k.killed,
-                match (&k.container, k.pid) {
-                    (Some(container), _) => format!("container {container}"),
-                    (None, Some(pid)) => format!("pid {pid}"),
-                    (None, None) => "–".into(),
-                },
+                k.victim().map_or_else(|| "–".into(), |v| v.to_string()),
                 k.replacement.as_deref().unwrap_or("–"),
                 ms(k.left_ring_ms),
                 ms(k.replaced_ms),
