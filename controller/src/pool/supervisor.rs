@@ -279,7 +279,7 @@ impl<R: Runtime> Supervisor<R> {
             tracked.container.clone_from(&instance.container);
             tracked.running = instance.running;
             if !instance.running && tracked.state.health != Health::Failed {
-                tracing::warn!(replica = %instance.name, pid = ?instance.pid, "replica process exited");
+                tracing::warn!(replica = %instance.name, pid = ?instance.pid, container = ?instance.container, "replica exited");
                 tracked.state.mark_exited();
             }
         }
