@@ -113,7 +113,8 @@ impl Heartbeats {
                 }
             }
         };
-        // Bounded: a round takes at most the heartbeat timeout.
+        // Bounded: a round takes about the heartbeat timeout (at most 10 s is awaited
+        // here; a longer `timeoutMs` lets the pass go on with what is known).
         let _ = tokio::time::timeout(Duration::from_secs(10), rounds.wait_for(|n| *n > 0)).await;
         let health = health.lock().unwrap();
         health

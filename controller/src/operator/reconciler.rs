@@ -263,7 +263,7 @@ pub async fn reconcile(pool: Arc<ServerPool>, ctx: Arc<Context>) -> Result<Actio
     let target = Target::of(&pool, &ctx)?;
     let _in_progress = PassInProgress::begin(&ctx, &target.key);
     let mut seen = observe(&target, &ctx).await?;
-    // Observing took time (heartbeats): check again that this process still leads
+    // Observing took time (it waits for the pool's first heartbeat round): check again that this process still leads
     // before it writes. A leader paused or cut off meanwhile has stopped by now.
     if !ctx.leadership.is_leader() {
         return Ok(Action::requeue(STANDBY_RECHECK));
@@ -459,18 +459,24 @@ async fn observe(target: &Target<'_>, ctx: &Context) -> Result<Seen, Error> {
             .map_err(|error| problems.push(Problem::invalid_spec(error.to_string())))
             .ok()
     };
-    let in_namespace: Vec<ReplicaPod> = ctx
+    let in_namespace: Vec<Arc<Pod>> = ctx
         .pods
         .state()
-        .iter()
-        .filter(|pod| pod.metadata.namespace.as_deref() == Some(target.namespace.as_str()))
-        .map(|pod| replica_pod(pod))
-        .collect();
-    let taken = in_namespace.iter().filter_map(|p| p.name.clone()).collect();
-    let mut held_elsewhere: HashSet<String> = in_namespace
         .into_iter()
-        .filter(|p| !pods.iter().any(|ours| ours.uid == p.uid))
-        .map(|p| p.pod)
+        .filter(|pod| pod.metadata.namespace.as_deref() == Some(target.namespace.as_str()))
+        .collect();
+    let taken = in_namespace
+        .iter()
+        .filter_map(|pod| replica_pod(pod).name)
+        .collect();
+    // Other pools' pods, by their label: this pool's own pods (one it just deleted
+    // and the watch still shows included) never hold a name against it.
+    let mut held_elsewhere: HashSet<String> = in_namespace
+        .iter()
+        .filter(|pod| {
+            pod.metadata.labels.as_ref().and_then(|l| l.get(POOL_LABEL)) != Some(&target.name)
+        })
+        .filter_map(|pod| pod.metadata.name.clone())
         .collect();
     // (Taken: a name that is free again later is not renamed for an old 409.)
     held_elsewhere.extend(ctx.with_memory(&target.key, &target.uid, |m| {
@@ -516,7 +522,7 @@ struct Done {
 /// Why a pool is Degraded: a condition reason and what to tell the user.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Problem {
-    /// `InvalidSpec`, `PodConflict` or `ReplacementBackoff`.
+    /// `InvalidSpec`, `PodConflict`, `ReplacementBackoff` or `RolloutStalled`.
     pub reason: &'static str,
     pub message: String,
 }
