@@ -394,15 +394,6 @@ async fn a_start_after_kill_9_removes_the_orphans() {
     pool.assert_gone();
 }
 
-/// A folder of `ringlb analyze`'s output, removed at the end (also when the test fails).
-struct OutDir(PathBuf);
-
-impl Drop for OutDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// Runs `ringlb analyze args…` with its output in `log`; after `timeout` it is killed
 /// (and the test fails). Always reaped.
 fn analyze(args: &[&str], log: &std::path::Path, timeout: Duration) -> std::process::ExitStatus {
@@ -451,10 +442,7 @@ async fn analyze_kills_a_replica_container_and_times_n_serving_again() {
         assert_eq!(member["pid"], json!(null), "{member}");
     }
 
-    let out =
-        OutDir(std::env::temp_dir().join(format!("ringlb-docker-analyze-{}", std::process::id())));
-    let _ = std::fs::remove_dir_all(&out.0);
-    std::fs::create_dir_all(&out.0).unwrap();
+    let out = common::TempDir::new("docker-analyze");
     let log = out.0.join("analyze.log");
     let (target, ops) = (lb.proxy_url(""), lb.ops_url(""));
     let status = tokio::task::spawn_blocking({
