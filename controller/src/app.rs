@@ -103,6 +103,12 @@ pub struct UpArgs {
     #[arg(long, env = "RINGLB_VNODES")]
     pub vnodes: Option<u32>,
 
+    /// Bounded loads: a replica takes at most C times its share of the requests in
+    /// flight (1 to 100, e.g. 1.25); a request whose replica is full goes to the next
+    /// of its failover order. Off when unset (HAProxy: hash-balance-factor).
+    #[arg(long, env = "RINGLB_BALANCE_FACTOR", value_name = "C")]
+    pub balance_factor: Option<crate::publish::BalanceFactor>,
+
     /// Time between heartbeats (e.g. 500ms, 2s).
     #[arg(long, env = "RINGLB_HEARTBEAT_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
     pub heartbeat_interval: Duration,
@@ -209,6 +215,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         },
         max_replicas,
         ring,
+        balance_factor: args.balance_factor,
     };
     let proxy_settings = args.proxy.settings();
 

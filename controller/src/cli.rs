@@ -111,6 +111,11 @@ mod tests {
             (&["--replica", "x"][..], "'x' is not NAME=HOST:PORT"),
             (&["--key", "nope"], "nope"),
             (&["--algorithm", "nope"], "nope"),
+            (&["--balance-factor", "0.5"], "from 1 to 100"),
+            (
+                &["--balance-factor", "lots"],
+                "'lots' is not a balance factor",
+            ),
             (&["--max-headers", "0"], "--max-headers"),
             (&["--max-header-line", "10"], "--max-header-line"),
             (

@@ -96,7 +96,6 @@ impl FakeReplica {
         self.proxied_connections.load(Ordering::SeqCst)
     }
 
-    /// Waits until a `/hold` request has arrived.
     /// Waits until the replica has closed a connection after `/close-after`.
     pub fn wait_for_close(&self) {
         self.closes
@@ -104,10 +103,17 @@ impl FakeReplica {
             .expect("the replica closes the connection");
     }
 
+    /// Waits until a `/hold` request has arrived.
     pub fn wait_for_held_request(&self) {
-        self.arrivals
-            .recv_timeout(Duration::from_secs(10))
-            .expect("the held request reaches the replica");
+        assert!(
+            self.held_request_arrived(Duration::from_secs(10)),
+            "the held request reaches the replica"
+        );
+    }
+
+    /// Whether a `/hold` request arrives within `within` (each arrival is seen once).
+    pub fn held_request_arrived(&self, within: Duration) -> bool {
+        self.arrivals.recv_timeout(within).is_ok()
     }
 
     /// Lets one held request be answered.

@@ -233,7 +233,7 @@ pub async fn proxy_run() -> FakeApiServer {
     });
     let in_ring = |publisher: &Publisher| -> Vec<String> {
         let members = publisher.table().membership();
-        members.iter().map(|(_, addr)| addr.to_string()).collect()
+        members.iter().map(|m| m.addr.to_string()).collect()
     };
     eventually("both members are in the ring", || {
         in_ring(&publisher) == ["10.0.0.1:5000", "10.0.0.2:5000"]

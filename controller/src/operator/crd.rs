@@ -11,6 +11,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::pool::HealthSettings;
+use crate::publish::BalanceFactor;
 use crate::replica_name::MAX_NAME_LEN;
 use crate::ring::{Algorithm, HashFn, Preset, RingConfig};
 
@@ -256,6 +257,11 @@ pub struct HashingSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = MAX_VNODES), extend("format" = "int32"))]
     pub vnodes: Option<u32>,
+    /// Bounded loads: a replica takes at most this times its share of the requests in
+    /// flight (1 to 100, e.g. 1.25); off when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = BalanceFactor::MIN, max = BalanceFactor::MAX))]
+    pub balance_factor: Option<f64>,
 }
 
 /// How replicas are heartbeaten.
@@ -397,6 +403,13 @@ impl ServerPoolSpec {
         Ok(config)
     }
 
+    /// Bounded loads: `None` when off. The schema bounds the factor; one that gets past
+    /// it anyway (an older CRD) is refused.
+    pub fn balance_factor(&self) -> Result<Option<BalanceFactor>, String> {
+        let factor = self.hashing.as_ref().and_then(|h| h.balance_factor);
+        factor.map(BalanceFactor::new).transpose()
+    }
+
     /// Heartbeat interval, timeout and threshold, with the local defaults for what is unset.
     pub fn health_settings(&self) -> HealthSettings {
         let defaults = HealthSettings::default();
@@ -511,6 +524,14 @@ mod tests {
         )
         .unwrap();
         assert!(bad.ring_config().unwrap_err().contains("prime"));
+
+        let bounded: ServerPoolSpec =
+            serde_json::from_str(r#"{"replicas": 1, "hashing": {"balanceFactor": 1.25}}"#).unwrap();
+        assert_eq!(bounded.balance_factor().unwrap().unwrap().get(), 1.25);
+        assert_eq!(spec.balance_factor(), Ok(None));
+        let below_one: ServerPoolSpec =
+            serde_json::from_str(r#"{"replicas": 1, "hashing": {"balanceFactor": 0.5}}"#).unwrap();
+        assert!(below_one.balance_factor().is_err());
     }
 
     // ---- the schema's bounds and rules, read back from the generated CRD ----

@@ -207,7 +207,7 @@ impl Proxy {
     /// The members in its ring, sorted.
     fn in_ring(&self) -> Vec<String> {
         let members = self.publisher.table().membership();
-        members.iter().map(|(name, _)| name.to_string()).collect()
+        members.iter().map(|m| m.name.to_string()).collect()
     }
 
     /// The member each of 10,000 keys goes to.

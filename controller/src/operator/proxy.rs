@@ -53,6 +53,7 @@ pub fn pool_state(
             members: Vec::new(),
             replacements: Vec::new(),
             ring: ring.clone(),
+            balance_factor: None,
         };
     };
     let spec = &pool.spec;
@@ -120,6 +121,7 @@ pub fn pool_state(
             addr,
             pid: None,
             container: None,
+            weight: 1,
             health: HealthState {
                 health,
                 ..HealthState::starting()
@@ -141,6 +143,9 @@ pub fn pool_state(
             })
             .collect(),
         ring: spec.ring_config().unwrap_or_else(|_| ring.clone()),
+        // Refused by the schema; should one get past it, the operator reports it and
+        // requests are routed without a bound.
+        balance_factor: spec.balance_factor().unwrap_or_default(),
     }
 }
 

@@ -142,7 +142,7 @@ impl FakeProxy {
         let members = self.publisher.table().membership();
         let mut names: Vec<String> = members
             .iter()
-            .map(|(name, addr)| format!("{name}@{}", addr.ip()))
+            .map(|m| format!("{}@{}", m.name, m.addr.ip()))
             .collect();
         names.sort();
         names

@@ -378,7 +378,7 @@ async fn observe(target: &Target<'_>, ctx: &Context) -> Result<Seen, Error> {
     let mut problems: Vec<Problem> = Vec::new();
     // Hashing is the proxies' business (they keep their last good ring): the pods
     // are still kept alive while it is wrong.
-    if let Err(error) = spec.ring_config() {
+    if let Err(error) = spec.ring_config().and(spec.balance_factor()) {
         problems.push(Problem::invalid_spec(format!("spec.hashing: {error}")));
     }
     let unnamable = target.name.len() > 63;

@@ -18,7 +18,7 @@ use super::membership;
 use super::{Action, Observed, Policy, PoolAdmin, PoolError, ReplicaName, plan};
 use crate::health_state::{Health, HealthState};
 use crate::metrics::Metrics;
-use crate::publish::{MemberState, PoolState, Publisher, Replacement};
+use crate::publish::{BalanceFactor, MemberState, PoolState, Publisher, Replacement};
 use crate::ring::RingConfig;
 use crate::runtime::{Runtime, RuntimeError};
 
@@ -27,6 +27,8 @@ pub struct PoolSettings {
     pub health: HealthSettings,
     pub max_replicas: usize,
     pub ring: RingConfig,
+    /// Bounded loads: off when `None`.
+    pub balance_factor: Option<BalanceFactor>,
 }
 
 type Reply = oneshot::Sender<Result<Vec<ReplicaName>, PoolError>>;
@@ -486,11 +488,13 @@ impl<R: Runtime> Supervisor<R> {
                     addr: Some(t.addr),
                     pid: t.pid,
                     container: t.container.clone(),
+                    weight: 1,
                     health: t.state,
                 })
                 .collect(),
             replacements: self.replacements.clone(),
             ring: self.settings.ring.clone(),
+            balance_factor: self.settings.balance_factor,
         });
     }
 }

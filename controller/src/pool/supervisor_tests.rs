@@ -47,7 +47,7 @@ fn as_strs(names: &[ReplicaName]) -> Vec<&str> {
 /// The members of the publisher's current routing table, sorted.
 fn ring_of(publisher: &Publisher) -> Vec<String> {
     let members = publisher.table().membership();
-    let mut names: Vec<String> = members.iter().map(|(n, _)| n.to_string()).collect();
+    let mut names: Vec<String> = members.iter().map(|m| m.name.to_string()).collect();
     names.sort();
     names
 }
@@ -62,6 +62,7 @@ fn settings() -> PoolSettings {
         max_replicas: MAX_REPLICAS,
         // The course ring: 512 slots, cheap to rebuild at every publish.
         ring: RingConfig::preset(Preset::Course),
+        balance_factor: None,
     }
 }
 

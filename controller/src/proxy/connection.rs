@@ -322,8 +322,10 @@ async fn forward(
 
     let mut attempts = 0;
     let mut last_error = String::new();
-    for backend in failover::live_backends(&table, candidates, proxy.settings.max_attempts) {
+    for backend in failover::route(&table, candidates, proxy.settings.max_attempts) {
         attempts += 1;
+        // Counted in flight until the response is relayed (bounded loads only).
+        let _in_flight = table.bound.as_ref().map(|b| b.charge(&backend.in_flight));
         let started = Instant::now();
         let exchange = proxy.upstreams.exchange(
             backend.addr,

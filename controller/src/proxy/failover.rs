@@ -48,17 +48,74 @@ pub async fn attempt<T, E>(
     }
 }
 
-/// The replicas a request may try, in ring order: at most `max_attempts` of the
-/// candidates, without those ejected since `table` was loaded.
-pub fn live_backends(
+/// The replicas a request may try, in order: at most `max_attempts` of its
+/// `candidates` (ring order), without those ejected since `table` was loaded. Under a
+/// load bound (`table.bound`), candidates at their cap are passed over for the next
+/// with room, and tried only after every candidate with room: a hot key spills over to
+/// its ring neighbours, and failover still reaches every replica.
+pub fn route<I: Iterator<Item = usize>>(
     table: &RoutingTable,
-    candidates: impl Iterator<Item = usize>,
+    candidates: I,
     max_attempts: usize,
-) -> impl Iterator<Item = &Backend> {
-    candidates
-        .take(max_attempts)
-        .map(|index| &table.backends[index])
-        .filter(|backend| !backend.ejection.is_ejected())
+) -> Route<'_, I> {
+    Route {
+        table,
+        candidates,
+        attempts_left: max_attempts,
+        full: Vec::new(),
+        next_full: 0,
+    }
+}
+
+pub struct Route<'t, I> {
+    table: &'t RoutingTable,
+    candidates: I,
+    attempts_left: usize,
+    /// Under a load bound: candidates passed over because they were full, in ring order.
+    full: Vec<usize>,
+    next_full: usize,
+}
+
+impl<'t, I: Iterator<Item = usize>> Iterator for Route<'t, I> {
+    type Item = &'t Backend;
+
+    fn next(&mut self) -> Option<&'t Backend> {
+        if self.attempts_left == 0 {
+            return None;
+        }
+        let backends = &self.table.backends;
+        let Some(bound) = &self.table.bound else {
+            // An ejected candidate uses up an attempt: it is one of the replicas the
+            // request was meant for, and it failed.
+            while self.attempts_left > 0 {
+                let backend = &backends[self.candidates.next()?];
+                self.attempts_left -= 1;
+                if !backend.ejection.is_ejected() {
+                    return Some(backend);
+                }
+            }
+            return None;
+        };
+        for index in self.candidates.by_ref() {
+            let backend = &backends[index];
+            if backend.ejection.is_ejected() {
+                continue;
+            }
+            if bound.has_room(index, &backend.in_flight) {
+                self.attempts_left -= 1;
+                return Some(backend);
+            }
+            self.full.push(index);
+        }
+        while let Some(&index) = self.full.get(self.next_full) {
+            self.next_full += 1;
+            if !backends[index].ejection.is_ejected() {
+                self.attempts_left -= 1;
+                return Some(&backends[index]);
+            }
+        }
+        None
+    }
 }
 
 /// What the client is told when no attempt answered: every candidate was ejected
@@ -104,7 +161,72 @@ pub fn may_retry(method: &str, progress: Progress) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use std::net::SocketAddr;
+    use std::sync::Arc;
+
     use super::*;
+    use crate::metrics::Metrics;
+    use crate::publish::{BalanceFactor, Endpoint, InFlight};
+    use crate::replica_name::ReplicaName;
+    use crate::ring::RingConfig;
+
+    fn table(balance: Option<f64>) -> RoutingTable {
+        let members: Vec<Endpoint> = ["A", "B", "C", "D"]
+            .iter()
+            .zip(1..)
+            .map(|(name, port)| Endpoint {
+                name: ReplicaName::parse(name).unwrap(),
+                addr: SocketAddr::from(([127, 0, 0, 1], port)),
+                weight: 1,
+            })
+            .collect();
+        RoutingTable::build(
+            &members,
+            &RingConfig::default(),
+            balance.map(|c| BalanceFactor::new(c).unwrap()),
+            &Arc::new(InFlight::default()),
+            &Metrics::new(),
+        )
+    }
+
+    fn names<'t>(route: impl Iterator<Item = &'t Backend>) -> Vec<&'t str> {
+        route.map(|b| b.name.as_str()).collect()
+    }
+
+    #[test]
+    fn without_a_bound_the_route_is_the_candidates_less_the_ejected() {
+        let table = table(None);
+        let b = &table.backends[1];
+        b.ejection.eject();
+        // An ejected candidate uses up one of the attempts.
+        assert_eq!(
+            names(route(&table, [1, 2, 0, 3].into_iter(), 3)),
+            ["C", "A"]
+        );
+        assert_eq!(
+            names(route(&table, [0, 1, 2, 3].into_iter(), 9)),
+            ["A", "C", "D"]
+        );
+    }
+
+    #[test]
+    fn under_a_bound_full_candidates_come_last_and_ejected_ones_never() {
+        let table = table(Some(1.0));
+        let bound = table.bound.as_ref().unwrap();
+        let load = |i: usize| &table.backends[i].in_flight;
+        // 7 in flight: A 4, B 3. Caps are ⌈(7 + 1) / 4⌉ = 2: A and B are full.
+        let _charges: Vec<_> = [0, 0, 0, 0, 1, 1, 1]
+            .into_iter()
+            .map(|i| bound.charge(load(i)))
+            .collect();
+        assert_eq!(bound.cap(0), 2);
+        let order = || [0, 1, 2, 3].into_iter();
+        assert_eq!(names(route(&table, order(), 4)), ["C", "D", "A", "B"]);
+        // Skipping a full candidate uses up no attempt.
+        assert_eq!(names(route(&table, order(), 1)), ["C"]);
+        table.backends[2].ejection.eject();
+        assert_eq!(names(route(&table, order(), 4)), ["D", "A", "B"]);
+    }
 
     #[test]
     fn the_policy_table() {

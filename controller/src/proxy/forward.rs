@@ -16,7 +16,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use super::error::ApiError;
 use super::failover::{self, Attempt, Progress};
 use super::{Proxy, wire};
-use crate::publish::Backend;
+use crate::publish::{Backend, Charge, InFlight};
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
@@ -58,8 +58,13 @@ async fn forward_request(proxy: &Proxy, request: Request) -> Result<Response, Ap
 
     let mut attempts = 0;
     let mut last_error = String::new();
-    for backend in failover::live_backends(&table, candidates, proxy.settings.max_attempts) {
+    for backend in failover::route(&table, candidates, proxy.settings.max_attempts) {
         attempts += 1;
+        // Counted in flight until the response body is relayed (bounded loads only).
+        let in_flight = table
+            .bound
+            .as_ref()
+            .map(|b| b.charge_owned(&backend.in_flight));
         let uri = Uri::builder()
             .scheme("http")
             .authority(backend.authority.clone())
@@ -83,7 +88,7 @@ async fn forward_request(proxy: &Proxy, request: Request) -> Result<Response, Ap
             Attempt::Answered(response) => {
                 backend.latency.observe(started.elapsed().as_secs_f64());
                 backend.responses.inc();
-                return respond(response, parts.uri.path()).await;
+                return respond(response, parts.uri.path(), in_flight).await;
             }
             // hyper's client sends a request again by itself only when it never left
             // (a pooled connection found closed before the write).
@@ -142,6 +147,7 @@ pub(super) async fn read_body(
 async fn respond(
     response: http::Response<hyper::body::Incoming>,
     path: &str,
+    in_flight: Option<Charge<Arc<InFlight>>>,
 ) -> Result<Response, ApiError> {
     let (mut parts, body) = response.into_parts();
     if parts.status == StatusCode::NOT_FOUND {
@@ -150,6 +156,11 @@ async fn respond(
         return Err(ApiError::UnknownEndpoint(path.to_owned()));
     }
     strip_hop_by_hop(&mut parts.headers);
+    // The body streams after this returns: the request stays counted until it is dropped.
+    let body = body.map_frame(move |frame| {
+        let _counted = &in_flight;
+        frame
+    });
     Ok(Response::from_parts(parts, Body::new(body)))
 }
 

@@ -8,6 +8,7 @@
 //! updates the ring metrics and builds the [`PoolView`]. The request path reads the
 //! table through [`Publisher::routing`] without a lock.
 
+mod load;
 mod table;
 
 use std::collections::HashSet;
@@ -20,7 +21,8 @@ use crate::health_state::{Health, HealthState};
 use crate::metrics::Metrics;
 use crate::replica_name::ReplicaName;
 use crate::ring::RingConfig;
-pub use table::{Backend, Ejection, RoutingTable, SharedRouting};
+pub use load::{BalanceFactor, Charge, InFlight, LoadBound};
+pub use table::{Backend, Ejection, Endpoint, RoutingTable, SharedRouting};
 
 /// One replica as the pool's owner sees it.
 #[derive(Clone, Debug, PartialEq)]
@@ -31,6 +33,8 @@ pub struct MemberState {
     pub pid: Option<u32>,
     /// Its container's name, when it runs as a container (`--runtime docker`).
     pub container: Option<String>,
+    /// Its ring weight (1 to `ring::MAX_WEIGHT`): its share of the keys is proportional.
+    pub weight: u32,
     pub health: HealthState,
 }
 
@@ -43,6 +47,8 @@ pub struct PoolState {
     pub members: Vec<MemberState>,
     pub replacements: Vec<Replacement>,
     pub ring: RingConfig,
+    /// Bounded loads: off when `None`.
+    pub balance_factor: Option<BalanceFactor>,
 }
 
 /// One replica in the JSON view of the ring.
@@ -52,6 +58,7 @@ pub struct MemberView {
     pub address: SocketAddr,
     pub pid: Option<u32>,
     pub container: Option<String>,
+    pub weight: u32,
     pub health: Health,
     pub consecutive_failures: u32,
     pub in_ring: bool,
@@ -84,10 +91,13 @@ pub struct Publisher {
 impl Publisher {
     /// A publisher with an empty ring.
     pub fn new(ring: &RingConfig, metrics: Arc<Metrics>) -> Self {
+        let in_flight = Arc::new(InFlight::default());
         Self {
             routing: Arc::new(ArcSwap::from_pointee(RoutingTable::build(
                 &[],
                 ring,
+                None,
+                &in_flight,
                 &metrics,
             ))),
             metrics,
@@ -115,7 +125,10 @@ impl Publisher {
         let _one_at_a_time = self.publishing.lock().unwrap_or_else(|e| e.into_inner());
         let routable = routable(state);
         let current = self.routing.load();
-        let rebuild = routable != current.membership() || *current.ring.config() != state.ring;
+        let balance = current.bound.as_ref().map(LoadBound::factor);
+        let rebuild = routable != current.membership()
+            || *current.ring.config() != state.ring
+            || balance != state.balance_factor;
         if rebuild {
             // Still listed but not routable: it failed (one removed is no longer listed).
             let failed = |name: &ReplicaName| {
@@ -124,16 +137,22 @@ impl Publisher {
                     .iter()
                     .any(|m| &m.name == name && !m.health.routable())
             };
-            let table = current.next(&routable, &state.ring, &self.metrics, failed);
+            let table = current.next(
+                &routable,
+                &state.ring,
+                state.balance_factor,
+                &self.metrics,
+                failed,
+            );
             self.metrics.ring_rebuilds.inc();
             self.metrics.ring_members.set(routable.len() as i64);
             tracing::info!(
-                members = ?routable.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
+                members = ?routable.iter().map(|m| m.name.as_str()).collect::<Vec<_>>(),
                 "ring rebuilt"
             );
             self.routing.store(Arc::new(table));
         }
-        let in_ring: HashSet<&ReplicaName> = routable.iter().map(|(n, _)| n).collect();
+        let in_ring: HashSet<&ReplicaName> = routable.iter().map(|m| &m.name).collect();
         let mut members: Vec<MemberView> = state
             .members
             .iter()
@@ -143,6 +162,7 @@ impl Publisher {
                     address: m.addr?,
                     pid: m.pid,
                     container: m.container.clone(),
+                    weight: m.weight,
                     health: m.health.health,
                     consecutive_failures: m.health.consecutive_failures,
                     in_ring: in_ring.contains(&m.name),
@@ -172,16 +192,22 @@ impl Publisher {
 
 /// The members that take traffic: desired, with an address, and healthy. Sorted,
 /// as [`RoutingTable::membership`] is, so that the two compare.
-fn routable(state: &PoolState) -> Vec<(ReplicaName, SocketAddr)> {
+fn routable(state: &PoolState) -> Vec<Endpoint> {
     let desired: HashSet<&ReplicaName> = state.desired.iter().collect();
-    let mut routable: Vec<(ReplicaName, SocketAddr)> = state
+    let mut routable: Vec<Endpoint> = state
         .members
         .iter()
         .filter(|m| desired.contains(&m.name) && m.health.routable())
-        .filter_map(|m| Some((m.name.clone(), m.addr?)))
+        .filter_map(|m| {
+            Some(Endpoint {
+                name: m.name.clone(),
+                addr: m.addr?,
+                weight: m.weight,
+            })
+        })
         .collect();
     routable.sort();
-    routable.dedup_by(|a, b| a.0 == b.0);
+    routable.dedup_by(|a, b| a.name == b.name);
     routable
 }
 
@@ -199,6 +225,7 @@ mod tests {
             addr: Some(SocketAddr::from(([127, 0, 0, 1], port))),
             pid: None,
             container: None,
+            weight: 1,
             health: HealthState {
                 health,
                 ..HealthState::starting()
@@ -212,12 +239,13 @@ mod tests {
             members,
             replacements: Vec::new(),
             ring: RingConfig::default(),
+            balance_factor: None,
         }
     }
 
     fn in_ring(publisher: &Publisher) -> Vec<String> {
         let members = publisher.table().membership();
-        members.iter().map(|(n, _)| n.to_string()).collect()
+        members.iter().map(|m| m.name.to_string()).collect()
     }
 
     #[test]

@@ -15,9 +15,18 @@ use http::uri::Authority;
 use prometheus_client::metrics::{counter::Counter, histogram::Histogram};
 use tokio::sync::Notify;
 
+use super::load::{BalanceFactor, InFlight, LoadBound};
 use crate::metrics::Metrics;
 use crate::replica_name::ReplicaName;
 use crate::ring::{Ring, RingConfig};
+
+/// A member the table routes to: its name, address and ring weight.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Endpoint {
+    pub name: ReplicaName,
+    pub addr: SocketAddr,
+    pub weight: u32,
+}
 
 /// A routable replica with everything the request path needs, prepared once per
 /// table so that forwarding does no string formatting or map lookups.
@@ -30,6 +39,8 @@ pub struct Backend {
     pub latency: Histogram,
     /// Shared by every table this member is in, with this address.
     pub ejection: Arc<Ejection>,
+    /// Its requests in flight, shared like `ejection`; counted only under a load bound.
+    pub in_flight: Arc<InFlight>,
 }
 
 /// Tells the requests in flight to one replica that it was taken out of the ring
@@ -86,6 +97,10 @@ impl Ejection {
 pub struct RoutingTable {
     pub ring: Ring,
     pub backends: Vec<Backend>,
+    /// Bounded loads, when a balance factor is set.
+    pub bound: Option<LoadBound>,
+    /// The pool's requests in flight, handed on to the next table.
+    in_flight: Arc<InFlight>,
     /// Each member's share of the key space, computed on first use (`/ring`).
     shares: OnceLock<Vec<f64>>,
 }
@@ -93,31 +108,43 @@ pub struct RoutingTable {
 pub type SharedRouting = Arc<ArcSwap<RoutingTable>>;
 
 impl RoutingTable {
-    /// The first table of a pool.
+    /// The first table of a pool. `in_flight` is the pool's count of requests in flight,
+    /// shared by all its tables.
     pub fn build(
-        members: &[(ReplicaName, SocketAddr)],
+        members: &[Endpoint],
         config: &RingConfig,
+        balance: Option<BalanceFactor>,
+        in_flight: &Arc<InFlight>,
         metrics: &Metrics,
     ) -> Self {
-        Self::build_with(members, config, metrics, &HashMap::new())
+        Self::build_with(
+            members,
+            config,
+            balance,
+            in_flight,
+            metrics,
+            &HashMap::new(),
+        )
     }
 
-    /// The table that replaces this one. Members that stay keep their [`Ejection`];
-    /// those that leave and `failed` names are ejected (a member removed on request
-    /// is not: its requests in flight may finish).
+    /// The table that replaces this one. Members that stay keep their [`Ejection`] and
+    /// in-flight count; those that leave and `failed` names are ejected (a member
+    /// removed on request is not: its requests in flight may finish).
     pub fn next(
         &self,
-        members: &[(ReplicaName, SocketAddr)],
+        members: &[Endpoint],
         config: &RingConfig,
+        balance: Option<BalanceFactor>,
         metrics: &Metrics,
         failed: impl Fn(&ReplicaName) -> bool,
     ) -> Self {
-        let ejections: HashMap<(&str, SocketAddr), &Arc<Ejection>> = self
+        let staying: HashMap<(&str, SocketAddr), &Backend> = self
             .backends
             .iter()
-            .map(|b| ((b.name.as_str(), b.addr), &b.ejection))
+            .map(|b| ((b.name.as_str(), b.addr), b))
             .collect();
-        let next = Self::build_with(members, config, metrics, &ejections);
+        let in_flight = self.in_flight();
+        let next = Self::build_with(members, config, balance, &in_flight, metrics, &staying);
         for backend in &self.backends {
             let stays = next
                 .backends
@@ -132,25 +159,22 @@ impl RoutingTable {
     }
 
     fn build_with(
-        members: &[(ReplicaName, SocketAddr)],
+        members: &[Endpoint],
         config: &RingConfig,
+        balance: Option<BalanceFactor>,
+        in_flight: &Arc<InFlight>,
         metrics: &Metrics,
-        ejections: &HashMap<(&str, SocketAddr), &Arc<Ejection>>,
+        staying: &HashMap<(&str, SocketAddr), &Backend>,
     ) -> Self {
-        let ring = Ring::build(
-            &members
-                .iter()
-                .map(|(name, _)| name.as_str())
-                .collect::<Vec<_>>(),
-            config,
-        );
-        let by_name: HashMap<&str, &(ReplicaName, SocketAddr)> =
-            members.iter().map(|m| (m.0.as_str(), m)).collect();
-        let backends = ring
+        let ring = build_ring(members, config);
+        let by_name: HashMap<&str, &Endpoint> =
+            members.iter().map(|m| (m.name.as_str(), m)).collect();
+        let backends: Vec<Backend> = ring
             .members()
             .iter()
             .map(|member| {
-                let (name, addr) = by_name[member.as_str()];
+                let Endpoint { name, addr, .. } = by_name[member.as_str()];
+                let earlier = staying.get(&(name.as_str(), *addr));
                 Backend {
                     name: name.clone(),
                     addr: *addr,
@@ -159,17 +183,24 @@ impl RoutingTable {
                     responses: metrics.responses(name),
                     failures: metrics.forward_failures(name),
                     latency: metrics.latency(name),
-                    ejection: ejections
-                        .get(&(name.as_str(), *addr))
-                        .map_or_else(Default::default, |e| Arc::clone(e)),
+                    ejection: earlier.map_or_else(Default::default, |b| Arc::clone(&b.ejection)),
+                    in_flight: earlier.map_or_else(Default::default, |b| Arc::clone(&b.in_flight)),
                 }
             })
             .collect();
+        let bound = balance.map(|factor| LoadBound::new(factor, in_flight.clone(), ring.weights()));
         Self {
             ring,
             backends,
+            bound,
+            in_flight: in_flight.clone(),
             shares: OnceLock::new(),
         }
+    }
+
+    /// The pool's count of requests in flight (kept only under a load bound).
+    pub fn in_flight(&self) -> Arc<InFlight> {
+        self.in_flight.clone()
     }
 
     /// Each member's share of the key space, in the order of `ring.members()`.
@@ -179,27 +210,48 @@ impl RoutingTable {
         self.shares.get_or_init(|| self.ring.shares())
     }
 
-    /// The (name, address) pairs of this table, sorted: what a rebuild compares.
-    pub fn membership(&self) -> Vec<(ReplicaName, SocketAddr)> {
-        let mut members: Vec<_> = self
+    /// The members of this table, sorted: what a rebuild compares.
+    pub fn membership(&self) -> Vec<Endpoint> {
+        let mut members: Vec<Endpoint> = self
             .backends
             .iter()
-            .map(|b| (b.name.clone(), b.addr))
+            .zip(self.ring.weights())
+            .map(|(b, &weight)| Endpoint {
+                name: b.name.clone(),
+                addr: b.addr,
+                weight,
+            })
             .collect();
         members.sort();
         members
     }
 }
 
+/// The ring over `members` with their weights. Weights the ring cannot honour (a slot
+/// ring too small for them) were refused where they were set (`--replica`, `/add`, the
+/// spec); should they get here anyway, the ring ignores them rather than routing nothing.
+fn build_ring(members: &[Endpoint], config: &RingConfig) -> Ring {
+    let weighted: Vec<(&str, u32)> = members
+        .iter()
+        .map(|m| (m.name.as_str(), m.weight))
+        .collect();
+    Ring::build_weighted(&weighted, config).unwrap_or_else(|error| {
+        tracing::error!(%error, "weights ignored: every member counts as weight 1");
+        let names: Vec<&str> = weighted.iter().map(|(name, _)| *name).collect();
+        Ring::build(&names, config)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn member(name: &str, port: u16) -> (ReplicaName, SocketAddr) {
-        (
-            ReplicaName::parse(name).unwrap(),
-            SocketAddr::from(([127, 0, 0, 1], port)),
-        )
+    fn member(name: &str, port: u16) -> Endpoint {
+        Endpoint {
+            name: ReplicaName::parse(name).unwrap(),
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            weight: 1,
+        }
     }
 
     #[tokio::test]
@@ -207,7 +259,14 @@ mod tests {
         let metrics = Metrics::new();
         let config = RingConfig::default();
         let (a, b, c) = (member("A", 1), member("B", 2), member("C", 3));
-        let first = RoutingTable::build(&[a.clone(), b.clone(), c.clone()], &config, &metrics);
+        let in_flight = Arc::new(InFlight::default());
+        let first = RoutingTable::build(
+            &[a.clone(), b.clone(), c.clone()],
+            &config,
+            None,
+            &in_flight,
+            &metrics,
+        );
         let ejection = |table: &RoutingTable, name: &str| {
             table
                 .backends
@@ -227,7 +286,7 @@ mod tests {
         };
 
         // B failed, C was removed on request; A stays.
-        let second = first.next(std::slice::from_ref(&a), &config, &metrics, |name| {
+        let second = first.next(std::slice::from_ref(&a), &config, None, &metrics, |name| {
             name.as_str() == "B"
         });
         waiting.await.unwrap();
@@ -241,7 +300,7 @@ mod tests {
         of_b.wait(0).await;
 
         // B comes back at the same address: a fresh signal, not the spent one.
-        let third = second.next(&[a, b], &config, &metrics, |_| true);
+        let third = second.next(&[a, b], &config, None, &metrics, |_| true);
         assert!(!ejection(&third, "B").is_ejected());
     }
 }
