@@ -13,13 +13,14 @@ use tokio::net::TcpListener;
 
 use crate::metrics::Metrics;
 use crate::pool::health::HeartbeatProber;
+use crate::pool::membership::{self, Weights};
 use crate::pool::supervisor::PoolSettings;
 use crate::pool::{HealthSettings, Supervisor};
 use crate::proxy::workers::ProxyListeners;
 use crate::proxy::{ProxyArgs, ProxySettings};
 use crate::publish::{PoolView, Publisher};
 use crate::replica_name::ReplicaName;
-use crate::ring::{Algorithm, HashFn, Preset, RingConfig};
+use crate::ring::{Algorithm, HashFn, MAX_WEIGHT, Preset, RingConfig};
 use crate::runtime::{DockerRuntime, DockerSettings, ExternalRuntime, ProcessRuntime, Runtime};
 use crate::serving::Serving;
 
@@ -28,6 +29,8 @@ use crate::serving::Serving;
 pub struct ExternalReplica {
     pub name: ReplicaName,
     pub addr: SocketAddr,
+    /// Its ring weight (`@W`; 1 when not given).
+    pub weight: u32,
 }
 
 impl std::str::FromStr for ExternalReplica {
@@ -35,14 +38,29 @@ impl std::str::FromStr for ExternalReplica {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let (name, target) = s
             .split_once('=')
-            .ok_or_else(|| format!("'{s}' is not NAME=HOST:PORT"))?;
+            .ok_or_else(|| format!("'{s}' is not NAME=HOST:PORT[@WEIGHT]"))?;
         let name = ReplicaName::parse(name).map_err(|e| format!("'{name}': {e}"))?;
+        let (target, weight) = match target.rsplit_once('@') {
+            None => (target, 1),
+            Some((target, weight)) => {
+                let weight = weight
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|w| (1..=MAX_WEIGHT).contains(w))
+                    .ok_or_else(|| {
+                        format!(
+                            "'{weight}' is not a weight: give an integer from 1 to {MAX_WEIGHT}"
+                        )
+                    })?;
+                (target, weight)
+            }
+        };
         let addr = target
             .to_socket_addrs()
             .map_err(|e| format!("'{target}': {e}"))?
             .next()
             .ok_or_else(|| format!("'{target}' resolves to no address"))?;
-        Ok(Self { name, addr })
+        Ok(Self { name, addr, weight })
     }
 }
 
@@ -75,7 +93,9 @@ pub struct UpArgs {
 
     /// Front a replica you already run instead of starting local ones (repeatable):
     /// same ring and heartbeats, nothing is spawned, a failed one rejoins when healthy.
-    #[arg(long = "replica", value_name = "NAME=HOST:PORT")]
+    /// `@W` gives it ring weight W (1 to 256; default 1): a share of the keys
+    /// proportional to W.
+    #[arg(long = "replica", value_name = "NAME=HOST:PORT[@W]")]
     pub external: Vec<ExternalReplica>,
 
     /// Upper bound on the number of replicas that /add may reach.
@@ -238,7 +258,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         match args.runtime {
             RuntimeKind::Process => {
                 let runtime = Arc::new(ProcessRuntime::current_exe(args.replica_host)?);
-                serve(runtime, names, settings, front).await
+                serve(runtime, names, Weights::new(), settings, front).await
             }
             RuntimeKind::Docker => {
                 let runtime = Arc::new(
@@ -249,7 +269,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
                     })
                     .await?,
                 );
-                serve(runtime, names, settings, front).await
+                serve(runtime, names, Weights::new(), settings, front).await
             }
         }
     } else {
@@ -263,7 +283,14 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         if names.len() != args.external.len() {
             anyhow::bail!("a name is given twice in --replica");
         }
-        serve(runtime, names, settings, front).await
+        let weights: Weights = args
+            .external
+            .iter()
+            .map(|r| (r.name.clone(), r.weight))
+            .collect();
+        membership::check_weights(&names, &weights, &settings.ring)
+            .map_err(|e| anyhow::anyhow!("--replica weights: {e}"))?;
+        serve(runtime, names, weights, settings, front).await
     }
 }
 
@@ -279,6 +306,7 @@ struct Front {
 async fn serve<R: Runtime>(
     runtime: Arc<R>,
     names: Vec<crate::replica_name::ReplicaName>,
+    weights: Weights,
     settings: PoolSettings,
     front: Front,
 ) -> anyhow::Result<()> {
@@ -294,6 +322,7 @@ async fn serve<R: Runtime>(
     let (pool, supervisor) = Supervisor::launch(
         runtime,
         names,
+        weights,
         settings,
         Arc::new(HeartbeatProber::default()),
         metrics.clone(),

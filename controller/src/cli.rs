@@ -133,6 +133,17 @@ mod tests {
         let r: ExternalReplica = "web1=127.0.0.1:8080".parse().unwrap();
         assert_eq!(r.name.as_str(), "web1");
         assert_eq!(r.addr, SocketAddr::from(([127, 0, 0, 1], 8080)));
+        assert_eq!(r.weight, 1);
+        let weighted: ExternalReplica = "web2=127.0.0.1:8081@3".parse().unwrap();
+        assert_eq!((weighted.addr.port(), weighted.weight), (8081, 3));
+        for bad in [
+            "web2=127.0.0.1:8081@0",
+            "web2=127.0.0.1:8081@257",
+            "web2=127.0.0.1:8081@x",
+        ] {
+            let error = bad.parse::<ExternalReplica>().unwrap_err();
+            assert!(error.contains("integer from 1 to 256"), "{bad}: {error}");
+        }
         assert!("web1=127.0.0.1".parse::<ExternalReplica>().is_err());
         assert!("bad name=127.0.0.1:1".parse::<ExternalReplica>().is_err());
     }

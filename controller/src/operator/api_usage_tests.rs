@@ -249,7 +249,7 @@ pub async fn proxy_run() -> FakeApiServer {
         Arc::new(Publisher::new(&RingConfig::default(), metrics.clone())),
         mpsc::channel(1).0,
     );
-    elsewhere.add(1, vec![]).await.unwrap();
+    elsewhere.add(1, vec![], Default::default()).await.unwrap();
     eventually("/rep lists the replica added elsewhere", || {
         publisher.view().desired.len() == 3
     })

@@ -3,6 +3,7 @@
 //! generated from these types; `crds/serverpool.yaml` is that output, and a test
 //! fails when they differ.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
@@ -13,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::pool::HealthSettings;
 use crate::publish::BalanceFactor;
 use crate::replica_name::MAX_NAME_LEN;
-use crate::ring::{Algorithm, HashFn, Preset, RingConfig};
+use crate::ring::{Algorithm, HashFn, MAX_WEIGHT, Preset, RingConfig};
 
 /// The replica image a pool runs unless its spec names another.
 pub const DEFAULT_REPLICA_IMAGE: &str = "ringlb-replica:dev";
@@ -119,6 +120,12 @@ pub struct ServerPoolSpec {
     /// Ring settings of the proxy; unset: the default preset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hashing: Option<HashingSpec>,
+    /// Ring weights (1 to 256) by replica name (a hostname or a generated `Server<k>`);
+    /// unlisted replicas weigh 1, and a replacement takes the weight of the replica it
+    /// replaces. A replica's share of the keys is proportional to its weight.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(transform = weight_values)]
+    pub weights: BTreeMap<String, u32>,
     /// Heartbeat settings; unset: every second, 500 ms timeout, 3 failures.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub heartbeat: Option<HeartbeatSpec>,
@@ -130,6 +137,20 @@ fn default_image() -> String {
 
 fn default_port() -> u16 {
     DEFAULT_REPLICA_PORT
+}
+
+/// The values of `spec.weights`: int32 from 1 to `MAX_WEIGHT` (schemars' `inner` bounds
+/// list items, not map values).
+fn weight_values(schema: &mut schemars::Schema) {
+    schema.insert(
+        "additionalProperties".into(),
+        serde_json::json!({
+            "type": "integer",
+            "format": "int32",
+            "minimum": 1,
+            "maximum": MAX_WEIGHT,
+        }),
+    );
 }
 
 /// The `x-kubernetes-validations` of `spec.hashing` (see [`hashing_rules`]).

@@ -116,6 +116,22 @@ pub fn desired_members(
     Ok(desired.into_iter().zip(pods).collect())
 }
 
+/// The ring weight of each desired member: `spec.weights` of its slot (the base name it
+/// stands for), so that a replacement weighs what the replica it replaced did.
+pub fn member_weights(
+    spec: &ServerPoolSpec,
+    replacements: &HashMap<String, ReplicaName>,
+) -> membership::Weights {
+    base_names(spec)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|base| {
+            let weight = *spec.weights.get(base.as_str())?;
+            Some((resolve(base, replacements), weight))
+        })
+        .collect()
+}
+
 /// The replacements worth keeping: one per slot the spec still has (the slots of
 /// names scaled away or removed are dropped).
 pub fn live_replacements(
@@ -225,12 +241,28 @@ fn names_only_spec() -> ServerPoolSpec {
         port: 0,
         hashing: None,
         heartbeat: None,
+        weights: Default::default(),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_replacement_weighs_what_its_slot_weighs() {
+        let spec = ServerPoolSpec {
+            replicas: 3,
+            weights: [("Server2".to_owned(), 3), ("Gone".to_owned(), 9)].into(),
+            ..names_only_spec()
+        };
+        let replacements = HashMap::from([("Server2".to_owned(), name("emergency_1"))]);
+        // Only desired members: `Gone` is not a slot of this spec.
+        assert_eq!(
+            member_weights(&spec, &replacements),
+            membership::Weights::from([(name("emergency_1"), 3)])
+        );
+    }
 
     fn name(n: &str) -> ReplicaName {
         ReplicaName::parse(n).unwrap()

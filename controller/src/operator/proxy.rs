@@ -63,6 +63,10 @@ pub fn pool_state(
         &members::replacement_map(&status.emergency_replacements),
     )
     .unwrap_or_default();
+    let weights = members::member_weights(
+        spec,
+        &members::replacement_map(&status.emergency_replacements),
+    );
     let said_ready = |name: &ReplicaName, pod: &str| {
         status
             .members
@@ -117,11 +121,11 @@ pub fn pool_state(
             _ => Health::Starting,
         };
         members.push(MemberState {
+            weight: weights.get(&name).copied().unwrap_or(1),
             name,
             addr,
             pid: None,
             container: None,
-            weight: 1,
             health: HealthState {
                 health,
                 ..HealthState::starting()

@@ -24,6 +24,7 @@ fn pool(replicas: u32) -> ServerPool {
             port: 5000,
             hashing: None,
             heartbeat: None,
+            weights: Default::default(),
         },
     );
     pool.metadata.namespace = Some("default".into());

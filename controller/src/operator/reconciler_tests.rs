@@ -204,6 +204,7 @@ fn pool(replicas: u32, status: Option<ServerPoolStatus>) -> ServerPool {
                 // These pods fail from their first heartbeat on purpose.
                 startup_grace_ms: Some(0),
             }),
+            weights: Default::default(),
         },
     );
     pool.metadata.namespace = Some(NS.into());

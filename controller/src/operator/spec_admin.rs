@@ -4,6 +4,7 @@
 //! resourceVersion precondition, from any proxy replica; the operator makes the
 //! pods follow, and every proxy's watch sees the new spec.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
@@ -53,12 +54,12 @@ impl SpecAdmin {
         }
     }
 
-    /// Reads the pool, lets `change` compute the new base names from the desired
-    /// ones, and writes them to the spec; retried when the pool changed meanwhile.
+    /// Reads the pool, lets `change` compute the new base names (and weights) from the
+    /// desired ones, and writes them to the spec; retried when the pool changed meanwhile.
     async fn change(
         &self,
         operation: &str,
-        change: impl Fn(&Current) -> Result<Vec<ReplicaName>, PoolError>,
+        change: impl Fn(&Current) -> Result<(Vec<ReplicaName>, BTreeMap<String, u32>), PoolError>,
     ) -> Result<Vec<ReplicaName>, PoolError> {
         for _ in 0..CONFLICT_RETRIES {
             let pool = self
@@ -67,7 +68,15 @@ impl SpecAdmin {
                 .await
                 .map_err(|e| backend(&self.name, e))?;
             let current = Current::of(&pool).map_err(|e| PoolError::Backend(e.to_string()))?;
-            let bases = change(&current)?;
+            let (bases, weights) = change(&current)?;
+            // A merge patch merges maps: a weight that goes is written as null.
+            let mut weights_patch: BTreeMap<&str, Option<u32>> = pool
+                .spec
+                .weights
+                .keys()
+                .map(|k| (k.as_str(), None))
+                .collect();
+            weights_patch.extend(weights.iter().map(|(k, w)| (k.as_str(), Some(*w))));
             let (replicas, hostnames) = members::spec_for(&pool.spec.hostnames, &bases);
             let mut spec = pool.spec.clone();
             spec.replicas = replicas;
@@ -77,7 +86,7 @@ impl SpecAdmin {
                 .into_iter()
                 .map(|(name, _)| name)
                 .collect::<Vec<_>>();
-            let patch = json!({
+            let mut patch = json!({
                 // A stale resourceVersion makes the API server refuse (409): re-read and retry.
                 "metadata": { "resourceVersion": pool.metadata.resource_version },
                 // No hostnames: the field goes (null), the names are all generated.
@@ -86,6 +95,9 @@ impl SpecAdmin {
                     "hostnames": (!hostnames.is_empty()).then_some(&hostnames),
                 },
             });
+            if !weights_patch.is_empty() {
+                patch["spec"]["weights"] = json!(weights_patch);
+            }
             match self
                 .api
                 .patch(&self.name, &PatchParams::default(), &Patch::Merge(&patch))
@@ -116,6 +128,10 @@ struct Current {
     /// Every name that may not be reused: bases, desired, members still listed,
     /// failed names.
     in_use: Vec<ReplicaName>,
+    /// `spec.weights` as it is.
+    spec_weights: BTreeMap<String, u32>,
+    /// The weight of each desired member.
+    weights: membership::Weights,
 }
 
 impl Current {
@@ -142,6 +158,8 @@ impl Current {
                 .filter_map(|n| ReplicaName::parse(n).ok()),
         );
         Ok(Self {
+            weights: members::member_weights(&pool.spec, &replacements),
+            spec_weights: pool.spec.weights.clone(),
             bases,
             desired,
             replacements,
@@ -180,6 +198,7 @@ impl PoolAdmin for SpecAdmin {
         &self,
         n: u64,
         hostnames: Vec<String>,
+        weights: BTreeMap<String, u32>,
     ) -> BoxFuture<'_, Result<Vec<ReplicaName>, PoolError>> {
         Box::pin(async move {
             let max = self.max_replicas;
@@ -200,7 +219,15 @@ impl PoolAdmin for SpecAdmin {
                 // Refuse names that cannot be pods before anything is written.
                 let all: Vec<ReplicaName> = current.desired.iter().chain(&added).cloned().collect();
                 members::pod_names(&all).map_err(refusal)?;
-                Ok(current.bases.iter().chain(&added).cloned().collect())
+                // And weights the ring cannot honour.
+                let added_weights = membership::weights_to_add(&added, &weights)?;
+                let mut weights_after = current.weights.clone();
+                weights_after.extend(added_weights.iter().map(|(n, w)| (n.clone(), *w)));
+                membership::check_weights(&all, &weights_after, table.ring.config())?;
+                let mut spec_weights = current.spec_weights.clone();
+                spec_weights.extend(added_weights.into_iter().map(|(n, w)| (n.to_string(), w)));
+                let bases = current.bases.iter().chain(&added).cloned().collect();
+                Ok((bases, spec_weights))
             })
             .await
         })
@@ -219,12 +246,16 @@ impl PoolAdmin for SpecAdmin {
                     .iter()
                     .filter_map(|name| current.base_of(name))
                     .collect();
-                Ok(current
+                let bases: Vec<ReplicaName> = current
                     .bases
                     .iter()
                     .filter(|base| !removed_bases.contains(base))
                     .cloned()
-                    .collect())
+                    .collect();
+                // The weights of the slots that go, go with them.
+                let mut spec_weights = current.spec_weights.clone();
+                spec_weights.retain(|name, _| bases.iter().any(|b| b.as_str() == name));
+                Ok((bases, spec_weights))
             })
             .await
         })
@@ -309,6 +340,7 @@ mod tests {
                 port: 5000,
                 hashing: None,
                 heartbeat: None,
+                weights: Default::default(),
             },
         );
         pool.metadata.namespace = Some("default".into());
@@ -344,7 +376,7 @@ mod tests {
     #[tokio::test]
     async fn add_patches_replicas_and_keeps_the_hostnames_when_they_suffice() {
         let (kube_pool, calls) = mock(pool(3, &[], &[]), 0);
-        let desired = kube_pool.add(2, vec![]).await.unwrap();
+        let desired = kube_pool.add(2, vec![], BTreeMap::new()).await.unwrap();
         assert_eq!(
             names(&desired),
             ["Server1", "Server2", "Server3", "Server4", "Server5"]
@@ -361,7 +393,10 @@ mod tests {
     #[tokio::test]
     async fn add_with_names_and_rm_of_a_replacement_spell_the_names_out() {
         let (kube_pool, calls) = mock(pool(3, &[], &[("Server2", "emergency_1")]), 0);
-        let desired = kube_pool.add(1, vec!["web".into()]).await.unwrap();
+        let desired = kube_pool
+            .add(1, vec!["web".into()], BTreeMap::new())
+            .await
+            .unwrap();
         assert_eq!(
             names(&desired),
             ["Server1", "emergency_1", "Server3", "web"]
@@ -384,24 +419,72 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn weights_are_written_by_slot_and_leave_with_their_slot() {
+        let weighted = || {
+            let mut weighted = pool(3, &[], &[("Server2", "emergency_1")]);
+            weighted.spec.weights = BTreeMap::from([("Server2".to_owned(), 3)]);
+            weighted
+        };
+        let (kube_pool, calls) = mock(weighted(), 0);
+        let weights = BTreeMap::from([("web".to_owned(), 2)]);
+        kube_pool.add(1, vec!["web".into()], weights).await.unwrap();
+        assert_eq!(
+            patches(&calls)[0]["spec"]["weights"],
+            json!({"Server2": 3, "web": 2})
+        );
+
+        // emergency_1 holds slot Server2: removing it removes that slot's weight.
+        let (kube_pool, calls) = mock(weighted(), 0);
+        kube_pool
+            .remove(1, vec!["emergency_1".into()])
+            .await
+            .unwrap();
+        assert_eq!(
+            patches(&calls)[0]["spec"]["weights"],
+            json!({"Server2": null})
+        );
+
+        // A weight the ring cannot hold is refused before anything is written.
+        let (kube_pool, calls) = mock(weighted(), 0);
+        let error = kube_pool
+            .add(
+                1,
+                vec!["web".into()],
+                BTreeMap::from([("web".to_owned(), 0)]),
+            )
+            .await
+            .unwrap_err();
+        assert!(error.to_string().contains("weight 0"), "{error}");
+        assert!(patches(&calls).is_empty());
+    }
+
+    #[tokio::test]
     async fn refused_changes_write_nothing() {
         let (kube_pool, calls) = mock(pool(2, &[], &[("Server2", "emergency_1")]), 0);
         for (result, expected) in [
             (
-                kube_pool.add(1, vec!["Server1".into()]).await,
+                kube_pool
+                    .add(1, vec!["Server1".into()], BTreeMap::new())
+                    .await,
                 "hostname 'Server1' is already in use",
             ),
             (
                 // The failed name stays taken while its replacement lives.
-                kube_pool.add(1, vec!["Server2".into()]).await,
+                kube_pool
+                    .add(1, vec!["Server2".into()], BTreeMap::new())
+                    .await,
                 "hostname 'Server2' is already in use",
             ),
             (
-                kube_pool.add(1, vec!["server_".into()]).await,
+                kube_pool
+                    .add(1, vec!["server_".into()], BTreeMap::new())
+                    .await,
                 "cannot name a pod",
             ),
             (
-                kube_pool.add(2, vec!["Web_1".into(), "web-1".into()]).await,
+                kube_pool
+                    .add(2, vec!["Web_1".into(), "web-1".into()], BTreeMap::new())
+                    .await,
                 "hostname 'web-1' is already in use",
             ),
             (
@@ -422,7 +505,7 @@ mod tests {
     #[tokio::test]
     async fn a_conflicting_write_is_retried_on_a_fresh_read() {
         let (kube_pool, calls) = mock(pool(1, &[], &[]), 2);
-        let desired = kube_pool.add(1, vec![]).await.unwrap();
+        let desired = kube_pool.add(1, vec![], BTreeMap::new()).await.unwrap();
         assert_eq!(names(&desired), ["Server1", "Server2"]);
         let methods: Vec<String> = calls
             .lock()

@@ -3,6 +3,8 @@
 //! API and forwarding are written once against this trait; what they read comes
 //! from the [`crate::publish::Publisher`].
 
+use std::collections::BTreeMap;
+
 use futures::future::BoxFuture;
 
 use super::ReplicaName;
@@ -23,12 +25,14 @@ pub enum PoolError {
 }
 
 pub trait PoolAdmin: Send + Sync + 'static {
-    /// `/add`: adds `n` replicas (named from `hostnames`, the rest generated) and
-    /// returns the desired replicas after the change, or why nothing changed.
+    /// `/add`: adds `n` replicas (named from `hostnames`, the rest generated), with
+    /// ring `weights` by hostname (1 when not given), and returns the desired replicas
+    /// after the change, or why nothing changed.
     fn add(
         &self,
         n: u64,
         hostnames: Vec<String>,
+        weights: BTreeMap<String, u32>,
     ) -> BoxFuture<'_, Result<Vec<ReplicaName>, PoolError>>;
 
     /// `/rm`: removes `n` replicas (named from `hostnames`, the rest at random).

@@ -2,11 +2,12 @@
 //! is refused. Pure functions, so a rejected call provably changes nothing: the
 //! supervisor applies a change only after these return `Ok`.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use rand::seq::IndexedRandom;
 
 use super::{NameError, ReplicaName};
+use crate::ring::{Ring, RingConfig, WeightError};
 
 /// Why an `/add` or `/rm` request is refused. The messages are the contract's.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -33,6 +34,55 @@ pub enum MembershipError {
     UnknownName(String),
     #[error("cannot remove {n} replicas: there are only {current}")]
     NotEnoughReplicas { n: u64, current: usize },
+    #[error(
+        "'weights' names '{0}', which is not in 'hostnames': only named replicas take a weight"
+    )]
+    WeightForUnnamed(String),
+    #[error("{0}")]
+    Weights(#[from] WeightError),
+}
+
+/// Ring weights by replica name; a replica not listed has weight 1.
+pub type Weights = HashMap<ReplicaName, u32>;
+
+/// The weights `/add` gives the replicas it adds (`added`, from [`names_to_add`]): the
+/// request's `weights` by hostname, which must each name one of them.
+pub fn weights_to_add(
+    added: &[ReplicaName],
+    weights: &BTreeMap<String, u32>,
+) -> Result<Weights, MembershipError> {
+    weights
+        .iter()
+        .map(|(raw, &weight)| {
+            let name = added
+                .iter()
+                .find(|name| name.as_str() == raw)
+                .ok_or_else(|| MembershipError::WeightForUnnamed(raw.clone()))?;
+            Ok((name.clone(), weight))
+        })
+        .collect()
+}
+
+/// Refuses `weights` over `members` that `ring` cannot honour (a weight out of range,
+/// or more virtual servers than a slot ring holds), so that a change is refused rather
+/// than routed with the wrong shares.
+pub fn check_weights(
+    members: &[ReplicaName],
+    weights: &Weights,
+    ring: &RingConfig,
+) -> Result<(), MembershipError> {
+    if members
+        .iter()
+        .all(|m| weights.get(m).is_none_or(|&w| w == 1))
+    {
+        return Ok(());
+    }
+    let weighted: Vec<(&str, u32)> = members
+        .iter()
+        .map(|m| (m.as_str(), weights.get(m).copied().unwrap_or(1)))
+        .collect();
+    Ring::build_weighted(&weighted, ring)?;
+    Ok(())
 }
 
 /// Parses and checks the requested names: valid, and no name twice.

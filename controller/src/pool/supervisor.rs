@@ -6,7 +6,7 @@
 //! state to the [`Publisher`]. Because there is a single writer, an `/add` or `/rm`
 //! is validated and applied atomically.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use super::health::{HealthSettings, Prober};
-use super::membership;
+use super::membership::{self, Weights};
 use super::{Action, Observed, Policy, PoolAdmin, PoolError, ReplicaName, plan};
 use crate::health_state::{Health, HealthState};
 use crate::metrics::Metrics;
@@ -37,6 +37,7 @@ enum Command {
     Add {
         n: u64,
         hostnames: Vec<String>,
+        weights: BTreeMap<String, u32>,
         reply: Reply,
     },
     Remove {
@@ -58,10 +59,16 @@ pub struct PoolHandle {
 
 impl PoolHandle {
     /// Adds `n` replicas; returns the desired replicas after the change.
-    pub async fn add(&self, n: u64, hostnames: Vec<String>) -> Result<Vec<ReplicaName>, PoolError> {
+    pub async fn add(
+        &self,
+        n: u64,
+        hostnames: Vec<String>,
+        weights: BTreeMap<String, u32>,
+    ) -> Result<Vec<ReplicaName>, PoolError> {
         self.ask(|reply| Command::Add {
             n,
             hostnames,
+            weights,
             reply,
         })
         .await
@@ -131,6 +138,8 @@ pub struct Supervisor<R: Runtime> {
     heartbeats: Arc<dyn Prober>,
     metrics: Arc<Metrics>,
     desired: Vec<ReplicaName>,
+    /// Ring weights of the desired replicas; a replacement takes its slot's.
+    weights: Weights,
     tracked: HashMap<ReplicaName, Tracked>,
     next_emergency: u64,
     replacements: Vec<Replacement>,
@@ -142,8 +151,9 @@ impl PoolAdmin for PoolHandle {
         &self,
         n: u64,
         hostnames: Vec<String>,
+        weights: BTreeMap<String, u32>,
     ) -> futures::future::BoxFuture<'_, Result<Vec<ReplicaName>, PoolError>> {
-        Box::pin(PoolHandle::add(self, n, hostnames))
+        Box::pin(PoolHandle::add(self, n, hostnames, weights))
     }
 
     fn remove(
@@ -166,6 +176,7 @@ impl<R: Runtime> Supervisor<R> {
     pub async fn launch(
         runtime: Arc<R>,
         initial: Vec<ReplicaName>,
+        weights: Weights,
         settings: PoolSettings,
         heartbeats: Arc<dyn Prober>,
         metrics: Arc<Metrics>,
@@ -177,6 +188,7 @@ impl<R: Runtime> Supervisor<R> {
             settings,
             metrics,
             desired: Vec::new(),
+            weights,
             tracked: HashMap::new(),
             next_emergency: 1,
             replacements: Vec::new(),
@@ -216,8 +228,8 @@ impl<R: Runtime> Supervisor<R> {
                     self.round().await;
                 }
                 command = commands.recv() => match command {
-                    Some(Command::Add { n, hostnames, reply }) => {
-                        let _ = reply.send(self.add(n, hostnames).await);
+                    Some(Command::Add { n, hostnames, weights, reply }) => {
+                        let _ = reply.send(self.add(n, hostnames, weights).await);
                     }
                     Some(Command::Remove { n, hostnames, reply }) => {
                         let _ = reply.send(self.remove(n, hostnames).await);
@@ -377,6 +389,9 @@ impl<R: Runtime> Supervisor<R> {
                     if let Some(slot) = self.desired.iter_mut().find(|d| **d == failed) {
                         *slot = replacement.clone();
                     }
+                    if let Some(weight) = self.weights.remove(&failed) {
+                        self.weights.insert(replacement.clone(), weight);
+                    }
                     self.tracked.remove(&failed);
                     self.publish();
                     // Reaps the dead process, or kills a hung one at once: a
@@ -439,7 +454,12 @@ impl<R: Runtime> Supervisor<R> {
         Ok(())
     }
 
-    async fn add(&mut self, n: u64, hostnames: Vec<String>) -> Result<Vec<ReplicaName>, PoolError> {
+    async fn add(
+        &mut self,
+        n: u64,
+        hostnames: Vec<String>,
+        weights: BTreeMap<String, u32>,
+    ) -> Result<Vec<ReplicaName>, PoolError> {
         let in_use: Vec<ReplicaName> = self.tracked.keys().cloned().collect();
         let names = membership::names_to_add(
             &self.desired,
@@ -448,9 +468,14 @@ impl<R: Runtime> Supervisor<R> {
             &hostnames,
             self.settings.max_replicas,
         )?;
+        let mut weights_after = self.weights.clone();
+        weights_after.extend(membership::weights_to_add(&names, &weights)?);
+        let members_after: Vec<ReplicaName> = self.desired.iter().chain(&names).cloned().collect();
+        membership::check_weights(&members_after, &weights_after, &self.settings.ring)?;
         self.start_all(&names).await?;
         tracing::info!(added = ?names.iter().map(ReplicaName::as_str).collect::<Vec<_>>(), "admin: added replicas");
         self.desired.extend(names);
+        self.weights = weights_after;
         self.metrics.admin_change("add");
         self.heartbeat_round().await;
         self.publish();
@@ -465,6 +490,7 @@ impl<R: Runtime> Supervisor<R> {
         let names = membership::names_to_remove(&self.desired, n, &hostnames, &mut rand::rng())?;
         tracing::info!(removed = ?names.iter().map(ReplicaName::as_str).collect::<Vec<_>>(), "admin: removed replicas");
         self.desired.retain(|d| !names.contains(d));
+        self.weights.retain(|name, _| !names.contains(name));
         // Out of the ring first, then stopped: the replica drains what it has.
         self.publish();
         for name in &names {
@@ -488,7 +514,7 @@ impl<R: Runtime> Supervisor<R> {
                     addr: Some(t.addr),
                     pid: t.pid,
                     container: t.container.clone(),
-                    weight: 1,
+                    weight: self.weights.get(name).copied().unwrap_or(1),
                     health: t.state,
                 })
                 .collect(),

@@ -353,6 +353,7 @@ impl Pool {
         let (handle, task) = Supervisor::launch(
             runtime.clone(),
             initial.iter().map(|s| name(s)).collect(),
+            HashMap::new(),
             settings(),
             prober.clone(),
             metrics,
@@ -476,6 +477,7 @@ async fn launch_that_cannot_start_a_replica_stops_the_ones_it_started_and_fails(
     let launched = Supervisor::launch(
         runtime.clone(),
         THREE.iter().map(|s| name(s)).collect(),
+        HashMap::new(),
         settings(),
         Arc::new(FakeProber::default()),
         metrics,
@@ -694,7 +696,11 @@ async fn reports_in_a_burst_count_as_one_failure_not_as_many() {
 async fn add_starts_the_new_replicas_and_returns_the_new_desired_list() {
     let pool = Pool::launch(FakeRuntime::new(true), &THREE, &[]).await;
 
-    let desired = pool.handle.add(2, strings(&["Alpha"])).await.unwrap();
+    let desired = pool
+        .handle
+        .add(2, strings(&["Alpha"]), BTreeMap::new())
+        .await
+        .unwrap();
     let expected = ["Server1", "Server2", "Server3", "Alpha", "Server4"];
     assert_eq!(as_strs(&desired), expected);
     assert_eq!(
@@ -730,7 +736,11 @@ async fn a_refused_add_changes_nothing_and_returns_the_error() {
     ];
     let view = pool.view();
     for (n, hostnames, expected) in refusals {
-        let error = pool.handle.add(n, strings(hostnames)).await.unwrap_err();
+        let error = pool
+            .handle
+            .add(n, strings(hostnames), BTreeMap::new())
+            .await
+            .unwrap_err();
         assert!(
             matches!(&error, PoolError::Membership(e) if expected(e)),
             "add({n}, {hostnames:?}): {error:?}"
@@ -745,12 +755,68 @@ async fn a_refused_add_changes_nothing_and_returns_the_error() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn weights_from_add_reach_the_ring_pass_to_a_replacement_and_must_fit_the_ring() {
+    let pool = Pool::launch(FakeRuntime::new(true), &THREE, &[]).await;
+    let weights = BTreeMap::from([("Big".to_owned(), 4)]);
+    pool.handle
+        .add(2, strings(&["Big", "Small"]), weights)
+        .await
+        .unwrap();
+    let weight = |s: &str| pool.member(s).unwrap().weight;
+    assert_eq!(
+        (weight("Big"), weight("Small"), weight("Server1")),
+        (4, 1, 1)
+    );
+    let ring_weight = |s: &str| {
+        let table = pool.publisher.table();
+        let index = table.ring.members().iter().position(|m| m == s).unwrap();
+        table.ring.weights()[index]
+    };
+    assert_eq!((ring_weight("Big"), ring_weight("Small")), (4, 1));
+
+    // Refused, and nothing changes: a weight for a name the call does not add, and a
+    // total weight the course ring cannot hold (8 + 49 = 57 units × 9 virtual servers
+    // = 513 > 512 slots).
+    let view = pool.view();
+    for (weights, expected) in [
+        (BTreeMap::from([("D".to_owned(), 2)]), "'weights' names 'D'"),
+        (
+            BTreeMap::from([("C".to_owned(), 49)]),
+            "do not fit in 512 slots",
+        ),
+    ] {
+        let error = pool
+            .handle
+            .add(1, strings(&["C"]), weights)
+            .await
+            .unwrap_err();
+        assert!(error.to_string().contains(expected), "{error}");
+        assert!(Arc::ptr_eq(&view, &pool.view()), "a refused add published");
+        assert_eq!(pool.runtime.calls().len(), 5, "the runtime saw a call");
+    }
+
+    // Big fails: the replica that takes its slot takes its weight.
+    pool.answers("Big", false);
+    pool.ticks(THRESHOLD as usize).await;
+    assert_eq!(
+        pool.desired(),
+        ["Server1", "Server2", "Server3", "emergency_1", "Small"]
+    );
+    assert_eq!(weight("emergency_1"), 4);
+    assert_eq!(ring_weight("emergency_1"), 4);
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_start_failure_during_add_stops_what_that_add_started_and_returns_the_error() {
     let pool = Pool::launch(FakeRuntime::new(true), &THREE, &[]).await;
     pool.runtime.fail_start("Server5", true);
     let view = pool.view();
 
-    let error = pool.handle.add(3, Vec::new()).await.unwrap_err();
+    let error = pool
+        .handle
+        .add(3, Vec::new(), BTreeMap::new())
+        .await
+        .unwrap_err();
     assert!(matches!(error, PoolError::Runtime(_)), "{error:?}");
     assert_eq!(
         pool.runtime.calls_since(3),
@@ -832,7 +898,7 @@ async fn shutdown_stops_every_replica_and_ends_the_task() {
     until("the supervisor task ends", || pool.task.is_finished()).await;
     pool.task.await.unwrap();
 
-    let refused = pool.handle.add(1, Vec::new()).await;
+    let refused = pool.handle.add(1, Vec::new(), BTreeMap::new()).await;
     assert!(matches!(refused, Err(PoolError::ShuttingDown)));
     assert_eq!(pool.runtime.calls().len(), 4);
 }

@@ -1,6 +1,7 @@
 //! The admin API: `GET /rep`, `POST /add`, `DELETE /rm`. Handlers only parse and
 //! check the request; the supervisor validates against the pool and applies.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::Json;
@@ -11,6 +12,7 @@ use serde_json::{Value, json};
 use super::Proxy;
 use super::error::ApiError;
 use crate::replica_name::ReplicaName;
+use crate::ring::MAX_WEIGHT;
 
 /// Admin bodies are a count and a few names: anything larger is a mistake or abuse.
 pub const MAX_ADMIN_BODY: usize = 64 * 1024;
@@ -31,7 +33,10 @@ pub async fn add(
     request: Request,
 ) -> Result<Json<Value>, ApiError> {
     let change = read_change(&proxy, request).await?;
-    let replicas = proxy.admin.add(change.n, change.hostnames).await?;
+    let replicas = proxy
+        .admin
+        .add(change.n, change.hostnames, change.weights)
+        .await?;
     Ok(rep_body(&replicas))
 }
 
@@ -40,15 +45,21 @@ pub async fn rm(
     request: Request,
 ) -> Result<Json<Value>, ApiError> {
     let change = read_change(&proxy, request).await?;
+    if !change.weights.is_empty() {
+        return Err(ApiError::BadField("/rm takes no 'weights'".into()));
+    }
     let replicas = proxy.admin.remove(change.n, change.hostnames).await?;
     Ok(rep_body(&replicas))
 }
 
-/// The body of `/add` and `/rm`: `{"n": <integer ≥ 1>, "hostnames": [<string>, …]}`.
+/// The body of `/add` and `/rm`: `{"n": <integer ≥ 1>, "hostnames": [<string>, …]}`,
+/// and for `/add` optionally `"weights": {<hostname>: <integer 1…256>, …}`.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Change {
     pub n: u64,
     pub hostnames: Vec<String>,
+    /// Ring weights by hostname; the replicas not named here have weight 1.
+    pub weights: BTreeMap<String, u32>,
 }
 
 async fn read_change(proxy: &Proxy, request: Request) -> Result<Change, ApiError> {
@@ -114,7 +125,33 @@ pub fn parse_change(bytes: &[u8]) -> Result<Change, ApiError> {
             )));
         }
     };
-    Ok(Change { n, hostnames })
+    let weights = match fields.get("weights") {
+        None | Some(Value::Null) => BTreeMap::new(),
+        Some(Value::Object(weights)) => weights
+            .iter()
+            .map(|(name, weight)| {
+                let weight = weight
+                    .as_u64()
+                    .filter(|w| (1..=u64::from(MAX_WEIGHT)).contains(w))
+                    .ok_or_else(|| {
+                        ApiError::BadField(format!(
+                            "the weight of '{name}' must be an integer from 1 to {MAX_WEIGHT}, got {weight}"
+                        ))
+                    })?;
+                Ok((name.clone(), weight as u32))
+            })
+            .collect::<Result<_, ApiError>>()?,
+        Some(other) => {
+            return Err(ApiError::BadField(format!(
+                "'weights' must be an object of hostname to weight, got {other}"
+            )));
+        }
+    };
+    Ok(Change {
+        n,
+        hostnames,
+        weights,
+    })
 }
 
 #[cfg(test)]
@@ -131,15 +168,39 @@ mod tests {
             parse_change(br#"{"n": 2, "hostnames": ["Server4", "Server5"]}"#).unwrap(),
             Change {
                 n: 2,
-                hostnames: vec!["Server4".into(), "Server5".into()]
+                hostnames: vec!["Server4".into(), "Server5".into()],
+                weights: BTreeMap::new(),
             }
         );
         assert_eq!(
             parse_change(br#"{"n": 1}"#).unwrap(),
             Change {
                 n: 1,
-                hostnames: vec![]
+                hostnames: vec![],
+                weights: BTreeMap::new(),
             }
+        );
+    }
+
+    #[test]
+    fn weights_are_hostnames_to_integers_from_1_to_256() {
+        let change =
+            parse_change(br#"{"n": 2, "hostnames": ["A", "B"], "weights": {"A": 3, "B": 256}}"#);
+        assert_eq!(
+            change.unwrap().weights,
+            BTreeMap::from([("A".into(), 3), ("B".into(), 256)])
+        );
+        for bad in ["0", "257", "1.5", "\"2\"", "-1", "null"] {
+            let body = format!(r#"{{"n": 1, "hostnames": ["A"], "weights": {{"A": {bad}}}}}"#);
+            assert!(
+                message(parse_change(body.as_bytes()))
+                    .contains("the weight of 'A' must be an integer from 1 to 256"),
+                "{bad}"
+            );
+        }
+        assert!(
+            message(parse_change(br#"{"n": 1, "weights": [2]}"#))
+                .contains("'weights' must be an object")
         );
     }
 
