@@ -1,8 +1,11 @@
-//! The operations port: Prometheus `/metrics`, `/healthz`, `/readyz`, and `/ring`,
-//! a JSON view of the members, their health and their share of the key space.
+//! The operations port: Prometheus `/metrics`, `/healthz`, `/readyz`, `/ring`, a JSON
+//! view of the members, their health and their share of the key space, and
+//! `/dashboard`, a live picture of the ring for a browser ([`dashboard`]).
 //!
-//! A process that serves a pool (`ringlb up`, `ringlb proxy`) has all four
+//! A process that serves a pool (`ringlb up`, `ringlb proxy`) has them all
 //! ([`router`]); the operator, which serves none, has the first three ([`process_router`]).
+
+pub mod dashboard;
 
 use std::sync::Arc;
 
@@ -12,7 +15,7 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::metrics::Metrics;
 use crate::publish::Publisher;
@@ -40,7 +43,8 @@ pub fn router(publisher: Arc<Publisher>, metrics: Arc<Metrics>, alive: Liveness)
     Router::new()
         .route("/readyz", get(readyz))
         .route("/ring", get(ring))
-        .with_state(publisher)
+        .with_state(publisher.clone())
+        .merge(dashboard::router(publisher))
         .merge(common(metrics, alive))
 }
 
@@ -102,18 +106,21 @@ async fn ring(State(publisher): State<Arc<Publisher>>) -> impl IntoResponse {
     })
     .await
     .unwrap_or_default();
-    let share_of = |name: &str| {
-        table
-            .ring
-            .members()
-            .iter()
-            .position(|m| m == name)
-            .and_then(|i| shares.get(i).copied())
+    let index_of = |name: &str| table.ring.members().iter().position(|m| m == name);
+    // Bounded loads: a member's requests in flight and its cap now (null when off).
+    let load_of = |index: Option<usize>| match (&table.bound, index) {
+        (Some(bound), Some(i)) => (
+            json!(table.backends[i].in_flight.get()),
+            json!(bound.cap(i)),
+        ),
+        _ => (Value::Null, Value::Null),
     };
     let members: Vec<_> = view
         .members
         .iter()
         .map(|m| {
+            let index = index_of(m.name.as_str());
+            let (in_flight, load_bound) = load_of(index);
             let mut member = json!({
                 "name": m.name,
                 "address": m.address,
@@ -121,7 +128,10 @@ async fn ring(State(publisher): State<Arc<Publisher>>) -> impl IntoResponse {
                 "health": m.health,
                 "consecutive_failures": m.consecutive_failures,
                 "in_ring": m.in_ring,
-                "share": share_of(m.name.as_str()),
+                "share": index.and_then(|i| shares.get(i).copied()),
+                "weight": m.weight,
+                "in_flight": in_flight,
+                "load_bound": load_bound,
             });
             // A replica container (`--runtime docker`): what `docker ps` calls it.
             if let Some(container) = &m.container {
@@ -132,6 +142,7 @@ async fn ring(State(publisher): State<Arc<Publisher>>) -> impl IntoResponse {
         .collect();
     Json(json!({
         "config": table.ring.config(),
+        "balance_factor": table.bound.as_ref().map(|b| b.factor()),
         "desired": view.desired,
         "members": members,
         "replacements": view.replacements,

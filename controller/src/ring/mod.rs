@@ -8,6 +8,7 @@
 //! [`Preset::Course`] reproduces the course setup and [`Preset::Default`] is the measured
 //! default (see `bench/ring-quality` and docs/ring-quality.md).
 
+mod arcs;
 mod candidates;
 mod config;
 mod hash;
@@ -22,6 +23,7 @@ mod weights;
 
 use std::fmt;
 
+pub use arcs::{MAX_VNODE_MARKS, OwnedArc, RingPicture, VnodeMark};
 pub use candidates::Candidates;
 pub use config::{
     Algorithm, HashFn, MAGLEV_DEFAULT_SLOTS, Preset, RANK_TABLE_DEFAULT_SLOTS, RingConfig,
@@ -236,6 +238,13 @@ impl Ring {
             Layout::Table(table) => Candidates::walk(table.table(), table.entry_of(hash), n),
             Layout::Rendezvous(set) => Candidates::ranked(set, hash, n),
         }
+    }
+
+    /// Who serves each of up to `max_positions` evenly spaced positions around the
+    /// ring's circle, as arcs, and where a slot ring's virtual servers sit: what the
+    /// dashboard draws (see [`RingPicture`]). Costs one lookup per position.
+    pub fn picture(&self, max_positions: u32) -> RingPicture {
+        arcs::picture(self, max_positions)
     }
 
     /// Fraction of the default request-key space (the six-digit ids "100000"..="999999")
