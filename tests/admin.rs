@@ -191,6 +191,33 @@ async fn add_without_names_generates_them_and_rm_without_names_picks_any() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weights_given_by_add_set_the_share_of_the_keys() {
+    let lb = Ringlb::start(&["-n", "2"]);
+    let body = r#"{"n": 2, "hostnames": ["Big", "Small"], "weights": {"Big": 4}}"#;
+    let (status, answer) = lb.request(Method::POST, "/add", Some(body), None).await;
+    assert_eq!(status, 200, "{answer}");
+    let ring = lb.ring_json().await;
+    let member = |name: &str| {
+        ring["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["name"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("{name} in {ring}"))
+    };
+    // Weights 1, 1, 4, 1: Big has 4/7 of the keys (57%), each other 1/7 (14%); the
+    // default ring keeps every share within a few points of that.
+    assert_eq!(member("Big")["weight"], 4);
+    assert_eq!(member("Small")["weight"], 1);
+    let share = |name: &str| member(name)["share"].as_f64().unwrap();
+    assert!((share("Big") - 4.0 / 7.0).abs() < 0.03, "{ring}");
+    for name in ["Server1", "Server2", "Small"] {
+        assert!((share(name) - 1.0 / 7.0).abs() < 0.03, "{ring}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rejected_add_changes_nothing() {
     let lb = Ringlb::start(&["--max-replicas", "5"]);
     let before = snapshot(&lb).await;
@@ -232,6 +259,14 @@ async fn rejected_add_changes_nothing() {
         (
             format!(r#"{{"n": 1, "hostnames": ["{long_name}"]}}"#),
             "invalid hostname",
+        ),
+        (
+            r#"{"n": 1, "hostnames": ["Big"], "weights": {"Big": 0}}"#.into(),
+            "the weight of 'Big' must be an integer from 1 to 256",
+        ),
+        (
+            r#"{"n": 1, "hostnames": ["Big"], "weights": {"Other": 2}}"#.into(),
+            "'weights' names 'Other', which is not in 'hostnames'",
         ),
         (r#"{"n": 0}"#.into(), "'n' must be an integer"),
         (r#"{"n": -1}"#.into(), "'n' must be an integer"),

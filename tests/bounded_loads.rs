@@ -10,14 +10,16 @@ use std::time::{Duration, Instant};
 use common::fake_replica::{FakeReplica, read_response};
 use common::{Ringlb, wait_until};
 use ringlb::ring::{Ring, RingConfig};
+use serde_json::{Value, json};
 
 const NAMES: [&str; 3] = ["A", "B", "C"];
 const HELD: usize = 6;
 
 /// Sends `HELD` requests for the key `hot`, one at a time, each once the one before has
 /// reached a replica (so every routing decision sees the ones before it in flight), and
-/// returns the replica index each landed on. Then lets them all answer.
-async fn land_held_requests(balance_factor: Option<&str>) -> Vec<usize> {
+/// returns the replica index each landed on, and each replica's `in_flight` and
+/// `load_bound` in `/ring` while they are held. Then lets them all answer.
+async fn land_held_requests(balance_factor: Option<&str>) -> (Vec<usize>, Vec<(Value, Value)>) {
     let fakes: Vec<FakeReplica> = NAMES.iter().map(|_| FakeReplica::start()).collect();
     let mut args: Vec<String> = vec!["--key".into(), "query:id".into()];
     for (name, fake) in NAMES.iter().zip(&fakes) {
@@ -60,6 +62,20 @@ async fn land_held_requests(balance_factor: Option<&str>) -> Vec<usize> {
         };
         landed.push(replica);
     }
+    // `/ring` shows each member's requests in flight and its cap while they are held.
+    let ring = lb.ring_json().await;
+    let loads: Vec<(Value, Value)> = NAMES
+        .iter()
+        .map(|name| {
+            let member = ring["members"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|m| m["name"] == *name)
+                .unwrap();
+            (member["in_flight"].clone(), member["load_bound"].clone())
+        })
+        .collect();
     for fake in &fakes {
         for _ in 0..HELD {
             fake.release();
@@ -69,7 +85,7 @@ async fn land_held_requests(balance_factor: Option<&str>) -> Vec<usize> {
         let (status, _, body) = read_response(&mut stream, &mut Vec::new());
         assert_eq!((status, body.as_str()), (200, "Server: Fake"));
     }
-    landed
+    (landed, loads)
 }
 
 /// The replicas in the failover order of the key `hot`, as indices into `NAMES`.
@@ -83,7 +99,10 @@ fn failover_order() -> Vec<usize> {
 #[tokio::test]
 async fn a_hot_key_stays_home_without_a_bound() {
     let home = failover_order()[0];
-    assert_eq!(land_held_requests(None).await, vec![home; HELD]);
+    let (landed, loads) = land_held_requests(None).await;
+    assert_eq!(landed, vec![home; HELD]);
+    // Not counted without a bound.
+    assert_eq!(loads, vec![(Value::Null, Value::Null); NAMES.len()]);
 }
 
 #[tokio::test]
@@ -93,5 +112,8 @@ async fn a_hot_key_spills_over_in_failover_order_under_a_bound() {
     // L = 0: cap 1, home is empty → home. L = 1: cap 1, home is full → the second
     // candidate. L = 2: cap 1 → the third. L = 3: cap 2 → home again; and so on.
     let expected: Vec<usize> = (0..HELD).map(|i| order[i % 3]).collect();
-    assert_eq!(land_held_requests(Some("1")).await, expected);
+    let (landed, loads) = land_held_requests(Some("1")).await;
+    assert_eq!(landed, expected);
+    // Two held on each; with L = 6 the cap is ⌈7 / 3⌉ = 3.
+    assert_eq!(loads, vec![(json!(2), json!(3)); NAMES.len()]);
 }
