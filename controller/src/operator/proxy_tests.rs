@@ -478,9 +478,22 @@ fn an_invalid_hashing_spec_keeps_the_last_good_ring() {
         preset: Some(crate::ring::Preset::Course),
         ..Default::default()
     });
-    proxy.apply(&apply_pool(course));
+    proxy.apply(&apply_pool(course.clone()));
     let good = proxy.publisher.table().ring.config().clone();
     assert_eq!(good.algorithm, crate::ring::Algorithm::Slot);
+    assert!(proxy.publisher.table().bound.is_none());
+
+    // A balance factor and a weight in the spec reach the routing table.
+    let mut weighted = course.clone();
+    weighted.spec.weights = [("Server2".to_owned(), 3)].into();
+    if let Some(hashing) = weighted.spec.hashing.as_mut() {
+        hashing.balance_factor = Some(1.25);
+    }
+    proxy.apply(&apply_pool(weighted));
+    let table = proxy.publisher.table();
+    assert_eq!(table.bound.as_ref().map(|b| b.factor().get()), Some(1.25));
+    assert_eq!(table.ring.weights(), [1, 3]);
+    proxy.apply(&apply_pool(course));
 
     // Maglev with a table size that is not prime: the ring stays as it was, and so
     // do its members (the operator says why in Degraded; the schema refuses it too).
