@@ -79,6 +79,8 @@ pub struct Route<'t, I> {
 impl<'t, I: Iterator<Item = usize>> Iterator for Route<'t, I> {
     type Item = &'t Backend;
 
+    // Inlined into both forwarding loops: without a bound it is what the loop did before.
+    #[inline]
     fn next(&mut self) -> Option<&'t Backend> {
         if self.attempts_left == 0 {
             return None;

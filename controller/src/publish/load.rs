@@ -125,9 +125,11 @@ impl LoadBound {
         (self.scale[index] * (self.total.get() + 1) as f64).ceil() as usize
     }
 
-    /// Whether backend `index`, holding `load`, may take one more request.
+    /// Whether backend `index`, holding `load`, may take one more request: `load <
+    /// cap(index)`, computed without the `ceil` (for a whole `load`, `load < ⌈x⌉` is
+    /// `load < x`), which is a libm call on the request path.
     pub fn has_room(&self, index: usize, load: &InFlight) -> bool {
-        load.get() < self.cap(index)
+        (load.get() as f64) < self.scale[index] * (self.total.get() + 1) as f64
     }
 
     /// Counts one request on `load` (and the pool) until the returned charge is dropped.
