@@ -5,9 +5,20 @@ Starts three `ringlb-replica` processes on 127.0.0.1, then ringlb (fronting them
 --replica NAME=HOST:PORT), nginx (`hash $arg_id consistent`) and HAProxy
 (`balance url_param id` + `hash-type consistent`), all keyed on the same query
 parameter, and runs wrk with a random id per request against each in alternation
-(A B C A B C ...) and against one replica directly. Prints req/s, p50, p99 and CPU
-time per request of the proxy processes, each with its ratio to the best peer, and
+(A B C, then C B A, ...) and against one replica directly. Prints req/s, p50, p99 and
+CPU time per request of the proxy processes, each with its ratio to the best peer, and
 writes the table to docs/bench.md. Everything it starts is stopped at the end.
+
+Bounded loads (`--balance-factors`, 1.25,100 unless `--balance-factors off`): one more
+ringlb per factor C with `--balance-factor C`, and one more HAProxy with
+`hash-balance-factor 100·C` for the first factor, run in the same rounds, each right
+beside its unbounded twin; the report gives the ratio bounded ÷ unbounded per round
+(median and range). At C = 100 every cap exceeds the pool's whole load, so nothing is
+passed over and the ratio is what the shared in-flight counters alone cost per request;
+at 1.25 some requests are also sent past their full home replica.
+
+The binaries are looked for where cargo builds them (`cargo metadata`'s target
+directory, so CARGO_TARGET_DIR is honoured), or in --bin-dir.
 
 Only loopback addresses are used; every run is bounded by wrk's duration.
 """
@@ -16,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import os
 import platform
 import re
@@ -98,6 +110,7 @@ class Target:
     port: int
     pid: int | None  # the process whose tree is the proxy (None: no proxy)
     results: list[dict] = field(default_factory=list)
+    twin: str | None = None  # bounded loads: the name of the same proxy unbounded
 
 
 class Stack:
@@ -179,11 +192,13 @@ http {{
     return conf
 
 
-def haproxy_conf(port: int, backends: list[int], tmp: Path) -> Path:
+def haproxy_conf(port: int, backends: list[int], tmp: Path, balance_factor: int | None = None) -> Path:
+    """`balance_factor`: HAProxy's `hash-balance-factor` (a percentage, ≥ 100), or none."""
     servers = "\n".join(
         f"  server s{i} 127.0.0.1:{p}" for i, p in enumerate(backends, 1)
     )
-    conf = tmp / "haproxy.cfg"
+    bounded = f"\n  hash-balance-factor {balance_factor}" if balance_factor else ""
+    conf = tmp / ("haproxy.cfg" if balance_factor is None else f"haproxy-hbf{balance_factor}.cfg")
     conf.write_text(f"""
 global
   nbthread {os.cpu_count() or 2}
@@ -200,7 +215,7 @@ frontend fe
   default_backend replicas
 backend replicas
   balance url_param id
-  hash-type consistent
+  hash-type consistent{bounded}
 {servers}
 """)
     return conf
@@ -275,6 +290,55 @@ def kept_failover_section(path: Path) -> str:
     return "\n" + text[begin:end + len("<!-- failover:end -->")] + "\n"
 
 
+def cargo_release_dir() -> Path:
+    """Where `cargo build --release` puts the binaries: cargo's own target directory
+    (CARGO_TARGET_DIR or a config's build.target-dir), else ROOT/target."""
+    try:
+        out = subprocess.run(["cargo", "metadata", "--no-deps", "--format-version", "1"], cwd=ROOT,
+                             capture_output=True, text=True, timeout=60, check=True).stdout
+        return Path(json.loads(out)["target_directory"]) / "release"
+    except Exception:  # noqa: BLE001 - no cargo, say: the environment's word, or the default
+        target = os.environ.get("CARGO_TARGET_DIR")
+        return (Path(target).resolve() if target else ROOT / "target") / "release"
+
+
+def source_state() -> str:
+    """The commit the binaries are built from, and whether the Rust sources differ from it."""
+    try:
+        head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+                              capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--", "controller",
+                                "replica", "Cargo.toml", "Cargo.lock"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except Exception:  # noqa: BLE001 - best effort
+        return ""
+    if not head:
+        return ""
+    return f" (built from commit {head}" + (" with uncommitted changes" if dirty else "") + ")"
+
+
+def balance_factors(text: str) -> list[float]:
+    """`1.25,100` → [1.25, 100.0]; `off` → []."""
+    if text.strip().lower() in ("off", "none", "0", ""):
+        return []
+    factors = []
+    for part in text.split(","):
+        try:
+            factor = float(part)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{part}' is not a balance factor (a number such as 1.25)")
+        if not 1.0 <= factor <= 100.0:
+            raise argparse.ArgumentTypeError("a balance factor must be from 1 to 100")
+        if factor not in factors:
+            factors.append(factor)
+    return factors
+
+
+def spread(values: list[float], fmt: str = "{:.3f}") -> str:
+    """min–max of `values`, as text."""
+    return f"{fmt.format(min(values))}–{fmt.format(max(values))}" if values else "–"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=3)
@@ -283,20 +347,30 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "bench.md")
     parser.add_argument("--no-build", action="store_true")
-    parser.add_argument("--bin-dir", type=Path, default=ROOT / "target" / "release",
-                        help="where ringlb and ringlb-replica are (implies --no-build if not the default)")
+    parser.add_argument("--bin-dir", type=Path,
+                        help="where ringlb and ringlb-replica are (implies --no-build); default: "
+                             "cargo's target directory (CARGO_TARGET_DIR if set), release/")
     parser.add_argument("--baseline", type=Path,
-                        help="another ringlb binary (an earlier commit's, say) run as a fourth target "
+                        help="another ringlb binary (an earlier commit's, say) run as a further target "
                              "in the same rounds, to measure a change against the same peers")
+    parser.add_argument("--balance-factors", type=balance_factors, default="1.25,100", metavar="C,...",
+                        help="bounded loads: also run ringlb --balance-factor C for each C, and HAProxy "
+                             "hash-balance-factor 100·C for the first, beside the unbounded ones "
+                             "(default 1.25,100: 100 passes nothing over, so it measures the counters "
+                             "alone; off to skip)")
     args = parser.parse_args()
     if not (1 <= args.rounds <= 20 and 1 <= args.duration <= 120):
         parser.error("--rounds must be 1..20 and --duration 1..120")
 
     ensure_tools()
-    if not args.no_build and args.bin_dir == ROOT / "target" / "release":
-        subprocess.run(["cargo", "build", "--release", "-q", "-p", "ringlb", "-p", "ringlb-replica"],
-                       cwd=ROOT, check=True)
+    if args.bin_dir is None:
+        args.bin_dir = cargo_release_dir()
+        if not args.no_build:
+            subprocess.run(["cargo", "build", "--release", "-q", "-p", "ringlb", "-p", "ringlb-replica"],
+                           cwd=ROOT, check=True)
     bin_dir = args.bin_dir
+    factors = args.balance_factors
+    hp_factor = round(factors[0] * 100) if factors else None
 
     stack = Stack()
     tmp = Path(tempfile.mkdtemp(prefix="ringlb-bench-"))
@@ -309,40 +383,51 @@ def main() -> int:
         for port in backends:
             wait_for_port(port)
 
-        rl_port, rl_ops = free_port(), free_port()
-        ringlb = stack.start(
-            [str(bin_dir / "ringlb"), "up", "--listen", f"127.0.0.1:{rl_port}",
-             "--ops-listen", f"127.0.0.1:{rl_ops}", "--key", "query:id",
-             *sum((["--replica", f"Server{i}=127.0.0.1:{p}"] for i, p in enumerate(backends, 1)), [])],
-            env=dict(os.environ, RUST_LOG="warn"),
-        )
-        if args.baseline:
-            base_port, base_ops = free_port(), free_port()
-            baseline = stack.start(
-                [str(args.baseline), "up", "--listen", f"127.0.0.1:{base_port}",
-                 "--ops-listen", f"127.0.0.1:{base_ops}", "--key", "query:id",
-                 *sum((["--replica", f"Server{i}=127.0.0.1:{p}"] for i, p in enumerate(backends, 1)), [])],
+        def start_ringlb(binary: Path, *extra: str) -> tuple[int, subprocess.Popen]:
+            port, ops = free_port(), free_port()
+            proc = stack.start(
+                [str(binary), "up", "--listen", f"127.0.0.1:{port}",
+                 "--ops-listen", f"127.0.0.1:{ops}", "--key", "query:id",
+                 *sum((["--replica", f"Server{i}=127.0.0.1:{p}"] for i, p in enumerate(backends, 1)), []),
+                 *extra],
                 env=dict(os.environ, RUST_LOG="warn"),
             )
+            return port, proc
+
+        # In each round the targets run in this order, and in the next in reverse (ABBA):
+        # a bounded proxy runs right beside its unbounded twin, first after it, then
+        # before it, so that a drift of the machine's load hits both alike.
+        # The first factor right after ringlb, the others right before it.
+        targets = []
+        for factor in factors[:0:-1]:
+            port, proc = start_ringlb(bin_dir / "ringlb", "--balance-factor", str(factor))
+            targets.append(Target(f"ringlb bounded {factor:g}", port, proc.pid, twin="ringlb"))
+        rl_port, ringlb = start_ringlb(bin_dir / "ringlb")
+        targets.append(Target("ringlb", rl_port, ringlb.pid))
+        if factors:
+            port, proc = start_ringlb(bin_dir / "ringlb", "--balance-factor", str(factors[0]))
+            targets.append(Target(f"ringlb bounded {factors[0]:g}", port, proc.pid, twin="ringlb"))
         ng_port = free_port()
         for d in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
             (tmp / d).mkdir()
         nginx = stack.start([tool("nginx"), "-c", str(nginx_conf(ng_port, backends, tmp)), "-p", str(tmp)])
+        targets.append(Target("nginx", ng_port, nginx.pid))
         hp_port = free_port()
         haproxy = stack.start([tool("haproxy"), "-f", str(haproxy_conf(hp_port, backends, tmp))])
-        for port in (rl_port, ng_port, hp_port):
-            wait_for_port(port)
+        targets.append(Target("haproxy", hp_port, haproxy.pid))
+        if hp_factor is not None:
+            port = free_port()
+            proc = stack.start([tool("haproxy"), "-f", str(haproxy_conf(port, backends, tmp, hp_factor))])
+            targets.append(Target(f"haproxy bounded {hp_factor}", port, proc.pid, twin="haproxy"))
+        if args.baseline:
+            # First, so that it runs right beside ringlb too.
+            port, proc = start_ringlb(args.baseline)
+            targets.insert(0, Target("ringlb baseline", port, proc.pid))
+        for t in targets:
+            wait_for_port(t.port)
 
         script = tmp / "random-id.lua"
         script.write_text(WRK_SCRIPT)
-        targets = [
-            Target("ringlb", rl_port, ringlb.pid),
-            Target("nginx", ng_port, nginx.pid),
-            Target("haproxy", hp_port, haproxy.pid),
-        ]
-        if args.baseline:
-            wait_for_port(base_port)
-            targets.append(Target("ringlb baseline", base_port, baseline.pid))
         direct = Target("one replica, direct", backends[0], None)
 
         # Warm-up: connections, pools, caches.
@@ -350,11 +435,11 @@ def main() -> int:
             subprocess.run([tool("wrk"), "-t1", "-c8", "-d1s", "-s", str(script),
                             f"http://127.0.0.1:{t.port}"], capture_output=True, check=True)
         for r in range(1, args.rounds + 1):
-            for t in targets:
+            for t in (targets if r % 2 else targets[::-1]):
                 res = run_wrk(t, args, script)
                 t.results.append(res)
-                print(f"round {r} {t.name:8} {res['rps']:>9.0f} req/s  p50 {res['p50_ms']:.3f} ms  "
-                      f"p99 {res['p99_ms']:.3f} ms  cpu {res.get('cpu_us_per_req', 0):.1f} us/req  "
+                print(f"round {r} {t.name:20} {res['rps']:>9.0f} req/s  p50 {res['p50_ms']:.3f} ms  "
+                      f"p99 {res['p99_ms']:.3f} ms  cpu {res.get('cpu_us_per_req', 0):.2f} us/req  "
                       f"errors {res['errors']}", flush=True)
         direct.results.append(run_wrk(direct, args, script))
     finally:
@@ -363,19 +448,23 @@ def main() -> int:
 
     rows = []
     for t in targets + [direct]:
+        cpus = [r["cpu_us_per_req"] for r in t.results if "cpu_us_per_req" in r]
         rows.append({
             "name": t.name,
             "rps": median([r["rps"] for r in t.results]),
             "p50": median([r["p50_ms"] for r in t.results]),
             "p99": median([r["p99_ms"] for r in t.results]),
-            "cpu": median([r["cpu_us_per_req"] for r in t.results if "cpu_us_per_req" in r]),
+            "cpu": median(cpus),
+            "cpu_range": spread(cpus, "{:.1f}"),
             "errors": sum(r["errors"] for r in t.results),
         })
-    ours = rows[0]
-    peers = rows[1:3]
+    by_name = {r["name"]: r for r in rows}
+    ours = by_name["ringlb"]
+    peers = [by_name["nginx"], by_name["haproxy"]]
     best_rps = max(p["rps"] for p in peers)
     best_p99 = min(p["p99"] for p in peers)
     best_cpu = min(p["cpu"] for p in peers)
+    order = ", ".join(t.name for t in targets)
 
     lines = [
         "# Proxy benchmark: ringlb vs nginx vs HAProxy",
@@ -384,18 +473,19 @@ def main() -> int:
         f"(`bench/proxy_bench.py`): three `ringlb-replica` backends on 127.0.0.1, each proxy keyed "
         f"on the query parameter `id` with consistent hashing, wrk `-t{args.threads} -c{args.connections} "
         f"-d{args.duration}s` with a random six-digit id per request, {args.rounds} rounds run in "
-        f"alternation (ringlb, nginx, HAProxy, ringlb, …); medians over rounds. Everything shares the "
-        f"same cores, wrk included, so only the ratios within one run mean anything.",
+        f"alternation ({order} in odd rounds, the reverse in even ones); medians over rounds. "
+        f"Everything shares the same cores, wrk included, so only the ratios within one run mean anything.",
         "",
-        f"Versions: {version([str(args.bin_dir / 'ringlb'), '--version'])}; "
+        f"Versions: {version([str(bin_dir / 'ringlb'), '--version'])}{source_state()}; "
         f"{version([tool('nginx'), '-v'])}; {version([tool('haproxy'), '-v'])}; {version([tool('wrk'), '-v'])}.",
         "",
-        "| target | req/s | p50 ms | p99 ms | CPU µs/req (proxy) | errors |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| target | req/s | p50 ms | p99 ms | CPU µs/req (proxy) | CPU µs/req min–max | errors |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         cpu = "–" if r["cpu"] != r["cpu"] else f"{r['cpu']:.1f}"
-        lines.append(f"| {r['name']} | {r['rps']:.0f} | {r['p50']:.3f} | {r['p99']:.3f} | {cpu} | {r['errors']} |")
+        lines.append(f"| {r['name']} | {r['rps']:.0f} | {r['p50']:.3f} | {r['p99']:.3f} | {cpu} | "
+                     f"{r['cpu_range']} | {r['errors']} |")
     lines += [
         "",
         "Ratios of ringlb to the best peer in this run (targets: req/s ≥ 1.10, p99 ≤ 1.00, CPU ≤ 0.85):",
@@ -405,26 +495,74 @@ def main() -> int:
         f"- CPU per request: {ours['cpu'] / best_cpu:.2f}× the best peer's ({best_cpu:.1f} µs)",
         "",
     ]
+    named = {t.name: t for t in targets}
+
+    def per_round(k: str, num: str, den: str) -> list[float]:
+        return [b[k] / a[k] for a, b in zip(named[den].results, named[num].results)]
+
     if args.baseline:
-        base = rows[3]
+        base = by_name["ringlb baseline"]
+        cpu_r = per_round("cpu_us_per_req", "ringlb", "ringlb baseline")
         lines += [
-            f"Baseline (`{args.baseline}`, {version([str(args.baseline), '--version'])}), same rounds: "
-            f"CPU per request {base['cpu'] / best_cpu:.2f}× the best peer's; ringlb ÷ baseline: "
-            f"CPU per request {ours['cpu'] / base['cpu']:.3f}×, req/s {ours['rps'] / base['rps']:.3f}×, "
+            f"Baseline (`{args.baseline}`, {version([str(args.baseline), '--version'])}), same rounds, "
+            f"run right beside ringlb: CPU per request {base['cpu'] / best_cpu:.2f}× the best peer's; "
+            f"ringlb ÷ baseline: CPU per request {ours['cpu'] / base['cpu']:.3f}× (per round: median "
+            f"{median(cpu_r):.3f}×, range {spread(cpu_r)}), req/s {ours['rps'] / base['rps']:.3f}×, "
             f"p99 {ours['p99'] / base['p99']:.3f}×.",
             "",
         ]
+    twins = [t for t in targets if t.twin]
+    loose = [f for f in factors if f / len(backends) >= 1]
+    tight = [f for f in factors if f / len(backends) < 1]
+    if twins:
+        lines += [
+            "## Bounded loads: what the shared counters cost",
+            "",
+            "Under `ringlb up --balance-factor C` each replica may hold at most ⌈C·w/W·(L+1)⌉ requests "
+            "in flight (L: the pool's requests in flight); two counters shared by all workers, the "
+            "replica's and the pool's, are incremented and decremented once per request, and read for "
+            "each candidate considered. "
+            + ", ".join(f"`--balance-factor {f:g}`" for f in factors)
+            + f" and HAProxy with `hash-balance-factor {hp_factor}` ran in the same rounds as their "
+            "unbounded twins, each right beside its twin, on one side in odd rounds and on the other "
+            "in even ones. "
+            + (f"At C = {', '.join(f'{f:g}' for f in loose)} every cap exceeds the pool's whole load "
+               f"(C·w/W ≥ 1 with {len(backends)} equal replicas), so no request is passed over: the ratio "
+               f"is the cost of the counters alone. " if loose else "")
+            + (f"At C = {', '.join(f'{f:g}' for f in tight)} random keys have no hot key, but only a "
+               "handful of requests are in flight per replica at once on this machine, so the caps are "
+               "small and some requests go past their full home replica to the next candidate (a less "
+               "busy replica). " if tight else "")
+            + f"Ratios are bounded ÷ unbounded per round, their median and range over the "
+            f"{args.rounds} rounds, and in how many rounds the bounded twin used more CPU per request; "
+            "the issue's budget for ringlb is CPU per request ≤ 1.03×.",
+            "",
+            "| bounded target | CPU µs/req unbounded → bounded (medians) | CPU/req ratio, median | range "
+            "| rounds costlier | req/s ratio | range | p99 ratio | range |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for t in twins:
+            u = named[t.twin]
+            ratio = {k: per_round(k, t.name, u.name) for k in ("cpu_us_per_req", "rps", "p99_ms")}
+            costlier = sum(x > 1 for x in ratio["cpu_us_per_req"])
+            lines.append(
+                f"| {t.name} | {by_name[u.name]['cpu']:.2f} → {by_name[t.name]['cpu']:.2f} | "
+                f"{median(ratio['cpu_us_per_req']):.3f} | {spread(ratio['cpu_us_per_req'])} | "
+                f"{costlier} of {len(ratio['cpu_us_per_req'])} | "
+                f"{median(ratio['rps']):.3f} | {spread(ratio['rps'])} | "
+                f"{median(ratio['p99_ms']):.3f} | {spread(ratio['p99_ms'])} |")
+        lines.append("")
     lines += [
-        "Per round:",
+        "Per round, in the order run:",
         "",
         "| round | target | req/s | p50 ms | p99 ms | CPU µs/req |",
         "|---|---|---:|---:|---:|---:|",
     ]
     for i in range(args.rounds):
-        for t in targets:
+        for t in (targets if i % 2 == 0 else targets[::-1]):
             r = t.results[i]
             lines.append(f"| {i + 1} | {t.name} | {r['rps']:.0f} | {r['p50_ms']:.3f} | {r['p99_ms']:.3f} | "
-                         f"{r.get('cpu_us_per_req', float('nan')):.1f} |")
+                         f"{r.get('cpu_us_per_req', float('nan')):.2f} |")
     report = "\n".join(lines) + "\n"
     print()
     print(report)
