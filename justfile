@@ -3,7 +3,7 @@
 default:
     @just --list
 
-# Build both binaries (ringlb, ringlb-replica) in release mode.
+# Build the binaries (ringlb, ringlb-replica, ringlb-analyze, …) in release mode.
 build:
     cargo build --release
 

@@ -394,29 +394,36 @@ async fn a_start_after_kill_9_removes_the_orphans() {
     pool.assert_gone();
 }
 
-/// Runs `ringlb analyze args…` with its output in `log`; after `timeout` it is killed
+/// Runs `ringlb-analyze args…` with its output in `log`; after `timeout` it is killed
 /// (and the test fails). Always reaped.
 fn analyze(args: &[&str], log: &std::path::Path, timeout: Duration) -> std::process::ExitStatus {
+    // The binary of the other package, beside ringlb: `cargo test` at the workspace root
+    // builds it, and a narrower `cargo test -p ringlb` gets it built here.
+    let exe = ringlb::launch::binary_beside(
+        std::path::Path::new(common::RINGLB),
+        "ringlb-analyze",
+        "ringlb-analyze",
+    )
+    .unwrap_or_else(|e| panic!("{e:#}"));
     let file = std::fs::File::create(log).unwrap();
-    let mut child = Command::new(common::RINGLB)
-        .arg("analyze")
+    let mut child = Command::new(exe)
         .args(args)
         .env_remove("RINGLB_ADMIN_TOKEN")
         .stdin(std::process::Stdio::null())
         .stdout(file.try_clone().unwrap())
         .stderr(file)
         .spawn()
-        .expect("spawn ringlb analyze");
+        .expect("spawn ringlb-analyze");
     let deadline = Instant::now() + timeout;
     loop {
         // Polling a child's exit against a deadline: std has no wait with a timeout.
-        match child.try_wait().expect("wait for ringlb analyze") {
+        match child.try_wait().expect("wait for ringlb-analyze") {
             Some(status) => return status,
             None if Instant::now() >= deadline => {
                 let _ = child.kill();
                 let _ = child.wait();
                 panic!(
-                    "ringlb analyze did not finish within {timeout:?}:\n{}",
+                    "ringlb-analyze did not finish within {timeout:?}:\n{}",
                     std::fs::read_to_string(log).unwrap_or_default()
                 );
             }
@@ -425,7 +432,7 @@ fn analyze(args: &[&str], log: &std::path::Path, timeout: Duration) -> std::proc
     }
 }
 
-/// `ringlb analyze --target` (A3 only, one kill) against a ringlb whose replicas are
+/// `ringlb-analyze --target` (A3 only, one kill) against a ringlb whose replicas are
 /// containers: `/ring` names each member's container, and A3 kills one through the
 /// Engine and times its replacement, as it does for a replica process.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -470,7 +477,7 @@ async fn analyze_kills_a_replica_container_and_times_n_serving_again() {
     .await
     .unwrap();
     let log = std::fs::read_to_string(&log).unwrap_or_default();
-    assert!(status.success(), "ringlb analyze failed ({status}):\n{log}");
+    assert!(status.success(), "ringlb-analyze failed ({status}):\n{log}");
 
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.0.join("results.json")).unwrap())

@@ -366,8 +366,9 @@ fn announce(
     ring: &crate::ring::RingConfig,
     proxy: &ProxySettings,
 ) {
-    println!("ringlb: proxy listening on http://{proxy_addr}");
-    println!("ringlb: operations on http://{ops_addr} (/metrics, /healthz, /readyz, /ring)");
+    use crate::launch::{OPERATIONS_ON, PID, PROXY_LISTENING, READY, REPLICA};
+    println!("{PROXY_LISTENING}{proxy_addr}");
+    println!("{OPERATIONS_ON}{ops_addr} (/metrics, /healthz, /readyz, /ring)");
     let shape = match ring.algorithm {
         Algorithm::Slot => format!("{} slots, {} virtual nodes each", ring.slots, ring.vnodes),
         Algorithm::Point => format!("{} virtual nodes each", ring.vnodes),
@@ -380,13 +381,13 @@ fn announce(
         ring.algorithm, ring.hash, proxy.key
     );
     for member in &view.members {
-        let pid = member.pid.map(|p| format!(", pid {p}")).unwrap_or_default();
+        let pid = member.pid.map(|p| format!("{PID}{p}")).unwrap_or_default();
         println!(
-            "ringlb: replica {} on {}{pid} ({:?})",
+            "{REPLICA}{} on {}{pid} ({:?})",
             member.name, member.address, member.health
         );
     }
-    println!("ringlb: try `curl http://{proxy_addr}/home`; Ctrl-C stops everything");
+    println!("{READY}`curl http://{proxy_addr}/home`; Ctrl-C stops everything");
 }
 
 /// `ringlb healthcheck`: the container health check of images without a shell or

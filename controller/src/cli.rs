@@ -26,9 +26,6 @@ pub enum Command {
     Replica(ringlb_replica::ReplicaArgs),
     /// Print the ServerPool CustomResourceDefinition (YAML) for `kubectl apply -f -`.
     Crd,
-    /// Run the original project's experiments (load distribution, scalability, failure
-    /// recovery, hash functions) and write charts and tables to --out.
-    Analyze(Box<crate::analysis::AnalyzeArgs>),
     /// In a Kubernetes cluster: keep the pods of every ServerPool of the namespace
     /// alive (the replica that holds the leader lease does; the others stand by).
     Operator(Box<crate::operator::app::OperatorArgs>),

@@ -9,12 +9,13 @@
 //!   stops replicas → a new routing table is published atomically for the proxy.
 //!
 //! [`ops`] serves metrics, health and a JSON view of the ring on a separate port;
-//! [`app`] wires everything together for `ringlb up`.
+//! [`app`] wires everything together for `ringlb up`; [`launch`] starts that from
+//! another program (the end-to-end tests, `ringlb-analyze`).
 
-pub mod analysis;
 pub mod app;
 pub mod cli;
 pub mod health_state;
+pub mod launch;
 pub mod metrics;
 pub mod operator;
 pub mod ops;

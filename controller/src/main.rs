@@ -10,7 +10,6 @@ async fn main() -> anyhow::Result<()> {
             ringlb::app::up(*args).await
         }
         Command::Replica(args) => Ok(ringlb_replica::run(args).await?),
-        Command::Analyze(args) => ringlb::analysis::run(*args).await,
         Command::Operator(args) => {
             ringlb::telemetry::init();
             ringlb::operator::app::run(*args).await

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
@@ -19,12 +19,19 @@ use std::time::{Duration, Instant};
 
 pub mod fake_replica;
 pub mod load;
+mod temp_dir;
 
-use ringlb::analysis::deploy::{Announcement, keep_tail};
-// The process helpers `ringlb analyze` uses to clean up after its deployments. Each
-// test file uses a part of them (as of this whole module: see `dead_code` above).
+// Not every test file uses it (see `dead_code` above).
 #[allow(unused_imports)]
-pub use ringlb::analysis::deploy::{is_replica_process, process_exists, signal as send_signal};
+pub use temp_dir::TempDir;
+
+use ringlb::launch::{Launched, keep_tail};
+// The process helpers of the launcher, which `ringlb-analyze` uses too. Each test file
+// uses a part of them (as of this whole module: see `dead_code` above).
+#[allow(unused_imports)]
+pub use ringlb::launch::{
+    is_replica_process, kill_replica_if_alive, process_exists, signal as send_signal,
+};
 use serde_json::Value;
 
 /// Fast heartbeats so that a failure is noticed within a second.
@@ -40,25 +47,17 @@ pub const FAST_HEARTBEATS: [&str; 6] = [
 /// The binary under test, built by cargo for this test target.
 pub const RINGLB: &str = env!("CARGO_BIN_EXE_ringlb");
 
-/// How long `ringlb up` may take to print its addresses (it starts its replicas first).
+/// How long a replica that a test starts itself may take to print its address.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(20);
-/// How long the load balancer may take to exit after SIGINT in `Drop` before SIGKILL.
-/// It drains for at most 10 s and gives each replica 5 s after SIGTERM.
-const DROP_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(20);
-/// How much of the load balancer's stderr is kept for a failure report.
+/// How much of a process's stderr is kept for a failure report.
 const STDERR_KEEP: usize = 64 * 1024;
 
 /// A running `ringlb up`. Dropping it stops the load balancer (SIGINT, then SIGKILL
 /// after a bound) and kills any replica it had that is somehow still alive.
 pub struct Ringlb {
-    child: Option<Child>,
+    lb: Launched,
     pub proxy: SocketAddr,
     pub ops: SocketAddr,
-    /// Every replica process seen, by pid: from the startup lines and from `/ring`.
-    seen_replicas: Mutex<BTreeMap<u32, String>>,
-    stdout: Arc<Mutex<Vec<String>>>,
-    stderr: Arc<Mutex<String>>,
-    stderr_reader: Option<std::thread::JoinHandle<()>>,
     pub http: reqwest::Client,
 }
 
@@ -66,79 +65,13 @@ impl Ringlb {
     /// Starts `ringlb up --listen 127.0.0.1:0 --ops-listen 127.0.0.1:0 <args>` and
     /// waits (bounded) until it has printed both addresses and its replicas.
     pub fn start(args: &[&str]) -> Ringlb {
-        let mut child = Command::new(RINGLB)
-            .args([
-                "up",
-                "--listen",
-                "127.0.0.1:0",
-                "--ops-listen",
-                "127.0.0.1:0",
-            ])
-            .args(args)
-            // TEST_RINGLB_LOG=debug shows more of ringlb's log in a failure report.
-            .env(
-                "RUST_LOG",
-                std::env::var("TEST_RINGLB_LOG").unwrap_or_else(|_| "info".into()),
-            )
-            .env_remove("RINGLB_ADMIN_TOKEN")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn ringlb up");
-
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let stderr_reader =
-            drain_stderr(child.stderr.take().expect("piped stderr"), stderr.clone());
-
-        let stdout_lines = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = mpsc::channel::<String>();
-        {
-            let stdout = child.stdout.take().expect("piped stdout");
-            let lines = stdout_lines.clone();
-            std::thread::spawn(move || {
-                // Keeps draining until the process (and every child that shares the
-                // pipe) is gone, so ringlb never blocks on a full stdout.
-                for line in BufReader::new(stdout).lines() {
-                    let Ok(line) = line else { break };
-                    lines.lock().unwrap().push(line.clone());
-                    let _ = tx.send(line);
-                }
-            });
-        }
-
-        let deadline = Instant::now() + STARTUP_TIMEOUT;
-        // The same parser `ringlb analyze` uses for its deployments.
-        let mut announced = Announcement::default();
-        while !announced.done {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let line = match rx.recv_timeout(left) {
-                Ok(line) => line,
-                Err(error) => {
-                    let _ = child.kill();
-                    let status = child.wait();
-                    panic!(
-                        "ringlb up {args:?} did not announce its addresses ({error}); \
-                         status {status:?}\nstdout:\n{}\nstderr:\n{}",
-                        stdout_lines.lock().unwrap().join("\n"),
-                        stderr.lock().unwrap()
-                    );
-                }
-            };
-            announced.read_line(&line);
-        }
+        // TEST_RINGLB_LOG=debug shows more of ringlb's log in a failure report.
+        let log = std::env::var("TEST_RINGLB_LOG").unwrap_or_else(|_| "info".into());
+        let lb = Launched::up(Path::new(RINGLB), args, &log).unwrap_or_else(|e| panic!("{e:#}"));
         Ringlb {
-            child: Some(child),
-            proxy: announced
-                .proxy
-                .expect("proxy address line before the `try` line"),
-            ops: announced
-                .ops
-                .expect("operations address line before the `try` line"),
-            seen_replicas: Mutex::new(announced.replicas),
-            stdout: stdout_lines,
-            stderr,
-            stderr_reader: Some(stderr_reader),
+            proxy: lb.proxy,
+            ops: lb.ops,
+            lb,
             http: client(),
         }
     }
@@ -162,12 +95,12 @@ impl Ringlb {
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.as_ref().expect("ringlb still owned").id()
+        self.lb.pid().expect("ringlb still owned")
     }
 
     /// Replica pids printed at startup or seen in `/ring`, with their names.
     pub fn seen_replicas(&self) -> BTreeMap<u32, String> {
-        self.seen_replicas.lock().unwrap().clone()
+        self.lb.replicas()
     }
 
     /// The operations port's `GET /ring`, parsed. Every pid in it is remembered for
@@ -181,10 +114,9 @@ impl Ringlb {
             .expect("GET /ring");
         assert_eq!(response.status(), 200, "GET /ring");
         let ring: Value = response.json().await.expect("/ring is JSON");
-        let mut seen = self.seen_replicas.lock().unwrap();
         for member in ring["members"].as_array().expect("/ring members") {
             if let (Some(pid), Some(name)) = (member["pid"].as_u64(), member["name"].as_str()) {
-                seen.insert(pid as u32, name.to_owned());
+                self.lb.note_replica(pid as u32, name);
             }
         }
         ring
@@ -258,61 +190,26 @@ impl Ringlb {
 
     /// Waits up to `timeout` for the load balancer to exit; `None` if it still runs.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        let child = self.child.as_mut().expect("ringlb still owned");
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = child.try_wait().expect("wait for ringlb") {
-                self.child = None;
-                return Some(status);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        assert!(self.lb.pid().is_some(), "ringlb still owned");
+        self.lb.wait_exit(timeout)
     }
 
     /// What the load balancer wrote on stderr so far (its logs, and its replicas').
     pub fn stderr(&self) -> String {
-        self.stderr.lock().unwrap().clone()
+        self.lb.stderr()
     }
 
     pub fn stdout(&self) -> Vec<String> {
-        self.stdout.lock().unwrap().clone()
+        self.lb.stdout()
     }
 }
 
 impl Drop for Ringlb {
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            send_signal(child.id(), libc::SIGINT);
-            let deadline = Instant::now() + DROP_SHUTDOWN_TIMEOUT;
-            loop {
-                match child.try_wait() {
-                    Ok(Some(_)) | Err(_) => break,
-                    Ok(None) if Instant::now() >= deadline => {
-                        let _ = child.kill();
-                        let _ = child.wait();
-                        break;
-                    }
-                    Ok(None) => std::thread::sleep(Duration::from_millis(10)),
-                }
-            }
-        }
-        // ringlb reaps its children before it exits; anything still alive here is a
-        // leak this test must not leave behind.
-        for (pid, name) in self.seen_replicas.lock().unwrap().iter() {
-            kill_replica_if_alive(*pid, name);
-        }
+        // Failures are the test's to report; this only must leave nothing behind.
+        let _ = self.lb.stop();
         if std::thread::panicking() {
-            // ringlb is gone: its stderr ends once its replicas are too. Bounded.
-            if let Some(reader) = self.stderr_reader.take() {
-                let deadline = Instant::now() + Duration::from_secs(2);
-                while !reader.is_finished() && Instant::now() < deadline {
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-            }
-            eprintln!("--- ringlb stderr ---\n{}", self.stderr.lock().unwrap());
+            eprintln!("--- ringlb stderr ---\n{}", self.lb.stderr_after_exit());
         }
     }
 }
@@ -357,7 +254,7 @@ impl ExternalReplica {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
                 Ok(line) => {
-                    if let Some(rest) = line.strip_prefix("ringlb-replica listening on ") {
+                    if let Some(rest) = line.strip_prefix(ringlb_replica::LISTENING_PREFIX) {
                         break parse_addr(rest);
                     }
                 }
@@ -558,17 +455,6 @@ pub async fn wait_until_exited(what: &str, pid: u32, timeout: Duration) {
     .await
 }
 
-/// Continues (in case a test stopped it) and kills a replica process that should
-/// be gone; returns whether there was one.
-pub fn kill_replica_if_alive(pid: u32, name: &str) -> bool {
-    if !is_replica_process(pid, name) {
-        return false;
-    }
-    send_signal(pid, libc::SIGCONT);
-    send_signal(pid, libc::SIGKILL);
-    true
-}
-
 fn parse_addr(rest: &str) -> SocketAddr {
     let addr = rest.split_whitespace().next().unwrap_or_default();
     addr.parse()
@@ -581,22 +467,4 @@ pub fn drain_stderr(
     keep: Arc<Mutex<String>>,
 ) -> std::thread::JoinHandle<()> {
     keep_tail(stderr, keep, STDERR_KEEP)
-}
-
-/// A temporary folder removed at the end (also when the test fails).
-pub struct TempDir(pub PathBuf);
-
-impl TempDir {
-    pub fn new(name: &str) -> TempDir {
-        let dir = std::env::temp_dir().join(format!("ringlb-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }

@@ -387,9 +387,9 @@ pub async fn connect_engine() -> anyhow::Result<Docker> {
 }
 
 /// The id of the running container `container` if a ringlb started it as replica
-/// `replica` (its label says so): the check before `ringlb analyze` kills a replica
+/// `replica` (its label says so): the check before `ringlb-analyze` kills a replica
 /// container, so that a container that took the name since is never touched (as
-/// `analysis::deploy::is_replica_process` is for a pid).
+/// `launch::is_replica_process` is for a pid).
 pub async fn replica_container_id(
     docker: &Docker,
     container: &str,
@@ -416,7 +416,7 @@ pub async fn replica_container_id(
         .ok_or_else(|| anyhow::anyhow!("the Engine gave no id for container {container}"))
 }
 
-/// `docker kill` (SIGKILL) of the container `id`: `ringlb analyze`'s failure
+/// `docker kill` (SIGKILL) of the container `id`: `ringlb-analyze`'s failure
 /// experiment. The ringlb that owns it sees it exit, removes and replaces it.
 pub async fn kill_container(docker: &Docker, id: &str) -> anyhow::Result<()> {
     let options = KillContainerOptionsBuilder::new().signal("SIGKILL").build();

@@ -1,12 +1,13 @@
-//! `ringlb analyze`: the original project's experiments, reproducible with one command.
+//! `ringlb-analyze`: the original project's experiments, reproducible with one command.
 //!
 //! - A1 — load distribution: requests per replica on 3 replicas, default vs course preset;
 //! - A2 — scalability: N = 2…6, average load per replica with its min–max band, max/mean;
 //! - A3 — failure recovery: every endpoint, then replicas killed under a steady load;
 //! - A4 — hash functions and algorithms: A1 and A2 for each ring configuration.
 //!
-//! Without `--target` every measurement gets its own local deployment (`ringlb up` on
-//! port 0, stopped and reaped afterwards); with `--target` it measures that URL only.
+//! Without `--target` every measurement gets its own local deployment (`ringlb up` of
+//! the `ringlb` binary beside this one, on port 0, stopped and reaped afterwards); with
+//! `--target` it measures that URL only.
 //! Counting, summaries and charts are pure functions ([`count`], [`chart`]); the
 //! experiments write PNG charts, `results.md` and `results.json` ([`report`]).
 
@@ -24,15 +25,14 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use clap::{Args, ValueEnum};
+use clap::{Parser, ValueEnum};
+use ringlb::ring::Algorithm;
 use serde::{Deserialize, Serialize};
 
 use api::Endpoint;
 use count::{Summary, Tally, summarize};
 use deploy::Deployment;
 use recovery::Recovery;
-
-use crate::ring::Algorithm;
 
 /// 65537 → "65 537".
 fn thousands(v: u32) -> String {
@@ -52,7 +52,14 @@ const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// The same for a target resized through `/add` and `/rm` (pods can be slow to start).
 const TARGET_READY_TIMEOUT: Duration = Duration::from_secs(180);
 
-#[derive(Clone, Debug, Args)]
+/// Runs the original project's experiments (load distribution, scalability, failure
+/// recovery, hash functions) and writes charts and tables to --out.
+///
+/// Without --target, every measurement starts its own `ringlb up` on free loopback
+/// ports: the `ringlb` binary beside this one (target/release/ringlb for
+/// `cargo run --release -p ringlb-analyze`).
+#[derive(Clone, Debug, Parser)]
+#[command(name = "ringlb-analyze", version)]
 pub struct AnalyzeArgs {
     /// Measure a running load balancer at this URL (e.g. a port-forwarded cluster:
     /// http://127.0.0.1:5000) instead of starting local deployments. A2 then changes N
@@ -171,7 +178,7 @@ impl Setup {
     pub fn describe(self) -> String {
         match self {
             Setup::Default => {
-                let c = crate::ring::RingConfig::default();
+                let c = ringlb::ring::RingConfig::default();
                 let table = match c.algorithm {
                     Algorithm::Point | Algorithm::Slot => format!(", {} vnodes", c.vnodes),
                     Algorithm::Rendezvous => String::new(),
@@ -366,7 +373,7 @@ impl AnalyzeArgs {
 
     /// The command line that gives these results again.
     fn command(&self) -> String {
-        let mut cmd = vec!["ringlb analyze".to_owned()];
+        let mut cmd = vec!["ringlb-analyze".to_owned()];
         if let Some(t) = &self.target {
             cmd.push(format!("--target {t}"));
         }
@@ -399,7 +406,7 @@ impl AnalyzeArgs {
     }
 }
 
-/// `ringlb analyze`.
+/// `ringlb-analyze`.
 pub async fn run(args: AnalyzeArgs) -> anyhow::Result<()> {
     args.check()?;
     std::fs::create_dir_all(&args.out)
@@ -411,7 +418,7 @@ pub async fn run(args: AnalyzeArgs) -> anyhow::Result<()> {
         () = interrupted => bail!("interrupted: every deployment was stopped; nothing written"),
     };
     let written = report::write_all(&args.out, &results)?;
-    eprintln!("ringlb analyze: wrote");
+    eprintln!("ringlb-analyze: wrote");
     for path in written {
         eprintln!("  {}", path.display());
     }
@@ -421,7 +428,7 @@ pub async fn run(args: AnalyzeArgs) -> anyhow::Result<()> {
 async fn experiments(args: &AnalyzeArgs) -> anyhow::Result<Results> {
     let http = load::client()?;
     let mut results = Results {
-        generated_by: format!("ringlb analyze {}", env!("CARGO_PKG_VERSION")),
+        generated_by: format!("ringlb-analyze {}", env!("CARGO_PKG_VERSION")),
         settings: Settings {
             requests: args.requests,
             concurrency: args.concurrency,
@@ -448,7 +455,10 @@ async fn local(
     http: reqwest::Client,
     results: &mut Results,
 ) -> anyhow::Result<()> {
-    let exe = deploy::current_exe()?;
+    // Blocking (it may build ringlb first): off the async workers.
+    let exe = tokio::task::spawn_blocking(deploy::ringlb_exe)
+        .await
+        .context("ringlb lookup task")??;
     let plan = args.plan();
     for (i, (setup, n)) in plan.iter().copied().enumerate() {
         let mut up: Vec<String> = vec!["-n".into(), n.to_string()];
@@ -482,7 +492,7 @@ async fn local(
             ops: Some(deployment.ops_url()),
             admin_token: None,
         };
-        eprintln!("ringlb analyze: A3 on 3 replicas, heartbeat every 200 ms");
+        eprintln!("ringlb-analyze: A3 on 3 replicas, heartbeat every 200 ms");
         let outcome = a3(&api, Some(&deployment), args.kills, &mut recovery).await;
         results
             .deployments
@@ -555,7 +565,7 @@ async fn measure(
     );
     let rate = args.requests as f64 / elapsed.as_secs_f64().max(1e-9);
     eprintln!(
-        "ringlb analyze: {label}: {} requests in {:.1} s ({rate:.0}/s), max/mean {}{}",
+        "ringlb-analyze: {label}: {} requests in {:.1} s ({rate:.0}/s), max/mean {}{}",
         args.requests,
         elapsed.as_secs_f64(),
         summary.map_or("-".into(), |s| format!("{:.3}", s.max_over_mean)),
@@ -580,7 +590,7 @@ async fn measure(
 }
 
 /// A1/A2-style measurements (and A3's endpoint checks, and kills if possible) against
-/// a load balancer that `ringlb analyze` did not start.
+/// a load balancer that `ringlb-analyze` did not start.
 async fn remote(
     args: &AnalyzeArgs,
     http: reqwest::Client,
@@ -602,7 +612,7 @@ async fn remote(
     }
     let mut resizer = target::Resizer::new(&api).await?;
     eprintln!(
-        "ringlb analyze: target {target} has {} replicas",
+        "ringlb-analyze: target {target} has {} replicas",
         resizer.original().len()
     );
     let outcome = async {
@@ -645,23 +655,16 @@ async fn remote(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::Parser;
 
-    /// The `analyze` and `up` flags on their own, as `ringlb` parses them.
-    #[derive(Parser)]
-    struct Analyze {
-        #[command(flatten)]
-        args: AnalyzeArgs,
-    }
-
+    /// The `ringlb up` flags on their own, as `ringlb` parses them.
     #[derive(Parser)]
     struct Up {
         #[command(flatten)]
-        args: crate::app::UpArgs,
+        args: ringlb::app::UpArgs,
     }
 
     fn parse(extra: &[&str]) -> Result<AnalyzeArgs, clap::Error> {
-        Analyze::try_parse_from(["analyze"].iter().chain(extra)).map(|a| a.args)
+        AnalyzeArgs::try_parse_from(["ringlb-analyze"].iter().chain(extra))
     }
 
     fn args(extra: &[&str]) -> AnalyzeArgs {

@@ -1,4 +1,4 @@
-//! Changing N of a load balancer that `ringlb analyze` did not start (`--target`),
+//! Changing N of a load balancer that `ringlb-analyze` did not start (`--target`),
 //! through `/add` and `/rm`, and putting its membership back afterwards.
 
 use anyhow::{Context, bail};

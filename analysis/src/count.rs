@@ -103,7 +103,7 @@ impl Tally {
     pub fn sorted(&self) -> Vec<(String, u64)> {
         let mut rows: Vec<(String, u64)> =
             self.counts.iter().map(|(n, c)| (n.clone(), *c)).collect();
-        rows.sort_by(|a, b| crate::ring::natural_cmp(&a.0, &b.0));
+        rows.sort_by(|a, b| ringlb::ring::natural_cmp(&a.0, &b.0));
         rows
     }
 }

@@ -1,17 +1,21 @@
-//! Smoke test of `ringlb analyze`: the real binary, a few hundred requests, a small
+//! Smoke test of `ringlb-analyze`: the real binary, a few hundred requests, a small
 //! subset of the experiments, into a temporary folder. Checks that the charts and
 //! tables exist, that the counts add up to the requests sent, and that no process of
 //! the deployments it started is left.
+//!
+//! Its deployments run the `ringlb` binary beside it: `cargo test` at the workspace
+//! root builds that one too, and `ringlb-analyze` builds it if it is missing.
 
-mod common;
+#[path = "../../tests/common/temp_dir.rs"]
+mod temp_dir;
 
 use std::path::Path;
 use std::process::Command;
 
-use common::TempDir;
 use serde_json::Value;
+use temp_dir::TempDir;
 
-const RINGLB: &str = env!("CARGO_BIN_EXE_ringlb");
+const ANALYZE: &str = env!("CARGO_BIN_EXE_ringlb-analyze");
 
 fn assert_png(path: &Path) {
     let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
@@ -31,16 +35,15 @@ fn assert_png(path: &Path) {
 
 /// True while `pid` exists (a zombie counts).
 fn process_exists(pid: u64) -> bool {
-    ringlb::analysis::deploy::process_exists(pid as u32)
+    ringlb::launch::process_exists(pid as u32)
 }
 
 #[test]
 fn analyze_writes_charts_and_tables_whose_counts_add_up_and_leaves_no_process() {
     let out = TempDir::new("analyze");
     let requests = 300u64;
-    let output = Command::new(RINGLB)
+    let output = Command::new(ANALYZE)
         .args([
-            "analyze",
             "--out",
             out.0.to_str().unwrap(),
             "--requests",
@@ -56,9 +59,9 @@ fn analyze_writes_charts_and_tables_whose_counts_add_up_and_leaves_no_process() 
         ])
         .env_remove("RINGLB_ADMIN_TOKEN")
         .output()
-        .expect("run ringlb analyze");
+        .expect("run ringlb-analyze");
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "ringlb analyze failed:\n{stderr}");
+    assert!(output.status.success(), "ringlb-analyze failed:\n{stderr}");
 
     for chart in ["a1_distribution.png", "a2_scalability.png"] {
         assert_png(&out.0.join(chart));
@@ -173,8 +176,7 @@ fn bad_input_is_refused_with_a_clear_message() {
         (vec!["--target", "not a url"], "not a URL"),
         (vec!["--ops-target", "http://127.0.0.1:1"], "--target"),
     ] {
-        let output = Command::new(RINGLB)
-            .arg("analyze")
+        let output = Command::new(ANALYZE)
             .args(&args)
             .args([
                 "--out",

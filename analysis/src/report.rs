@@ -286,7 +286,7 @@ fn a1(md: &mut String, results: &Results, main: &[Setup]) {
         .iter()
         .flat_map(|m| m.tally.counts.keys().cloned())
         .collect();
-    names.sort_by(|a, b| crate::ring::natural_cmp(a, b));
+    names.sort_by(|a, b| ringlb::ring::natural_cmp(a, b));
     names.dedup();
     let _ = write!(md, "| replica |");
     for m in &ms {

@@ -11,11 +11,13 @@ use reqwest::Method;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use ringlb::launch::{is_replica_process, signal};
+use ringlb::runtime::docker::{connect_engine, kill_container, replica_container_id};
+
 use super::api::{Endpoint, RingView, rep_names};
 use super::count::{Outcome, server_name};
-use super::deploy::{Deployment, is_replica_process, signal};
+use super::deploy::Deployment;
 use super::load::get;
-use crate::runtime::docker::{connect_engine, kill_container, replica_container_id};
 
 /// How long one kill may take to be detected and healed before it is given up.
 const KILL_TIMEOUT: Duration = Duration::from_secs(20);
@@ -312,7 +314,7 @@ fn pick_victim(view: &RingView) -> Option<(String, Victim)> {
             Some((m.name.clone(), victim))
         })
         .collect();
-    candidates.sort_by(|a, b| crate::ring::natural_cmp(&a.0, &b.0));
+    candidates.sort_by(|a, b| ringlb::ring::natural_cmp(&a.0, &b.0));
     candidates.into_iter().next()
 }
 
