@@ -12,6 +12,7 @@
 //! experiments write PNG charts, `results.md` and `results.json` ([`report`]).
 
 pub mod api;
+pub mod bounded;
 pub mod chart;
 pub mod count;
 pub mod deploy;
@@ -85,7 +86,7 @@ pub struct AnalyzeArgs {
     pub concurrency: u64,
 
     /// Which experiments to run, comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "a1,a2,a3,a4")]
+    #[arg(long, value_delimiter = ',', default_value = "a1,a2,a3,a4,a5")]
     pub experiments: Vec<Experiment>,
 
     /// Replica counts of A2 and A4, comma-separated (1 to 100 each).
@@ -134,6 +135,7 @@ pub enum Experiment {
     A2,
     A3,
     A4,
+    A5,
 }
 
 /// A ring configuration that the experiments compare: a name and the `ringlb up` options.
@@ -255,6 +257,9 @@ pub struct Results {
     pub settings: Settings,
     pub measurements: Vec<Measurement>,
     pub recovery: Option<Recovery>,
+    /// A5, one run per balance factor.
+    #[serde(default)]
+    pub bounded: Vec<bounded::BoundedRun>,
     /// The local deployments started: so that a reader (and the smoke test) can check
     /// that none of their processes is left.
     pub deployments: Vec<DeploymentRecord>,
@@ -305,7 +310,7 @@ impl Results {
 impl AnalyzeArgs {
     fn check(&self) -> anyhow::Result<()> {
         if self.experiments.is_empty() {
-            bail!("--experiments: name at least one of a1, a2, a3, a4");
+            bail!("--experiments: name at least one of a1, a2, a3, a4, a5");
         }
         if self.sizes.is_empty() {
             bail!("--sizes: give at least one replica count");
@@ -501,6 +506,16 @@ async fn local(
         outcome?;
         results.recovery = Some(recovery);
     }
+    if args.wants(Experiment::A5) {
+        eprintln!(
+            "ringlb-analyze: A5, hot keys: {} replicas of {} ms × {} workers, Zipf s = {}",
+            bounded::REPLICAS,
+            bounded::WORK.as_millis(),
+            bounded::WORKERS,
+            bounded::ZIPF_S
+        );
+        results.bounded = bounded::run(&exe, args.requests, args.concurrency as usize).await?;
+    }
     Ok(())
 }
 
@@ -604,6 +619,12 @@ async fn remote(
         ops: args.ops_target.as_deref().map(trim),
         admin_token: args.admin_token.clone().filter(|t| !t.is_empty()),
     };
+    if args.wants(Experiment::A5) {
+        results.notes.push(
+            "A5 runs its own slow replicas behind its own ringlb: it does not run with --target."
+                .into(),
+        );
+    }
     if args.wants(Experiment::A4) {
         results.notes.push(
             "A4 needs deployments of every ring configuration: with --target only the target's own configuration is measured (as A1/A2)."

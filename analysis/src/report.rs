@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 
 use super::chart::{self, BarPanel, LoadPoint, LoadSeries};
-use super::{Experiment, Measurement, Results, Setup};
+use super::{Experiment, Measurement, Results, Setup, bounded};
 
 pub const A1_CHART: &str = "a1_distribution.png";
 pub const A2_CHART: &str = "a2_scalability.png";
@@ -203,6 +203,13 @@ fn charts(results: &Results) -> Vec<(&'static str, Draw<'_>)> {
             ));
         }
     }
+    if !results.bounded.is_empty() {
+        let runs = results.bounded.clone();
+        charts.push((
+            bounded::CHART,
+            Box::new(move |path| bounded::chart(path, &runs)),
+        ));
+    }
     charts
 }
 
@@ -271,6 +278,9 @@ pub fn markdown(results: &Results) -> String {
     }
     if wants(Experiment::A4) && s.target.is_none() {
         a4(&mut md, results);
+    }
+    if !results.bounded.is_empty() {
+        md.push_str(&bounded::markdown(&results.bounded));
     }
     md
 }

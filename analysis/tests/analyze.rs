@@ -189,3 +189,56 @@ fn bad_input_is_refused_with_a_clear_message() {
         assert!(stderr.contains(expected), "{args:?}: {stderr}");
     }
 }
+
+#[test]
+fn a5_keeps_every_replica_within_its_bound_and_off_serves_every_request_at_home() {
+    let out = TempDir::new("analyze-a5");
+    let (requests, concurrency) = (400u64, 32u64);
+    let output = Command::new(ANALYZE)
+        .args(["--out", out.0.to_str().unwrap(), "--experiments", "a5"])
+        .args(["--requests", &requests.to_string()])
+        .args(["--concurrency", &concurrency.to_string()])
+        .output()
+        .expect("run ringlb-analyze");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "ringlb-analyze failed:\n{stderr}");
+    assert_png(&out.0.join("a5_bounded_loads.png"));
+    let md = std::fs::read_to_string(out.0.join("results.md")).unwrap();
+    assert!(md.contains("## A5") && md.contains("(a5_bounded_loads.png)"));
+
+    let json: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.0.join("results.json")).unwrap())
+            .unwrap();
+    let runs = json["bounded"].as_array().expect("A5 runs");
+    let factors: Vec<Option<f64>> = runs.iter().map(|r| r["balance_factor"].as_f64()).collect();
+    assert_eq!(factors, [None, Some(1.5), Some(1.25), Some(1.1)]);
+    for run in runs {
+        let replicas = run["replicas"].as_array().unwrap();
+        let served: u64 = replicas
+            .iter()
+            .map(|r| r["requests"].as_u64().unwrap())
+            .sum();
+        assert_eq!(
+            (served, run["failed"].as_u64()),
+            (requests, Some(0)),
+            "{run}"
+        );
+        let Some(c) = run["balance_factor"].as_f64() else {
+            // Off: the ring's owner of each id serves it.
+            assert_eq!(run["home_share"], 1.0, "{run}");
+            continue;
+        };
+        // At most `concurrency` in flight, so no replica's cap is above
+        // ⌈c · (concurrency + 1) / 5⌉; ringlb's proxy workers (one per core) may each
+        // pass the check at the same moment: one request over the cap per worker.
+        let cap = (c * (concurrency + 1) as f64 / replicas.len() as f64).ceil() as u64;
+        let workers = std::thread::available_parallelism().map_or(2, |n| n.get()) as u64;
+        for replica in replicas {
+            let peak = replica["peak_in_flight"].as_u64().unwrap();
+            assert!(
+                peak <= cap + workers,
+                "c = {c}: peak {peak} above cap {cap}: {run}"
+            );
+        }
+    }
+}
