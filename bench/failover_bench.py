@@ -344,21 +344,6 @@ def write_section(path: Path, section: str) -> None:
     path.write_text(text)
 
 
-def source_state() -> str:
-    """The commit the binaries are built from, and whether the Rust sources differ from it."""
-    try:
-        head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
-                              capture_output=True, text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--", "controller",
-                                "replica", "Cargo.toml", "Cargo.lock"],
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-    except Exception:  # noqa: BLE001 - best effort
-        return ""
-    if not head:
-        return ""
-    return f"built from commit {head}" + (" with uncommitted changes" if dirty else "")
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=int, default=12, help="seconds per wrk run (default 12)")
@@ -372,8 +357,9 @@ def main() -> int:
     parser.add_argument("--no-write", action="store_true", help="print only, leave docs/bench.md alone")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "bench.md")
     parser.add_argument("--no-build", action="store_true")
-    parser.add_argument("--bin-dir", type=Path, default=ROOT / "target" / "release",
-                        help="where ringlb and ringlb-replica are (implies --no-build if not the default)")
+    parser.add_argument("--bin-dir", type=Path, default=None,
+                        help="where ringlb and ringlb-replica are (implies --no-build); default: "
+                             "where cargo builds them (honours CARGO_TARGET_DIR)")
     args = parser.parse_args()
     proxies = [p.strip() for p in args.proxies.split(",") if p.strip()]
     faults = [f.strip() for f in args.faults.split(",") if f.strip()]
@@ -394,11 +380,11 @@ def main() -> int:
     if shutil.which("ss") is None:
         parser.error("needs `ss` (iproute2)")
     built_from = ""
-    if not args.no_build and args.bin_dir == ROOT / "target" / "release":
-        built_from = source_state()
+    if not args.no_build and args.bin_dir is None:
+        built_from = proxy_bench.source_state()
         subprocess.run(["cargo", "build", "--release", "-q", "--bin", "ringlb", "--bin", "ringlb-replica"],
                        cwd=ROOT, check=True)
-    bin_dir = args.bin_dir
+    bin_dir = args.bin_dir or proxy_bench.cargo_release_dir()
 
     print(f"wrk -t{args.threads} -c{args.connections} -d{args.duration}s --timeout {WRK_TIMEOUT_S}s "
           f"(hung requests count as latency up to {WRK_TIMEOUT_S} s, not as wrk timeouts); "
@@ -432,7 +418,7 @@ def main() -> int:
         f"separately (*stuck at end*).",
         "",
         f"Versions: {proxy_bench.version([str(bin_dir / 'ringlb'), '--version'])}"
-        f"{f' ({built_from})' if built_from else ''}; "
+        f"{built_from}; "
         f"{proxy_bench.version([tool('nginx'), '-v'])}; {proxy_bench.version([tool('haproxy'), '-v'])}; "
         f"{proxy_bench.version([tool('wrk'), '-v'])}.",
         "",
