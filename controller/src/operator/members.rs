@@ -132,6 +132,17 @@ pub fn member_weights(
         .collect()
 }
 
+/// Refuses `spec.weights` that the spec's ring cannot honour (a slot ring too small for
+/// them): the proxies would route as if every weight were 1, so the operator says so.
+pub fn check_spec_weights(spec: &ServerPoolSpec) -> Result<(), String> {
+    let (Ok(ring), Ok(slots)) = (spec.ring_config(), base_names(spec)) else {
+        // Reported on their own (InvalidSpec).
+        return Ok(());
+    };
+    let weights = member_weights(spec, &HashMap::new());
+    membership::check_weights(&slots, &weights, &ring).map_err(|e| e.to_string())
+}
+
 /// The replacements worth keeping: one per slot the spec still has (the slots of
 /// names scaled away or removed are dropped).
 pub fn live_replacements(
@@ -248,6 +259,23 @@ fn names_only_spec() -> ServerPoolSpec {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn weights_the_ring_cannot_hold_are_refused() {
+        let course = |weight: u32| ServerPoolSpec {
+            replicas: 3,
+            hashing: Some(crate::operator::crd::HashingSpec {
+                preset: Some(crate::ring::Preset::Course),
+                ..Default::default()
+            }),
+            weights: [("Server1".to_owned(), weight)].into(),
+            ..names_only_spec()
+        };
+        // The course ring holds a total weight of 56: 54 + 1 + 1 fits, 55 + 1 + 1 does not.
+        assert_eq!(check_spec_weights(&course(54)), Ok(()));
+        let error = check_spec_weights(&course(55)).unwrap_err();
+        assert!(error.contains("do not fit in 512 slots"), "{error}");
+    }
 
     #[test]
     fn a_replacement_weighs_what_its_slot_weighs() {

@@ -381,6 +381,9 @@ async fn observe(target: &Target<'_>, ctx: &Context) -> Result<Seen, Error> {
     if let Err(error) = spec.ring_config().and(spec.balance_factor()) {
         problems.push(Problem::invalid_spec(format!("spec.hashing: {error}")));
     }
+    if let Err(error) = members::check_spec_weights(spec) {
+        problems.push(Problem::invalid_spec(format!("spec.weights: {error}")));
+    }
     let unnamable = target.name.len() > 63;
     if unnamable {
         problems.push(Problem::invalid_spec(
