@@ -9,8 +9,11 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
-/// DejaVu Sans (Bitstream Vera license, see `assets/DejaVuSans-LICENSE.txt`).
-static FONT: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
+/// DejaVu Sans 2.37, from the `dejavu` crate (Bitstream Vera license, in the crate's
+/// `assets/dejavu-fonts-ttf-2.37/LICENSE`).
+fn font() -> &'static [u8] {
+    dejavu::sans::regular()
+}
 
 const FAMILY: &str = "sans-serif";
 
@@ -34,7 +37,7 @@ pub fn color(i: usize) -> RGBColor {
 fn register_font() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
-        if plotters::style::register_font(FAMILY, FontStyle::Normal, FONT).is_err() {
+        if plotters::style::register_font(FAMILY, FontStyle::Normal, font()).is_err() {
             // The font is compiled in: failing to read it is a bug, caught by the tests.
             panic!("the embedded DejaVu Sans font is not a valid font");
         }
