@@ -26,11 +26,11 @@ const RENDER_TIMEOUT: Duration = Duration::from_secs(90);
 const VIRTUAL_TIME_MS: u32 = 4500;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_dashboard_shows_every_member_its_arcs_and_the_replacements_in_chromium() {
+async fn the_dashboard_shows_every_member_its_arcs_load_and_the_replacements_in_chromium() {
     let Some(chromium) = chromium() else {
         return;
     };
-    let mut args = vec!["--preset", "course", "-n", "4"];
+    let mut args = vec!["--preset", "course", "-n", "4", "--balance-factor", "1.25"];
     args.extend(FAST_HEARTBEATS);
     let lb = Ringlb::start(&args);
     healed(&lb, &["Server1", "Server2", "Server3", "Server4"])
@@ -58,6 +58,14 @@ async fn the_dashboard_shows_every_member_its_arcs_and_the_replacements_in_chrom
         .await
         .unwrap();
     check_dom(&dom, &members);
+    // Bounded loads are on: every member's row shows its requests in flight against
+    // its bound ("0 / 1" at rest).
+    let loads = dom.matches("class=\"v load-text\">").count();
+    assert_eq!(
+        loads,
+        members.len(),
+        "in-flight against the bound per member"
+    );
     println!(
         "the dashboard rendered in Chromium: {} bytes of DOM, members {members:?}",
         dom.len()

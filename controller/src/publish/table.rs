@@ -143,8 +143,7 @@ impl RoutingTable {
             .iter()
             .map(|b| ((b.name.as_str(), b.addr), b))
             .collect();
-        let in_flight = self.in_flight();
-        let next = Self::build_with(members, config, balance, &in_flight, metrics, &staying);
+        let next = Self::build_with(members, config, balance, &self.in_flight, metrics, &staying);
         for backend in &self.backends {
             let stays = next
                 .backends
@@ -196,11 +195,6 @@ impl RoutingTable {
             in_flight: in_flight.clone(),
             shares: OnceLock::new(),
         }
-    }
-
-    /// The pool's count of requests in flight (kept only under a load bound).
-    pub fn in_flight(&self) -> Arc<InFlight> {
-        self.in_flight.clone()
     }
 
     /// Each member's share of the key space, in the order of `ring.members()`.
