@@ -44,8 +44,9 @@ pub fn pool(replicas: u32, status: Value) -> Value {
             "replicas": replicas,
             "image": "ringlb-replica:dev",
             "port": 5000,
-            "heartbeat": {"intervalMs": 100, "timeoutMs": 50, "failureThreshold": 1,
-                          "startupGraceMs": 0},
+            // (The default startup grace, 30 s: a pod that was Ready when the operator
+            // first saw it fails at its first missed heartbeat.)
+            "heartbeat": {"intervalMs": 100, "timeoutMs": 50, "failureThreshold": 1},
         },
         "status": status,
     })
@@ -60,7 +61,8 @@ pub fn template_hash() -> String {
     .hash()
 }
 
-/// A running, ready pod of pool `demo` (of its current template); `member: None` names no replica.
+/// A running pod of pool `demo` (of its current template), Ready since long ago;
+/// `member: None` names no replica.
 fn pod(name: &str, member: Option<&str>, ip: &str) -> Value {
     let mut labels = json!({"ringlb.dev/pool": "demo", TEMPLATE_LABEL: template_hash()});
     if let Some(member) = member {
@@ -73,7 +75,10 @@ fn pod(name: &str, member: Option<&str>, ip: &str) -> Value {
         "status": {
             "phase": "Running",
             "podIP": ip,
-            "conditions": [{"type": "Ready", "status": "True"}],
+            "conditions": [{
+                "type": "Ready", "status": "True",
+                "lastTransitionTime": "2020-01-01T00:00:00Z",
+            }],
         },
     })
 }

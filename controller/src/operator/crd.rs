@@ -44,6 +44,14 @@ const MAX_SLOTS: u32 = 1 << 24;
 const MAX_VNODES: u32 = 10_000;
 /// A replica name (`ReplicaName::parse`) that is also a pod name (`members::pod_name`):
 /// a letter or digit, then letters, digits, `_` and `-`, ending with a letter or digit.
+/// CEL: no hostname differs from a generated name (`Server<k>`, `emergency_<n>`) only
+/// in case or `-`/`_`, which would give two replicas one pod name.
+const HOSTNAME_SHADOW_RULE: &str = "self.all(h, \
+    !h.lowerAscii().replace('_', '-').matches('^(server[0-9]+|emergency-[0-9]+)$') \
+    || h.matches('^(Server[0-9]+|emergency_[0-9]+)$'))";
+const HOSTNAME_SHADOW_MESSAGE: &str = "a hostname that differs from a generated name \
+    (Server<k>, emergency_<n>) only in case or '-'/'_' would share its pod name: write it \
+    exactly as generated (Server1) or choose another";
 const REPLICA_NAME_PATTERN: &str = "^[A-Za-z0-9]([A-Za-z0-9_-]*[A-Za-z0-9])?$";
 
 /// A pool of ringlb replicas: ringlb keeps `replicas` pods alive, replaces those
@@ -104,10 +112,19 @@ pub struct ServerPoolSpec {
     // A set: the API server refuses a name given twice, without the O(n²) cost of a CEL
     // rule over 1000 items. Two names that give the same pod name (`Web_1`, `web-1`)
     // are still refused at run time only (Degraded), as a CEL rule for that would be as costly.
+    // A name that would share its pod name with a generated one (`server1` beside the
+    // default `Server1`, `emergency-3` beside a replacement's `emergency_3`) is refused
+    // at admission: one rule per item, linear.
     #[schemars(
         length(max = MAX_POOL_REPLICAS),
         inner(length(min = 1, max = MAX_NAME_LEN), pattern(REPLICA_NAME_PATTERN)),
-        extend("x-kubernetes-list-type" = "set")
+        extend(
+            "x-kubernetes-list-type" = "set",
+            "x-kubernetes-validations" = [{
+                "rule": HOSTNAME_SHADOW_RULE,
+                "message": HOSTNAME_SHADOW_MESSAGE,
+            }]
+        )
     )]
     pub hostnames: Vec<String>,
     /// Container image of the replicas (serves /home and /heartbeat on `port`).
@@ -312,6 +329,16 @@ pub struct HeartbeatSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = MAX_FAILURE_THRESHOLD), extend("format" = "int32"))]
     pub failure_threshold: Option<u32>,
+    /// How many replicas may be replaced at one time whose failure only the operator's
+    /// heartbeats see, while the kubelet still reports their pods Ready (0 to 1000):
+    /// when the operator cannot reach many pods at once, the fault is likely between
+    /// it and them, and replacing them all would empty the ring. The others keep
+    /// serving, and Degraded (ReplicasUnreachable) names them. A replica whose
+    /// container exited, whose pod is gone or NotReady is replaced whatever this says
+    /// [default: 1; 0: never on heartbeats alone].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = MAX_POOL_REPLICAS), extend("format" = "int32"))]
+    pub max_unconfirmed_replacements: Option<u32>,
     /// How long a new pod may fail its heartbeats before they count, in milliseconds
     /// (an image that takes a while to listen): failures count from its first success
     /// or once this has passed [default: 30000; at most 1 hour].
@@ -448,6 +475,14 @@ impl ServerPoolSpec {
                 .unwrap_or(defaults.failure_threshold)
                 .max(1),
         }
+    }
+
+    /// `spec.heartbeat.maxUnconfirmedReplacements` (see [`HeartbeatSpec`]).
+    pub fn max_unconfirmed_replacements(&self) -> u32 {
+        self.heartbeat
+            .as_ref()
+            .and_then(|h| h.max_unconfirmed_replacements)
+            .unwrap_or(1)
     }
 
     /// How long a new pod's failed heartbeats are not counted (see [`HeartbeatSpec`]).
@@ -604,6 +639,10 @@ mod tests {
             ("spec.heartbeat.timeoutMs", int32(10.0, 60_000.0)),
             ("spec.heartbeat.failureThreshold", int32(1.0, 100.0)),
             ("spec.heartbeat.startupGraceMs", int32(0.0, 3_600_000.0)),
+            (
+                "spec.heartbeat.maxUnconfirmedReplacements",
+                int32(0.0, 1000.0),
+            ),
             ("spec.hashing.slots", int32(0.0, 16_777_216.0)),
             ("spec.hashing.vnodes", int32(0.0, 10_000.0)),
         ];
@@ -720,6 +759,20 @@ mod tests {
             let required = list["items"]["required"].as_array().unwrap();
             assert!(required.contains(&json!(key)), "{path}");
         }
+    }
+
+    #[test]
+    fn a_hostname_that_shadows_a_generated_name_is_refused_at_admission() {
+        let schema = open_api_schema();
+        assert_eq!(
+            at(&schema, "spec.hostnames")["x-kubernetes-validations"],
+            json!([{
+                "rule": "self.all(h, !h.lowerAscii().replace('_', '-')\
+                         .matches('^(server[0-9]+|emergency-[0-9]+)$') \
+                         || h.matches('^(Server[0-9]+|emergency_[0-9]+)$'))",
+                "message": HOSTNAME_SHADOW_MESSAGE,
+            }])
+        );
     }
 
     #[test]

@@ -3,10 +3,16 @@
 //! of its pool when a pod's health changed. Passes read the health it keeps; they
 //! never probe, so a burst of watch events cannot turn into a burst of failures.
 //!
-//! A new pod's failed heartbeats count only after its first success or once
-//! `spec.heartbeat.startupGraceMs` has passed since this process first saw it, so a
-//! slow image is not replaced before it could start listening. Pods come from the
-//! controller's reflector store, not a LIST per round.
+//! A pod is judged from its own state when the task first sees it, not from when
+//! this process did (a new leader sees every pod at once): a pod the kubelet says is
+//! Ready starts healthy (it served), and a new pod's failed heartbeats count only
+//! after its first success or once `spec.heartbeat.startupGraceMs` has passed since
+//! its container started (a slow image is not replaced before it could listen). A
+//! pod still Pending past that grace (its image cannot be pulled, no node fits it)
+//! has failed. Pods come from the controller's reflector store, not a LIST per round.
+//!
+//! The tasks run only while this process leads: a task ends at its first round
+//! after leadership was lost, and the next pass of a leader starts afresh.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -19,7 +25,10 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
+use k8s_openapi::jiff::Timestamp;
+
 use super::crd::ServerPool;
+use super::leader::Leadership;
 use super::pods::{POOL_LABEL, PodState, ReplicaPod, replica_pod};
 use crate::health_state::{Health, HealthState};
 use crate::metrics::Metrics;
@@ -34,11 +43,103 @@ pub struct BeatConfig {
     pub port: u16,
 }
 
-/// One pod's health and when this process first saw it.
+/// What a pass learns of one pod from its heartbeats.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PodBeat {
+    pub state: HealthState,
+    /// For how long it has been serving without a break, up to now or to when it
+    /// stopped (from its first good heartbeat, or the kubelet's Ready for a pod that
+    /// was serving before this task saw it); `None` if it never served.
+    pub served_for: Option<Duration>,
+    /// How long ago its container started (the pod was created, while none ran).
+    pub age: Duration,
+}
+
+/// One pod's health, with its age as the pod itself tells it.
 #[derive(Clone, Copy, Debug)]
 struct PodHealth {
     state: HealthState,
-    since: Instant,
+    /// When its startup grace began: `first_seen` less the age of its container
+    /// (or of the pod, while no container has run) at that moment.
+    started: Age,
+    /// Since when it has been serving, if it is.
+    serving: Option<Age>,
+    /// How long it served before it last stopped.
+    served_for: Option<Duration>,
+}
+
+/// A moment given as when this process saw something, less how old it already was.
+#[derive(Clone, Copy, Debug)]
+struct Age {
+    seen: Instant,
+    head_start: Duration,
+}
+
+impl Age {
+    fn now(now: Instant) -> Self {
+        Self {
+            seen: now,
+            head_start: Duration::ZERO,
+        }
+    }
+
+    /// `at` on the wall clock, when the wall clock says `wall_now` and tokio's `now`
+    /// (a moment in the future counts as now).
+    fn of(at: Option<Timestamp>, wall_now: Timestamp, now: Instant) -> Self {
+        let head_start = at
+            .and_then(|at| Duration::try_from(wall_now.duration_since(at)).ok())
+            .unwrap_or_default();
+        Self {
+            seen: now,
+            head_start,
+        }
+    }
+
+    fn elapsed(&self, now: Instant) -> Duration {
+        now.duration_since(self.seen) + self.head_start
+    }
+}
+
+impl PodHealth {
+    /// How a pod first seen at `now` stands, from what its status says.
+    fn first_sight(pod: &ReplicaPod, now: Instant, wall_now: Timestamp) -> Self {
+        let started = Age::of(pod.started_at.or(pod.created_at), wall_now, now);
+        if pod.state == PodState::Running && pod.kubelet_ready == Some(true) {
+            // The kubelet's probe answers: it has served, and its failures count
+            // from the first, as they would have for the process that saw it start.
+            let mut state = HealthState::starting();
+            state.record_heartbeat(true, 1);
+            return Self {
+                state,
+                started,
+                serving: Some(Age::of(pod.ready_since.or(pod.started_at), wall_now, now)),
+                served_for: None,
+            };
+        }
+        Self {
+            state: HealthState::starting(),
+            started,
+            serving: None,
+            served_for: None,
+        }
+    }
+
+    /// Starts or ends its time serving, after its state changed.
+    fn settle(&mut self, now: Instant) {
+        if self.state.routable() {
+            self.serving.get_or_insert(Age::now(now));
+        } else if let Some(serving) = self.serving.take() {
+            self.served_for = Some(serving.elapsed(now));
+        }
+    }
+
+    fn beat(&self, now: Instant) -> PodBeat {
+        PodBeat {
+            state: self.state,
+            served_for: self.serving.map(|age| age.elapsed(now)).or(self.served_for),
+            age: self.started.elapsed(now),
+        }
+    }
 }
 
 type HealthByUid = Arc<Mutex<HashMap<String, PodHealth>>>;
@@ -62,6 +163,10 @@ pub struct Heartbeats {
     pools: Mutex<HashMap<String, PoolBeats>>,
     /// The controller's pools, once it runs: a task whose pool is gone ends.
     known_pools: Arc<std::sync::OnceLock<Store<ServerPool>>>,
+    /// A task ends once this process no longer leads.
+    leadership: Leadership,
+    /// The wall clock that pods' timestamps are read against (fixed in tests).
+    pub clock: fn() -> Timestamp,
 }
 
 impl Heartbeats {
@@ -70,6 +175,7 @@ impl Heartbeats {
         metrics: Arc<Metrics>,
         pods: Store<Pod>,
         wake: mpsc::UnboundedSender<ObjectRef<ServerPool>>,
+        leadership: Leadership,
     ) -> Self {
         Self {
             prober,
@@ -78,6 +184,8 @@ impl Heartbeats {
             wake,
             pools: Mutex::new(HashMap::new()),
             known_pools: Arc::default(),
+            leadership,
+            clock: Timestamp::now,
         }
     }
 
@@ -87,20 +195,22 @@ impl Heartbeats {
     }
 
     /// The health of pool `pool`'s pods by pod uid. Starts (or, when its settings
-    /// changed, restarts) the pool's task and waits for its first round, so that a
-    /// pass never reports a pod unready only because nobody has probed it yet.
+    /// changed or it ended, restarts) the pool's task and waits for its first round,
+    /// so that a pass never reports a pod unready only because nobody has probed it
+    /// yet. A pod missing from the answer has not been probed: the caller keeps what
+    /// it knew of it.
     pub async fn health_of(
         &self,
         pool: &ObjectRef<ServerPool>,
         uid: &str,
         config: BeatConfig,
-    ) -> HashMap<String, HealthState> {
+    ) -> HashMap<String, PodBeat> {
         let key = pool_key(pool);
         let (mut rounds, health) = {
             let mut pools = self.pools.lock().unwrap();
-            let current = pools
-                .get(&key)
-                .filter(|beats| beats.uid == uid && beats.config == config);
+            let current = pools.get(&key).filter(|beats| {
+                beats.uid == uid && beats.config == config && !beats.task.is_finished()
+            });
             match current {
                 Some(beats) => (beats.rounds.clone(), beats.health.clone()),
                 None => {
@@ -116,10 +226,11 @@ impl Heartbeats {
         // Bounded: a round takes about the heartbeat timeout (at most 10 s is awaited
         // here; a longer `timeoutMs` lets the pass go on with what is known).
         let _ = tokio::time::timeout(Duration::from_secs(10), rounds.wait_for(|n| *n > 0)).await;
+        let now = Instant::now();
         let health = health.lock().unwrap();
         health
             .iter()
-            .map(|(uid, h)| (uid.clone(), h.state))
+            .map(|(uid, h)| (uid.clone(), h.beat(now)))
             .collect()
     }
 
@@ -147,14 +258,20 @@ impl Heartbeats {
             pool: pool.clone(),
             config: config.clone(),
             health: health.clone(),
+            clock: self.clock,
         };
         let wake = self.wake.clone();
         let known_pools = self.known_pools.clone();
+        let leadership = self.leadership.clone();
         let task = tokio::spawn(async move {
             let mut ticks = tokio::time::interval(round.config.settings.interval);
             ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 ticks.tick().await;
+                if !leadership.is_leader() {
+                    tracing::debug!(pool = %round.pool.name, "not leading: its heartbeats stop");
+                    return;
+                }
                 // (A task starts from a pass over its pool, so the store has held it.)
                 if let Some(pools) = known_pools.get()
                     && pools.get(&round.pool).is_none()
@@ -188,6 +305,7 @@ struct Round {
     pool: ObjectRef<ServerPool>,
     config: BeatConfig,
     health: HealthByUid,
+    clock: fn() -> Timestamp,
 }
 
 impl Round {
@@ -222,6 +340,8 @@ impl Round {
         .await;
 
         let now = Instant::now();
+        let wall_now = (self.clock)();
+        let grace = self.config.startup_grace;
         let mut health = self.health.lock().unwrap();
         let before: HashMap<String, Health> = health
             .iter()
@@ -229,25 +349,38 @@ impl Round {
             .collect();
         health.retain(|uid, _| pods.iter().any(|p| p.uid == *uid));
         for pod in &pods {
-            let entry = health.entry(pod.uid.clone()).or_insert(PodHealth {
-                state: HealthState::starting(),
-                since: now,
-            });
-            if pod.state == PodState::Exited {
-                entry.state.mark_exited();
+            let entry = health
+                .entry(pod.uid.clone())
+                .or_insert_with(|| PodHealth::first_sight(pod, now, wall_now));
+            match pod.state {
+                PodState::Exited => entry.state.mark_exited(),
+                // Still not running past its grace: as good as a container that
+                // cannot start (it is replaced, under its slot's backoff).
+                PodState::Pending
+                    if entry.state.health == Health::Starting
+                        && entry.started.elapsed(now) >= grace =>
+                {
+                    if let Some(name) = &pod.name {
+                        tracing::warn!(pool = %self.pool.name, replica = %name, pod = %pod.pod, "pod still not running after its startup grace");
+                    }
+                    entry.state.mark_exited();
+                }
+                _ => {}
             }
+            entry.settle(now);
         }
         for (pod, ok) in beats {
             let Some(entry) = health.get_mut(&pod.uid) else {
                 continue;
             };
             let starting = entry.state.health == Health::Starting;
-            if !ok && starting && now.duration_since(entry.since) < self.config.startup_grace {
+            if !ok && starting && entry.started.elapsed(now) < grace {
                 // Not listening yet: within its grace, a new pod's failures do not count.
                 continue;
             }
             let was = entry.state.health;
             entry.state.record_heartbeat(ok, settings.failure_threshold);
+            entry.settle(now);
             if let Some(name) = &pod.name {
                 if !ok {
                     self.metrics.heartbeat_failed(name);
@@ -335,7 +468,13 @@ mod tests {
         let switch = Arc::new(Switch::default());
         let (wake, wakes) = mpsc::unbounded_channel();
         Setup {
-            beats: Heartbeats::new(switch.clone(), Arc::new(Metrics::new()), store, wake),
+            beats: Heartbeats::new(
+                switch.clone(),
+                Arc::new(Metrics::new()),
+                store,
+                wake,
+                Leadership::sole(),
+            ),
             switch,
             wakes,
             pool: ObjectRef::new("demo").within("default"),
@@ -360,6 +499,7 @@ mod tests {
             .beats
             .health_of(&setup.pool, "pool-uid", config())
             .await["uid-1"]
+            .state
             .health
     }
 

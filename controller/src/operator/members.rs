@@ -203,16 +203,18 @@ pub fn record_replacement(
 pub const MAX_REPLACEMENT_DELAY: Duration = Duration::from_secs(300);
 
 /// How long after a slot's last replacement its next one may come, when the
-/// replica that fails never served: nothing after a replica that served (or the
-/// first unready one: `streak` 0), then 1 s, 2 s, 4 s, … up to 5 minutes, as the
-/// kubelet's CrashLoopBackOff, so that an image that cannot start costs a handful
-/// of pods an hour instead of one every few seconds.
+/// replica that fails did not serve long (see `reconciler::CRASH_LOOP_RESET`):
+/// 10 s, 20 s, 40 s, … up to 5 minutes as `streak` (such replacements of the slot
+/// in a row) grows, as the kubelet's CrashLoopBackOff restarts a container at 0,
+/// 10, 30, 70 s …: an image that cannot start costs a handful of pods an hour
+/// instead of one every few seconds. (A replica that served long is replaced at
+/// once, and its slot's streak starts again.)
 pub fn replacement_delay(streak: u32) -> Duration {
-    match streak {
-        0 => Duration::ZERO,
-        k => Duration::from_secs(1u64 << (k - 1).min(16)).min(MAX_REPLACEMENT_DELAY),
-    }
+    (INITIAL_REPLACEMENT_DELAY * (1u32 << streak.min(16))).min(MAX_REPLACEMENT_DELAY)
 }
+
+/// The first wait of [`replacement_delay`]: the kubelet's first CrashLoopBackOff.
+pub const INITIAL_REPLACEMENT_DELAY: Duration = Duration::from_secs(10);
 
 /// The lowest number the next `emergency_<n>` may take: above every emergency name
 /// recorded or in use, so that no two replicas of the namespace share one.
@@ -436,9 +438,9 @@ mod tests {
 
     #[test]
     fn unready_replacements_back_off_to_five_minutes() {
-        let delays: Vec<u64> = (0..=11).map(|k| replacement_delay(k).as_secs()).collect();
-        // 0 for the first, then 2^(k-1) s: 1, 2, 4, … 256, capped at 300.
-        assert_eq!(delays, [0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 300, 300]);
+        let delays: Vec<u64> = (0..=7).map(|k| replacement_delay(k).as_secs()).collect();
+        // 10 · 2^k s, capped at 300: CrashLoopBackOff's 10, 20, 40, 80, 160, 300.
+        assert_eq!(delays, [10, 20, 40, 80, 160, 300, 300, 300]);
         assert_eq!(replacement_delay(u32::MAX), MAX_REPLACEMENT_DELAY);
     }
 

@@ -5,10 +5,12 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
+use k8s_openapi::jiff::Timestamp;
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -30,14 +32,36 @@ enum Outcome {
     Run,
     /// Its container exits with code 1 (`restartPolicy: Never`: the pod fails).
     Crash,
+    /// Runs it, and its container exits with code 1 this long after it started.
+    CrashAfter(Duration),
+    /// Leaves it Pending, its container waiting for this reason (`ImagePullBackOff`).
+    Waiting(&'static str),
+    /// Leaves it Pending: no node fits it.
+    Unschedulable,
+}
+
+/// A wall clock that follows tokio's paused clock, from 2026-01-01 at the test's
+/// first call (per thread: a `#[tokio::test]` runs on one), so that the timestamps
+/// the fake kubelet writes and the operator reads agree with the virtual time.
+fn wall() -> Timestamp {
+    thread_local! {
+        static BASE: tokio::time::Instant = tokio::time::Instant::now();
+    }
+    let elapsed = BASE.with(|base| base.elapsed());
+    Timestamp::from_second(1_767_225_600).unwrap()
+        + k8s_openapi::jiff::SignedDuration::try_from(elapsed).unwrap()
 }
 
 /// Starts pods as they are created, every 100 ms of (virtual) time; answers the
 /// heartbeats of the pods it runs, on their container port. As a kubelet whose
 /// readiness probe runs every second, it marks a running pod `Ready` 1 s after it
-/// started.
+/// started (and, as that probe goes through no partition of the operator's, keeps
+/// it Ready while it answers).
 struct Kubelet {
     up: Arc<Mutex<HashSet<SocketAddr>>>,
+    /// The operator's heartbeats fail (a network fault between it and every pod);
+    /// the kubelet's probes still answer.
+    cut: Arc<AtomicBool>,
     task: JoinHandle<()>,
 }
 
@@ -49,6 +73,16 @@ impl Kubelet {
             async move {
                 let mut started = 0u32;
                 let mut probed_at: HashMap<String, tokio::time::Instant> = HashMap::new();
+                let mut crash_at: HashMap<String, tokio::time::Instant> = HashMap::new();
+                let exited = |pod: &mut Value| {
+                    pod["status"]["phase"] = json!("Failed");
+                    pod["status"]["conditions"] = json!([{"type": "Ready", "status": "False"}]);
+                    pod["status"]["containerStatuses"] = json!([{
+                        "name": CONTAINER, "image": "", "imageID": "",
+                        "ready": false, "restartCount": 0,
+                        "state": {"terminated": {"reason": "Error", "exitCode": 1}},
+                    }]);
+                };
                 loop {
                     let now = tokio::time::Instant::now();
                     for name in api.names(PODS) {
@@ -60,10 +94,24 @@ impl Kubelet {
                             .unwrap_or_default()
                             .to_owned();
                         if pod["status"]["phase"] == "Running"
+                            && crash_at.get(&uid).is_some_and(|at| *at <= now)
+                        {
+                            crash_at.remove(&uid);
+                            let ip: IpAddr =
+                                pod["status"]["podIP"].as_str().unwrap().parse().unwrap();
+                            up.lock().unwrap().retain(|addr| addr.ip() != ip);
+                            exited(&mut pod);
+                            api.put(PODS, pod);
+                            continue;
+                        }
+                        if pod["status"]["phase"] == "Running"
                             && pod["status"]["conditions"][0]["status"] == "False"
                             && probed_at.get(&uid).is_some_and(|at| *at <= now)
                         {
-                            pod["status"]["conditions"][0]["status"] = json!("True");
+                            pod["status"]["conditions"][0] = json!({
+                                "type": "Ready", "status": "True",
+                                "lastTransitionTime": wall().to_string(),
+                            });
                             api.put(PODS, pod);
                             continue;
                         }
@@ -74,37 +122,73 @@ impl Kubelet {
                         let ip: IpAddr = format!("10.1.{}.{}", started / 250, started % 250 + 1)
                             .parse()
                             .unwrap();
-                        pod["status"] = match outcome(&pod) {
-                            Outcome::Run => {
-                                let port =
-                                    pod["spec"]["containers"][0]["ports"][0]["containerPort"]
-                                        .as_u64()
-                                        .unwrap();
-                                up.lock().unwrap().insert(SocketAddr::new(ip, port as u16));
-                                probed_at.insert(uid, now + Duration::from_secs(1));
-                                json!({
-                                    "phase": "Running",
-                                    "podIP": ip.to_string(),
-                                    "conditions": [{"type": "Ready", "status": "False"}],
-                                })
-                            }
-                            Outcome::Crash => json!({
-                                "phase": "Failed",
+                        let running = |pod: &Value| {
+                            let port = pod["spec"]["containers"][0]["ports"][0]["containerPort"]
+                                .as_u64()
+                                .unwrap();
+                            up.lock().unwrap().insert(SocketAddr::new(ip, port as u16));
+                            json!({
+                                "phase": "Running",
                                 "podIP": ip.to_string(),
+                                "startTime": wall().to_string(),
+                                "conditions": [{"type": "Ready", "status": "False"}],
                                 "containerStatuses": [{
                                     "name": CONTAINER, "image": "", "imageID": "",
                                     "ready": false, "restartCount": 0,
-                                    "state": {"terminated": {"reason": "Error", "exitCode": 1}},
+                                    "state": {"running": {"startedAt": wall().to_string()}},
                                 }],
-                            }),
+                            })
                         };
+                        let waiting = |reason: &str| {
+                            json!({
+                                "phase": "Pending",
+                                "containerStatuses": [{
+                                    "name": CONTAINER, "image": "", "imageID": "",
+                                    "ready": false, "restartCount": 0,
+                                    "state": {"waiting": {
+                                        "reason": reason,
+                                        "message": format!("the kubelet says {reason}"),
+                                    }},
+                                }],
+                            })
+                        };
+                        match outcome(&pod) {
+                            Outcome::Run => {
+                                probed_at.insert(uid, now + Duration::from_secs(1));
+                                pod["status"] = running(&pod);
+                            }
+                            Outcome::CrashAfter(after) => {
+                                probed_at.insert(uid.clone(), now + Duration::from_secs(1));
+                                crash_at.insert(uid, now + after);
+                                pod["status"] = running(&pod);
+                            }
+                            Outcome::Crash => {
+                                pod["status"]["podIP"] = json!(ip.to_string());
+                                exited(&mut pod);
+                            }
+                            Outcome::Waiting(reason) => pod["status"] = waiting(reason),
+                            Outcome::Unschedulable => {
+                                pod["status"] = json!({
+                                    "phase": "Pending",
+                                    "conditions": [{
+                                        "type": "PodScheduled", "status": "False",
+                                        "reason": "Unschedulable",
+                                        "message": "0/3 nodes are available: 3 Insufficient cpu.",
+                                    }],
+                                })
+                            }
+                        }
                         api.put(PODS, pod);
                     }
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             }
         });
-        Self { up, task }
+        Self {
+            up,
+            cut: Arc::default(),
+            task,
+        }
     }
 
     /// Pod `pod` stops answering its heartbeats (its process is frozen).
@@ -118,7 +202,7 @@ impl Kubelet {
     }
 
     fn prober(&self) -> Arc<dyn Prober> {
-        Arc::new(Answers(self.up.clone()))
+        Arc::new(Answers(self.up.clone(), self.cut.clone()))
     }
 }
 
@@ -128,48 +212,59 @@ impl Drop for Kubelet {
     }
 }
 
-/// Heartbeats answer for the pods the kubelet runs.
-struct Answers(Arc<Mutex<HashSet<SocketAddr>>>);
+/// Heartbeats answer for the pods the kubelet runs, unless the operator is cut off.
+struct Answers(Arc<Mutex<HashSet<SocketAddr>>>, Arc<AtomicBool>);
 
 impl Prober for Answers {
     fn check(&self, addr: SocketAddr, _: Duration) -> BoxFuture<'static, bool> {
-        let ok = self.0.lock().unwrap().contains(&addr);
+        let ok = !self.1.load(Ordering::SeqCst) && self.0.lock().unwrap().contains(&addr);
         Box::pin(async move { ok })
     }
 }
 
-/// The elected operator's controller, until [`Operator::stop`].
+/// The elected operator's controller, until [`Operator::stop`] (or `kill`).
 struct Operator {
     stop: oneshot::Sender<()>,
     task: JoinHandle<()>,
+    /// Whether it leads, as its Lease says: the test takes leadership away.
+    leading: tokio::sync::watch::Sender<bool>,
 }
 
 impl Operator {
     fn start(api: &FakeApiServer, prober: Arc<dyn Prober>) -> Self {
         let (leading, leadership) = Leadership::manual();
         leading.send_replace(true);
-        let ctx = Arc::new(Context::new(
+        let mut ctx = Context::new(
             api.client(),
             None,
             prober,
             Arc::new(Metrics::new()),
             leadership,
-        ));
+        );
+        ctx.set_clock(wall);
+        let ctx = Arc::new(ctx);
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
-            // Keeps the leadership sender alive for as long as the controller runs.
-            let _leading = leading;
             reconciler::run(ctx, "default", async {
                 let _ = stopped.await;
             })
             .await
         });
-        Self { stop, task }
+        Self {
+            stop,
+            task,
+            leading,
+        }
     }
 
     async fn stop(self) {
         let _ = self.stop.send(());
         self.task.await.unwrap();
+    }
+
+    /// `kill -9`: gone at once, its Lease left to expire.
+    fn kill(self) {
+        self.task.abort();
     }
 }
 
@@ -247,25 +342,25 @@ async fn a_crashing_image_costs_a_handful_of_pods_in_ten_minutes() {
     api.put(POOLS, pool(2, Value::Null));
     let kubelet = Kubelet::start(&api, |_| Outcome::Crash);
     let operator = Operator::start(&api, kubelet.prober());
-    tokio::time::sleep(Duration::from_secs(600)).await;
+    // No more pods per slot in the first minute than CrashLoopBackOff starts a
+    // container (at 0, 10 and 30 s).
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_eq!(pod_creates(&api), 2 * 3);
+    tokio::time::sleep(Duration::from_secs(540)).await;
     operator.stop().await;
 
-    // Per slot: its first pod, a replacement at once, then each 1 s, 2 s, 4 s, …
-    // 256 s after the one before (at 0, 1, 3, 7, … 511 s): 10 replacements in ten
-    // minutes, the next one due at 811 s. (Without the backoff: one every few
-    // hundred milliseconds, thousands.)
-    let creates = pod_creates(&api);
-    assert!(
-        (2 * 9..=2 * 11).contains(&creates),
-        "{creates} pods created"
-    );
+    // Per slot: its first pod, then each one 10 s, 20 s, 40 s, … 300 s after the pod
+    // before started (at 0, 10, 30, 70, 150, 310 s): 5 replacements in ten minutes,
+    // the next one due at 610 s. (Without the backoff: one every few hundred
+    // milliseconds, thousands.)
+    assert_eq!(pod_creates(&api), 2 * 6);
     let status = api.get(POOLS, "demo").unwrap()["status"].clone();
     // One entry per slot, however often it was replaced: the status stays small.
     let slots = status["emergencyReplacements"].as_array().unwrap();
     assert_eq!(slots.len(), 2, "{slots:?}");
     for slot in slots {
-        assert_eq!(slot["count"], 10, "{slot}");
-        assert_eq!(slot["unreadyStreak"], 10, "{slot}");
+        assert_eq!(slot["count"], 5, "{slot}");
+        assert_eq!(slot["unreadyStreak"], 5, "{slot}");
     }
     assert!(status.to_string().len() < 2048, "{status}");
     // The status changes with each replacement and each failure, not at every pass.
@@ -274,11 +369,7 @@ async fn a_crashing_image_costs_a_handful_of_pods_in_ten_minutes() {
         .iter()
         .filter(|c| c.method == "PATCH" && c.path.ends_with("/status"))
         .count();
-    // (21 for 22 pods here; a countdown in the Degraded message made it 29.)
-    assert!(
-        status_writes <= creates + 2,
-        "{status_writes} status writes"
-    );
+    assert!(status_writes <= 2 * 12 + 2, "{status_writes} status writes");
     // Degraded says why, with the container's own reason.
     let degraded = &status["conditions"][1];
     assert_eq!(degraded["status"], "True");
@@ -293,7 +384,26 @@ async fn a_crashing_image_costs_a_handful_of_pods_in_ten_minutes() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_replica_that_served_is_replaced_at_once_whatever_its_slot_went_through() {
+async fn a_replica_that_crashes_soon_after_it_began_to_serve_backs_off_like_a_crash_loop() {
+    let api = FakeApiServer::default();
+    api.put(POOLS, pool(1, Value::Null));
+    // Every pod serves from 1 s after it starts, and its container exits at 5 s.
+    let kubelet = Kubelet::start(&api, |_| Outcome::CrashAfter(Duration::from_secs(5)));
+    let operator = Operator::start(&api, kubelet.prober());
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    // As CrashLoopBackOff would restart it: at 0, 10 and 30 s (without counting
+    // these toward the backoff: at 0, 5, 10, … 55 s, 12 pods).
+    assert_eq!(pod_creates(&api), 3, "{:?}", api.names(PODS));
+    let slot = api.get(POOLS, "demo").unwrap()["status"]["emergencyReplacements"][0].clone();
+    assert_eq!(
+        (slot["count"].clone(), slot["unreadyStreak"].clone()),
+        (json!(2), json!(2))
+    );
+    operator.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_replica_that_served_ten_minutes_is_replaced_at_once_whatever_its_slot_went_through() {
     let api = FakeApiServer::default();
     api.put(POOLS, pool(1, Value::Null));
     // The first four pods crash; every later one runs.
@@ -305,7 +415,7 @@ async fn a_replica_that_served_is_replaced_at_once_whatever_its_slot_went_throug
         if n < 4 { Outcome::Crash } else { Outcome::Run }
     });
     let operator = Operator::start(&api, kubelet.prober());
-    // Replaced at 0, 1, 3 and 7 s: emergency_4 runs and serves soon after 7 s.
+    // Replaced at 10, 30, 70 and 150 s: emergency_4 runs and serves soon after.
     let status = loop {
         let status = api.get(POOLS, "demo").unwrap()["status"].clone();
         if status["readyReplicas"] == 1 {
@@ -320,8 +430,10 @@ async fn a_replica_that_served_is_replaced_at_once_whatever_its_slot_went_throug
     assert_eq!(status["conditions"][1]["status"], "False", "{status}");
     let creates = pod_creates(&api);
 
-    // It served, then stops answering at once: replaced within its heartbeats, not
-    // 8 s after the last replacement, as its slot's streak of 4 would ask.
+    // It serves ten minutes (CrashLoopBackOff's reset), then stops answering at once:
+    // replaced within its heartbeats, not 160 s after it started, as its slot's
+    // streak of 4 would ask of a crash loop.
+    tokio::time::sleep(reconciler::CRASH_LOOP_RESET).await;
     kubelet.up.lock().unwrap().clear();
     let failed = tokio::time::Instant::now();
     while pod_creates(&api) == creates {
@@ -526,6 +638,8 @@ async fn failing_status_writes_do_not_keep_a_frozen_replica_in_the_proxys_ring()
     let in_ring = || proxy.in_ring();
     until(|| in_ring().len() == 3).await;
 
+    // (Serving long: its failure is no crash loop, and nothing holds it back.)
+    tokio::time::sleep(reconciler::CRASH_LOOP_RESET).await;
     // Every status write fails for 20 s; then Server2 stops answering.
     api.fail("PATCH", "/status", 500, Duration::from_secs(20));
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -574,7 +688,8 @@ async fn an_invalid_hashing_spec_is_reported_and_the_pods_are_still_kept_alive()
     api.put(POOLS, invalid);
     tokio::time::sleep(Duration::from_secs(1)).await;
     // Hashing is the proxies' concern (they keep their last good ring); a replica
-    // that fails meanwhile is still replaced.
+    // that fails meanwhile (after serving long) is still replaced.
+    tokio::time::sleep(reconciler::CRASH_LOOP_RESET).await;
     kubelet.freeze(&api, "server2");
     tokio::time::sleep(Duration::from_secs(10)).await;
     operator.stop().await;

@@ -16,12 +16,14 @@ use std::net::IpAddr;
 use ::kube::api::{DeleteParams, ListParams, PostParams};
 use ::kube::{Api, Client};
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, EnvVar, HTTPGetAction, Pod, PodSecurityContext,
-    PodSpec, Probe, ResourceRequirements, SeccompProfile, SecurityContext,
+    Capabilities, Container, ContainerPort, ContainerStatus, EnvVar, HTTPGetAction, Pod,
+    PodCondition, PodSecurityContext, PodSpec, Probe, ResourceRequirements, SeccompProfile,
+    SecurityContext,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use k8s_openapi::jiff::Timestamp;
 
 use super::members::{NamingError, pod_name};
 use crate::replica_name::ReplicaName;
@@ -74,7 +76,38 @@ pub struct ReplicaPod {
     /// The kubelet's word on its readiness probe ([`pod_ready`]): the proxies take a
     /// member out while it says `false`, so a rollout hands over only once it agrees.
     pub kubelet_ready: Option<bool>,
+    /// When the pod was created, when its container last started running, and since
+    /// when the kubelet has said Ready: what an operator that did not watch it start
+    /// (a new leader) judges it from.
+    pub created_at: Option<Timestamp>,
+    pub started_at: Option<Timestamp>,
+    pub ready_since: Option<Timestamp>,
+    /// Why it cannot start, if the kubelet or the scheduler says it never will by
+    /// itself (an image that cannot be pulled, no node that fits).
+    pub start_failure: Option<StartFailure>,
 }
+
+/// A pod that does not get to run, and why, in the words of the kubelet or the
+/// scheduler. Retrying the same pod does not help: a person must act.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StartFailure {
+    /// The reason as Kubernetes gives it (`ImagePullBackOff`, `Unschedulable`): also
+    /// the reason of the pool's Degraded condition.
+    pub reason: &'static str,
+    /// What the kubelet or the scheduler said about it.
+    pub message: String,
+}
+
+/// Waiting reasons of a container that will not start without a change to its pod
+/// or the cluster (kubelet's `images` and `kuberuntime` packages).
+const NEVER_STARTS: [&str; 6] = [
+    "ErrImagePull",
+    "ImagePullBackOff",
+    "InvalidImageName",
+    "ErrImageNeverPull",
+    "CreateContainerConfigError",
+    "CreateContainerError",
+];
 
 /// What a pool's pods look like.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -344,30 +377,67 @@ pub fn replica_pod(pod: &Pod) -> ReplicaPod {
             .and_then(|l| l.get(TEMPLATE_LABEL))
             .cloned(),
         kubelet_ready: pod_ready(pod),
+        created_at: pod.metadata.creation_timestamp.as_ref().map(|t| t.0),
+        started_at: replica_container(pod)
+            .and_then(|c| c.state.as_ref()?.running.as_ref()?.started_at.as_ref())
+            .map(|t| t.0),
+        ready_since: pod_condition(pod, "Ready")
+            .filter(|c| c.status == "True")
+            .and_then(|c| c.last_transition_time.as_ref())
+            .map(|t| t.0),
+        start_failure: start_failure(pod),
     }
 }
 
-/// The kubelet's word: `Some(true)` when the pod's `Ready` condition is `True`,
-/// `None` when it has none yet.
-pub fn pod_ready(pod: &Pod) -> Option<bool> {
+/// Why pod `pod` cannot start, if it is a reason that lasts (see [`StartFailure`]).
+pub fn start_failure(pod: &Pod) -> Option<StartFailure> {
+    if let Some(waiting) = replica_container(pod)
+        .and_then(|c| c.state.as_ref()?.waiting.as_ref())
+        .filter(|w| w.reason.is_some())
+    {
+        let reason = waiting.reason.as_deref().unwrap_or_default();
+        let reason = NEVER_STARTS.iter().find(|r| **r == reason)?;
+        return Some(StartFailure {
+            reason,
+            message: waiting.message.clone().unwrap_or_default(),
+        });
+    }
+    let scheduled = pod_condition(pod, "PodScheduled")?;
+    (scheduled.status == "False" && scheduled.reason.as_deref() == Some("Unschedulable")).then(
+        || StartFailure {
+            reason: "Unschedulable",
+            message: scheduled.message.clone().unwrap_or_default(),
+        },
+    )
+}
+
+fn pod_condition<'a>(pod: &'a Pod, type_: &str) -> Option<&'a PodCondition> {
     pod.status
         .as_ref()?
         .conditions
         .as_ref()?
         .iter()
-        .find(|c| c.type_ == "Ready")
-        .map(|c| c.status == "True")
+        .find(|c| c.type_ == type_)
 }
 
-/// The waiting or terminated reason of the replica container, if it is not running.
-fn container_reason(pod: &Pod) -> Option<String> {
-    let container = pod
-        .status
+fn replica_container(pod: &Pod) -> Option<&ContainerStatus> {
+    pod.status
         .as_ref()?
         .container_statuses
         .as_ref()?
         .iter()
-        .find(|c| c.name == CONTAINER)?;
+        .find(|c| c.name == CONTAINER)
+}
+
+/// The kubelet's word: `Some(true)` when the pod's `Ready` condition is `True`,
+/// `None` when it has none yet.
+pub fn pod_ready(pod: &Pod) -> Option<bool> {
+    pod_condition(pod, "Ready").map(|c| c.status == "True")
+}
+
+/// The waiting or terminated reason of the replica container, if it is not running.
+fn container_reason(pod: &Pod) -> Option<String> {
+    let container = replica_container(pod)?;
     let state = container.state.as_ref()?;
     if let Some(waiting) = &state.waiting {
         return waiting.reason.clone();

@@ -28,11 +28,12 @@ use serde_json::json;
 use tokio::sync::mpsc;
 
 use super::crd::{MemberStatus, ReplacementStatus, ServerPool, ServerPoolSpec, ServerPoolStatus};
-use super::heartbeats::{BeatConfig, Heartbeats};
+use super::heartbeats::{BeatConfig, Heartbeats, PodBeat};
 use super::leader::Leadership;
 use super::members;
 use super::pods::{
-    CreateError, KubeRuntime, POOL_LABEL, PodState, PodTemplate, ReplicaPod, is_status, replica_pod,
+    CreateError, KubeRuntime, POOL_LABEL, PodState, PodTemplate, ReplicaPod, StartFailure,
+    is_status, replica_pod,
 };
 use crate::health_state::{Health, HealthState};
 use crate::metrics::Metrics;
@@ -58,6 +59,10 @@ pub const STUCK_TERMINATING: Duration = Duration::from_secs(60);
 /// A pass running longer than this is stuck (every API call it makes has its own
 /// timeout): `/healthz` fails so that the kubelet restarts the operator.
 pub const STUCK_PASS: Duration = Duration::from_secs(300);
+/// A replica that served for less than this before it failed counts toward its
+/// slot's backoff, as the kubelet's CrashLoopBackOff resets only after a container
+/// ran for 10 minutes; one that served longer is replaced at once.
+pub const CRASH_LOOP_RESET: Duration = Duration::from_secs(600);
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -65,6 +70,9 @@ pub enum Error {
     Api(#[from] kube::Error),
     #[error("the ServerPool has no namespace or uid")]
     Incomplete,
+    /// This process stopped leading during the pass: it writes nothing more.
+    #[error("not the leader: this pass stops writing")]
+    NotLeader,
 }
 
 /// What the reconciler remembers about a pool between passes.
@@ -77,14 +85,17 @@ struct PoolMemory {
     /// The slots as this process last left them, which the cached pool may not
     /// show yet.
     replacements: Vec<ReplacementStatus>,
-    /// When each slot was last replaced: its backoff counts from there. (A new
-    /// leader counts from when it first sees the slot fail: it waits at least as
-    /// long as the old one would have.)
-    last_replaced: HashMap<String, tokio::time::Instant>,
     /// Pod names a create found held by a pod that is not this pool's.
     conflicts: HashSet<String>,
     /// Failed passes in a row, for the backoff.
     failures: u32,
+    /// Replacements made on this operator's heartbeats alone whose pods have not
+    /// answered yet (see [`hold_unconfirmed`]).
+    unconfirmed: HashSet<ReplicaName>,
+    /// The Warning Events of conditions that still hold (by what they are about), so
+    /// that each is recorded once, not at every pass; one that ends is forgotten and
+    /// recorded again should it come back.
+    warned: HashSet<String>,
 }
 
 /// Shared by every pass.
@@ -127,7 +138,13 @@ impl Context {
         Self {
             client,
             recorder,
-            heartbeats: Heartbeats::new(prober, metrics.clone(), pods.clone(), wake),
+            heartbeats: Heartbeats::new(
+                prober,
+                metrics.clone(),
+                pods.clone(),
+                wake,
+                leadership.clone(),
+            ),
             metrics,
             pods,
             pod_writer: Mutex::new(Some(pod_writer)),
@@ -158,6 +175,13 @@ impl Context {
         writer.apply_watcher_event(&Event::InitDone);
     }
 
+    /// The wall clock of condition times and of pods' timestamps (tests fix it, or
+    /// make it follow tokio's paused clock).
+    pub fn set_clock(&mut self, clock: fn() -> Timestamp) {
+        self.clock = clock;
+        self.heartbeats.clock = clock;
+    }
+
     fn with_memory<T>(&self, key: &str, uid: &str, f: impl FnOnce(&mut PoolMemory) -> T) -> T {
         let mut memory = self.memory.lock().unwrap();
         let entry = memory.entry(key.to_owned()).or_default();
@@ -168,6 +192,17 @@ impl Context {
             };
         }
         f(entry)
+    }
+
+    /// Every write of a pass goes through here first: a process that no longer leads
+    /// (its renew deadline passed, another holds the Lease) writes nothing, not a pod,
+    /// an Event or a status.
+    fn may_write(&self) -> Result<(), Error> {
+        if self.leadership.is_leader() {
+            Ok(())
+        } else {
+            Err(Error::NotLeader)
+        }
     }
 
     fn now(&self) -> Time {
@@ -229,6 +264,9 @@ pub async fn run(
 
 /// Retries a failed pass after 1 s, 2 s, 4 s, 8 s, then every 10 s.
 pub fn error_policy(pool: Arc<ServerPool>, error: &Error, ctx: Arc<Context>) -> Action {
+    if matches!(error, Error::NotLeader) {
+        return Action::requeue(STANDBY_RECHECK);
+    }
     let key = pool_key(&pool);
     let uid = pool.uid().unwrap_or_default();
     let failures = ctx.with_memory(&key, &uid, |m| {
@@ -269,6 +307,9 @@ pub async fn reconcile(pool: Arc<ServerPool>, ctx: Arc<Context>) -> Result<Actio
         return Ok(Action::requeue(STANDBY_RECHECK));
     }
     let done = apply(&target, &ctx, &mut seen).await;
+    ctx.with_memory(&target.key, &target.uid, |m| {
+        m.warned.retain(|key| done.warned.contains(key))
+    });
     report(&target, &ctx, &seen, &done).await?;
     if let Some(error) = done.first_error {
         return Err(error);
@@ -346,8 +387,8 @@ impl<'a> Target<'a> {
 /// What a pass found: the pool's pods and their health, and what it should have.
 struct Seen {
     pods: Vec<ReplicaPod>,
-    /// Health per pod uid.
-    health: HashMap<String, HealthState>,
+    /// What the heartbeats say of each pod, by uid (a pod not probed yet is missing).
+    beats: HashMap<String, PodBeat>,
     /// Replacements recorded in the status and those made since (the cached pool may
     /// lag); the pass adds the ones it makes.
     replacements: Vec<ReplacementStatus>,
@@ -362,14 +403,31 @@ struct Seen {
     /// watch) and others' (a create refused with 409).
     held_elsewhere: HashSet<String>,
     now: Timestamp,
-    /// When each slot was last replaced, by this process.
-    last_replaced: HashMap<String, tokio::time::Instant>,
-    /// `now` on the clock of the backoff.
-    instant: tokio::time::Instant,
     /// The hash of the pool's current pod template.
     template: String,
     /// The pod the cached status names for each replica.
     status_pods: HashMap<ReplicaName, String>,
+    /// The pods the cached status says are ready.
+    status_ready: HashSet<String>,
+    /// `spec.heartbeat.maxUnconfirmedReplacements`.
+    max_unconfirmed: usize,
+    /// Replacements in progress made on heartbeats alone, by this process.
+    unconfirmed: HashSet<ReplicaName>,
+}
+
+impl Seen {
+    fn health(&self, uid: &str) -> Option<HealthState> {
+        self.beats.get(uid).map(|beat| beat.state)
+    }
+
+    /// Whether pod `uid` served long enough before it failed that its failure is
+    /// not a crash loop (see [`CRASH_LOOP_RESET`]).
+    fn served_long(&self, uid: &str) -> bool {
+        self.beats
+            .get(uid)
+            .and_then(|beat| beat.served_for)
+            .is_some_and(|served| served >= CRASH_LOOP_RESET)
+    }
 }
 
 /// Reads the pool's pods and their health, and works out what should exist.
@@ -407,17 +465,6 @@ async fn observe(target: &Target<'_>, ctx: &Context) -> Result<Seen, Error> {
             None => replacements.push(made),
         }
     }
-    let instant = tokio::time::Instant::now();
-    let last_replaced = ctx.with_memory(&target.key, &target.uid, |m| {
-        // A slot in backoff that this process did not replace (it took over, or
-        // restarted): its wait counts from now.
-        for slot in replacements.iter().filter(|r| r.unready_streak > 0) {
-            m.last_replaced
-                .entry(slot.original.clone())
-                .or_insert(instant);
-        }
-        m.last_replaced.clone()
-    });
     // From the watch's store, less the pods this process deleted that it still shows.
     let pods: Vec<ReplicaPod> = {
         let listed: Vec<ReplicaPod> = ctx
@@ -443,7 +490,7 @@ async fn observe(target: &Target<'_>, ctx: &Context) -> Result<Seen, Error> {
                 .collect()
         })
     };
-    let health = ctx
+    let beats = ctx
         .heartbeats
         .health_of(
             &ObjectRef::from_obj(target.pool),
@@ -487,15 +534,13 @@ async fn observe(target: &Target<'_>, ctx: &Context) -> Result<Seen, Error> {
     }));
     Ok(Seen {
         pods,
-        health,
+        beats,
         replacements,
         desired,
         problems,
         taken,
         held_elsewhere,
         now: (ctx.clock)(),
-        last_replaced,
-        instant,
         template: target.pods.template().hash(),
         status_pods: target
             .pool
@@ -504,6 +549,16 @@ async fn observe(target: &Target<'_>, ctx: &Context) -> Result<Seen, Error> {
             .flat_map(|s| &s.members)
             .filter_map(|m| Some((ReplicaName::parse(&m.name).ok()?, m.pod.clone())))
             .collect(),
+        status_ready: target
+            .pool
+            .status
+            .iter()
+            .flat_map(|s| &s.members)
+            .filter(|m| m.ready)
+            .map(|m| m.pod.clone())
+            .collect(),
+        max_unconfirmed: spec.max_unconfirmed_replacements() as usize,
+        unconfirmed: ctx.with_memory(&target.key, &target.uid, |m| m.unconfirmed.clone()),
     })
 }
 
@@ -520,6 +575,8 @@ struct Done {
     retry_in: Option<Duration>,
     /// The pod that serves each replica after this pass (not those it created).
     serving: HashMap<ReplicaName, ServingPod>,
+    /// The lasting conditions this pass warned about (see [`warn_once`]).
+    warned: HashSet<String>,
 }
 
 /// Why a pool is Degraded: a condition reason and what to tell the user.
@@ -544,9 +601,85 @@ impl Problem {
 async fn apply(target: &Target<'_>, ctx: &Context, seen: &mut Seen) -> Done {
     let mut done = Done::default();
     let Some(desired) = seen.desired.clone() else {
+        // A spec that cannot be carried out changes nothing: the members stay on the
+        // pods the status names, with their health, and the proxies keep routing.
+        done.serving = seen
+            .pods
+            .iter()
+            .filter_map(|pod| {
+                let name = pod.name.clone()?;
+                (seen.status_pods.get(&name) == Some(&pod.pod))
+                    .then(|| (name, ServingPod::of(pod, seen, &HashSet::new())))
+            })
+            .collect();
         return done;
     };
     let work = plan_pass(&desired, seen);
+    for (name, pod, failure) in &work.not_starting {
+        let message = format!(
+            "pod {} of replica {name} cannot start: {}{}",
+            pod.pod,
+            failure.reason,
+            if failure.message.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", failure.message)
+            }
+        );
+        let event = PodEvent {
+            type_: EventType::Warning,
+            reason: failure.reason,
+            action: "StartPod",
+            note: message.clone(),
+        };
+        let key = format!("{}/{}", failure.reason, pod.uid);
+        warn_once(ctx, target, &key, &pod.pod, event, &mut done).await;
+        seen.problems.push(Problem {
+            reason: failure.reason,
+            message,
+        });
+    }
+    ctx.with_memory(&target.key, &target.uid, |m| {
+        m.unconfirmed = work.unconfirmed.in_progress.iter().cloned().collect();
+    });
+    if let Some(first) = work.unconfirmed.held.first() {
+        let names: Vec<String> = work
+            .unconfirmed
+            .held
+            .iter()
+            .map(|p| {
+                let name = p.name.as_ref().map_or("?", ReplicaName::as_str);
+                format!("{name} (pod {})", p.pod)
+            })
+            .collect();
+        let message = format!(
+            "the operator cannot reach {} replica(s) that the kubelet reports Ready: {}; \
+             it replaces at most {} such replica(s) at a time \
+             (spec.heartbeat.maxUnconfirmedReplacements) and the proxies keep routing to them",
+            names.len(),
+            names.join(", "),
+            seen.max_unconfirmed
+        );
+        let event = PodEvent {
+            type_: EventType::Warning,
+            reason: "ReplicasUnreachable",
+            action: "ReplacePod",
+            note: message.clone(),
+        };
+        warn_once(
+            ctx,
+            target,
+            "ReplicasUnreachable",
+            &first.pod,
+            event,
+            &mut done,
+        )
+        .await;
+        seen.problems.push(Problem {
+            reason: "ReplicasUnreachable",
+            message,
+        });
+    }
     for held in &work.held_back {
         seen.problems.push(Problem {
             reason: "ReplacementBackoff",
@@ -554,7 +687,24 @@ async fn apply(target: &Target<'_>, ctx: &Context, seen: &mut Seen) -> Done {
         });
     }
     done.retry_in = work.held_back.iter().map(|h| h.wait).min();
-    seen.problems.extend(work.rollout.stalled.iter().cloned());
+    for (pod, stalled) in &work.rollout.stalled {
+        let event = PodEvent {
+            type_: EventType::Warning,
+            reason: stalled.reason,
+            action: "RollOut",
+            note: stalled.message.clone(),
+        };
+        warn_once(
+            ctx,
+            target,
+            &format!("RolloutStalled/{pod}"),
+            pod,
+            event,
+            &mut done,
+        )
+        .await;
+        seen.problems.push(stalled.clone());
+    }
     for extra in &work.extras {
         let event = PodEvent::deleted(extra.why.clone());
         remove_pod(
@@ -591,15 +741,13 @@ async fn apply(target: &Target<'_>, ctx: &Context, seen: &mut Seen) -> Done {
                 // A name whose pod name is held elsewhere never had a pod: it is
                 // renamed, not failed (no backoff).
                 let held_elsewhere = pod.is_empty();
-                let served = held_elsewhere || seen.health.get(&uid).is_some_and(|h| h.served);
+                let served = held_elsewhere || seen.served_long(&uid);
                 seen.replacements =
                     members::record_replacement(&seen.replacements, &failed, &replacement, served);
-                let slot = members::slot_of(&replacement, &seen.replacements);
                 // Remembered before any pod changes, so that no later pass
                 // brings the failed name back.
                 ctx.with_memory(&target.key, &target.uid, |m| {
                     m.replacements = seen.replacements.clone();
-                    m.last_replaced.insert(slot, seen.instant);
                 });
                 ctx.metrics.replacements.inc();
                 let why = match seen.pods.iter().find(|p| p.uid == uid).map(|p| p.state) {
@@ -659,6 +807,10 @@ struct PassWork {
     actions: Vec<PlanAction>,
     /// Replacements the plan asked for that their slot's backoff holds back.
     held_back: Vec<HeldBack>,
+    /// Replicas whose failure only the operator's heartbeats see.
+    unconfirmed: Unconfirmed,
+    /// Replicas whose pod cannot start, and why.
+    not_starting: Vec<(ReplicaName, ReplicaPod, StartFailure)>,
     rollout: RolloutWork,
     /// The pod that serves each replica that has one, once this pass is done.
     serving: HashMap<ReplicaName, ServingPod>,
@@ -677,13 +829,16 @@ struct Extra {
 struct RolloutWork {
     /// Replica and pod name of the new pod to start.
     start: Option<(ReplicaName, String)>,
-    stalled: Vec<Problem>,
+    /// The new pod that failed, and why the rollout waits.
+    stalled: Vec<(String, Problem)>,
 }
 
 /// A failed replica whose replacement waits for its slot's backoff.
 struct HeldBack {
     replica: ReplicaName,
     pod: String,
+    /// It answered a heartbeat (and failed before it had served long).
+    served: bool,
     container_reason: Option<String>,
     /// How much longer it waits: when the pass looks again.
     wait: Duration,
@@ -698,8 +853,13 @@ impl HeldBack {
             .container_reason
             .as_deref()
             .map_or_else(String::new, |r| format!(" (container: {r})"));
+        let what = if self.served {
+            "failed less than 10 minutes after it began to serve"
+        } else {
+            "never answered a heartbeat"
+        };
         format!(
-            "replica {} (pod {}) never answered a heartbeat{why}; replaced again {}s after the last replacement",
+            "replica {} (pod {}) {what}{why}; replaced again {}s after the last replacement",
             self.replica,
             self.pod,
             self.delay.as_secs()
@@ -708,25 +868,18 @@ impl HeldBack {
 }
 
 /// How much longer the replacement of failed replica `name` must wait: `None` when
-/// it may be made now. Only a replica that never served waits, for the delay its
-/// slot's streak gives, counted from the slot's last replacement (or, when this
-/// process made none, from the first time it sees the slot fail).
+/// it may be made now. Only a replica that did not serve long waits, for the delay
+/// its slot's streak gives, counted from when its pod started, as the kubelet counts
+/// a restart's backoff from the container's last start. (The pod's own age: a new
+/// leader waits as the old one would have.)
 fn backoff_left(name: &ReplicaName, pod: &ReplicaPod, seen: &Seen) -> Option<Duration> {
-    if seen.health.get(&pod.uid).is_some_and(|h| h.served) {
+    // A pod stuck terminating did not crash: its node or a finalizer holds it.
+    if pod.state == PodState::Terminating || seen.served_long(&pod.uid) {
         return None;
     }
-    let slot = members::slot_of(name, &seen.replacements);
     let delay = backoff_delay(name, seen);
-    if delay.is_zero() {
-        return None;
-    }
-    let since = seen
-        .last_replaced
-        .get(&slot)
-        .copied()
-        .unwrap_or(seen.instant);
-    let ready_at = since + delay;
-    (ready_at > seen.instant).then(|| ready_at - seen.instant)
+    let age = seen.beats.get(&pod.uid).map_or(Duration::ZERO, |b| b.age);
+    delay.checked_sub(age).filter(|left| !left.is_zero())
 }
 
 /// The backoff delay of the slot that replica `name` holds, from its streak.
@@ -820,9 +973,7 @@ fn plan_pass(desired: &[(ReplicaName, String)], seen: &Seen) -> PassWork {
             health: if pod.state == PodState::Terminating {
                 Health::Failed
             } else {
-                seen.health
-                    .get(&pod.uid)
-                    .map_or(Health::Starting, |h| h.health)
+                seen.health(&pod.uid).map_or(Health::Starting, |h| h.health)
             },
         })
         .collect();
@@ -881,6 +1032,10 @@ fn plan_pass(desired: &[(ReplicaName, String)], seen: &Seen) -> PassWork {
                 held_back.push(HeldBack {
                     replica: failed.clone(),
                     pod: pod.pod.clone(),
+                    served: seen
+                        .beats
+                        .get(&pod.uid)
+                        .is_some_and(|b| b.served_for.is_some()),
                     container_reason: pod.container_reason.clone(),
                     wait,
                     delay: backoff_delay(failed, seen),
@@ -890,18 +1045,29 @@ fn plan_pass(desired: &[(ReplicaName, String)], seen: &Seen) -> PassWork {
         }
     });
 
+    let unconfirmed = hold_unconfirmed(desired, seen, &by_name, &mut actions);
+    let vouched: HashSet<String> = unconfirmed.held.iter().map(|p| p.uid.clone()).collect();
+
     let rollout = plan_rollout(desired, seen, &by_name, &surges, &actions);
     let mut serving: HashMap<ReplicaName, ServingPod> = by_name
         .iter()
-        .map(|(n, pod)| (n.clone(), ServingPod::of(pod, seen)))
+        .map(|(n, pod)| (n.clone(), ServingPod::of(pod, seen, &vouched)))
         .collect();
     for (name, surge) in &rollout.handed_over {
-        serving.insert(name.clone(), ServingPod::of(surge, seen));
+        serving.insert(name.clone(), ServingPod::of(surge, seen, &vouched));
     }
+    // Pods that will not start by themselves; a rollout's new pod is the rollout's
+    // to report (RolloutStalled).
+    let not_starting = by_name
+        .iter()
+        .filter_map(|(name, pod)| Some((name.clone(), (*pod).clone(), pod.start_failure.clone()?)))
+        .collect();
     PassWork {
         extras,
         actions,
         held_back,
+        unconfirmed,
+        not_starting,
         rollout: RolloutWork {
             start: rollout.start,
             stalled: rollout.stalled,
@@ -912,6 +1078,92 @@ fn plan_pass(desired: &[(ReplicaName, String)], seen: &Seen) -> PassWork {
             .map(|(n, pod)| (n, (pod.pod.clone(), pod.uid.clone())))
             .collect(),
     }
+}
+
+/// Pure: holds back the replacements of replicas that only this operator finds
+/// failed — the kubelet still reports their pods Ready — beyond
+/// `spec.heartbeat.maxUnconfirmedReplacements` at a time, and returns their pods.
+///
+/// The operator's heartbeats are one observer: when it cannot reach many pods at
+/// once that the kubelet can (a fault on the operator's node, a NetworkPolicy), the
+/// fault is likely its own, and replacing them all would empty every proxy's ring.
+/// So, as Kubernetes' node lifecycle controller stops evicting when a whole zone
+/// looks down and Envoy ejects at most `max_ejection_percent` of a cluster, it
+/// replaces at most that many at a time — a replacement is in progress until its
+/// new pod answers the operator — and the others keep serving on the kubelet's word
+/// (the proxies take out what they themselves cannot reach). A replica that really
+/// died (its container exited, its pod is gone or NotReady) is not held.
+fn hold_unconfirmed(
+    desired: &[(ReplicaName, String)],
+    seen: &Seen,
+    by_name: &HashMap<ReplicaName, &ReplicaPod>,
+    actions: &mut Vec<PlanAction>,
+) -> Unconfirmed {
+    let answered = |pod: &ReplicaPod| {
+        seen.beats
+            .get(&pod.uid)
+            .is_some_and(|b| b.served_for.is_some())
+    };
+    // Replacements in progress: those made on the operator's word alone until their
+    // new pod answers it (or goes), and any pod the kubelet finds Ready that has
+    // never answered the operator (a new leader does not know what its
+    // predecessor replaced).
+    let in_progress: Vec<ReplicaName> = desired
+        .iter()
+        .map(|(name, _)| name)
+        .filter(|name| match by_name.get(*name) {
+            None => seen.unconfirmed.contains(*name),
+            Some(pod) => {
+                !answered(pod)
+                    && !matches!(pod.state, PodState::Exited | PodState::Terminating)
+                    && (seen.unconfirmed.contains(*name) || vouched_by_kubelet(pod))
+            }
+        })
+        .cloned()
+        .collect();
+    let mut budget = seen.max_unconfirmed.saturating_sub(in_progress.len());
+    let mut held = Vec::new();
+    let mut made = in_progress;
+    actions.retain(|action| {
+        let PlanAction::Replace {
+            failed,
+            replacement,
+        } = action
+        else {
+            return true;
+        };
+        let Some(pod) = by_name.get(failed) else {
+            return true;
+        };
+        if !vouched_by_kubelet(pod) {
+            return true;
+        }
+        if budget > 0 {
+            budget -= 1;
+            made.push(replacement.clone());
+            return true;
+        }
+        held.push((*pod).clone());
+        false
+    });
+    Unconfirmed {
+        held,
+        in_progress: made,
+    }
+}
+
+/// Failures only the operator saw, from [`hold_unconfirmed`].
+struct Unconfirmed {
+    /// The pods of replicas whose replacement is held: they keep serving.
+    held: Vec<ReplicaPod>,
+    /// Replacements made on the operator's word alone whose pod has not answered it
+    /// yet, this pass's included.
+    in_progress: Vec<ReplicaName>,
+}
+
+/// The kubelet says the pod runs and answers its readiness probe.
+fn vouched_by_kubelet(pod: &ReplicaPod) -> bool {
+    pod.state == PodState::Running && pod.kubelet_ready == Some(true)
 }
 
 /// The pod that stands for replica `name` among its pods: the one the status
@@ -933,7 +1185,8 @@ struct RolloutPlan<'a> {
     handed_over: Vec<(ReplicaName, &'a ReplicaPod)>,
     /// The next replica to roll, and the name of its new pod.
     start: Option<(ReplicaName, String)>,
-    stalled: Vec<Problem>,
+    /// The new pod that failed, and why the rollout waits.
+    stalled: Vec<(String, Problem)>,
 }
 
 /// Pure: one replica at a time, a pod of the current template is started beside
@@ -953,7 +1206,7 @@ fn plan_rollout<'a>(
         start: None,
         stalled: Vec::new(),
     };
-    let health = |pod: &ReplicaPod| seen.health.get(&pod.uid).copied();
+    let health = |pod: &ReplicaPod| seen.health(&pod.uid);
     for (name, surge) in surges {
         match health(surge) {
             // Handed over only once the kubelet agrees too: a proxy takes a member
@@ -962,12 +1215,14 @@ fn plan_rollout<'a>(
             Some(h) if h.routable() && surge.kubelet_ready != Some(false) => {
                 rollout.handed_over.push((name.clone(), *surge))
             }
-            Some(h) if h.health == Health::Failed => {
+            // A pod that cannot start stalls the rollout at once (no grace to wait:
+            // the kubelet says it will not start by itself).
+            h if h.is_some_and(|h| h.health == Health::Failed) || surge.start_failure.is_some() => {
                 let why = surge
                     .container_reason
                     .as_deref()
                     .map_or_else(String::new, |r| format!(" (container: {r})"));
-                rollout.stalled.push(Problem {
+                let problem = Problem {
                     reason: "RolloutStalled",
                     message: format!(
                         "pod {} of the new template for replica {name} failed{why}; \
@@ -975,7 +1230,8 @@ fn plan_rollout<'a>(
                         surge.pod,
                         standing.get(name).map_or("", |p| p.pod.as_str())
                     ),
-                });
+                };
+                rollout.stalled.push((surge.pod.clone(), problem));
             }
             _ => {}
         }
@@ -1021,10 +1277,18 @@ struct ServingPod {
 }
 
 impl ServingPod {
-    fn of(pod: &ReplicaPod, seen: &Seen) -> Self {
+    /// `vouched`: pods whose failure only the operator sees, kept serving on the
+    /// kubelet's word (see [`plan_pass`]).
+    fn of(pod: &ReplicaPod, seen: &Seen, vouched: &HashSet<String>) -> Self {
+        let routable = match seen.beats.get(&pod.uid) {
+            Some(beat) => beat.state.routable() || vouched.contains(&pod.uid),
+            // No heartbeat round has answered for it yet (a new leader's first pass,
+            // a round slower than the wait): the status keeps what it said.
+            None => seen.status_ready.contains(&pod.pod),
+        };
         Self {
             pod: pod.pod.clone(),
-            routable: seen.health.get(&pod.uid).is_some_and(HealthState::routable),
+            routable,
             current: pod.template.as_deref() == Some(seen.template.as_str()),
         }
     }
@@ -1041,6 +1305,10 @@ async fn remove_pod(
     failed: bool,
     event: PodEvent,
 ) {
+    if let Err(fenced) = ctx.may_write() {
+        note(&mut done.first_error, Err(fenced));
+        return;
+    }
     let result = if failed {
         target.pods.delete_failed(pod).await
     } else {
@@ -1073,6 +1341,16 @@ async fn report(target: &Target<'_>, ctx: &Context, seen: &Seen, done: &Done) ->
                 })
                 .collect(),
         )
+    });
+    // Unrealisable spec: the last realised members, as the status named them.
+    let desired_now = desired_now.or_else(|| {
+        seen.desired.is_none().then(|| {
+            old_status
+                .members
+                .iter()
+                .filter_map(|m| Some((ReplicaName::parse(&m.name).ok()?, m.pod.clone())))
+                .collect()
+        })
     });
     let ready: HashSet<ReplicaName> = done
         .serving
@@ -1109,7 +1387,8 @@ async fn report(target: &Target<'_>, ctx: &Context, seen: &Seen, done: &Done) ->
             })
         })
         .count() as u32;
-    if status != old_status && ctx.leadership.is_leader() {
+    if status != old_status {
+        ctx.may_write()?;
         let pools: Api<ServerPool> = Api::namespaced(ctx.client.clone(), &target.namespace);
         pools
             // Server-side apply under the controller's field manager: the status is
@@ -1150,6 +1429,10 @@ async fn create(
 ) -> bool {
     let problems = &mut seen.problems;
     let first_error = &mut done.first_error;
+    if let Err(fenced) = ctx.may_write() {
+        note(first_error, Err(fenced));
+        return false;
+    }
     match target.pods.create(name, pod).await {
         Ok(_) => {
             let event = PodEvent {
@@ -1190,6 +1473,33 @@ async fn create(
             });
             false
         }
+        Err(CreateError::Api(error)) if [400, 403, 422].iter().any(|c| is_status(&error, *c)) => {
+            // A quota, an admission webhook or a policy said no: the same create will
+            // be refused again until someone acts, so say so where people look.
+            let problem = format!("the API server refused pod {pod} of replica {name}: {error}");
+            let event = PodEvent {
+                type_: EventType::Warning,
+                reason: "FailedCreate",
+                action: "CreatePod",
+                note: problem.clone(),
+            };
+            warn_once(
+                ctx,
+                target,
+                &format!("FailedCreate/{pod}"),
+                pod,
+                event,
+                done,
+            )
+            .await;
+            seen.problems.push(Problem {
+                reason: "FailedCreate",
+                message: problem,
+            });
+            // Retried on the error policy's backoff, not at every pass.
+            note(&mut done.first_error, Err(error.into()));
+            false
+        }
         Err(CreateError::Api(error)) => {
             note(first_error, Err(error.into()));
             false
@@ -1208,6 +1518,25 @@ fn pod_reference(namespace: &str, pod: &str) -> ObjectReference {
         name: Some(pod.to_owned()),
         namespace: Some(namespace.to_owned()),
         ..ObjectReference::default()
+    }
+}
+
+/// Records a Warning Event about a condition that lasts (`key` says which) once,
+/// while it holds: see [`PoolMemory::warned`].
+async fn warn_once(
+    ctx: &Context,
+    target: &Target<'_>,
+    key: &str,
+    pod: &str,
+    event: PodEvent,
+    done: &mut Done,
+) {
+    done.warned.insert(key.to_owned());
+    let new = ctx.with_memory(&target.key, &target.uid, |m| {
+        m.warned.insert(key.to_owned())
+    });
+    if new {
+        publish_event(ctx, target, pod, event).await;
     }
 }
 
@@ -1234,6 +1563,9 @@ impl PodEvent {
 /// cannot be written is logged, never fatal.
 async fn publish_event(ctx: &Context, target: &Target<'_>, pod: &str, event: PodEvent) {
     tracing::info!(pool = %target.name, reason = event.reason, "{}", event.note);
+    if ctx.may_write().is_err() {
+        return;
+    }
     let event = Event {
         type_: event.type_,
         reason: event.reason.to_owned(),

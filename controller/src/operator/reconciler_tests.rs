@@ -183,7 +183,7 @@ fn context(client: Client, api: &MockApi, healthy: &[&str], failing: &[&str]) ->
         Arc::new(Metrics::new()),
         Leadership::sole(),
     );
-    ctx.clock = fixed_clock;
+    ctx.set_clock(fixed_clock);
     ctx.set_pods(api.pods.clone());
     Arc::new(ctx)
 }
@@ -201,6 +201,7 @@ fn pool(replicas: u32, status: Option<ServerPoolStatus>) -> ServerPool {
                 interval_ms: Some(1000),
                 timeout_ms: Some(500),
                 failure_threshold: Some(1),
+                max_unconfirmed_replacements: None,
                 // These pods fail from their first heartbeat on purpose.
                 startup_grace_ms: Some(0),
             }),
@@ -220,7 +221,16 @@ fn running_pod(member: &str, ip: &str) -> Value {
     let mut pod = serde_json::to_value(template_pod(&name)).unwrap();
     pod["metadata"]["uid"] = json!(format!("uid-{}", members::pod_name(&name).unwrap()));
     pod["metadata"]["namespace"] = json!(NS);
-    pod["status"] = json!({"phase": "Running", "podIP": ip});
+    // Ready and serving for years, as the kubelet says: a replica that served long
+    // (its failure is not a crash loop, see `CRASH_LOOP_RESET`).
+    pod["status"] = json!({
+        "phase": "Running",
+        "podIP": ip,
+        "conditions": [{
+            "type": "Ready", "status": "True",
+            "lastTransitionTime": "2020-01-01T00:00:00Z",
+        }],
+    });
     pod
 }
 
@@ -447,8 +457,9 @@ async fn a_failed_pod_is_replaced_by_an_emergency_pod_and_recorded() {
             original: "Server2".into(),
             replacement: "emergency_1".into(),
             count: 1,
-            // Its heartbeats never succeeded: the slot's next replacement waits.
-            unready_streak: 1,
+            // It had served for years (the kubelet's Ready): no crash loop, the
+            // slot's streak stays at 0 and its next replacement need not wait.
+            unready_streak: 0,
         }]
     );
     let names: Vec<(&str, &str, bool)> = status
@@ -592,7 +603,7 @@ async fn a_standby_writes_nothing_and_looks_again_soon() {
         Arc::new(Metrics::new()),
         Leadership::standby(),
     );
-    ctx.clock = fixed_clock;
+    ctx.set_clock(fixed_clock);
     // An empty pool: a leader would create three pods and patch the status.
     let action = pass(pool(3, None), &Arc::new(ctx)).await;
     assert!(api.calls().is_empty(), "{:#?}", api.writes_and_reads());
