@@ -5,7 +5,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -62,6 +62,8 @@ struct Kubelet {
     /// The operator's heartbeats fail (a network fault between it and every pod);
     /// the kubelet's probes still answer.
     cut: Arc<AtomicBool>,
+    /// Heartbeats the operator sent.
+    probes: Arc<AtomicUsize>,
     task: JoinHandle<()>,
 }
 
@@ -187,6 +189,7 @@ impl Kubelet {
         Self {
             up,
             cut: Arc::default(),
+            probes: Arc::default(),
             task,
         }
     }
@@ -202,7 +205,11 @@ impl Kubelet {
     }
 
     fn prober(&self) -> Arc<dyn Prober> {
-        Arc::new(Answers(self.up.clone(), self.cut.clone()))
+        Arc::new(Answers {
+            up: self.up.clone(),
+            cut: self.cut.clone(),
+            probes: self.probes.clone(),
+        })
     }
 }
 
@@ -213,11 +220,16 @@ impl Drop for Kubelet {
 }
 
 /// Heartbeats answer for the pods the kubelet runs, unless the operator is cut off.
-struct Answers(Arc<Mutex<HashSet<SocketAddr>>>, Arc<AtomicBool>);
+struct Answers {
+    up: Arc<Mutex<HashSet<SocketAddr>>>,
+    cut: Arc<AtomicBool>,
+    probes: Arc<AtomicUsize>,
+}
 
 impl Prober for Answers {
     fn check(&self, addr: SocketAddr, _: Duration) -> BoxFuture<'static, bool> {
-        let ok = !self.1.load(Ordering::SeqCst) && self.0.lock().unwrap().contains(&addr);
+        self.probes.fetch_add(1, Ordering::SeqCst);
+        let ok = !self.cut.load(Ordering::SeqCst) && self.up.lock().unwrap().contains(&addr);
         Box::pin(async move { ok })
     }
 }
@@ -735,4 +747,349 @@ async fn kubectl_delete_sp_takes_its_pods_and_empties_the_proxys_ring() {
     assert!(api.names(PODS).is_empty(), "{:?}", api.names(PODS));
     proxy.stop().await;
     operator.stop().await;
+}
+
+/// Waits, on the paused clock, until `done` holds, for at most `limit`.
+async fn within(limit: Duration, what: &str, done: impl FnMut() -> bool) {
+    tokio::time::timeout(limit, until(done))
+        .await
+        .unwrap_or_else(|_| panic!("not within {limit:?}: {what}"));
+}
+
+/// The reasons of the Warning Events recorded so far.
+fn warnings(api: &FakeApiServer) -> Vec<String> {
+    api.names(EVENTS)
+        .iter()
+        .filter_map(|name| api.get(EVENTS, name))
+        .filter(|event| event["type"] == "Warning")
+        .map(|event| event["reason"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+/// Pool `demo` of `replicas` with the default heartbeats: every second, 500 ms
+/// timeout, 3 failures, 30 s of startup grace; detection takes at most
+/// 3 × 1 s + 0.5 s.
+fn pool_with_default_heartbeats(replicas: u32) -> Value {
+    let mut pool = pool(replicas, Value::Null);
+    pool["spec"].as_object_mut().unwrap().remove("heartbeat");
+    pool
+}
+
+const DETECTION: Duration = Duration::from_millis(3 * 1000 + 500);
+
+#[tokio::test(start_paused = true)]
+async fn an_operator_cut_off_from_every_pod_replaces_at_most_one_and_the_rings_stay_full() {
+    let api = FakeApiServer::default();
+    api.put(POOLS, pool(6, Value::Null));
+    let kubelet = Kubelet::start(&api, |_| Outcome::Run);
+    let operator = Operator::start(&api, kubelet.prober());
+    let proxies = [Proxy::start(&api), Proxy::start(&api)];
+    let status = || api.get(POOLS, "demo").unwrap()["status"].clone();
+    until(|| status()["readyReplicas"] == 6 && proxies.iter().all(|p| p.in_ring().len() == 6))
+        .await;
+    tokio::time::sleep(reconciler::CRASH_LOOP_RESET).await;
+    let creates = pod_creates(&api);
+
+    // 20 s in which the operator reaches no pod; the kubelet (and the proxies) do.
+    kubelet.cut.store(true, Ordering::SeqCst);
+    let cut = tokio::time::Instant::now();
+    while cut.elapsed() < Duration::from_secs(20) {
+        for proxy in &proxies {
+            // One replica replaced (its new pod does not answer the operator, so it
+            // is not routed yet); the five others keep serving.
+            assert!(proxy.in_ring().len() >= 5, "{:?}", proxy.in_ring());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(pod_creates(&api) - creates, 1, "{:?}", api.names(PODS));
+    let now = status();
+    let degraded = &now["conditions"][1];
+    assert_eq!(degraded["status"], "True", "{now}");
+    assert_eq!(degraded["reason"], "ReplicasUnreachable", "{now}");
+    let message = degraded["message"].as_str().unwrap();
+    for held in ["Server2", "Server3", "Server4", "Server5", "Server6"] {
+        let pod = held.to_lowercase();
+        assert!(
+            message.contains(&format!("{held} (pod {pod})")),
+            "{message}"
+        );
+    }
+    assert_eq!(now["readyReplicas"], 5, "{now}");
+    assert_eq!(
+        warnings(&api)
+            .iter()
+            .filter(|r| *r == "ReplicasUnreachable")
+            .count(),
+        1,
+        "one Warning Event, not one per pass"
+    );
+
+    // Healed: the held replicas answer again and the replacement joins.
+    kubelet.cut.store(false, Ordering::SeqCst);
+    within(Duration::from_secs(10), "healed", || {
+        status()["conditions"][1]["status"] == "False"
+            && proxies.iter().all(|p| p.in_ring().len() == 6)
+    })
+    .await;
+    assert_eq!(pod_creates(&api) - creates, 1);
+    for proxy in proxies {
+        proxy.stop().await;
+    }
+    operator.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_new_leader_replaces_a_replica_frozen_at_the_takeover_within_one_detection_time() {
+    let api = FakeApiServer::default();
+    api.put(POOLS, pool_with_default_heartbeats(3));
+    let kubelet = Kubelet::start(&api, |_| Outcome::Run);
+    let old_leader = Operator::start(&api, kubelet.prober());
+    let status = || api.get(POOLS, "demo").unwrap()["status"].clone();
+    until(|| status()["readyReplicas"] == 3).await;
+    tokio::time::sleep(Duration::from_secs(60)).await;
+
+    // The leader is killed and a replica freezes; a standby takes over.
+    old_leader.kill();
+    kubelet.freeze(&api, "server2");
+    let took_over = tokio::time::Instant::now();
+    let new_leader = Operator::start(&api, kubelet.prober());
+    // Judged from their pods (Ready for a minute), not as new pods in their startup
+    // grace (which would keep server2 for 30 s more).
+    while api.get(PODS, "server2").is_some() {
+        assert!(took_over.elapsed() <= DETECTION, "{:?}", api.names(PODS));
+        // Its first passes mark no member unready before a heartbeat answered.
+        let now = status();
+        for member in now["members"].as_array().unwrap() {
+            assert!(
+                member["ready"] == true || member["name"] == "Server2",
+                "{now}"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    within(Duration::from_secs(5), "emergency_1 serves", || {
+        status()["readyReplicas"] == 3
+    })
+    .await;
+    new_leader.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_leader_that_lost_its_lease_writes_nothing_and_stops_its_heartbeats() {
+    let api = FakeApiServer::default();
+    api.put(POOLS, pool(3, Value::Null));
+    let kubelet = Kubelet::start(&api, |_| Outcome::Run);
+    let operator = Operator::start(&api, kubelet.prober());
+    let status = || api.get(POOLS, "demo").unwrap()["status"].clone();
+    until(|| status()["readyReplicas"] == 3).await;
+    tokio::time::sleep(Duration::from_secs(60)).await;
+
+    // Its renew deadline passes (another may take the Lease), and a replica freezes.
+    operator.leading.send_replace(false);
+    kubelet.freeze(&api, "server2");
+    let calls = api.calls().len();
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let writes: Vec<String> = api.calls()[calls..]
+        .iter()
+        .filter(|c| c.method != "GET")
+        .map(|c| format!("{} {}", c.method, c.path))
+        .collect();
+    assert!(writes.is_empty(), "{writes:?}");
+    let probes = kubelet.probes.load(Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        kubelet.probes.load(Ordering::SeqCst),
+        probes,
+        "heartbeats go on"
+    );
+
+    // Leading again: it looks afresh and replaces the frozen replica.
+    operator.leading.send_replace(true);
+    within(Duration::from_secs(5), "server2 replaced", || {
+        api.get(PODS, "server2").is_none()
+    })
+    .await;
+    operator.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_spec_whose_names_clash_keeps_the_members_and_says_why() {
+    let api = FakeApiServer::default();
+    api.put(POOLS, pool(6, Value::Null));
+    let kubelet = Kubelet::start(&api, |_| Outcome::Run);
+    let operator = Operator::start(&api, kubelet.prober());
+    let proxy = Proxy::start(&api);
+    let status = || api.get(POOLS, "demo").unwrap()["status"].clone();
+    until(|| status()["readyReplicas"] == 6 && proxy.in_ring().len() == 6).await;
+    let members = status()["members"].clone();
+    let pods = api.names(PODS);
+
+    // `server1` and the default `Server1` would both be pod server1 (the CEL rule
+    // refuses it at admission; an API server without CEL lets it through).
+    let mut clash = api.get(POOLS, "demo").unwrap();
+    clash["spec"]["hostnames"] = json!(["server1"]);
+    clash["metadata"]["generation"] = json!(2);
+    api.put(POOLS, clash);
+    within(Duration::from_secs(5), "Degraded", || {
+        status()["conditions"][1]["status"] == "True"
+    })
+    .await;
+    for _ in 0..300 {
+        let now = status();
+        assert_eq!(now["members"], members, "{now}");
+        assert_eq!(now["readyReplicas"], 6, "{now}");
+        assert_eq!(proxy.in_ring().len(), 6);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let now = status();
+    let degraded = &now["conditions"][1];
+    assert_eq!(degraded["reason"], "InvalidSpec", "{now}");
+    assert!(
+        degraded["message"]
+            .as_str()
+            .unwrap()
+            .contains("would both be pod 'server1'"),
+        "{now}"
+    );
+    assert_eq!(api.names(PODS), pods);
+    proxy.stop().await;
+    operator.stop().await;
+}
+
+/// What the fake kubelet does with image `never:<what>`.
+fn never_starts(pod: &Value) -> Outcome {
+    match pod["spec"]["containers"][0]["image"].as_str().unwrap() {
+        "never:ErrImagePull" => Outcome::Waiting("ErrImagePull"),
+        "never:ImagePullBackOff" => Outcome::Waiting("ImagePullBackOff"),
+        "never:CreateContainerConfigError" => Outcome::Waiting("CreateContainerConfigError"),
+        "never:Unschedulable" => Outcome::Unschedulable,
+        _ => Outcome::Run,
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn pods_that_never_start_are_named_at_once_and_replaced_only_after_their_grace() {
+    for reason in [
+        "ErrImagePull",
+        "ImagePullBackOff",
+        "CreateContainerConfigError",
+        "Unschedulable",
+    ] {
+        let api = FakeApiServer::default();
+        let mut pool = pool(2, Value::Null);
+        pool["spec"]["image"] = json!(format!("never:{reason}"));
+        api.put(POOLS, pool);
+        let kubelet = Kubelet::start(&api, never_starts);
+        let operator = Operator::start(&api, kubelet.prober());
+        let status = || api.get(POOLS, "demo").unwrap()["status"].clone();
+        within(Duration::from_secs(30), reason, || {
+            status()["conditions"][1]["reason"] == reason
+        })
+        .await;
+        let now = status();
+        let message = now["conditions"][1]["message"].as_str().unwrap();
+        assert!(
+            message.contains(&format!(
+                "pod server1 of replica Server1 cannot start: {reason}"
+            )),
+            "{message}"
+        );
+        assert_eq!(now["conditions"][1]["status"], "True");
+        // Once per pod, not at every pass.
+        let warned = warnings(&api);
+        assert_eq!(
+            warned.iter().filter(|r| *r == reason).count(),
+            2,
+            "{warned:?}"
+        );
+        // No churn within the startup grace.
+        tokio::time::sleep(Duration::from_secs(29)).await;
+        assert_eq!(pod_creates(&api), 2, "{reason}");
+        // Past it, a pod still Pending has failed, and its slot's backoff counts
+        // from when it started: replaced at 30 s (30 s old, the wait is 10 s), 60 s
+        // (30 s old, 20 s), 100 s (40 s); the next at 100 + 80 s.
+        tokio::time::sleep(Duration::from_secs(91)).await;
+        assert_eq!(pod_creates(&api), 2 * 4, "{reason}: {:?}", api.names(PODS));
+        assert_eq!(status()["conditions"][1]["reason"], reason);
+        operator.stop().await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_pod_create_the_api_server_refuses_is_named_and_retried_on_a_backoff() {
+    for code in [403, 422] {
+        let api = FakeApiServer::default();
+        api.put(POOLS, pool(2, Value::Null));
+        // A quota (403) or an admission webhook (422) refuses every pod for a minute.
+        api.fail("POST", "/pods", code, Duration::from_secs(60));
+        let kubelet = Kubelet::start(&api, |_| Outcome::Run);
+        let operator = Operator::start(&api, kubelet.prober());
+        let status = || {
+            api.get(POOLS, "demo")
+                .and_then(|p| p.get("status").cloned())
+        };
+        within(Duration::from_secs(5), "FailedCreate", || {
+            status().is_some_and(|s| s["conditions"][1]["reason"] == "FailedCreate")
+        })
+        .await;
+        let now = status().unwrap();
+        let message = now["conditions"][1]["message"].as_str().unwrap();
+        assert!(
+            message.contains("the API server refused pod server1 of replica Server1"),
+            "{message}"
+        );
+        tokio::time::sleep(Duration::from_secs(50)).await;
+        // Retried after 1, 2, 4, 8, then every 10 s: a dozen tries a pod, not hundreds.
+        assert!(pod_creates(&api) <= 2 * 12, "{}", pod_creates(&api));
+        let warned = warnings(&api);
+        assert_eq!(
+            warned.iter().filter(|r| *r == "FailedCreate").count(),
+            2,
+            "{warned:?}"
+        );
+        // The quota lifted: the pool fills.
+        within(Duration::from_secs(30), "ready", || {
+            status()
+                .is_some_and(|s| s["readyReplicas"] == 2 && s["conditions"][1]["status"] == "False")
+        })
+        .await;
+        operator.stop().await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rollout_to_an_image_that_cannot_be_pulled_stalls_at_once_and_says_why() {
+    let api = FakeApiServer::default();
+    api.put(POOLS, pool(2, Value::Null));
+    let kubelet = Kubelet::start(&api, never_starts);
+    let operator = Operator::start(&api, kubelet.prober());
+    let status = || api.get(POOLS, "demo").unwrap()["status"].clone();
+    until(|| status()["readyReplicas"] == 2).await;
+    let mut changed = api.get(POOLS, "demo").unwrap();
+    changed["spec"]["image"] = json!("never:ImagePullBackOff");
+    changed["metadata"]["generation"] = json!(2);
+    api.put(POOLS, changed);
+    // Before its startup grace is over: the kubelet has said it will not start.
+    within(Duration::from_secs(5), "RolloutStalled", || {
+        status()["conditions"][1]["reason"] == "RolloutStalled"
+    })
+    .await;
+    let message = status()["conditions"][1]["message"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(message.contains("ImagePullBackOff"), "{message}");
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    operator.stop().await;
+    // One new pod was tried; the old ones serve.
+    assert_eq!(pod_creates(&api), 3, "{:?}", api.names(PODS));
+    assert_eq!(status()["readyReplicas"], 2);
+    assert_eq!(status()["conditions"][1]["reason"], "RolloutStalled");
+    assert_eq!(
+        warnings(&api)
+            .iter()
+            .filter(|r| *r == "RolloutStalled")
+            .count(),
+        1
+    );
 }
