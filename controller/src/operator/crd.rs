@@ -94,6 +94,18 @@ const REPLICA_NAME_PATTERN: &str = "^[A-Za-z0-9]([A-Za-z0-9_-]*[A-Za-z0-9])?$";
         description = "Replicas served by a pod of the current image and port"
     ),
     printcolumn(
+        name = "Available",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Available\")].status",
+        description = "Enough replicas ready to serve (all but one)"
+    ),
+    printcolumn(
+        name = "Degraded",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Degraded\")].reason",
+        description = "Why the pool cannot be as its spec says (AsExpected when it can)"
+    ),
+    printcolumn(
         name = "Age",
         type_ = "date",
         json_path = ".metadata.creationTimestamp"
@@ -552,7 +564,17 @@ mod tests {
             .flatten()
             .map(|c| c.name.as_str())
             .collect();
-        assert_eq!(columns, ["Desired", "Ready", "Up-to-date", "Age"]);
+        assert_eq!(
+            columns,
+            [
+                "Desired",
+                "Ready",
+                "Up-to-date",
+                "Available",
+                "Degraded",
+                "Age"
+            ]
+        );
     }
 
     #[test]

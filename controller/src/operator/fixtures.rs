@@ -48,6 +48,8 @@ struct State {
     calls: Vec<ApiCall>,
     /// Requests answered with an error instead: (method, path suffix, code, until).
     faults: Vec<(String, String, u16, tokio::time::Instant)>,
+    /// Requests held unanswered until released: (method, path suffix, released).
+    holds: Vec<(String, String, tokio::sync::watch::Receiver<bool>)>,
 }
 
 #[derive(Clone)]
@@ -116,6 +118,17 @@ impl FakeApiServer {
             .push((method.to_owned(), path_suffix.to_owned(), code, until));
     }
 
+    /// Holds `method` requests whose path ends with `path_suffix` (recorded, not yet
+    /// answered: a call in flight) until the returned sender sends `true` or is dropped.
+    pub fn hold(&self, method: &str, path_suffix: &str) -> tokio::sync::watch::Sender<bool> {
+        let (release, released) = tokio::sync::watch::channel(false);
+        let mut state = self.state.lock().unwrap();
+        state
+            .holds
+            .push((method.to_owned(), path_suffix.to_owned(), released));
+        release
+    }
+
     /// Every change so far, in order: (collection, `ADDED`/`MODIFIED`/`DELETED`, object).
     pub fn history(&self) -> Vec<(String, &'static str, Value)> {
         let state = self.state.lock().unwrap();
@@ -172,13 +185,24 @@ impl FakeApiServer {
         let body: Value = serde_json::from_slice(&bytes)
             .or_else(|_| serde_yaml::from_slice(&bytes))
             .unwrap_or(Value::Null);
-        let fault = {
+        let hold = {
             let mut state = self.state.lock().unwrap();
             state.calls.push(ApiCall {
                 method: method.clone(),
                 path: path.clone(),
                 query: query.clone(),
             });
+            state
+                .holds
+                .iter()
+                .find(|(m, suffix, _)| *m == method && path.ends_with(suffix.as_str()))
+                .map(|(_, _, released)| released.clone())
+        };
+        if let Some(mut released) = hold {
+            let _ = released.wait_for(|released| *released).await;
+        }
+        let fault = {
+            let mut state = self.state.lock().unwrap();
             let now = tokio::time::Instant::now();
             state.faults.retain(|(_, _, _, until)| *until > now);
             state

@@ -913,6 +913,40 @@ async fn a_leader_that_lost_its_lease_writes_nothing_and_stops_its_heartbeats() 
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_pass_that_loses_leadership_half_way_makes_no_further_write() {
+    let api = FakeApiServer::default();
+    api.put(POOLS, pool(3, Value::Null));
+    let kubelet = Kubelet::start(&api, |_| Outcome::Run);
+    let operator = Operator::start(&api, kubelet.prober());
+    let status = || api.get(POOLS, "demo").unwrap()["status"].clone();
+    until(|| status()["readyReplicas"] == 3).await;
+    tokio::time::sleep(Duration::from_secs(60)).await;
+
+    // A replica freezes; the pass that replaces it deletes its pod first, and that
+    // call hangs while the renew deadline passes.
+    let delete = api.hold("DELETE", "/pods/server2");
+    kubelet.freeze(&api, "server2");
+    until(|| {
+        api.calls()
+            .iter()
+            .any(|c| c.method == "DELETE" && c.path.ends_with("/pods/server2"))
+    })
+    .await;
+    operator.leading.send_replace(false);
+    let calls = api.calls().len();
+    delete.send_replace(true);
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    // Not the replacement's pod, nor the Event, nor the status.
+    let writes: Vec<String> = api.calls()[calls..]
+        .iter()
+        .filter(|c| c.method != "GET")
+        .map(|c| format!("{} {}", c.method, c.path))
+        .collect();
+    assert!(writes.is_empty(), "{writes:?}");
+    operator.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_spec_whose_names_clash_keeps_the_members_and_says_why() {
     let api = FakeApiServer::default();
     api.put(POOLS, pool(6, Value::Null));

@@ -1387,6 +1387,15 @@ async fn report(target: &Target<'_>, ctx: &Context, seen: &Seen, done: &Done) ->
             })
         })
         .count() as u32;
+    let progress = progress_conditions(
+        spec,
+        &status,
+        &seen.problems,
+        &old_status,
+        target.pool.metadata.generation,
+        &ctx.now(),
+    );
+    status.conditions.extend(progress);
     if status != old_status {
         ctx.may_write()?;
         let pools: Api<ServerPool> = Api::namespaced(ctx.client.clone(), &target.namespace);
@@ -1578,6 +1587,93 @@ async fn publish_event(ctx: &Context, target: &Target<'_>, pod: &str, event: Pod
     }
 }
 
+/// Condition `type_` as a pass leaves it: it keeps its `lastTransitionTime` while its
+/// status stays the same.
+fn condition(
+    old: &ServerPoolStatus,
+    generation: Option<i64>,
+    now: &Time,
+    type_: &str,
+    (status, reason): (&str, &str),
+    message: String,
+) -> Condition {
+    let unchanged = old
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .filter(|c| c.status == status);
+    Condition {
+        type_: type_.to_owned(),
+        status: status.to_owned(),
+        reason: reason.to_owned(),
+        message,
+        observed_generation: generation,
+        last_transition_time: unchanged
+            .map_or_else(|| now.clone(), |c| c.last_transition_time.clone()),
+    }
+}
+
+/// `Available` and `Progressing`, as a Deployment has them (what Argo CD's and Flux's
+/// health checks read), from the status a pass leaves (`updatedReplicas` included)
+/// and its problems. Pure.
+///
+/// Available: no more than one desired replica is not ready (the disruption a pool
+/// is built to absorb), and at least one is. Progressing: `True` while the pool moves
+/// toward its spec (scaling, rolling out, replicas starting) or has arrived
+/// (`Complete`); `False`, with the reason, while something keeps it from moving.
+pub fn progress_conditions(
+    spec: &ServerPoolSpec,
+    status: &ServerPoolStatus,
+    problems: &[Problem],
+    old: &ServerPoolStatus,
+    generation: Option<i64>,
+    now: &Time,
+) -> [Condition; 2] {
+    let desired = spec.replicas;
+    let needed = desired.saturating_sub(1).max(desired.min(1));
+    let ready = status.ready_replicas;
+    let available = if ready >= needed {
+        ("True", "MinimumReplicasAvailable")
+    } else {
+        ("False", "MinimumReplicasUnavailable")
+    };
+    // The operator's own blind spot does not stop the pool: it still moves.
+    let blocked = problems.iter().find(|p| p.reason != "ReplicasUnreachable");
+    let (progressing, message) = match blocked {
+        Some(problem) => (("False", problem.reason), problem.message.clone()),
+        None if status.replicas != desired || status.members.len() as u32 != desired => (
+            ("True", "Scaling"),
+            format!("{} of {desired} replicas have a pod", status.replicas),
+        ),
+        None if status.updated_replicas < desired => (
+            ("True", "RollingOut"),
+            format!(
+                "{} of {desired} replicas run the current template",
+                status.updated_replicas
+            ),
+        ),
+        None if ready < desired => (
+            ("True", "ReplicasStarting"),
+            format!("{ready} of {desired} replicas ready"),
+        ),
+        None => (
+            ("True", "Complete"),
+            format!("{desired} replicas ready and up to date"),
+        ),
+    };
+    [
+        condition(
+            old,
+            generation,
+            now,
+            "Available",
+            available,
+            format!("{ready} of {desired} replicas ready, {needed} needed"),
+        ),
+        condition(old, generation, now, "Progressing", progressing, message),
+    ]
+}
+
 /// The status a pass leaves: pure, so that it is tested without an API server.
 ///
 /// `existing` holds the desired names that have a pod, `ready` those whose
@@ -1632,20 +1728,7 @@ pub fn compute_status(
         ),
     };
     let condition = |type_: &str, (status, reason): (&str, &str), message: String| {
-        let unchanged = old
-            .conditions
-            .iter()
-            .find(|c| c.type_ == type_)
-            .filter(|c| c.status == status);
-        Condition {
-            type_: type_.to_owned(),
-            status: status.to_owned(),
-            reason: reason.to_owned(),
-            message,
-            observed_generation: generation,
-            last_transition_time: unchanged
-                .map_or_else(|| now.clone(), |c| c.last_transition_time.clone()),
-        }
+        condition(old, generation, &now, type_, (status, reason), message)
     };
     ServerPoolStatus {
         // Filled by the caller, which knows the pool's name and its pods.

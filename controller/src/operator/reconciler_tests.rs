@@ -671,3 +671,81 @@ async fn the_status_is_written_by_server_side_apply_under_the_controller_name() 
     assert_eq!(call.body["kind"], "ServerPool");
     assert_eq!(call.body["status"]["selector"], "ringlb.dev/pool=demo");
 }
+
+#[test]
+fn available_and_progressing_say_how_far_the_pool_is_from_its_spec() {
+    let now = Time(fixed_clock());
+    // (desired, pods, ready, updated, problem) → (Available, Progressing, its reason)
+    let cases: [(u32, u32, u32, u32, Option<&'static str>, (&str, &str, &str)); 8] = [
+        (3, 3, 3, 3, None, ("True", "True", "Complete")),
+        // Scaling 3 → 5: two pods to make, 3 of 5 ready is below 5 − 1.
+        (5, 3, 3, 3, None, ("False", "True", "Scaling")),
+        (3, 3, 3, 1, None, ("True", "True", "RollingOut")),
+        // One replica starting: all but one ready is available.
+        (3, 3, 2, 3, None, ("True", "True", "ReplicasStarting")),
+        (3, 3, 1, 3, None, ("False", "True", "ReplicasStarting")),
+        (
+            3,
+            3,
+            3,
+            1,
+            Some("RolloutStalled"),
+            ("True", "False", "RolloutStalled"),
+        ),
+        // The operator's blind spot does not stop the pool from moving.
+        (
+            3,
+            3,
+            3,
+            3,
+            Some("ReplicasUnreachable"),
+            ("True", "True", "Complete"),
+        ),
+        (0, 0, 0, 0, None, ("True", "True", "Complete")),
+    ];
+    for (desired, pods, ready, updated, problem, expected) in cases {
+        let spec = pool(desired, None).spec;
+        let status = ServerPoolStatus {
+            replicas: pods,
+            ready_replicas: ready,
+            updated_replicas: updated,
+            members: (1..=desired)
+                .map(|i| MemberStatus {
+                    name: format!("Server{i}"),
+                    pod: format!("server{i}"),
+                    ready: i <= ready,
+                })
+                .collect(),
+            ..ServerPoolStatus::default()
+        };
+        let problems: Vec<Problem> = problem
+            .map(|reason| Problem {
+                reason,
+                message: format!("{reason}: why"),
+            })
+            .into_iter()
+            .collect();
+        let [available, progressing] = progress_conditions(
+            &spec,
+            &status,
+            &problems,
+            &ServerPoolStatus::default(),
+            Some(4),
+            &now,
+        );
+        let case = format!(
+            "{desired} desired, {pods} pods, {ready} ready, {updated} updated, {problem:?}"
+        );
+        assert_eq!(
+            (
+                available.status.as_str(),
+                progressing.status.as_str(),
+                progressing.reason.as_str()
+            ),
+            expected,
+            "{case}"
+        );
+        assert_eq!(available.type_, "Available");
+        assert_eq!(progressing.observed_generation, Some(4), "{case}");
+    }
+}
