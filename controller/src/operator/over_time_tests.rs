@@ -815,6 +815,18 @@ async fn an_operator_cut_off_from_every_pod_replaces_at_most_one_and_the_rings_s
         );
     }
     assert_eq!(now["readyReplicas"], 5, "{now}");
+    // All but one serve: still available, and still moving (its blind spot is the
+    // operator's, not the pool's).
+    let condition = |type_: &str| {
+        now["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["type"] == type_)
+            .map(|c| c["status"].clone())
+    };
+    assert_eq!(condition("Available"), Some(json!("True")), "{now}");
+    assert_eq!(condition("Progressing"), Some(json!("True")), "{now}");
     assert_eq!(
         warnings(&api)
             .iter()
@@ -986,6 +998,7 @@ async fn a_spec_whose_names_clash_keeps_the_members_and_says_why() {
         "{now}"
     );
     assert_eq!(api.names(PODS), pods);
+    assert_eq!(warnings(&api), ["InvalidSpec"]);
     proxy.stop().await;
     operator.stop().await;
 }
@@ -1126,4 +1139,43 @@ async fn a_rollout_to_an_image_that_cannot_be_pulled_stalls_at_once_and_says_why
             .count(),
         1
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_pool_that_stops_being_available_says_so_once() {
+    let api = FakeApiServer::default();
+    api.put(POOLS, pool(3, Value::Null));
+    let kubelet = Kubelet::start(&api, |_| Outcome::Run);
+    let operator = Operator::start(&api, kubelet.prober());
+    let status = || api.get(POOLS, "demo").unwrap()["status"].clone();
+    let condition = |type_: &str| {
+        let now = status();
+        now["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|c| c["type"] == type_)
+            .map(|c| c["status"].as_str().unwrap().to_owned())
+    };
+    until(|| condition("Available").as_deref() == Some("True")).await;
+    // A new pool starting up was never "unavailable" news.
+    assert!(warnings(&api).is_empty(), "{:?}", warnings(&api));
+
+    // Two of three pods deleted from outside: one ready is below all but one.
+    for pod in ["server1", "server2"] {
+        let request = http::Request::delete(format!("{PODS}/{pod}"))
+            .body(Vec::new())
+            .unwrap();
+        api.client().request_text(request).await.unwrap();
+    }
+    within(Duration::from_secs(5), "unavailable", || {
+        condition("Available").as_deref() == Some("False")
+    })
+    .await;
+    within(Duration::from_secs(10), "available again", || {
+        condition("Available").as_deref() == Some("True")
+    })
+    .await;
+    assert_eq!(warnings(&api), ["Unavailable"]);
+    operator.stop().await;
 }

@@ -1396,6 +1396,40 @@ async fn report(target: &Target<'_>, ctx: &Context, seen: &Seen, done: &Done) ->
         &ctx.now(),
     );
     status.conditions.extend(progress);
+    // A condition that turns bad is an Event too: a pool that was available and is
+    // no more (not a new one starting), and a spec that cannot be carried out (the
+    // other problems behind Degraded have Events of their own).
+    for (type_, good, bad) in [
+        ("Available", "True", "False"),
+        ("Degraded", "False", "True"),
+    ] {
+        let is = |s: &ServerPoolStatus, value: &str| {
+            s.conditions
+                .iter()
+                .find(|c| c.type_ == type_)
+                .filter(|c| c.status == value)
+                .map(|c| (c.reason.clone(), c.message.clone()))
+        };
+        let Some((reason, message)) = is(&status, bad) else {
+            continue;
+        };
+        let was_good = is(&old_status, good).is_some()
+            || (type_ == "Degraded" && old_status.conditions.is_empty());
+        if !was_good || (type_ == "Degraded" && reason != "InvalidSpec") {
+            continue;
+        }
+        let event = PodEvent {
+            type_: EventType::Warning,
+            reason: if type_ == "Available" {
+                "Unavailable"
+            } else {
+                "InvalidSpec"
+            },
+            action: "Reconcile",
+            note: message,
+        };
+        publish_event(ctx, target, "", event).await;
+    }
     if status != old_status {
         ctx.may_write()?;
         let pools: Api<ServerPool> = Api::namespaced(ctx.client.clone(), &target.namespace);
@@ -1568,8 +1602,8 @@ impl PodEvent {
     }
 }
 
-/// Records an Event on the pool about pod `pod`. Events are for people: one that
-/// cannot be written is logged, never fatal.
+/// Records an Event on the pool about pod `pod` (none: the pool itself). Events are
+/// for people: one that cannot be written is logged, never fatal.
 async fn publish_event(ctx: &Context, target: &Target<'_>, pod: &str, event: PodEvent) {
     tracing::info!(pool = %target.name, reason = event.reason, "{}", event.note);
     if ctx.may_write().is_err() {
@@ -1580,7 +1614,7 @@ async fn publish_event(ctx: &Context, target: &Target<'_>, pod: &str, event: Pod
         reason: event.reason.to_owned(),
         note: Some(event.note),
         action: event.action.to_owned(),
-        secondary: Some(pod_reference(&target.namespace, pod)),
+        secondary: (!pod.is_empty()).then(|| pod_reference(&target.namespace, pod)),
     };
     if let Err(error) = ctx.recorder.publish(&event, &target.reference).await {
         tracing::warn!(%error, "could not record an Event");

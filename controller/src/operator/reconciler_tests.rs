@@ -676,7 +676,15 @@ async fn the_status_is_written_by_server_side_apply_under_the_controller_name() 
 fn available_and_progressing_say_how_far_the_pool_is_from_its_spec() {
     let now = Time(fixed_clock());
     // (desired, pods, ready, updated, problem) → (Available, Progressing, its reason)
-    let cases: [(u32, u32, u32, u32, Option<&'static str>, (&str, &str, &str)); 8] = [
+    type Case = (
+        u32,
+        u32,
+        u32,
+        u32,
+        Option<&'static str>,
+        (&'static str, &'static str, &'static str),
+    );
+    let cases: [Case; 8] = [
         (3, 3, 3, 3, None, ("True", "True", "Complete")),
         // Scaling 3 → 5: two pods to make, 3 of 5 ready is below 5 − 1.
         (5, 3, 3, 3, None, ("False", "True", "Scaling")),
