@@ -57,6 +57,7 @@ pub fn template_hash() -> String {
     PodTemplate {
         image: "ringlb-replica:dev".into(),
         port: 5000,
+        ..PodTemplate::default()
     }
     .hash()
 }

@@ -158,6 +158,67 @@ pub struct ServerPoolSpec {
     /// Heartbeat settings; unset: every second, 500 ms timeout, 3 failures.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub heartbeat: Option<HeartbeatSpec>,
+    /// Where and how the replica pods run, merged over the operator's defaults; a
+    /// change rolls the pods one at a time, as a new image does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<ReplicaTemplate>,
+}
+
+/// The part of a replica pod a pool may set, in the manner of the Prometheus
+/// operator's and CloudNativePG's pod templates. The types (and so the schema) are
+/// Kubernetes' own; the API server checks the values when it admits the pod (a
+/// refusal is `Degraded`, reason `FailedCreate`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "!has(self.env) || self.env.all(e, !(e.name in ['SERVER_ID', 'PORT', 'REPLICA_HOST']))",
+    "message": "env may not set SERVER_ID, PORT or REPLICA_HOST: the operator sets them for each replica"
+}]))]
+pub struct ReplicaTemplate {
+    /// Labels and annotations of the pods (the operator's own labels win).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<TemplateMetadata>,
+    /// Of the replica container [default: requests cpu 10m, memory 16Mi; limit memory 64Mi].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<k8s_openapi::api::core::v1::ResourceRequirements>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_selector: Option<BTreeMap<String, String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tolerations: Option<Vec<k8s_openapi::api::core::v1::Toleration>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<k8s_openapi::api::core::v1::Affinity>,
+    /// [default: spread over nodes (`kubernetes.io/hostname`, maxSkew 1,
+    /// ScheduleAnyway)].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topology_spread_constraints:
+        Option<Vec<k8s_openapi::api::core::v1::TopologySpreadConstraint>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_pull_secrets: Option<Vec<k8s_openapi::api::core::v1::LocalObjectReference>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority_class_name: Option<String>,
+    /// Of the pod [default: non-root user and group 65532, the runtime's seccomp profile].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security_context: Option<k8s_openapi::api::core::v1::PodSecurityContext>,
+    /// Of the replica container [default: no privilege escalation, a read-only root
+    /// filesystem, every capability dropped].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_security_context: Option<k8s_openapi::api::core::v1::SecurityContext>,
+    /// More environment of the replica container (not SERVER_ID, PORT or REPLICA_HOST).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<Vec<k8s_openapi::api::core::v1::EnvVar>>,
+    /// [default: 10]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub termination_grace_period_seconds: Option<i64>,
+}
+
+/// Labels and annotations of a pool's pods.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TemplateMetadata {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<BTreeMap<String, String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub annotations: Option<BTreeMap<String, String>>,
 }
 
 fn default_image() -> String {
@@ -674,6 +735,11 @@ mod tests {
         // No integer of spec is left without a signed format and both bounds (a new
         // field must choose its own), and every bound fits the format.
         fn walk(node: &Value, path: &str, found: &mut Vec<String>) {
+            // Kubernetes' own pod types, which the API server checks when it admits
+            // the pod (a refusal is FailedCreate).
+            if path == "spec.template" {
+                return;
+            }
             if node["type"] == "integer" {
                 let format = node["format"].as_str().unwrap_or_default();
                 let limit = match format {

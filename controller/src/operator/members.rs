@@ -254,6 +254,7 @@ fn names_only_spec() -> ServerPoolSpec {
         port: 0,
         hashing: None,
         heartbeat: None,
+        template: None,
         weights: Default::default(),
     }
 }

@@ -486,6 +486,7 @@ async fn a_new_image_and_port_roll_one_pod_at_a_time_with_every_member_serving()
     let new_template = PodTemplate {
         image: "ringlb-replica:v2".into(),
         port: 8080,
+        ..PodTemplate::default()
     }
     .hash();
     let rolled = || {

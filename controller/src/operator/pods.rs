@@ -18,13 +18,14 @@ use ::kube::{Api, Client};
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, ContainerStatus, EnvVar, HTTPGetAction, Pod,
     PodCondition, PodSecurityContext, PodSpec, Probe, ResourceRequirements, SeccompProfile,
-    SecurityContext,
+    SecurityContext, TopologySpreadConstraint,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::jiff::Timestamp;
 
+use super::crd::ReplicaTemplate;
 use super::members::{NamingError, pod_name};
 use crate::replica_name::ReplicaName;
 
@@ -110,18 +111,28 @@ const NEVER_STARTS: [&str; 6] = [
 ];
 
 /// What a pool's pods look like.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct PodTemplate {
     pub image: String,
     pub port: u16,
+    /// `spec.template`: merged over the defaults of [`KubeRuntime::pod_manifest`].
+    pub template: ReplicaTemplate,
 }
 
 impl PodTemplate {
     /// A short, stable digest of everything a pod is made from: a pod labelled
     /// with another one is outdated. (Our own MurmurHash3, so that the label does
-    /// not change with the Rust release that built the operator.)
+    /// not change with the Rust release that built the operator.) A pool without
+    /// `spec.template` keeps the digest it had before templates existed, so that an
+    /// upgrade of the operator rolls no pod.
     pub fn hash(&self) -> String {
-        let text = format!("{}\0{}", self.image, self.port);
+        let mut text = format!("{}\0{}", self.image, self.port);
+        if self.template != ReplicaTemplate::default() {
+            text.push('\0');
+            // Field order is the struct's and maps are sorted: the same template
+            // always gives the same text.
+            text.push_str(&serde_json::to_string(&self.template).unwrap_or_default());
+        }
         let (high, _) = crate::ring::murmur3_x64_128(text.as_bytes(), 0);
         format!("{:010x}", high >> 24)
     }
@@ -162,12 +173,17 @@ impl KubeRuntime {
         format!("{POOL_LABEL}={}", self.pool)
     }
 
-    /// The pod of replica `name`, named `pod`: pure, so that tests can compare it whole.
+    /// The pod of replica `name`, named `pod`: pure, so that tests can compare it
+    /// whole. `spec.template` is merged over the defaults here: each field it sets
+    /// replaces the default whole; its labels and env add to the operator's, which win.
     pub fn pod_manifest(&self, name: &ReplicaName, pod: &str) -> Result<Pod, NamingError> {
         pod_name(name)?;
         let pod = pod.to_owned();
         let port = i32::from(self.template.port);
-        let labels = BTreeMap::from([
+        let user = &self.template.template;
+        let user_meta = user.metadata.clone().unwrap_or_default();
+        let mut labels = user_meta.labels.unwrap_or_default();
+        labels.extend([
             (
                 "app.kubernetes.io/name".to_owned(),
                 "ringlb-replica".to_owned(),
@@ -180,45 +196,84 @@ impl KubeRuntime {
             (MEMBER_LABEL.to_owned(), name.to_string()),
             (TEMPLATE_LABEL.to_owned(), self.template.hash()),
         ]);
-        let env = |name: &str, value: String| EnvVar {
+        let env_var = |name: &str, value: String| EnvVar {
             name: name.to_owned(),
             value: Some(value),
             ..EnvVar::default()
         };
+        let mut env = vec![
+            env_var("SERVER_ID", name.to_string()),
+            env_var("PORT", self.template.port.to_string()),
+            // IPv4, IPv6 and dual-stack clusters alike.
+            env_var("REPLICA_HOST", "::".to_owned()),
+        ];
+        // (The schema refuses these three in spec.template.env; should one get past
+        // it, the replica's own name and port still win.)
+        let ours = |e: &EnvVar| env.iter().any(|o| o.name == e.name);
+        let extra: Vec<EnvVar> = user
+            .env
+            .iter()
+            .flatten()
+            .filter(|e| !ours(e))
+            .cloned()
+            .collect();
+        env.extend(extra);
         let quantity = |q: &str| Quantity(q.to_owned());
+        // Replicas spread over nodes unless the template says otherwise: one node's
+        // loss takes as few replicas as the scheduler could manage.
+        let spread = TopologySpreadConstraint {
+            max_skew: 1,
+            topology_key: "kubernetes.io/hostname".to_owned(),
+            when_unsatisfiable: "ScheduleAnyway".to_owned(),
+            label_selector: Some(LabelSelector {
+                match_labels: Some(BTreeMap::from([(POOL_LABEL.to_owned(), self.pool.clone())])),
+                ..LabelSelector::default()
+            }),
+            ..TopologySpreadConstraint::default()
+        };
         Ok(Pod {
             metadata: ObjectMeta {
                 name: Some(pod),
                 labels: Some(labels),
+                annotations: user_meta.annotations,
                 owner_references: Some(vec![self.owner.clone()]),
                 ..ObjectMeta::default()
             },
             spec: Some(PodSpec {
                 // ringlb is the supervisor: an exited replica is replaced, as locally.
                 restart_policy: Some("Never".to_owned()),
-                termination_grace_period_seconds: Some(10),
+                termination_grace_period_seconds: Some(
+                    user.termination_grace_period_seconds.unwrap_or(10),
+                ),
                 enable_service_links: Some(false),
                 automount_service_account_token: Some(false),
-                security_context: Some(PodSecurityContext {
-                    run_as_non_root: Some(true),
-                    run_as_user: Some(65532),
-                    run_as_group: Some(65532),
-                    seccomp_profile: Some(SeccompProfile {
-                        type_: "RuntimeDefault".to_owned(),
-                        ..SeccompProfile::default()
-                    }),
-                    ..PodSecurityContext::default()
-                }),
+                security_context: Some(user.security_context.clone().unwrap_or_else(|| {
+                    PodSecurityContext {
+                        run_as_non_root: Some(true),
+                        run_as_user: Some(65532),
+                        run_as_group: Some(65532),
+                        seccomp_profile: Some(SeccompProfile {
+                            type_: "RuntimeDefault".to_owned(),
+                            ..SeccompProfile::default()
+                        }),
+                        ..PodSecurityContext::default()
+                    }
+                })),
+                node_selector: user.node_selector.clone(),
+                tolerations: user.tolerations.clone(),
+                affinity: user.affinity.clone(),
+                topology_spread_constraints: Some(
+                    user.topology_spread_constraints
+                        .clone()
+                        .unwrap_or_else(|| vec![spread]),
+                ),
+                image_pull_secrets: user.image_pull_secrets.clone(),
+                priority_class_name: user.priority_class_name.clone(),
                 containers: vec![Container {
                     name: CONTAINER.to_owned(),
                     image: Some(self.template.image.clone()),
                     image_pull_policy: Some("IfNotPresent".to_owned()),
-                    env: Some(vec![
-                        env("SERVER_ID", name.to_string()),
-                        env("PORT", self.template.port.to_string()),
-                        // IPv4, IPv6 and dual-stack clusters alike.
-                        env("REPLICA_HOST", "::".to_owned()),
-                    ]),
+                    env: Some(env),
                     ports: Some(vec![ContainerPort {
                         name: Some("http".to_owned()),
                         container_port: port,
@@ -233,23 +288,27 @@ impl KubeRuntime {
                         period_seconds: Some(2),
                         ..Probe::default()
                     }),
-                    resources: Some(ResourceRequirements {
-                        requests: Some(BTreeMap::from([
-                            ("cpu".to_owned(), quantity("10m")),
-                            ("memory".to_owned(), quantity("16Mi")),
-                        ])),
-                        limits: Some(BTreeMap::from([("memory".to_owned(), quantity("64Mi"))])),
-                        ..ResourceRequirements::default()
-                    }),
-                    security_context: Some(SecurityContext {
-                        allow_privilege_escalation: Some(false),
-                        read_only_root_filesystem: Some(true),
-                        capabilities: Some(Capabilities {
-                            drop: Some(vec!["ALL".to_owned()]),
-                            ..Capabilities::default()
-                        }),
-                        ..SecurityContext::default()
-                    }),
+                    resources: Some(user.resources.clone().unwrap_or_else(|| {
+                        ResourceRequirements {
+                            requests: Some(BTreeMap::from([
+                                ("cpu".to_owned(), quantity("10m")),
+                                ("memory".to_owned(), quantity("16Mi")),
+                            ])),
+                            limits: Some(BTreeMap::from([("memory".to_owned(), quantity("64Mi"))])),
+                            ..ResourceRequirements::default()
+                        }
+                    })),
+                    security_context: Some(user.container_security_context.clone().unwrap_or_else(
+                        || SecurityContext {
+                            allow_privilege_escalation: Some(false),
+                            read_only_root_filesystem: Some(true),
+                            capabilities: Some(Capabilities {
+                                drop: Some(vec!["ALL".to_owned()]),
+                                ..Capabilities::default()
+                            }),
+                            ..SecurityContext::default()
+                        },
+                    )),
                     ..Container::default()
                 }],
                 ..PodSpec::default()
@@ -448,4 +507,128 @@ fn container_reason(pod: &Pod) -> Option<String> {
         terminated.reason.as_deref().unwrap_or("terminated"),
         terminated.exit_code
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use kube::client::Body;
+    use serde_json::json;
+
+    use super::*;
+
+    /// (A client needs a runtime to exist, not to be used: `pod_manifest` is pure.)
+    fn runtime(template: ReplicaTemplate) -> KubeRuntime {
+        let (service, _) = tower_test::mock::pair::<http::Request<Body>, http::Response<Body>>();
+        KubeRuntime::new(
+            Client::new(service, "default"),
+            "default",
+            "demo",
+            OwnerReference::default(),
+            PodTemplate {
+                image: "ringlb-replica:dev".into(),
+                port: 5000,
+                template,
+            },
+        )
+    }
+
+    fn manifest(template: ReplicaTemplate) -> serde_json::Value {
+        let name = ReplicaName::parse("Server1").unwrap();
+        serde_json::to_value(runtime(template).pod_manifest(&name, "server1").unwrap()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn without_a_template_pods_spread_over_nodes_and_keep_their_hash() {
+        let pod = manifest(ReplicaTemplate::default());
+        assert_eq!(
+            pod["spec"]["topologySpreadConstraints"],
+            json!([{
+                "maxSkew": 1,
+                "topologyKey": "kubernetes.io/hostname",
+                "whenUnsatisfiable": "ScheduleAnyway",
+                "labelSelector": {"matchLabels": {"ringlb.dev/pool": "demo"}},
+            }])
+        );
+        assert_eq!(
+            pod["spec"]["containers"][0]["resources"]["limits"]["memory"],
+            "64Mi"
+        );
+        assert_eq!(pod["spec"]["securityContext"]["runAsUser"], 65532);
+        // The hash of image and port alone, as before templates: an operator upgrade
+        // rolls no pod of a pool that sets none.
+        let text = "ringlb-replica:dev\05000";
+        let (high, _) = crate::ring::murmur3_x64_128(text.as_bytes(), 0);
+        assert_eq!(
+            pod["metadata"]["labels"][TEMPLATE_LABEL],
+            format!("{:010x}", high >> 24)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_template_is_merged_over_the_defaults_and_the_operators_own_fields_win() {
+        let template: ReplicaTemplate = serde_json::from_value(json!({
+            "metadata": {
+                "labels": {"team": "web", "ringlb.dev/pool": "not-mine"},
+                "annotations": {"prometheus.io/scrape": "true"},
+            },
+            "resources": {"requests": {"cpu": "1"}, "limits": {"memory": "1Gi"}},
+            "nodeSelector": {"disk": "ssd"},
+            "tolerations": [{"key": "dedicated", "operator": "Exists"}],
+            "topologySpreadConstraints": [{
+                "maxSkew": 2, "topologyKey": "topology.kubernetes.io/zone",
+                "whenUnsatisfiable": "DoNotSchedule",
+            }],
+            "imagePullSecrets": [{"name": "registry"}],
+            "priorityClassName": "high",
+            "securityContext": {"runAsUser": 1000},
+            "env": [{"name": "LOG", "value": "debug"}, {"name": "SERVER_ID", "value": "x"}],
+            "terminationGracePeriodSeconds": 30,
+        }))
+        .unwrap();
+        let pod = manifest(template.clone());
+        let labels = &pod["metadata"]["labels"];
+        assert_eq!(labels["team"], "web");
+        assert_eq!(labels["ringlb.dev/pool"], "demo");
+        assert_eq!(
+            pod["metadata"]["annotations"]["prometheus.io/scrape"],
+            "true"
+        );
+        let spec = &pod["spec"];
+        assert_eq!(spec["nodeSelector"], json!({"disk": "ssd"}));
+        assert_eq!(spec["tolerations"][0]["key"], "dedicated");
+        assert_eq!(spec["topologySpreadConstraints"][0]["maxSkew"], 2);
+        assert_eq!(
+            spec["topologySpreadConstraints"].as_array().unwrap().len(),
+            1
+        );
+        assert_eq!(spec["imagePullSecrets"], json!([{"name": "registry"}]));
+        assert_eq!(spec["priorityClassName"], "high");
+        assert_eq!(spec["securityContext"], json!({"runAsUser": 1000}));
+        assert_eq!(spec["terminationGracePeriodSeconds"], 30);
+        let container = &spec["containers"][0];
+        assert_eq!(
+            container["resources"],
+            json!({"requests": {"cpu": "1"}, "limits": {"memory": "1Gi"}})
+        );
+        let env: Vec<(&str, &str)> = container["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| (e["name"].as_str().unwrap(), e["value"].as_str().unwrap()))
+            .collect();
+        assert_eq!(
+            env,
+            [
+                ("SERVER_ID", "Server1"),
+                ("PORT", "5000"),
+                ("REPLICA_HOST", "::"),
+                ("LOG", "debug")
+            ]
+        );
+        // A template is part of what a pod is made from.
+        assert_ne!(
+            labels[TEMPLATE_LABEL],
+            manifest(ReplicaTemplate::default())["metadata"]["labels"][TEMPLATE_LABEL]
+        );
+    }
 }

@@ -25,6 +25,7 @@ fn pool(replicas: u32) -> ServerPool {
             hashing: None,
             heartbeat: None,
             weights: Default::default(),
+            template: None,
         },
     );
     pool.metadata.namespace = Some("default".into());

@@ -374,6 +374,7 @@ impl<'a> Target<'a> {
                 PodTemplate {
                     image: pool.spec.image.clone(),
                     port: pool.spec.port,
+                    template: pool.spec.template.clone().unwrap_or_default(),
                 },
             ),
             reference: pool.object_ref(&()),

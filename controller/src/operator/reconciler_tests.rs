@@ -206,6 +206,7 @@ fn pool(replicas: u32, status: Option<ServerPoolStatus>) -> ServerPool {
                 startup_grace_ms: Some(0),
             }),
             weights: Default::default(),
+            template: None,
         },
     );
     pool.metadata.namespace = Some(NS.into());
@@ -247,6 +248,7 @@ fn template_pod(name: &ReplicaName) -> Pod {
         PodTemplate {
             image: "ringlb-replica:dev".into(),
             port: 5000,
+            ..PodTemplate::default()
         },
     )
     .pod_manifest(name, &members::pod_name(name).unwrap())

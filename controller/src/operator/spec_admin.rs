@@ -340,6 +340,7 @@ mod tests {
                 port: 5000,
                 hashing: None,
                 heartbeat: None,
+                template: None,
                 weights: Default::default(),
             },
         );
