@@ -5,11 +5,12 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Args;
 
-use super::leader::{self, LeaseSettings};
+use super::leader::{self, LeaseSettings, Timing};
 use super::reconciler::{self, Context};
 use crate::metrics::Metrics;
 use crate::ops;
@@ -34,13 +35,35 @@ pub struct OperatorArgs {
     #[arg(long, env = "RINGLB_LEASE_NAME", default_value = "ringlb-operator")]
     pub lease_name: String,
 
-    /// How long the lease holds without renewal: the longest a standby waits to take
-    /// over after the leader died.
+    /// How long a standby waits, from when it saw the Lease last change, before it
+    /// takes the Lease: the longest takeover after the leader died. Whole seconds
+    /// (written to the Lease as leaseDurationSeconds).
     #[arg(long, env = "RINGLB_LEASE_DURATION", default_value = "15s", value_parser = humantime::parse_duration)]
-    pub lease_duration: std::time::Duration,
+    pub lease_duration: Duration,
+
+    /// How long the leader keeps writing without a successful renewal of the Lease;
+    /// shorter than the lease duration, so that it has stopped before a standby may
+    /// take over.
+    #[arg(long, env = "RINGLB_RENEW_DEADLINE", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub renew_deadline: Duration,
+
+    /// How often the leader renews the Lease and a standby looks at it; shorter than
+    /// the renew deadline.
+    #[arg(long, env = "RINGLB_RETRY_PERIOD", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub retry_period: Duration,
+}
+
+impl OperatorArgs {
+    /// The election's timing, refused with the reason when it could let two lead.
+    pub fn timing(&self) -> anyhow::Result<Timing> {
+        Timing::new(self.lease_duration, self.renew_deadline, self.retry_period).context(
+            "invalid leader election timing (--lease-duration, --renew-deadline, --retry-period)",
+        )
+    }
 }
 
 pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
+    let timing = args.timing()?;
     let shutdown = ringlb_replica::shutdown_signal();
     let ops_listener = ringlb_replica::bind_tokio(args.ops_listen)
         .with_context(|| format!("cannot listen on {} (operations port)", args.ops_listen))?;
@@ -53,7 +76,7 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
         format!("{}-{}", host.trim(), std::process::id())
     });
-    let lease = LeaseSettings::new(&args.lease_name, &namespace, &identity, args.lease_duration);
+    let lease = LeaseSettings::new(&args.lease_name, &namespace, &identity, timing);
     let (stop_campaign, campaign_stopped) = tokio::sync::oneshot::channel::<()>();
     let (leadership, elector) = leader::campaign(client.clone(), lease, metrics.clone(), async {
         let _ = campaign_stopped.await;
@@ -110,15 +133,30 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
     });
 
     shutdown.await;
-    tracing::info!("shutting down: stepping down as leader");
-    // Step down first: the lease is free at once for a standby, which reads it every
-    // half second (measured on kubesim: taken 0.84 s after SIGTERM, against the lease
-    // duration and more after a crash).
-    let _ = stop_campaign.send(());
+    // The passes stop first, and only then is the Lease released: a standby may take
+    // it, and write, at once, so nothing of this process may write after that. The
+    // controller ends once the pass in progress has (each of its writes checks
+    // `is_leader()` first).
+    tracing::info!("shutting down: the reconcile passes stop first");
     let _ = stop.send(true);
+    let ended = tokio::time::timeout(DRAIN_TIMEOUT, controller)
+        .await
+        .is_ok();
+    if ended {
+        tracing::info!("the controller has stopped: stepping down as leader");
+        let _ = stop_campaign.send(());
+        let _ = tokio::time::timeout(DRAIN_TIMEOUT, elector).await;
+    } else {
+        // A pass still runs and might write: no release. The election stops (this
+        // process stops leading at once, so the pass's next write is refused) and
+        // the Lease expires by itself, a lease duration after its last renewal,
+        // later than any write this process can still make.
+        tracing::warn!(
+            "a reconcile pass did not end within {DRAIN_TIMEOUT:?}: the leader lease is not released, it expires by itself"
+        );
+        elector.abort();
+    }
     // The pods stay: they belong to their pools, not to this process.
-    let _ = tokio::time::timeout(DRAIN_TIMEOUT, controller).await;
-    let _ = tokio::time::timeout(DRAIN_TIMEOUT, elector).await;
     let _ = tokio::time::timeout(DRAIN_TIMEOUT, ops).await;
     tracing::info!("stopped");
     Ok(())
