@@ -962,10 +962,10 @@ mod tests {
             self.leadership.is_leader()
         }
 
-        /// When it next becomes the leader (now if it leads).
+        /// When it next becomes the leader (now if it leads); fails after a minute.
         async fn led_at(&self) -> Instant {
             let mut leading = self.leadership.subscribe();
-            leading.wait_for(|leading| *leading).await.unwrap();
+            within(leading.wait_for(|leading| *leading)).await.unwrap();
             Instant::now()
         }
 
@@ -978,6 +978,15 @@ mod tests {
                 Instant::now()
             })
         }
+    }
+
+    /// `future`'s output, or a failure after a minute (of the paused clock): a test
+    /// fails instead of waiting for ever.
+    async fn within<T>(future: impl Future<Output = T>) -> T {
+        let limit = Duration::from_secs(60);
+        tokio::time::timeout(limit, future)
+            .await
+            .unwrap_or_else(|_| panic!("not within {limit:?}"))
     }
 
     /// Set if, at any millisecond from now on, both lead (sampled on the paused clock).
@@ -1102,7 +1111,11 @@ mod tests {
             "past its renew deadline, its renewal still hanging"
         );
         assert_eq!(a.leadership.remaining(), None);
-        assert_eq!(lost.await.unwrap(), deadline, "lost() at the deadline");
+        assert_eq!(
+            within(lost).await.unwrap(),
+            deadline,
+            "lost() at the deadline"
+        );
 
         let took = b.led_at().await;
         assert!(
@@ -1174,7 +1187,7 @@ mod tests {
         // Someone took the lease (another elector after a partition, by hand).
         api.outside(json!({"holderIdentity": "intruder", "renewTime": stamp(0),
                            "leaseTransitions": 1}));
-        let lost = lost.await.unwrap();
+        let lost = within(lost).await.unwrap();
         assert_eq!(lost, t0 + secs(6.0), "at its next renewal attempt");
         assert!(!a.leads());
         assert_eq!(a.metrics.leader.get(), 0);
@@ -1221,7 +1234,7 @@ mod tests {
         a.step_down().await;
         let released = Instant::now();
         assert!(!a.leads());
-        assert_eq!(lost.await.unwrap(), released);
+        assert_eq!(within(lost).await.unwrap(), released);
         let release = api.writes_by("a").last().unwrap().lease["spec"].clone();
         assert_eq!(release.get("holderIdentity"), None, "holder cleared");
         assert_eq!(release["leaseDurationSeconds"], 1);
