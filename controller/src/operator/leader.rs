@@ -753,6 +753,8 @@ mod tests {
         version: u64,
         /// Writes from these clients are held unanswered (an API server that hangs).
         hanging: HashSet<String>,
+        /// Writes from these clients are refused with 409 (reads still answer).
+        refused: HashSet<String>,
         held: Vec<SendResponse<Response<Body>>>,
         writes: Vec<Write>,
         /// Every request: when, by whom, the method.
@@ -783,7 +785,11 @@ mod tests {
                         store.held.push(respond);
                         continue;
                     }
-                    let (code, answer) = store.answer(&method, &path, body, &by);
+                    let (code, answer) = if method != "GET" && store.refused.contains(&by) {
+                        status(409, "Conflict")
+                    } else {
+                        store.answer(&method, &path, body, &by)
+                    };
                     drop(store);
                     respond.send_response(
                         Response::builder()
@@ -818,6 +824,10 @@ mod tests {
 
         fn hang(&self, by: &str) {
             self.0.lock().unwrap().hanging.insert(by.to_owned());
+        }
+
+        fn refuse(&self, by: &str) {
+            self.0.lock().unwrap().refused.insert(by.to_owned());
         }
 
         fn spec(&self) -> Value {
@@ -1134,6 +1144,32 @@ mod tests {
         assert_eq!(a.metrics.leader.get(), 0);
         assert_eq!(a.metrics.leader_transitions.get(), 2);
         assert!(!both.load(Ordering::SeqCst), "two leaders at once");
+    }
+
+    /// A read that still names the leader is no renewal: with every write refused,
+    /// it keeps trying every retry period (write, read again, write) and stops at the
+    /// renew deadline of its last successful write.
+    #[tokio::test(start_paused = true)]
+    async fn a_leader_whose_writes_are_refused_stops_at_its_renew_deadline_though_reads_name_it() {
+        let api = LeaseApi::default();
+        let t0 = Instant::now();
+        let a = candidate(&api, "a");
+        tokio::time::sleep_until(t0 + secs(5.0)).await;
+        api.refuse("a");
+        let lost = a.lost_at();
+        let deadline = t0 + secs(4.0) + RENEW;
+        assert_eq!(within(lost).await.unwrap(), deadline);
+        assert_eq!(
+            api.holder().as_deref(),
+            Some("a"),
+            "the Lease still names it"
+        );
+        let tries = ["PATCH", "GET", "PATCH"].repeat(4);
+        assert_eq!(
+            api.requests_by("a", t0 + secs(5.0), deadline),
+            tries,
+            "at 6, 8, 10 and 12 s"
+        );
     }
 
     /// Expiry is judged on the standby's monotonic clock from when it saw the record:
