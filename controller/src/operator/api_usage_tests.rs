@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
 
 use super::fixtures::{FakeApiServer, Permission};
-use super::leader::{self, LeaseSettings};
+use super::leader::{self, LeaseSettings, Timing};
 use super::pods::{PodTemplate, TEMPLATE_LABEL};
 use super::reconciler::{self, Context};
 use super::spec_admin::SpecAdmin;
@@ -127,11 +127,13 @@ pub async fn operator_run() -> FakeApiServer {
 
     let metrics = Arc::new(Metrics::new());
     let (stop_campaign, campaign_stopped) = oneshot::channel::<()>();
-    let lease = LeaseSettings {
-        duration: Duration::from_secs(2),
-        grace: Duration::from_secs(1),
-        ..LeaseSettings::new("ringlb-operator", "default", "op-a", Duration::ZERO)
-    };
+    let timing = Timing::new(
+        Duration::from_secs(2),
+        Duration::from_secs(1),
+        Duration::from_millis(200),
+    )
+    .unwrap();
+    let lease = LeaseSettings::new("ringlb-operator", "default", "op-a", timing);
     let (leadership, elector) = leader::campaign(api.client(), lease, metrics.clone(), async {
         let _ = campaign_stopped.await;
     });

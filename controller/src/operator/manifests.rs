@@ -14,9 +14,10 @@
 //! - `events.k8s.io` `events` create, patch: the event recorder, for every pod
 //!   created, deleted or replaced (patched when an event repeats);
 //! - `coordination.k8s.io` `leases` get, create, patch: the leader election
-//!   (`leader.rs`, through kube-lease-manager) reads the Lease (the standby follows its
-//!   expiry), creates it if missing, and patches it (server-side apply) to take, renew
-//!   and release it.
+//!   (`leader.rs`) reads the Lease (a standby, to see whether its record stands still;
+//!   the leader, after a 409), creates it if missing, and patches it with the
+//!   resourceVersion it read (a merge patch, checked like an update) to take, renew and
+//!   release it.
 //!
 //! `ringlb proxy --pool NAME` (the data plane):
 //! - `serverpools` list, watch: the reflector of its one pool (field selector
