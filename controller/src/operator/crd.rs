@@ -864,6 +864,48 @@ mod tests {
     }
 
     #[test]
+    fn the_pod_template_has_kubernetes_own_schema_and_leaves_the_operators_env_alone() {
+        let schema = open_api_schema();
+        let template = at(&schema, "spec.template");
+        let fields: Vec<&String> = template["properties"].as_object().unwrap().keys().collect();
+        assert_eq!(
+            fields,
+            [
+                "affinity",
+                "containerSecurityContext",
+                "env",
+                "imagePullSecrets",
+                "metadata",
+                "nodeSelector",
+                "priorityClassName",
+                "resources",
+                "securityContext",
+                "terminationGracePeriodSeconds",
+                "tolerations",
+                "topologySpreadConstraints",
+            ]
+        );
+        // From k8s-openapi's types: a quantity is an int or a string, as in a Pod.
+        let limits = &template["properties"]["resources"]["properties"]["limits"];
+        assert_eq!(
+            limits["additionalProperties"]["x-kubernetes-int-or-string"], true,
+            "{limits}"
+        );
+        assert!(
+            template["properties"]["affinity"]["properties"]
+                .get("podAntiAffinity")
+                .is_some()
+        );
+        let rules = template["x-kubernetes-validations"].as_array().unwrap();
+        assert!(
+            rules[0]["rule"]
+                .as_str()
+                .unwrap()
+                .contains("['SERVER_ID', 'PORT', 'REPLICA_HOST']")
+        );
+    }
+
+    #[test]
     fn heartbeat_timeout_must_be_shorter_than_the_interval() {
         let schema = open_api_schema();
         assert_eq!(

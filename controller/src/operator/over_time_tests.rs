@@ -1180,3 +1180,38 @@ async fn a_pool_that_stops_being_available_says_so_once() {
     assert_eq!(warnings(&api), ["Unavailable"]);
     operator.stop().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_template_change_rolls_the_pods_one_at_a_time() {
+    let api = FakeApiServer::default();
+    api.put(POOLS, pool(3, Value::Null));
+    let kubelet = Kubelet::start(&api, |_| Outcome::Run);
+    let operator = Operator::start(&api, kubelet.prober());
+    let proxy = Proxy::start(&api);
+    let status = || api.get(POOLS, "demo").unwrap()["status"].clone();
+    until(|| status()["readyReplicas"] == 3 && proxy.in_ring().len() == 3).await;
+
+    let mut changed = api.get(POOLS, "demo").unwrap();
+    changed["spec"]["template"] = json!({"resources": {"limits": {"memory": "256Mi"}}});
+    changed["metadata"]["generation"] = json!(2);
+    api.put(POOLS, changed);
+    let rolled =
+        || {
+            let pods = api.names(PODS);
+            pods.len() == 3 && pods.iter().all(|p| {
+                api.get(PODS, p).unwrap()["spec"]["containers"][0]["resources"]["limits"]["memory"]
+                    == "256Mi"
+            }) && status()["updatedReplicas"] == 3
+        };
+    let began = tokio::time::Instant::now();
+    while !rolled() {
+        let now = status();
+        assert_eq!(now["readyReplicas"], 3, "{now}");
+        assert!(api.names(PODS).len() <= 4, "{:?}", api.names(PODS));
+        assert_eq!(proxy.in_ring(), ["Server1", "Server2", "Server3"]);
+        assert!(began.elapsed() < Duration::from_secs(60), "{now}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    proxy.stop().await;
+    operator.stop().await;
+}
