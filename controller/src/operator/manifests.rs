@@ -11,6 +11,8 @@
 //!   and `pods.rs` creates missing pods, reads one whose create was refused with 409
 //!   (this pool's own, not yet in the store, or another's?), and deletes extras and
 //!   failed ones;
+//! - `policy` `poddisruptionbudgets` list, watch, patch: each pool's budget, watched
+//!   and written by server-side apply when missing or changed (`reconciler.rs`);
 //! - `events.k8s.io` `events` create, patch: the event recorder, for every pod
 //!   created, deleted or replaced (patched when an event repeats);
 //! - `coordination.k8s.io` `leases` get, create, patch: the leader election

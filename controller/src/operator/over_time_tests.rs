@@ -1215,3 +1215,52 @@ async fn a_template_change_rolls_the_pods_one_at_a_time() {
     proxy.stop().await;
     operator.stop().await;
 }
+
+const BUDGETS: &str = "/apis/policy/v1/namespaces/default/poddisruptionbudgets";
+
+#[tokio::test(start_paused = true)]
+async fn each_pool_has_a_disruption_budget_that_comes_back_and_goes_with_it() {
+    let api = FakeApiServer::default();
+    api.put(POOLS, pool(3, Value::Null));
+    let kubelet = Kubelet::start(&api, |_| Outcome::Run);
+    let operator = Operator::start(&api, kubelet.prober());
+    within(Duration::from_secs(5), "a budget", || {
+        api.get(BUDGETS, "demo").is_some()
+    })
+    .await;
+    let budget = api.get(BUDGETS, "demo").unwrap();
+    assert_eq!(budget["spec"]["maxUnavailable"], 1);
+    assert_eq!(
+        budget["spec"]["selector"],
+        json!({"matchLabels": {"ringlb.dev/pool": "demo"}})
+    );
+    assert_eq!(budget["metadata"]["ownerReferences"][0]["uid"], "uid-demo");
+    // Written once, not at every pass.
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    let writes = || {
+        api.calls()
+            .iter()
+            .filter(|c| c.method == "PATCH" && c.path.starts_with(BUDGETS))
+            .count()
+    };
+    assert_eq!(writes(), 1);
+
+    // Deleted by hand: written again.
+    let request = http::Request::delete(format!("{BUDGETS}/demo"))
+        .body(Vec::new())
+        .unwrap();
+    api.client().request_text(request).await.unwrap();
+    within(Duration::from_secs(5), "the budget back", || {
+        api.get(BUDGETS, "demo").is_some()
+    })
+    .await;
+    assert_eq!(writes(), 2);
+
+    // The pool deleted: its budget goes with it (ownerReferences).
+    let request = http::Request::delete(format!("{POOLS}/demo"))
+        .body(Vec::new())
+        .unwrap();
+    api.client().request_text(request).await.unwrap();
+    assert!(api.get(BUDGETS, "demo").is_none());
+    operator.stop().await;
+}

@@ -20,6 +20,7 @@ use k8s_openapi::api::core::v1::{
     PodCondition, PodSecurityContext, PodSpec, Probe, ResourceRequirements, SeccompProfile,
     SecurityContext, TopologySpreadConstraint,
 };
+use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -142,6 +143,7 @@ impl PodTemplate {
 #[derive(Clone)]
 pub struct KubeRuntime {
     pods: Api<Pod>,
+    budgets: Api<PodDisruptionBudget>,
     pool: String,
     owner: OwnerReference,
     template: PodTemplate,
@@ -157,7 +159,8 @@ impl KubeRuntime {
         template: PodTemplate,
     ) -> Self {
         Self {
-            pods: Api::namespaced(client, namespace),
+            pods: Api::namespaced(client.clone(), namespace),
+            budgets: Api::namespaced(client, namespace),
             pool: pool.to_owned(),
             owner,
             template,
@@ -317,6 +320,27 @@ impl KubeRuntime {
         })
     }
 
+    /// The pool's PodDisruptionBudget, as [`disruption_budget`] makes it.
+    pub fn disruption_budget(&self) -> PodDisruptionBudget {
+        disruption_budget(&self.pool, &self.owner)
+    }
+
+    /// Writes the pool's PodDisruptionBudget (server-side apply: created if missing).
+    pub async fn apply_disruption_budget(&self, manager: &str) -> Result<(), ::kube::Error> {
+        let budget = self.disruption_budget();
+        let mut body = serde_json::to_value(&budget).unwrap_or_default();
+        body["apiVersion"] = "policy/v1".into();
+        body["kind"] = "PodDisruptionBudget".into();
+        self.budgets
+            .patch(
+                &self.pool,
+                &::kube::api::PatchParams::apply(manager).force(),
+                &::kube::api::Patch::Apply(body),
+            )
+            .await?;
+        Ok(())
+    }
+
     /// Every pod of the pool.
     pub async fn observe(&self) -> Result<Vec<ReplicaPod>, ::kube::Error> {
         let list = self
@@ -386,6 +410,65 @@ pub enum CreateError {
     Naming(#[from] NamingError),
     #[error(transparent)]
     Api(#[from] ::kube::Error),
+}
+
+/// The PodDisruptionBudget of pool `pool`, named after it and owned by it (it goes
+/// with the pool): a node drain evicts at most one of its replicas at a time, as
+/// CloudNativePG's budgets do for its instances. `maxUnavailable: 1` holds whatever
+/// `replicas` is, so a scale needs no update, and a pool of one can still be drained.
+/// (The operator deletes pods itself, which no budget holds back.)
+pub fn disruption_budget(pool: &str, owner: &OwnerReference) -> PodDisruptionBudget {
+    PodDisruptionBudget {
+        metadata: ObjectMeta {
+            name: Some(pool.to_owned()),
+            labels: Some(BTreeMap::from([
+                (POOL_LABEL.to_owned(), pool.to_owned()),
+                (
+                    "app.kubernetes.io/managed-by".to_owned(),
+                    "ringlb".to_owned(),
+                ),
+            ])),
+            owner_references: Some(vec![owner.clone()]),
+            ..ObjectMeta::default()
+        },
+        spec: Some(PodDisruptionBudgetSpec {
+            max_unavailable: Some(IntOrString::Int(1)),
+            selector: Some(LabelSelector {
+                match_labels: Some(BTreeMap::from([(POOL_LABEL.to_owned(), pool.to_owned())])),
+                ..LabelSelector::default()
+            }),
+            ..PodDisruptionBudgetSpec::default()
+        }),
+        status: None,
+    }
+}
+
+/// Whether `found` is pool `pool`'s budget as [`disruption_budget`] makes it (its
+/// spec, and owned by the pool): a pass rewrites it otherwise.
+pub fn is_current_budget(found: &PodDisruptionBudget, want: &PodDisruptionBudget) -> bool {
+    let spec = |b: &PodDisruptionBudget| {
+        b.spec.as_ref().map(|s| {
+            (
+                s.max_unavailable.clone(),
+                s.min_available.clone(),
+                s.selector.clone(),
+            )
+        })
+    };
+    let owner = want
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .map(|o| &o.uid)
+        .next();
+    spec(found) == spec(want)
+        && found
+            .metadata
+            .owner_references
+            .iter()
+            .flatten()
+            .any(|o| Some(&o.uid) == owner)
 }
 
 /// True when the API server answered with HTTP status `code`.

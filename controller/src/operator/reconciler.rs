@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{ObjectReference, Pod};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
@@ -32,7 +33,7 @@ use super::heartbeats::{BeatConfig, Heartbeats, PodBeat};
 use super::leader::Leadership;
 use super::members;
 use super::pods::{
-    CreateError, KubeRuntime, POOL_LABEL, PodState, PodTemplate, ReplicaPod, StartFailure,
+    self, CreateError, KubeRuntime, POOL_LABEL, PodState, PodTemplate, ReplicaPod, StartFailure,
     is_status, replica_pod,
 };
 use crate::health_state::{Health, HealthState};
@@ -106,6 +107,9 @@ pub struct Context {
     /// The pods of every pool of the namespace, as the controller's watch keeps them.
     pub pods: Store<Pod>,
     pod_writer: Mutex<Option<Writer<Pod>>>,
+    /// The pools' PodDisruptionBudgets, likewise.
+    budgets: Store<PodDisruptionBudget>,
+    budget_writer: Mutex<Option<Writer<PodDisruptionBudget>>>,
     pub heartbeats: Heartbeats,
     /// Pools whose pods' health changed, from the heartbeat tasks.
     wakes: Mutex<Option<mpsc::UnboundedReceiver<ObjectRef<ServerPool>>>>,
@@ -134,6 +138,7 @@ impl Context {
             },
         );
         let (pods, pod_writer) = reflector::store();
+        let (budgets, budget_writer) = reflector::store();
         let (wake, wakes) = mpsc::unbounded_channel();
         Self {
             client,
@@ -148,6 +153,8 @@ impl Context {
             metrics,
             pods,
             pod_writer: Mutex::new(Some(pod_writer)),
+            budgets,
+            budget_writer: Mutex::new(Some(budget_writer)),
             wakes: Mutex::new(Some(wakes)),
             clock: Timestamp::now,
             leadership,
@@ -171,6 +178,19 @@ impl Context {
         writer.apply_watcher_event(&Event::Init);
         for pod in pods {
             writer.apply_watcher_event(&Event::InitApply(pod));
+        }
+        writer.apply_watcher_event(&Event::InitDone);
+    }
+
+    /// Fills the budget store as a watch would (tests: no watch runs).
+    #[cfg(test)]
+    pub fn set_budgets(&self, budgets: Vec<PodDisruptionBudget>) {
+        use kube::runtime::watcher::Event;
+        let mut writer = self.budget_writer.lock().unwrap();
+        let writer = writer.as_mut().expect("the watch has not started");
+        writer.apply_watcher_event(&Event::Init);
+        for budget in budgets {
+            writer.apply_watcher_event(&Event::InitApply(budget));
         }
         writer.apply_watcher_event(&Event::InitDone);
     }
@@ -233,6 +253,18 @@ pub async fn run(
         .unwrap()
         .take()
         .expect("the controller runs once per context");
+    let budget_writer = ctx
+        .budget_writer
+        .lock()
+        .unwrap()
+        .take()
+        .expect("the controller runs once per context");
+    // The pools' budgets: one deleted or edited by hand is written again.
+    let budgets: Api<PodDisruptionBudget> = Api::namespaced(ctx.client.clone(), namespace);
+    let budget_events = watcher(budgets, watcher::Config::default().labels(POOL_LABEL))
+        .default_backoff()
+        .reflect(budget_writer)
+        .touched_objects();
     // One watch of the pods feeds both the store the passes read and their triggers.
     let pod_events = watcher(pods, watcher::Config::default().labels(POOL_LABEL))
         .default_backoff()
@@ -247,6 +279,7 @@ pub async fn run(
     ctx.heartbeats.follow_pools(controller.store());
     controller
         .owns_stream(pod_events)
+        .owns_stream(budget_events)
         .reconcile_on(heartbeat_changes)
         // A standby that takes over starts at once, not at its next recheck.
         .reconcile_all_on(ctx.leadership.gained())
@@ -306,7 +339,8 @@ pub async fn reconcile(pool: Arc<ServerPool>, ctx: Arc<Context>) -> Result<Actio
     if !ctx.leadership.is_leader() {
         return Ok(Action::requeue(STANDBY_RECHECK));
     }
-    let done = apply(&target, &ctx, &mut seen).await;
+    let mut done = apply(&target, &ctx, &mut seen).await;
+    ensure_budget(&target, &ctx, &mut done).await;
     ctx.with_memory(&target.key, &target.uid, |m| {
         m.warned.retain(|key| done.warned.contains(key))
     });
@@ -318,6 +352,29 @@ pub async fn reconcile(pool: Arc<ServerPool>, ctx: Arc<Context>) -> Result<Actio
     Ok(Action::requeue(
         done.retry_in.map_or(RESYNC, |wait| wait.min(RESYNC)),
     ))
+}
+
+/// Writes the pool's PodDisruptionBudget when the watch shows it missing or not as
+/// it should be (see [`pods::disruption_budget`]).
+async fn ensure_budget(target: &Target<'_>, ctx: &Context, done: &mut Done) {
+    if target.name.len() > 63 {
+        // Its label cannot name the pool (Degraded says so): no selector to write.
+        return;
+    }
+    let want = target.pods.disruption_budget();
+    let current = ctx
+        .budgets
+        .get(&ObjectRef::new(&target.name).within(&target.namespace))
+        .is_some_and(|found| pods::is_current_budget(&found, &want));
+    if current {
+        return;
+    }
+    if let Err(fenced) = ctx.may_write() {
+        note(&mut done.first_error, Err(fenced));
+        return;
+    }
+    let result = target.pods.apply_disruption_budget(CONTROLLER_NAME).await;
+    note(&mut done.first_error, result.map_err(Error::from));
 }
 
 /// Marks a pass in progress for as long as it lives.

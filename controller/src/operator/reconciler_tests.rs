@@ -185,6 +185,9 @@ fn context(client: Client, api: &MockApi, healthy: &[&str], failing: &[&str]) ->
     );
     ctx.set_clock(fixed_clock);
     ctx.set_pods(api.pods.clone());
+    // The pool's budget is there already (its own test writes it).
+    let owner = pool(3, None).controller_owner_ref(&()).unwrap();
+    ctx.set_budgets(vec![pods::disruption_budget("demo", &owner)]);
     Arc::new(ctx)
 }
 
