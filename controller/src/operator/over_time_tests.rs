@@ -687,12 +687,8 @@ async fn failing_status_writes_do_not_keep_a_frozen_replica_in_the_proxys_ring()
 
 #[tokio::test(start_paused = true)]
 async fn an_invalid_hashing_spec_is_reported_and_the_pods_are_still_kept_alive() {
-    let api = FakeApiServer::default();
-    api.put(POOLS, pool(2, Value::Null));
-    let kubelet = Kubelet::start(&api, |_| Outcome::Run);
-    let operator = Operator::start(&api, kubelet.prober());
+    let (api, kubelet, operator) = ready_pool(2).await;
     let status = || api.get(POOLS, "demo").unwrap()["status"].clone();
-    until(|| status()["readyReplicas"] == 2).await;
     // Maglev with a table size that is not prime (the CEL rule refuses it at
     // admission; an API server without CEL, or an older CRD, lets it through).
     let mut invalid = api.get(POOLS, "demo").unwrap();
@@ -748,6 +744,17 @@ async fn kubectl_delete_sp_takes_its_pods_and_empties_the_proxys_ring() {
     assert!(api.names(PODS).is_empty(), "{:?}", api.names(PODS));
     proxy.stop().await;
     operator.stop().await;
+}
+
+/// Pool `demo` of `replicas` run by an elected operator and a fake kubelet that runs
+/// every pod, once all its replicas are ready.
+async fn ready_pool(replicas: u32) -> (FakeApiServer, Kubelet, Operator) {
+    let api = FakeApiServer::default();
+    api.put(POOLS, pool(replicas, Value::Null));
+    let kubelet = Kubelet::start(&api, |_| Outcome::Run);
+    let operator = Operator::start(&api, kubelet.prober());
+    until(|| api.get(POOLS, "demo").unwrap()["status"]["readyReplicas"] == replicas).await;
+    (api, kubelet, operator)
 }
 
 /// Waits, on the paused clock, until `done` holds, for at most `limit`.
@@ -889,12 +896,7 @@ async fn a_new_leader_replaces_a_replica_frozen_at_the_takeover_within_one_detec
 
 #[tokio::test(start_paused = true)]
 async fn a_leader_that_lost_its_lease_writes_nothing_and_stops_its_heartbeats() {
-    let api = FakeApiServer::default();
-    api.put(POOLS, pool(3, Value::Null));
-    let kubelet = Kubelet::start(&api, |_| Outcome::Run);
-    let operator = Operator::start(&api, kubelet.prober());
-    let status = || api.get(POOLS, "demo").unwrap()["status"].clone();
-    until(|| status()["readyReplicas"] == 3).await;
+    let (api, kubelet, operator) = ready_pool(3).await;
     tokio::time::sleep(Duration::from_secs(60)).await;
 
     // Its renew deadline passes (another may take the Lease), and a replica freezes.
@@ -927,12 +929,7 @@ async fn a_leader_that_lost_its_lease_writes_nothing_and_stops_its_heartbeats() 
 
 #[tokio::test(start_paused = true)]
 async fn a_pass_that_loses_leadership_half_way_makes_no_further_write() {
-    let api = FakeApiServer::default();
-    api.put(POOLS, pool(3, Value::Null));
-    let kubelet = Kubelet::start(&api, |_| Outcome::Run);
-    let operator = Operator::start(&api, kubelet.prober());
-    let status = || api.get(POOLS, "demo").unwrap()["status"].clone();
-    until(|| status()["readyReplicas"] == 3).await;
+    let (api, kubelet, operator) = ready_pool(3).await;
     tokio::time::sleep(Duration::from_secs(60)).await;
 
     // A replica freezes; the pass that replaces it deletes its pod first, and that

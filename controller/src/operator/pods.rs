@@ -639,7 +639,7 @@ mod tests {
         assert_eq!(pod["spec"]["securityContext"]["runAsUser"], 65532);
         // The hash of image and port alone, as before templates: an operator upgrade
         // rolls no pod of a pool that sets none.
-        let text = "ringlb-replica:dev\05000";
+        let text = "ringlb-replica:dev\u{0}5000";
         let (high, _) = crate::ring::murmur3_x64_128(text.as_bytes(), 0);
         assert_eq!(
             pod["metadata"]["labels"][TEMPLATE_LABEL],
