@@ -1261,3 +1261,36 @@ async fn each_pool_has_a_disruption_budget_that_comes_back_and_goes_with_it() {
     assert!(api.get(BUDGETS, "demo").is_none());
     operator.stop().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_spec_reverted_under_the_operator_is_followed_without_replacements() {
+    // GitOps: /add grows the pool to 5 (it edits the spec), then Argo CD or Flux puts
+    // back the 3 of the repository.
+    let (api, _kubelet, operator) = ready_pool(3).await;
+    let status = || api.get(POOLS, "demo").unwrap()["status"].clone();
+    let set_replicas = |n: u32, generation: u32| {
+        let mut pool = api.get(POOLS, "demo").unwrap();
+        pool["spec"]["replicas"] = json!(n);
+        pool["metadata"]["generation"] = json!(generation);
+        api.put(POOLS, pool);
+    };
+    set_replicas(5, 2);
+    within(Duration::from_secs(10), "5 ready", || {
+        status()["readyReplicas"] == 5
+    })
+    .await;
+    set_replicas(3, 3);
+    within(Duration::from_secs(10), "back to 3", || {
+        api.names(PODS) == ["server1", "server2", "server3"] && status()["readyReplicas"] == 3
+    })
+    .await;
+    // The names the revert took away went; nothing was replaced, nothing is wrong.
+    let now = status();
+    assert!(
+        now["emergencyReplacements"].as_array().unwrap().is_empty(),
+        "{now}"
+    );
+    assert_eq!(now["conditions"][1]["status"], "False", "{now}");
+    assert_eq!(now["observedGeneration"], 3, "{now}");
+    operator.stop().await;
+}
