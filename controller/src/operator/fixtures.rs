@@ -91,6 +91,15 @@ impl FakeApiServer {
         );
     }
 
+    /// Deletes object `name` of `collection` at once, as a delete with grace
+    /// period 0 ends (nothing it owns is collected).
+    pub fn delete_now(&self, collection: &str, name: &str) {
+        let mut state = self.state.lock().unwrap();
+        if remove(&mut state, collection, name).is_some() {
+            self.changed.send_replace(state.version);
+        }
+    }
+
     pub fn get(&self, collection: &str, name: &str) -> Option<Value> {
         let state = self.state.lock().unwrap();
         state.objects.get(collection)?.get(name).cloned()

@@ -94,6 +94,7 @@ struct FakeProxy {
     pods: Store<Pod>,
     pod_writer: Writer<Pod>,
     suspects: SuspectAddrs,
+    memory: Memory,
     publisher: Publisher,
 }
 
@@ -112,6 +113,7 @@ impl FakeProxy {
             pods,
             pod_writer,
             suspects: SuspectAddrs::new(),
+            memory: Memory::default(),
             publisher: Publisher::new(&RingConfig::default(), Arc::new(Metrics::new())),
         }
     }
@@ -128,6 +130,7 @@ impl FakeProxy {
             &self.pods.state(),
             &self.suspects,
             self.publisher.table().ring.config(),
+            &mut self.memory,
         );
         self.publisher.publish(&state);
     }
@@ -407,6 +410,7 @@ async fn a_member_this_proxy_could_not_reach_is_out_of_its_ring_until_it_answers
             &pods,
             suspects.addrs(),
             &RingConfig::default(),
+            &mut Memory::default(),
         )
     };
     let serving = |state: &PoolState| -> Vec<String> {
@@ -455,6 +459,7 @@ async fn a_member_this_proxy_could_not_reach_is_out_of_its_ring_until_it_answers
         &moved,
         suspects.addrs(),
         &RingConfig::default(),
+        &mut Memory::default(),
     );
     assert_eq!(serving(&after), ["Server1", "Server2"]);
     suspects.retain_current(&after);
@@ -552,4 +557,324 @@ fn a_rollout_moves_a_member_to_its_new_pod_when_the_status_says_so() {
         );
     }
     assert_eq!(proxy.rep(), ["Server1", "Server2"]);
+}
+
+/// Kubernetes mode end to end, for what happens to requests: the proxy's watches
+/// on the stateful fake API server, its HTTP front on a free port, and replicas
+/// on loopback (pods whose IP is 127.0.0.1, each on its own container port).
+mod live {
+    use std::sync::atomic::AtomicBool;
+
+    use serde_json::{Value, json};
+    use tokio::io::AsyncReadExt;
+    use tokio::net::TcpListener;
+    use tokio::sync::oneshot;
+    use tokio::task::JoinHandle;
+
+    use super::*;
+    use crate::operator::api_usage_tests::{PODS, POOLS};
+    use crate::operator::fixtures::FakeApiServer;
+    use crate::operator::spec_admin::SpecAdmin;
+    use crate::proxy::ProxyArgs;
+
+    /// A replica frozen mid-request: it accepts connections and reads what it is
+    /// sent, and never answers. `arrived` fires when a request has reached it.
+    pub async fn frozen_replica() -> (SocketAddr, oneshot::Receiver<()>, JoinHandle<()>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (arrived, arrival) = oneshot::channel();
+        let task = tokio::spawn(async move {
+            let mut arrived = Some(arrived);
+            let mut held = Vec::new();
+            loop {
+                let Ok((mut stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let mut buf = vec![0u8; 4096];
+                let read = stream.read(&mut buf).await.unwrap_or(0);
+                if read > 0
+                    && let Some(arrived) = arrived.take()
+                {
+                    let _ = arrived.send(());
+                }
+                held.push(stream);
+            }
+        });
+        (addr, arrival, task)
+    }
+
+    /// A replica that answers every request as `name` does.
+    pub async fn replica(name: &'static str) -> (SocketAddr, JoinHandle<()>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = axum::Router::new().fallback(move || async move {
+            axum::Json(
+                json!({"message": format!("Hello from Server: {name}"), "status": "successful"}),
+            )
+        });
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        (addr, task)
+    }
+
+    /// A running pod of pool `demo` on 127.0.0.1, its container on `port`.
+    pub fn pod(name: &str, member: &str, port: u16, ready: bool) -> Value {
+        json!({
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": name, "namespace": "default", "uid": format!("uid-{name}"),
+                         "labels": {"ringlb.dev/pool": "demo", "ringlb.dev/member": member}},
+            "spec": {"containers": [{"name": "replica", "ports": [{"containerPort": port}]}]},
+            "status": {
+                "phase": "Running",
+                "podIP": "127.0.0.1",
+                "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}],
+            },
+        })
+    }
+
+    /// Pool `demo` with `spec` and its operator's status: `members` (name, pod,
+    /// ready) and `replaced` (slot, replica holding it).
+    pub fn pool(spec: Value, members: &[(&str, &str, bool)], replaced: &[(&str, &str)]) -> Value {
+        json!({
+            "apiVersion": "ringlb.dev/v1alpha1",
+            "kind": "ServerPool",
+            "metadata": {"name": "demo", "namespace": "default", "uid": "uid-demo", "generation": 1},
+            "spec": spec,
+            "status": {
+                "members": members.iter().map(|(name, pod, ready)| {
+                    json!({"name": name, "pod": pod, "ready": ready})
+                }).collect::<Vec<_>>(),
+                "emergencyReplacements": replaced.iter().map(|(slot, holder)| {
+                    json!({"original": slot, "replacement": holder, "count": 1})
+                }).collect::<Vec<_>>(),
+            },
+        })
+    }
+
+    pub fn spec(replicas: u32) -> Value {
+        json!({"replicas": replicas, "image": "ringlb-replica:dev", "port": 5000})
+    }
+
+    /// `ringlb proxy --pool demo --key header:x-user`, whole but for its
+    /// listeners' workers: the watches, the publisher, `/add` and `/rm`, and the
+    /// forwarding router on a free port.
+    pub struct LiveProxy {
+        pub publisher: Arc<Publisher>,
+        pub synced: Arc<AtomicBool>,
+        pub url: String,
+        stop: Option<oneshot::Sender<()>>,
+        watch: Option<JoinHandle<()>>,
+        front: JoinHandle<()>,
+    }
+
+    impl LiveProxy {
+        pub async fn start(api: &FakeApiServer) -> Self {
+            #[derive(clap::Parser)]
+            struct Args {
+                #[command(flatten)]
+                proxy: ProxyArgs,
+            }
+            let args = <Args as clap::Parser>::parse_from(["ringlb", "--key", "header:x-user"]);
+            let metrics = Arc::new(Metrics::new());
+            let publisher = Arc::new(Publisher::new(&RingConfig::default(), metrics.clone()));
+            let (reports, reported) = mpsc::channel(16);
+            let admin = Arc::new(SpecAdmin::new(
+                kube::Api::namespaced(api.client(), "default"),
+                "demo",
+                10,
+                metrics.clone(),
+                publisher.clone(),
+                reports,
+            ));
+            let synced = Arc::new(AtomicBool::new(false));
+            let (stop, stopped) = oneshot::channel::<()>();
+            let watch = tokio::spawn({
+                let (client, publisher, synced) = (api.client(), publisher.clone(), synced.clone());
+                async move {
+                    run_reporting_sync(
+                        client,
+                        "default",
+                        "demo",
+                        publisher,
+                        reported,
+                        &synced,
+                        async {
+                            let _ = stopped.await;
+                        },
+                    )
+                    .await
+                }
+            });
+            let proxy = crate::proxy::Proxy::new(
+                publisher.clone(),
+                admin,
+                args.proxy.settings(),
+                metrics,
+                0,
+            );
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let url = format!("http://{}", listener.local_addr().unwrap());
+            let router = crate::proxy::router(Arc::new(proxy));
+            let front = tokio::spawn(async move {
+                let _ = axum::serve(listener, router).await;
+            });
+            Self {
+                publisher,
+                synced,
+                url,
+                stop: Some(stop),
+                watch: Some(watch),
+                front,
+            }
+        }
+
+        pub fn in_ring(&self) -> Vec<String> {
+            let members = self.publisher.table().membership();
+            members.iter().map(|m| m.name.to_string()).collect()
+        }
+
+        /// A key the ring sends to `member` first.
+        pub fn key_of(&self, member: &str) -> String {
+            let table = self.publisher.table();
+            (0..)
+                .map(|i| format!("user-{i}"))
+                .find(|key| {
+                    table
+                        .ring
+                        .lookup(key.as_bytes())
+                        .is_some_and(|i| table.backends[i].name.as_str() == member)
+                })
+                .unwrap()
+        }
+
+        pub async fn stop(mut self) {
+            let _ = self.stop.take().unwrap().send(());
+            self.watch.take().unwrap().await.unwrap();
+            self.front.abort();
+        }
+    }
+
+    impl Drop for LiveProxy {
+        fn drop(&mut self) {
+            self.front.abort();
+            if let Some(watch) = &self.watch {
+                watch.abort();
+            }
+        }
+    }
+
+    /// Waits until `done` holds, for at most 5 s.
+    pub async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while !done() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting until {what}"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Each way a member leaves the ring because it failed, as the proxy's watches
+    /// see it, while a GET waits on it (its replica frozen): the GET is cut loose
+    /// and answered by the other member at once, well within the 30 s request
+    /// timeout it would otherwise wait out.
+    #[tokio::test]
+    async fn a_failed_members_waiting_get_is_retried_on_another_member_at_once() {
+        let cases: [(&str, fn(&FakeApiServer, u16)); 5] = [
+            ("its pod is deleted at once (grace period 0)", |api, _| {
+                api.delete_now(PODS, "server1");
+            }),
+            (
+                "its pod is deleted (graceful: a deletionTimestamp)",
+                |api, port| {
+                    let mut leaving = pod("server1", "Server1", port, true);
+                    leaving["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
+                    api.put(PODS, leaving);
+                },
+            ),
+            (
+                "the operator's status replaces it before its pod goes",
+                |api, _| {
+                    api.put(
+                        POOLS,
+                        pool(
+                            spec(2),
+                            &[
+                                ("emergency_1", "emergency-1", false),
+                                ("Server2", "server2", true),
+                            ],
+                            &[("Server1", "emergency_1")],
+                        ),
+                    );
+                },
+            ),
+            ("the operator's status says it is not ready", |api, _| {
+                api.put(
+                    POOLS,
+                    pool(
+                        spec(2),
+                        &[("Server1", "server1", false), ("Server2", "server2", true)],
+                        &[],
+                    ),
+                );
+            }),
+            ("the kubelet says its pod is not ready", |api, port| {
+                api.put(PODS, pod("server1", "Server1", port, false));
+            }),
+        ];
+        for (case, leave) in cases {
+            let (frozen, arrived, frozen_task) = frozen_replica().await;
+            let (live, live_task) = replica("Server2").await;
+            let api = FakeApiServer::default();
+            api.put(
+                POOLS,
+                pool(
+                    spec(2),
+                    &[("Server1", "server1", true), ("Server2", "server2", true)],
+                    &[],
+                ),
+            );
+            api.put(PODS, pod("server1", "Server1", frozen.port(), true));
+            api.put(PODS, pod("server2", "Server2", live.port(), true));
+            let proxy = LiveProxy::start(&api).await;
+            eventually("both members are in the ring", || {
+                proxy.in_ring().len() == 2
+            })
+            .await;
+
+            let key = proxy.key_of("Server1");
+            let get = tokio::spawn({
+                let url = format!("{}/home", proxy.url);
+                async move {
+                    let response = reqwest::Client::new()
+                        .get(url)
+                        .header("x-user", key)
+                        .send()
+                        .await
+                        .unwrap();
+                    (response.status(), response.text().await.unwrap())
+                }
+            });
+            tokio::time::timeout(Duration::from_secs(5), arrived)
+                .await
+                .expect("the GET reaches the frozen replica")
+                .unwrap();
+
+            leave(&api, frozen.port());
+            let (status, body) = tokio::time::timeout(Duration::from_secs(2), get)
+                .await
+                .unwrap_or_else(|_| panic!("{case}: the waiting GET was not cut loose"))
+                .unwrap();
+            assert_eq!(status, http::StatusCode::OK, "{case}: {body}");
+            assert!(body.contains("Server: Server2"), "{case}: {body}");
+            assert_eq!(proxy.in_ring(), ["Server2"], "{case}");
+
+            proxy.stop().await;
+            frozen_task.abort();
+            live_task.abort();
+        }
+    }
 }

@@ -130,12 +130,12 @@ impl Publisher {
             || *current.ring.config() != state.ring
             || balance != state.balance_factor;
         if rebuild {
-            // Still listed but not routable: it failed (one removed is no longer listed).
-            let failed = |name: &ReplicaName| {
-                state
-                    .members
-                    .iter()
-                    .any(|m| &m.name == name && !m.health.routable())
+            // It failed if it is listed as not routable, or still desired with
+            // nothing listed for it (its pod was deleted at once). One removed on
+            // request is no longer desired: its requests in flight may finish.
+            let failed = |name: &ReplicaName| match state.members.iter().find(|m| &m.name == name) {
+                Some(member) => !member.health.routable(),
+                None => state.desired.contains(name),
             };
             let table = current.next(
                 &routable,
