@@ -12,6 +12,7 @@ use kube::runtime::watcher::Event;
 use super::*;
 use crate::metrics::Metrics;
 use crate::operator::crd::{MemberStatus, ReplacementStatus, ServerPoolSpec, ServerPoolStatus};
+use crate::operator::members;
 use crate::operator::pods::MEMBER_LABEL;
 
 fn pool(replicas: u32) -> ServerPool {
@@ -559,6 +560,107 @@ fn a_rollout_moves_a_member_to_its_new_pod_when_the_status_says_so() {
     assert_eq!(proxy.rep(), ["Server1", "Server2"]);
 }
 
+/// Pool `demo` of `n` replicas, each ready by the operator's status, and their pods.
+fn serving_pool(proxy: &mut FakeProxy, n: u32) -> ServerPool {
+    let names: Vec<(String, String)> = (1..=n)
+        .map(|i| (format!("Server{i}"), format!("server{i}")))
+        .collect();
+    let ready: Vec<(&str, &str, bool)> = names
+        .iter()
+        .map(|(name, pod)| (name.as_str(), pod.as_str(), true))
+        .collect();
+    let reported = with_status(pool(n), &ready, &[]);
+    proxy.apply(&apply_pool(reported.clone()));
+    for (i, (name, pod)) in names.iter().enumerate() {
+        proxy.apply_ready_pods(&[(name, pod, &format!("10.0.0.{}", i + 1))]);
+    }
+    reported
+}
+
+#[test]
+fn a_spec_whose_names_clash_keeps_the_last_realisable_membership() {
+    let mut proxy = FakeProxy::new();
+    let reported = serving_pool(&mut proxy, 6);
+    assert_eq!(proxy.in_ring().len(), 6);
+    let rebuilds = proxy.publisher.table();
+
+    // `server1` and the default `Server1` are the same pod name: not realisable.
+    let mut clash = reported.clone();
+    clash.spec.hostnames = vec!["server1".into()];
+    assert!(members::desired_members(&clash.spec, &HashMap::new()).is_err());
+    proxy.apply(&apply_pool(clash.clone()));
+    let six: Vec<String> = (1..=6).map(|i| format!("Server{i}")).collect();
+    assert_eq!(proxy.rep(), six);
+    assert_eq!(proxy.in_ring().len(), 6);
+    // The operator, finding no members it can name, writes none in its status:
+    // the members keep serving on their pods' readiness.
+    let mut unnamed = clash.clone();
+    unnamed.status.as_mut().unwrap().members.clear();
+    proxy.apply(&apply_pool(unnamed.clone()));
+    assert_eq!(proxy.in_ring().len(), 6);
+    assert!(
+        Arc::ptr_eq(&rebuilds, &proxy.publisher.table()),
+        "the ring was never rebuilt"
+    );
+
+    // Other edits meanwhile that cannot be realised either keep the same members.
+    let mut scaled_clash = unnamed;
+    scaled_clash.spec.replicas = 3;
+    proxy.apply(&apply_pool(scaled_clash));
+    assert_eq!(proxy.rep(), six);
+
+    // A spec that can be realised again is followed.
+    let mut fixed = reported;
+    fixed.spec.replicas = 5;
+    proxy.apply(&apply_pool(fixed));
+    assert_eq!(proxy.rep(), six[..5]);
+    assert_eq!(proxy.in_ring().len(), 5);
+}
+
+#[test]
+fn weights_the_ring_cannot_hold_keep_the_last_good_ones() {
+    let mut proxy = FakeProxy::new();
+    let mut reported = serving_pool(&mut proxy, 2);
+    // The course ring: 512 slots, 9 virtual servers per unit of weight.
+    reported.spec.hashing = Some(crate::operator::crd::HashingSpec {
+        preset: Some(crate::ring::Preset::Course),
+        ..Default::default()
+    });
+    reported.spec.weights = [("Server2".to_owned(), 3)].into();
+    proxy.apply(&apply_pool(reported.clone()));
+    assert_eq!(proxy.publisher.table().ring.weights(), [1, 3]);
+
+    // 9 × 100 virtual servers do not fit in 512 slots.
+    let mut heavy = reported.clone();
+    heavy.spec.weights = [("Server2".to_owned(), 100)].into();
+    proxy.apply(&apply_pool(heavy.clone()));
+    assert_eq!(proxy.publisher.table().ring.weights(), [1, 3]);
+    // ... and a scale-up in the same edit is held back with them.
+    heavy.spec.replicas = 3;
+    proxy.apply(&apply_pool(heavy));
+    assert_eq!(proxy.rep(), ["Server1", "Server2"]);
+    assert_eq!(proxy.in_ring().len(), 2);
+}
+
+#[test]
+fn a_proxy_that_starts_on_a_spec_it_cannot_realise_routes_to_the_members_of_the_status() {
+    let mut proxy = FakeProxy::new();
+    proxy.apply_ready_pods(&[
+        ("Server1", "server1", "10.0.0.1"),
+        ("Server2", "server2", "10.0.0.2"),
+        ("Server3", "server3", "10.0.0.3"),
+    ]);
+    let mut clash = with_status(
+        pool(3),
+        &[("Server1", "server1", true), ("Server2", "server2", true)],
+        &[],
+    );
+    clash.spec.hostnames = vec!["server1".into()];
+    proxy.apply(&apply_pool(clash));
+    assert_eq!(proxy.rep(), ["Server1", "Server2"]);
+    assert_eq!(proxy.in_ring(), ["Server1@10.0.0.1", "Server2@10.0.0.2"]);
+}
+
 /// Kubernetes mode end to end, for what happens to requests: the proxy's watches
 /// on the stateful fake API server, its HTTP front on a free port, and replicas
 /// on loopback (pods whose IP is 127.0.0.1, each on its own container port).
@@ -876,5 +978,51 @@ mod live {
             frozen_task.abort();
             live_task.abort();
         }
+    }
+
+    /// The clashing-names edit of issue 18, as a proxy's watches deliver it: the
+    /// ring is not rebuilt (let alone emptied) while the spec cannot be realised.
+    #[tokio::test]
+    async fn a_clashing_names_edit_never_empties_a_watching_proxys_ring() {
+        let api = FakeApiServer::default();
+        let names: Vec<(String, String)> = (1..=6)
+            .map(|i| (format!("Server{i}"), format!("server{i}")))
+            .collect();
+        let ready: Vec<(&str, &str, bool)> = names
+            .iter()
+            .map(|(n, p)| (n.as_str(), p.as_str(), true))
+            .collect();
+        api.put(POOLS, pool(spec(6), &ready, &[]));
+        for (i, (name, pod_name)) in names.iter().enumerate() {
+            api.put(PODS, pod(pod_name, name, 5001 + i as u16, true));
+        }
+        let proxy = LiveProxy::start(&api).await;
+        eventually("the six members are in the ring", || {
+            proxy.in_ring().len() == 6
+        })
+        .await;
+        assert!(proxy.synced.load(Ordering::SeqCst));
+        let before = proxy.publisher.table();
+
+        let mut clash = spec(6);
+        clash["hostnames"] = json!(["server1"]);
+        // The operator cannot name the members: it writes none, and says why.
+        api.put(POOLS, pool(clash.clone(), &[], &[]));
+        // A later change of the same pool, to know the edit was seen.
+        api.put(POOLS, pool(clash, &[], &[("Server9", "emergency_9")]));
+        eventually("the proxy has seen the edits", || {
+            proxy.publisher.view().replacements.len() == 1
+        })
+        .await;
+        assert!(Arc::ptr_eq(&before, &proxy.publisher.table()));
+        assert_eq!(proxy.publisher.view().desired.len(), 6);
+
+        // Undone: the spec is followed again.
+        api.put(POOLS, pool(spec(4), &ready[..4], &[]));
+        eventually("the ring follows the spec again", || {
+            proxy.in_ring().len() == 4
+        })
+        .await;
+        proxy.stop().await;
     }
 }
