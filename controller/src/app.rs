@@ -348,7 +348,10 @@ async fn serve<R: Runtime>(
         Arc::new(pool.clone()),
         proxy_settings,
         metrics,
-        crate::ops::answers(),
+        crate::ops::Probes {
+            alive: crate::ops::answers(),
+            ready: crate::ops::Readiness::RingHasMembers,
+        },
     )?;
     shutdown.await;
     serving.drain().await;

@@ -85,6 +85,7 @@ pub async fn run(args: PoolProxyArgs) -> anyhow::Result<()> {
             true => Err("the watch of the pool has stopped".to_owned()),
         }
     });
+    let synced = Arc::new(AtomicBool::new(false));
     let serving = Serving::start(
         proxy_listener,
         ops_listener,
@@ -92,13 +93,19 @@ pub async fn run(args: PoolProxyArgs) -> anyhow::Result<()> {
         admin,
         args.proxy.settings(),
         metrics,
-        alive,
+        ops::Probes {
+            alive,
+            ready: ops::Readiness::Synced(synced.clone()),
+        },
     )?;
     let watch = tokio::spawn({
         let stop = serving.stopped();
         async move {
             let _ends = ops::EndsWith(watch_ended);
-            proxy::run(client, &namespace, &args.pool, publisher, reported, stop).await;
+            proxy::run_reporting_sync(
+                client, &namespace, &args.pool, publisher, reported, &synced, stop,
+            )
+            .await;
         }
     });
 

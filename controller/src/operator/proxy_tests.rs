@@ -766,6 +766,8 @@ mod live {
         pub publisher: Arc<Publisher>,
         pub synced: Arc<AtomicBool>,
         pub url: String,
+        /// The proxy's HTTP front, to call without a connection (paused clock).
+        pub router: axum::Router,
         stop: Option<oneshot::Sender<()>>,
         watch: Option<JoinHandle<()>>,
         front: JoinHandle<()>,
@@ -819,13 +821,17 @@ mod live {
             let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
             let url = format!("http://{}", listener.local_addr().unwrap());
             let router = crate::proxy::router(Arc::new(proxy));
-            let front = tokio::spawn(async move {
-                let _ = axum::serve(listener, router).await;
+            let front = tokio::spawn({
+                let router = router.clone();
+                async move {
+                    let _ = axum::serve(listener, router).await;
+                }
             });
             Self {
                 publisher,
                 synced,
                 url,
+                router,
                 stop: Some(stop),
                 watch: Some(watch),
                 front,
@@ -885,7 +891,9 @@ mod live {
     /// timeout it would otherwise wait out.
     #[tokio::test]
     async fn a_failed_members_waiting_get_is_retried_on_another_member_at_once() {
-        let cases: [(&str, fn(&FakeApiServer, u16)); 5] = [
+        /// How the member leaves, given the frozen replica's port.
+        type Leave = fn(&FakeApiServer, u16);
+        let cases: [(&str, Leave); 5] = [
             ("its pod is deleted at once (grace period 0)", |api, _| {
                 api.delete_now(PODS, "server1");
             }),
@@ -1023,6 +1031,68 @@ mod live {
             proxy.in_ring().len() == 4
         })
         .await;
+        proxy.stop().await;
+    }
+
+    /// Calls `router` without a connection: (status, JSON body).
+    pub async fn call(router: &axum::Router, uri: &str) -> (http::StatusCode, Value) {
+        use tower_service::Service;
+        let request = http::Request::get(uri)
+            .body(axum::body::Body::empty())
+            .unwrap();
+        let response = router.clone().call(request).await.unwrap();
+        let status = response.status();
+        let body = http_body_util::BodyExt::collect(response.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
+        (status, serde_json::from_slice(&body).unwrap())
+    }
+
+    /// `/readyz` of `ringlb proxy` says whether its watches have listed the pool
+    /// and its pods, not whether its ring has members: a proxy with an empty ring
+    /// stays behind its Service and answers 503 with the JSON error.
+    #[tokio::test(start_paused = true)]
+    async fn the_proxy_is_ready_once_its_watches_have_listed_and_an_empty_ring_answers_503() {
+        let api = FakeApiServer::default();
+        // Two replicas wanted, no pod running yet.
+        api.put(POOLS, pool(spec(2), &[], &[]));
+        // The pod list fails for 10 s.
+        api.fail("GET", "/pods", 500, Duration::from_secs(10));
+        let proxy = LiveProxy::start(&api).await;
+        let ops = crate::ops::router(
+            proxy.publisher.clone(),
+            Arc::new(Metrics::new()),
+            crate::ops::Probes {
+                alive: crate::ops::answers(),
+                ready: crate::ops::Readiness::Synced(proxy.synced.clone()),
+            },
+        );
+        let listed_pods = || {
+            api.calls()
+                .iter()
+                .any(|c| c.method == "GET" && c.path == PODS && !c.query.contains("watch"))
+        };
+        eventually("the proxy has tried to list the pods", listed_pods).await;
+        let (status, body) = call(&ops, "/readyz").await;
+        assert_eq!(status, http::StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        assert_eq!(body["ready"], false);
+
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        eventually("the pods are listed", || {
+            proxy.synced.load(Ordering::SeqCst)
+        })
+        .await;
+        let (status, body) = call(&ops, "/readyz").await;
+        assert_eq!(status, http::StatusCode::OK, "{body}");
+        assert_eq!(body, json!({"ready": true, "members": 0}));
+        assert!(proxy.in_ring().is_empty());
+        let (status, body) = call(&proxy.router, "/home").await;
+        assert_eq!(status, http::StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            body,
+            json!({"message": "<Error> no replica is available to serve the request", "status": "failure"})
+        );
         proxy.stop().await;
     }
 }
