@@ -48,6 +48,8 @@ struct State {
     calls: Vec<ApiCall>,
     /// Requests answered with an error instead: (method, path suffix, code, until).
     faults: Vec<(String, String, u16, tokio::time::Instant)>,
+    /// Watches deliver nothing more, as over a half-open connection.
+    stalled: bool,
 }
 
 #[derive(Clone)]
@@ -89,6 +91,13 @@ impl FakeApiServer {
             object,
             if existed { "MODIFIED" } else { "ADDED" },
         );
+    }
+
+    /// While `on`, every open watch that has an event to send stalls for good, as
+    /// over a half-open connection (its client sees nothing, not even an end);
+    /// watches made after it is off are served again.
+    pub fn stall_watches(&self, on: bool) {
+        self.state.lock().unwrap().stalled = on;
     }
 
     /// Deletes object `name` of `collection` at once, as a delete with grace
@@ -273,6 +282,9 @@ impl FakeApiServer {
                                 None
                             })
                     };
+                    if server.state.lock().unwrap().stalled {
+                        std::future::pending::<()>().await;
+                    }
                     if let Some((rv, _, kind, object)) = next {
                         let mut line =
                             serde_json::to_vec(&json!({"type": kind, "object": object})).unwrap();

@@ -1095,4 +1095,48 @@ mod live {
         );
         proxy.stop().await;
     }
+
+    /// A watch over a half-open connection (kube-rs issues 1316, 1796) delivers
+    /// nothing, not even its end: the watcher restarts it once nothing came for
+    /// the watch's server-side timeout plus 5 s, and the proxy catches up.
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_watch_is_restarted_after_its_timeout_and_a_margin() {
+        let api = FakeApiServer::default();
+        api.put(
+            POOLS,
+            pool(
+                spec(2),
+                &[("Server1", "server1", true), ("Server2", "server2", true)],
+                &[],
+            ),
+        );
+        api.put(PODS, pod("server1", "Server1", 5001, true));
+        api.put(PODS, pod("server2", "Server2", 5002, true));
+        let proxy = LiveProxy::start(&api).await;
+        eventually("both members are in the ring", || {
+            proxy.in_ring().len() == 2
+        })
+        .await;
+        let stalled_at = tokio::time::Instant::now();
+
+        api.stall_watches(true);
+        // The kubelet takes Server2 out: the stalled pod watch does not say so.
+        api.put(PODS, pod("server2", "Server2", 5002, false));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        api.stall_watches(false);
+        let margin = Duration::from_secs(5);
+        tokio::time::sleep(WATCH_TIMEOUT + margin - Duration::from_secs(2)).await;
+        assert_eq!(proxy.in_ring().len(), 2, "the stale view holds until then");
+
+        let deadline = stalled_at + WATCH_TIMEOUT + margin + Duration::from_secs(2);
+        while proxy.in_ring().len() != 1 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the watch was not restarted"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(proxy.in_ring(), ["Server1"]);
+        proxy.stop().await;
+    }
 }
