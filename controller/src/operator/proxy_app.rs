@@ -54,7 +54,8 @@ pub async fn run(args: PoolProxyArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {} (operations port)", args.ops_listen))?;
     let (client, namespace) = super::connect(args.namespace.as_deref()).await?;
 
-    let metrics = Arc::new(Metrics::new());
+    // Its per-replica series carry the pool's name.
+    let metrics = Arc::new(Metrics::for_pool(&args.pool));
     let publisher = Arc::new(Publisher::new(&RingConfig::default(), metrics.clone()));
     let (reports, reported) = tokio::sync::mpsc::channel(256);
     let admin = Arc::new(SpecAdmin::new(
