@@ -765,11 +765,15 @@ mod live {
     pub struct LiveProxy {
         pub publisher: Arc<Publisher>,
         pub synced: Arc<AtomicBool>,
+        /// Served as `ringlb proxy` serves (its worker's fast path, `Serving`).
         pub url: String,
-        /// The proxy's HTTP front, to call without a connection (paused clock).
+        /// Served by the general path alone (`proxy::router`).
+        pub general_url: String,
+        /// The general path, to call without a connection (paused clock).
         pub router: axum::Router,
         stop: Option<oneshot::Sender<()>>,
         watch: Option<JoinHandle<()>>,
+        serving: Option<crate::serving::Serving>,
         front: JoinHandle<()>,
     }
 
@@ -781,7 +785,7 @@ mod live {
                 proxy: ProxyArgs,
             }
             let args = <Args as clap::Parser>::parse_from(["ringlb", "--key", "header:x-user"]);
-            let metrics = Arc::new(Metrics::new());
+            let metrics = Arc::new(Metrics::for_pool("demo"));
             let publisher = Arc::new(Publisher::new(&RingConfig::default(), metrics.clone()));
             let (reports, reported) = mpsc::channel(16);
             let admin = Arc::new(SpecAdmin::new(
@@ -811,6 +815,25 @@ mod live {
                     .await
                 }
             });
+            let proxy_listener = crate::proxy::workers::ProxyListeners::bind(
+                SocketAddr::from(([127, 0, 0, 1], 0)),
+                1,
+            )
+            .unwrap();
+            let url = format!("http://{}", proxy_listener.local_addr());
+            let serving = crate::serving::Serving::start(
+                proxy_listener,
+                TcpListener::bind("127.0.0.1:0").await.unwrap(),
+                publisher.clone(),
+                admin.clone(),
+                args.proxy.settings(),
+                metrics.clone(),
+                crate::ops::Probes {
+                    alive: crate::ops::answers(),
+                    ready: crate::ops::Readiness::Synced(synced.clone()),
+                },
+            )
+            .unwrap();
             let proxy = crate::proxy::Proxy::new(
                 publisher.clone(),
                 admin,
@@ -819,7 +842,7 @@ mod live {
                 0,
             );
             let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let url = format!("http://{}", listener.local_addr().unwrap());
+            let general_url = format!("http://{}", listener.local_addr().unwrap());
             let router = crate::proxy::router(Arc::new(proxy));
             let front = tokio::spawn({
                 let router = router.clone();
@@ -831,9 +854,11 @@ mod live {
                 publisher,
                 synced,
                 url,
+                general_url,
                 router,
                 stop: Some(stop),
                 watch: Some(watch),
+                serving: Some(serving),
                 front,
             }
         }
@@ -860,6 +885,7 @@ mod live {
         pub async fn stop(mut self) {
             let _ = self.stop.take().unwrap().send(());
             self.watch.take().unwrap().await.unwrap();
+            self.serving.take().unwrap().drain().await;
             self.front.abort();
         }
     }
@@ -935,7 +961,11 @@ mod live {
                 api.put(PODS, pod("server1", "Server1", port, false));
             }),
         ];
-        for (case, leave) in cases {
+        let paths = [true, false];
+        for ((case, leave), fast_path) in cases
+            .into_iter()
+            .flat_map(|case| paths.map(|fast_path| (case, fast_path)))
+        {
             let (frozen, arrived, frozen_task) = frozen_replica().await;
             let (live, live_task) = replica("Server2").await;
             let api = FakeApiServer::default();
@@ -957,7 +987,12 @@ mod live {
 
             let key = proxy.key_of("Server1");
             let get = tokio::spawn({
-                let url = format!("{}/home", proxy.url);
+                let front = if fast_path {
+                    &proxy.url
+                } else {
+                    &proxy.general_url
+                };
+                let url = format!("{front}/home");
                 async move {
                     let response = reqwest::Client::new()
                         .get(url)
@@ -976,7 +1011,9 @@ mod live {
             leave(&api, frozen.port());
             let (status, body) = tokio::time::timeout(Duration::from_secs(2), get)
                 .await
-                .unwrap_or_else(|_| panic!("{case}: the waiting GET was not cut loose"))
+                .unwrap_or_else(|_| {
+                    panic!("{case} (fast path: {fast_path}): the waiting GET was not cut loose")
+                })
                 .unwrap();
             assert_eq!(status, http::StatusCode::OK, "{case}: {body}");
             assert!(body.contains("Server: Server2"), "{case}: {body}");
