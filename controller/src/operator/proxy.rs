@@ -160,8 +160,9 @@ pub fn pool_state(
     // Desired members first, each on the pod the operator's status names (during a
     // rollout it moves a member from its old pod to its new one, after the new one
     // answers) or else the one with the expected name; then any other pod of the
-    // pool that names a replica (one being removed or replaced); pods being
-    // deleted last, so that a name's live pod stands for it.
+    // pool that names a replica (one being removed or replaced). A pod being
+    // deleted is not listed: a desired member left without a pod is cut loose by
+    // the publisher as it leaves the ring (it will not answer what it was sent).
     let expected: HashMap<&str, &ReplicaName> = desired
         .iter()
         .map(|(n, pod)| {
@@ -172,18 +173,14 @@ pub fn pool_state(
     let mut ordered: Vec<&Arc<Pod>> = pods.iter().collect();
     ordered.sort_by_key(|p| {
         let name = p.metadata.name.as_deref().unwrap_or_default();
-        (
-            p.metadata.deletion_timestamp.is_some(),
-            !expected.contains_key(name),
-            name.to_owned(),
-        )
+        (!expected.contains_key(name), name.to_owned())
     });
     for pod in ordered {
         let replica = replica_pod(pod);
         let Some(name) = replica.name.clone() else {
             continue;
         };
-        if !listed.insert(name.clone()) {
+        if replica.state == PodState::Terminating || !listed.insert(name.clone()) {
             continue;
         }
         let addr = replica
@@ -199,12 +196,11 @@ pub fn pool_state(
                 None => kubelet_ready == Some(true),
             };
         let suspect = addr.is_some() && suspects.get(&name) == addr.as_ref();
-        // A pod being deleted, or whose container exited, will not answer what it
-        // was sent; nor will one that was replaced. Listed as failed, they are cut
-        // loose as they leave the ring instead of holding requests until their
-        // pod is killed.
-        let gone = matches!(replica.state, PodState::Exited | PodState::Terminating);
-        let health = match (gone || replaced(&name), serving, suspect) {
+        // A replica whose container exited will not answer what it was sent; nor
+        // will one that was replaced. Listed as failed, they are cut loose as they
+        // leave the ring instead of holding requests until their pod is killed.
+        let failed = replica.state == PodState::Exited || replaced(&name);
+        let health = match (failed, serving, suspect) {
             (true, _, _) => Health::Failed,
             (_, true, true) => Health::Suspect,
             (_, true, false) => Health::Healthy,
