@@ -568,7 +568,7 @@ async fn operations_port_reports_health_readiness_metrics_and_the_ring() {
     let metrics = get("/metrics").await.unwrap().text().await.unwrap();
     let mut counted = 0;
     for (name, count) in &counts {
-        let line = format!("ringlb_responses_total{{replica=\"{name}\"}} {count}");
+        let line = format!("ringlb_responses_total{{pool=\"local\",replica=\"{name}\"}} {count}");
         assert!(
             metrics.lines().any(|l| l == line),
             "no `{line}` in\n{metrics}"

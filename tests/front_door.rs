@@ -251,7 +251,7 @@ async fn a_replica_that_stalls_mid_body_is_cut_off_and_reported() {
         .await
         .unwrap();
     assert!(
-        metrics.contains(r#"ringlb_upstream_read_timeouts_total{replica="Fake"} 1"#),
+        metrics.contains(r#"ringlb_upstream_read_timeouts_total{pool="local",replica="Fake"} 1"#),
         "{metrics}"
     );
 }

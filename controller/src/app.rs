@@ -250,7 +250,11 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         proxy_listener,
         ops_listener,
         proxy_settings,
-        metrics: Arc::new(Metrics::new()),
+        // The `pool` label of per-replica series: the Docker network names the pool.
+        metrics: Arc::new(match args.runtime {
+            RuntimeKind::Docker => Metrics::for_pool(&args.docker_network),
+            RuntimeKind::Process => Metrics::new(),
+        }),
         shutdown: Box::pin(shutdown),
     };
     if args.external.is_empty() {
@@ -348,7 +352,10 @@ async fn serve<R: Runtime>(
         Arc::new(pool.clone()),
         proxy_settings,
         metrics,
-        crate::ops::answers(),
+        crate::ops::Probes {
+            alive: crate::ops::answers(),
+            ready: crate::ops::Readiness::RingHasMembers,
+        },
     )?;
     shutdown.await;
     serving.drain().await;

@@ -1,5 +1,12 @@
 //! Prometheus metrics: requests and latency per replica, heartbeat failures,
 //! replacements, ring rebuilds, admin changes.
+//!
+//! Every per-replica series carries the labels `pool` and `replica`, and is removed
+//! when its replica leaves the pool (the publisher calls [`Metrics::forget_replica`]),
+//! so that a pool that replaces replicas for months does not grow its `/metrics`
+//! without bound. The pool is the `ServerPool`'s name in Kubernetes; under
+//! `ringlb up` it is [`LOCAL_POOL`], or the Docker network with `--runtime docker`
+//! (the network names the pool there).
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -12,8 +19,12 @@ use crate::replica_name::ReplicaName;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReplicaLabel {
+    pool: String,
     replica: String,
 }
+
+/// The `pool` label of `ringlb up` with local processes or `--replica` servers.
+pub const LOCAL_POOL: &str = "local";
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct AdminLabel {
@@ -26,6 +37,8 @@ fn new_latency_histogram() -> Histogram {
 }
 
 pub struct Metrics {
+    /// The pool this process serves: the `pool` label of its per-replica series.
+    pool: String,
     registry: Registry,
     responses: Family<ReplicaLabel, Counter>,
     forward_failures: Family<ReplicaLabel, Counter>,
@@ -50,7 +63,13 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// The metrics of a process that serves pool [`LOCAL_POOL`] (or none: the operator).
     pub fn new() -> Self {
+        Self::for_pool(LOCAL_POOL)
+    }
+
+    /// The metrics of a process that serves pool `pool`.
+    pub fn for_pool(pool: &str) -> Self {
         let mut registry = Registry::with_prefix("ringlb");
         let responses = Family::<ReplicaLabel, Counter>::default();
         let forward_failures = Family::<ReplicaLabel, Counter>::default();
@@ -133,6 +152,7 @@ impl Metrics {
             admin_changes.clone(),
         );
         Self {
+            pool: pool.to_owned(),
             registry,
             responses,
             forward_failures,
@@ -150,34 +170,56 @@ impl Metrics {
         }
     }
 
-    fn label(name: &ReplicaName) -> ReplicaLabel {
+    /// The pool this process serves.
+    pub fn pool(&self) -> &str {
+        &self.pool
+    }
+
+    fn label(&self, name: &ReplicaName) -> ReplicaLabel {
+        Self::label_in(&self.pool, name)
+    }
+
+    fn label_in(pool: &str, name: &ReplicaName) -> ReplicaLabel {
         ReplicaLabel {
+            pool: pool.to_owned(),
             replica: name.to_string(),
         }
     }
 
     pub fn responses(&self, name: &ReplicaName) -> Counter {
-        self.responses.get_or_create(&Self::label(name)).clone()
+        self.responses.get_or_create(&self.label(name)).clone()
     }
 
     pub fn forward_failures(&self, name: &ReplicaName) -> Counter {
         self.forward_failures
-            .get_or_create(&Self::label(name))
+            .get_or_create(&self.label(name))
             .clone()
     }
 
     pub fn latency(&self, name: &ReplicaName) -> Histogram {
-        self.latency.get_or_create(&Self::label(name)).clone()
+        self.latency.get_or_create(&self.label(name)).clone()
     }
 
-    pub fn heartbeat_failed(&self, name: &ReplicaName) {
+    /// A heartbeat of replica `name` of pool `pool` failed (the operator
+    /// heartbeats the replicas of every pool of its namespace).
+    pub fn heartbeat_failed(&self, pool: &str, name: &ReplicaName) {
         self.heartbeat_failures
-            .get_or_create(&Self::label(name))
+            .get_or_create(&Self::label_in(pool, name))
             .inc();
     }
 
     pub fn read_timeout(&self, name: &ReplicaName) {
-        self.read_timeouts.get_or_create(&Self::label(name)).inc();
+        self.read_timeouts.get_or_create(&self.label(name)).inc();
+    }
+
+    /// Removes every series of replica `name` of `pool`: it left the pool.
+    pub fn forget_replica(&self, pool: &str, name: &ReplicaName) {
+        let label = Self::label_in(pool, name);
+        self.responses.remove(&label);
+        self.forward_failures.remove(&label);
+        self.latency.remove(&label);
+        self.heartbeat_failures.remove(&label);
+        self.read_timeouts.remove(&label);
     }
 
     pub fn admin_change(&self, operation: &str) {

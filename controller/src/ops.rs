@@ -38,10 +38,34 @@ impl Drop for EndsWith {
     }
 }
 
+/// When a process that serves a pool takes traffic (`/readyz`).
+#[derive(Clone)]
+pub enum Readiness {
+    /// Once a replica is in the ring (`ringlb up`: it starts its replicas itself).
+    RingHasMembers,
+    /// Once the flag is set: `ringlb proxy`, once its watches have listed the pool
+    /// and its pods. Its ring may then be empty: requests get a 503 that says so,
+    /// where a Service without the proxy's endpoint would refuse their connections.
+    Synced(Arc<std::sync::atomic::AtomicBool>),
+}
+
+/// What the kubelet asks a process that serves a pool.
+#[derive(Clone)]
+pub struct Probes {
+    /// `/healthz`.
+    pub alive: Liveness,
+    /// `/readyz`.
+    pub ready: Readiness,
+}
+
 /// The routes of a process that serves a pool.
-pub fn router(publisher: Arc<Publisher>, metrics: Arc<Metrics>, alive: Liveness) -> Router {
+pub fn router(publisher: Arc<Publisher>, metrics: Arc<Metrics>, probes: Probes) -> Router {
+    let Probes { alive, ready } = probes;
     Router::new()
-        .route("/readyz", get(readyz))
+        .route(
+            "/readyz",
+            get(readyz).with_state((publisher.clone(), ready)),
+        )
         .route("/ring", get(ring))
         .with_state(publisher.clone())
         .merge(dashboard::router(publisher))
@@ -82,18 +106,21 @@ async fn encode_metrics(State(metrics): State<Arc<Metrics>>) -> impl IntoRespons
     )
 }
 
-/// Ready when at least one replica is in the ring: only then can a request be served.
-async fn readyz(State(publisher): State<Arc<Publisher>>) -> impl IntoResponse {
+/// Ready as [`Readiness`] says; the body also counts the members in the ring.
+async fn readyz(
+    State((publisher, readiness)): State<(Arc<Publisher>, Readiness)>,
+) -> impl IntoResponse {
     let members = publisher.routing().load().backends.len();
-    let status = if members > 0 {
+    let ready = match &readiness {
+        Readiness::RingHasMembers => members > 0,
+        Readiness::Synced(synced) => synced.load(std::sync::atomic::Ordering::SeqCst),
+    };
+    let status = if ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (
-        status,
-        Json(json!({"ready": members > 0, "members": members})),
-    )
+    (status, Json(json!({"ready": ready, "members": members})))
 }
 
 async fn ring(State(publisher): State<Arc<Publisher>>) -> impl IntoResponse {

@@ -34,7 +34,7 @@ impl Serving {
         admin: Arc<dyn PoolAdmin>,
         settings: ProxySettings,
         metrics: Arc<Metrics>,
-        alive: ops::Liveness,
+        probes: ops::Probes,
     ) -> std::io::Result<Self> {
         let (stop, _) = watch::channel(false);
         let make_proxy = {
@@ -59,7 +59,7 @@ impl Serving {
             stop.subscribe(),
         )?;
         let ops = tokio::spawn(
-            axum::serve(ops_listener, ops::router(publisher, metrics, alive))
+            axum::serve(ops_listener, ops::router(publisher, metrics, probes))
                 .with_graceful_shutdown(stopped(stop.subscribe()))
                 .into_future(),
         );

@@ -50,6 +50,8 @@ struct State {
     faults: Vec<(String, String, u16, tokio::time::Instant)>,
     /// Requests held unanswered until released: (method, path suffix, released).
     holds: Vec<(String, String, tokio::sync::watch::Receiver<bool>)>,
+    /// Watches deliver nothing more, as over a half-open connection.
+    stalled: bool,
 }
 
 #[derive(Clone)]
@@ -91,6 +93,22 @@ impl FakeApiServer {
             object,
             if existed { "MODIFIED" } else { "ADDED" },
         );
+    }
+
+    /// While `on`, every open watch that has an event to send stalls for good, as
+    /// over a half-open connection (its client sees nothing, not even an end);
+    /// watches made after it is off are served again.
+    pub fn stall_watches(&self, on: bool) {
+        self.state.lock().unwrap().stalled = on;
+    }
+
+    /// Deletes object `name` of `collection` at once, as a delete with grace
+    /// period 0 ends (nothing it owns is collected).
+    pub fn delete_now(&self, collection: &str, name: &str) {
+        let mut state = self.state.lock().unwrap();
+        if remove(&mut state, collection, name).is_some() {
+            self.changed.send_replace(state.version);
+        }
     }
 
     pub fn get(&self, collection: &str, name: &str) -> Option<Value> {
@@ -288,6 +306,9 @@ impl FakeApiServer {
                                 None
                             })
                     };
+                    if server.state.lock().unwrap().stalled {
+                        std::future::pending::<()>().await;
+                    }
                     if let Some((rv, _, kind, object)) = next {
                         let mut line =
                             serde_json::to_vec(&json!({"type": kind, "object": object})).unwrap();

@@ -383,7 +383,7 @@ impl Round {
             entry.settle(now);
             if let Some(name) = &pod.name {
                 if !ok {
-                    self.metrics.heartbeat_failed(name);
+                    self.metrics.heartbeat_failed(&self.pool.name, name);
                 }
                 if was != Health::Failed && entry.state.health == Health::Failed {
                     tracing::warn!(pool = %self.pool.name, replica = %name, "replica failed its heartbeats");

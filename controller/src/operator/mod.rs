@@ -33,12 +33,184 @@ pub mod spec_admin;
 pub use crd::{ServerPool, ServerPoolSpec, ServerPoolStatus};
 
 /// The API client both in-cluster commands use, and the namespace they work in:
-/// `namespace`, or the pod's own (the kubeconfig's outside a cluster).
+/// `namespace`, or the pod's own (the kubeconfig's outside a cluster). Its calls
+/// have deadlines ([`ApiDeadlines`]).
 pub async fn connect(namespace: Option<&str>) -> anyhow::Result<(kube::Client, String)> {
     use anyhow::Context as _;
-    let client = kube::Client::try_default().await.context(
+    let mut config = kube::Config::infer().await.context(
         "cannot reach the Kubernetes API (in a pod: its service account; outside: ~/.kube/config)",
     )?;
-    let namespace = namespace.map_or_else(|| client.default_namespace().to_owned(), str::to_owned);
-    Ok((client, namespace))
+    config.connect_timeout = Some(API_CONNECT_TIMEOUT);
+    // No `read_timeout`: hyper-timeout would apply it to every read of a
+    // connection, a watch's included, and cut idle watches. See `ApiDeadlines`.
+    config.read_timeout = None;
+    let namespace = namespace.map_or_else(|| config.default_namespace.clone(), str::to_owned);
+    let client =
+        kube::Client::try_from(config).context("cannot build the Kubernetes API client")?;
+    Ok((ApiDeadlines::wrap(client, API_CALL_TIMEOUT), namespace))
+}
+
+/// Time to open a connection to the API server.
+pub const API_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// The longest a call to the API (but a watch's events) may take, answer read
+/// whole: far above what a healthy API server takes for this program's namespaced
+/// lists and patches, and below its own 60 s request timeout, so that a half-open
+/// connection fails a reconciler pass, an `/add` or a watch's (re)start instead of
+/// hanging it while `/healthz` stays green.
+pub const API_CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// Deadlines on the calls of a [`kube::Client`]: every call but a watch must be
+/// answered, body included, within the deadline; a watch must send its response
+/// head within it, and its events are then the watcher's to time: kube-runtime 5
+/// restarts a watch on which nothing, not even a bookmark, came for its
+/// server-side `timeoutSeconds` plus 5 s (kube-rs issues 1316 and 1796: a
+/// half-open connection stalls a watch forever; kube-rs PR 1945).
+#[derive(Clone)]
+pub struct ApiDeadlines {
+    inner: kube::Client,
+    deadline: std::time::Duration,
+}
+
+/// A call to the API that did not finish within its deadline.
+#[derive(Debug, thiserror::Error)]
+#[error("the Kubernetes API did not answer within {0:?}")]
+pub struct ApiTimeout(std::time::Duration);
+
+impl ApiDeadlines {
+    /// `client`, each of whose calls has `deadline`.
+    pub fn wrap(client: kube::Client, deadline: std::time::Duration) -> kube::Client {
+        let valid_until = *client.valid_until();
+        let default_namespace = client.default_namespace().to_owned();
+        kube::Client::new(
+            Self {
+                inner: client,
+                deadline,
+            },
+            default_namespace,
+        )
+        .with_valid_until(valid_until)
+    }
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl tower_service::Service<http::Request<kube::client::Body>> for ApiDeadlines {
+    type Response = http::Response<kube::client::Body>;
+    type Error = BoxError;
+    type Future = futures::future::BoxFuture<'static, Result<Self::Response, BoxError>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), BoxError>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<kube::client::Body>) -> Self::Future {
+        let watch = request.uri().query().is_some_and(|query| {
+            query
+                .split('&')
+                .any(|pair| pair == "watch=true" || pair == "watch=1")
+        });
+        let (inner, deadline) = (self.inner.clone(), self.deadline);
+        Box::pin(async move {
+            let call = async {
+                let response = inner.send(request).await?;
+                if watch {
+                    return Ok(response);
+                }
+                let (parts, body) = response.into_parts();
+                let body = body.collect_bytes().await?;
+                Ok::<_, kube::Error>(http::Response::from_parts(parts, body.into()))
+            };
+            match tokio::time::timeout(deadline, call).await {
+                Ok(answer) => answer.map_err(BoxError::from),
+                Err(_elapsed) => Err(ApiTimeout(deadline).into()),
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::StreamExt;
+    use http_body_util::StreamBody;
+    use hyper::body::Frame;
+    use k8s_openapi::api::core::v1::Pod;
+    use kube::api::{Api, WatchParams};
+
+    use super::*;
+
+    type Never = StreamBody<futures::stream::Pending<Result<Frame<bytes::Bytes>, BoxError>>>;
+
+    /// An API server behind a half-open connection: nothing comes back, but (when
+    /// `watch_heads`) the response head of a watch, whose events never come.
+    #[derive(Clone)]
+    struct HalfOpen {
+        watch_heads: bool,
+    }
+
+    impl tower_service::Service<http::Request<kube::client::Body>> for HalfOpen {
+        type Response = http::Response<Never>;
+        type Error = BoxError;
+        type Future = futures::future::BoxFuture<'static, Result<Self::Response, BoxError>>;
+
+        fn poll_ready(
+            &mut self,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Result<(), BoxError>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, request: http::Request<kube::client::Body>) -> Self::Future {
+            let watch = request
+                .uri()
+                .query()
+                .unwrap_or_default()
+                .contains("watch=true");
+            let head = watch && self.watch_heads;
+            Box::pin(async move {
+                if !head {
+                    std::future::pending::<()>().await;
+                }
+                Ok(http::Response::new(StreamBody::new(
+                    futures::stream::pending(),
+                )))
+            })
+        }
+    }
+
+    fn pods(watch_heads: bool) -> Api<Pod> {
+        let client = kube::Client::new(HalfOpen { watch_heads }, "default");
+        Api::namespaced(ApiDeadlines::wrap(client, API_CALL_TIMEOUT), "default")
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_call_the_api_server_never_answers_fails_at_its_deadline() {
+        let started = tokio::time::Instant::now();
+        let error = pods(false).get("server1").await.unwrap_err();
+        assert_eq!(started.elapsed(), API_CALL_TIMEOUT);
+        assert!(
+            error.to_string().contains("did not answer within 20s"),
+            "{error}"
+        );
+
+        // A watch whose response head does not come fails alike.
+        let started = tokio::time::Instant::now();
+        let error = pods(false).watch(&WatchParams::default(), "0").await.err();
+        assert_eq!(started.elapsed(), API_CALL_TIMEOUT);
+        assert!(error.is_some());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_quiet_watch_is_not_cut_by_the_call_deadline() {
+        let mut events = pods(true)
+            .watch(&WatchParams::default(), "0")
+            .await
+            .expect("the watch's head arrives")
+            .boxed();
+        // Its events are the watcher's to time (its server-side timeout plus 5 s).
+        let waited = tokio::time::timeout(3 * API_CALL_TIMEOUT, events.next()).await;
+        assert!(waited.is_err(), "the watch stayed open, quiet: {waited:?}");
+    }
 }

@@ -17,6 +17,8 @@ use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
@@ -26,12 +28,13 @@ use kube::{Api, Client};
 use tokio::sync::mpsc;
 use tokio::task::{AbortHandle, JoinSet};
 
-use super::crd::ServerPool;
+use super::crd::{ServerPool, ServerPoolSpec, ServerPoolStatus};
 use super::members;
 use super::pods::{POOL_LABEL, PodState, replica_pod};
 use crate::health_state::{Health, HealthState};
 use crate::pool::health::{HealthSettings, HeartbeatProber, Prober};
-use crate::publish::{MemberState, PoolState, Publisher, Replacement};
+use crate::pool::membership;
+use crate::publish::{BalanceFactor, MemberState, PoolState, Publisher, Replacement};
 use crate::replica_name::ReplicaName;
 use crate::ring::RingConfig;
 
@@ -39,15 +42,70 @@ use crate::ring::RingConfig;
 /// new pod under the same name (another address) is not suspect.
 pub type SuspectAddrs = HashMap<ReplicaName, SocketAddr>;
 
+/// What a proxy keeps from one publish to the next (pure data: [`pool_state`]
+/// reads and updates it).
+///
+/// - The last spec whose membership could be realised: while the spec cannot be
+///   (names that clash as pod names, weights the ring cannot hold), the proxy
+///   routes by that one, so that no spec edit empties a ring that had members; the
+///   operator says why in `Degraded`. Likewise the last valid balance factor (the
+///   last valid ring is the publisher's own).
+/// - The slot of each member it last published as desired: a member that leaves
+///   while its slot stays was replaced (it failed), one whose slot went was
+///   removed on request. Only the first is cut loose (see `publish`).
+#[derive(Clone, Debug, Default)]
+pub struct Memory {
+    realisable: Option<ServerPoolSpec>,
+    balance_factor: Option<BalanceFactor>,
+    slots: HashMap<ReplicaName, String>,
+}
+
+/// The members a spec asks for and their weights, if the ring in use can carry them out.
+struct Membership {
+    desired: Vec<(ReplicaName, String)>,
+    weights: membership::Weights,
+}
+
+impl Membership {
+    fn of(
+        spec: &ServerPoolSpec,
+        replacements: &HashMap<String, ReplicaName>,
+        ring: &RingConfig,
+    ) -> Result<Self, String> {
+        let desired = members::desired_members(spec, replacements).map_err(|e| e.to_string())?;
+        let weights = members::member_weights(spec, replacements);
+        let names: Vec<ReplicaName> = desired.iter().map(|(n, _)| n.clone()).collect();
+        membership::check_weights(&names, &weights, ring).map_err(|e| e.to_string())?;
+        Ok(Self { desired, weights })
+    }
+
+    /// The members the operator last wrote in the status: for a proxy that has
+    /// never seen a spec it could realise.
+    fn of_status(status: &ServerPoolStatus) -> Self {
+        Self {
+            desired: status
+                .members
+                .iter()
+                .filter_map(|m| Some((ReplicaName::parse(&m.name).ok()?, m.pod.clone())))
+                .collect(),
+            weights: membership::Weights::new(),
+        }
+    }
+}
+
 /// The pool as this proxy's caches show it. `ring` is used when the pool's
-/// `spec.hashing` is invalid (the last good one; the operator reports the error).
+/// `spec.hashing` is invalid (the last good one; the operator reports the error);
+/// `memory` is what earlier publishes left (see [`Memory`]).
 pub fn pool_state(
     pool: Option<&ServerPool>,
     pods: &[Arc<Pod>],
     suspects: &SuspectAddrs,
     ring: &RingConfig,
+    memory: &mut Memory,
 ) -> PoolState {
     let Some(pool) = pool else {
+        // Deleted: a pool created again under its name starts afresh.
+        *memory = Memory::default();
         return PoolState {
             desired: Vec::new(),
             members: Vec::new(),
@@ -58,15 +116,37 @@ pub fn pool_state(
     };
     let spec = &pool.spec;
     let status = pool.status.clone().unwrap_or_default();
-    let desired = members::desired_members(
-        spec,
-        &members::replacement_map(&status.emergency_replacements),
-    )
-    .unwrap_or_default();
-    let weights = members::member_weights(
-        spec,
-        &members::replacement_map(&status.emergency_replacements),
-    );
+    let ring = spec.ring_config().unwrap_or_else(|_| ring.clone());
+    // Refused by the schema; should one get past it, the operator reports it.
+    if let Ok(factor) = spec.balance_factor() {
+        memory.balance_factor = factor;
+    }
+    let replacements = members::replacement_map(&status.emergency_replacements);
+    let Membership { desired, weights } = match Membership::of(spec, &replacements, &ring) {
+        Ok(membership) => {
+            memory.realisable = Some(spec.clone());
+            membership
+        }
+        Err(error) => {
+            tracing::debug!(%error, "the spec cannot be realised: routing by the last one that could");
+            memory
+                .realisable
+                .as_ref()
+                .and_then(|good| Membership::of(good, &replacements, &ring).ok())
+                .unwrap_or_else(|| Membership::of_status(&status))
+        }
+    };
+    let slot_of = |name: &ReplicaName| members::slot_of(name, &status.emergency_replacements);
+    let slots_now: HashSet<String> = desired.iter().map(|(n, _)| slot_of(n)).collect();
+    // Left the desired members while its slot stayed: another replica holds the
+    // slot now because this one failed.
+    let replaced = |name: &ReplicaName| {
+        !desired.iter().any(|(n, _)| n == name)
+            && memory
+                .slots
+                .get(name)
+                .is_some_and(|slot| slots_now.contains(slot))
+    };
     let said_ready = |name: &ReplicaName, pod: &str| {
         status
             .members
@@ -80,7 +160,9 @@ pub fn pool_state(
     // Desired members first, each on the pod the operator's status names (during a
     // rollout it moves a member from its old pod to its new one, after the new one
     // answers) or else the one with the expected name; then any other pod of the
-    // pool that names a replica (one being removed or replaced).
+    // pool that names a replica (one being removed or replaced). A pod being
+    // deleted is not listed: a desired member left without a pod is cut loose by
+    // the publisher as it leaves the ring (it will not answer what it was sent).
     let expected: HashMap<&str, &ReplicaName> = desired
         .iter()
         .map(|(n, pod)| {
@@ -114,8 +196,12 @@ pub fn pool_state(
                 None => kubelet_ready == Some(true),
             };
         let suspect = addr.is_some() && suspects.get(&name) == addr.as_ref();
-        let health = match (replica.state, serving, suspect) {
-            (PodState::Exited, _, _) => Health::Failed,
+        // A replica whose container exited will not answer what it was sent; nor
+        // will one that was replaced. Listed as failed, they are cut loose as they
+        // leave the ring instead of holding requests until their pod is killed.
+        let failed = replica.state == PodState::Exited || replaced(&name);
+        let health = match (failed, serving, suspect) {
+            (true, _, _) => Health::Failed,
             (_, true, true) => Health::Suspect,
             (_, true, false) => Health::Healthy,
             _ => Health::Starting,
@@ -132,6 +218,10 @@ pub fn pool_state(
             },
         });
     }
+    memory.slots = desired
+        .iter()
+        .map(|(n, _)| (n.clone(), slot_of(n)))
+        .collect();
 
     PoolState {
         desired: desired.into_iter().map(|(name, _)| name).collect(),
@@ -146,10 +236,8 @@ pub fn pool_state(
                 })
             })
             .collect(),
-        ring: spec.ring_config().unwrap_or_else(|_| ring.clone()),
-        // Refused by the schema; should one get past it, the operator reports it and
-        // requests are routed without a bound.
-        balance_factor: spec.balance_factor().unwrap_or_default(),
+        ring,
+        balance_factor: memory.balance_factor,
     }
 }
 
@@ -249,36 +337,74 @@ pub async fn run(
     namespace: &str,
     pool: &str,
     publisher: Arc<Publisher>,
+    reports: mpsc::Receiver<ReplicaName>,
+    stop: impl Future<Output = ()>,
+) {
+    let synced = Arc::new(AtomicBool::new(false));
+    run_reporting_sync(client, namespace, pool, publisher, reports, &synced, stop).await;
+}
+
+/// The server-side timeout of each watch request (`timeoutSeconds`). kube-runtime's
+/// watcher restarts a watch on which nothing, not even a bookmark, arrived for this
+/// long plus 5 s: a half-open connection (kube-rs issues 1316 and 1796) then stalls
+/// the proxy's view of its pool for at most that, instead of for good.
+pub const WATCH_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// [`run`], setting `synced` once the initial list of the pool and of its pods
+/// are both in the caches: from then on what is published is the pool as it is,
+/// and the proxy is ready (an empty ring then answers 503, not connection errors).
+pub async fn run_reporting_sync(
+    client: Client,
+    namespace: &str,
+    pool: &str,
+    publisher: Arc<Publisher>,
     mut reports: mpsc::Receiver<ReplicaName>,
+    synced: &AtomicBool,
     stop: impl Future<Output = ()>,
 ) {
     let pools: Api<ServerPool> = Api::namespaced(client.clone(), namespace);
     let pods: Api<Pod> = Api::namespaced(client, namespace);
     let (pool_cache, pool_writer) = reflector::store();
     let (pod_cache, pod_writer) = reflector::store();
+    let timeout = WATCH_TIMEOUT.as_secs() as u32;
+    // Each item says whether it ended an initial list, and of which cache.
     let pool_events = watcher(
         pools,
-        watcher::Config::default().fields(&format!("metadata.name={pool}")),
+        watcher::Config::default()
+            .fields(&format!("metadata.name={pool}"))
+            .timeout(timeout),
     )
     .default_backoff()
     .reflect(pool_writer)
-    .map(|event| event.map(drop));
+    .map(|event| event.map(|e| matches!(e, watcher::Event::InitDone).then_some(Cache::Pool)));
     let pod_events = watcher(
         pods,
-        watcher::Config::default().labels(&format!("{POOL_LABEL}={pool}")),
+        watcher::Config::default()
+            .labels(&format!("{POOL_LABEL}={pool}"))
+            .timeout(timeout),
     )
     .default_backoff()
     .reflect(pod_writer)
-    .map(|event| event.map(drop));
+    .map(|event| event.map(|e| matches!(e, watcher::Event::InitDone).then_some(Cache::Pods)));
     let mut events = std::pin::pin!(futures::stream::select(pool_events, pod_events));
     let mut suspects = Suspects::new(Arc::new(HeartbeatProber::default()));
+    let mut memory = Memory::default();
+    let mut listed: HashSet<Cache> = HashSet::new();
     let mut stop = std::pin::pin!(stop);
 
     loop {
         tokio::select! {
             () = &mut stop => return,
             event = events.next() => match event {
-                Some(Ok(())) => {}
+                Some(Ok(listed_one)) => {
+                    if let Some(cache) = listed_one
+                        && listed.insert(cache)
+                        && listed.len() == 2
+                    {
+                        tracing::info!("the pool and its pods are listed: ready");
+                        synced.store(true, Ordering::SeqCst);
+                    }
+                }
                 Some(Err(error)) => {
                     tracing::warn!(%error, "watch failed; retrying");
                     continue;
@@ -286,7 +412,7 @@ pub async fn run(
                 None => return,
             },
             Some(name) = reports.recv() => {
-                let state = current(&pool_cache, &pod_cache, &suspects, &publisher);
+                let state = current(&pool_cache, &pod_cache, &suspects, &publisher, &mut memory.clone());
                 let addr = state.members.iter().find(|m| m.name == name).and_then(|m| m.addr);
                 let health = pool_cache
                     .state()
@@ -300,10 +426,17 @@ pub async fn run(
             }
             _ = suspects.next_answer() => {}
         }
-        let state = current(&pool_cache, &pod_cache, &suspects, &publisher);
+        let state = current(&pool_cache, &pod_cache, &suspects, &publisher, &mut memory);
         suspects.retain_current(&state);
         publisher.publish(&state);
     }
+}
+
+/// The two caches a proxy lists before it is ready.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Cache {
+    Pool,
+    Pods,
 }
 
 fn current(
@@ -311,6 +444,7 @@ fn current(
     pods: &Store<Pod>,
     suspects: &Suspects,
     publisher: &Publisher,
+    memory: &mut Memory,
 ) -> PoolState {
     // The pool cache holds at most the one pool this proxy serves.
     let pool = pools.state().into_iter().next();
@@ -319,6 +453,7 @@ fn current(
         &pods.state(),
         suspects.addrs(),
         publisher.table().ring.config(),
+        memory,
     )
 }
 

@@ -54,7 +54,8 @@ pub async fn run(args: PoolProxyArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {} (operations port)", args.ops_listen))?;
     let (client, namespace) = super::connect(args.namespace.as_deref()).await?;
 
-    let metrics = Arc::new(Metrics::new());
+    // Its per-replica series carry the pool's name.
+    let metrics = Arc::new(Metrics::for_pool(&args.pool));
     let publisher = Arc::new(Publisher::new(&RingConfig::default(), metrics.clone()));
     let (reports, reported) = tokio::sync::mpsc::channel(256);
     let admin = Arc::new(SpecAdmin::new(
@@ -85,6 +86,7 @@ pub async fn run(args: PoolProxyArgs) -> anyhow::Result<()> {
             true => Err("the watch of the pool has stopped".to_owned()),
         }
     });
+    let synced = Arc::new(AtomicBool::new(false));
     let serving = Serving::start(
         proxy_listener,
         ops_listener,
@@ -92,13 +94,19 @@ pub async fn run(args: PoolProxyArgs) -> anyhow::Result<()> {
         admin,
         args.proxy.settings(),
         metrics,
-        alive,
+        ops::Probes {
+            alive,
+            ready: ops::Readiness::Synced(synced.clone()),
+        },
     )?;
     let watch = tokio::spawn({
         let stop = serving.stopped();
         async move {
             let _ends = ops::EndsWith(watch_ended);
-            proxy::run(client, &namespace, &args.pool, publisher, reported, stop).await;
+            proxy::run_reporting_sync(
+                client, &namespace, &args.pool, publisher, reported, &synced, stop,
+            )
+            .await;
         }
     });
 

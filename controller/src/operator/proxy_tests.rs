@@ -12,6 +12,7 @@ use kube::runtime::watcher::Event;
 use super::*;
 use crate::metrics::Metrics;
 use crate::operator::crd::{MemberStatus, ReplacementStatus, ServerPoolSpec, ServerPoolStatus};
+use crate::operator::members;
 use crate::operator::pods::MEMBER_LABEL;
 
 fn pool(replicas: u32) -> ServerPool {
@@ -95,6 +96,7 @@ struct FakeProxy {
     pods: Store<Pod>,
     pod_writer: Writer<Pod>,
     suspects: SuspectAddrs,
+    memory: Memory,
     publisher: Publisher,
 }
 
@@ -113,6 +115,7 @@ impl FakeProxy {
             pods,
             pod_writer,
             suspects: SuspectAddrs::new(),
+            memory: Memory::default(),
             publisher: Publisher::new(&RingConfig::default(), Arc::new(Metrics::new())),
         }
     }
@@ -129,6 +132,7 @@ impl FakeProxy {
             &self.pods.state(),
             &self.suspects,
             self.publisher.table().ring.config(),
+            &mut self.memory,
         );
         self.publisher.publish(&state);
     }
@@ -408,6 +412,7 @@ async fn a_member_this_proxy_could_not_reach_is_out_of_its_ring_until_it_answers
             &pods,
             suspects.addrs(),
             &RingConfig::default(),
+            &mut Memory::default(),
         )
     };
     let serving = |state: &PoolState| -> Vec<String> {
@@ -456,6 +461,7 @@ async fn a_member_this_proxy_could_not_reach_is_out_of_its_ring_until_it_answers
         &moved,
         suspects.addrs(),
         &RingConfig::default(),
+        &mut Memory::default(),
     );
     assert_eq!(serving(&after), ["Server1", "Server2"]);
     suspects.retain_current(&after);
@@ -553,4 +559,622 @@ fn a_rollout_moves_a_member_to_its_new_pod_when_the_status_says_so() {
         );
     }
     assert_eq!(proxy.rep(), ["Server1", "Server2"]);
+}
+
+/// Pool `demo` of `n` replicas, each ready by the operator's status, and their pods.
+fn serving_pool(proxy: &mut FakeProxy, n: u32) -> ServerPool {
+    let names: Vec<(String, String)> = (1..=n)
+        .map(|i| (format!("Server{i}"), format!("server{i}")))
+        .collect();
+    let ready: Vec<(&str, &str, bool)> = names
+        .iter()
+        .map(|(name, pod)| (name.as_str(), pod.as_str(), true))
+        .collect();
+    let reported = with_status(pool(n), &ready, &[]);
+    proxy.apply(&apply_pool(reported.clone()));
+    for (i, (name, pod)) in names.iter().enumerate() {
+        proxy.apply_ready_pods(&[(name, pod, &format!("10.0.0.{}", i + 1))]);
+    }
+    reported
+}
+
+#[test]
+fn a_spec_whose_names_clash_keeps_the_last_realisable_membership() {
+    let mut proxy = FakeProxy::new();
+    let reported = serving_pool(&mut proxy, 6);
+    assert_eq!(proxy.in_ring().len(), 6);
+    let rebuilds = proxy.publisher.table();
+
+    // `server1` and the default `Server1` are the same pod name: not realisable.
+    let mut clash = reported.clone();
+    clash.spec.hostnames = vec!["server1".into()];
+    assert!(members::desired_members(&clash.spec, &HashMap::new()).is_err());
+    proxy.apply(&apply_pool(clash.clone()));
+    let six: Vec<String> = (1..=6).map(|i| format!("Server{i}")).collect();
+    assert_eq!(proxy.rep(), six);
+    assert_eq!(proxy.in_ring().len(), 6);
+    // The operator, finding no members it can name, writes none in its status:
+    // the members keep serving on their pods' readiness.
+    let mut unnamed = clash.clone();
+    unnamed.status.as_mut().unwrap().members.clear();
+    proxy.apply(&apply_pool(unnamed.clone()));
+    assert_eq!(proxy.in_ring().len(), 6);
+    assert!(
+        Arc::ptr_eq(&rebuilds, &proxy.publisher.table()),
+        "the ring was never rebuilt"
+    );
+
+    // Other edits meanwhile that cannot be realised either keep the same members.
+    let mut scaled_clash = unnamed;
+    scaled_clash.spec.replicas = 3;
+    proxy.apply(&apply_pool(scaled_clash));
+    assert_eq!(proxy.rep(), six);
+
+    // A spec that can be realised again is followed.
+    let mut fixed = reported;
+    fixed.spec.replicas = 5;
+    proxy.apply(&apply_pool(fixed));
+    assert_eq!(proxy.rep(), six[..5]);
+    assert_eq!(proxy.in_ring().len(), 5);
+}
+
+#[test]
+fn weights_the_ring_cannot_hold_keep_the_last_good_ones() {
+    let mut proxy = FakeProxy::new();
+    let mut reported = serving_pool(&mut proxy, 2);
+    // The course ring: 512 slots, 9 virtual servers per unit of weight.
+    reported.spec.hashing = Some(crate::operator::crd::HashingSpec {
+        preset: Some(crate::ring::Preset::Course),
+        ..Default::default()
+    });
+    reported.spec.weights = [("Server2".to_owned(), 3)].into();
+    proxy.apply(&apply_pool(reported.clone()));
+    assert_eq!(proxy.publisher.table().ring.weights(), [1, 3]);
+
+    // 9 × 100 virtual servers do not fit in 512 slots.
+    let mut heavy = reported.clone();
+    heavy.spec.weights = [("Server2".to_owned(), 100)].into();
+    proxy.apply(&apply_pool(heavy.clone()));
+    assert_eq!(proxy.publisher.table().ring.weights(), [1, 3]);
+    // ... and a scale-up in the same edit is held back with them.
+    heavy.spec.replicas = 3;
+    proxy.apply(&apply_pool(heavy));
+    assert_eq!(proxy.rep(), ["Server1", "Server2"]);
+    assert_eq!(proxy.in_ring().len(), 2);
+}
+
+#[test]
+fn a_proxy_that_starts_on_a_spec_it_cannot_realise_routes_to_the_members_of_the_status() {
+    let mut proxy = FakeProxy::new();
+    proxy.apply_ready_pods(&[
+        ("Server1", "server1", "10.0.0.1"),
+        ("Server2", "server2", "10.0.0.2"),
+        ("Server3", "server3", "10.0.0.3"),
+    ]);
+    let mut clash = with_status(
+        pool(3),
+        &[("Server1", "server1", true), ("Server2", "server2", true)],
+        &[],
+    );
+    clash.spec.hostnames = vec!["server1".into()];
+    proxy.apply(&apply_pool(clash));
+    assert_eq!(proxy.rep(), ["Server1", "Server2"]);
+    assert_eq!(proxy.in_ring(), ["Server1@10.0.0.1", "Server2@10.0.0.2"]);
+}
+
+/// Kubernetes mode end to end, for what happens to requests: the proxy's watches
+/// on the stateful fake API server, its HTTP front on a free port, and replicas
+/// on loopback (pods whose IP is 127.0.0.1, each on its own container port).
+mod live {
+    use std::sync::atomic::AtomicBool;
+
+    use serde_json::{Value, json};
+    use tokio::io::AsyncReadExt;
+    use tokio::net::TcpListener;
+    use tokio::sync::oneshot;
+    use tokio::task::JoinHandle;
+
+    use super::*;
+    use crate::operator::api_usage_tests::{PODS, POOLS};
+    use crate::operator::fixtures::FakeApiServer;
+    use crate::operator::spec_admin::SpecAdmin;
+    use crate::proxy::ProxyArgs;
+
+    /// A replica frozen mid-request: it accepts connections and reads what it is
+    /// sent, and never answers. `arrived` fires when a request has reached it.
+    pub async fn frozen_replica() -> (SocketAddr, oneshot::Receiver<()>, JoinHandle<()>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (arrived, arrival) = oneshot::channel();
+        let task = tokio::spawn(async move {
+            let mut arrived = Some(arrived);
+            let mut held = Vec::new();
+            loop {
+                let Ok((mut stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let mut buf = vec![0u8; 4096];
+                let read = stream.read(&mut buf).await.unwrap_or(0);
+                if read > 0
+                    && let Some(arrived) = arrived.take()
+                {
+                    let _ = arrived.send(());
+                }
+                held.push(stream);
+            }
+        });
+        (addr, arrival, task)
+    }
+
+    /// A replica that answers every request as `name` does.
+    pub async fn replica(name: &'static str) -> (SocketAddr, JoinHandle<()>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = axum::Router::new().fallback(move || async move {
+            axum::Json(
+                json!({"message": format!("Hello from Server: {name}"), "status": "successful"}),
+            )
+        });
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        (addr, task)
+    }
+
+    /// A running pod of pool `demo` on 127.0.0.1, its container on `port`.
+    pub fn pod(name: &str, member: &str, port: u16, ready: bool) -> Value {
+        json!({
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": name, "namespace": "default", "uid": format!("uid-{name}"),
+                         "labels": {"ringlb.dev/pool": "demo", "ringlb.dev/member": member}},
+            "spec": {"containers": [{"name": "replica", "ports": [{"containerPort": port}]}]},
+            "status": {
+                "phase": "Running",
+                "podIP": "127.0.0.1",
+                "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}],
+            },
+        })
+    }
+
+    /// Pool `demo` with `spec` and its operator's status: `members` (name, pod,
+    /// ready) and `replaced` (slot, replica holding it).
+    pub fn pool(spec: Value, members: &[(&str, &str, bool)], replaced: &[(&str, &str)]) -> Value {
+        json!({
+            "apiVersion": "ringlb.dev/v1alpha1",
+            "kind": "ServerPool",
+            "metadata": {"name": "demo", "namespace": "default", "uid": "uid-demo", "generation": 1},
+            "spec": spec,
+            "status": {
+                "members": members.iter().map(|(name, pod, ready)| {
+                    json!({"name": name, "pod": pod, "ready": ready})
+                }).collect::<Vec<_>>(),
+                "emergencyReplacements": replaced.iter().map(|(slot, holder)| {
+                    json!({"original": slot, "replacement": holder, "count": 1})
+                }).collect::<Vec<_>>(),
+            },
+        })
+    }
+
+    pub fn spec(replicas: u32) -> Value {
+        json!({"replicas": replicas, "image": "ringlb-replica:dev", "port": 5000})
+    }
+
+    /// `ringlb proxy --pool demo --key header:x-user`, whole but for its
+    /// listeners' workers: the watches, the publisher, `/add` and `/rm`, and the
+    /// forwarding router on a free port.
+    pub struct LiveProxy {
+        pub publisher: Arc<Publisher>,
+        pub synced: Arc<AtomicBool>,
+        /// Served as `ringlb proxy` serves (its worker's fast path, `Serving`).
+        pub url: String,
+        /// Served by the general path alone (`proxy::router`).
+        pub general_url: String,
+        /// The general path, to call without a connection (paused clock).
+        pub router: axum::Router,
+        stop: Option<oneshot::Sender<()>>,
+        watch: Option<JoinHandle<()>>,
+        serving: Option<crate::serving::Serving>,
+        front: JoinHandle<()>,
+    }
+
+    impl LiveProxy {
+        pub async fn start(api: &FakeApiServer) -> Self {
+            #[derive(clap::Parser)]
+            struct Args {
+                #[command(flatten)]
+                proxy: ProxyArgs,
+            }
+            let args = <Args as clap::Parser>::parse_from(["ringlb", "--key", "header:x-user"]);
+            let metrics = Arc::new(Metrics::for_pool("demo"));
+            let publisher = Arc::new(Publisher::new(&RingConfig::default(), metrics.clone()));
+            let (reports, reported) = mpsc::channel(16);
+            let admin = Arc::new(SpecAdmin::new(
+                kube::Api::namespaced(api.client(), "default"),
+                "demo",
+                10,
+                metrics.clone(),
+                publisher.clone(),
+                reports,
+            ));
+            let synced = Arc::new(AtomicBool::new(false));
+            let (stop, stopped) = oneshot::channel::<()>();
+            let watch = tokio::spawn({
+                let (client, publisher, synced) = (api.client(), publisher.clone(), synced.clone());
+                async move {
+                    run_reporting_sync(
+                        client,
+                        "default",
+                        "demo",
+                        publisher,
+                        reported,
+                        &synced,
+                        async {
+                            let _ = stopped.await;
+                        },
+                    )
+                    .await
+                }
+            });
+            let proxy_listener = crate::proxy::workers::ProxyListeners::bind(
+                SocketAddr::from(([127, 0, 0, 1], 0)),
+                1,
+            )
+            .unwrap();
+            let url = format!("http://{}", proxy_listener.local_addr());
+            let serving = crate::serving::Serving::start(
+                proxy_listener,
+                TcpListener::bind("127.0.0.1:0").await.unwrap(),
+                publisher.clone(),
+                admin.clone(),
+                args.proxy.settings(),
+                metrics.clone(),
+                crate::ops::Probes {
+                    alive: crate::ops::answers(),
+                    ready: crate::ops::Readiness::Synced(synced.clone()),
+                },
+            )
+            .unwrap();
+            let proxy = crate::proxy::Proxy::new(
+                publisher.clone(),
+                admin,
+                args.proxy.settings(),
+                metrics,
+                0,
+            );
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let general_url = format!("http://{}", listener.local_addr().unwrap());
+            let router = crate::proxy::router(Arc::new(proxy));
+            let front = tokio::spawn({
+                let router = router.clone();
+                async move {
+                    let _ = axum::serve(listener, router).await;
+                }
+            });
+            Self {
+                publisher,
+                synced,
+                url,
+                general_url,
+                router,
+                stop: Some(stop),
+                watch: Some(watch),
+                serving: Some(serving),
+                front,
+            }
+        }
+
+        pub fn in_ring(&self) -> Vec<String> {
+            let members = self.publisher.table().membership();
+            members.iter().map(|m| m.name.to_string()).collect()
+        }
+
+        /// A key the ring sends to `member` first.
+        pub fn key_of(&self, member: &str) -> String {
+            let table = self.publisher.table();
+            (0..)
+                .map(|i| format!("user-{i}"))
+                .find(|key| {
+                    table
+                        .ring
+                        .lookup(key.as_bytes())
+                        .is_some_and(|i| table.backends[i].name.as_str() == member)
+                })
+                .unwrap()
+        }
+
+        pub async fn stop(mut self) {
+            let _ = self.stop.take().unwrap().send(());
+            self.watch.take().unwrap().await.unwrap();
+            self.serving.take().unwrap().drain().await;
+            self.front.abort();
+        }
+    }
+
+    impl Drop for LiveProxy {
+        fn drop(&mut self) {
+            self.front.abort();
+            if let Some(watch) = &self.watch {
+                watch.abort();
+            }
+        }
+    }
+
+    /// Waits until `done` holds, for at most 5 s.
+    pub async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while !done() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting until {what}"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Each way a member leaves the ring because it failed, as the proxy's watches
+    /// see it, while a GET waits on it (its replica frozen): the GET is cut loose
+    /// and answered by the other member at once, well within the 30 s request
+    /// timeout it would otherwise wait out.
+    #[tokio::test]
+    async fn a_failed_members_waiting_get_is_retried_on_another_member_at_once() {
+        /// How the member leaves, given the frozen replica's port.
+        type Leave = fn(&FakeApiServer, u16);
+        let cases: [(&str, Leave); 5] = [
+            ("its pod is deleted at once (grace period 0)", |api, _| {
+                api.delete_now(PODS, "server1");
+            }),
+            (
+                "its pod is deleted (graceful: a deletionTimestamp)",
+                |api, port| {
+                    let mut leaving = pod("server1", "Server1", port, true);
+                    leaving["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
+                    api.put(PODS, leaving);
+                },
+            ),
+            (
+                "the operator's status replaces it before its pod goes",
+                |api, _| {
+                    api.put(
+                        POOLS,
+                        pool(
+                            spec(2),
+                            &[
+                                ("emergency_1", "emergency-1", false),
+                                ("Server2", "server2", true),
+                            ],
+                            &[("Server1", "emergency_1")],
+                        ),
+                    );
+                },
+            ),
+            ("the operator's status says it is not ready", |api, _| {
+                api.put(
+                    POOLS,
+                    pool(
+                        spec(2),
+                        &[("Server1", "server1", false), ("Server2", "server2", true)],
+                        &[],
+                    ),
+                );
+            }),
+            ("the kubelet says its pod is not ready", |api, port| {
+                api.put(PODS, pod("server1", "Server1", port, false));
+            }),
+        ];
+        let paths = [true, false];
+        for ((case, leave), fast_path) in cases
+            .into_iter()
+            .flat_map(|case| paths.map(|fast_path| (case, fast_path)))
+        {
+            let (frozen, arrived, frozen_task) = frozen_replica().await;
+            let (live, live_task) = replica("Server2").await;
+            let api = FakeApiServer::default();
+            api.put(
+                POOLS,
+                pool(
+                    spec(2),
+                    &[("Server1", "server1", true), ("Server2", "server2", true)],
+                    &[],
+                ),
+            );
+            api.put(PODS, pod("server1", "Server1", frozen.port(), true));
+            api.put(PODS, pod("server2", "Server2", live.port(), true));
+            let proxy = LiveProxy::start(&api).await;
+            eventually("both members are in the ring", || {
+                proxy.in_ring().len() == 2
+            })
+            .await;
+
+            let key = proxy.key_of("Server1");
+            let get = tokio::spawn({
+                let front = if fast_path {
+                    &proxy.url
+                } else {
+                    &proxy.general_url
+                };
+                let url = format!("{front}/home");
+                async move {
+                    let response = reqwest::Client::new()
+                        .get(url)
+                        .header("x-user", key)
+                        .send()
+                        .await
+                        .unwrap();
+                    (response.status(), response.text().await.unwrap())
+                }
+            });
+            tokio::time::timeout(Duration::from_secs(5), arrived)
+                .await
+                .expect("the GET reaches the frozen replica")
+                .unwrap();
+
+            leave(&api, frozen.port());
+            let (status, body) = tokio::time::timeout(Duration::from_secs(2), get)
+                .await
+                .unwrap_or_else(|_| {
+                    panic!("{case} (fast path: {fast_path}): the waiting GET was not cut loose")
+                })
+                .unwrap();
+            assert_eq!(status, http::StatusCode::OK, "{case}: {body}");
+            assert!(body.contains("Server: Server2"), "{case}: {body}");
+            assert_eq!(proxy.in_ring(), ["Server2"], "{case}");
+
+            proxy.stop().await;
+            frozen_task.abort();
+            live_task.abort();
+        }
+    }
+
+    /// The clashing-names edit of issue 18, as a proxy's watches deliver it: the
+    /// ring is not rebuilt (let alone emptied) while the spec cannot be realised.
+    #[tokio::test]
+    async fn a_clashing_names_edit_never_empties_a_watching_proxys_ring() {
+        let api = FakeApiServer::default();
+        let names: Vec<(String, String)> = (1..=6)
+            .map(|i| (format!("Server{i}"), format!("server{i}")))
+            .collect();
+        let ready: Vec<(&str, &str, bool)> = names
+            .iter()
+            .map(|(n, p)| (n.as_str(), p.as_str(), true))
+            .collect();
+        api.put(POOLS, pool(spec(6), &ready, &[]));
+        for (i, (name, pod_name)) in names.iter().enumerate() {
+            api.put(PODS, pod(pod_name, name, 5001 + i as u16, true));
+        }
+        let proxy = LiveProxy::start(&api).await;
+        eventually("the six members are in the ring", || {
+            proxy.in_ring().len() == 6
+        })
+        .await;
+        assert!(proxy.synced.load(Ordering::SeqCst));
+        let before = proxy.publisher.table();
+
+        let mut clash = spec(6);
+        clash["hostnames"] = json!(["server1"]);
+        // The operator cannot name the members: it writes none, and says why.
+        api.put(POOLS, pool(clash.clone(), &[], &[]));
+        // A later change of the same pool, to know the edit was seen.
+        api.put(POOLS, pool(clash, &[], &[("Server9", "emergency_9")]));
+        eventually("the proxy has seen the edits", || {
+            proxy.publisher.view().replacements.len() == 1
+        })
+        .await;
+        assert!(Arc::ptr_eq(&before, &proxy.publisher.table()));
+        assert_eq!(proxy.publisher.view().desired.len(), 6);
+
+        // Undone: the spec is followed again.
+        api.put(POOLS, pool(spec(4), &ready[..4], &[]));
+        eventually("the ring follows the spec again", || {
+            proxy.in_ring().len() == 4
+        })
+        .await;
+        proxy.stop().await;
+    }
+
+    /// Calls `router` without a connection: (status, JSON body).
+    pub async fn call(router: &axum::Router, uri: &str) -> (http::StatusCode, Value) {
+        use tower_service::Service;
+        let request = http::Request::get(uri)
+            .body(axum::body::Body::empty())
+            .unwrap();
+        let response = router.clone().call(request).await.unwrap();
+        let status = response.status();
+        let body = http_body_util::BodyExt::collect(response.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
+        (status, serde_json::from_slice(&body).unwrap())
+    }
+
+    /// `/readyz` of `ringlb proxy` says whether its watches have listed the pool
+    /// and its pods, not whether its ring has members: a proxy with an empty ring
+    /// stays behind its Service and answers 503 with the JSON error.
+    #[tokio::test(start_paused = true)]
+    async fn the_proxy_is_ready_once_its_watches_have_listed_and_an_empty_ring_answers_503() {
+        let api = FakeApiServer::default();
+        // Two replicas wanted, no pod running yet.
+        api.put(POOLS, pool(spec(2), &[], &[]));
+        // The pod list fails for 10 s.
+        api.fail("GET", "/pods", 500, Duration::from_secs(10));
+        let proxy = LiveProxy::start(&api).await;
+        let ops = crate::ops::router(
+            proxy.publisher.clone(),
+            Arc::new(Metrics::new()),
+            crate::ops::Probes {
+                alive: crate::ops::answers(),
+                ready: crate::ops::Readiness::Synced(proxy.synced.clone()),
+            },
+        );
+        let listed_pods = || {
+            api.calls()
+                .iter()
+                .any(|c| c.method == "GET" && c.path == PODS && !c.query.contains("watch"))
+        };
+        eventually("the proxy has tried to list the pods", listed_pods).await;
+        let (status, body) = call(&ops, "/readyz").await;
+        assert_eq!(status, http::StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        assert_eq!(body["ready"], false);
+
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        eventually("the pods are listed", || {
+            proxy.synced.load(Ordering::SeqCst)
+        })
+        .await;
+        let (status, body) = call(&ops, "/readyz").await;
+        assert_eq!(status, http::StatusCode::OK, "{body}");
+        assert_eq!(body, json!({"ready": true, "members": 0}));
+        assert!(proxy.in_ring().is_empty());
+        let (status, body) = call(&proxy.router, "/home").await;
+        assert_eq!(status, http::StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            body,
+            json!({"message": "<Error> no replica is available to serve the request", "status": "failure"})
+        );
+        proxy.stop().await;
+    }
+
+    /// A watch over a half-open connection (kube-rs issues 1316, 1796) delivers
+    /// nothing, not even its end: the watcher restarts it once nothing came for
+    /// the watch's server-side timeout plus 5 s, and the proxy catches up.
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_watch_is_restarted_after_its_timeout_and_a_margin() {
+        let api = FakeApiServer::default();
+        api.put(
+            POOLS,
+            pool(
+                spec(2),
+                &[("Server1", "server1", true), ("Server2", "server2", true)],
+                &[],
+            ),
+        );
+        api.put(PODS, pod("server1", "Server1", 5001, true));
+        api.put(PODS, pod("server2", "Server2", 5002, true));
+        let proxy = LiveProxy::start(&api).await;
+        eventually("both members are in the ring", || {
+            proxy.in_ring().len() == 2
+        })
+        .await;
+        let stalled_at = tokio::time::Instant::now();
+
+        api.stall_watches(true);
+        // The kubelet takes Server2 out: the stalled pod watch does not say so.
+        api.put(PODS, pod("server2", "Server2", 5002, false));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        api.stall_watches(false);
+        let margin = Duration::from_secs(5);
+        tokio::time::sleep(WATCH_TIMEOUT + margin - Duration::from_secs(2)).await;
+        assert_eq!(proxy.in_ring().len(), 2, "the stale view holds until then");
+
+        let deadline = stalled_at + WATCH_TIMEOUT + margin + Duration::from_secs(2);
+        while proxy.in_ring().len() != 1 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the watch was not restarted"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(proxy.in_ring(), ["Server1"]);
+        proxy.stop().await;
+    }
 }

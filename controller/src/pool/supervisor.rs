@@ -333,7 +333,7 @@ impl<R: Runtime> Supervisor<R> {
             let before = tracked.state.health;
             tracked.state.record_heartbeat(ok, threshold);
             if !ok {
-                self.metrics.heartbeat_failed(&name);
+                self.metrics.heartbeat_failed(self.metrics.pool(), &name);
             }
             let after = tracked.state.health;
             match (before, after) {

@@ -85,7 +85,8 @@ pub struct Publisher {
     routing: SharedRouting,
     view: ArcSwap<PoolView>,
     /// Publishes happen one at a time: each compares with the table it replaces.
-    publishing: Mutex<()>,
+    /// It holds the replicas whose metric series may exist (listed or desired).
+    publishing: Mutex<HashSet<ReplicaName>>,
 }
 
 impl Publisher {
@@ -102,7 +103,7 @@ impl Publisher {
             ))),
             metrics,
             view: ArcSwap::from_pointee(PoolView::default()),
-            publishing: Mutex::new(()),
+            publishing: Mutex::new(HashSet::new()),
         }
     }
 
@@ -122,7 +123,7 @@ impl Publisher {
     /// Makes `state` current: a new routing table if the routable members or the
     /// ring's configuration changed, and a new view. Returns whether the ring was rebuilt.
     pub fn publish(&self, state: &PoolState) -> bool {
-        let _one_at_a_time = self.publishing.lock().unwrap_or_else(|e| e.into_inner());
+        let mut with_series = self.publishing.lock().unwrap_or_else(|e| e.into_inner());
         let routable = routable(state);
         let current = self.routing.load();
         let balance = current.bound.as_ref().map(LoadBound::factor);
@@ -130,12 +131,12 @@ impl Publisher {
             || *current.ring.config() != state.ring
             || balance != state.balance_factor;
         if rebuild {
-            // Still listed but not routable: it failed (one removed is no longer listed).
-            let failed = |name: &ReplicaName| {
-                state
-                    .members
-                    .iter()
-                    .any(|m| &m.name == name && !m.health.routable())
+            // It failed if it is listed as not routable, or still desired with
+            // nothing listed for it (its pod was deleted at once). One removed on
+            // request is no longer desired: its requests in flight may finish.
+            let failed = |name: &ReplicaName| match state.members.iter().find(|m| &m.name == name) {
+                Some(member) => !member.health.routable(),
+                None => state.desired.contains(name),
             };
             let table = current.next(
                 &routable,
@@ -170,6 +171,22 @@ impl Publisher {
             })
             .collect();
         members.sort_by(|a, b| a.name.cmp(&b.name));
+        // The series of a replica that left the pool (neither listed nor desired)
+        // go with it; one out of the ring for now keeps its own.
+        let present: HashSet<&ReplicaName> = state
+            .members
+            .iter()
+            .map(|m| &m.name)
+            .chain(&state.desired)
+            .collect();
+        with_series.retain(|name| {
+            let stays = present.contains(name);
+            if !stays {
+                self.metrics.forget_replica(self.metrics.pool(), name);
+            }
+            stays
+        });
+        with_series.extend(present.into_iter().cloned());
         self.view.store(Arc::new(PoolView {
             desired: state.desired.clone(),
             members,
@@ -354,5 +371,48 @@ mod tests {
         assert_eq!(publisher.view().desired.len(), 2);
         assert_eq!(publisher.view().members.len(), 1);
         assert_eq!(in_ring(&publisher), ["A"]);
+    }
+
+    #[test]
+    fn a_replicas_series_carry_its_pool_and_go_when_it_leaves_the_pool() {
+        let metrics = Arc::new(Metrics::for_pool("demo"));
+        let publisher = Publisher::new(&RingConfig::default(), metrics.clone());
+        let both = state(
+            &["A", "B"],
+            vec![
+                member("A", 1, Health::Healthy),
+                member("B", 2, Health::Healthy),
+            ],
+        );
+        publisher.publish(&both);
+        for backend in &publisher.table().backends {
+            backend.responses.inc();
+        }
+        metrics.heartbeat_failed("demo", &name("B"));
+        let series = |replica: &str| {
+            let text = metrics.encode();
+            text.lines()
+                .filter(|l| l.contains(&format!("pool=\"demo\",replica=\"{replica}\"")))
+                .count()
+        };
+        assert!(
+            metrics
+                .encode()
+                .contains(r#"ringlb_responses_total{pool="demo",replica="B"} 1"#),
+            "{}",
+            metrics.encode()
+        );
+        let of_b = series("B");
+
+        // Out of the ring but still in the pool (suspect): its series stay.
+        let mut suspect = both.clone();
+        suspect.members[1].health.health = Health::Suspect;
+        publisher.publish(&suspect);
+        assert_eq!(series("B"), of_b);
+
+        // Removed: no longer desired, no longer listed.
+        publisher.publish(&state(&["A"], vec![member("A", 1, Health::Healthy)]));
+        assert_eq!(series("B"), 0, "{}", metrics.encode());
+        assert!(series("A") > 0);
     }
 }
