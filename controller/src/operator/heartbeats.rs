@@ -33,6 +33,7 @@ use super::pods::{POOL_LABEL, PodState, ReplicaPod, replica_pod};
 use crate::health_state::{Health, HealthState};
 use crate::metrics::Metrics;
 use crate::pool::health::{HealthSettings, Prober};
+use crate::replica_name::ReplicaName;
 
 /// How a pool's pods are heartbeaten: a change restarts the pool's task.
 #[derive(Clone, Debug, PartialEq)]
@@ -56,7 +57,7 @@ pub struct PodBeat {
 }
 
 /// One pod's health, with its age as the pod itself tells it.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 struct PodHealth {
     state: HealthState,
     /// When its startup grace began: `first_seen` less the age of its container
@@ -66,6 +67,8 @@ struct PodHealth {
     serving: Option<Age>,
     /// How long it served before it last stopped.
     served_for: Option<Duration>,
+    /// Its replica, if its labels name one: whose metric series it feeds.
+    name: Option<ReplicaName>,
 }
 
 /// A moment given as when this process saw something, less how old it already was.
@@ -114,6 +117,7 @@ impl PodHealth {
                 started,
                 serving: Some(Age::of(pod.ready_since.or(pod.started_at), wall_now, now)),
                 served_for: None,
+                name: pod.name.clone(),
             };
         }
         Self {
@@ -121,6 +125,7 @@ impl PodHealth {
             started,
             serving: None,
             served_for: None,
+            name: pod.name.clone(),
         }
     }
 
@@ -277,6 +282,7 @@ impl Heartbeats {
                     && pools.get(&round.pool).is_none()
                 {
                     tracing::debug!(pool = %round.pool.name, "pool gone: its heartbeats stop");
+                    round.forget_all();
                     return;
                 }
                 let changed = round.run().await;
@@ -309,6 +315,14 @@ struct Round {
 }
 
 impl Round {
+    /// Removes the metric series of every replica this task knew (its pool is gone).
+    fn forget_all(&self) {
+        let health = self.health.lock().unwrap();
+        for name in health.values().filter_map(|h| h.name.as_ref()) {
+            self.metrics.forget_replica(&self.pool.name, name);
+        }
+    }
+
     /// Probes every running pod at once and records the results; true when some
     /// pod's health changed.
     async fn run(&self) -> bool {
@@ -347,7 +361,18 @@ impl Round {
             .iter()
             .map(|(uid, h)| (uid.clone(), h.state.health))
             .collect();
-        health.retain(|uid, _| pods.iter().any(|p| p.uid == *uid));
+        health.retain(|uid, h| {
+            let here = pods.iter().any(|p| p.uid == *uid);
+            // A replica that left the pool takes its metric series with it (not one
+            // whose name another pod carries on: a rollout's new pod, say).
+            if !here
+                && let Some(name) = &h.name
+                && !pods.iter().any(|p| p.name.as_ref() == Some(name))
+            {
+                self.metrics.forget_replica(&self.pool.name, name);
+            }
+            here
+        });
         for pod in &pods {
             let entry = health
                 .entry(pod.uid.clone())
@@ -460,6 +485,9 @@ mod tests {
         switch: Arc<Switch>,
         wakes: mpsc::UnboundedReceiver<ObjectRef<ServerPool>>,
         pool: ObjectRef<ServerPool>,
+        /// The pod store, as the controller's watch writes it.
+        writer: reflector::store::Writer<Pod>,
+        metrics: Arc<Metrics>,
     }
 
     fn setup() -> Setup {
@@ -467,10 +495,11 @@ mod tests {
         writer.apply_watcher_event(&Event::Apply(pod("uid-1")));
         let switch = Arc::new(Switch::default());
         let (wake, wakes) = mpsc::unbounded_channel();
+        let metrics = Arc::new(Metrics::new());
         Setup {
             beats: Heartbeats::new(
                 switch.clone(),
-                Arc::new(Metrics::new()),
+                metrics.clone(),
                 store,
                 wake,
                 Leadership::sole(),
@@ -478,6 +507,8 @@ mod tests {
             switch,
             wakes,
             pool: ObjectRef::new("demo").within("default"),
+            writer,
+            metrics,
         }
     }
 
@@ -556,5 +587,29 @@ mod tests {
         // Nothing changes: no more passes asked for.
         tokio::time::sleep(Duration::from_secs(10)).await;
         assert!(setup.wakes.try_recv().is_err());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_replica_that_leaves_the_pool_takes_its_metric_series_along() {
+        let mut setup = setup();
+        // Past its grace, its failures count: a series for it.
+        assert_eq!(health(&setup).await, Health::Starting);
+        tokio::time::sleep(Duration::from_secs(31)).await;
+        let series = r#"pool="demo",replica="Server1""#;
+        assert!(
+            setup.metrics.encode().contains(series),
+            "{}",
+            setup.metrics.encode()
+        );
+        // Its pod is gone: at the next round, so is the series.
+        setup
+            .writer
+            .apply_watcher_event(&Event::Delete(pod("uid-1")));
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert!(
+            !setup.metrics.encode().contains(series),
+            "{}",
+            setup.metrics.encode()
+        );
     }
 }

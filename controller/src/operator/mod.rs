@@ -32,6 +32,17 @@ pub mod spec_admin;
 
 pub use crd::{ServerPool, ServerPoolSpec, ServerPoolStatus};
 
+/// The server-side timeout of each watch request (`timeoutSeconds`). kube-runtime's
+/// watcher restarts a watch on which nothing, not even a bookmark, arrived for this
+/// long plus 5 s: a half-open connection (kube-rs issues 1316 and 1796) then stalls
+/// a proxy's or the operator's view for at most that, instead of for good.
+pub const WATCH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The watch settings of every watch of both commands (see [`WATCH_TIMEOUT`]).
+pub fn watch_config() -> kube::runtime::watcher::Config {
+    kube::runtime::watcher::Config::default().timeout(WATCH_TIMEOUT.as_secs() as u32)
+}
+
 /// The API client both in-cluster commands use, and the namespace they work in:
 /// `namespace`, or the pod's own (the kubeconfig's outside a cluster). Its calls
 /// have deadlines ([`ApiDeadlines`]).

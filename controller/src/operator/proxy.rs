@@ -18,7 +18,6 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
@@ -344,12 +343,6 @@ pub async fn run(
     run_reporting_sync(client, namespace, pool, publisher, reports, &synced, stop).await;
 }
 
-/// The server-side timeout of each watch request (`timeoutSeconds`). kube-runtime's
-/// watcher restarts a watch on which nothing, not even a bookmark, arrived for this
-/// long plus 5 s: a half-open connection (kube-rs issues 1316 and 1796) then stalls
-/// the proxy's view of its pool for at most that, instead of for good.
-pub const WATCH_TIMEOUT: Duration = Duration::from_secs(60);
-
 /// [`run`], setting `synced` once the initial list of the pool and of its pods
 /// are both in the caches: from then on what is published is the pool as it is,
 /// and the proxy is ready (an empty ring then answers 503, not connection errors).
@@ -366,22 +359,17 @@ pub async fn run_reporting_sync(
     let pods: Api<Pod> = Api::namespaced(client, namespace);
     let (pool_cache, pool_writer) = reflector::store();
     let (pod_cache, pod_writer) = reflector::store();
-    let timeout = WATCH_TIMEOUT.as_secs() as u32;
     // Each item says whether it ended an initial list, and of which cache.
     let pool_events = watcher(
         pools,
-        watcher::Config::default()
-            .fields(&format!("metadata.name={pool}"))
-            .timeout(timeout),
+        super::watch_config().fields(&format!("metadata.name={pool}")),
     )
     .default_backoff()
     .reflect(pool_writer)
     .map(|event| event.map(|e| matches!(e, watcher::Event::InitDone).then_some(Cache::Pool)));
     let pod_events = watcher(
         pods,
-        watcher::Config::default()
-            .labels(&format!("{POOL_LABEL}={pool}"))
-            .timeout(timeout),
+        super::watch_config().labels(&format!("{POOL_LABEL}={pool}")),
     )
     .default_backoff()
     .reflect(pod_writer)

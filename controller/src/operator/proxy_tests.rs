@@ -11,6 +11,7 @@ use kube::runtime::watcher::Event;
 
 use super::*;
 use crate::metrics::Metrics;
+use crate::operator::WATCH_TIMEOUT;
 use crate::operator::crd::{MemberStatus, ReplacementStatus, ServerPoolSpec, ServerPoolStatus};
 use crate::operator::members;
 use crate::operator::pods::MEMBER_LABEL;

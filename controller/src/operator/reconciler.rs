@@ -261,19 +261,19 @@ pub async fn run(
         .expect("the controller runs once per context");
     // The pools' budgets: one deleted or edited by hand is written again.
     let budgets: Api<PodDisruptionBudget> = Api::namespaced(ctx.client.clone(), namespace);
-    let budget_events = watcher(budgets, watcher::Config::default().labels(POOL_LABEL))
+    let budget_events = watcher(budgets, super::watch_config().labels(POOL_LABEL))
         .default_backoff()
         .reflect(budget_writer)
         .touched_objects();
     // One watch of the pods feeds both the store the passes read and their triggers.
-    let pod_events = watcher(pods, watcher::Config::default().labels(POOL_LABEL))
+    let pod_events = watcher(pods, super::watch_config().labels(POOL_LABEL))
         .default_backoff()
         .reflect(writer)
         .touched_objects();
     let heartbeat_changes = futures::stream::unfold(wakes, |mut wakes| async move {
         Some((wakes.recv().await?, wakes))
     });
-    let controller = Controller::new(pools, watcher::Config::default());
+    let controller = Controller::new(pools, super::watch_config());
     // A pool deleted without a pass seeing it go (its pods go by garbage collection)
     // must not keep a heartbeat task: the tasks look the pool up here.
     ctx.heartbeats.follow_pools(controller.store());
