@@ -35,6 +35,11 @@ use crate::metrics::Metrics;
 use crate::pool::health::{HealthSettings, Prober};
 use crate::replica_name::ReplicaName;
 
+/// How long a pod may stay Pending without a reason that lasts (pulling a large
+/// image, waiting for a node the autoscaler adds) before it counts as failed: a
+/// Deployment's default `progressDeadlineSeconds`.
+pub const PENDING_DEADLINE: Duration = Duration::from_secs(600);
+
 /// How a pool's pods are heartbeaten: a change restarts the pool's task.
 #[derive(Clone, Debug, PartialEq)]
 pub struct BeatConfig {
@@ -60,9 +65,10 @@ pub struct PodBeat {
 #[derive(Clone, Debug)]
 struct PodHealth {
     state: HealthState,
-    /// When its startup grace began: `first_seen` less the age of its container
-    /// (or of the pod, while no container has run) at that moment.
-    started: Age,
+    /// Since when it exists (for a Pending pod's deadline) …
+    created: Age,
+    /// … and since when its container runs (its startup grace), once it does.
+    started: Option<Age>,
     /// Since when it has been serving, if it is.
     serving: Option<Age>,
     /// How long it served before it last stopped.
@@ -104,29 +110,42 @@ impl Age {
 }
 
 impl PodHealth {
-    /// How a pod first seen at `now` stands, from what its status says.
-    fn first_sight(pod: &ReplicaPod, now: Instant, wall_now: Timestamp) -> Self {
-        let started = Age::of(pod.started_at.or(pod.created_at), wall_now, now);
-        if pod.state == PodState::Running && pod.kubelet_ready == Some(true) {
-            // The kubelet's probe answers: it has served, and its failures count
-            // from the first, as they would have for the process that saw it start.
-            let mut state = HealthState::starting();
-            state.record_heartbeat(true, 1);
-            return Self {
-                state,
-                started,
-                serving: Some(Age::of(pod.ready_since.or(pod.started_at), wall_now, now)),
-                served_for: None,
-                name: pod.name.clone(),
-            };
-        }
-        Self {
+    /// How a pod first seen at `now` stands. `wall_now` is `Some` for the pods of a
+    /// task's first round (a new leader's, or after a restart): those are judged from
+    /// their own timestamps, as the process that saw them start would have. A pod
+    /// that appears later is new, and starts from now: the operator's clock need not
+    /// agree with the nodes' for a new pod's grace.
+    fn first_sight(pod: &ReplicaPod, now: Instant, wall_now: Option<Timestamp>) -> Self {
+        let age = |at: Option<Timestamp>| match wall_now {
+            Some(wall_now) => Age::of(at, wall_now, now),
+            None => Age::now(now),
+        };
+        let running = pod.state == PodState::Running;
+        let mut health = Self {
             state: HealthState::starting(),
-            started,
+            created: age(pod.created_at),
+            started: running.then(|| age(pod.started_at)),
             serving: None,
             served_for: None,
             name: pod.name.clone(),
+        };
+        if wall_now.is_some() && running && pod.kubelet_ready == Some(true) {
+            // Found serving (a new leader's first look): the kubelet's probe answers,
+            // so it has served, and its failures count from the first, as they would
+            // have for the process that saw it start. (A pod that appears later has
+            // served only once this process's own heartbeat answered: a replacement
+            // the operator cannot reach is not taken for one that works.)
+            health.state.record_heartbeat(true, 1);
+            health.serving = Some(age(pod.ready_since.or(pod.started_at)));
         }
+        if let (Some(_), PodState::Exited, Some(started), Some(finished)) =
+            (wall_now, pod.state, pod.started_at, pod.finished_at)
+        {
+            // It exited before this task saw it: how long it ran is how long it
+            // served, as far as a crash loop goes (CrashLoopBackOff counts run time).
+            health.served_for = Duration::try_from(finished.duration_since(started)).ok();
+        }
+        health
     }
 
     /// Starts or ends its time serving, after its state changed.
@@ -142,7 +161,7 @@ impl PodHealth {
         PodBeat {
             state: self.state,
             served_for: self.serving.map(|age| age.elapsed(now)).or(self.served_for),
-            age: self.started.elapsed(now),
+            age: self.started.unwrap_or(self.created).elapsed(now),
         }
     }
 }
@@ -285,7 +304,8 @@ impl Heartbeats {
                     round.forget_all();
                     return;
                 }
-                let changed = round.run().await;
+                let first = *rounds_sender.borrow() == 0;
+                let changed = round.run(first).await;
                 rounds_sender.send_modify(|n| *n += 1);
                 if changed && wake.send(round.pool.clone()).is_err() {
                     return;
@@ -325,7 +345,8 @@ impl Round {
 
     /// Probes every running pod at once and records the results; true when some
     /// pod's health changed.
-    async fn run(&self) -> bool {
+    /// `first`: the task's first round, whose pods are judged from their timestamps.
+    async fn run(&self, first: bool) -> bool {
         let pods: Vec<ReplicaPod> = self
             .pods
             .state()
@@ -354,7 +375,7 @@ impl Round {
         .await;
 
         let now = Instant::now();
-        let wall_now = (self.clock)();
+        let wall_now = first.then(self.clock);
         let grace = self.config.startup_grace;
         let mut health = self.health.lock().unwrap();
         let before: HashMap<String, Health> = health
@@ -377,13 +398,21 @@ impl Round {
             let entry = health
                 .entry(pod.uid.clone())
                 .or_insert_with(|| PodHealth::first_sight(pod, now, wall_now));
+            if pod.state == PodState::Running && entry.started.is_none() {
+                // Its container runs now: its startup grace begins.
+                entry.started = Some(Age::now(now));
+            }
+            let pending_for = entry.created.elapsed(now);
             match pod.state {
                 PodState::Exited => entry.state.mark_exited(),
-                // Still not running past its grace: as good as a container that
-                // cannot start (it is replaced, under its slot's backoff).
+                // Stuck: the kubelet or the scheduler says it will not start by itself
+                // (past its grace), or it has been Pending for as long as a Deployment
+                // waits for progress. As good as a container that cannot start: it is
+                // replaced, under its slot's backoff. (A slow image pull is neither.)
                 PodState::Pending
                     if entry.state.health == Health::Starting
-                        && entry.started.elapsed(now) >= grace =>
+                        && (pod.start_failure.is_some() && pending_for >= grace
+                            || pending_for >= PENDING_DEADLINE) =>
                 {
                     if let Some(name) = &pod.name {
                         tracing::warn!(pool = %self.pool.name, replica = %name, pod = %pod.pod, "pod still not running after its startup grace");
@@ -399,7 +428,10 @@ impl Round {
                 continue;
             };
             let starting = entry.state.health == Health::Starting;
-            if !ok && starting && entry.started.elapsed(now) < grace {
+            let in_grace = entry
+                .started
+                .is_none_or(|started| started.elapsed(now) < grace);
+            if !ok && starting && in_grace {
                 // Not listening yet: within its grace, a new pod's failures do not count.
                 continue;
             }

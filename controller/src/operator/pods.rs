@@ -83,6 +83,8 @@ pub struct ReplicaPod {
     /// (a new leader) judges it from.
     pub created_at: Option<Timestamp>,
     pub started_at: Option<Timestamp>,
+    /// When its container exited, if it did.
+    pub finished_at: Option<Timestamp>,
     pub ready_since: Option<Timestamp>,
     /// Why it cannot start, if the kubelet or the scheduler says it never will by
     /// itself (an image that cannot be pulled, no node that fits).
@@ -521,7 +523,17 @@ pub fn replica_pod(pod: &Pod) -> ReplicaPod {
         kubelet_ready: pod_ready(pod),
         created_at: pod.metadata.creation_timestamp.as_ref().map(|t| t.0),
         started_at: replica_container(pod)
-            .and_then(|c| c.state.as_ref()?.running.as_ref()?.started_at.as_ref())
+            .and_then(|c| {
+                let state = c.state.as_ref()?;
+                match (&state.running, &state.terminated) {
+                    (Some(running), _) => running.started_at.as_ref(),
+                    (None, Some(terminated)) => terminated.started_at.as_ref(),
+                    (None, None) => None,
+                }
+            })
+            .map(|t| t.0),
+        finished_at: replica_container(pod)
+            .and_then(|c| c.state.as_ref()?.terminated.as_ref()?.finished_at.as_ref())
             .map(|t| t.0),
         ready_since: pod_condition(pod, "Ready")
             .filter(|c| c.status == "True")

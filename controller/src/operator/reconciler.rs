@@ -281,8 +281,13 @@ pub async fn run(
         .owns_stream(pod_events)
         .owns_stream(budget_events)
         .reconcile_on(heartbeat_changes)
-        // A standby that takes over starts at once, not at its next recheck.
-        .reconcile_all_on(ctx.leadership.gained())
+        // A standby that takes over starts at once, not at its next recheck, and
+        // afresh: what it remembered of an earlier term (replacements it recorded
+        // but may not have made, Events it sent) is not this term's.
+        .reconcile_all_on(ctx.leadership.gained().map({
+            let ctx = ctx.clone();
+            move |()| ctx.memory.lock().unwrap().clear()
+        }))
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx.clone())
         .for_each(|result| async move {
@@ -341,10 +346,11 @@ pub async fn reconcile(pool: Arc<ServerPool>, ctx: Arc<Context>) -> Result<Actio
     }
     let mut done = apply(&target, &ctx, &mut seen).await;
     ensure_budget(&target, &ctx, &mut done).await;
+    let reported = report(&target, &ctx, &seen, &mut done).await;
     ctx.with_memory(&target.key, &target.uid, |m| {
         m.warned.retain(|key| done.warned.contains(key))
     });
-    report(&target, &ctx, &seen, &done).await?;
+    reported?;
     if let Some(error) = done.first_error {
         return Err(error);
     }
@@ -690,7 +696,13 @@ async fn apply(target: &Target<'_>, ctx: &Context, seen: &mut Seen) -> Done {
             action: "StartPod",
             note: message.clone(),
         };
-        let key = format!("{}/{}", failure.reason, pod.uid);
+        // One Event per pod and kind of failure: the kubelet alternates ErrImagePull
+        // and ImagePullBackOff at each retry of a pull.
+        let class = match failure.reason {
+            "ErrImagePull" | "ImagePullBackOff" => "ImagePull",
+            other => other,
+        };
+        let key = format!("{class}/{}", pod.uid);
         warn_once(ctx, target, &key, &pod.pod, event, &mut done).await;
         seen.problems.push(Problem {
             reason: failure.reason,
@@ -795,6 +807,12 @@ async fn apply(target: &Target<'_>, ctx: &Context, seen: &mut Seen) -> Done {
                 failed,
                 replacement,
             } => {
+                // Recorded only by a process that may still write: a replacement
+                // remembered but never made would rename a healthy replica later.
+                if let Err(fenced) = ctx.may_write() {
+                    note(&mut done.first_error, Err(fenced));
+                    continue;
+                }
                 let (pod, uid) = work.pod_of.get(&failed).cloned().unwrap_or_default();
                 // A name whose pod name is held elsewhere never had a pod: it is
                 // renamed, not failed (no backoff).
@@ -1074,6 +1092,19 @@ fn plan_pass(desired: &[(ReplicaName, String)], seen: &Seen) -> PassWork {
         PlanAction::Replace { failed, .. } => (1, failed.clone()),
         PlanAction::Start(n) => (2, n.clone()),
     });
+    // Failures only the operator's heartbeats see, whether or not a backoff holds
+    // their replacement back: many at once say more about the operator than about
+    // the replicas (see `hold_unconfirmed`).
+    let disputed: Vec<ReplicaName> = actions
+        .iter()
+        .filter_map(|action| match action {
+            PlanAction::Replace { failed, .. } => by_name
+                .get(failed)
+                .filter(|pod| vouched_by_kubelet(pod))
+                .map(|_| failed.clone()),
+            _ => None,
+        })
+        .collect();
     // A slot whose replicas never served waits before its next replacement; its
     // failed pod stays meanwhile (its logs say why).
     let mut held_back = Vec::new();
@@ -1103,7 +1134,20 @@ fn plan_pass(desired: &[(ReplicaName, String)], seen: &Seen) -> PassWork {
         }
     });
 
-    let unconfirmed = hold_unconfirmed(desired, seen, &by_name, &mut actions);
+    let mut unconfirmed = hold_unconfirmed(desired, seen, &by_name, &mut actions);
+    if disputed.len() > seen.max_unconfirmed {
+        // Those a backoff holds back keep serving on the kubelet's word too: the
+        // operator's view is in doubt, and taking them all out would empty the ring.
+        for held in &held_back {
+            if disputed.contains(&held.replica)
+                && let Some(pod) = by_name.get(&held.replica)
+            {
+                unconfirmed.held.push((*pod).clone());
+            }
+        }
+        // (In one order, so that the status says the same thing pass after pass.)
+        unconfirmed.held.sort_by(|a, b| a.pod.cmp(&b.pod));
+    }
     let vouched: HashSet<String> = unconfirmed.held.iter().map(|p| p.uid.clone()).collect();
 
     let rollout = plan_rollout(desired, seen, &by_name, &surges, &actions);
@@ -1382,7 +1426,12 @@ async fn remove_pod(
 }
 
 /// Writes the status this pass leaves, if it changed (and this process still leads).
-async fn report(target: &Target<'_>, ctx: &Context, seen: &Seen, done: &Done) -> Result<(), Error> {
+async fn report(
+    target: &Target<'_>,
+    ctx: &Context,
+    seen: &Seen,
+    done: &mut Done,
+) -> Result<(), Error> {
     let spec = &target.pool.spec;
     let old_status = target.pool.status.clone().unwrap_or_default();
     let live = members::live_replacements(spec, &seen.replacements);
@@ -1454,39 +1503,50 @@ async fn report(target: &Target<'_>, ctx: &Context, seen: &Seen, done: &Done) ->
         &ctx.now(),
     );
     status.conditions.extend(progress);
-    // A condition that turns bad is an Event too: a pool that was available and is
-    // no more (not a new one starting), and a spec that cannot be carried out (the
+    // A condition that turns bad is a Warning Event too, once while it holds: a
+    // pool that stops being available because replicas stopped being ready (not one
+    // that grows, nor a new one starting), and a spec that cannot be carried out (the
     // other problems behind Degraded have Events of their own).
-    for (type_, good, bad) in [
-        ("Available", "True", "False"),
-        ("Degraded", "False", "True"),
-    ] {
-        let is = |s: &ServerPoolStatus, value: &str| {
-            s.conditions
-                .iter()
-                .find(|c| c.type_ == type_)
-                .filter(|c| c.status == value)
-                .map(|c| (c.reason.clone(), c.message.clone()))
-        };
-        let Some((reason, message)) = is(&status, bad) else {
-            continue;
-        };
-        let was_good = is(&old_status, good).is_some()
-            || (type_ == "Degraded" && old_status.conditions.is_empty());
-        if !was_good || (type_ == "Degraded" && reason != "InvalidSpec") {
-            continue;
+    let bad = |type_: &str, value: &str| {
+        status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == type_ && c.status == value)
+            .map(|c| (c.reason.clone(), c.message.clone()))
+    };
+    if let Some((_, message)) = bad("Available", "False") {
+        let fell = status.ready_replicas < old_status.ready_replicas;
+        let warned = ctx.with_memory(&target.key, &target.uid, |m| {
+            m.warned.contains("Unavailable")
+        });
+        if fell || warned {
+            let event = PodEvent {
+                type_: EventType::Warning,
+                reason: "Unavailable",
+                action: "Reconcile",
+                note: message,
+            };
+            warn_once(ctx, target, "Unavailable", "", event, done).await;
         }
+    }
+    if let Some((reason, message)) = bad("Degraded", "True")
+        && reason == "InvalidSpec"
+    {
         let event = PodEvent {
             type_: EventType::Warning,
-            reason: if type_ == "Available" {
-                "Unavailable"
-            } else {
-                "InvalidSpec"
-            },
+            reason: "InvalidSpec",
             action: "Reconcile",
-            note: message,
+            note: message.clone(),
         };
-        publish_event(ctx, target, "", event).await;
+        warn_once(
+            ctx,
+            target,
+            &format!("InvalidSpec/{message}"),
+            "",
+            event,
+            done,
+        )
+        .await;
     }
     if status != old_status {
         ctx.may_write()?;
@@ -1633,6 +1693,10 @@ async fn warn_once(
     done: &mut Done,
 ) {
     done.warned.insert(key.to_owned());
+    if ctx.may_write().is_err() {
+        // Not marked as sent: the next leader's pass sends it.
+        return;
+    }
     let new = ctx.with_memory(&target.key, &target.uid, |m| {
         m.warned.insert(key.to_owned())
     });
