@@ -41,6 +41,31 @@ pub fn pod_name(name: &ReplicaName) -> Result<String, NamingError> {
     Ok(pod)
 }
 
+/// The generated name (`Server<k>`, `emergency_<n>`) whose pod name `name` would
+/// also have, if `name` is not that generated name itself: `server9` → `Server9`,
+/// `Emergency-3` → `emergency_3`. What the CRD's CEL rule on `spec.hostnames` refuses.
+pub fn shadowed_generated_name(name: &str) -> Option<String> {
+    let pod: String = name
+        .chars()
+        .map(|c| {
+            if c == '_' {
+                '-'
+            } else {
+                c.to_ascii_lowercase()
+            }
+        })
+        .collect();
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    let generated = if let Some(k) = pod.strip_prefix("server").filter(|k| digits(k)) {
+        format!("Server{k}")
+    } else if let Some(n) = pod.strip_prefix("emergency-").filter(|n| digits(n)) {
+        format!("emergency_{n}")
+    } else {
+        return None;
+    };
+    (generated != name).then_some(generated)
+}
+
 /// The pods of `names`, or the first name that has no pod name of its own.
 pub fn pod_names(names: &[ReplicaName]) -> Result<Vec<String>, NamingError> {
     let mut seen: HashMap<String, &ReplicaName> = HashMap::new();
@@ -443,6 +468,24 @@ mod tests {
         // 10 · 2^k s, capped at 300: CrashLoopBackOff's 10, 20, 40, 80, 160, 300.
         assert_eq!(delays, [10, 20, 40, 80, 160, 300, 300, 300]);
         assert_eq!(replacement_delay(u32::MAX), MAX_REPLACEMENT_DELAY);
+    }
+
+    #[test]
+    fn names_that_shadow_generated_ones_are_found_as_the_cel_rule_finds_them() {
+        for (name, shadowed) in [
+            ("server9", Some("Server9")),
+            ("SERVER12", Some("Server12")),
+            ("Emergency_3", Some("emergency_3")),
+            ("emergency-3", Some("emergency_3")),
+            ("Server9", None),
+            ("emergency_3", None),
+            ("server_9", None),
+            ("server", None),
+            ("web1", None),
+            ("servers1", None),
+        ] {
+            assert_eq!(shadowed_generated_name(name).as_deref(), shadowed, "{name}");
+        }
     }
 
     #[test]

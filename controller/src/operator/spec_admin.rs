@@ -216,7 +216,18 @@ impl PoolAdmin for SpecAdmin {
                     &hostnames,
                     max,
                 )?;
-                // Refuse names that cannot be pods before anything is written.
+                // Refuse names that cannot be pods before anything is written (as the
+                // CRD's CEL rule would, with a 422 the client would see as a 502).
+                if let Some((name, generated)) = hostnames
+                    .iter()
+                    .find_map(|h| Some((h, members::shadowed_generated_name(h)?)))
+                {
+                    return Err(MembershipError::ShadowsGenerated {
+                        name: name.clone(),
+                        generated,
+                    }
+                    .into());
+                }
                 let all: Vec<ReplicaName> = current.desired.iter().chain(&added).cloned().collect();
                 members::pod_names(&all).map_err(refusal)?;
                 // And weights the ring cannot honour.
@@ -487,6 +498,13 @@ mod tests {
                     .add(2, vec!["Web_1".into(), "web-1".into()], BTreeMap::new())
                     .await,
                 "hostname 'web-1' is already in use",
+            ),
+            (
+                // Pod server9, as Server9's would be (the CRD's CEL rule says so too).
+                kube_pool
+                    .add(1, vec!["server9".into()], BTreeMap::new())
+                    .await,
+                "hostname 'server9' would share its pod name with the generated name 'Server9'",
             ),
             (
                 kube_pool.remove(1, vec!["Server2".into()]).await,

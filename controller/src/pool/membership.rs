@@ -24,6 +24,12 @@ pub enum MembershipError {
     DuplicateName(String),
     #[error("hostname '{0}' is already in use")]
     NameInUse(String),
+    /// In a cluster, pod names are lowercase: `server9` would be the pod of `Server9`.
+    #[error(
+        "hostname '{name}' would share its pod name with the generated name '{generated}': \
+         write it '{generated}' or choose another"
+    )]
+    ShadowsGenerated { name: String, generated: String },
     #[error("adding {adding} replicas to {current} would exceed the maximum of {max}")]
     AboveMaximum {
         adding: u64,
