@@ -1324,3 +1324,42 @@ async fn a_spec_reverted_under_the_operator_is_followed_without_replacements() {
     assert_eq!(now["observedGeneration"], 3, "{now}");
     operator.stop().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_disruption_budget_of_the_pools_name_that_is_not_its_own_is_left_alone() {
+    let api = FakeApiServer::default();
+    // Someone's own budget, named as the pool.
+    let theirs = json!({
+        "apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
+        "metadata": {"name": "demo", "namespace": "default", "uid": "uid-theirs"},
+        "spec": {"minAvailable": 2, "selector": {"matchLabels": {"app": "theirs"}}},
+    });
+    api.put(BUDGETS, theirs.clone());
+    api.put(POOLS, pool(3, Value::Null));
+    let kubelet = Kubelet::start(&api, |_| Outcome::Run);
+    let operator = Operator::start(&api, kubelet.prober());
+    until(|| api.get(POOLS, "demo").unwrap()["status"]["readyReplicas"] == 3).await;
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let now = api.get(POOLS, "demo").unwrap()["status"].clone();
+    assert_eq!(
+        now["conditions"][1]["reason"], "DisruptionBudgetConflict",
+        "{now}"
+    );
+    // Never written, never taken over.
+    assert!(
+        !api.calls()
+            .iter()
+            .any(|c| c.method != "GET" && c.path.starts_with(BUDGETS)),
+        "{:?}",
+        api.calls()
+    );
+    assert_eq!(api.get(BUDGETS, "demo").unwrap()["spec"], theirs["spec"]);
+    assert_eq!(
+        warnings(&api)
+            .iter()
+            .filter(|r| *r == "DisruptionBudgetConflict")
+            .count(),
+        1
+    );
+    operator.stop().await;
+}

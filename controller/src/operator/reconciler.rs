@@ -345,7 +345,7 @@ pub async fn reconcile(pool: Arc<ServerPool>, ctx: Arc<Context>) -> Result<Actio
         return Ok(Action::requeue(STANDBY_RECHECK));
     }
     let mut done = apply(&target, &ctx, &mut seen).await;
-    ensure_budget(&target, &ctx, &mut done).await;
+    ensure_budget(&target, &ctx, &mut seen, &mut done).await;
     let reported = report(&target, &ctx, &seen, &mut done).await;
     ctx.with_memory(&target.key, &target.uid, |m| {
         m.warned.retain(|key| done.warned.contains(key))
@@ -360,20 +360,47 @@ pub async fn reconcile(pool: Arc<ServerPool>, ctx: Arc<Context>) -> Result<Actio
     ))
 }
 
-/// Writes the pool's PodDisruptionBudget when the watch shows it missing or not as
-/// it should be (see [`pods::disruption_budget`]).
-async fn ensure_budget(target: &Target<'_>, ctx: &Context, done: &mut Done) {
+/// Writes the pool's PodDisruptionBudget when the watch shows it missing, or its own
+/// budget not as it should be (see [`pods::disruption_budget`]). A budget of that
+/// name that is not the pool's is someone else's: left alone, and named in Degraded.
+async fn ensure_budget(target: &Target<'_>, ctx: &Context, seen: &mut Seen, done: &mut Done) {
     if target.name.len() > 63 {
         // Its label cannot name the pool (Degraded says so): no selector to write.
         return;
     }
     let want = target.pods.disruption_budget();
-    let current = ctx
+    let found = ctx
         .budgets
-        .get(&ObjectRef::new(&target.name).within(&target.namespace))
-        .is_some_and(|found| pods::is_current_budget(&found, &want));
-    if current {
-        return;
+        .get(&ObjectRef::new(&target.name).within(&target.namespace));
+    if let Some(found) = &found {
+        let ours = found
+            .metadata
+            .owner_references
+            .iter()
+            .flatten()
+            .any(|o| o.uid == target.uid);
+        if !ours {
+            let message = format!(
+                "PodDisruptionBudget {} exists and is not this pool's: the operator leaves it \
+                 as it is, and writes none of its own",
+                target.name
+            );
+            let event = PodEvent {
+                type_: EventType::Warning,
+                reason: "DisruptionBudgetConflict",
+                action: "Reconcile",
+                note: message.clone(),
+            };
+            warn_once(ctx, target, "DisruptionBudgetConflict", "", event, done).await;
+            seen.problems.push(Problem {
+                reason: "DisruptionBudgetConflict",
+                message,
+            });
+            return;
+        }
+        if pods::is_current_budget(found, &want) {
+            return;
+        }
     }
     if let Err(fenced) = ctx.may_write() {
         note(&mut done.first_error, Err(fenced));
