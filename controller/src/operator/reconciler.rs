@@ -225,6 +225,24 @@ impl Context {
         }
     }
 
+    /// Runs write `call` while this process leads: `None` if it does not, or stops
+    /// leading before the call is answered (its renew deadline passed, another took
+    /// the Lease). The call is abandoned then, so that no answer of this process's
+    /// lands as if it still led. (One already on the wire may still reach the API
+    /// server, as with any client: the renew deadline's margin before a standby may
+    /// take over is for that.)
+    async fn while_leading<F: std::future::Future>(&self, call: F) -> Option<F::Output> {
+        if !self.leadership.is_leader() {
+            return None;
+        }
+        let lost = self.leadership.lost();
+        tokio::select! {
+            biased;
+            output = call => Some(output),
+            () = lost => None,
+        }
+    }
+
     fn now(&self) -> Time {
         // Kubernetes keeps condition times to the second.
         let now = (self.clock)();
@@ -402,12 +420,11 @@ async fn ensure_budget(target: &Target<'_>, ctx: &Context, seen: &mut Seen, done
             return;
         }
     }
-    if let Err(fenced) = ctx.may_write() {
-        note(&mut done.first_error, Err(fenced));
-        return;
-    }
-    let result = target.pods.apply_disruption_budget(CONTROLLER_NAME).await;
-    note(&mut done.first_error, result.map_err(Error::from));
+    let result = ctx
+        .while_leading(target.pods.apply_disruption_budget(CONTROLLER_NAME))
+        .await
+        .map_or(Err(Error::NotLeader), |r| r.map_err(Error::from));
+    note(&mut done.first_error, result);
 }
 
 /// Marks a pass in progress for as long as it lives.
@@ -1438,17 +1455,23 @@ async fn remove_pod(
         note(&mut done.first_error, Err(fenced));
         return;
     }
-    let result = if failed {
-        target.pods.delete_failed(pod).await
-    } else {
-        target.pods.delete(pod).await
+    let call = async {
+        if failed {
+            target.pods.delete_failed(pod).await
+        } else {
+            target.pods.delete(pod).await
+        }
+    };
+    let result = match ctx.while_leading(call).await {
+        Some(result) => result.map_err(Error::from),
+        None => Err(Error::NotLeader),
     };
     if result.is_ok() && !uid.is_empty() {
         ctx.with_memory(&target.key, &target.uid, |m| {
             m.deleted.insert(uid.to_owned())
         });
     }
-    note(&mut done.first_error, result.map_err(Error::from));
+    note(&mut done.first_error, result);
     publish_event(ctx, target, pod, event).await;
 }
 
@@ -1576,21 +1599,18 @@ async fn report(
         .await;
     }
     if status != old_status {
-        ctx.may_write()?;
         let pools: Api<ServerPool> = Api::namespaced(ctx.client.clone(), &target.namespace);
-        pools
-            // Server-side apply under the controller's field manager: the status is
-            // this controller's, and a list it no longer sends is removed whole.
-            .patch_status(
-                &target.name,
-                &PatchParams::apply(CONTROLLER_NAME).force(),
-                &Patch::Apply(json!({
-                    "apiVersion": "ringlb.dev/v1alpha1",
-                    "kind": "ServerPool",
-                    "status": status,
-                })),
-            )
-            .await?;
+        // Server-side apply under the controller's field manager: the status is this
+        // controller's, and a list it no longer sends is removed whole.
+        let params = PatchParams::apply(CONTROLLER_NAME).force();
+        let patch = Patch::Apply(json!({
+            "apiVersion": "ringlb.dev/v1alpha1",
+            "kind": "ServerPool",
+            "status": status,
+        }));
+        ctx.while_leading(pools.patch_status(&target.name, &params, &patch))
+            .await
+            .ok_or(Error::NotLeader)??;
     }
     Ok(())
 }
@@ -1617,11 +1637,11 @@ async fn create(
 ) -> bool {
     let problems = &mut seen.problems;
     let first_error = &mut done.first_error;
-    if let Err(fenced) = ctx.may_write() {
-        note(first_error, Err(fenced));
+    let Some(created) = ctx.while_leading(target.pods.create(name, pod)).await else {
+        note(first_error, Err(Error::NotLeader));
         return false;
-    }
-    match target.pods.create(name, pod).await {
+    };
+    match created {
         Ok(_) => {
             let event = PodEvent {
                 type_: EventType::Normal,
@@ -1755,9 +1775,6 @@ impl PodEvent {
 /// for people: one that cannot be written is logged, never fatal.
 async fn publish_event(ctx: &Context, target: &Target<'_>, pod: &str, event: PodEvent) {
     tracing::info!(pool = %target.name, reason = event.reason, "{}", event.note);
-    if ctx.may_write().is_err() {
-        return;
-    }
     let event = Event {
         type_: event.type_,
         reason: event.reason.to_owned(),
@@ -1765,7 +1782,10 @@ async fn publish_event(ctx: &Context, target: &Target<'_>, pod: &str, event: Pod
         action: event.action.to_owned(),
         secondary: (!pod.is_empty()).then(|| pod_reference(&target.namespace, pod)),
     };
-    if let Err(error) = ctx.recorder.publish(&event, &target.reference).await {
+    if let Some(Err(error)) = ctx
+        .while_leading(ctx.recorder.publish(&event, &target.reference))
+        .await
+    {
         tracing::warn!(%error, "could not record an Event");
     }
 }
