@@ -1372,7 +1372,8 @@ fn plan_rollout<'a>(
                     reason: "RolloutStalled",
                     message: format!(
                         "pod {} of the new template for replica {name} failed{why}; \
-                         the rollout waits for a spec change, pod {} still serves",
+                         the rollout waits until it starts or the spec changes, pod {} \
+                         still serves",
                         surge.pod,
                         standing.get(name).map_or("", |p| p.pod.as_str())
                     ),
