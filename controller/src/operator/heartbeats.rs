@@ -129,12 +129,14 @@ impl PodHealth {
             served_for: None,
             name: pod.name.clone(),
         };
-        if wall_now.is_some() && running && pod.kubelet_ready == Some(true) {
+        if wall_now.is_some() && running && (pod.kubelet_ready == Some(true) || pod.was_ready) {
             // Found serving (a new leader's first look): the kubelet's probe answers,
             // so it has served, and its failures count from the first, as they would
             // have for the process that saw it start. (A pod that appears later has
             // served only once this process's own heartbeat answered: a replacement
-            // the operator cannot reach is not taken for one that works.)
+            // the operator cannot reach is not taken for one that works.) One the
+            // kubelet found Ready before and no more has served too: it gets no
+            // startup grace (a replica frozen before the takeover).
             health.state.record_heartbeat(true, 1);
             health.serving = Some(age(pod.ready_since.or(pod.started_at)));
         }

@@ -890,38 +890,59 @@ async fn an_operator_cut_off_from_every_pod_replaces_at_most_one_and_the_rings_s
 
 #[tokio::test(start_paused = true)]
 async fn a_new_leader_replaces_a_replica_frozen_at_the_takeover_within_one_detection_time() {
-    let api = FakeApiServer::default();
-    api.put(POOLS, pool_with_default_heartbeats(3));
-    let kubelet = Kubelet::start(&api, |_| Outcome::Run);
-    let old_leader = Operator::start(&api, kubelet.prober());
-    let status = || api.get(POOLS, "demo").unwrap()["status"].clone();
-    until(|| status()["readyReplicas"] == 3).await;
-    tokio::time::sleep(Duration::from_secs(60)).await;
+    // Replicas a minute old, and replicas 5 s old (within their startup grace),
+    // whose frozen one the kubelet has marked NotReady by the takeover.
+    for (age, kubelet_noticed) in [
+        (Duration::from_secs(60), false),
+        (Duration::from_secs(5), true),
+    ] {
+        let api = FakeApiServer::default();
+        api.put(POOLS, pool_with_default_heartbeats(3));
+        let kubelet = Kubelet::start(&api, |_| Outcome::Run);
+        let old_leader = Operator::start(&api, kubelet.prober());
+        let status = || api.get(POOLS, "demo").unwrap()["status"].clone();
+        until(|| status()["readyReplicas"] == 3).await;
+        tokio::time::sleep(age).await;
 
-    // The leader is killed and a replica freezes; a standby takes over.
-    old_leader.kill();
-    kubelet.freeze(&api, "server2");
-    let took_over = tokio::time::Instant::now();
-    let new_leader = Operator::start(&api, kubelet.prober());
-    // Judged from their pods (Ready for a minute), not as new pods in their startup
-    // grace (which would keep server2 for 30 s more).
-    while api.get(PODS, "server2").is_some() {
-        assert!(took_over.elapsed() <= DETECTION, "{:?}", api.names(PODS));
-        // Its first passes mark no member unready before a heartbeat answered.
-        let now = status();
-        for member in now["members"].as_array().unwrap() {
-            assert!(
-                member["ready"] == true || member["name"] == "Server2",
-                "{now}"
-            );
+        // The leader is killed and a replica freezes; a standby takes over.
+        old_leader.kill();
+        kubelet.freeze(&api, "server2");
+        if kubelet_noticed {
+            // Its readiness probe failed three times, 2 s apart.
+            tokio::time::sleep(Duration::from_secs(6)).await;
+            let mut pod = api.get(PODS, "server2").unwrap();
+            pod["status"]["conditions"][0] = json!({
+                "type": "Ready", "status": "False",
+                "lastTransitionTime": wall().to_string(),
+            });
+            api.put(PODS, pod);
         }
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        let took_over = tokio::time::Instant::now();
+        let new_leader = Operator::start(&api, kubelet.prober());
+        // Judged from their pods (Ready, or Ready before and no more), not as new
+        // pods in their startup grace (which would keep server2 for up to 30 s more).
+        while api.get(PODS, "server2").is_some() {
+            assert!(
+                took_over.elapsed() <= DETECTION,
+                "{age:?}: {:?}",
+                api.names(PODS)
+            );
+            // Its first passes mark no member unready before a heartbeat answered.
+            let now = status();
+            for member in now["members"].as_array().unwrap() {
+                assert!(
+                    member["ready"] == true || member["name"] == "Server2",
+                    "{now}"
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        within(Duration::from_secs(5), "emergency_1 serves", || {
+            status()["readyReplicas"] == 3
+        })
+        .await;
+        new_leader.stop().await;
     }
-    within(Duration::from_secs(5), "emergency_1 serves", || {
-        status()["readyReplicas"] == 3
-    })
-    .await;
-    new_leader.stop().await;
 }
 
 #[tokio::test(start_paused = true)]

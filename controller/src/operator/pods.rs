@@ -85,6 +85,9 @@ pub struct ReplicaPod {
     pub started_at: Option<Timestamp>,
     /// When its container exited, if it did.
     pub finished_at: Option<Timestamp>,
+    /// It was Ready once and is no more: its Ready condition turned False well after
+    /// its container started (one never ready has had it False since its start).
+    pub was_ready: bool,
     pub ready_since: Option<Timestamp>,
     /// Why it cannot start, if the kubelet or the scheduler says it never will by
     /// itself (an image that cannot be pulled, no node that fits).
@@ -540,6 +543,24 @@ pub fn replica_pod(pod: &Pod) -> ReplicaPod {
             .and_then(|c| c.last_transition_time.as_ref())
             .map(|t| t.0),
         start_failure: start_failure(pod),
+        was_ready: was_ready(pod),
+    }
+}
+
+/// See [`ReplicaPod::was_ready`].
+fn was_ready(pod: &Pod) -> bool {
+    let started = replica_container(pod)
+        .and_then(|c| c.state.as_ref()?.running.as_ref()?.started_at.as_ref())
+        .map(|t| t.0);
+    let turned_false = pod_condition(pod, "Ready")
+        .filter(|c| c.status == "False")
+        .and_then(|c| c.last_transition_time.as_ref())
+        .map(|t| t.0);
+    match (started, turned_false) {
+        (Some(started), Some(turned)) => {
+            turned.duration_since(started) > k8s_openapi::jiff::SignedDuration::from_secs(1)
+        }
+        _ => false,
     }
 }
 
