@@ -1107,6 +1107,18 @@ async fn pods_that_never_start_are_named_at_once_and_replaced_only_after_their_g
         tokio::time::sleep(Duration::from_secs(91)).await;
         assert_eq!(pod_creates(&api), 2 * 4, "{reason}: {:?}", api.names(PODS));
         assert_eq!(status()["conditions"][1]["reason"], reason);
+        // The Events say why each was replaced.
+        let replaced: Vec<String> = api
+            .names(EVENTS)
+            .iter()
+            .filter_map(|name| api.get(EVENTS, name))
+            .filter(|event| event["reason"] == "Replaced")
+            .map(|event| event["note"].as_str().unwrap_or_default().to_owned())
+            .collect();
+        assert!(!replaced.is_empty());
+        for note in &replaced {
+            assert!(note.contains(": its pod did not start"), "{note}");
+        }
         operator.stop().await;
     }
 }

@@ -870,11 +870,20 @@ async fn apply(target: &Target<'_>, ctx: &Context, seen: &mut Seen) -> Done {
                     m.replacements = seen.replacements.clone();
                 });
                 ctx.metrics.replacements.inc();
-                let why = match seen.pods.iter().find(|p| p.uid == uid).map(|p| p.state) {
-                    _ if held_elsewhere => "its pod name is held by a pod that is not this pool's",
-                    Some(PodState::Exited) => "its container exited",
-                    Some(PodState::Terminating) => "its pod is stuck terminating",
-                    _ => "failed its heartbeats",
+                let failed_pod = seen.pods.iter().find(|p| p.uid == uid);
+                let why = match failed_pod.map(|p| p.state) {
+                    _ if held_elsewhere => {
+                        "its pod name is held by a pod that is not this pool's".to_owned()
+                    }
+                    Some(PodState::Exited) => "its container exited".to_owned(),
+                    Some(PodState::Terminating) => "its pod is stuck terminating".to_owned(),
+                    Some(PodState::Pending) => format!(
+                        "its pod did not start{}",
+                        failed_pod
+                            .and_then(|p| p.container_reason.as_deref())
+                            .map_or_else(String::new, |r| format!(" ({r})"))
+                    ),
+                    _ => "failed its heartbeats".to_owned(),
                 };
                 let pod_shown = if held_elsewhere {
                     members::pod_name(&failed).unwrap_or_default()
