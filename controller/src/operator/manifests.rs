@@ -329,9 +329,11 @@ mod tests {
         }
     }
 
+    /// The verbs a rule grants. (`resourceNames` narrow a rule to some objects: the
+    /// proxy's to its pool, which the proxy test checks; the verbs are the same.)
     fn add_rule(granted: &mut Permissions, origin: &str, rule: &PolicyRule) {
         assert!(
-            rule.resource_names.is_none() && rule.non_resource_urls.is_none(),
+            rule.non_resource_urls.is_none(),
             "{origin}: unexpected rule shape"
         );
         for group in rule.api_groups.iter().flatten() {
@@ -714,6 +716,28 @@ mod tests {
                 .any(|p| p.metadata.name.as_deref() == pool),
             "the proxy's pool is not in deploy/"
         );
+        // It may write its own pool only: every rule that lets it patch (or get) a
+        // ServerPool names that pool.
+        let role = deployed
+            .roles
+            .iter()
+            .find(|r| r.metadata.name.as_deref() == Some("ringlb-proxy"))
+            .unwrap();
+        let pool_rules: Vec<_> = role
+            .rules
+            .iter()
+            .flatten()
+            .filter(|r| r.resources.iter().flatten().any(|res| res == "serverpools"))
+            .collect();
+        for rule in &pool_rules {
+            if rule.verbs.iter().any(|v| v == "patch" || v == "get") {
+                assert_eq!(
+                    rule.resource_names.as_deref(),
+                    Some(&[pool.unwrap().to_owned()][..]),
+                    "the proxy may patch every ServerPool"
+                );
+            }
+        }
         let token = env["RINGLB_ADMIN_TOKEN"].value_from.as_ref().unwrap();
         let secret_ref = token.secret_key_ref.as_ref().unwrap();
         assert_eq!(secret_ref.name, "ringlb-admin");
