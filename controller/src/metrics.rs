@@ -26,6 +26,29 @@ struct ReplicaLabel {
 /// The `pool` label of `ringlb up` with local processes or `--replica` servers.
 pub const LOCAL_POOL: &str = "local";
 
+/// The labels of the operator's per-pool series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PoolLabel {
+    namespace: String,
+    pool: String,
+}
+
+/// The operator's series of each `ServerPool` it reconciles, as controller-rs exports
+/// them: what the pool's status says, and how its passes go. Removed with the pool.
+struct PoolSeries {
+    desired: Family<PoolLabel, Gauge>,
+    ready: Family<PoolLabel, Gauge>,
+    updated: Family<PoolLabel, Gauge>,
+    reconciles: Family<PoolLabel, Counter>,
+    reconcile_errors: Family<PoolLabel, Counter>,
+    reconcile_duration: Family<PoolLabel, Histogram, fn() -> Histogram>,
+}
+
+fn new_reconcile_histogram() -> Histogram {
+    // 1 ms .. ~33 s
+    Histogram::new(exponential_buckets(0.001, 2.0, 16))
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct AdminLabel {
     operation: String,
@@ -54,6 +77,7 @@ pub struct Metrics {
     pub leader: Gauge,
     pub leader_transitions: Counter,
     admin_changes: Family<AdminLabel, Counter>,
+    pools: PoolSeries,
 }
 
 impl Default for Metrics {
@@ -86,6 +110,44 @@ impl Metrics {
         let refused_connections = Counter::default();
         let leader = Gauge::default();
         let leader_transitions = Counter::default();
+        let pools = PoolSeries {
+            desired: Family::default(),
+            ready: Family::default(),
+            updated: Family::default(),
+            reconciles: Family::default(),
+            reconcile_errors: Family::default(),
+            reconcile_duration: Family::new_with_constructor(new_reconcile_histogram),
+        };
+        registry.register(
+            "pool_desired_replicas",
+            "Replicas each ServerPool asks for (the operator)",
+            pools.desired.clone(),
+        );
+        registry.register(
+            "pool_ready_replicas",
+            "Replicas of each ServerPool in the ring, as its status says (the operator)",
+            pools.ready.clone(),
+        );
+        registry.register(
+            "pool_updated_replicas",
+            "Replicas of each ServerPool served by a pod of its current template (the operator)",
+            pools.updated.clone(),
+        );
+        registry.register(
+            "reconciles",
+            "Reconcile passes of each ServerPool (the leading operator)",
+            pools.reconciles.clone(),
+        );
+        registry.register(
+            "reconcile_errors",
+            "Reconcile passes of each ServerPool that failed, to be retried",
+            pools.reconcile_errors.clone(),
+        );
+        registry.register(
+            "reconcile_duration_seconds",
+            "How long each reconcile pass of a ServerPool took",
+            pools.reconcile_duration.clone(),
+        );
         registry.register(
             "responses",
             "Responses forwarded from each replica",
@@ -167,7 +229,55 @@ impl Metrics {
             leader,
             leader_transitions,
             admin_changes,
+            pools,
         }
+    }
+
+    /// What the status of pool `pool` of `namespace` says now.
+    pub fn pool_status(&self, namespace: &str, pool: &str, desired: u32, ready: u32, updated: u32) {
+        let label = PoolLabel {
+            namespace: namespace.to_owned(),
+            pool: pool.to_owned(),
+        };
+        self.pools
+            .desired
+            .get_or_create(&label)
+            .set(i64::from(desired));
+        self.pools.ready.get_or_create(&label).set(i64::from(ready));
+        self.pools
+            .updated
+            .get_or_create(&label)
+            .set(i64::from(updated));
+    }
+
+    /// A reconcile pass of pool `pool` of `namespace` took `took`, and failed or not.
+    pub fn reconciled(&self, namespace: &str, pool: &str, took: std::time::Duration, ok: bool) {
+        let label = PoolLabel {
+            namespace: namespace.to_owned(),
+            pool: pool.to_owned(),
+        };
+        self.pools.reconciles.get_or_create(&label).inc();
+        if !ok {
+            self.pools.reconcile_errors.get_or_create(&label).inc();
+        }
+        self.pools
+            .reconcile_duration
+            .get_or_create(&label)
+            .observe(took.as_secs_f64());
+    }
+
+    /// Removes every series of pool `pool` of `namespace`: it is gone.
+    pub fn forget_pool(&self, namespace: &str, pool: &str) {
+        let label = PoolLabel {
+            namespace: namespace.to_owned(),
+            pool: pool.to_owned(),
+        };
+        self.pools.desired.remove(&label);
+        self.pools.ready.remove(&label);
+        self.pools.updated.remove(&label);
+        self.pools.reconciles.remove(&label);
+        self.pools.reconcile_errors.remove(&label);
+        self.pools.reconcile_duration.remove(&label);
     }
 
     /// The pool this process serves.

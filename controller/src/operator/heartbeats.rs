@@ -337,8 +337,13 @@ struct Round {
 }
 
 impl Round {
-    /// Removes the metric series of every replica this task knew (its pool is gone).
+    /// Removes the metric series of the pool and of every replica this task knew
+    /// (its pool is gone).
     fn forget_all(&self) {
+        self.metrics.forget_pool(
+            self.pool.namespace.as_deref().unwrap_or_default(),
+            &self.pool.name,
+        );
         let health = self.health.lock().unwrap();
         for name in health.values().filter_map(|h| h.name.as_ref()) {
             self.metrics.forget_replica(&self.pool.name, name);

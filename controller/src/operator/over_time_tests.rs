@@ -249,19 +249,16 @@ struct Operator {
     task: JoinHandle<()>,
     /// Whether it leads, as its Lease says: the test takes leadership away.
     leading: tokio::sync::watch::Sender<bool>,
+    /// Its `/metrics`.
+    metrics: Arc<Metrics>,
 }
 
 impl Operator {
     fn start(api: &FakeApiServer, prober: Arc<dyn Prober>) -> Self {
         let (leading, leadership) = Leadership::manual();
         leading.send_replace(true);
-        let mut ctx = Context::new(
-            api.client(),
-            None,
-            prober,
-            Arc::new(Metrics::new()),
-            leadership,
-        );
+        let metrics = Arc::new(Metrics::new());
+        let mut ctx = Context::new(api.client(), None, prober, metrics.clone(), leadership);
         ctx.set_clock(wall);
         let ctx = Arc::new(ctx);
         let (stop, stopped) = oneshot::channel::<()>();
@@ -275,6 +272,7 @@ impl Operator {
             stop,
             task,
             leading,
+            metrics,
         }
     }
 
@@ -1394,5 +1392,30 @@ async fn a_disruption_budget_of_the_pools_name_that_is_not_its_own_is_left_alone
             .count(),
         1
     );
+    operator.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_operator_exports_each_pools_replicas_and_passes_until_the_pool_goes() {
+    let (api, _kubelet, operator) = ready_pool(3).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let metrics = operator.metrics.encode();
+    for series in [
+        r#"ringlb_pool_desired_replicas{namespace="default",pool="demo"} 3"#,
+        r#"ringlb_pool_ready_replicas{namespace="default",pool="demo"} 3"#,
+        r#"ringlb_pool_updated_replicas{namespace="default",pool="demo"} 3"#,
+        r#"ringlb_reconciles_total{namespace="default",pool="demo"}"#,
+        r#"ringlb_reconcile_duration_seconds_count{namespace="default",pool="demo"}"#,
+    ] {
+        assert!(metrics.contains(series), "{series} in\n{metrics}");
+    }
+    let request = http::Request::delete(format!("{POOLS}/demo"))
+        .body(Vec::new())
+        .unwrap();
+    api.client().request_text(request).await.unwrap();
+    within(Duration::from_secs(5), "its series gone", || {
+        !operator.metrics.encode().contains(r#"pool="demo""#)
+    })
+    .await;
     operator.stop().await;
 }

@@ -348,12 +348,25 @@ pub async fn reconcile(pool: Arc<ServerPool>, ctx: Arc<Context>) -> Result<Actio
         // A standby: watches (its caches stay warm for a takeover) but writes nothing.
         return Ok(Action::requeue(STANDBY_RECHECK));
     }
+    let (namespace, name) = (pool.namespace().unwrap_or_default(), pool.name_any());
     if pool.meta().deletion_timestamp.is_some() {
         // Its pods go with it (ownerReferences): nothing to do but forget it.
         ctx.memory.lock().unwrap().remove(&pool_key(&pool));
         ctx.heartbeats.forget(&ObjectRef::from_obj(&*pool));
+        ctx.metrics.forget_pool(&namespace, &name);
         return Ok(Action::await_change());
     }
+    let began = tokio::time::Instant::now();
+    let result = pass(pool, ctx.clone()).await;
+    // (A pass that stopped because this process stopped leading did not fail.)
+    let ok = !matches!(result, Err(ref error) if !matches!(error, Error::NotLeader));
+    ctx.metrics
+        .reconciled(&namespace, &name, began.elapsed(), ok);
+    result
+}
+
+/// The pass of [`reconcile`] over a pool this process leads for.
+async fn pass(pool: Arc<ServerPool>, ctx: Arc<Context>) -> Result<Action, Error> {
     let target = Target::of(&pool, &ctx)?;
     let _in_progress = PassInProgress::begin(&ctx, &target.key);
     let mut seen = observe(&target, &ctx).await?;
@@ -1554,6 +1567,13 @@ async fn report(
             })
         })
         .count() as u32;
+    ctx.metrics.pool_status(
+        &target.namespace,
+        &target.name,
+        spec.replicas,
+        status.ready_replicas,
+        status.updated_replicas,
+    );
     let progress = progress_conditions(
         spec,
         &status,
