@@ -33,6 +33,15 @@ struct PoolLabel {
     pool: String,
 }
 
+impl PoolLabel {
+    fn of(namespace: &str, pool: &str) -> Self {
+        Self {
+            namespace: namespace.to_owned(),
+            pool: pool.to_owned(),
+        }
+    }
+}
+
 /// The operator's series of each `ServerPool` it reconciles, as controller-rs exports
 /// them: what the pool's status says, and how its passes go. Removed with the pool.
 struct PoolSeries {
@@ -235,10 +244,7 @@ impl Metrics {
 
     /// What the status of pool `pool` of `namespace` says now.
     pub fn pool_status(&self, namespace: &str, pool: &str, desired: u32, ready: u32, updated: u32) {
-        let label = PoolLabel {
-            namespace: namespace.to_owned(),
-            pool: pool.to_owned(),
-        };
+        let label = PoolLabel::of(namespace, pool);
         self.pools
             .desired
             .get_or_create(&label)
@@ -252,10 +258,7 @@ impl Metrics {
 
     /// A reconcile pass of pool `pool` of `namespace` took `took`, and failed or not.
     pub fn reconciled(&self, namespace: &str, pool: &str, took: std::time::Duration, ok: bool) {
-        let label = PoolLabel {
-            namespace: namespace.to_owned(),
-            pool: pool.to_owned(),
-        };
+        let label = PoolLabel::of(namespace, pool);
         self.pools.reconciles.get_or_create(&label).inc();
         if !ok {
             self.pools.reconcile_errors.get_or_create(&label).inc();
@@ -268,10 +271,7 @@ impl Metrics {
 
     /// Removes every series of pool `pool` of `namespace`: it is gone.
     pub fn forget_pool(&self, namespace: &str, pool: &str) {
-        let label = PoolLabel {
-            namespace: namespace.to_owned(),
-            pool: pool.to_owned(),
-        };
+        let label = PoolLabel::of(namespace, pool);
         self.pools.desired.remove(&label);
         self.pools.ready.remove(&label);
         self.pools.updated.remove(&label);

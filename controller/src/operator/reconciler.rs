@@ -359,7 +359,7 @@ pub async fn reconcile(pool: Arc<ServerPool>, ctx: Arc<Context>) -> Result<Actio
     let began = tokio::time::Instant::now();
     let result = pass(pool, ctx.clone()).await;
     // (A pass that stopped because this process stopped leading did not fail.)
-    let ok = !matches!(result, Err(ref error) if !matches!(error, Error::NotLeader));
+    let ok = matches!(result, Ok(_) | Err(Error::NotLeader));
     ctx.metrics
         .reconciled(&namespace, &name, began.elapsed(), ok);
     result
@@ -1200,20 +1200,8 @@ fn plan_pass(desired: &[(ReplicaName, String)], seen: &Seen) -> PassWork {
         }
     });
 
-    let mut unconfirmed = hold_unconfirmed(desired, seen, &by_name, &mut actions);
-    if disputed.len() > seen.max_unconfirmed {
-        // Those a backoff holds back keep serving on the kubelet's word too: the
-        // operator's view is in doubt, and taking them all out would empty the ring.
-        for held in &held_back {
-            if disputed.contains(&held.replica)
-                && let Some(pod) = by_name.get(&held.replica)
-            {
-                unconfirmed.held.push((*pod).clone());
-            }
-        }
-        // (In one order, so that the status says the same thing pass after pass.)
-        unconfirmed.held.sort_by(|a, b| a.pod.cmp(&b.pod));
-    }
+    let unconfirmed =
+        hold_unconfirmed(desired, seen, &by_name, &disputed, &held_back, &mut actions);
     let vouched: HashSet<String> = unconfirmed.held.iter().map(|p| p.uid.clone()).collect();
 
     let rollout = plan_rollout(desired, seen, &by_name, &surges, &actions);
@@ -1259,12 +1247,16 @@ fn plan_pass(desired: &[(ReplicaName, String)], seen: &Seen) -> PassWork {
 /// looks down and Envoy ejects at most `max_ejection_percent` of a cluster, it
 /// replaces at most that many at a time — a replacement is in progress until its
 /// new pod answers the operator — and the others keep serving on the kubelet's word
-/// (the proxies take out what they themselves cannot reach). A replica that really
-/// died (its container exited, its pod is gone or NotReady) is not held.
+/// (the proxies take out what they themselves cannot reach). `disputed` are all such
+/// failures this pass, `held_back` the replacements a backoff holds: when the
+/// disputed are more than the budget, those held back keep serving too. A replica
+/// that really died (its container exited, its pod is gone or NotReady) is not held.
 fn hold_unconfirmed(
     desired: &[(ReplicaName, String)],
     seen: &Seen,
     by_name: &HashMap<ReplicaName, &ReplicaPod>,
+    disputed: &[ReplicaName],
+    held_back: &[HeldBack],
     actions: &mut Vec<PlanAction>,
 ) -> Unconfirmed {
     let answered = |pod: &ReplicaPod| {
@@ -1314,6 +1306,18 @@ fn hold_unconfirmed(
         held.push((*pod).clone());
         false
     });
+    if disputed.len() > seen.max_unconfirmed {
+        // Those a backoff holds back keep serving on the kubelet's word too: the
+        // operator's view is in doubt, and taking them all out would empty the ring.
+        held.extend(
+            held_back
+                .iter()
+                .filter(|h| disputed.contains(&h.replica))
+                .filter_map(|h| by_name.get(&h.replica).map(|pod| (*pod).clone())),
+        );
+        // (In one order, so that the status says the same thing pass after pass.)
+        held.sort_by(|a, b| a.pod.cmp(&b.pod));
+    }
     Unconfirmed {
         held,
         in_progress: made,
