@@ -1027,8 +1027,9 @@ def scenario_leader_kill(sim, args, R, settle=None):
     }
 
 
-def scenario_freeze(sim, args, R):
-    """A replica frozen (SIGSTOP) while the leader runs."""
+def scenario_freeze(sim, args, R, action="freeze", fail_status=False):
+    """A replica frozen (SIGSTOP) while the leader runs (or killed: `action`; with
+    `fail_status`, every status write fails with 500 for 20 s from 1 s before)."""
     sim.bring_up()
     mon = Monitors(sim)
     mon.start()
@@ -1039,11 +1040,16 @@ def scenario_freeze(sim, args, R):
     sp = sim.pool()
     member = sim.member_of(victim)
     R["replica_age_s"] = youngest_age(sim)
+    if fail_status:
+        st, body = sim.ctl("POST", "/_ctl/fail", {"method": "PATCH", "path_regex": ".*/status$",
+                                                  "code": 500, "seconds": 20})
+        sim.mark(f"status writes fail with 500 for 20 s: {st} {body}")
+        time.sleep(1)
     t0 = now()
-    st, body = sim.ctl("POST", "/_ctl/chaos", {"pod": victim, "action": "freeze"})
-    sim.mark(f"froze {victim} (member {member}): {body}")
+    st, body = sim.ctl("POST", "/_ctl/chaos", {"pod": victim, "action": action})
+    sim.mark(f"{action} {victim} (member {member}): {body}")
     repl_t = None
-    deadline = t0 + args.freeze_s
+    deadline = t0 + args.freeze_s + (25 if fail_status else 0)
     while now() < deadline:
         if repl_t is None:
             ps = [s for s in mon.pods_snapshot() if s["name"] == victim]
@@ -1077,7 +1083,10 @@ def scenario_freeze(sim, args, R):
     def s(v):
         return "never (within the bound)" if v is None else f"{v:.2f} s"
 
-    print(f"\n== freeze: {victim} (member {member}) frozen at t=0, leader alive; youngest replica "
+    what = {"freeze": "frozen", "kill": "killed (SIGKILL)"}.get(action, action)
+    if fail_status:
+        what += ", status writes failing from t=-1 s to t=19 s"
+    print(f"\n== {action}{'-status-fail' if fail_status else ''}: {victim} (member {member}) {what} at t=0, leader alive; youngest replica "
           f"{(R['replica_age_s'] or float('nan')):.1f} s old")
     print(f"  member out of both proxies' rings:  {s(R['ring_out_s'])}")
     print(f"  frozen pod's DELETE:                {s(R['delete_s'])}")
@@ -1250,6 +1259,8 @@ SCENARIOS = {
     "leader-kill": scenario_leader_kill,
     "leader-kill-young": scenario_leader_kill_young,
     "freeze": scenario_freeze,
+    "kill": lambda sim, args, R: scenario_freeze(sim, args, R, action="kill"),
+    "status-fail": lambda sim, args, R: scenario_freeze(sim, args, R, fail_status=True),
     "clash": scenario_clash,
     "unpullable": scenario_unpullable,
 }
