@@ -201,7 +201,7 @@ class Sim:
         r = self.kubectl("apply", "--validate=false", "-k", os.path.join(repo, "deploy"), check=False)
         if r.returncode != 0:
             self.note(f"kubectl apply -k deploy/ failed ({r.stderr.strip()[:200]}); applied with -f instead")
-            self.kubectl("apply", "--validate=false", "-f", os.path.join(repo, "deploy"))
+            self.kubectl("apply", "--validate=false", "-f", os.path.join(repo, "deploy", "base"))
         self.mark("crds/ and deploy/ applied")
         if self.args.replicas:
             self.kubectl("scale", f"sp/{POOL}", f"--replicas={self.args.replicas}")
@@ -245,7 +245,16 @@ class Sim:
                     env[e["name"]] = {"metadata.namespace": NS, "metadata.name": pod_name}.get(fp, "")
                 elif "secretKeyRef" in vf:
                     ref = vf["secretKeyRef"]
-                    st, sec = self.api("GET", f"/api/v1/namespaces/{NS}/secrets/{ref['name']}")
+                    # As the kubelet: the container waits until the Secret exists (the
+                    # operator makes each pool's admin token).
+                    deadline = now() + 60
+                    while True:
+                        st, sec = self.api("GET", f"/api/v1/namespaces/{NS}/secrets/{ref['name']}")
+                        if st == 200 or now() > deadline:
+                            break
+                        time.sleep(0.5)
+                    if st != 200:
+                        raise RuntimeError(f"Secret {ref['name']} never appeared: {st}")
                     env[e["name"]] = base64.b64decode(sec["data"][ref["key"]]).decode()
         return env, c.get("args") or []
 

@@ -146,7 +146,7 @@ pub async fn operator_run() -> FakeApiServer {
         leadership,
     ));
     let (stop_controller, controller_stopped) = oneshot::channel::<()>();
-    let controller = tokio::spawn(reconciler::run(ctx, "default", async {
+    let controller = tokio::spawn(reconciler::run(ctx, Some("default"), async {
         let _ = controller_stopped.await;
     }));
 
@@ -340,7 +340,7 @@ async fn a_standby_that_takes_over_reconciles_at_once() {
         leadership,
     ));
     let (stop, stopped) = oneshot::channel::<()>();
-    let controller = tokio::spawn(reconciler::run(ctx, "default", async {
+    let controller = tokio::spawn(reconciler::run(ctx, Some("default"), async {
         let _ = stopped.await;
     }));
     // As a standby it watches and writes nothing, however long it waits. (Half an
@@ -393,7 +393,7 @@ async fn a_deleted_pool_stops_being_heartbeaten() {
         leadership,
     ));
     let (stop, stopped) = oneshot::channel::<()>();
-    let controller = tokio::spawn(reconciler::run(ctx, "default", async {
+    let controller = tokio::spawn(reconciler::run(ctx, Some("default"), async {
         let _ = stopped.await;
     }));
     let probes = || prober.0.load(std::sync::atomic::Ordering::SeqCst);

@@ -229,6 +229,7 @@ impl Drop for Kubelet {
 }
 
 /// Heartbeats answer for the pods the kubelet runs, unless the operator is cut off.
+#[derive(Default)]
 struct Answers {
     up: Arc<Mutex<HashSet<SocketAddr>>>,
     cut: Arc<AtomicBool>,
@@ -255,6 +256,15 @@ struct Operator {
 
 impl Operator {
     fn start(api: &FakeApiServer, prober: Arc<dyn Prober>) -> Self {
+        Self::start_for(api, prober, Some("default"))
+    }
+
+    /// An operator of the pools of `namespace`, or of every namespace's (`None`).
+    fn start_for(
+        api: &FakeApiServer,
+        prober: Arc<dyn Prober>,
+        namespace: Option<&'static str>,
+    ) -> Self {
         let (leading, leadership) = Leadership::manual();
         leading.send_replace(true);
         let metrics = Arc::new(Metrics::new());
@@ -263,7 +273,7 @@ impl Operator {
         let ctx = Arc::new(ctx);
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
-            reconciler::run(ctx, "default", async {
+            reconciler::run(ctx, namespace, async {
                 let _ = stopped.await;
             })
             .await
@@ -366,6 +376,14 @@ async fn a_crashing_image_costs_a_handful_of_pods_in_ten_minutes() {
     tokio::time::sleep(Duration::from_secs(60)).await;
     assert_eq!(pod_creates(&api), 2 * 3);
     tokio::time::sleep(Duration::from_secs(540)).await;
+    // The pool's series say the same: 10 replacements, both slots waiting.
+    let metrics = operator.metrics.encode();
+    for series in [
+        r#"ringlb_pool_replacements_total{namespace="default",pool="demo"} 10"#,
+        r#"ringlb_pool_backoff_replicas{namespace="default",pool="demo"} 2"#,
+    ] {
+        assert!(metrics.contains(series), "{series} in\n{metrics}");
+    }
     operator.stop().await;
 
     // Per slot: its first pod, then each one 10 s, 20 s, 40 s, … 300 s after the pod
@@ -1417,5 +1435,136 @@ async fn the_operator_exports_each_pools_replicas_and_passes_until_the_pool_goes
         !operator.metrics.encode().contains(r#"pool="demo""#)
     })
     .await;
+    operator.stop().await;
+}
+
+const SECRETS: &str = "/api/v1/namespaces/default/secrets";
+
+/// The token of Secret `name`, as the proxy's `secretKeyRef` reads it.
+fn token(api: &FakeApiServer, name: &str) -> Option<String> {
+    let secret: k8s_openapi::api::core::v1::Secret =
+        serde_json::from_value(api.get(SECRETS, name)?).unwrap();
+    let token = secret.data?.remove("token")?;
+    Some(String::from_utf8(token.0).unwrap())
+}
+
+#[tokio::test(start_paused = true)]
+async fn each_pool_gets_a_random_admin_token_secret_and_one_that_exists_is_never_touched() {
+    let api = FakeApiServer::default();
+    api.put(POOLS, pool(1, Value::Null));
+    // Pool `own` comes with the token its administrators chose.
+    let mut own = pool(1, Value::Null);
+    own["metadata"]["name"] = json!("own");
+    own["metadata"]["uid"] = json!("uid-own");
+    api.put(POOLS, own);
+    api.put(
+        SECRETS,
+        json!({"apiVersion": "v1", "kind": "Secret",
+               "metadata": {"name": "own-admin", "namespace": "default"},
+               "stringData": {"token": "chosen"}, "data": {"token": "Y2hvc2Vu"}}),
+    );
+    let kubelet = Kubelet::start(&api, |_| Outcome::Run);
+    let operator = Operator::start(&api, kubelet.prober());
+    within(Duration::from_secs(5), "demo's Secret", || {
+        api.get(SECRETS, "demo-admin").is_some()
+    })
+    .await;
+    let first = token(&api, "demo-admin").unwrap();
+    assert_eq!(first.len(), 64);
+    assert!(first.bytes().all(|b| b.is_ascii_hexdigit()), "{first}");
+    let secret = api.get(SECRETS, "demo-admin").unwrap();
+    assert_eq!(secret["metadata"]["ownerReferences"][0]["uid"], "uid-demo");
+    let creates = || {
+        api.calls()
+            .iter()
+            .filter(|c| c.method == "POST" && c.path.starts_with(SECRETS))
+            .count()
+    };
+    // Pool `own`: its Secret was tried (409) and left as it was.
+    within(Duration::from_secs(5), "both pools checked", || {
+        creates() == 2
+    })
+    .await;
+    assert_eq!(token(&api, "own-admin").as_deref(), Some("chosen"));
+    // Once per pool, not at every pass: the next check is due after the recheck.
+    tokio::time::sleep(reconciler::ADMIN_SECRET_RECHECK - Duration::from_secs(10)).await;
+    assert_eq!(creates(), 2);
+
+    // Deleted by hand: made again, with a new token, at the next check.
+    let request = http::Request::delete(format!("{SECRETS}/demo-admin"))
+        .body(Vec::new())
+        .unwrap();
+    api.client().request_text(request).await.unwrap();
+    within(
+        reconciler::ADMIN_SECRET_RECHECK,
+        "demo's Secret back",
+        || api.get(SECRETS, "demo-admin").is_some(),
+    )
+    .await;
+    let second = token(&api, "demo-admin").unwrap();
+    assert_ne!(first, second);
+    assert_eq!(token(&api, "own-admin").as_deref(), Some("chosen"));
+
+    // The pool deleted: its Secret goes with it; the one it did not make stays.
+    let request = http::Request::delete(format!("{POOLS}/demo"))
+        .body(Vec::new())
+        .unwrap();
+    api.client().request_text(request).await.unwrap();
+    assert!(api.get(SECRETS, "demo-admin").is_none());
+    assert!(api.get(SECRETS, "own-admin").is_some());
+    operator.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_operator_of_every_namespace_keeps_each_pools_objects_in_the_pools_namespace() {
+    const TEAM_PODS: &str = "/api/v1/namespaces/team-b/pods";
+    const TEAM_POOLS: &str = "/apis/ringlb.dev/v1alpha1/namespaces/team-b/serverpools";
+    let api = FakeApiServer::default();
+    api.put(POOLS, pool(2, Value::Null));
+    // A pool of the same name in another namespace.
+    let mut other = pool(3, Value::Null);
+    other["metadata"]["namespace"] = json!("team-b");
+    other["metadata"]["uid"] = json!("uid-team-b");
+    api.put(TEAM_POOLS, other);
+    let prober = Arc::new(Answers::default());
+
+    // An operator of namespace default: team-b's pool is not its.
+    let operator = Operator::start(&api, prober.clone());
+    within(Duration::from_secs(5), "default's pods", || {
+        api.names(PODS).len() == 2
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert!(api.names(TEAM_PODS).is_empty());
+    operator.stop().await;
+
+    // One of every namespace: each pool's pods, budget, Secret and status in its own.
+    let operator = Operator::start_for(&api, prober, None);
+    within(Duration::from_secs(5), "team-b's pods", || {
+        api.names(TEAM_PODS).len() == 3
+    })
+    .await;
+    for pod in api.names(TEAM_PODS) {
+        let pod = api.get(TEAM_PODS, &pod).unwrap();
+        assert_eq!(pod["metadata"]["ownerReferences"][0]["uid"], "uid-team-b");
+    }
+    assert_eq!(api.names(PODS).len(), 2, "default's pool keeps its 2");
+    within(
+        Duration::from_secs(5),
+        "team-b's budget, Secret and status",
+        || {
+            api.get(
+                "/apis/policy/v1/namespaces/team-b/poddisruptionbudgets",
+                "demo",
+            )
+            .is_some()
+                && api
+                    .get("/api/v1/namespaces/team-b/secrets", "demo-admin")
+                    .is_some()
+                && api.get(TEAM_POOLS, "demo").unwrap()["status"]["replicas"] == 3
+        },
+    )
+    .await;
+    assert_eq!(api.get(POOLS, "demo").unwrap()["status"]["replicas"], 2);
     operator.stop().await;
 }

@@ -23,6 +23,8 @@ const POOL_UID: &str = "5d3c0f2e-0000-4000-8000-000000000001";
 const PODS: &str = "/api/v1/namespaces/default/pods";
 const STATUS: &str = "/apis/ringlb.dev/v1alpha1/namespaces/default/serverpools/demo/status";
 const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/default/events";
+/// The pool's admin Secret is tried once per term (its test: `over_time_tests.rs`).
+const SECRETS: &str = "/api/v1/namespaces/default/secrets";
 
 /// One request the reconciler sent.
 #[derive(Clone, Debug)]
@@ -85,11 +87,11 @@ impl MockApi {
         self.calls.lock().unwrap().clone()
     }
 
-    /// Every call but Events, as "METHOD path".
+    /// Every call but Events and the admin Secret's, as "METHOD path".
     fn writes_and_reads(&self) -> Vec<String> {
         self.calls()
             .iter()
-            .filter(|c| !c.path.starts_with(EVENTS))
+            .filter(|c| !c.path.starts_with(EVENTS) && c.path != SECRETS)
             .map(|c| format!("{} {}", c.method, c.path))
             .collect()
     }
@@ -150,6 +152,12 @@ fn answer(call: &Call, pods: &[Value]) -> (u16, Value) {
             (200, pool)
         }
         ("POST", EVENTS) => (201, call.body.clone()),
+        // The Secret exists.
+        ("POST", SECRETS) => (
+            409,
+            json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                   "reason": "AlreadyExists", "code": 409, "message": "exists"}),
+        ),
         other => panic!("unexpected API call {other:?}"),
     }
 }
