@@ -26,6 +26,7 @@ pub mod manifests;
 pub mod members;
 #[cfg(test)]
 mod over_time_tests;
+pub mod pass_plan;
 pub mod pods;
 pub mod proxy;
 pub mod proxy_app;

@@ -11,7 +11,7 @@
 //! times in a row (or whose container exited) is replaced by `emergency_<n>`, whose
 //! pod is `emergency-<n>`, and the replacement is recorded in the status.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -29,17 +29,18 @@ use serde_json::json;
 use tokio::sync::mpsc;
 
 use super::crd::{MemberStatus, ReplacementStatus, ServerPool, ServerPoolSpec, ServerPoolStatus};
-use super::heartbeats::{BeatConfig, Heartbeats, PodBeat};
+use super::heartbeats::{BeatConfig, Heartbeats};
 use super::leader::Leadership;
 use super::members;
+pub use super::pass_plan::{CRASH_LOOP_RESET, STUCK_TERMINATING};
+use super::pass_plan::{PassInput, ServingPod, plan_pass};
 use super::pods::{
-    self, CreateError, KubeRuntime, POOL_LABEL, PodState, PodTemplate, ReplicaPod, StartFailure,
-    is_status, replica_pod,
+    self, CreateError, KubeRuntime, POOL_LABEL, PodState, PodTemplate, ReplicaPod, is_status,
+    replica_pod,
 };
-use crate::health_state::{Health, HealthState};
 use crate::metrics::Metrics;
+use crate::pool::Action as PlanAction;
 use crate::pool::health::Prober;
-use crate::pool::{Action as PlanAction, Observed, Policy, plan};
 use crate::replica_name::ReplicaName;
 
 /// The controller name in Events (`kubectl describe sp`).
@@ -54,16 +55,9 @@ pub const STANDBY_RECHECK: Duration = Duration::from_secs(2);
 /// A converged pool is looked at again after this long even if nothing happened
 /// (changes of the pool, its pods or their health trigger a pass at once).
 pub const RESYNC: Duration = Duration::from_secs(60);
-/// How long past its deletion deadline a pod may still be terminating before its
-/// replica is replaced under a new name.
-pub const STUCK_TERMINATING: Duration = Duration::from_secs(60);
 /// A pass running longer than this is stuck (every API call it makes has its own
 /// timeout): `/healthz` fails so that the kubelet restarts the operator.
 pub const STUCK_PASS: Duration = Duration::from_secs(300);
-/// A replica that served for less than this before it failed counts toward its
-/// slot's backoff, as the kubelet's CrashLoopBackOff resets only after a container
-/// ran for 10 minutes; one that served longer is replaced at once.
-pub const CRASH_LOOP_RESET: Duration = Duration::from_secs(600);
 /// How often a leader makes sure again that a pool's admin Secret exists (one deleted
 /// by hand is created again, with a new token, within this long; the operator cannot
 /// watch Secrets: it may not read them).
@@ -553,50 +547,11 @@ impl<'a> Target<'a> {
     }
 }
 
-/// What a pass found: the pool's pods and their health, and what it should have.
+/// What a pass found: the plan's input, and what cannot be carried out as written.
 struct Seen {
-    pods: Vec<ReplicaPod>,
-    /// What the heartbeats say of each pod, by uid (a pod not probed yet is missing).
-    beats: HashMap<String, PodBeat>,
-    /// Replacements recorded in the status and those made since (the cached pool may
-    /// lag); the pass adds the ones it makes.
-    replacements: Vec<ReplacementStatus>,
-    /// The desired members and their pod names; `None` when the spec cannot be carried out.
-    desired: Option<Vec<(ReplicaName, String)>>,
+    input: PassInput,
     /// What cannot be carried out as written: reported in the Degraded condition.
     problems: Vec<Problem>,
-    /// The replica names of every pool's pods in the namespace: pod names are the
-    /// namespace's, so an emergency number another pool uses is not free.
-    taken: Vec<ReplicaName>,
-    /// Pod names held by pods that are not this pool's: other pools' (from the
-    /// watch) and others' (a create refused with 409).
-    held_elsewhere: HashSet<String>,
-    now: Timestamp,
-    /// The hash of the pool's current pod template.
-    template: String,
-    /// The pod the cached status names for each replica.
-    status_pods: HashMap<ReplicaName, String>,
-    /// The pods the cached status says are ready.
-    status_ready: HashSet<String>,
-    /// `spec.heartbeat.maxUnconfirmedReplacements`.
-    max_unconfirmed: usize,
-    /// Replacements in progress made on heartbeats alone, by this process.
-    unconfirmed: HashSet<ReplicaName>,
-}
-
-impl Seen {
-    fn health(&self, uid: &str) -> Option<HealthState> {
-        self.beats.get(uid).map(|beat| beat.state)
-    }
-
-    /// Whether pod `uid` served long enough before it failed that its failure is
-    /// not a crash loop (see [`CRASH_LOOP_RESET`]).
-    fn served_long(&self, uid: &str) -> bool {
-        self.beats
-            .get(uid)
-            .and_then(|beat| beat.served_for)
-            .is_some_and(|served| served >= CRASH_LOOP_RESET)
-    }
 }
 
 /// Reads the pool's pods and their health, and works out what should exist.
@@ -701,12 +656,11 @@ async fn observe(target: &Target<'_>, ctx: &Context) -> Result<Seen, Error> {
     held_elsewhere.extend(ctx.with_memory(&target.key, &target.uid, |m| {
         std::mem::take(&mut m.conflicts)
     }));
-    Ok(Seen {
+    let input = PassInput {
         pods,
         beats,
         replacements,
         desired,
-        problems,
         taken,
         held_elsewhere,
         now: (ctx.clock)(),
@@ -728,7 +682,8 @@ async fn observe(target: &Target<'_>, ctx: &Context) -> Result<Seen, Error> {
             .collect(),
         max_unconfirmed: spec.max_unconfirmed_replacements() as usize,
         unconfirmed: ctx.with_memory(&target.key, &target.uid, |m| m.unconfirmed.clone()),
-    })
+    };
+    Ok(Seen { input, problems })
 }
 
 /// What a pass changed.
@@ -769,21 +724,11 @@ impl Problem {
 /// replaced, an Event for each.
 async fn apply(target: &Target<'_>, ctx: &Context, seen: &mut Seen) -> Done {
     let mut done = Done::default();
-    let Some(desired) = seen.desired.clone() else {
-        // A spec that cannot be carried out changes nothing: the members stay on the
-        // pods the status names, with their health, and the proxies keep routing.
-        done.serving = seen
-            .pods
-            .iter()
-            .filter_map(|pod| {
-                let name = pod.name.clone()?;
-                (seen.status_pods.get(&name) == Some(&pod.pod))
-                    .then(|| (name, ServingPod::of(pod, seen, &HashSet::new())))
-            })
-            .collect();
+    let work = plan_pass(&seen.input);
+    if seen.input.desired.is_none() {
+        done.serving = work.serving;
         return done;
-    };
-    let work = plan_pass(&desired, seen);
+    }
     for (name, pod, failure) in &work.not_starting {
         let message = format!(
             "pod {} of replica {name} cannot start: {}{}",
@@ -833,7 +778,7 @@ async fn apply(target: &Target<'_>, ctx: &Context, seen: &mut Seen) -> Done {
              (spec.heartbeat.maxUnconfirmedReplacements) and the proxies keep routing to them",
             names.len(),
             names.join(", "),
-            seen.max_unconfirmed
+            seen.input.max_unconfirmed
         );
         let event = PodEvent {
             type_: EventType::Warning,
@@ -924,16 +869,20 @@ async fn apply(target: &Target<'_>, ctx: &Context, seen: &mut Seen) -> Done {
                 // A name whose pod name is held elsewhere never had a pod: it is
                 // renamed, not failed (no backoff).
                 let held_elsewhere = pod.is_empty();
-                let served = held_elsewhere || seen.served_long(&uid);
-                seen.replacements =
-                    members::record_replacement(&seen.replacements, &failed, &replacement, served);
+                let served = held_elsewhere || seen.input.served_long(&uid);
+                seen.input.replacements = members::record_replacement(
+                    &seen.input.replacements,
+                    &failed,
+                    &replacement,
+                    served,
+                );
                 // Remembered before any pod changes, so that no later pass
                 // brings the failed name back.
                 ctx.with_memory(&target.key, &target.uid, |m| {
-                    m.replacements = seen.replacements.clone();
+                    m.replacements = seen.input.replacements.clone();
                 });
                 ctx.metrics.pool_replaced(&target.namespace, &target.name);
-                let failed_pod = seen.pods.iter().find(|p| p.uid == uid);
+                let failed_pod = seen.input.pods.iter().find(|p| p.uid == uid);
                 let why = match failed_pod.map(|p| p.state) {
                     _ if held_elsewhere => {
                         "its pod name is held by a pod that is not this pool's".to_owned()
@@ -978,7 +927,7 @@ async fn apply(target: &Target<'_>, ctx: &Context, seen: &mut Seen) -> Done {
         let why = format!(
             " from the new template {} (rolling update: it serves once its heartbeats \
              answer and the kubelet marks it Ready, then pod {} goes)",
-            seen.template,
+            seen.input.template,
             work.pod_of.get(name).map_or("", |(p, _)| p.as_str())
         );
         create(ctx, target, (name, pod), &why, seen, &mut done).await;
@@ -989,532 +938,6 @@ async fn apply(target: &Target<'_>, ctx: &Context, seen: &mut Seen) -> Done {
         .filter(|(n, _)| !done.gone.contains(n))
         .collect();
     done
-}
-
-/// A pass's work, decided before any call: pods that name no replica, and the plan.
-struct PassWork {
-    /// Pods to delete: those that name no replica of the pool, outdated pods whose
-    /// replica a new pod serves, second pods of a name.
-    extras: Vec<Extra>,
-    actions: Vec<PlanAction>,
-    /// Replacements the plan asked for that their slot's backoff holds back.
-    held_back: Vec<HeldBack>,
-    /// Replicas whose failure only the operator's heartbeats see.
-    unconfirmed: Unconfirmed,
-    /// Replicas whose pod cannot start, and why.
-    not_starting: Vec<(ReplicaName, ReplicaPod, StartFailure)>,
-    rollout: RolloutWork,
-    /// The pod that serves each replica that has one, once this pass is done.
-    serving: HashMap<ReplicaName, ServingPod>,
-    /// The pod (name, uid) of each desired replica that has one.
-    pod_of: HashMap<ReplicaName, (String, String)>,
-}
-
-/// A pod a pass deletes, and the Event's note.
-struct Extra {
-    pod: String,
-    uid: String,
-    why: String,
-}
-
-/// The rollout's part of a pass.
-struct RolloutWork {
-    /// Replica and pod name of the new pod to start.
-    start: Option<(ReplicaName, String)>,
-    /// The new pod that failed, and why the rollout waits.
-    stalled: Vec<(String, Problem)>,
-}
-
-/// A failed replica whose replacement waits for its slot's backoff.
-struct HeldBack {
-    replica: ReplicaName,
-    pod: String,
-    /// It answered a heartbeat (and failed before it had served long).
-    served: bool,
-    container_reason: Option<String>,
-    /// How much longer it waits: when the pass looks again.
-    wait: Duration,
-    /// The whole delay of its slot's backoff: what the status says (a countdown
-    /// would change the status at every pass).
-    delay: Duration,
-}
-
-impl HeldBack {
-    fn message(&self) -> String {
-        let why = self
-            .container_reason
-            .as_deref()
-            .map_or_else(String::new, |r| format!(" (container: {r})"));
-        let what = if self.served {
-            "failed less than 10 minutes after it began to serve"
-        } else {
-            "never answered a heartbeat"
-        };
-        format!(
-            "replica {} (pod {}) {what}{why}; replaced again {}s after the last replacement",
-            self.replica,
-            self.pod,
-            self.delay.as_secs()
-        )
-    }
-}
-
-/// How much longer the replacement of failed replica `name` must wait: `None` when
-/// it may be made now. Only a replica that did not serve long waits, for the delay
-/// its slot's streak gives, counted from when its pod started, as the kubelet counts
-/// a restart's backoff from the container's last start. (The pod's own age: a new
-/// leader waits as the old one would have.)
-fn backoff_left(name: &ReplicaName, pod: &ReplicaPod, seen: &Seen) -> Option<Duration> {
-    // A pod stuck terminating did not crash: its node or a finalizer holds it.
-    if pod.state == PodState::Terminating || seen.served_long(&pod.uid) {
-        return None;
-    }
-    let delay = backoff_delay(name, seen);
-    let age = seen.beats.get(&pod.uid).map_or(Duration::ZERO, |b| b.age);
-    delay.checked_sub(age).filter(|left| !left.is_zero())
-}
-
-/// The backoff delay of the slot that replica `name` holds, from its streak.
-fn backoff_delay(name: &ReplicaName, seen: &Seen) -> Duration {
-    let slot = members::slot_of(name, &seen.replacements);
-    let streak = seen
-        .replacements
-        .iter()
-        .find(|r| r.original == slot)
-        .map_or(0, |r| r.unready_streak);
-    members::replacement_delay(streak)
-}
-
-/// Pure: which pod stands for which replica, and what [`plan`] makes of them.
-fn plan_pass(desired: &[(ReplicaName, String)], seen: &Seen) -> PassWork {
-    // The pods of each replica name; a pod that names none is an extra.
-    let mut of_name: BTreeMap<ReplicaName, Vec<&ReplicaPod>> = BTreeMap::new();
-    let mut extras: Vec<Extra> = Vec::new();
-    let mut terminating: HashSet<ReplicaName> = HashSet::new();
-    // A pod still terminating long after its grace (its node is gone, a finalizer
-    // hangs) would hold its name for good: that replica is replaced under a new one.
-    let mut stuck: Vec<(ReplicaName, &ReplicaPod)> = Vec::new();
-    for pod in &seen.pods {
-        match &pod.name {
-            Some(n) if pod.state == PodState::Terminating => {
-                let overdue = pod.deleting_since.is_some_and(|since| {
-                    seen.now.duration_since(since).as_secs() > STUCK_TERMINATING.as_secs() as i64
-                });
-                if overdue {
-                    stuck.push((n.clone(), pod));
-                } else {
-                    terminating.insert(n.clone());
-                }
-            }
-            Some(n) => of_name.entry(n.clone()).or_default().push(pod),
-            None if pod.state == PodState::Terminating => {}
-            None => extras.push(Extra {
-                pod: pod.pod.clone(),
-                uid: pod.uid.clone(),
-                why: format!("deleted pod {} that names no replica of this pool", pod.pod),
-            }),
-        }
-    }
-    // One pod stands for each name; while it is outdated, one pod of the current
-    // template may run beside it (the rollout's surge); any other is an extra.
-    let mut by_name: HashMap<ReplicaName, &ReplicaPod> = HashMap::new();
-    let mut surges: BTreeMap<ReplicaName, &ReplicaPod> = BTreeMap::new();
-    for (name, pods) in &of_name {
-        let standing = standing_pod(name, pods, seen);
-        let outdated = standing.template.as_deref() != Some(seen.template.as_str());
-        let surge = pods
-            .iter()
-            .find(|p| {
-                outdated && p.uid != standing.uid && p.template.as_deref() == Some(&seen.template)
-            })
-            .copied();
-        for pod in pods.iter().filter(|p| {
-            p.uid != standing.uid && Some(p.uid.as_str()) != surge.map(|s| s.uid.as_str())
-        }) {
-            let why = if standing.template.as_deref() == Some(seen.template.as_str())
-                && pod.template != standing.template
-            {
-                format!(
-                    "deleted pod {} of an earlier template: pod {} serves replica {name} now",
-                    pod.pod, standing.pod
-                )
-            } else {
-                format!("deleted pod {}: a second pod of replica {name}", pod.pod)
-            };
-            extras.push(Extra {
-                pod: pod.pod.clone(),
-                uid: pod.uid.clone(),
-                why,
-            });
-        }
-        by_name.insert(name.clone(), standing);
-        if let Some(surge) = surge {
-            surges.insert(name.clone(), surge);
-        }
-    }
-    for (name, pod) in stuck {
-        if !by_name.contains_key(&name) && desired.iter().any(|(d, _)| *d == name) {
-            tracing::warn!(replica = %name, pod = %pod.pod, "pod stuck terminating: replacing it under a new name");
-            by_name.insert(name, pod);
-        }
-    }
-    let mut observed: Vec<Observed> = by_name
-        .iter()
-        .map(|(n, pod)| Observed {
-            name: n.clone(),
-            health: if pod.state == PodState::Terminating {
-                Health::Failed
-            } else {
-                seen.health(&pod.uid).map_or(Health::Starting, |h| h.health)
-            },
-        })
-        .collect();
-    // Pod names are the namespace's: a desired name whose pod name another pool's
-    // pod (or someone else's) holds can never have its pod, so its slot takes a
-    // free emergency name, as a failed replica's would.
-    for (name, pod) in desired {
-        if !by_name.contains_key(name) && seen.held_elsewhere.contains(pod) {
-            observed.push(Observed {
-                name: name.clone(),
-                health: Health::Failed,
-            });
-        }
-    }
-    // A name whose old pod is still terminating waits for it to go.
-    let wanted: Vec<ReplicaName> = desired
-        .iter()
-        .map(|(n, _)| n.clone())
-        .filter(|n| !terminating.contains(n))
-        .collect();
-    let next_emergency = members::next_emergency(
-        seen.replacements
-            .iter()
-            .map(|r| r.replacement.as_str())
-            .chain(seen.taken.iter().map(ReplicaName::as_str)),
-    );
-    let mut actions = plan(
-        &wanted,
-        &observed,
-        Policy {
-            replace_failed: true,
-            next_emergency,
-        },
-    )
-    .actions;
-    // Deterministic order (the plan iterates a map of observed pods), so that a
-    // status that lists them is the same pass after pass.
-    actions.sort_by_key(|a| match a {
-        PlanAction::Stop(n) => (0, n.clone()),
-        PlanAction::Replace { failed, .. } => (1, failed.clone()),
-        PlanAction::Start(n) => (2, n.clone()),
-    });
-    // Failures only the operator's heartbeats see, whether or not a backoff holds
-    // their replacement back: many at once say more about the operator than about
-    // the replicas (see `hold_unconfirmed`).
-    let disputed: Vec<ReplicaName> = actions
-        .iter()
-        .filter_map(|action| match action {
-            PlanAction::Replace { failed, .. } => by_name
-                .get(failed)
-                .filter(|pod| vouched_by_kubelet(pod))
-                .map(|_| failed.clone()),
-            _ => None,
-        })
-        .collect();
-    // A slot whose replicas never served waits before its next replacement; its
-    // failed pod stays meanwhile (its logs say why).
-    let mut held_back = Vec::new();
-    actions.retain(|action| {
-        let PlanAction::Replace { failed, .. } = action else {
-            return true;
-        };
-        let Some(pod) = by_name.get(failed) else {
-            return true;
-        };
-        match backoff_left(failed, pod, seen) {
-            None => true,
-            Some(wait) => {
-                held_back.push(HeldBack {
-                    replica: failed.clone(),
-                    pod: pod.pod.clone(),
-                    served: seen
-                        .beats
-                        .get(&pod.uid)
-                        .is_some_and(|b| b.served_for.is_some()),
-                    container_reason: pod.container_reason.clone(),
-                    wait,
-                    delay: backoff_delay(failed, seen),
-                });
-                false
-            }
-        }
-    });
-
-    let unconfirmed =
-        hold_unconfirmed(desired, seen, &by_name, &disputed, &held_back, &mut actions);
-    let vouched: HashSet<String> = unconfirmed.held.iter().map(|p| p.uid.clone()).collect();
-
-    let rollout = plan_rollout(desired, seen, &by_name, &surges, &actions);
-    let mut serving: HashMap<ReplicaName, ServingPod> = by_name
-        .iter()
-        .map(|(n, pod)| (n.clone(), ServingPod::of(pod, seen, &vouched)))
-        .collect();
-    for (name, surge) in &rollout.handed_over {
-        serving.insert(name.clone(), ServingPod::of(surge, seen, &vouched));
-    }
-    // Pods that will not start by themselves; a rollout's new pod is the rollout's
-    // to report (RolloutStalled).
-    let not_starting = by_name
-        .iter()
-        .filter_map(|(name, pod)| Some((name.clone(), (*pod).clone(), pod.start_failure.clone()?)))
-        .collect();
-    PassWork {
-        extras,
-        actions,
-        held_back,
-        unconfirmed,
-        not_starting,
-        rollout: RolloutWork {
-            start: rollout.start,
-            stalled: rollout.stalled,
-        },
-        serving,
-        pod_of: by_name
-            .into_iter()
-            .map(|(n, pod)| (n, (pod.pod.clone(), pod.uid.clone())))
-            .collect(),
-    }
-}
-
-/// Pure: holds back the replacements of replicas that only this operator finds
-/// failed — the kubelet still reports their pods Ready — beyond
-/// `spec.heartbeat.maxUnconfirmedReplacements` at a time, and returns their pods.
-///
-/// The operator's heartbeats are one observer: when it cannot reach many pods at
-/// once that the kubelet can (a fault on the operator's node, a NetworkPolicy), the
-/// fault is likely its own, and replacing them all would empty every proxy's ring.
-/// So, as Kubernetes' node lifecycle controller stops evicting when a whole zone
-/// looks down and Envoy ejects at most `max_ejection_percent` of a cluster, it
-/// replaces at most that many at a time — a replacement is in progress until its
-/// new pod answers the operator — and the others keep serving on the kubelet's word
-/// (the proxies take out what they themselves cannot reach). `disputed` are all such
-/// failures this pass, `held_back` the replacements a backoff holds: when the
-/// disputed are more than the budget, those held back keep serving too. A replica
-/// that really died (its container exited, its pod is gone or NotReady) is not held.
-fn hold_unconfirmed(
-    desired: &[(ReplicaName, String)],
-    seen: &Seen,
-    by_name: &HashMap<ReplicaName, &ReplicaPod>,
-    disputed: &[ReplicaName],
-    held_back: &[HeldBack],
-    actions: &mut Vec<PlanAction>,
-) -> Unconfirmed {
-    let answered = |pod: &ReplicaPod| {
-        seen.beats
-            .get(&pod.uid)
-            .is_some_and(|b| b.served_for.is_some())
-    };
-    // Replacements in progress: those made on the operator's word alone until their
-    // new pod answers it (or goes), and any pod the kubelet finds Ready that has
-    // never answered the operator (a new leader does not know what its
-    // predecessor replaced).
-    let in_progress: Vec<ReplicaName> = desired
-        .iter()
-        .map(|(name, _)| name)
-        .filter(|name| match by_name.get(*name) {
-            None => seen.unconfirmed.contains(*name),
-            Some(pod) => {
-                !answered(pod)
-                    && !matches!(pod.state, PodState::Exited | PodState::Terminating)
-                    && (seen.unconfirmed.contains(*name) || vouched_by_kubelet(pod))
-            }
-        })
-        .cloned()
-        .collect();
-    let mut budget = seen.max_unconfirmed.saturating_sub(in_progress.len());
-    let mut held = Vec::new();
-    let mut made = in_progress;
-    actions.retain(|action| {
-        let PlanAction::Replace {
-            failed,
-            replacement,
-        } = action
-        else {
-            return true;
-        };
-        let Some(pod) = by_name.get(failed) else {
-            return true;
-        };
-        if !vouched_by_kubelet(pod) {
-            return true;
-        }
-        if budget > 0 {
-            budget -= 1;
-            made.push(replacement.clone());
-            return true;
-        }
-        held.push((*pod).clone());
-        false
-    });
-    if disputed.len() > seen.max_unconfirmed {
-        // Those a backoff holds back keep serving on the kubelet's word too: the
-        // operator's view is in doubt, and taking them all out would empty the ring.
-        held.extend(
-            held_back
-                .iter()
-                .filter(|h| disputed.contains(&h.replica))
-                .filter_map(|h| by_name.get(&h.replica).map(|pod| (*pod).clone())),
-        );
-        // (In one order, so that the status says the same thing pass after pass.)
-        held.sort_by(|a, b| a.pod.cmp(&b.pod));
-    }
-    Unconfirmed {
-        held,
-        in_progress: made,
-    }
-}
-
-/// Failures only the operator saw, from [`hold_unconfirmed`].
-struct Unconfirmed {
-    /// The pods of replicas whose replacement is held: they keep serving.
-    held: Vec<ReplicaPod>,
-    /// Replacements made on the operator's word alone whose pod has not answered it
-    /// yet, this pass's included.
-    in_progress: Vec<ReplicaName>,
-}
-
-/// The kubelet says the pod runs and answers its readiness probe.
-fn vouched_by_kubelet(pod: &ReplicaPod) -> bool {
-    pod.state == PodState::Running && pod.kubelet_ready == Some(true)
-}
-
-/// The pod that stands for replica `name` among its pods: the one the status
-/// names (the proxies route to it), else the one under the name's own pod name,
-/// else an outdated one (a rollout replaces it in order), else the first.
-fn standing_pod<'a>(name: &ReplicaName, pods: &[&'a ReplicaPod], seen: &Seen) -> &'a ReplicaPod {
-    let primary = members::pod_name(name).ok();
-    let by = |f: &dyn Fn(&ReplicaPod) -> bool| pods.iter().copied().find(|p| f(p));
-    by(&|p| seen.status_pods.get(name) == Some(&p.pod))
-        .or_else(|| by(&|p| primary.as_deref() == Some(p.pod.as_str())))
-        .or_else(|| by(&|p| p.template.as_deref() != Some(seen.template.as_str())))
-        .unwrap_or(pods[0])
-}
-
-/// What a pass does for the rollout of a new template.
-struct RolloutPlan<'a> {
-    /// Surge pods that serve: the status names them from this pass on, and the
-    /// next pass deletes the outdated pod they stand in for.
-    handed_over: Vec<(ReplicaName, &'a ReplicaPod)>,
-    /// The next replica to roll, and the name of its new pod.
-    start: Option<(ReplicaName, String)>,
-    /// The new pod that failed, and why the rollout waits.
-    stalled: Vec<(String, Problem)>,
-}
-
-/// Pure: one replica at a time, a pod of the current template is started beside
-/// the outdated one (maxUnavailable 0); once its heartbeats answer, the status
-/// names it (the proxies move the replica's ring entry to it: same name, so no
-/// key moves) and the next pass deletes the outdated pod. A new pod that fails
-/// stalls the rollout, with the outdated pod still serving, until the spec changes.
-fn plan_rollout<'a>(
-    desired: &[(ReplicaName, String)],
-    seen: &Seen,
-    standing: &HashMap<ReplicaName, &'a ReplicaPod>,
-    surges: &BTreeMap<ReplicaName, &'a ReplicaPod>,
-    actions: &[PlanAction],
-) -> RolloutPlan<'a> {
-    let mut rollout = RolloutPlan {
-        handed_over: Vec::new(),
-        start: None,
-        stalled: Vec::new(),
-    };
-    let health = |pod: &ReplicaPod| seen.health(&pod.uid);
-    for (name, surge) in surges {
-        match health(surge) {
-            // Handed over only once the kubelet agrees too: a proxy takes a member
-            // out while its pod's Ready condition says false, and the handover must
-            // not make the member leave any proxy's ring.
-            Some(h) if h.routable() && surge.kubelet_ready != Some(false) => {
-                rollout.handed_over.push((name.clone(), *surge))
-            }
-            // A pod that cannot start stalls the rollout at once (no grace to wait:
-            // the kubelet says it will not start by itself).
-            h if h.is_some_and(|h| h.health == Health::Failed) || surge.start_failure.is_some() => {
-                let why = surge
-                    .container_reason
-                    .as_deref()
-                    .map_or_else(String::new, |r| format!(" (container: {r})"));
-                let problem = Problem {
-                    reason: "RolloutStalled",
-                    message: format!(
-                        "pod {} of the new template for replica {name} failed{why}; \
-                         the rollout waits until it starts or the spec changes, pod {} \
-                         still serves",
-                        surge.pod,
-                        standing.get(name).map_or("", |p| p.pod.as_str())
-                    ),
-                };
-                rollout.stalled.push((surge.pod.clone(), problem));
-            }
-            _ => {}
-        }
-    }
-    if !surges.is_empty() {
-        return rollout;
-    }
-    let acted_on = |name: &ReplicaName| {
-        actions.iter().any(|a| match a {
-            PlanAction::Start(n) | PlanAction::Stop(n) => n == name,
-            PlanAction::Replace { failed, .. } => failed == name,
-        })
-    };
-    let next = desired.iter().map(|(n, _)| n).find(|name| {
-        standing.get(*name).is_some_and(|pod| {
-            pod.template.as_deref() != Some(seen.template.as_str())
-                && pod.state != PodState::Terminating
-                && health(pod).is_none_or(|h| h.health != Health::Failed)
-        }) && !acted_on(name)
-    });
-    if let Some(name) = next {
-        let primary = members::pod_name(name).unwrap_or_default();
-        // Not this pool's pods' names, nor those held by others (a 409 would stall it).
-        let taken =
-            |pod: &str| seen.pods.iter().any(|p| p.pod == pod) || seen.held_elsewhere.contains(pod);
-        let pod = if taken(&primary) {
-            format!("{primary}-{}", &seen.template[..5])
-        } else {
-            primary
-        };
-        rollout.start = Some((name.clone(), pod));
-    }
-    rollout
-}
-
-/// The pod that serves a replica as this pass leaves it: what the status names.
-#[derive(Clone, Debug)]
-struct ServingPod {
-    pod: String,
-    routable: bool,
-    /// Made from the current template.
-    current: bool,
-}
-
-impl ServingPod {
-    /// `vouched`: pods whose failure only the operator sees, kept serving on the
-    /// kubelet's word (see [`plan_pass`]).
-    fn of(pod: &ReplicaPod, seen: &Seen, vouched: &HashSet<String>) -> Self {
-        let routable = match seen.beats.get(&pod.uid) {
-            Some(beat) => beat.state.routable() || vouched.contains(&pod.uid),
-            // No heartbeat round has answered for it yet (a new leader's first pass,
-            // a round slower than the wait): the status keeps what it said.
-            None => seen.status_ready.contains(&pod.pod),
-        };
-        Self {
-            pod: pod.pod.clone(),
-            routable,
-            current: pod.template.as_deref() == Some(seen.template.as_str()),
-        }
-    }
 }
 
 /// Deletes one pod (a `failed` one with a short grace, see `pods.rs`), records the
@@ -1561,24 +984,25 @@ async fn report(
 ) -> Result<(), Error> {
     let spec = &target.pool.spec;
     let old_status = target.pool.status.clone().unwrap_or_default();
-    let live = members::live_replacements(spec, &seen.replacements);
+    let live = members::live_replacements(spec, &seen.input.replacements);
     ctx.with_memory(&target.key, &target.uid, |m| m.replacements = live.clone());
     // Each member with the pod that serves it (a rollout's new pod, once it does).
-    let desired_now: Option<Vec<(ReplicaName, String)>> = seen.desired.as_ref().and_then(|_| {
-        let desired = members::desired_members(spec, &members::replacement_map(&live)).ok()?;
-        Some(
-            desired
-                .into_iter()
-                .map(|(name, pod)| {
-                    let pod = done.serving.get(&name).map_or(pod, |s| s.pod.clone());
-                    (name, pod)
-                })
-                .collect(),
-        )
-    });
+    let desired_now: Option<Vec<(ReplicaName, String)>> =
+        seen.input.desired.as_ref().and_then(|_| {
+            let desired = members::desired_members(spec, &members::replacement_map(&live)).ok()?;
+            Some(
+                desired
+                    .into_iter()
+                    .map(|(name, pod)| {
+                        let pod = done.serving.get(&name).map_or(pod, |s| s.pod.clone());
+                        (name, pod)
+                    })
+                    .collect(),
+            )
+        });
     // Unrealisable spec: the last realised members, as the status named them.
     let desired_now = desired_now.or_else(|| {
-        seen.desired.is_none().then(|| {
+        seen.input.desired.is_none().then(|| {
             old_status
                 .members
                 .iter()
