@@ -32,6 +32,7 @@ pub mod proxy;
 pub mod proxy_app;
 pub mod reconciler;
 pub mod spec_admin;
+pub mod status;
 
 pub use crd::{ServerPool, ServerPoolSpec, ServerPoolStatus};
 

@@ -16,7 +16,7 @@ use super::crd::ReplacementStatus;
 use super::heartbeats::PodBeat;
 use super::members;
 use super::pods::{PodState, ReplicaPod, StartFailure};
-use super::reconciler::Problem;
+use super::status::Problem;
 use crate::health_state::{Health, HealthState};
 use crate::pool::{Action as PlanAction, Observed, Policy, plan};
 use crate::replica_name::ReplicaName;

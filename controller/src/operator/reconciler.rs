@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{ObjectReference, Pod};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
@@ -28,7 +28,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 use tokio::sync::mpsc;
 
-use super::crd::{MemberStatus, ReplacementStatus, ServerPool, ServerPoolSpec, ServerPoolStatus};
+use super::crd::{ReplacementStatus, ServerPool};
 use super::heartbeats::{BeatConfig, Heartbeats};
 use super::leader::Leadership;
 use super::members;
@@ -38,6 +38,7 @@ use super::pods::{
     self, CreateError, KubeRuntime, POOL_LABEL, PodState, PodTemplate, ReplicaPod, is_status,
     replica_pod,
 };
+use super::status::{Problem, StatusInput, compute_status};
 use crate::metrics::Metrics;
 use crate::pool::Action as PlanAction;
 use crate::pool::health::Prober;
@@ -703,23 +704,6 @@ struct Done {
     warned: HashSet<String>,
 }
 
-/// Why a pool is Degraded: a condition reason and what to tell the user.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Problem {
-    /// `InvalidSpec`, `PodConflict`, `ReplacementBackoff` or `RolloutStalled`.
-    pub reason: &'static str,
-    pub message: String,
-}
-
-impl Problem {
-    pub fn invalid_spec(message: String) -> Self {
-        Self {
-            reason: "InvalidSpec",
-            message,
-        }
-    }
-}
-
 /// Plans against what was seen and carries the plan out: pods created, deleted,
 /// replaced, an Event for each.
 async fn apply(target: &Target<'_>, ctx: &Context, seen: &mut Seen) -> Done {
@@ -1018,33 +1002,32 @@ async fn report(
         .collect();
     let existing: HashSet<ReplicaName> =
         done.serving.keys().chain(&done.created).cloned().collect();
-    let mut status = compute_status(
-        spec,
-        target.pool.metadata.generation,
-        &old_status,
-        desired_now.as_deref(),
-        &existing,
-        &ready,
-        live,
-        &seen.problems,
-        ctx.now(),
-    );
-    // The scale subresource's label selector (an HPA reads it); a name that cannot
-    // be a label value has none (and a Degraded condition says why).
-    status.selector = (target.name.len() <= 63).then(|| format!("{POOL_LABEL}={}", target.name));
-    status.updated_replicas = status
-        .members
+    // Members that run the current template (a pod created this pass is made from it).
+    let current: HashSet<ReplicaName> = done
+        .serving
         .iter()
-        .filter(|m| {
-            let name = ReplicaName::parse(&m.name).ok();
-            // A pod created this pass is made from the current template.
-            name.as_ref().is_some_and(|n| {
-                done.serving
-                    .get(n)
-                    .map_or(done.created.contains(n), |s| s.current)
-            })
-        })
-        .count() as u32;
+        .filter(|(_, pod)| pod.current)
+        .map(|(n, _)| n)
+        .chain(
+            done.created
+                .iter()
+                .filter(|n| !done.serving.contains_key(*n)),
+        )
+        .cloned()
+        .collect();
+    let status = compute_status(&StatusInput {
+        spec,
+        name: &target.name,
+        generation: target.pool.metadata.generation,
+        old: &old_status,
+        members: desired_now.as_deref(),
+        existing: &existing,
+        ready: &ready,
+        current: &current,
+        replacements: &live,
+        problems: &seen.problems,
+        now: ctx.now(),
+    });
     ctx.metrics.pool_status(
         &target.namespace,
         &target.name,
@@ -1052,15 +1035,6 @@ async fn report(
         status.ready_replicas,
         status.updated_replicas,
     );
-    let progress = progress_conditions(
-        spec,
-        &status,
-        &seen.problems,
-        &old_status,
-        target.pool.metadata.generation,
-        &ctx.now(),
-    );
-    status.conditions.extend(progress);
     // A condition that turns bad is a Warning Event too, once while it holds: a
     // pool that stops being available because replicas stopped being ready (not one
     // that grows, nor a new one starting), and a spec that cannot be carried out (the
@@ -1295,169 +1269,6 @@ async fn publish_event(ctx: &Context, target: &Target<'_>, pod: &str, event: Pod
         .await
     {
         tracing::warn!(%error, "could not record an Event");
-    }
-}
-
-/// Condition `type_` as a pass leaves it: it keeps its `lastTransitionTime` while its
-/// status stays the same.
-fn condition(
-    old: &ServerPoolStatus,
-    generation: Option<i64>,
-    now: &Time,
-    type_: &str,
-    (status, reason): (&str, &str),
-    message: String,
-) -> Condition {
-    let unchanged = old
-        .conditions
-        .iter()
-        .find(|c| c.type_ == type_)
-        .filter(|c| c.status == status);
-    Condition {
-        type_: type_.to_owned(),
-        status: status.to_owned(),
-        reason: reason.to_owned(),
-        message,
-        observed_generation: generation,
-        last_transition_time: unchanged
-            .map_or_else(|| now.clone(), |c| c.last_transition_time.clone()),
-    }
-}
-
-/// `Available` and `Progressing`, as a Deployment has them (what Argo CD's and Flux's
-/// health checks read), from the status a pass leaves (`updatedReplicas` included)
-/// and its problems. Pure.
-///
-/// Available: no more than one desired replica is not ready (the disruption a pool
-/// is built to absorb), and at least one is. Progressing: `True` while the pool moves
-/// toward its spec (scaling, rolling out, replicas starting) or has arrived
-/// (`Complete`); `False`, with the reason, while something keeps it from moving.
-pub fn progress_conditions(
-    spec: &ServerPoolSpec,
-    status: &ServerPoolStatus,
-    problems: &[Problem],
-    old: &ServerPoolStatus,
-    generation: Option<i64>,
-    now: &Time,
-) -> [Condition; 2] {
-    let desired = spec.replicas;
-    let needed = desired.saturating_sub(1).max(desired.min(1));
-    let ready = status.ready_replicas;
-    let available = if ready >= needed {
-        ("True", "MinimumReplicasAvailable")
-    } else {
-        ("False", "MinimumReplicasUnavailable")
-    };
-    // The operator's own blind spot does not stop the pool: it still moves.
-    let blocked = problems.iter().find(|p| p.reason != "ReplicasUnreachable");
-    let (progressing, message) = match blocked {
-        Some(problem) => (("False", problem.reason), problem.message.clone()),
-        None if status.replicas != desired || status.members.len() as u32 != desired => (
-            ("True", "Scaling"),
-            format!("{} of {desired} replicas have a pod", status.replicas),
-        ),
-        None if status.updated_replicas < desired => (
-            ("True", "RollingOut"),
-            format!(
-                "{} of {desired} replicas run the current template",
-                status.updated_replicas
-            ),
-        ),
-        None if ready < desired => (
-            ("True", "ReplicasStarting"),
-            format!("{ready} of {desired} replicas ready"),
-        ),
-        None => (
-            ("True", "Complete"),
-            format!("{desired} replicas ready and up to date"),
-        ),
-    };
-    [
-        condition(
-            old,
-            generation,
-            now,
-            "Available",
-            available,
-            format!("{ready} of {desired} replicas ready, {needed} needed"),
-        ),
-        condition(old, generation, now, "Progressing", progressing, message),
-    ]
-}
-
-/// The status a pass leaves: pure, so that it is tested without an API server.
-///
-/// `existing` holds the desired names that have a pod, `ready` those whose
-/// heartbeats succeed. A condition keeps its `lastTransitionTime` while its status
-/// stays the same, so a converged pool gives the same status pass after pass.
-#[allow(clippy::too_many_arguments)]
-pub fn compute_status(
-    spec: &ServerPoolSpec,
-    generation: Option<i64>,
-    old: &ServerPoolStatus,
-    desired: Option<&[(ReplicaName, String)]>,
-    existing: &HashSet<ReplicaName>,
-    ready: &HashSet<ReplicaName>,
-    replacements: Vec<ReplacementStatus>,
-    problems: &[Problem],
-    now: Time,
-) -> ServerPoolStatus {
-    let members: Vec<MemberStatus> = desired
-        .unwrap_or_default()
-        .iter()
-        .map(|(name, pod)| MemberStatus {
-            name: name.to_string(),
-            pod: pod.clone(),
-            ready: ready.contains(name),
-        })
-        .collect();
-    let replicas = members
-        .iter()
-        .filter(|m| existing.iter().any(|e| e.as_str() == m.name))
-        .count() as u32;
-    let ready_replicas = members.iter().filter(|m| m.ready).count() as u32;
-    let all_ready = problems.is_empty()
-        && ready_replicas == spec.replicas
-        && members.len() as u32 == spec.replicas;
-    let ready_condition = if all_ready {
-        ("True", "AllReplicasReady")
-    } else {
-        ("False", "ReplicasNotReady")
-    };
-    // The first problem names the reason (a spec that cannot be carried out comes
-    // first, as it is found first); the message has them all.
-    let degraded = match problems.first() {
-        None => ("False", "AsExpected", String::new()),
-        Some(first) => (
-            "True",
-            first.reason,
-            problems
-                .iter()
-                .map(|p| p.message.as_str())
-                .collect::<Vec<_>>()
-                .join("; "),
-        ),
-    };
-    let condition = |type_: &str, (status, reason): (&str, &str), message: String| {
-        condition(old, generation, &now, type_, (status, reason), message)
-    };
-    ServerPoolStatus {
-        // Filled by the caller, which knows the pool's name and its pods.
-        selector: None,
-        updated_replicas: 0,
-        replicas,
-        ready_replicas,
-        members,
-        emergency_replacements: replacements,
-        observed_generation: generation,
-        conditions: vec![
-            condition(
-                "Ready",
-                ready_condition,
-                format!("{ready_replicas}/{} replicas ready", spec.replicas),
-            ),
-            condition("Degraded", (degraded.0, degraded.1), degraded.2),
-        ],
     }
 }
 

@@ -1,7 +1,7 @@
 //! Reconciler tests against a mocked API server (`tower-test`): every API call
 //! the reconciler makes is recorded (method, path, body) and asserted.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -15,7 +15,7 @@ use kube::{Client, Resource};
 use serde_json::{Value, json};
 
 use super::*;
-use crate::operator::crd::{HeartbeatSpec, ServerPoolSpec};
+use crate::operator::crd::{HeartbeatSpec, ServerPoolSpec, ServerPoolStatus};
 use crate::operator::leader::Leadership;
 
 const NS: &str = "default";
@@ -554,58 +554,6 @@ async fn pods_that_name_no_replica_are_deleted() {
     );
 }
 
-#[test]
-fn status_keeps_transition_times_while_conditions_hold() {
-    let spec = pool(1, None).spec;
-    let desired = vec![(ReplicaName::parse("Server1").unwrap(), "server1".to_owned())];
-    let existing: HashSet<ReplicaName> = desired.iter().map(|(n, _)| n.clone()).collect();
-    let t0 = Time(fixed_clock());
-    let first = compute_status(
-        &spec,
-        Some(1),
-        &ServerPoolStatus::default(),
-        Some(&desired),
-        &existing,
-        &existing,
-        Vec::new(),
-        &[],
-        t0.clone(),
-    );
-    let later = Time("2026-01-02T04:00:00Z".parse().unwrap());
-    let again = compute_status(
-        &spec,
-        Some(1),
-        &first,
-        Some(&desired),
-        &existing,
-        &existing,
-        Vec::new(),
-        &[],
-        later.clone(),
-    );
-    assert_eq!(first, again);
-    let not_ready = compute_status(
-        &spec,
-        Some(1),
-        &first,
-        Some(&desired),
-        &existing,
-        &HashSet::new(),
-        Vec::new(),
-        &[],
-        later.clone(),
-    );
-    let ready = not_ready
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "Ready")
-        .unwrap();
-    assert_eq!(
-        (ready.status.as_str(), &ready.last_transition_time),
-        ("False", &later)
-    );
-}
-
 #[tokio::test]
 async fn a_standby_writes_nothing_and_looks_again_soon() {
     let (client, api) = MockApi::start(Vec::new());
@@ -683,90 +631,4 @@ async fn the_status_is_written_by_server_side_apply_under_the_controller_name() 
     assert!(call.query.contains("force=true"), "{}", call.query);
     assert_eq!(call.body["kind"], "ServerPool");
     assert_eq!(call.body["status"]["selector"], "ringlb.dev/pool=demo");
-}
-
-#[test]
-fn available_and_progressing_say_how_far_the_pool_is_from_its_spec() {
-    let now = Time(fixed_clock());
-    // (desired, pods, ready, updated, problem) → (Available, Progressing, its reason)
-    type Case = (
-        u32,
-        u32,
-        u32,
-        u32,
-        Option<&'static str>,
-        (&'static str, &'static str, &'static str),
-    );
-    let cases: [Case; 8] = [
-        (3, 3, 3, 3, None, ("True", "True", "Complete")),
-        // Scaling 3 → 5: two pods to make, 3 of 5 ready is below 5 − 1.
-        (5, 3, 3, 3, None, ("False", "True", "Scaling")),
-        (3, 3, 3, 1, None, ("True", "True", "RollingOut")),
-        // One replica starting: all but one ready is available.
-        (3, 3, 2, 3, None, ("True", "True", "ReplicasStarting")),
-        (3, 3, 1, 3, None, ("False", "True", "ReplicasStarting")),
-        (
-            3,
-            3,
-            3,
-            1,
-            Some("RolloutStalled"),
-            ("True", "False", "RolloutStalled"),
-        ),
-        // The operator's blind spot does not stop the pool from moving.
-        (
-            3,
-            3,
-            3,
-            3,
-            Some("ReplicasUnreachable"),
-            ("True", "True", "Complete"),
-        ),
-        (0, 0, 0, 0, None, ("True", "True", "Complete")),
-    ];
-    for (desired, pods, ready, updated, problem, expected) in cases {
-        let spec = pool(desired, None).spec;
-        let status = ServerPoolStatus {
-            replicas: pods,
-            ready_replicas: ready,
-            updated_replicas: updated,
-            members: (1..=desired)
-                .map(|i| MemberStatus {
-                    name: format!("Server{i}"),
-                    pod: format!("server{i}"),
-                    ready: i <= ready,
-                })
-                .collect(),
-            ..ServerPoolStatus::default()
-        };
-        let problems: Vec<Problem> = problem
-            .map(|reason| Problem {
-                reason,
-                message: format!("{reason}: why"),
-            })
-            .into_iter()
-            .collect();
-        let [available, progressing] = progress_conditions(
-            &spec,
-            &status,
-            &problems,
-            &ServerPoolStatus::default(),
-            Some(4),
-            &now,
-        );
-        let case = format!(
-            "{desired} desired, {pods} pods, {ready} ready, {updated} updated, {problem:?}"
-        );
-        assert_eq!(
-            (
-                available.status.as_str(),
-                progressing.status.as_str(),
-                progressing.reason.as_str()
-            ),
-            expected,
-            "{case}"
-        );
-        assert_eq!(available.type_, "Available");
-        assert_eq!(progressing.observed_generation, Some(4), "{case}");
-    }
 }
