@@ -9,7 +9,9 @@
 //! - [`members`]: desired logical names and their DNS-1123 pod names (pure);
 //! - [`pods`]: the pods of a pool: their manifest, listing, creating, deleting;
 //! - [`admin_secret`]: each pool's admin token Secret, created where none exists;
-//! - [`reconciler`]: pods follow the pool: create, delete, replace, Events, status;
+//! - [`reconciler`]: pods follow the pool: create, delete, replace, Events, status —
+//!   the Kubernetes calls; the pass's pure decisions are [`pass_plan`] and [`status`],
+//!   what every pass shares is `context`, its first step `observe`, its Events `events`;
 //! - [`leader`]: the Lease that lets one operator of a namespace reconcile;
 //! - [`manifests`]: the API permissions each command uses, and the tests of `deploy/`;
 
@@ -17,13 +19,16 @@ pub mod admin_secret;
 #[cfg(test)]
 mod api_usage_tests;
 pub mod app;
+mod context;
 pub mod crd;
+mod events;
 #[cfg(test)]
 pub mod fixtures;
 pub mod heartbeats;
 pub mod leader;
 pub mod manifests;
 pub mod members;
+mod observe;
 #[cfg(test)]
 mod over_time_tests;
 pub mod pass_plan;

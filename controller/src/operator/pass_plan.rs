@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use k8s_openapi::jiff::Timestamp;
 
-use super::crd::ReplacementStatus;
+use super::crd::{ReplacementStatus, ServerPoolSpec, ServerPoolStatus};
 use super::heartbeats::PodBeat;
 use super::members;
 use super::pods::{PodState, ReplicaPod, StartFailure};
@@ -571,6 +571,101 @@ pub struct Unconfirmed {
     /// Replacements made on the operator's word alone whose pod has not answered it
     /// yet, this pass's included.
     pub in_progress: Vec<ReplicaName>,
+}
+
+impl Unconfirmed {
+    /// Why the pool is Degraded while replicas keep serving on the kubelet's word
+    /// (`max` is `spec.heartbeat.maxUnconfirmedReplacements`): `None` when none do.
+    pub fn problem(&self, max: usize) -> Option<Problem> {
+        if self.held.is_empty() {
+            return None;
+        }
+        let names: Vec<String> = self
+            .held
+            .iter()
+            .map(|p| {
+                let name = p.name.as_ref().map_or("?", ReplicaName::as_str);
+                format!("{name} (pod {})", p.pod)
+            })
+            .collect();
+        let message = format!(
+            "the operator cannot reach {} replica(s) that the kubelet reports Ready: {}; \
+             it replaces at most {max} such replica(s) at a time \
+             (spec.heartbeat.maxUnconfirmedReplacements) and the proxies keep routing to them",
+            names.len(),
+            names.join(", "),
+        );
+        Some(Problem {
+            reason: "ReplicasUnreachable",
+            message,
+        })
+    }
+}
+
+/// Why replica `name` is Degraded while its pod `pod` cannot start.
+pub fn start_failure(name: &ReplicaName, pod: &ReplicaPod, failure: &StartFailure) -> Problem {
+    let message = format!(
+        "pod {} of replica {name} cannot start: {}{}",
+        pod.pod,
+        failure.reason,
+        if failure.message.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", failure.message)
+        }
+    );
+    Problem {
+        reason: failure.reason,
+        message,
+    }
+}
+
+/// Why a failed replica is replaced, as its Event says: `failed_pod` is its pod,
+/// `held_elsewhere` that its pod name is held by a pod that is not the pool's.
+pub fn replacement_reason(failed_pod: Option<&ReplicaPod>, held_elsewhere: bool) -> String {
+    match failed_pod.map(|p| p.state) {
+        _ if held_elsewhere => "its pod name is held by a pod that is not this pool's".to_owned(),
+        Some(PodState::Exited) => "its container exited".to_owned(),
+        Some(PodState::Terminating) => "its pod is stuck terminating".to_owned(),
+        Some(PodState::Pending) => format!(
+            "its pod did not start{}",
+            failed_pod
+                .and_then(|p| p.container_reason.as_deref())
+                .map_or_else(String::new, |r| format!(" ({r})"))
+        ),
+        _ => "failed its heartbeats".to_owned(),
+    }
+}
+
+/// Each member as a pass leaves the pool, with the pod that serves it (a rollout's
+/// new pod, once it does): from the spec and the replacements still in use
+/// (`live`); for a spec that cannot be carried out (`realisable` false), the last
+/// realised members, as the status named them.
+pub fn members_now(
+    spec: &ServerPoolSpec,
+    live: &[ReplacementStatus],
+    realisable: bool,
+    serving: &HashMap<ReplicaName, ServingPod>,
+    old: &ServerPoolStatus,
+) -> Option<Vec<(ReplicaName, String)>> {
+    if !realisable {
+        return Some(
+            old.members
+                .iter()
+                .filter_map(|m| Some((ReplicaName::parse(&m.name).ok()?, m.pod.clone())))
+                .collect(),
+        );
+    }
+    let desired = members::desired_members(spec, &members::replacement_map(live)).ok()?;
+    Some(
+        desired
+            .into_iter()
+            .map(|(name, pod)| {
+                let pod = serving.get(&name).map_or(pod, |s| s.pod.clone());
+                (name, pod)
+            })
+            .collect(),
+    )
 }
 
 /// The kubelet says the pod runs and answers its readiness probe.

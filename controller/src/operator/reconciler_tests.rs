@@ -15,8 +15,11 @@ use kube::{Client, Resource};
 use serde_json::{Value, json};
 
 use super::*;
+use crate::metrics::Metrics;
 use crate::operator::crd::{HeartbeatSpec, ServerPoolSpec, ServerPoolStatus};
 use crate::operator::leader::Leadership;
+use crate::operator::pods::{KubeRuntime, PodTemplate};
+use crate::pool::health::Prober;
 
 const NS: &str = "default";
 const POOL_UID: &str = "5d3c0f2e-0000-4000-8000-000000000001";
