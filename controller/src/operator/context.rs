@@ -124,6 +124,24 @@ impl Context {
         }
     }
 
+    /// What the controller's watches and the heartbeat tasks feed: the writers of
+    /// the pod and budget stores, and the pools whose pods' health changed. Taken
+    /// once, by [`super::reconciler::run`].
+    pub(super) fn take_feeds(
+        &self,
+    ) -> (
+        Writer<Pod>,
+        Writer<PodDisruptionBudget>,
+        mpsc::UnboundedReceiver<ObjectRef<ServerPool>>,
+    ) {
+        let once = "the controller runs once per context";
+        (
+            self.pod_writer.lock().unwrap().take().expect(once),
+            self.budget_writer.lock().unwrap().take().expect(once),
+            self.wakes.lock().unwrap().take().expect(once),
+        )
+    }
+
     /// How long the oldest pass in progress has been running.
     pub fn longest_pass(&self) -> Option<Duration> {
         let passes = self.passes.lock().unwrap();
@@ -213,6 +231,15 @@ impl Context {
         // Kubernetes keeps condition times to the second.
         let now = (self.clock)();
         Time(Timestamp::from_second(now.as_second()).unwrap_or(now))
+    }
+}
+
+/// Keeps the first error of a pass; the pass goes on so that one failed call does
+/// not hold back the others, and the error policy retries it.
+pub(super) fn note(first: &mut Option<Error>, result: Result<(), Error>) {
+    if let Err(error) = result {
+        tracing::warn!(%error, "Kubernetes API call failed");
+        first.get_or_insert(error);
     }
 }
 

@@ -7,6 +7,7 @@ use k8s_openapi::api::core::v1::ObjectReference;
 use kube::runtime::events::{Event, EventType};
 
 use super::context::{Context, PoolPass};
+use super::crd::ServerPoolStatus;
 
 fn pod_reference(namespace: &str, pod: &str) -> ObjectReference {
     ObjectReference {
@@ -91,5 +92,42 @@ pub(super) async fn publish_event(
         .await
     {
         tracing::warn!(%error, "could not record an Event");
+    }
+}
+
+/// A condition that turns bad is a Warning Event too, once while it holds: a pool
+/// that stops being available because replicas stopped being ready (not one that
+/// grows, nor a new one starting), and a spec that cannot be carried out (the other
+/// problems behind Degraded have Events of their own).
+pub(super) async fn warn_of_conditions(
+    target: &PoolPass<'_>,
+    ctx: &Context,
+    status: &ServerPoolStatus,
+    old: &ServerPoolStatus,
+    warned: &mut HashSet<String>,
+) {
+    let bad = |type_: &str, value: &str| {
+        status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == type_ && c.status == value)
+            .map(|c| (c.reason.clone(), c.message.clone()))
+    };
+    if let Some((_, message)) = bad("Available", "False") {
+        let fell = status.ready_replicas < old.ready_replicas;
+        let was_warned = ctx.with_memory(&target.key, &target.uid, |m| {
+            m.warned.contains("Unavailable")
+        });
+        if fell || was_warned {
+            let event = PodEvent::warning("Unavailable", "Reconcile", message);
+            warn_once(ctx, target, "Unavailable", "", event, warned).await;
+        }
+    }
+    if let Some((reason, message)) = bad("Degraded", "True")
+        && reason == "InvalidSpec"
+    {
+        let key = format!("InvalidSpec/{message}");
+        let event = PodEvent::warning("InvalidSpec", "Reconcile", message);
+        warn_once(ctx, target, &key, "", event, warned).await;
     }
 }

@@ -11,7 +11,8 @@
 //! - [`admin_secret`]: each pool's admin token Secret, created where none exists;
 //! - [`reconciler`]: pods follow the pool: create, delete, replace, Events, status —
 //!   the Kubernetes calls; the pass's pure decisions are [`pass_plan`] and [`status`],
-//!   what every pass shares is `context`, its first step `observe`, its Events `events`;
+//!   what every pass shares is `context`, its first step `observe`, its Events `events`,
+//!   the pool's budget and admin Secret `owned`;
 //! - [`leader`]: the Lease that lets one operator of a namespace reconcile;
 //! - [`manifests`]: the API permissions each command uses, and the tests of `deploy/`;
 
@@ -31,6 +32,7 @@ pub mod members;
 mod observe;
 #[cfg(test)]
 mod over_time_tests;
+mod owned;
 pub mod pass_plan;
 pub mod pods;
 pub mod proxy;

@@ -27,14 +27,15 @@ use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 
 pub use super::context::{Context, Error};
-use super::context::{PassInProgress, PoolPass, pool_key};
+use super::context::{PassInProgress, PoolPass, note, pool_key};
 use super::crd::{ReplacementStatus, ServerPool, ServerPoolStatus};
-use super::events::{PodEvent, publish_event, warn_once};
+use super::events::{PodEvent, publish_event, warn_of_conditions, warn_once};
 use super::members;
 use super::observe::{Observation, observe};
+use super::owned::{ensure_admin_secret, ensure_budget};
 use super::pass_plan::{self as pass_plan, PassPlan, ServingPod, plan_pass};
 pub use super::pass_plan::{CRASH_LOOP_RESET, STUCK_TERMINATING};
-use super::pods::{self, CreateError, POOL_LABEL, is_status};
+use super::pods::{CreateError, POOL_LABEL, is_status};
 pub use super::status::Problem;
 use super::status::{StatusInput, compute_status};
 use crate::pool::Action as PlanAction;
@@ -70,24 +71,7 @@ pub async fn run(
     use futures::StreamExt;
     let pools: Api<ServerPool> = scoped(&ctx.client, namespace);
     let pods: Api<Pod> = scoped(&ctx.client, namespace);
-    let writer = ctx
-        .pod_writer
-        .lock()
-        .unwrap()
-        .take()
-        .expect("the controller runs once per context");
-    let wakes = ctx
-        .wakes
-        .lock()
-        .unwrap()
-        .take()
-        .expect("the controller runs once per context");
-    let budget_writer = ctx
-        .budget_writer
-        .lock()
-        .unwrap()
-        .take()
-        .expect("the controller runs once per context");
+    let (writer, budget_writer, wakes) = ctx.take_feeds();
     // The pools' budgets: one deleted or edited by hand is written again.
     let budgets: Api<PodDisruptionBudget> = scoped(&ctx.client, namespace);
     let budget_events = watcher(budgets, super::watch_config().labels(POOL_LABEL))
@@ -191,8 +175,14 @@ async fn pass(pool: Arc<ServerPool>, ctx: Arc<Context>) -> Result<Action, Error>
         return Ok(Action::requeue(STANDBY_RECHECK));
     }
     let mut applied = apply(&target, &ctx, &observed).await;
-    ensure_budget(&target, &ctx, &mut applied).await;
-    ensure_admin_secret(&target, &ctx, &mut applied).await;
+    match ensure_budget(&target, &ctx, &mut applied.warned).await {
+        Ok(conflict) => applied.problems.extend(conflict),
+        Err(error) => note(&mut applied.first_error, Err(error)),
+    }
+    note(
+        &mut applied.first_error,
+        ensure_admin_secret(&target, &ctx).await,
+    );
     let reported = report(&target, &ctx, &observed, &mut applied).await;
     ctx.with_memory(&target.key, &target.uid, |m| {
         m.warned.retain(|key| applied.warned.contains(key))
@@ -205,76 +195,6 @@ async fn pass(pool: Arc<ServerPool>, ctx: Arc<Context>) -> Result<Action, Error>
     Ok(Action::requeue(
         applied.retry_in.map_or(RESYNC, |wait| wait.min(RESYNC)),
     ))
-}
-
-/// Writes the pool's PodDisruptionBudget when the watch shows it missing, or its own
-/// budget not as it should be (see [`pods::disruption_budget`]). A budget of that
-/// name that is not the pool's is someone else's: left alone, and named in Degraded.
-async fn ensure_budget(target: &PoolPass<'_>, ctx: &Context, applied: &mut Applied) {
-    if target.name.len() > 63 {
-        // Its label cannot name the pool (Degraded says so): no selector to write.
-        return;
-    }
-    let want = target.pods.disruption_budget();
-    let found = ctx
-        .budgets
-        .get(&ObjectRef::new(&target.name).within(&target.namespace));
-    if let Some(found) = &found {
-        let ours = found
-            .metadata
-            .owner_references
-            .iter()
-            .flatten()
-            .any(|o| o.uid == target.uid);
-        if !ours {
-            let message = format!(
-                "PodDisruptionBudget {} exists and is not this pool's: the operator leaves it \
-                 as it is, and writes none of its own",
-                target.name
-            );
-            let reason = "DisruptionBudgetConflict";
-            let event = PodEvent::warning(reason, "Reconcile", message.clone());
-            warn_once(ctx, target, reason, "", event, &mut applied.warned).await;
-            applied.problems.push(Problem { reason, message });
-            return;
-        }
-        if pods::is_current_budget(found, &want) {
-            return;
-        }
-    }
-    let result = ctx
-        .while_leading(target.pods.apply_disruption_budget(CONTROLLER_NAME))
-        .await
-        .map_or(Err(Error::NotLeader), |r| r.map_err(Error::from));
-    note(&mut applied.first_error, result);
-}
-
-/// Creates the pool's admin token Secret where none exists (see [`super::admin_secret`]):
-/// at a term's first pass over the pool, then every [`ADMIN_SECRET_RECHECK`].
-async fn ensure_admin_secret(target: &PoolPass<'_>, ctx: &Context, applied: &mut Applied) {
-    let now = tokio::time::Instant::now();
-    let due = ctx.with_memory(&target.key, &target.uid, |m| {
-        m.admin_secret_checked
-            .is_none_or(|at| now.duration_since(at) >= ADMIN_SECRET_RECHECK)
-    });
-    if !due {
-        return;
-    }
-    let result = ctx
-        .while_leading(target.pods.ensure_admin_secret())
-        .await
-        .map_or(Err(Error::NotLeader), |r| r.map_err(Error::from));
-    match result {
-        Ok(ensured) => {
-            if ensured == super::admin_secret::Ensured::Created {
-                tracing::info!(pool = %target.key, "created the pool's admin token Secret");
-            }
-            ctx.with_memory(&target.key, &target.uid, |m| {
-                m.admin_secret_checked = Some(now);
-            });
-        }
-        Err(error) => note(&mut applied.first_error, Err(error)),
-    }
 }
 
 /// What a pass did, and what went wrong.
@@ -588,52 +508,6 @@ fn status_of(
         problems: &problems,
         now: ctx.now(),
     })
-}
-
-/// A condition that turns bad is a Warning Event too, once while it holds: a pool
-/// that stops being available because replicas stopped being ready (not one that
-/// grows, nor a new one starting), and a spec that cannot be carried out (the other
-/// problems behind Degraded have Events of their own).
-async fn warn_of_conditions(
-    target: &PoolPass<'_>,
-    ctx: &Context,
-    status: &ServerPoolStatus,
-    old: &ServerPoolStatus,
-    warned: &mut HashSet<String>,
-) {
-    let bad = |type_: &str, value: &str| {
-        status
-            .conditions
-            .iter()
-            .find(|c| c.type_ == type_ && c.status == value)
-            .map(|c| (c.reason.clone(), c.message.clone()))
-    };
-    if let Some((_, message)) = bad("Available", "False") {
-        let fell = status.ready_replicas < old.ready_replicas;
-        let was_warned = ctx.with_memory(&target.key, &target.uid, |m| {
-            m.warned.contains("Unavailable")
-        });
-        if fell || was_warned {
-            let event = PodEvent::warning("Unavailable", "Reconcile", message);
-            warn_once(ctx, target, "Unavailable", "", event, warned).await;
-        }
-    }
-    if let Some((reason, message)) = bad("Degraded", "True")
-        && reason == "InvalidSpec"
-    {
-        let key = format!("InvalidSpec/{message}");
-        let event = PodEvent::warning("InvalidSpec", "Reconcile", message);
-        warn_once(ctx, target, &key, "", event, warned).await;
-    }
-}
-
-/// Keeps the first error of a pass; the pass goes on so that one failed call does
-/// not hold back the others, and the error policy retries it.
-fn note(first: &mut Option<Error>, result: Result<(), Error>) {
-    if let Err(error) = result {
-        tracing::warn!(%error, "Kubernetes API call failed");
-        first.get_or_insert(error);
-    }
 }
 
 /// Creates the pod of `name` and records an Event; true when it was created. A pod

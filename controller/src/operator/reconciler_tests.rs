@@ -18,7 +18,7 @@ use super::*;
 use crate::metrics::Metrics;
 use crate::operator::crd::{HeartbeatSpec, ServerPoolSpec, ServerPoolStatus};
 use crate::operator::leader::Leadership;
-use crate::operator::pods::{KubeRuntime, PodTemplate};
+use crate::operator::pods::{self, KubeRuntime, PodTemplate};
 use crate::pool::health::Prober;
 
 const NS: &str = "default";
