@@ -176,20 +176,7 @@ pub fn compute_status(input: &StatusInput) -> ServerPoolStatus {
     } else {
         ("False", "ReplicasNotReady")
     };
-    // The first problem names the reason (a spec that cannot be carried out comes
-    // first, as it is found first); the message has them all.
-    let degraded = match problems.first() {
-        None => ("False", "AsExpected", String::new()),
-        Some(first) => (
-            "True",
-            first.reason,
-            problems
-                .iter()
-                .map(|p| p.message.as_str())
-                .collect::<Vec<_>>()
-                .join("; "),
-        ),
-    };
+    let degraded = degraded(problems);
     let condition = |type_: &str, (status, reason): (&str, &str), message: String| {
         condition(
             old,
@@ -230,6 +217,24 @@ pub fn compute_status(input: &StatusInput) -> ServerPoolStatus {
     let progress = progress_conditions(input, &status);
     status.conditions.extend(progress);
     status
+}
+
+/// The `Degraded` condition's status, reason and message: the first problem names
+/// the reason (a spec that cannot be carried out comes first, as it is found first);
+/// the message has them all.
+fn degraded(problems: &[Problem]) -> (&'static str, &'static str, String) {
+    match problems.first() {
+        None => ("False", "AsExpected", String::new()),
+        Some(first) => (
+            "True",
+            first.reason,
+            problems
+                .iter()
+                .map(|p| p.message.as_str())
+                .collect::<Vec<_>>()
+                .join("; "),
+        ),
+    }
 }
 
 #[cfg(test)]
