@@ -324,23 +324,26 @@ fn replaces_failed_replicas() {
 
 #[test]
 fn backs_off_a_crash_loop() {
-    let failing = |served_for: Option<u64>, age: u64| {
-        let mut exited = pod("Server2");
+    // Replica `replica` (beside a healthy Server1) whose container exited.
+    let failing = |replica: &str, served_for: Option<u64>, age: u64| {
+        let mut exited = pod(replica);
         exited.state = PodState::Exited;
         exited.container_reason = Some("Error, exit code 1".to_owned());
+        let failed = exited.pod.clone();
         input(
-            &["Server1", "Server2"],
+            &["Server1", replica],
             vec![pod("Server1"), exited],
             &[
                 ("server1", beat(Health::Healthy, LONG, 3600)),
-                ("server2", beat(Health::Failed, served_for, age)),
+                (&failed, beat(Health::Failed, served_for, age)),
             ],
         )
     };
-    let streak = |mut input: PassInput, streak: u32| {
+    // emergency_1 holds slot Server2 after `streak` replicas in a row never served.
+    let in_slot = |mut input: PassInput, streak: u32| {
         input.replacements = vec![ReplacementStatus {
             original: "Server2".to_owned(),
-            replacement: "Server2".to_owned(),
+            replacement: "emergency_1".to_owned(),
             count: streak,
             unready_streak: streak,
         }];
@@ -349,26 +352,29 @@ fn backs_off_a_crash_loop() {
     check(vec![
         (
             "never answered, started 3 s ago: waits for the first 10 s",
-            failing(None, 3),
+            failing("Server2", None, 3),
             vec!["back off Server2 7s of 10s"],
         ),
         (
-            "served 5 s, a streak of 2: waits 40 s from its start",
-            streak(failing(Some(5), 15), 2),
-            vec!["back off Server2 25s of 40s"],
+            "served 5 s, its slot's streak 2: waits 40 s from its start",
+            in_slot(failing("emergency_1", Some(5), 15), 2),
+            vec!["back off emergency_1 25s of 40s"],
         ),
         (
             "its backoff has run out",
-            failing(None, 30),
+            failing("Server2", None, 30),
             vec!["replace Server2 by emergency_1"],
         ),
         (
             "one that served longer than the crash loop reset is replaced at once",
-            streak(failing(Some(CRASH_LOOP_RESET.as_secs()), 1), 4),
-            vec!["replace Server2 by emergency_1"],
+            in_slot(
+                failing("emergency_1", Some(CRASH_LOOP_RESET.as_secs()), 1),
+                4,
+            ),
+            vec!["replace emergency_1 by emergency_2"],
         ),
     ]);
-    let plan = plan_pass(&failing(None, 3));
+    let plan = plan_pass(&failing("Server2", None, 3));
     assert_eq!(
         plan.held_back[0].message(),
         "replica Server2 (pod server2) never answered a heartbeat (container: Error, exit \
