@@ -131,13 +131,19 @@ impl RawH2 {
 
     /// The next frame other than SETTINGS and PING; `None` once the server closed.
     fn read(&mut self) -> Option<Frame> {
+        self.try_read()
+            .unwrap_or_else(|e| panic!("reading a frame: {e}"))
+    }
+
+    /// [`RawH2::read`], with the read timeout's error.
+    fn try_read(&mut self) -> std::io::Result<Option<Frame>> {
         loop {
             let mut head = [0u8; 9];
             match self.stream.read_exact(&mut head) {
                 Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return None,
-                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return None,
-                Err(e) => panic!("reading a frame: {e}"),
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return Ok(None),
+                Err(e) => return Err(e),
             }
             let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
             let mut payload = vec![0u8; len];
@@ -152,7 +158,7 @@ impl RawH2 {
                 (SETTINGS, 0) => self.send(&frame(SETTINGS, 1, 0, &[])),
                 (PING, 0) => self.send(&frame(PING, 1, 0, &got.payload)),
                 (SETTINGS | PING, _) => {}
-                _ => return Some(got),
+                _ => return Ok(Some(got)),
             }
         }
     }
@@ -451,6 +457,44 @@ fn a_drain_sends_goaway_and_lets_open_streams_finish() {
     }
     let exit = lb.wait_exit(Duration::from_secs(8)).expect("ringlb exits");
     assert!(exit.success(), "{exit:?}");
+}
+
+#[test]
+fn an_idle_connection_is_closed_with_goaway_but_not_one_with_an_open_stream() {
+    let fake = FakeReplica::start();
+    let replica = format!("Fake={}", fake.addr);
+    let lb = Ringlb::start(&["--replica", &replica, "--keepalive-timeout", "300ms"]);
+    let mut raw = RawH2::connect(lb.proxy);
+    raw.send(&get_frames(1, "/hold", &[]));
+    fake.wait_for_held_request();
+    // Three idle timeouts with the stream open: no frame but the connection's settings.
+    raw.stream
+        .set_read_timeout(Some(Duration::from_millis(900)))
+        .unwrap();
+    let quiet = loop {
+        match raw.try_read() {
+            Ok(Some(frame)) => assert_ne!(frame.kind, GOAWAY, "GOAWAY with a stream open"),
+            Ok(None) => panic!("closed with a stream open"),
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(quiet.kind(), std::io::ErrorKind::WouldBlock, "{quiet}");
+    raw.stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    fake.release();
+    loop {
+        let frame = raw.read().expect("the held stream finishes");
+        assert_ne!(frame.kind, GOAWAY, "GOAWAY before the open stream finished");
+        if frame.id == 1 && frame.kind == DATA && frame.flags & END_STREAM != 0 {
+            break;
+        }
+    }
+    // Then, idle: GOAWAY NO_ERROR and the close.
+    assert_eq!(raw.until_goaway(), Some(0));
+    while let Some(frame) = raw.read() {
+        assert_eq!(frame.kind, GOAWAY, "only a last GOAWAY may follow");
+    }
 }
 
 // ---- TLS --------------------------------------------------------------------------
