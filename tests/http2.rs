@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::fake_replica::{FakeReplica, front};
-use common::{Ringlb, TempDir, home_with, send_signal, server_name, wait_until};
+use common::{FAST_HEARTBEATS, Ringlb, TempDir, home_with, send_signal, server_name, wait_until};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 
@@ -278,7 +278,9 @@ async fn curl_with_prior_knowledge_is_served_on_the_http1_port() {
     assert_eq!(status, 405, "{body}");
 }
 
-#[tokio::test]
+// Threads of its own for the client's connection, which answers the proxy's
+// goodbye (GOAWAY and PING) while the test's thread waits for the proxy to exit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_connection_s_streams_are_each_balanced_on_their_own_key() {
     let lb = Ringlb::start(&["--key", "header:x-user-id"]);
     let tcp = tokio::net::TcpStream::connect(lb.proxy).await.unwrap();
@@ -326,6 +328,66 @@ async fn one_connection_s_streams_are_each_balanced_on_their_own_key() {
     }
 }
 
+/// The one failover policy, for streams too: a POST a replica read is never sent
+/// again, a GET is; both end in the JSON 502.
+// Threads of its own for the client's connection, which answers the proxy's
+// goodbye (GOAWAY and PING) while the test's thread waits for the proxy to exit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_s_post_the_replica_read_is_never_sent_again() {
+    let fake = FakeReplica::start();
+    // Two ring members on the same fake: a retry to "the next replica" lands there too.
+    let (a, b) = (format!("A={}", fake.addr), format!("B={}", fake.addr));
+    let lb = Ringlb::start(&[&["--replica", &a, "--replica", &b], &FAST_HEARTBEATS[..]].concat());
+    let tcp = tokio::net::TcpStream::connect(lb.proxy).await.unwrap();
+    let send = h2_over(tcp).await;
+
+    let mut post = send.clone().ready().await.unwrap();
+    let request = http::Request::post("http://localhost/die")
+        .body(())
+        .unwrap();
+    let (response, mut body) = post.send_request(request, false).unwrap();
+    body.send_data(Bytes::from_static(b"pay once"), true)
+        .unwrap();
+    let response = response.await.unwrap();
+    assert_eq!(response.status(), 502);
+    let mut json = Vec::new();
+    let mut body = response.into_body();
+    while let Some(chunk) = body.data().await {
+        json.extend_from_slice(&chunk.unwrap());
+    }
+    let json: serde_json::Value = serde_json::from_slice(&json).unwrap();
+    assert_eq!(json["status"], "failure", "{json}");
+    assert_eq!(
+        fake.died.load(Ordering::SeqCst),
+        1,
+        "the POST reached replicas once"
+    );
+
+    // The GET is sent again, once both members are back in the ring (each failure
+    // takes its member out until it is checked).
+    wait_until("both members serving", Duration::from_secs(10), || async {
+        let ring = lb.ring_json().await;
+        let serving = ring["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|m| m["in_ring"] == true)
+            .count();
+        match h2_get(&send, "/home", &[]).await {
+            Ok((200, _)) if serving == 2 => Ok(()),
+            other => Err(format!("{serving} serving, /home: {other:?}")),
+        }
+    })
+    .await;
+    let (status, body) = h2_get(&send, "/die", &[]).await.unwrap();
+    assert_eq!(status, 502, "{body}");
+    assert!(
+        fake.died.load(Ordering::SeqCst) >= 3,
+        "the GET was sent again: {} arrivals in all",
+        fake.died.load(Ordering::SeqCst)
+    );
+}
+
 // ---- limits -----------------------------------------------------------------------
 
 #[test]
@@ -364,7 +426,9 @@ fn rapid_reset_closes_the_connection_with_goaway_past_the_limit() {
     while raw.read().is_some() {}
 }
 
-#[tokio::test]
+// Threads of its own for the client's connection, which answers the proxy's
+// goodbye (GOAWAY and PING) while the test's thread waits for the proxy to exit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_header_lists_are_refused_and_the_connection_kept() {
     let lb = Ringlb::start(&["--key", "header:x-user-id"]);
     let tcp = tokio::net::TcpStream::connect(lb.proxy).await.unwrap();
@@ -585,7 +649,9 @@ async fn tls_h2(
     Ok((leaf, send))
 }
 
-#[tokio::test]
+// Threads of its own for the client's connection, which answers the proxy's
+// goodbye (GOAWAY and PING) while the test's thread waits for the proxy to exit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_serves_h2_and_http1_by_alpn() {
     let dir = TempDir::new("h2-tls");
     let ca = TestCa::new();
