@@ -328,6 +328,57 @@ async fn one_connection_s_streams_are_each_balanced_on_their_own_key() {
     }
 }
 
+/// A stream reaches the replica as the HTTP/1.1 request a client would have sent
+/// (its host from `:authority`, the client in `X-Forwarded-For`, its body), and the
+/// answer comes back without the replica's hop-by-hop headers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_reaches_the_replica_as_an_http1_request() {
+    let fake = FakeReplica::start();
+    let lb = front(&fake);
+    let tcp = tokio::net::TcpStream::connect(lb.proxy).await.unwrap();
+    let send = h2_over(tcp).await;
+    let mut post = send.clone().ready().await.unwrap();
+    let request = http::Request::post("http://localhost/echo?q=1")
+        .header("x-user-id", "u1")
+        .body(())
+        .unwrap();
+    let (response, mut body) = post.send_request(request, false).unwrap();
+    body.send_data(Bytes::from_static(b"hello h2"), true)
+        .unwrap();
+    let response = response.await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["x-kept"], "1");
+    for hop in ["connection", "keep-alive", "x-hop"] {
+        assert!(
+            !response.headers().contains_key(hop),
+            "{hop} reached the client"
+        );
+    }
+    let mut echoed = Vec::new();
+    let mut body = response.into_body();
+    while let Some(chunk) = body.data().await {
+        echoed.extend_from_slice(&chunk.unwrap());
+    }
+    let echoed = String::from_utf8(echoed).unwrap();
+    assert!(
+        echoed.starts_with("POST /echo?q=1 HTTP/1.1\r\n"),
+        "{echoed}"
+    );
+    let lower = echoed.to_ascii_lowercase();
+    for line in [
+        "host: localhost",
+        "x-user-id: u1",
+        "x-forwarded-for: 127.0.0.1",
+        "content-length: 8",
+    ] {
+        assert!(
+            lower.contains(&format!("\r\n{line}\r\n")),
+            "{line} not in {echoed:?}"
+        );
+    }
+    assert!(echoed.ends_with("\r\n\r\nhello h2"), "{echoed:?}");
+}
+
 /// The one failover policy, for streams too: a POST a replica read is never sent
 /// again, a GET is; both end in the JSON 502.
 // Threads of its own for the client's connection, which answers the proxy's
