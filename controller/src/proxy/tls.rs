@@ -119,6 +119,13 @@ struct Current {
 
 impl ResolvesServerCert for ReloadingCert {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current())
+    }
+}
+
+impl ReloadingCert {
+    /// The pair to serve now, loaded again first if its files changed.
+    fn current(&self) -> Arc<CertifiedKey> {
         let mut current = self.current.lock().unwrap_or_else(PoisonError::into_inner);
         match Stamp::of(&self.files) {
             Ok(stamp) if stamp != current.stamp && current.failed.as_ref() != Some(&stamp) => {
@@ -141,7 +148,7 @@ impl ResolvesServerCert for ReloadingCert {
             // (replaced by a rename): the current pair is served.
             _ => {}
         }
-        Some(current.key.clone())
+        current.key.clone()
     }
 }
 
@@ -174,4 +181,85 @@ fn load(files: &TlsFiles, provider: &CryptoProvider) -> Result<Arc<CertifiedKey>
     let certified = CertifiedKey::from_der(chain, key, provider)
         .map_err(|e| format!("{cert} and {}: {e}", files.key.display()))?;
     Ok(Arc::new(certified))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    /// A certificate for `localhost` and its key, in PEM.
+    fn pair() -> (String, String) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+        (params.self_signed(&key).unwrap().pem(), key.serialize_pem())
+    }
+
+    /// Writes `text` to `path` with a modification time `at` seconds from now, so that
+    /// each write is seen as a change whatever the file system's clock resolution.
+    fn write(path: &Path, text: &str, at: u64) {
+        fs::write(path, text).unwrap();
+        let file = fs::File::options().write(true).open(path).unwrap();
+        file.set_modified(SystemTime::now() + Duration::from_secs(at))
+            .unwrap();
+    }
+
+    fn served(resolver: &ReloadingCert) -> Vec<u8> {
+        resolver.current().end_entity_cert().unwrap().to_vec()
+    }
+
+    fn der(pem: &str) -> Vec<u8> {
+        CertificateDer::from_pem_slice(pem.as_bytes())
+            .unwrap()
+            .to_vec()
+    }
+
+    #[test]
+    fn a_changed_pair_is_served_once_it_loads_and_the_last_good_one_until_then() {
+        let dir = std::env::temp_dir().join(format!("ringlb-tls-unit-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let files = TlsFiles {
+            cert: dir.join("cert.pem"),
+            key: dir.join("key.pem"),
+        };
+        let (a, b) = (pair(), pair());
+        write(&files.cert, &a.0, 1);
+        write(&files.key, &a.1, 1);
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let resolver = ReloadingCert {
+            files: files.clone(),
+            provider: provider.clone(),
+            current: Mutex::new(Current {
+                stamp: Stamp::of(&files).unwrap(),
+                key: load(&files, &provider).unwrap(),
+                failed: None,
+            }),
+        };
+        assert!(served(&resolver) == der(&a.0), "pair a expected");
+
+        // The new certificate beside the old key: the old pair goes on.
+        write(&files.cert, &b.0, 2);
+        assert!(served(&resolver) == der(&a.0), "pair a expected");
+        // Its key arrives: the new pair.
+        write(&files.key, &b.1, 2);
+        assert!(served(&resolver) == der(&b.0), "pair b expected");
+        // Half a file, then none: the last good pair, and no error to the client.
+        write(&files.cert, &b.0[..b.0.len() / 2], 3);
+        assert!(served(&resolver) == der(&b.0), "pair b expected");
+        fs::remove_file(&files.cert).unwrap();
+        assert!(served(&resolver) == der(&b.0), "pair b expected");
+        // Back whole: loaded again.
+        write(&files.cert, &a.0, 4);
+        write(&files.key, &a.1, 4);
+        assert!(served(&resolver) == der(&a.0), "pair a expected");
+
+        // A bad pair at the start is an error that names the file.
+        write(&files.key, &b.1, 5);
+        let error = acceptor(&files)
+            .err()
+            .expect("a mismatched pair is refused");
+        assert!(error.to_string().contains("cert.pem"), "{error}");
+        let _ = fs::remove_dir_all(&dir);
+    }
 }
