@@ -102,10 +102,12 @@ pub async fn serve(
                     return hand_off(stream, buf.freeze(), peer, &proxy, router, stop).await;
                 }
                 // HTTP/2 with prior knowledge: its preface is no HTTP/1.1 request, so
-                // this costs the HTTP/1.1 path nothing.
+                // this costs the HTTP/1.1 path nothing. Boxed, so that this
+                // connection's future does not grow by hyper's HTTP/2 state.
                 Incoming::Refuse(_) if first_request && super::h2::starts_h2c(&buf) => {
                     let stream = Rewind::new(buf.freeze(), stream);
-                    return super::h2::serve(stream, peer, &proxy, router, stop).await;
+                    let h2 = Box::pin(super::h2::serve(stream, peer, &proxy, router, stop));
+                    return h2.await;
                 }
                 Incoming::Refuse(refusal) => {
                     let error = ApiError::refused(refusal, &settings.head_limits);
