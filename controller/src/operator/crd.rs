@@ -297,7 +297,10 @@ fn hashing_rules() -> Vec<(String, String)> {
         divisors.join(", ")
     );
     // Unset slots: the preset's size, prime or not.
-    let preset_size_is_prime = match (is_prime_u32(course.slots), is_prime_u32(default.slots)) {
+    let preset_size_is_prime = match (
+        crate::ring::is_prime(course.slots),
+        crate::ring::is_prime(default.slots),
+    ) {
         (true, true) => "true".to_owned(),
         (false, false) => "false".to_owned(),
         (true, false) => is_course.clone(),
@@ -335,17 +338,9 @@ fn hashing_rules() -> Vec<(String, String)> {
     ]
 }
 
-fn is_prime_u32(n: u32) -> bool {
-    let n = u64::from(n);
-    n >= 2
-        && (2..)
-            .take_while(|d| d * d <= n)
-            .all(|d| !n.is_multiple_of(d))
-}
-
 /// The primes up to `n`, in order.
 fn primes_up_to(n: u32) -> Vec<u32> {
-    (2..=n).filter(|&p| is_prime_u32(p)).collect()
+    (2..=n).filter(|&p| crate::ring::is_prime(p)).collect()
 }
 
 /// The ring: a preset, with any of its settings overridden.

@@ -201,40 +201,40 @@ impl PoolAdmin for SpecAdmin {
         weights: BTreeMap<String, u32>,
     ) -> BoxFuture<'_, Result<Vec<ReplicaName>, PoolError>> {
         Box::pin(async move {
-            let max = self.max_replicas;
             self.change("add", |current| {
                 let table = self.publisher.table();
-                let max = table
-                    .ring
-                    .config()
-                    .member_capacity()
-                    .map_or(max, |c| c.min(max));
-                let added = membership::names_to_add(
-                    &current.desired,
-                    &current.in_use,
+                let membership::Addition {
+                    names: added,
+                    added_weights,
+                    ..
+                } = membership::check_add(
+                    membership::AddTo {
+                        desired: &current.desired,
+                        in_use: &current.in_use,
+                        weights: &current.weights,
+                        max_replicas: self.max_replicas,
+                        ring: table.ring.config(),
+                    },
                     n,
                     &hostnames,
-                    max,
+                    &weights,
+                    |all| {
+                        // Refuse names that cannot be pods before anything is written (as
+                        // the CRD's CEL rule would, with a 422 the client would see as a 502).
+                        if let Some((name, generated)) = hostnames
+                            .iter()
+                            .find_map(|h| Some((h, members::shadowed_generated_name(h)?)))
+                        {
+                            return Err(MembershipError::ShadowsGenerated {
+                                name: name.clone(),
+                                generated,
+                            }
+                            .into());
+                        }
+                        members::pod_names(all).map_err(refusal)?;
+                        Ok::<(), PoolError>(())
+                    },
                 )?;
-                // Refuse names that cannot be pods before anything is written (as the
-                // CRD's CEL rule would, with a 422 the client would see as a 502).
-                if let Some((name, generated)) = hostnames
-                    .iter()
-                    .find_map(|h| Some((h, members::shadowed_generated_name(h)?)))
-                {
-                    return Err(MembershipError::ShadowsGenerated {
-                        name: name.clone(),
-                        generated,
-                    }
-                    .into());
-                }
-                let all: Vec<ReplicaName> = current.desired.iter().chain(&added).cloned().collect();
-                members::pod_names(&all).map_err(refusal)?;
-                // And weights the ring cannot honour.
-                let added_weights = membership::weights_to_add(&added, &weights)?;
-                let mut weights_after = current.weights.clone();
-                weights_after.extend(added_weights.iter().map(|(n, w)| (n.clone(), *w)));
-                membership::check_weights(&all, &weights_after, table.ring.config())?;
                 let mut spec_weights = current.spec_weights.clone();
                 spec_weights.extend(added_weights.into_iter().map(|(n, w)| (n.to_string(), w)));
                 let bases = current.bases.iter().chain(&added).cloned().collect();
