@@ -11,6 +11,6 @@ COPY ringlb /ringlb
 USER 65532:65532
 EXPOSE 5000 5001
 ENTRYPOINT ["/ringlb"]
-# In a cluster: reconcile the namespace's ServerPools (deploy/operator.yaml); the proxy
-# runs the same image with `proxy` (deploy/proxy.yaml).
+# In a cluster: reconcile the namespace's ServerPools (deploy/base/operator.yaml); the proxy
+# runs the same image with `proxy` (deploy/base/proxy.yaml).
 CMD ["operator"]

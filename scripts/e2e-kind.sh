@@ -318,7 +318,12 @@ owner=$(k get pod server4 -o jsonpath='{.metadata.ownerReferences[0].kind}/{.met
     fail "server4 member label"
 
 step "/add and /rm edit the ServerPool spec"
-token=$(k get secret ringlb-admin -o jsonpath='{.data.token}' | base64 -d)
+# No token is committed: the operator made the pool's Secret demo-admin (the proxies
+# could not start without it).
+token=$(k get secret demo-admin -o jsonpath='{.data.token}' | base64 -d)
+[ ${#token} = 64 ] || fail "demo-admin's token: ${#token} characters, expected 64 (256 bits in hex)"
+[ "$(k get secret demo-admin -o jsonpath='{.metadata.ownerReferences[0].name}')" = demo ] ||
+    fail "Secret demo-admin is not owned by the pool"
 code=$(curl -s -o /dev/null -w '%{http_code}' -X POST "$LB/add" \
     -H 'Content-Type: application/json' -d '{"n": 1, "hostnames": ["web1"]}')
 [ "$code" = 401 ] || fail "/add without the token answered $code, expected 401"

@@ -3,8 +3,6 @@
 //! own), HTTP/2 and HTTP/1.1 over TLS by ALPN, the certificate reloaded under load,
 //! the attack limits (rapid reset, an oversized header list) and GOAWAY on drain.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::net::SocketAddr;
@@ -15,8 +13,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::fake_replica::{FakeReplica, front};
-use common::{FAST_HEARTBEATS, Ringlb, TempDir, home_with, send_signal, server_name, wait_until};
+use ringlb_testkit::fake_replica::{FakeReplica, front};
+use ringlb_testkit::{
+    FAST_HEARTBEATS, Ringlb, TempDir, home_with, send_signal, server_name, wait_until,
+};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 

@@ -51,6 +51,8 @@ struct PoolSeries {
     reconciles: Family<PoolLabel, Counter>,
     reconcile_errors: Family<PoolLabel, Counter>,
     reconcile_duration: Family<PoolLabel, Histogram, fn() -> Histogram>,
+    replacements: Family<PoolLabel, Counter>,
+    backoffs: Family<PoolLabel, Gauge>,
 }
 
 fn new_reconcile_histogram() -> Histogram {
@@ -126,6 +128,8 @@ impl Metrics {
             reconciles: Family::default(),
             reconcile_errors: Family::default(),
             reconcile_duration: Family::new_with_constructor(new_reconcile_histogram),
+            replacements: Family::default(),
+            backoffs: Family::default(),
         };
         registry.register(
             "pool_desired_replicas",
@@ -156,6 +160,16 @@ impl Metrics {
             "reconcile_duration_seconds",
             "How long each reconcile pass of a ServerPool took",
             pools.reconcile_duration.clone(),
+        );
+        registry.register(
+            "pool_replacements",
+            "Replicas of each ServerPool replaced by an emergency replica (the operator)",
+            pools.replacements.clone(),
+        );
+        registry.register(
+            "pool_backoff_replicas",
+            "Failed replicas of each ServerPool whose replacement waits out a crash-loop backoff",
+            pools.backoffs.clone(),
         );
         registry.register(
             "responses",
@@ -269,6 +283,20 @@ impl Metrics {
             .observe(took.as_secs_f64());
     }
 
+    /// The operator replaced a replica of pool `pool` of `namespace`.
+    pub fn pool_replaced(&self, namespace: &str, pool: &str) {
+        self.replacements.inc();
+        let label = PoolLabel::of(namespace, pool);
+        self.pools.replacements.get_or_create(&label).inc();
+    }
+
+    /// How many failed replicas of pool `pool` of `namespace` wait out a backoff now.
+    pub fn pool_backoffs(&self, namespace: &str, pool: &str, waiting: usize) {
+        let label = PoolLabel::of(namespace, pool);
+        let waiting = i64::try_from(waiting).unwrap_or(i64::MAX);
+        self.pools.backoffs.get_or_create(&label).set(waiting);
+    }
+
     /// Removes every series of pool `pool` of `namespace`: it is gone.
     pub fn forget_pool(&self, namespace: &str, pool: &str) {
         let label = PoolLabel::of(namespace, pool);
@@ -278,6 +306,8 @@ impl Metrics {
         self.pools.reconciles.remove(&label);
         self.pools.reconcile_errors.remove(&label);
         self.pools.reconcile_duration.remove(&label);
+        self.pools.replacements.remove(&label);
+        self.pools.backoffs.remove(&label);
     }
 
     /// The pool this process serves.

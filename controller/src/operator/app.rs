@@ -1,6 +1,6 @@
 //! `ringlb operator`: the control plane in a cluster. Every replica of it campaigns
 //! for the Lease; the one that holds it reconciles every `ServerPool` of its
-//! namespace, the others watch and wait. It serves no traffic (that is
+//! namespace (or of every namespace, `--all-namespaces`), the others watch and wait. It serves no traffic (that is
 //! `ringlb proxy`), only its operations port: `/metrics`, `/healthz`, `/readyz`.
 
 use std::net::SocketAddr;
@@ -24,6 +24,11 @@ pub struct OperatorArgs {
     /// Namespace of the pools [default: the pod's own namespace, or the kubeconfig's].
     #[arg(long, env = "RINGLB_NAMESPACE")]
     pub namespace: Option<String>,
+
+    /// Reconcile the ServerPools of every namespace, not only --namespace's (the
+    /// Lease stays in --namespace). Needs the ClusterRole of deploy/all-namespaces/.
+    #[arg(long, env = "RINGLB_ALL_NAMESPACES")]
+    pub all_namespaces: bool,
 
     /// Address of the operations port: /metrics, /healthz, /readyz.
     #[arg(long, env = "RINGLB_OPS_LISTEN", default_value = "[::]:5001")]
@@ -91,7 +96,15 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
         leadership,
     ));
 
-    println!("ringlb: operator for the ServerPools of namespace {namespace}, as {identity}");
+    let watched = (!args.all_namespaces).then(|| namespace.clone());
+    match &watched {
+        Some(namespace) => {
+            println!("ringlb: operator for the ServerPools of namespace {namespace}, as {identity}")
+        }
+        None => println!(
+            "ringlb: operator for the ServerPools of every namespace (Lease in {namespace}), as {identity}"
+        ),
+    }
     println!(
         "ringlb: operations on http://{} (/metrics, /healthz, /readyz)",
         ops_listener.local_addr()?
@@ -130,7 +143,7 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
         let stop = stopped();
         async move {
             let _ends = ops::EndsWith(controller_ended);
-            reconciler::run(ctx, &namespace, stop).await
+            reconciler::run(ctx, watched.as_deref(), stop).await
         }
     });
 

@@ -261,9 +261,9 @@ impl FakeApiServer {
         let state = self.state.lock().unwrap();
         let items: Vec<Value> = state
             .objects
-            .get(&target.collection)
-            .into_iter()
-            .flat_map(|c| c.values())
+            .iter()
+            .filter(|(collection, _)| target.covers(collection))
+            .flat_map(|(_, c)| c.values())
             .filter(|o| selected(o, query))
             .cloned()
             .collect();
@@ -284,11 +284,11 @@ impl FakeApiServer {
             .and_then(|v| v.parse().ok())
             .unwrap_or(0);
         let server = self.clone();
-        let collection = target.collection.clone();
+        let target = Arc::new(target.clone());
         let query = query.to_owned();
         let changed = self.changed.subscribe();
         let events = futures::stream::unfold((from, changed), move |(mut cursor, mut changed)| {
-            let (server, collection, query) = (server.clone(), collection.clone(), query.clone());
+            let (server, target, query) = (server.clone(), target.clone(), query.clone());
             async move {
                 loop {
                     let next = {
@@ -297,7 +297,7 @@ impl FakeApiServer {
                             .history
                             .iter()
                             .find(|(rv, c, _, o)| {
-                                *rv > cursor && *c == collection && selected(o, &query)
+                                *rv > cursor && target.covers(c) && selected(o, &query)
                             })
                             .cloned()
                             .or_else(|| {
@@ -477,38 +477,59 @@ impl tower_service::Service<Request<Body>> for FakeApiServer {
 }
 
 /// What a request path names.
+#[derive(Clone)]
 struct Target {
     group: String,
-    namespace: String,
     resource: String,
     name: Option<String>,
     subresource: Option<String>,
-    /// The path up to the resource: where its objects are kept.
+    /// The path up to the resource: where its objects are kept. Without a namespace
+    /// (`/api/v1/pods`), a list or watch of every namespace's.
     collection: String,
+    /// The collection's path before and after `/namespaces/NS`; the namespace is
+    /// `None` for a request of every namespace.
+    prefix: String,
+    namespace: Option<String>,
 }
 
 impl Target {
-    /// `/api/v1/namespaces/NS/RES[/NAME[/SUB]]` or
-    /// `/apis/GROUP/VERSION/namespaces/NS/RES[/NAME[/SUB]]`.
+    /// `/api/v1[/namespaces/NS]/RES[/NAME[/SUB]]` or
+    /// `/apis/GROUP/VERSION[/namespaces/NS]/RES[/NAME[/SUB]]`.
     fn parse(path: &str) -> Option<Self> {
         let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
-        let (group, rest) = match parts.as_slice() {
-            ["api", _version, rest @ ..] => ("", rest),
-            ["apis", group, _version, rest @ ..] => (*group, rest),
+        let (group, head, rest) = match parts.as_slice() {
+            ["api", _version, rest @ ..] => ("", 2, rest),
+            ["apis", group, _version, rest @ ..] => (*group, 3, rest),
             _ => return None,
         };
-        let ["namespaces", namespace, resource, tail @ ..] = rest else {
-            return None;
+        let (namespace, resource, tail) = match rest {
+            ["namespaces", namespace, resource, tail @ ..] => (Some(*namespace), *resource, tail),
+            // Every namespace's (a name needs a namespace: nothing here is cluster-scoped).
+            [resource] => (None, *resource, &[][..]),
+            _ => return None,
         };
         let prefix_len = parts.len() - tail.len();
         Some(Self {
             group: group.to_owned(),
-            namespace: (*namespace).to_owned(),
-            resource: (*resource).to_owned(),
+            resource: resource.to_owned(),
             name: tail.first().map(|s| (*s).to_owned()),
             subresource: tail.get(1).map(|s| (*s).to_owned()),
             collection: format!("/{}", parts[..prefix_len].join("/")),
+            prefix: format!("/{}", parts[..head].join("/")),
+            namespace: namespace.map(str::to_owned),
         })
+    }
+
+    /// Whether the objects kept under `collection` are this request's.
+    fn covers(&self, collection: &str) -> bool {
+        match &self.namespace {
+            Some(_) => collection == self.collection,
+            None => collection
+                .strip_prefix(&self.prefix)
+                .and_then(|rest| rest.strip_prefix("/namespaces/"))
+                .and_then(|rest| rest.split_once('/'))
+                .is_some_and(|(_, resource)| resource == self.resource),
+        }
     }
 }
 

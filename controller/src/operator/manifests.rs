@@ -43,6 +43,7 @@ mod tests {
     use k8s_openapi::api::core::v1::{
         Container, EnvVar, PodSpec, Probe, Secret, Service, ServiceAccount,
     };
+    use k8s_openapi::api::networking::v1::NetworkPolicy;
     use k8s_openapi::api::policy::v1::PodDisruptionBudget;
     use k8s_openapi::api::rbac::v1::{
         ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef, Subject,
@@ -82,15 +83,71 @@ mod tests {
         docs
     }
 
-    /// `kubectl apply -k deploy/`: the files it applies.
+    /// A kustomization (or component) of `deploy/`: the files and bases it applies,
+    /// its patches and generated ConfigMaps. Only the fields used here are allowed.
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields, rename_all = "camelCase")]
+    struct Kustomization {
+        #[serde(rename = "apiVersion")]
+        _api_version: String,
+        kind: String,
+        #[serde(default)]
+        resources: Vec<String>,
+        #[serde(default)]
+        patches: Vec<KustomizePatch>,
+        #[serde(default)]
+        config_map_generator: Vec<ConfigMapGenerator>,
+    }
+
+    /// A JSON 6902 patch of one object.
     #[derive(Debug, Deserialize)]
     #[serde(deny_unknown_fields)]
-    struct Kustomization {
+    struct KustomizePatch {
+        target: PatchTarget,
+        patch: String,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct PatchTarget {
+        kind: String,
+        name: String,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct ConfigMapGenerator {
+        name: String,
+        files: Vec<String>,
+        options: serde_yaml::Value,
+    }
+
+    /// The Prometheus operator's ServiceMonitor, as far as deploy/monitoring uses it.
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields, rename_all = "camelCase")]
+    struct ServiceMonitor {
         #[serde(rename = "apiVersion")]
         _api_version: String,
         #[serde(rename = "kind")]
         _kind: String,
-        resources: Vec<String>,
+        metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+        spec: ServiceMonitorSpec,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct ServiceMonitorSpec {
+        selector: LabelSelector,
+        endpoints: Vec<MonitorEndpoint>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct MonitorEndpoint {
+        port: String,
+        path: String,
+        #[serde(rename = "interval")]
+        _interval: String,
     }
 
     /// A document parsed into the Kubernetes type of its `apiVersion` and `kind`.
@@ -105,6 +162,8 @@ mod tests {
         PodDisruptionBudget(Box<PodDisruptionBudget>),
         Kustomization(Kustomization),
         Secret(Box<Secret>),
+        NetworkPolicy(Box<NetworkPolicy>),
+        ServiceMonitor(Box<ServiceMonitor>),
         Crd(Box<CustomResourceDefinition>),
         ServerPool(Box<ServerPool>),
     }
@@ -139,8 +198,15 @@ mod tests {
                 Manifest::Crd(typed(origin, value))
             }
             ("ringlb.dev/v1alpha1", "ServerPool") => Manifest::ServerPool(typed(origin, value)),
-            ("kustomize.config.k8s.io/v1beta1", "Kustomization") => {
+            ("kustomize.config.k8s.io/v1beta1", "Kustomization")
+            | ("kustomize.config.k8s.io/v1alpha1", "Component") => {
                 Manifest::Kustomization(typed(origin, value))
+            }
+            ("networking.k8s.io/v1", "NetworkPolicy") => {
+                Manifest::NetworkPolicy(typed(origin, value))
+            }
+            ("monitoring.coreos.com/v1", "ServiceMonitor") => {
+                Manifest::ServiceMonitor(typed(origin, value))
             }
             other => panic!("{origin}: no Kubernetes type known for {other:?}"),
         }
@@ -189,10 +255,11 @@ mod tests {
                 Manifest::ClusterRoleBinding(m) => serde_json::to_value(m),
                 Manifest::PodDisruptionBudget(m) => serde_json::to_value(m),
                 Manifest::Secret(m) => serde_json::to_value(m),
+                Manifest::NetworkPolicy(m) => serde_json::to_value(m),
                 Manifest::Crd(m) => serde_json::to_value(m),
                 Manifest::ServerPool(m) => serde_json::to_value(m),
-                // Checked by `deny_unknown_fields` as it is read.
-                Manifest::Kustomization(_) => Ok(json.clone()),
+                // Checked by `deny_unknown_fields` as they are read.
+                Manifest::Kustomization(_) | Manifest::ServiceMonitor(_) => Ok(json.clone()),
             }
             .unwrap();
             assert_no_unknown_fields(&origin, &json, &round_trip);
@@ -201,10 +268,68 @@ mod tests {
         out
     }
 
+    /// The folders of `deploy/`: `kubectl apply -k deploy/` applies base/; the overlay
+    /// and the component are applied by choice.
+    const DEPLOY_DIRS: [&str; 4] = [
+        "deploy",
+        "deploy/base",
+        "deploy/all-namespaces",
+        "deploy/monitoring",
+    ];
+
     fn all_manifests() -> Vec<(String, Manifest)> {
-        let mut out = manifests_of("deploy");
+        let mut out: Vec<(String, Manifest)> = DEPLOY_DIRS
+            .iter()
+            .flat_map(|dir| manifests_of(dir))
+            .collect();
         out.extend(manifests_of("crds"));
         out
+    }
+
+    /// The kustomization of `dir`.
+    fn kustomization(dir: &str) -> Kustomization {
+        manifests_of(dir)
+            .into_iter()
+            .find_map(|(_, m)| match m {
+                Manifest::Kustomization(k) => Some(k),
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("{dir}/kustomization.yaml"))
+    }
+
+    /// `kubectl kustomize DIR`, parsed, where kubectl is installed (it renders without
+    /// a cluster); `None` elsewhere, said on stderr.
+    fn kustomize(dir: &Path) -> Option<Vec<(String, Manifest)>> {
+        let output = match std::process::Command::new("kubectl")
+            .arg("kustomize")
+            .arg(dir)
+            .output()
+        {
+            Ok(output) => output,
+            Err(error) => {
+                eprintln!("kubectl kustomize {}: not run ({error})", dir.display());
+                return None;
+            }
+        };
+        assert!(
+            output.status.success(),
+            "kubectl kustomize {}: {}",
+            dir.display(),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let text = String::from_utf8(output.stdout).unwrap();
+        let mut out = Vec::new();
+        for (i, doc) in serde_yaml::Deserializer::from_str(&text).enumerate() {
+            let value = serde_yaml::Value::deserialize(doc).unwrap();
+            if !value.is_null() {
+                let origin = format!("kubectl kustomize {} #{i}", dir.display());
+                if value["kind"].as_str() == Some("ConfigMap") {
+                    continue;
+                }
+                out.push((origin.clone(), parse(&origin, value)));
+            }
+        }
+        Some(out)
     }
 
     /// What `kubectl apply -k deploy/` creates, by kind.
@@ -219,6 +344,8 @@ mod tests {
         cluster_role_bindings: Vec<ClusterRoleBinding>,
         budgets: Vec<PodDisruptionBudget>,
         secrets: Vec<Secret>,
+        network_policies: Vec<NetworkPolicy>,
+        monitors: Vec<ServiceMonitor>,
         pools: Vec<ServerPool>,
     }
 
@@ -237,9 +364,14 @@ mod tests {
     }
 
     impl Deployed {
+        /// What `kubectl apply -k deploy/` applies: base/.
         fn load() -> Self {
+            Self::of(manifests_of("deploy/base"))
+        }
+
+        fn of(manifests: Vec<(String, Manifest)>) -> Self {
             let mut d = Deployed::default();
-            for (_, manifest) in manifests_of("deploy") {
+            for (_, manifest) in manifests {
                 match manifest {
                     Manifest::Deployment(m) => d.deployments.push(*m),
                     Manifest::Service(m) => d.services.push(*m),
@@ -250,6 +382,8 @@ mod tests {
                     Manifest::ClusterRoleBinding(m) => d.cluster_role_bindings.push(m),
                     Manifest::PodDisruptionBudget(m) => d.budgets.push(*m),
                     Manifest::Secret(m) => d.secrets.push(*m),
+                    Manifest::NetworkPolicy(m) => d.network_policies.push(*m),
+                    Manifest::ServiceMonitor(m) => d.monitors.push(*m),
                     Manifest::ServerPool(m) => d.pools.push(*m),
                     Manifest::Kustomization(_) | Manifest::Crd(_) => {}
                 }
@@ -458,21 +592,39 @@ mod tests {
     }
 
     #[test]
-    fn the_kustomization_applies_every_other_file_of_deploy() {
-        let kustomization = manifests_of("deploy")
-            .into_iter()
-            .find_map(|(_, m)| match m {
-                Manifest::Kustomization(k) => Some(k),
-                _ => None,
-            })
-            .expect("deploy/kustomization.yaml");
-        let listed: BTreeSet<String> = kustomization.resources.into_iter().collect();
-        let files: BTreeSet<String> = std::fs::read_dir(repo().join("deploy"))
-            .unwrap()
-            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
-            .filter(|name| name.ends_with(".yaml") && name != "kustomization.yaml")
-            .collect();
-        assert_eq!(listed, files);
+    fn each_kustomization_applies_every_other_file_of_its_folder() {
+        for dir in DEPLOY_DIRS {
+            let kustomization = kustomization(dir);
+            let listed: BTreeSet<String> = kustomization
+                .resources
+                .iter()
+                .filter(|r| !r.starts_with(".."))
+                .cloned()
+                .chain(
+                    kustomization
+                        .config_map_generator
+                        .iter()
+                        .flat_map(|g| g.files.iter().cloned()),
+                )
+                .collect();
+            let entries: BTreeSet<String> = std::fs::read_dir(repo().join(dir))
+                .unwrap()
+                .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+                .filter(|name| name != "kustomization.yaml")
+                .collect();
+            let expected: BTreeSet<String> = match dir {
+                // deploy/ itself: its base only (an overlay inside it would be a cycle).
+                "deploy" => BTreeSet::from(["base".to_owned()]),
+                _ => entries,
+            };
+            assert_eq!(listed, expected, "{dir}/kustomization.yaml");
+        }
+        assert_eq!(kustomization("deploy/monitoring").kind, "Component");
+        assert_eq!(
+            kustomization("deploy/all-namespaces").resources[0],
+            "../base",
+            "the overlay is of deploy/base"
+        );
     }
 
     #[test]
@@ -488,6 +640,8 @@ mod tests {
                 Manifest::RoleBinding(_) | Manifest::ClusterRoleBinding(_) => "RoleBinding",
                 Manifest::PodDisruptionBudget(_) => "PodDisruptionBudget",
                 Manifest::Secret(_) => "Secret",
+                Manifest::NetworkPolicy(_) => "NetworkPolicy",
+                Manifest::ServiceMonitor(_) => "ServiceMonitor",
                 Manifest::Crd(_) => "CustomResourceDefinition",
                 Manifest::ServerPool(_) => "ServerPool",
                 Manifest::Kustomization(_) => "Kustomization",
@@ -500,7 +654,8 @@ mod tests {
             "Role",
             "RoleBinding",
             "PodDisruptionBudget",
-            "Secret",
+            "NetworkPolicy",
+            "ServiceMonitor",
             "CustomResourceDefinition",
             "ServerPool",
             "Kustomization",
@@ -738,21 +893,7 @@ mod tests {
                 );
             }
         }
-        let token = env["RINGLB_ADMIN_TOKEN"].value_from.as_ref().unwrap();
-        let secret_ref = token.secret_key_ref.as_ref().unwrap();
-        assert_eq!(secret_ref.name, "ringlb-admin");
-        let secret = deployed
-            .secrets
-            .iter()
-            .find(|s| s.metadata.name.as_deref() == Some("ringlb-admin"))
-            .expect("Secret ringlb-admin");
-        assert!(
-            secret
-                .string_data
-                .as_ref()
-                .unwrap()
-                .contains_key(&secret_ref.key)
-        );
+        // (Its token: `no_token_is_committed_and_each_proxy_reads_the_one_made_for_its_pool`.)
 
         // Deleting a proxy: it keeps serving while it leaves the Service's endpoints
         // (the kubelet sleeps: the image has no shell), then drains on SIGTERM, all
@@ -811,47 +952,440 @@ mod tests {
         assert!(grace >= 2 * drain, "terminationGracePeriodSeconds {grace}");
     }
 
-    #[test]
-    fn the_service_reaches_the_proxies_and_only_them() {
-        let deployed = Deployed::load();
-        let service = deployed
+    fn service<'a>(deployed: &'a Deployed, name: &str) -> &'a Service {
+        deployed
             .services
             .iter()
-            .find(|s| s.metadata.name.as_deref() == Some("ringlb"))
-            .expect("Service ringlb");
-        let spec = service.spec.as_ref().unwrap();
-        let selector = spec
-            .selector
-            .as_ref()
-            .filter(|s| !s.is_empty())
-            .expect("a selector");
-        let selects = |labels: &BTreeMap<String, String>| {
-            selector.iter().all(|(k, v)| labels.get(k) == Some(v))
-        };
-        assert!(selects(pod_labels(deployed.proxy())), "the proxies");
-        assert!(
-            !selects(pod_labels(deployed.operator())),
-            "not the operators"
-        );
+            .find(|s| s.metadata.name.as_deref() == Some(name))
+            .unwrap_or_else(|| panic!("no Service {name}"))
+    }
 
-        let proxy = container(deployed.proxy());
-        let ports: BTreeMap<i32, Option<i32>> = spec
+    /// Service port → the container port of `deployment` it reaches.
+    fn service_ports(service: &Service, deployment: &Deployment) -> BTreeMap<i32, Option<i32>> {
+        let target = container(deployment);
+        service
+            .spec
+            .as_ref()
+            .unwrap()
             .ports
             .iter()
             .flatten()
             .map(|p| {
-                let target = match &p.target_port {
-                    Some(IntOrString::String(name)) => port(proxy, name),
+                let to = match &p.target_port {
+                    Some(IntOrString::String(name)) => port(target, name),
                     Some(IntOrString::Int(n)) => Some(*n),
                     None => Some(p.port),
                 };
-                (p.port, target)
+                (p.port, to)
             })
+            .collect()
+    }
+
+    fn service_selects(service: &Service, labels: &BTreeMap<String, String>) -> bool {
+        let selector = service
+            .spec
+            .as_ref()
+            .and_then(|s| s.selector.as_ref())
+            .filter(|s| !s.is_empty())
+            .expect("a selector");
+        selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+    }
+
+    /// The traffic goes through `ringlb`; /ring, /dashboard and /metrics through
+    /// `ringlb-ops` only, so that exposing the one does not expose the other.
+    #[test]
+    fn the_traffic_and_the_operations_port_each_have_a_service_to_the_proxies_only() {
+        let deployed = Deployed::load();
+        for (name, ports) in [
+            ("ringlb", BTreeMap::from([(5000, Some(5000))])),
+            ("ringlb-ops", BTreeMap::from([(5001, Some(5001))])),
+        ] {
+            let service = service(&deployed, name);
+            assert!(
+                service_selects(service, pod_labels(deployed.proxy())),
+                "{name}: the proxies"
+            );
+            assert!(
+                !service_selects(service, pod_labels(deployed.operator())),
+                "{name}: not the operators"
+            );
+            assert_eq!(service_ports(service, deployed.proxy()), ports, "{name}");
+        }
+        assert_eq!(deployed.services.len(), 2);
+    }
+
+    /// No token in the repository: each proxy reads the Secret the operator makes for
+    /// the pool it serves (`admin_secret.rs`), and starts only once it exists.
+    #[test]
+    fn no_token_is_committed_and_each_proxy_reads_the_one_made_for_its_pool() {
+        let secrets: Vec<String> = all_manifests()
+            .into_iter()
+            .filter(|(_, m)| matches!(m, Manifest::Secret(_)))
+            .map(|(origin, _)| origin)
+            .collect();
+        assert!(secrets.is_empty(), "Secrets committed: {secrets:?}");
+
+        let deployed = Deployed::load();
+        let env = env(container(deployed.proxy()));
+        let pool = env["RINGLB_POOL"].value.as_deref().expect("RINGLB_POOL");
+        let reference = env["RINGLB_ADMIN_TOKEN"]
+            .value_from
+            .as_ref()
+            .and_then(|v| v.secret_key_ref.as_ref())
+            .expect("RINGLB_ADMIN_TOKEN from a Secret");
+        assert_eq!(
+            Some(reference.name.clone()),
+            crate::operator::admin_secret::secret_name(pool)
+        );
+        assert_eq!(reference.key, crate::operator::admin_secret::TOKEN_KEY);
+        assert_ne!(
+            reference.optional,
+            Some(true),
+            "a proxy without a token is open"
+        );
+    }
+
+    /// The replicas take connections from the operator (heartbeats) and the proxies
+    /// (traffic), on their port, and from nothing else.
+    #[tokio::test]
+    async fn only_the_operator_and_the_proxies_reach_the_replicas_and_on_their_port_only() {
+        let deployed = Deployed::load();
+        let [policy] = deployed.network_policies.as_slice() else {
+            panic!("one NetworkPolicy in deploy/base");
+        };
+        let spec = policy.spec.as_ref().unwrap();
+        let pod_selector = spec.pod_selector.as_ref().expect("a pod selector");
+        // A replica pod as the operator makes it, whatever its pool and port.
+        let (service, _) = tower_test::mock::pair::<
+            http::Request<kube::client::Body>,
+            http::Response<kube::client::Body>,
+        >();
+        let runtime = crate::operator::pods::KubeRuntime::new(
+            kube::Client::new(service, "default"),
+            "default",
+            "any-pool",
+            Default::default(),
+            crate::operator::pods::PodTemplate {
+                image: "example/replica:1".into(),
+                port: 8443,
+                ..Default::default()
+            },
+        );
+        let name = crate::replica_name::ReplicaName::parse("Server1").unwrap();
+        let replica = runtime.pod_manifest(&name, "server1").unwrap();
+        let replica_labels = replica.metadata.labels.clone().unwrap();
+        assert!(selects(pod_selector, &replica_labels), "the replica pods");
+        for deployment in &deployed.deployments {
+            assert!(
+                !selects(pod_selector, pod_labels(deployment)),
+                "{:?} is not a replica",
+                deployment.metadata.name
+            );
+        }
+        assert_eq!(spec.policy_types, Some(vec!["Ingress".to_owned()]));
+        let [rule] = spec.ingress.as_deref().unwrap_or_default() else {
+            panic!("one ingress rule");
+        };
+        let peers = rule.from.as_deref().unwrap_or_default();
+        let admitted = |labels: &BTreeMap<String, String>| {
+            peers.iter().any(|peer| {
+                peer.namespace_selector.is_none()
+                    && peer.ip_block.is_none()
+                    && peer
+                        .pod_selector
+                        .as_ref()
+                        .is_some_and(|s| selects(s, labels))
+            })
+        };
+        assert!(admitted(pod_labels(deployed.operator())), "the operator");
+        assert!(admitted(pod_labels(deployed.proxy())), "the proxies");
+        assert!(
+            !admitted(&replica_labels),
+            "a replica is not a client of another"
+        );
+        assert!(!admitted(&BTreeMap::new()), "any other pod");
+        let container_port = &replica.spec.unwrap().containers[0].ports.clone().unwrap()[0];
+        let ports: Vec<_> = rule.ports.iter().flatten().collect();
+        assert_eq!(ports.len(), 1);
+        assert_eq!(
+            ports[0].port,
+            container_port.name.clone().map(IntOrString::String),
+            "the replicas' named port"
+        );
+        assert_eq!(container_port.container_port, 8443);
+    }
+
+    /// The overlay's grants, from its files (kustomize's rendering is checked too,
+    /// where kubectl runs): the operator's Role keeps the Lease, the ClusterRole
+    /// everything else the operator uses, and the operator runs `--all-namespaces`.
+    #[tokio::test]
+    async fn the_all_namespaces_overlay_grants_the_operator_what_it_uses_in_every_namespace() {
+        let (operator_used, _) = crate::operator::api_usage_tests::permissions().await;
+        let operator_used = permissions(operator_used);
+        let overlay = kustomization("deploy/all-namespaces");
+        let base = Deployed::load();
+        let mut manifests = manifests_of("deploy/base");
+        manifests.extend(manifests_of("deploy/all-namespaces"));
+        let mut deployed = Deployed::of(manifests);
+        // The overlay's patches, applied as kustomize applies a JSON 6902 patch.
+        for patch in &overlay.patches {
+            let ops: Vec<serde_json::Value> = serde_yaml::from_str(&patch.patch).unwrap();
+            for op in ops {
+                let (target, path) = (&patch.target, op["path"].as_str().unwrap());
+                match (target.kind.as_str(), op["op"].as_str().unwrap(), path) {
+                    ("Role", "replace", "/rules") => {
+                        let role = deployed
+                            .roles
+                            .iter_mut()
+                            .find(|r| r.metadata.name.as_deref() == Some(&target.name))
+                            .unwrap();
+                        role.rules = serde_json::from_value(op["value"].clone()).unwrap();
+                    }
+                    ("Deployment", "add", "/spec/template/spec/containers/0/env/-") => {
+                        let deployment = deployed
+                            .deployments
+                            .iter_mut()
+                            .find(|d| d.metadata.name.as_deref() == Some(&target.name))
+                            .unwrap();
+                        let pod = deployment.spec.as_mut().unwrap().template.spec.as_mut();
+                        let env = pod.unwrap().containers[0].env.get_or_insert_default();
+                        env.push(serde_json::from_value(op["value"].clone()).unwrap());
+                    }
+                    other => panic!("a patch this test does not know: {other:?}"),
+                }
+            }
+        }
+        if let Some(rendered) = kustomize(&repo().join("deploy/all-namespaces")) {
+            let rendered = Deployed::of(rendered);
+            let rules = |d: &Deployed| {
+                (
+                    serde_json::to_value(&d.roles).unwrap(),
+                    serde_json::to_value(&d.cluster_roles).unwrap(),
+                    serde_json::to_value(env(container(d.operator())).keys().collect::<Vec<_>>())
+                        .unwrap(),
+                )
+            };
+            assert_eq!(
+                rules(&rendered),
+                rules(&deployed),
+                "as kustomize renders it"
+            );
+        }
+
+        let account = pod_spec(deployed.operator())
+            .service_account_name
+            .clone()
+            .unwrap();
+        let (granted, used) = deployed.granted_to(&account, "default");
+        assert_eq!(granted, operator_used);
+        assert_eq!(
+            used,
+            BTreeSet::from([
+                "ClusterRole/ringlb-operator".to_owned(),
+                "Role/ringlb-operator".to_owned()
+            ])
+        );
+        let lease = ("coordination.k8s.io".to_owned(), "leases".to_owned());
+        let role = deployed
+            .roles
+            .iter()
+            .find(|r| r.metadata.name.as_deref() == Some("ringlb-operator"))
+            .unwrap();
+        let mut in_namespace = Permissions::new();
+        for rule in role.rules.iter().flatten() {
+            add_rule(&mut in_namespace, "Role/ringlb-operator", rule);
+        }
+        assert_eq!(
+            in_namespace.keys().collect::<Vec<_>>(),
+            [&lease],
+            "the Lease only"
+        );
+        let [cluster_role] = deployed.cluster_roles.as_slice() else {
+            panic!("one ClusterRole");
+        };
+        let mut everywhere = Permissions::new();
+        for rule in cluster_role.rules.iter().flatten() {
+            add_rule(&mut everywhere, "ClusterRole/ringlb-operator", rule);
+        }
+        assert!(
+            !everywhere.contains_key(&lease),
+            "no Lease in every namespace"
+        );
+        // The proxy's grants are the base's.
+        let proxy_account = pod_spec(base.proxy()).service_account_name.clone().unwrap();
+        assert_eq!(
+            deployed.granted_to(&proxy_account, "default").0,
+            base.granted_to(&proxy_account, "default").0
+        );
+
+        // The flag the patch sets is the operator's.
+        use clap::CommandFactory;
+        let command = crate::cli::Cli::command();
+        let flag = command
+            .find_subcommand("operator")
+            .unwrap()
+            .get_arguments()
+            .find(|a| a.get_id() == "all_namespaces")
+            .unwrap();
+        let variable = flag.get_env().unwrap().to_str().unwrap();
+        let env = env(container(deployed.operator()));
+        assert_eq!(env[variable].value.as_deref(), Some("true"));
+    }
+
+    /// The component's ServiceMonitor scrapes both operations Services (and not the
+    /// traffic), and its dashboard charts only series that ringlb exports.
+    #[test]
+    fn the_monitoring_component_scrapes_both_operations_ports_and_charts_real_series() {
+        let mut manifests = manifests_of("deploy/base");
+        manifests.extend(manifests_of("deploy/monitoring"));
+        let deployed = Deployed::of(manifests);
+        let [monitor] = deployed.monitors.as_slice() else {
+            panic!("one ServiceMonitor");
+        };
+        let scraped: BTreeSet<&str> = deployed
+            .services
+            .iter()
+            .filter(|s| selects(&monitor.spec.selector, s.metadata.labels.as_ref().unwrap()))
+            .map(|s| s.metadata.name.as_deref().unwrap())
             .collect();
         assert_eq!(
-            ports,
-            BTreeMap::from([(5000, Some(5000)), (5001, Some(5001))])
+            scraped,
+            BTreeSet::from(["ringlb-ops", "ringlb-operator-ops"])
         );
+        let [endpoint] = monitor.spec.endpoints.as_slice() else {
+            panic!("one endpoint");
+        };
+        assert_eq!(endpoint.path, "/metrics");
+        for (name, deployment) in [
+            ("ringlb-ops", deployed.proxy()),
+            ("ringlb-operator-ops", deployed.operator()),
+        ] {
+            let service = service(&deployed, name);
+            let ops = service
+                .spec
+                .as_ref()
+                .unwrap()
+                .ports
+                .iter()
+                .flatten()
+                .find(|p| p.name.as_deref() == Some(endpoint.port.as_str()))
+                .unwrap_or_else(|| panic!("{name}: no port {}", endpoint.port));
+            assert!(service_selects(service, pod_labels(deployment)), "{name}");
+            assert_eq!(
+                service_ports(service, deployment).get(&ops.port),
+                Some(&Some(5001)),
+                "{name}: the operations port"
+            );
+        }
+        assert_eq!(monitor.metadata.namespace.as_deref(), Some("default"));
+
+        // The dashboard: JSON, and every series it asks for exported by ringlb.
+        let generator = &kustomization("deploy/monitoring").config_map_generator[0];
+        assert_eq!(generator.name, "ringlb-dashboard");
+        assert_eq!(generator.options["labels"]["grafana_dashboard"], "1");
+        let text =
+            std::fs::read_to_string(repo().join("deploy/monitoring").join(&generator.files[0]))
+                .unwrap();
+        let dashboard: serde_json::Value = serde_json::from_str(&text).expect("dashboard JSON");
+        let exported = exported_series();
+        let mut charted = BTreeSet::new();
+        let panels = dashboard["panels"].as_array().unwrap();
+        let mut ids = BTreeSet::new();
+        for panel in panels {
+            assert!(
+                ids.insert(panel["id"].as_u64().unwrap()),
+                "panel ids are unique"
+            );
+            let targets = panel["targets"].as_array().unwrap();
+            assert!(!targets.is_empty(), "{}: no query", panel["title"]);
+            for target in targets {
+                charted.extend(series_in(target["expr"].as_str().unwrap()));
+            }
+        }
+        for variable in dashboard["templating"]["list"].as_array().unwrap() {
+            if let Some(query) = variable["query"]["query"].as_str() {
+                charted.extend(series_in(query));
+            }
+        }
+        let unknown: Vec<&String> = charted.difference(&exported).collect();
+        assert!(unknown.is_empty(), "not exported by ringlb: {unknown:?}");
+        assert!(charted.len() >= 10, "{charted:?}");
+
+        if let Some(rendered) = kustomize(&monitoring_with_base()) {
+            let rendered = Deployed::of(rendered);
+            assert_eq!(rendered.monitors.len(), 1);
+            assert_eq!(rendered.services.len(), 3);
+        }
+    }
+
+    /// A kustomization of deploy/base with the monitoring component, as a user writes
+    /// one (kustomize wants paths below its own folder: a link to deploy/).
+    fn monitoring_with_base() -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("ringlb-monitoring-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let link = dir.join("deploy");
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(repo().join("deploy"), &link).unwrap();
+        std::fs::write(
+            dir.join("kustomization.yaml"),
+            "resources: [deploy/base]\ncomponents: [deploy/monitoring]\n",
+        )
+        .unwrap();
+        dir
+    }
+
+    /// The sample names of every family the processes register (`# TYPE` lines):
+    /// `name_total` of a counter, `name` of a gauge, `name_bucket|_sum|_count` of a
+    /// histogram.
+    fn exported_series() -> BTreeSet<String> {
+        // (A family shows only once it has a series: one of each.)
+        let metrics = crate::metrics::Metrics::new();
+        let replica = crate::replica_name::ReplicaName::parse("Server1").unwrap();
+        metrics.pool_status("ns", "pool", 1, 1, 1);
+        metrics.reconciled("ns", "pool", std::time::Duration::ZERO, false);
+        metrics.pool_replaced("ns", "pool");
+        metrics.pool_backoffs("ns", "pool", 1);
+        metrics.responses(&replica).inc();
+        metrics.forward_failures(&replica).inc();
+        metrics.latency(&replica).observe(0.1);
+        metrics.heartbeat_failed("pool", &replica);
+        metrics.read_timeout(&replica);
+        metrics.admin_change("add");
+        let metrics = metrics.encode();
+        let mut out = BTreeSet::new();
+        for line in metrics.lines() {
+            let Some(rest) = line.strip_prefix("# TYPE ") else {
+                continue;
+            };
+            let (name, kind) = rest.split_once(' ').unwrap();
+            match kind {
+                "counter" => {
+                    out.insert(format!("{name}_total"));
+                }
+                "histogram" => {
+                    out.extend(["_bucket", "_sum", "_count"].map(|s| format!("{name}{s}")))
+                }
+                _ => {
+                    out.insert(name.to_owned());
+                }
+            }
+        }
+        out
+    }
+
+    /// The `ringlb_…` names in a PromQL expression.
+    fn series_in(expr: &str) -> BTreeSet<String> {
+        let mut out = BTreeSet::new();
+        let mut rest = expr;
+        while let Some(at) = rest.find("ringlb_") {
+            let tail = &rest[at..];
+            let end = tail
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(tail.len());
+            out.insert(tail[..end].to_owned());
+            rest = &tail[end..];
+        }
+        out
     }
 
     #[test]

@@ -8,10 +8,12 @@
 //! - [`crd`]: the resource types; `ringlb crd` prints the CRD generated from them;
 //! - [`members`]: desired logical names and their DNS-1123 pod names (pure);
 //! - [`pods`]: the pods of a pool: their manifest, listing, creating, deleting;
+//! - [`admin_secret`]: each pool's admin token Secret, created where none exists;
 //! - [`reconciler`]: pods follow the pool: create, delete, replace, Events, status;
 //! - [`leader`]: the Lease that lets one operator of a namespace reconcile;
 //! - [`manifests`]: the API permissions each command uses, and the tests of `deploy/`;
 
+pub mod admin_secret;
 #[cfg(test)]
 mod api_usage_tests;
 pub mod app;

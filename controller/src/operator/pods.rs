@@ -17,7 +17,7 @@ use ::kube::api::{DeleteParams, ListParams, PostParams};
 use ::kube::{Api, Client};
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, ContainerStatus, EnvVar, HTTPGetAction, Pod,
-    PodCondition, PodSecurityContext, PodSpec, Probe, ResourceRequirements, SeccompProfile,
+    PodCondition, PodSecurityContext, PodSpec, Probe, ResourceRequirements, SeccompProfile, Secret,
     SecurityContext, TopologySpreadConstraint,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
@@ -26,6 +26,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, 
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::jiff::Timestamp;
 
+use super::admin_secret;
 use super::crd::ReplicaTemplate;
 use super::members::{NamingError, pod_name};
 use crate::replica_name::ReplicaName;
@@ -149,6 +150,7 @@ impl PodTemplate {
 pub struct KubeRuntime {
     pods: Api<Pod>,
     budgets: Api<PodDisruptionBudget>,
+    secrets: Api<Secret>,
     pool: String,
     owner: OwnerReference,
     template: PodTemplate,
@@ -165,7 +167,8 @@ impl KubeRuntime {
     ) -> Self {
         Self {
             pods: Api::namespaced(client.clone(), namespace),
-            budgets: Api::namespaced(client, namespace),
+            budgets: Api::namespaced(client.clone(), namespace),
+            secrets: Api::namespaced(client, namespace),
             pool: pool.to_owned(),
             owner,
             template,
@@ -344,6 +347,11 @@ impl KubeRuntime {
             )
             .await?;
         Ok(())
+    }
+
+    /// Creates the pool's admin token Secret unless one exists (see [`admin_secret`]).
+    pub async fn ensure_admin_secret(&self) -> Result<admin_secret::Ensured, ::kube::Error> {
+        admin_secret::ensure(&self.secrets, &self.pool, &self.owner).await
     }
 
     /// Every pod of the pool.

@@ -64,6 +64,10 @@ pub const STUCK_PASS: Duration = Duration::from_secs(300);
 /// slot's backoff, as the kubelet's CrashLoopBackOff resets only after a container
 /// ran for 10 minutes; one that served longer is replaced at once.
 pub const CRASH_LOOP_RESET: Duration = Duration::from_secs(600);
+/// How often a leader makes sure again that a pool's admin Secret exists (one deleted
+/// by hand is created again, with a new token, within this long; the operator cannot
+/// watch Secrets: it may not read them).
+pub const ADMIN_SECRET_RECHECK: Duration = Duration::from_secs(300);
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -97,6 +101,8 @@ struct PoolMemory {
     /// that each is recorded once, not at every pass; one that ends is forgotten and
     /// recorded again should it come back.
     warned: HashSet<String>,
+    /// When this term last made sure the pool's admin Secret exists.
+    admin_secret_checked: Option<tokio::time::Instant>,
 }
 
 /// Shared by every pass.
@@ -250,15 +256,16 @@ impl Context {
     }
 }
 
-/// Runs the controller for every `ServerPool` in `namespace` until `shutdown`.
+/// Runs the controller for every `ServerPool` of `namespace` (of every namespace when
+/// `None`) until `shutdown`.
 pub async fn run(
     ctx: Arc<Context>,
-    namespace: &str,
+    namespace: Option<&str>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     use futures::StreamExt;
-    let pools: Api<ServerPool> = Api::namespaced(ctx.client.clone(), namespace);
-    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
+    let pools: Api<ServerPool> = scoped(&ctx.client, namespace);
+    let pods: Api<Pod> = scoped(&ctx.client, namespace);
     let writer = ctx
         .pod_writer
         .lock()
@@ -278,7 +285,7 @@ pub async fn run(
         .take()
         .expect("the controller runs once per context");
     // The pools' budgets: one deleted or edited by hand is written again.
-    let budgets: Api<PodDisruptionBudget> = Api::namespaced(ctx.client.clone(), namespace);
+    let budgets: Api<PodDisruptionBudget> = scoped(&ctx.client, namespace);
     let budget_events = watcher(budgets, super::watch_config().labels(POOL_LABEL))
         .default_backoff()
         .reflect(budget_writer)
@@ -316,6 +323,18 @@ pub async fn run(
         })
         .await;
     ctx.heartbeats.stop_all();
+}
+
+/// The objects of kind `K` of `namespace`, or of every namespace.
+fn scoped<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+    K::DynamicType: Default,
+{
+    match namespace {
+        Some(namespace) => Api::namespaced(client.clone(), namespace),
+        None => Api::all(client.clone()),
+    }
 }
 
 /// Retries a failed pass after 1 s, 2 s, 4 s, 8 s, then every 10 s.
@@ -377,6 +396,7 @@ async fn pass(pool: Arc<ServerPool>, ctx: Arc<Context>) -> Result<Action, Error>
     }
     let mut done = apply(&target, &ctx, &mut seen).await;
     ensure_budget(&target, &ctx, &mut seen, &mut done).await;
+    ensure_admin_secret(&target, &ctx, &mut done).await;
     let reported = report(&target, &ctx, &seen, &mut done).await;
     ctx.with_memory(&target.key, &target.uid, |m| {
         m.warned.retain(|key| done.warned.contains(key))
@@ -438,6 +458,34 @@ async fn ensure_budget(target: &Target<'_>, ctx: &Context, seen: &mut Seen, done
         .await
         .map_or(Err(Error::NotLeader), |r| r.map_err(Error::from));
     note(&mut done.first_error, result);
+}
+
+/// Creates the pool's admin token Secret where none exists (see [`super::admin_secret`]):
+/// at a term's first pass over the pool, then every [`ADMIN_SECRET_RECHECK`].
+async fn ensure_admin_secret(target: &Target<'_>, ctx: &Context, done: &mut Done) {
+    let now = tokio::time::Instant::now();
+    let due = ctx.with_memory(&target.key, &target.uid, |m| {
+        m.admin_secret_checked
+            .is_none_or(|at| now.duration_since(at) >= ADMIN_SECRET_RECHECK)
+    });
+    if !due {
+        return;
+    }
+    let result = ctx
+        .while_leading(target.pods.ensure_admin_secret())
+        .await
+        .map_or(Err(Error::NotLeader), |r| r.map_err(Error::from));
+    match result {
+        Ok(ensured) => {
+            if ensured == super::admin_secret::Ensured::Created {
+                tracing::info!(pool = %target.key, "created the pool's admin token Secret");
+            }
+            ctx.with_memory(&target.key, &target.uid, |m| {
+                m.admin_secret_checked = Some(now);
+            });
+        }
+        Err(error) => note(&mut done.first_error, Err(error)),
+    }
 }
 
 /// Marks a pass in progress for as long as it lives.
@@ -814,6 +862,8 @@ async fn apply(target: &Target<'_>, ctx: &Context, seen: &mut Seen) -> Done {
         });
     }
     done.retry_in = work.held_back.iter().map(|h| h.wait).min();
+    ctx.metrics
+        .pool_backoffs(&target.namespace, &target.name, work.held_back.len());
     for (pod, stalled) in &work.rollout.stalled {
         let event = PodEvent {
             type_: EventType::Warning,
@@ -882,7 +932,7 @@ async fn apply(target: &Target<'_>, ctx: &Context, seen: &mut Seen) -> Done {
                 ctx.with_memory(&target.key, &target.uid, |m| {
                     m.replacements = seen.replacements.clone();
                 });
-                ctx.metrics.replacements.inc();
+                ctx.metrics.pool_replaced(&target.namespace, &target.name);
                 let failed_pod = seen.pods.iter().find(|p| p.uid == uid);
                 let why = match failed_pod.map(|p| p.state) {
                     _ if held_elsewhere => {

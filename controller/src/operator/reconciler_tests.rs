@@ -1,12 +1,9 @@
 //! Reconciler tests against a mocked API server (`tower-test`): every API call
 //! the reconciler makes is recorded (method, path, body) and asserted.
 
-use std::collections::{HashMap, HashSet};
-use std::net::{IpAddr, SocketAddr};
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
-use futures::future::BoxFuture;
 use http::{Request, Response};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
@@ -15,14 +12,17 @@ use kube::{Client, Resource};
 use serde_json::{Value, json};
 
 use super::*;
-use crate::operator::crd::{HeartbeatSpec, ServerPoolSpec};
+use crate::operator::crd::HeartbeatSpec;
 use crate::operator::leader::Leadership;
+use crate::testing::{self, FakeProber};
 
 const NS: &str = "default";
 const POOL_UID: &str = "5d3c0f2e-0000-4000-8000-000000000001";
 const PODS: &str = "/api/v1/namespaces/default/pods";
 const STATUS: &str = "/apis/ringlb.dev/v1alpha1/namespaces/default/serverpools/demo/status";
 const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/default/events";
+/// The pool's admin Secret is tried once per term (its test: `over_time_tests.rs`).
+const SECRETS: &str = "/api/v1/namespaces/default/secrets";
 
 /// One request the reconciler sent.
 #[derive(Clone, Debug)]
@@ -85,11 +85,11 @@ impl MockApi {
         self.calls.lock().unwrap().clone()
     }
 
-    /// Every call but Events, as "METHOD path".
+    /// Every call but Events and the admin Secret's, as "METHOD path".
     fn writes_and_reads(&self) -> Vec<String> {
         self.calls()
             .iter()
-            .filter(|c| !c.path.starts_with(EVENTS))
+            .filter(|c| !c.path.starts_with(EVENTS) && c.path != SECRETS)
             .map(|c| format!("{} {}", c.method, c.path))
             .collect()
     }
@@ -150,17 +150,13 @@ fn answer(call: &Call, pods: &[Value]) -> (u16, Value) {
             (200, pool)
         }
         ("POST", EVENTS) => (201, call.body.clone()),
+        // The Secret exists.
+        ("POST", SECRETS) => (
+            409,
+            json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                   "reason": "AlreadyExists", "code": 409, "message": "exists"}),
+        ),
         other => panic!("unexpected API call {other:?}"),
-    }
-}
-
-/// Heartbeats answer from a table of pod IPs (unknown IPs fail).
-struct FakeProber(HashMap<IpAddr, bool>);
-
-impl Prober for FakeProber {
-    fn check(&self, addr: SocketAddr, _timeout: Duration) -> BoxFuture<'static, bool> {
-        let ok = self.0.get(&addr.ip()).copied().unwrap_or(false);
-        Box::pin(async move { ok })
     }
 }
 
@@ -169,17 +165,15 @@ fn fixed_clock() -> Timestamp {
 }
 
 fn context(client: Client, api: &MockApi, healthy: &[&str], failing: &[&str]) -> Arc<Context> {
-    let mut table = HashMap::new();
-    for ip in healthy {
-        table.insert(ip.parse().unwrap(), true);
-    }
-    for ip in failing {
-        table.insert(ip.parse().unwrap(), false);
-    }
+    // Heartbeats answer from a table of pod IPs (unknown IPs fail).
+    let table = healthy
+        .iter()
+        .map(|ip| (ip.parse().unwrap(), true))
+        .chain(failing.iter().map(|ip| (ip.parse().unwrap(), false)));
     let mut ctx = Context::new(
         client,
         None,
-        Arc::new(FakeProber(table)),
+        Arc::new(FakeProber::by_ip(table)),
         Arc::new(Metrics::new()),
         Leadership::sole(),
     );
@@ -191,32 +185,20 @@ fn context(client: Client, api: &MockApi, healthy: &[&str], failing: &[&str]) ->
     Arc::new(ctx)
 }
 
+/// The pool of these tests: stored, heartbeats that fail a replica at its first miss.
 fn pool(replicas: u32, status: Option<ServerPoolStatus>) -> ServerPool {
-    let mut pool = ServerPool::new(
-        "demo",
-        ServerPoolSpec {
-            replicas,
-            hostnames: Vec::new(),
-            image: "ringlb-replica:dev".into(),
-            port: 5000,
-            hashing: None,
-            heartbeat: Some(HeartbeatSpec {
-                interval_ms: Some(1000),
-                timeout_ms: Some(500),
-                failure_threshold: Some(1),
-                max_unconfirmed_replacements: None,
-                // These pods fail from their first heartbeat on purpose.
-                startup_grace_ms: Some(0),
-            }),
-            weights: Default::default(),
-            template: None,
-        },
-    );
-    pool.metadata.namespace = Some(NS.into());
-    pool.metadata.uid = Some(POOL_UID.into());
-    pool.metadata.generation = Some(1);
-    pool.status = status;
-    pool
+    testing::pool(replicas)
+        .stored(POOL_UID)
+        .heartbeat(HeartbeatSpec {
+            interval_ms: Some(1000),
+            timeout_ms: Some(500),
+            failure_threshold: Some(1),
+            max_unconfirmed_replacements: None,
+            // These pods fail from their first heartbeat on purpose.
+            startup_grace_ms: Some(0),
+        })
+        .status(status)
+        .build()
 }
 
 /// A running pod of the pool, as the API server would list it.
@@ -604,7 +586,7 @@ async fn a_standby_writes_nothing_and_looks_again_soon() {
     let mut ctx = Context::new(
         client,
         None,
-        Arc::new(FakeProber(HashMap::new())),
+        Arc::new(FakeProber::answering(false)),
         Arc::new(Metrics::new()),
         Leadership::standby(),
     );
