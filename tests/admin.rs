@@ -1,13 +1,11 @@
 //! End-to-end tests of the admin API (`/rep`, `/add`, `/rm`), its errors, the admin
 //! token, the unknown-path error and the operations port, against the real binary.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::{Ringlb, rep_body, spread, wait_until_exited};
 use reqwest::Method;
+use ringlb_testkit::{Ringlb, rep_body, spread, wait_until_exited};
 use serde_json::Value;
 
 /// What a rejected call must leave untouched: the `/rep` body and the replica
@@ -176,7 +174,7 @@ async fn add_without_names_generates_them_and_rm_without_names_picks_any() {
         )
         .await;
     assert_eq!(status, 200, "{body}");
-    let (n, left) = common::rep_of(&body);
+    let (n, left) = ringlb_testkit::rep_of(&body);
     assert_eq!(n, 3);
     assert_eq!(left.len(), 3);
     assert!(!left.contains(&"web".to_owned()), "{left:?}");
@@ -527,7 +525,7 @@ async fn unknown_paths_get_the_contract_error() {
     assert_eq!(status, 200);
     assert_eq!(answer["status"], "successful");
     assert!(
-        common::server_name(answer["message"].as_str().unwrap()).is_some(),
+        ringlb_testkit::server_name(answer["message"].as_str().unwrap()).is_some(),
         "{answer}"
     );
 }

@@ -2,14 +2,12 @@
 //! pile onto the key's replica without `--balance-factor` and spill over to its ring
 //! neighbours, in failover order, with it.
 
-mod common;
-
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use common::fake_replica::{FakeReplica, read_response};
-use common::{Ringlb, wait_until};
 use ringlb::ring::{Ring, RingConfig};
+use ringlb_testkit::fake_replica::{FakeReplica, read_response};
+use ringlb_testkit::{Ringlb, wait_until};
 use serde_json::{Value, json};
 
 const NAMES: [&str; 3] = ["A", "B", "C"];

@@ -8,8 +8,6 @@
 //! Where it is missing the test prints `skipped: no chromium` and passes, unless
 //! `RINGLB_REQUIRE_CHROMIUM` is set (CI sets it, so that CI never skips it silently).
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
 use std::os::unix::process::CommandExt;
@@ -17,8 +15,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::load::healed;
-use common::{FAST_HEARTBEATS, Ringlb, TempDir, send_signal, wait_until};
+use ringlb_testkit::load::healed;
+use ringlb_testkit::{FAST_HEARTBEATS, Ringlb, TempDir, send_signal, wait_until};
 
 /// How long Chromium may take to render the page before it is killed.
 const RENDER_TIMEOUT: Duration = Duration::from_secs(90);

@@ -7,16 +7,16 @@
 //! name prefix, so tests run in parallel; a guard removes every container and
 //! network of the test when it ends, failed or not. Clients talk to 127.0.0.1 only.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use common::load::{Load, healed, load_progress};
-use common::{FAST_HEARTBEATS, Ringlb, client, home, send_signal, wait_until, wait_until_blocking};
+use ringlb_testkit::load::{Load, healed, load_progress};
+use ringlb_testkit::{
+    FAST_HEARTBEATS, Ringlb, client, home, send_signal, wait_until, wait_until_blocking,
+};
 use serde_json::json;
 
 const REPLICA_IMAGE: &str = "ringlb-replica:dev";
@@ -400,7 +400,7 @@ fn analyze(args: &[&str], log: &std::path::Path, timeout: Duration) -> std::proc
     // The binary of the other package, beside ringlb: `cargo test` at the workspace root
     // builds it, and a narrower `cargo test -p ringlb` gets it built here.
     let exe = ringlb::launch::binary_beside(
-        std::path::Path::new(common::RINGLB),
+        ringlb_testkit::ringlb_bin(),
         "ringlb-analyze",
         "ringlb-analyze",
     )
@@ -449,7 +449,7 @@ async fn analyze_kills_a_replica_container_and_times_n_serving_again() {
         assert_eq!(member["pid"], json!(null), "{member}");
     }
 
-    let out = common::TempDir::new("docker-analyze");
+    let out = ringlb_testkit::TempDir::new("docker-analyze");
     let log = out.0.join("analyze.log");
     let (target, ops) = (lb.proxy_url(""), lb.ops_url(""));
     let status = tokio::task::spawn_blocking({

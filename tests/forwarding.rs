@@ -3,15 +3,13 @@
 //! requests, admin requests on a connection that was forwarding, and replica
 //! connections that the replica closed while they sat idle in the pool.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use common::Ringlb;
-use common::fake_replica::{FakeReplica, front, read_response};
+use ringlb_testkit::Ringlb;
+use ringlb_testkit::fake_replica::{FakeReplica, front, read_response};
 
 #[tokio::test]
 async fn every_response_framing_reaches_the_client_intact() {
@@ -180,8 +178,8 @@ async fn shutdown_answers_requests_in_flight_and_closes_idle_connections() {
     let mut in_flight = open(b"GET /hold HTTP/1.1\r\nHost: t\r\n\r\n");
     fake.wait_for_held_request();
 
-    common::send_signal(lb.pid(), libc::SIGINT);
-    common::wait_until_blocking(
+    ringlb_testkit::send_signal(lb.pid(), libc::SIGINT);
+    ringlb_testkit::wait_until_blocking(
         "the proxy to stop accepting connections",
         Duration::from_secs(10),
         || match TcpStream::connect_timeout(&lb.proxy, Duration::from_millis(200)) {
@@ -252,7 +250,7 @@ async fn a_post_the_replica_read_is_never_sent_again() {
     // A GET is idempotent: it is tried again on the other member. (The failed member
     // was taken out of the ring and is checked at once: wait until the ring has been
     // rebuilt without it and with it again, so that the GET sees both.)
-    common::wait_until(
+    ringlb_testkit::wait_until(
         "the failed member back in the ring",
         Duration::from_secs(10),
         || async {

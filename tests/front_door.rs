@@ -3,14 +3,12 @@
 //! timeouts on both paths, the connection cap, the upstream read timeout, and a
 //! replica frozen under load.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use common::fake_replica::{FakeReplica, read_response};
-use common::{ExternalReplica, FAST_HEARTBEATS, Ringlb};
+use ringlb_testkit::fake_replica::{FakeReplica, read_response};
+use ringlb_testkit::{ExternalReplica, FAST_HEARTBEATS, Ringlb};
 
 /// Everything the proxy sends until it closes the connection.
 fn read_until_closed(stream: &mut TcpStream) -> String {
@@ -215,7 +213,7 @@ async fn connections_above_the_cap_get_503() {
     );
     drop(first);
     // A place is free again.
-    common::wait_until(
+    ringlb_testkit::wait_until(
         "a connection to be served again",
         Duration::from_secs(10),
         || async { lb.home().await },
@@ -278,7 +276,7 @@ async fn requests_waiting_on_a_frozen_replica_are_cut_loose_when_it_is_ejected()
         ]
         .concat(),
     );
-    common::send_signal(frozen.pid(), libc::SIGSTOP);
+    ringlb_testkit::send_signal(frozen.pid(), libc::SIGSTOP);
     let started = Instant::now();
     let gets: Vec<_> = (0..20)
         .map(|_| {
@@ -316,7 +314,7 @@ async fn requests_waiting_on_a_frozen_replica_are_cut_loose_when_it_is_ejected()
         }
     }
     let elapsed = started.elapsed();
-    common::send_signal(frozen.pid(), libc::SIGCONT);
+    ringlb_testkit::send_signal(frozen.pid(), libc::SIGCONT);
     frozen.kill();
     assert!(
         cut_loose > 0,

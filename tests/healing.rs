@@ -2,12 +2,10 @@
 //! (SIGSTOP) is taken out of the ring and replaced by `emergency_<n>` in its
 //! place, while clients keep being served.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::load::{Load, healed, load_progress};
-use common::{FAST_HEARTBEATS, Ringlb, send_signal, wait_until, wait_until_exited};
+use ringlb_testkit::load::{Load, healed, load_progress};
+use ringlb_testkit::{FAST_HEARTBEATS, Ringlb, send_signal, wait_until, wait_until_exited};
 use serde_json::json;
 
 /// Continues and kills a replica that a test stopped, if it is still there when
@@ -17,7 +15,7 @@ struct KillOnDrop(u32, &'static str);
 
 impl Drop for KillOnDrop {
     fn drop(&mut self) {
-        common::kill_replica_if_alive(self.0, self.1);
+        ringlb_testkit::kill_replica_if_alive(self.0, self.1);
     }
 }
 
@@ -126,7 +124,7 @@ async fn hung_replica_fails_its_heartbeats_and_is_replaced() {
         failures.first()
     );
     // And the healed pool serves on all three.
-    let (counts, failures) = common::spread(&lb.http, &lb.proxy_url("/home"), 300, 8).await;
+    let (counts, failures) = ringlb_testkit::spread(&lb.http, &lb.proxy_url("/home"), 300, 8).await;
     assert!(failures.is_empty(), "{failures:?}");
     assert_eq!(
         counts.keys().map(String::as_str).collect::<Vec<_>>(),

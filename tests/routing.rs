@@ -2,13 +2,11 @@
 //! default ring and with the course preset, sticky keys, and fronting replicas that
 //! ringlb did not start (`--replica NAME=HOST:PORT`).
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use common::{ExternalReplica, FAST_HEARTBEATS, Ringlb, home_with, spread, wait_until};
 use reqwest::Method;
+use ringlb_testkit::{ExternalReplica, FAST_HEARTBEATS, Ringlb, home_with, spread, wait_until};
 
 const REQUESTS: usize = 10_000;
 const IN_FLIGHT: usize = 32;

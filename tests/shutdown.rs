@@ -1,8 +1,6 @@
 //! End-to-end tests of shutdown: on SIGINT or SIGTERM ringlb drains, stops every
 //! replica it started (and reaps them), and exits with status 0.
 
-mod common;
-
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::os::fd::{FromRawFd, OwnedFd};
@@ -10,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{RINGLB, Ringlb, process_exists, wait_until_blocking};
+use ringlb_testkit::{Ringlb, process_exists, ringlb_bin, wait_until_blocking};
 
 /// ringlb drains for at most 10 s and gives a replica 5 s after SIGTERM; with
 /// nothing in flight and healthy replicas it takes well under a second.
@@ -90,7 +88,7 @@ fn request_in_flight_during_sigint_completes() {
         "expected 100 Continue, got {interim:?}"
     );
 
-    common::send_signal(lb.pid(), libc::SIGINT);
+    ringlb_testkit::send_signal(lb.pid(), libc::SIGINT);
     wait_until_blocking(
         "the proxy to stop accepting connections",
         Duration::from_secs(10),
@@ -117,7 +115,7 @@ fn request_in_flight_during_sigint_completes() {
         .read_to_string(&mut body)
         .expect("read the answer body");
     assert!(
-        common::server_name(&body).is_some(),
+        ringlb_testkit::server_name(&body).is_some(),
         "in-flight request got {head:?} {body:?}"
     );
 
@@ -163,7 +161,7 @@ fn signal_while_announcing_readiness_still_shuts_down_cleanly() {
     let (read_end, write_end) = full_pipe();
     let stderr = Arc::new(Mutex::new(String::new()));
     let mut lb = {
-        let mut command = Command::new(RINGLB);
+        let mut command = Command::new(ringlb_bin());
         command
             .args([
                 "up",
@@ -179,7 +177,7 @@ fn signal_while_announcing_readiness_still_shuts_down_cleanly() {
         // `command` owns our copy of the write end and closes it when dropped.
         Cleanup::new(command.spawn().expect("spawn ringlb up"))
     };
-    let stderr_reader = common::drain_stderr(
+    let stderr_reader = ringlb_testkit::drain_stderr(
         lb.child.stderr.take().expect("piped stderr"),
         stderr.clone(),
     );
@@ -203,7 +201,7 @@ fn signal_while_announcing_readiness_still_shuts_down_cleanly() {
     lb.replicas = started_replicas(&stderr.lock().unwrap());
     assert_eq!(lb.replicas.len(), 3, "{}", stderr.lock().unwrap());
 
-    common::send_signal(pid, libc::SIGTERM);
+    ringlb_testkit::send_signal(pid, libc::SIGTERM);
     let stdout_reader = std::thread::spawn(move || {
         let mut out = Vec::new();
         let _ = std::fs::File::from(read_end).read_to_end(&mut out);
@@ -334,7 +332,7 @@ impl Drop for Cleanup {
         let _ = self.child.kill();
         let _ = self.child.wait();
         for (pid, name) in &self.replicas {
-            common::kill_replica_if_alive(*pid, name);
+            ringlb_testkit::kill_replica_if_alive(*pid, name);
         }
     }
 }

@@ -6,14 +6,11 @@
 //! Its deployments run the `ringlb` binary beside it: `cargo test` at the workspace
 //! root builds that one too, and `ringlb-analyze` builds it if it is missing.
 
-#[path = "../../tests/common/temp_dir.rs"]
-mod temp_dir;
-
 use std::path::Path;
 use std::process::Command;
 
+use ringlb_testkit::TempDir;
 use serde_json::Value;
-use temp_dir::TempDir;
 
 const ANALYZE: &str = env!("CARGO_BIN_EXE_ringlb-analyze");
 

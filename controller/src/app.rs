@@ -222,10 +222,11 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     // First of all: a signal from now on means "shut down in order".
     let shutdown = ringlb_replica::shutdown_signal();
     let ring = args.ring_config().map_err(anyhow::Error::msg)?;
-    let mut max_replicas = args.max_replicas;
-    if let Some(capacity) = ring.member_capacity().filter(|c| *c < max_replicas) {
-        tracing::info!("the ring has room for {capacity} replicas: --max-replicas lowered to that");
-        max_replicas = capacity;
+    let max_replicas = crate::pool::membership::replica_limit(args.max_replicas, &ring);
+    if max_replicas < args.max_replicas {
+        tracing::info!(
+            "the ring has room for {max_replicas} replicas: --max-replicas lowered to that"
+        );
     }
     let settings = PoolSettings {
         health: HealthSettings {

@@ -100,28 +100,51 @@ mod tests {
         assert!(names(&["--hostnames", "A,A"]).contains("'A'"));
         assert!(names(&["--hostnames", "bad name"]).contains("'bad name'"));
         assert_eq!(names(&["-n", "0"]), "--replicas must be at least 1");
+        // The value parser's own reason, not clap's frame around it ("invalid value
+        // 'x' for '--flag'"), which every refusal has.
         let refused = |args: &[&str]| {
             let argv = ["ringlb", "up"].iter().chain(args);
-            Cli::try_parse_from(argv).unwrap_err().to_string()
+            let error = Cli::try_parse_from(argv).unwrap_err();
+            assert_eq!(
+                error.kind(),
+                clap::error::ErrorKind::ValueValidation,
+                "{args:?}: {error}"
+            );
+            std::error::Error::source(&error)
+                .unwrap_or_else(|| panic!("{args:?}: no reason of its own: {error}"))
+                .to_string()
         };
         for (args, reason) in [
-            (&["--replica", "x"][..], "'x' is not NAME=HOST:PORT"),
-            (&["--key", "nope"], "nope"),
-            (&["--algorithm", "nope"], "nope"),
-            (&["--balance-factor", "0.5"], "from 1 to 100"),
+            (
+                &["--replica", "x"][..],
+                "'x' is not NAME=HOST:PORT[@WEIGHT]",
+            ),
+            (
+                &["--key", "nope"],
+                "unknown key source 'nope': use random, path, client-ip, header:NAME, \
+                 query:NAME or cookie:NAME",
+            ),
+            (
+                &["--algorithm", "nope"],
+                "unknown algorithm 'nope': valid values are slot, point, maglev, \
+                 rendezvous, rank-table",
+            ),
+            (
+                &["--balance-factor", "0.5"],
+                "the balance factor must be a number from 1 to 100, not 0.5",
+            ),
             (
                 &["--balance-factor", "lots"],
-                "'lots' is not a balance factor",
+                "'lots' is not a balance factor: give a number such as 1.25",
             ),
-            (&["--max-headers", "0"], "--max-headers"),
-            (&["--max-header-line", "10"], "--max-header-line"),
+            (&["--max-headers", "0"], "0 is not in 1..=256"),
             (
-                &["--client-header-timeout", "soon"],
-                "--client-header-timeout",
+                &["--max-header-line", "10"],
+                "10 is not in 256..=4294967295",
             ),
+            (&["--client-header-timeout", "soon"], "expected number at 0"),
         ] {
-            let error = refused(args);
-            assert!(error.contains(reason), "{args:?}: {error}");
+            assert_eq!(refused(args), reason, "{args:?}");
         }
     }
 

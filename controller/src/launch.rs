@@ -1,5 +1,5 @@
 //! Starting `ringlb up` from another program: the one launcher of the end-to-end tests
-//! (`tests/common`) and of `ringlb-analyze`. It runs the binary on free loopback ports,
+//! (`ringlb-testkit`) and of `ringlb-analyze`. It runs the binary on free loopback ports,
 //! reads its startup announcement, and stops and reaps it (SIGINT, then SIGKILL after
 //! a bound) — also when the caller fails or panics (`Drop`).
 //!

@@ -27,3 +27,5 @@ pub mod ring;
 pub mod runtime;
 pub mod serving;
 pub mod telemetry;
+#[cfg(test)]
+pub(crate) mod testing;

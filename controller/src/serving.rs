@@ -14,7 +14,7 @@ use crate::metrics::Metrics;
 use crate::ops;
 use crate::pool::PoolAdmin;
 use crate::proxy::workers::{self, ProxyListeners, ProxyWorkers};
-use crate::proxy::{Proxy, ProxySettings};
+use crate::proxy::{Proxy, ProxySettings, tls};
 use crate::publish::Publisher;
 
 /// How long in-flight requests may take to finish after a shutdown signal.
@@ -37,6 +37,8 @@ impl Serving {
         probes: ops::Probes,
     ) -> std::io::Result<Self> {
         let (stop, _) = watch::channel(false);
+        // Loaded once, here, so that a bad certificate stops the start with its reason.
+        let tls = settings.tls.as_ref().map(tls::acceptor).transpose()?;
         let make_proxy = {
             let publisher = publisher.clone();
             let metrics = metrics.clone();
@@ -49,6 +51,7 @@ impl Serving {
                     metrics.clone(),
                     worker,
                 )
+                .with_tls(tls.clone())
             })
         };
         let max_connections = settings.max_connections;

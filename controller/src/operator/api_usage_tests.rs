@@ -9,12 +9,10 @@
 //! - the proxy: its watches build the ring from the pool's status and pods, a spec
 //!   change written by `/add` on *another* proxy reaches its `/rep`, and `/rm` works.
 
-use std::collections::{BTreeSet, HashMap};
-use std::net::{IpAddr, SocketAddr};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::future::BoxFuture;
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
 
@@ -24,10 +22,14 @@ use super::pods::{PodTemplate, TEMPLATE_LABEL};
 use super::reconciler::{self, Context};
 use super::spec_admin::SpecAdmin;
 use crate::metrics::Metrics;
+use crate::operator::crd::HeartbeatSpec;
 use crate::pool::PoolAdmin;
-use crate::pool::health::Prober;
 use crate::publish::Publisher;
 use crate::ring::RingConfig;
+use crate::testing::{self, FakeProber, Within, until};
+
+/// How long a wait for the watch or the controller may take.
+const SOON: Within = Within::Time(Duration::from_secs(20));
 
 pub const POOLS: &str = "/apis/ringlb.dev/v1alpha1/namespaces/default/serverpools";
 pub const PODS: &str = "/api/v1/namespaces/default/pods";
@@ -36,20 +38,19 @@ pub const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/default/events";
 
 /// Pool `demo`: `replicas` replicas, heartbeats every 100 ms, one failure fails.
 pub fn pool(replicas: u32, status: Value) -> Value {
-    json!({
-        "apiVersion": "ringlb.dev/v1alpha1",
-        "kind": "ServerPool",
-        "metadata": {"name": "demo", "namespace": "default", "uid": "uid-demo", "generation": 1},
-        "spec": {
-            "replicas": replicas,
-            "image": "ringlb-replica:dev",
-            "port": 5000,
-            // (The default startup grace, 30 s: a pod that was Ready when the operator
-            // first saw it fails at its first missed heartbeat.)
-            "heartbeat": {"intervalMs": 100, "timeoutMs": 50, "failureThreshold": 1},
-        },
-        "status": status,
-    })
+    let mut pool = testing::pool(replicas)
+        .stored("uid-demo")
+        // (The default startup grace, 30 s: a pod that was Ready when the operator
+        // first saw it fails at its first missed heartbeat.)
+        .heartbeat(HeartbeatSpec {
+            interval_ms: Some(100),
+            timeout_ms: Some(50),
+            failure_threshold: Some(1),
+            ..HeartbeatSpec::default()
+        })
+        .json();
+    pool["status"] = status;
+    pool
 }
 
 /// The template hash of pool `demo`'s pods.
@@ -84,28 +85,6 @@ fn pod(name: &str, member: Option<&str>, ip: &str) -> Value {
     })
 }
 
-/// Waits (real time, bounded) until `done` holds.
-async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while !done() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting until {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// Heartbeats answer from a table of pod IPs (unknown IPs fail).
-struct ProbeTable(HashMap<IpAddr, bool>);
-
-impl Prober for ProbeTable {
-    fn check(&self, addr: SocketAddr, _timeout: Duration) -> BoxFuture<'static, bool> {
-        let ok = self.0.get(&addr.ip()).copied().unwrap_or(false);
-        Box::pin(async move { ok })
-    }
-}
-
 /// Runs `ringlb operator`'s pieces (election, controller) until it has replaced a
 /// failed replica, then stops it; returns the server it used.
 pub async fn operator_run() -> FakeApiServer {
@@ -137,7 +116,7 @@ pub async fn operator_run() -> FakeApiServer {
     let (leadership, elector) = leader::campaign(api.client(), lease, metrics.clone(), async {
         let _ = campaign_stopped.await;
     });
-    let probes = ProbeTable(HashMap::from([("10.0.0.1".parse().unwrap(), true)]));
+    let probes = FakeProber::by_ip([("10.0.0.1".parse().unwrap(), true)]);
     let ctx = Arc::new(Context::new(
         api.client(),
         Some("op-a".into()),
@@ -150,8 +129,8 @@ pub async fn operator_run() -> FakeApiServer {
         let _ = controller_stopped.await;
     }));
 
-    eventually(
-        "Server2 is replaced, Server3 (its pod name held by another pool) renamed, the status says so",
+    until(
+        "Server2 is replaced, Server3 (its pod name held by another pool) renamed, the status says so", SOON,
         || {
             let status = api.get(POOLS, "demo").map(|p| p["status"].clone());
             api.names(PODS)
@@ -177,9 +156,9 @@ pub async fn operator_run() -> FakeApiServer {
             .body(Vec::new())
             .unwrap();
         api.client().request_text(request).await.unwrap();
-        eventually("server1 is back", || creates() > before).await;
+        until("server1 is back", SOON, || creates() > before).await;
     }
-    eventually("its Event repeated", || {
+    until("its Event repeated", SOON, || {
         api.calls()
             .iter()
             .any(|c| c.method == "PATCH" && c.path.starts_with(EVENTS))
@@ -243,7 +222,7 @@ pub async fn proxy_run() -> FakeApiServer {
         let members = publisher.table().membership();
         members.iter().map(|m| m.addr.to_string()).collect()
     };
-    eventually("both members are in the ring", || {
+    until("both members are in the ring", SOON, || {
         in_ring(&publisher) == ["10.0.0.1:5000", "10.0.0.2:5000"]
     })
     .await;
@@ -258,7 +237,7 @@ pub async fn proxy_run() -> FakeApiServer {
         mpsc::channel(1).0,
     );
     elsewhere.add(1, vec![], Default::default()).await.unwrap();
-    eventually("/rep lists the replica added elsewhere", || {
+    until("/rep lists the replica added elsewhere", SOON, || {
         publisher.view().desired.len() == 3
     })
     .await;
@@ -267,7 +246,10 @@ pub async fn proxy_run() -> FakeApiServer {
     let mut reported_pool = api.get(POOLS, "demo").unwrap();
     reported_pool["status"] = ready(3);
     api.put(POOLS, reported_pool);
-    eventually("Server3 joins the ring", || in_ring(&publisher).len() == 3).await;
+    until("Server3 joins the ring", SOON, || {
+        in_ring(&publisher).len() == 3
+    })
+    .await;
 
     // `/rm` on this proxy.
     let admin = SpecAdmin::new(
@@ -281,7 +263,10 @@ pub async fn proxy_run() -> FakeApiServer {
     let desired = admin.remove(1, vec!["Server3".into()]).await.unwrap();
     assert_eq!(desired.len(), 2);
     assert_eq!(api.get(POOLS, "demo").unwrap()["spec"]["replicas"], 2);
-    eventually("Server3 leaves the ring", || in_ring(&publisher).len() == 2).await;
+    until("Server3 leaves the ring", SOON, || {
+        in_ring(&publisher).len() == 2
+    })
+    .await;
 
     let _ = stop.send(());
     tokio::time::timeout(Duration::from_secs(10), watch)
@@ -335,7 +320,7 @@ async fn a_standby_that_takes_over_reconciles_at_once() {
     let ctx = Arc::new(Context::new(
         api.client(),
         None,
-        Arc::new(ProbeTable(HashMap::new())),
+        Arc::new(FakeProber::answering(false)),
         Arc::new(Metrics::new()),
         leadership,
     ));
@@ -364,24 +349,13 @@ async fn a_standby_that_takes_over_reconciles_at_once() {
     controller.await.unwrap();
 }
 
-/// Counts its probes; every pod answers.
-#[derive(Default)]
-struct CountingProber(std::sync::atomic::AtomicUsize);
-
-impl Prober for CountingProber {
-    fn check(&self, _: SocketAddr, _: Duration) -> BoxFuture<'static, bool> {
-        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        Box::pin(async { true })
-    }
-}
-
 #[tokio::test(start_paused = true)]
 async fn a_deleted_pool_stops_being_heartbeaten() {
     let api = FakeApiServer::default();
     api.put(POOLS, pool(2, Value::Null));
     api.put(PODS, pod("server1", Some("Server1"), "10.0.0.1"));
     api.put(PODS, pod("server2", Some("Server2"), "10.0.0.2"));
-    let prober = Arc::new(CountingProber::default());
+    let prober = Arc::new(FakeProber::answering(true));
     // Leading from the start.
     let (leading, leadership) = leader::Leadership::manual();
     leading.send_replace(true);
@@ -396,7 +370,7 @@ async fn a_deleted_pool_stops_being_heartbeaten() {
     let controller = tokio::spawn(reconciler::run(ctx, Some("default"), async {
         let _ = stopped.await;
     }));
-    let probes = || prober.0.load(std::sync::atomic::Ordering::SeqCst);
+    let probes = || prober.probe_count();
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert!(probes() >= 2 * 40, "two pods every 100 ms: {}", probes());
 

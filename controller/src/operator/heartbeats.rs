@@ -472,9 +472,7 @@ fn pool_key(pool: &ObjectRef<ServerPool>) -> String {
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
-    use std::sync::atomic::{AtomicUsize, Ordering};
 
-    use futures::future::BoxFuture;
     use k8s_openapi::api::core::v1::PodStatus;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
     use kube::runtime::reflector;
@@ -482,21 +480,7 @@ mod tests {
 
     use super::*;
     use crate::operator::pods::MEMBER_LABEL;
-
-    /// Answers from a switch the test flips; counts the probes.
-    #[derive(Default)]
-    struct Switch {
-        up: std::sync::atomic::AtomicBool,
-        probes: AtomicUsize,
-    }
-
-    impl Prober for Switch {
-        fn check(&self, _: SocketAddr, _: Duration) -> BoxFuture<'static, bool> {
-            self.probes.fetch_add(1, Ordering::SeqCst);
-            let up = self.up.load(Ordering::SeqCst);
-            Box::pin(async move { up })
-        }
-    }
+    use crate::testing::FakeProber;
 
     fn pod(uid: &str) -> Pod {
         Pod {
@@ -521,7 +505,8 @@ mod tests {
 
     struct Setup {
         beats: Heartbeats,
-        switch: Arc<Switch>,
+        /// Every pod answers, or none: the test flips it.
+        switch: Arc<FakeProber>,
         wakes: mpsc::UnboundedReceiver<ObjectRef<ServerPool>>,
         pool: ObjectRef<ServerPool>,
         /// The pod store, as the controller's watch writes it.
@@ -532,7 +517,7 @@ mod tests {
     fn setup() -> Setup {
         let (store, mut writer) = reflector::store();
         writer.apply_watcher_event(&Event::Apply(pod("uid-1")));
-        let switch = Arc::new(Switch::default());
+        let switch = Arc::new(FakeProber::answering(false));
         let (wake, wakes) = mpsc::unbounded_channel();
         let metrics = Arc::new(Metrics::new());
         Setup {
@@ -576,20 +561,20 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn passes_however_many_read_the_health_of_one_probe_per_interval() {
         let setup = setup();
-        setup.switch.up.store(true, Ordering::SeqCst);
+        setup.switch.set_others(true);
         assert_eq!(health(&setup).await, Health::Healthy);
-        setup.switch.up.store(false, Ordering::SeqCst);
+        setup.switch.set_others(false);
         // A burst of passes (watch events, status writes) within one interval.
         for _ in 0..50 {
             assert_eq!(health(&setup).await, Health::Healthy);
         }
-        assert_eq!(setup.switch.probes.load(Ordering::SeqCst), 1);
+        assert_eq!(setup.switch.probe_count(), 1);
         // Three intervals, three misses: failed.
         tokio::time::sleep(Duration::from_millis(2500)).await;
         assert_eq!(health(&setup).await, Health::Healthy, "two misses");
         tokio::time::sleep(Duration::from_secs(1)).await;
         assert_eq!(health(&setup).await, Health::Failed);
-        assert_eq!(setup.switch.probes.load(Ordering::SeqCst), 4);
+        assert_eq!(setup.switch.probe_count(), 4);
     }
 
     #[tokio::test(start_paused = true)]
@@ -599,7 +584,7 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(25)).await;
         assert_eq!(health(&setup).await, Health::Starting, "within its grace");
         // It starts listening at 25 s: healthy, never counted as failing.
-        setup.switch.up.store(true, Ordering::SeqCst);
+        setup.switch.set_others(true);
         tokio::time::sleep(Duration::from_secs(1)).await;
         assert_eq!(health(&setup).await, Health::Healthy);
     }
@@ -620,7 +605,7 @@ mod tests {
         assert_eq!(health(&setup).await, Health::Starting);
         // The first round saw a new pod: a pass.
         assert_eq!(setup.wakes.recv().await.unwrap(), setup.pool);
-        setup.switch.up.store(true, Ordering::SeqCst);
+        setup.switch.set_others(true);
         assert_eq!(setup.wakes.recv().await.unwrap(), setup.pool);
         assert_eq!(health(&setup).await, Health::Healthy);
         // Nothing changes: no more passes asked for.

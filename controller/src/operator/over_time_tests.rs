@@ -3,13 +3,11 @@
 //! kubelet gives each new pod an address and either runs it (its heartbeats then
 //! answer) or lets its container exit, as an image that cannot start does.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use futures::future::BoxFuture;
 use k8s_openapi::jiff::Timestamp;
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
@@ -24,6 +22,7 @@ use crate::metrics::Metrics;
 use crate::pool::health::Prober;
 use crate::publish::Publisher;
 use crate::ring::RingConfig;
+use crate::testing::{self, FakeProber, Within, until};
 
 /// What the fake kubelet does with a new pod.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -58,12 +57,10 @@ fn wall() -> Timestamp {
 /// started (and, as that probe goes through no partition of the operator's, keeps
 /// it Ready while it answers).
 struct Kubelet {
-    up: Arc<Mutex<HashSet<SocketAddr>>>,
-    /// The operator's heartbeats fail (a network fault between it and every pod);
-    /// the kubelet's probes still answer.
-    cut: Arc<AtomicBool>,
-    /// Heartbeats the operator sent.
-    probes: Arc<AtomicUsize>,
+    /// The operator's heartbeats: answered for the pods the kubelet runs, unless the
+    /// test cuts the operator off (a network fault between it and every pod; the
+    /// kubelet's probes still answer).
+    prober: Arc<FakeProber>,
     task: JoinHandle<()>,
 }
 
@@ -78,9 +75,9 @@ impl Kubelet {
         outcome: fn(&Value) -> Outcome,
         ready_after: Duration,
     ) -> Self {
-        let up: Arc<Mutex<HashSet<SocketAddr>>> = Arc::default();
+        let prober = Arc::new(FakeProber::answering(false));
         let task = tokio::spawn({
-            let (api, up) = (api.clone(), up.clone());
+            let (api, prober) = (api.clone(), prober.clone());
             async move {
                 let mut started = 0u32;
                 let mut probed_at: HashMap<String, tokio::time::Instant> = HashMap::new();
@@ -110,7 +107,7 @@ impl Kubelet {
                             crash_at.remove(&uid);
                             let ip: IpAddr =
                                 pod["status"]["podIP"].as_str().unwrap().parse().unwrap();
-                            up.lock().unwrap().retain(|addr| addr.ip() != ip);
+                            prober.forget(|addr| addr.ip() == ip);
                             exited(&mut pod);
                             api.put(PODS, pod);
                             continue;
@@ -137,7 +134,7 @@ impl Kubelet {
                             let port = pod["spec"]["containers"][0]["ports"][0]["containerPort"]
                                 .as_u64()
                                 .unwrap();
-                            up.lock().unwrap().insert(SocketAddr::new(ip, port as u16));
+                            prober.set(SocketAddr::new(ip, port as u16), true);
                             json!({
                                 "phase": "Running",
                                 "podIP": ip.to_string(),
@@ -195,12 +192,7 @@ impl Kubelet {
                 }
             }
         });
-        Self {
-            up,
-            cut: Arc::default(),
-            probes: Arc::default(),
-            task,
-        }
+        Self { prober, task }
     }
 
     /// Pod `pod` stops answering its heartbeats (its process is frozen).
@@ -210,37 +202,17 @@ impl Kubelet {
             .unwrap()
             .parse()
             .unwrap();
-        self.up.lock().unwrap().retain(|addr| addr.ip() != ip);
+        self.prober.forget(|addr| addr.ip() == ip);
     }
 
     fn prober(&self) -> Arc<dyn Prober> {
-        Arc::new(Answers {
-            up: self.up.clone(),
-            cut: self.cut.clone(),
-            probes: self.probes.clone(),
-        })
+        self.prober.clone()
     }
 }
 
 impl Drop for Kubelet {
     fn drop(&mut self) {
         self.task.abort();
-    }
-}
-
-/// Heartbeats answer for the pods the kubelet runs, unless the operator is cut off.
-#[derive(Default)]
-struct Answers {
-    up: Arc<Mutex<HashSet<SocketAddr>>>,
-    cut: Arc<AtomicBool>,
-    probes: Arc<AtomicUsize>,
-}
-
-impl Prober for Answers {
-    fn check(&self, addr: SocketAddr, _: Duration) -> BoxFuture<'static, bool> {
-        self.probes.fetch_add(1, Ordering::SeqCst);
-        let ok = !self.cut.load(Ordering::SeqCst) && self.up.lock().unwrap().contains(&addr);
-        Box::pin(async move { ok })
     }
 }
 
@@ -351,12 +323,8 @@ impl Proxy {
     }
 }
 
-/// Waits, on the paused clock, until `done` holds.
-async fn until(mut done: impl FnMut() -> bool) {
-    while !done() {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
+/// How long a wait on the paused clock may take: longer than any of these tests.
+const AN_HOUR: Within = Within::Time(Duration::from_secs(3600));
 
 fn pod_creates(api: &FakeApiServer) -> usize {
     api.calls()
@@ -471,7 +439,7 @@ async fn a_replica_that_served_ten_minutes_is_replaced_at_once_whatever_its_slot
     // replaced within its heartbeats, not 160 s after it started, as its slot's
     // streak of 4 would ask of a crash loop.
     tokio::time::sleep(reconciler::CRASH_LOOP_RESET).await;
-    kubelet.up.lock().unwrap().clear();
+    kubelet.prober.forget(|_| true);
     let failed = tokio::time::Instant::now();
     while pod_creates(&api) == creates {
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -496,7 +464,12 @@ async fn a_new_image_and_port_roll_one_pod_at_a_time_with_every_member_serving()
     let operator = Operator::start(&api, kubelet.prober());
     let proxy = Proxy::start(&api);
     let status = || api.get(POOLS, "demo").unwrap()["status"].clone();
-    until(|| status()["readyReplicas"] == 3 && proxy.in_ring().len() == 3).await;
+    until(
+        "status()[\"readyReplicas\"] == 3 && proxy.in_ring().len() == 3",
+        AN_HOUR,
+        || status()["readyReplicas"] == 3 && proxy.in_ring().len() == 3,
+    )
+    .await;
     let owners = proxy.owners();
     let before: Vec<String> = api.names(PODS);
     assert_eq!(before, ["server1", "server2", "server3"]);
@@ -604,7 +577,10 @@ async fn a_rollout_to_an_image_that_cannot_start_stalls_with_the_old_pods_servin
     });
     let operator = Operator::start(&api, kubelet.prober());
     let status = || api.get(POOLS, "demo").unwrap()["status"].clone();
-    until(|| status()["readyReplicas"] == 2).await;
+    until("status()[\"readyReplicas\"] == 2", AN_HOUR, || {
+        status()["readyReplicas"] == 2
+    })
+    .await;
     let mut changed = api.get(POOLS, "demo").unwrap();
     changed["spec"]["image"] = json!("ringlb-replica:broken");
     changed["metadata"]["generation"] = json!(2);
@@ -638,7 +614,7 @@ async fn two_pools_of_one_namespace_with_the_default_names_both_serve() {
         api.get(POOLS, name)
             .is_some_and(|p| p["status"]["readyReplicas"] == 2)
     };
-    until(|| ready("demo")).await;
+    until("ready(\"demo\")", AN_HOUR, || ready("demo")).await;
     // A second pool wants Server1 and Server2 too: pods server1 and server2 are
     // demo's, so its slots take free emergency names instead of waiting forever.
     let mut web = pool(2, Value::Null);
@@ -674,7 +650,7 @@ async fn failing_status_writes_do_not_keep_a_frozen_replica_in_the_proxys_ring()
     let operator = Operator::start(&api, kubelet.prober());
     let proxy = Proxy::start(&api);
     let in_ring = || proxy.in_ring();
-    until(|| in_ring().len() == 3).await;
+    until("in_ring().len() == 3", AN_HOUR, || in_ring().len() == 3).await;
 
     // (Serving long: its failure is no crash loop, and nothing holds it back.)
     tokio::time::sleep(reconciler::CRASH_LOOP_RESET).await;
@@ -751,7 +727,10 @@ async fn kubectl_delete_sp_takes_its_pods_and_empties_the_proxys_ring() {
     let kubelet = Kubelet::start(&api, |_| Outcome::Run);
     let operator = Operator::start(&api, kubelet.prober());
     let proxy = Proxy::start(&api);
-    until(|| proxy.in_ring().len() == 3).await;
+    until("proxy.in_ring().len() == 3", AN_HOUR, || {
+        proxy.in_ring().len() == 3
+    })
+    .await;
     assert_eq!(proxy.publisher.view().desired.len(), 3);
 
     let request = http::Request::delete(format!("{POOLS}/demo"))
@@ -761,7 +740,10 @@ async fn kubectl_delete_sp_takes_its_pods_and_empties_the_proxys_ring() {
     // Its pods name it as their owner: garbage collection takes them.
     assert!(api.names(PODS).is_empty(), "{:?}", api.names(PODS));
     let deleted = tokio::time::Instant::now();
-    until(|| proxy.in_ring().is_empty()).await;
+    until("proxy.in_ring().is_empty()", AN_HOUR, || {
+        proxy.in_ring().is_empty()
+    })
+    .await;
     assert!(deleted.elapsed() < Duration::from_secs(1));
     // `/rep` says N 0, and the operator creates nothing for a pool that is gone.
     assert!(proxy.publisher.view().desired.is_empty());
@@ -778,15 +760,13 @@ async fn ready_pool(replicas: u32) -> (FakeApiServer, Kubelet, Operator) {
     api.put(POOLS, pool(replicas, Value::Null));
     let kubelet = Kubelet::start(&api, |_| Outcome::Run);
     let operator = Operator::start(&api, kubelet.prober());
-    until(|| api.get(POOLS, "demo").unwrap()["status"]["readyReplicas"] == replicas).await;
+    until(
+        "api.get(POOLS, \"demo\").unwrap()[\"status\"][\"readyReplicas\"] == replicas",
+        AN_HOUR,
+        || api.get(POOLS, "demo").unwrap()["status"]["readyReplicas"] == replicas,
+    )
+    .await;
     (api, kubelet, operator)
-}
-
-/// Waits, on the paused clock, until `done` holds, for at most `limit`.
-async fn within(limit: Duration, what: &str, done: impl FnMut() -> bool) {
-    tokio::time::timeout(limit, until(done))
-        .await
-        .unwrap_or_else(|_| panic!("not within {limit:?}: {what}"));
 }
 
 /// The reasons of the Warning Events recorded so far, one for each time it was sent
@@ -808,9 +788,7 @@ fn warnings(api: &FakeApiServer) -> Vec<String> {
 /// timeout, 3 failures, 30 s of startup grace; detection takes at most
 /// 3 × 1 s + 0.5 s.
 fn pool_with_default_heartbeats(replicas: u32) -> Value {
-    let mut pool = pool(replicas, Value::Null);
-    pool["spec"].as_object_mut().unwrap().remove("heartbeat");
-    pool
+    testing::pool(replicas).stored("uid-demo").json()
 }
 
 const DETECTION: Duration = Duration::from_millis(3 * 1000 + 500);
@@ -829,14 +807,16 @@ async fn an_operator_cut_off_from_every_pod_replaces_at_most_one_and_the_rings_s
         let operator = Operator::start(&api, kubelet.prober());
         let proxies = [Proxy::start(&api), Proxy::start(&api)];
         let status = || api.get(POOLS, "demo").unwrap()["status"].clone();
-        until(|| status()["readyReplicas"] == 6 && proxies.iter().all(|p| p.in_ring().len() == 6))
-            .await;
+        until("six ready, in both proxies' rings", AN_HOUR, || {
+            status()["readyReplicas"] == 6 && proxies.iter().all(|p| p.in_ring().len() == 6)
+        })
+        .await;
         tokio::time::sleep(served).await;
         let creates = pod_creates(&api);
 
         // 20 s in which the operator reaches no pod, new ones included; the kubelet
         // (and the proxies) do.
-        kubelet.cut.store(true, Ordering::SeqCst);
+        kubelet.prober.cut(true);
         let cut = tokio::time::Instant::now();
         while cut.elapsed() < Duration::from_secs(20) {
             for proxy in &proxies {
@@ -890,8 +870,8 @@ async fn an_operator_cut_off_from_every_pod_replaces_at_most_one_and_the_rings_s
         );
 
         // Healed: the held replicas answer again and the replacement joins.
-        kubelet.cut.store(false, Ordering::SeqCst);
-        within(Duration::from_secs(15), "healed", || {
+        kubelet.prober.cut(false);
+        until("healed", Within::Time(Duration::from_secs(15)), || {
             status()["conditions"][1]["status"] == "False"
                 && proxies.iter().all(|p| p.in_ring().len() == 6)
         })
@@ -917,7 +897,10 @@ async fn a_new_leader_replaces_a_replica_frozen_at_the_takeover_within_one_detec
         let kubelet = Kubelet::start(&api, |_| Outcome::Run);
         let old_leader = Operator::start(&api, kubelet.prober());
         let status = || api.get(POOLS, "demo").unwrap()["status"].clone();
-        until(|| status()["readyReplicas"] == 3).await;
+        until("status()[\"readyReplicas\"] == 3", AN_HOUR, || {
+            status()["readyReplicas"] == 3
+        })
+        .await;
         tokio::time::sleep(age).await;
 
         // The leader is killed and a replica freezes; a standby takes over.
@@ -953,9 +936,11 @@ async fn a_new_leader_replaces_a_replica_frozen_at_the_takeover_within_one_detec
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        within(Duration::from_secs(5), "emergency_1 serves", || {
-            status()["readyReplicas"] == 3
-        })
+        until(
+            "emergency_1 serves",
+            Within::Time(Duration::from_secs(5)),
+            || status()["readyReplicas"] == 3,
+        )
         .await;
         new_leader.stop().await;
     }
@@ -977,19 +962,17 @@ async fn a_leader_that_lost_its_lease_writes_nothing_and_stops_its_heartbeats() 
         .map(|c| format!("{} {}", c.method, c.path))
         .collect();
     assert!(writes.is_empty(), "{writes:?}");
-    let probes = kubelet.probes.load(Ordering::SeqCst);
+    let probes = kubelet.prober.probe_count();
     tokio::time::sleep(Duration::from_secs(5)).await;
-    assert_eq!(
-        kubelet.probes.load(Ordering::SeqCst),
-        probes,
-        "heartbeats go on"
-    );
+    assert_eq!(kubelet.prober.probe_count(), probes, "heartbeats go on");
 
     // Leading again: it looks afresh and replaces the frozen replica.
     operator.leading.send_replace(true);
-    within(Duration::from_secs(5), "server2 replaced", || {
-        api.get(PODS, "server2").is_none()
-    })
+    until(
+        "server2 replaced",
+        Within::Time(Duration::from_secs(5)),
+        || api.get(PODS, "server2").is_none(),
+    )
     .await;
     operator.stop().await;
 }
@@ -1003,7 +986,7 @@ async fn a_pass_that_loses_leadership_half_way_makes_no_further_write() {
     // call hangs while the renew deadline passes.
     let delete = api.hold("DELETE", "/pods/server2");
     kubelet.freeze(&api, "server2");
-    until(|| {
+    until("server2's pod is being deleted", AN_HOUR, || {
         api.calls()
             .iter()
             .any(|c| c.method == "DELETE" && c.path.ends_with("/pods/server2"))
@@ -1031,7 +1014,12 @@ async fn a_spec_whose_names_clash_keeps_the_members_and_says_why() {
     let operator = Operator::start(&api, kubelet.prober());
     let proxy = Proxy::start(&api);
     let status = || api.get(POOLS, "demo").unwrap()["status"].clone();
-    until(|| status()["readyReplicas"] == 6 && proxy.in_ring().len() == 6).await;
+    until(
+        "status()[\"readyReplicas\"] == 6 && proxy.in_ring().len() == 6",
+        AN_HOUR,
+        || status()["readyReplicas"] == 6 && proxy.in_ring().len() == 6,
+    )
+    .await;
     let members = status()["members"].clone();
     let pods = api.names(PODS);
 
@@ -1041,7 +1029,7 @@ async fn a_spec_whose_names_clash_keeps_the_members_and_says_why() {
     clash["spec"]["hostnames"] = json!(["server1"]);
     clash["metadata"]["generation"] = json!(2);
     api.put(POOLS, clash);
-    within(Duration::from_secs(5), "Degraded", || {
+    until("Degraded", Within::Time(Duration::from_secs(5)), || {
         status()["conditions"][1]["status"] == "True"
     })
     .await;
@@ -1094,7 +1082,7 @@ async fn pods_that_never_start_are_named_at_once_and_replaced_only_after_their_g
         let kubelet = Kubelet::start(&api, never_starts);
         let operator = Operator::start(&api, kubelet.prober());
         let status = || api.get(POOLS, "demo").unwrap()["status"].clone();
-        within(Duration::from_secs(30), reason, || {
+        until(reason, Within::Time(Duration::from_secs(30)), || {
             status()["conditions"][1]["reason"] == reason
         })
         .await;
@@ -1152,7 +1140,7 @@ async fn a_pod_create_the_api_server_refuses_is_named_and_retried_on_a_backoff()
             api.get(POOLS, "demo")
                 .and_then(|p| p.get("status").cloned())
         };
-        within(Duration::from_secs(5), "FailedCreate", || {
+        until("FailedCreate", Within::Time(Duration::from_secs(5)), || {
             status().is_some_and(|s| s["conditions"][1]["reason"] == "FailedCreate")
         })
         .await;
@@ -1172,7 +1160,7 @@ async fn a_pod_create_the_api_server_refuses_is_named_and_retried_on_a_backoff()
             "{warned:?}"
         );
         // The quota lifted: the pool fills.
-        within(Duration::from_secs(30), "ready", || {
+        until("ready", Within::Time(Duration::from_secs(30)), || {
             status()
                 .is_some_and(|s| s["readyReplicas"] == 2 && s["conditions"][1]["status"] == "False")
         })
@@ -1188,15 +1176,20 @@ async fn a_rollout_to_an_image_that_cannot_be_pulled_stalls_at_once_and_says_why
     let kubelet = Kubelet::start(&api, never_starts);
     let operator = Operator::start(&api, kubelet.prober());
     let status = || api.get(POOLS, "demo").unwrap()["status"].clone();
-    until(|| status()["readyReplicas"] == 2).await;
+    until("status()[\"readyReplicas\"] == 2", AN_HOUR, || {
+        status()["readyReplicas"] == 2
+    })
+    .await;
     let mut changed = api.get(POOLS, "demo").unwrap();
     changed["spec"]["image"] = json!("never:ImagePullBackOff");
     changed["metadata"]["generation"] = json!(2);
     api.put(POOLS, changed);
     // Before its startup grace is over: the kubelet has said it will not start.
-    within(Duration::from_secs(5), "RolloutStalled", || {
-        status()["conditions"][1]["reason"] == "RolloutStalled"
-    })
+    until(
+        "RolloutStalled",
+        Within::Time(Duration::from_secs(5)),
+        || status()["conditions"][1]["reason"] == "RolloutStalled",
+    )
     .await;
     let message = status()["conditions"][1]["message"]
         .as_str()
@@ -1234,7 +1227,12 @@ async fn a_pool_that_stops_being_available_says_so_once() {
             .find(|c| c["type"] == type_)
             .map(|c| c["status"].as_str().unwrap().to_owned())
     };
-    until(|| condition("Available").as_deref() == Some("True")).await;
+    until(
+        "condition(\"Available\").as_deref() == Some(\"True\")",
+        AN_HOUR,
+        || condition("Available").as_deref() == Some("True"),
+    )
+    .await;
     // A new pool starting up was never "unavailable" news.
     assert!(warnings(&api).is_empty(), "{:?}", warnings(&api));
 
@@ -1245,13 +1243,15 @@ async fn a_pool_that_stops_being_available_says_so_once() {
             .unwrap();
         api.client().request_text(request).await.unwrap();
     }
-    within(Duration::from_secs(5), "unavailable", || {
+    until("unavailable", Within::Time(Duration::from_secs(5)), || {
         condition("Available").as_deref() == Some("False")
     })
     .await;
-    within(Duration::from_secs(10), "available again", || {
-        condition("Available").as_deref() == Some("True")
-    })
+    until(
+        "available again",
+        Within::Time(Duration::from_secs(10)),
+        || condition("Available").as_deref() == Some("True"),
+    )
     .await;
     assert_eq!(warnings(&api), ["Unavailable"]);
     operator.stop().await;
@@ -1265,7 +1265,12 @@ async fn a_template_change_rolls_the_pods_one_at_a_time() {
     let operator = Operator::start(&api, kubelet.prober());
     let proxy = Proxy::start(&api);
     let status = || api.get(POOLS, "demo").unwrap()["status"].clone();
-    until(|| status()["readyReplicas"] == 3 && proxy.in_ring().len() == 3).await;
+    until(
+        "status()[\"readyReplicas\"] == 3 && proxy.in_ring().len() == 3",
+        AN_HOUR,
+        || status()["readyReplicas"] == 3 && proxy.in_ring().len() == 3,
+    )
+    .await;
 
     let mut changed = api.get(POOLS, "demo").unwrap();
     changed["spec"]["template"] = json!({"resources": {"limits": {"memory": "256Mi"}}});
@@ -1300,7 +1305,7 @@ async fn each_pool_has_a_disruption_budget_that_comes_back_and_goes_with_it() {
     api.put(POOLS, pool(3, Value::Null));
     let kubelet = Kubelet::start(&api, |_| Outcome::Run);
     let operator = Operator::start(&api, kubelet.prober());
-    within(Duration::from_secs(5), "a budget", || {
+    until("a budget", Within::Time(Duration::from_secs(5)), || {
         api.get(BUDGETS, "demo").is_some()
     })
     .await;
@@ -1326,9 +1331,11 @@ async fn each_pool_has_a_disruption_budget_that_comes_back_and_goes_with_it() {
         .body(Vec::new())
         .unwrap();
     api.client().request_text(request).await.unwrap();
-    within(Duration::from_secs(5), "the budget back", || {
-        api.get(BUDGETS, "demo").is_some()
-    })
+    until(
+        "the budget back",
+        Within::Time(Duration::from_secs(5)),
+        || api.get(BUDGETS, "demo").is_some(),
+    )
     .await;
     assert_eq!(writes(), 2);
 
@@ -1354,12 +1361,12 @@ async fn a_spec_reverted_under_the_operator_is_followed_without_replacements() {
         api.put(POOLS, pool);
     };
     set_replicas(5, 2);
-    within(Duration::from_secs(10), "5 ready", || {
+    until("5 ready", Within::Time(Duration::from_secs(10)), || {
         status()["readyReplicas"] == 5
     })
     .await;
     set_replicas(3, 3);
-    within(Duration::from_secs(10), "back to 3", || {
+    until("back to 3", Within::Time(Duration::from_secs(10)), || {
         api.names(PODS) == ["server1", "server2", "server3"] && status()["readyReplicas"] == 3
     })
     .await;
@@ -1387,7 +1394,12 @@ async fn a_disruption_budget_of_the_pools_name_that_is_not_its_own_is_left_alone
     api.put(POOLS, pool(3, Value::Null));
     let kubelet = Kubelet::start(&api, |_| Outcome::Run);
     let operator = Operator::start(&api, kubelet.prober());
-    until(|| api.get(POOLS, "demo").unwrap()["status"]["readyReplicas"] == 3).await;
+    until(
+        "api.get(POOLS, \"demo\").unwrap()[\"status\"][\"readyReplicas\"] == 3",
+        AN_HOUR,
+        || api.get(POOLS, "demo").unwrap()["status"]["readyReplicas"] == 3,
+    )
+    .await;
     tokio::time::sleep(Duration::from_secs(60)).await;
     let now = api.get(POOLS, "demo").unwrap()["status"].clone();
     assert_eq!(
@@ -1431,9 +1443,11 @@ async fn the_operator_exports_each_pools_replicas_and_passes_until_the_pool_goes
         .body(Vec::new())
         .unwrap();
     api.client().request_text(request).await.unwrap();
-    within(Duration::from_secs(5), "its series gone", || {
-        !operator.metrics.encode().contains(r#"pool="demo""#)
-    })
+    until(
+        "its series gone",
+        Within::Time(Duration::from_secs(5)),
+        || !operator.metrics.encode().contains(r#"pool="demo""#),
+    )
     .await;
     operator.stop().await;
 }
@@ -1465,9 +1479,11 @@ async fn each_pool_gets_a_random_admin_token_secret_and_one_that_exists_is_never
     );
     let kubelet = Kubelet::start(&api, |_| Outcome::Run);
     let operator = Operator::start(&api, kubelet.prober());
-    within(Duration::from_secs(5), "demo's Secret", || {
-        api.get(SECRETS, "demo-admin").is_some()
-    })
+    until(
+        "demo's Secret",
+        Within::Time(Duration::from_secs(5)),
+        || api.get(SECRETS, "demo-admin").is_some(),
+    )
     .await;
     let first = token(&api, "demo-admin").unwrap();
     assert_eq!(first.len(), 64);
@@ -1481,9 +1497,11 @@ async fn each_pool_gets_a_random_admin_token_secret_and_one_that_exists_is_never
             .count()
     };
     // Pool `own`: its Secret was tried (409) and left as it was.
-    within(Duration::from_secs(5), "both pools checked", || {
-        creates() == 2
-    })
+    until(
+        "both pools checked",
+        Within::Time(Duration::from_secs(5)),
+        || creates() == 2,
+    )
     .await;
     assert_eq!(token(&api, "own-admin").as_deref(), Some("chosen"));
     // Once per pool, not at every pass: the next check is due after the recheck.
@@ -1495,9 +1513,9 @@ async fn each_pool_gets_a_random_admin_token_secret_and_one_that_exists_is_never
         .body(Vec::new())
         .unwrap();
     api.client().request_text(request).await.unwrap();
-    within(
-        reconciler::ADMIN_SECRET_RECHECK,
+    until(
         "demo's Secret back",
+        Within::Time(reconciler::ADMIN_SECRET_RECHECK),
         || api.get(SECRETS, "demo-admin").is_some(),
     )
     .await;
@@ -1526,13 +1544,15 @@ async fn an_operator_of_every_namespace_keeps_each_pools_objects_in_the_pools_na
     other["metadata"]["namespace"] = json!("team-b");
     other["metadata"]["uid"] = json!("uid-team-b");
     api.put(TEAM_POOLS, other);
-    let prober = Arc::new(Answers::default());
+    let prober = Arc::new(FakeProber::answering(false));
 
     // An operator of namespace default: team-b's pool is not its.
     let operator = Operator::start(&api, prober.clone());
-    within(Duration::from_secs(5), "default's pods", || {
-        api.names(PODS).len() == 2
-    })
+    until(
+        "default's pods",
+        Within::Time(Duration::from_secs(5)),
+        || api.names(PODS).len() == 2,
+    )
     .await;
     tokio::time::sleep(Duration::from_secs(30)).await;
     assert!(api.names(TEAM_PODS).is_empty());
@@ -1540,18 +1560,20 @@ async fn an_operator_of_every_namespace_keeps_each_pools_objects_in_the_pools_na
 
     // One of every namespace: each pool's pods, budget, Secret and status in its own.
     let operator = Operator::start_for(&api, prober, None);
-    within(Duration::from_secs(5), "team-b's pods", || {
-        api.names(TEAM_PODS).len() == 3
-    })
+    until(
+        "team-b's pods",
+        Within::Time(Duration::from_secs(5)),
+        || api.names(TEAM_PODS).len() == 3,
+    )
     .await;
     for pod in api.names(TEAM_PODS) {
         let pod = api.get(TEAM_PODS, &pod).unwrap();
         assert_eq!(pod["metadata"]["ownerReferences"][0]["uid"], "uid-team-b");
     }
     assert_eq!(api.names(PODS).len(), 2, "default's pool keeps its 2");
-    within(
-        Duration::from_secs(5),
+    until(
         "team-b's budget, Secret and status",
+        Within::Time(Duration::from_secs(5)),
         || {
             api.get(
                 "/apis/policy/v1/namespaces/team-b/poddisruptionbudgets",

@@ -12,54 +12,9 @@ use kube::runtime::watcher::Event;
 use super::*;
 use crate::metrics::Metrics;
 use crate::operator::WATCH_TIMEOUT;
-use crate::operator::crd::{MemberStatus, ReplacementStatus, ServerPoolSpec, ServerPoolStatus};
 use crate::operator::members;
 use crate::operator::pods::MEMBER_LABEL;
-
-fn pool(replicas: u32) -> ServerPool {
-    let mut pool = ServerPool::new(
-        "demo",
-        ServerPoolSpec {
-            replicas,
-            hostnames: Vec::new(),
-            image: "ringlb-replica:dev".into(),
-            port: 5000,
-            hashing: None,
-            heartbeat: None,
-            weights: Default::default(),
-            template: None,
-        },
-    );
-    pool.metadata.namespace = Some("default".into());
-    pool
-}
-
-fn with_status(
-    mut pool: ServerPool,
-    ready: &[(&str, &str, bool)],
-    replaced: &[(&str, &str)],
-) -> ServerPool {
-    pool.status = Some(ServerPoolStatus {
-        members: ready
-            .iter()
-            .map(|(name, pod, ready)| MemberStatus {
-                name: name.to_string(),
-                pod: pod.to_string(),
-                ready: *ready,
-            })
-            .collect(),
-        emergency_replacements: replaced
-            .iter()
-            .map(|(failed, replacement)| ReplacementStatus {
-                original: failed.to_string(),
-                replacement: replacement.to_string(),
-                ..ReplacementStatus::default()
-            })
-            .collect(),
-        ..ServerPoolStatus::default()
-    });
-    pool
-}
+use crate::testing::pool;
 
 /// A running pod of pool `demo`; `ready` is its `Ready` condition (`None`: not probed yet).
 fn pod(member: &str, pod: &str, ip: &str, ready: Option<bool>) -> Pod {
@@ -188,7 +143,7 @@ fn watch_events_give_the_ring_and_rep_they_should() {
     assert!(proxy.rep().is_empty() && proxy.in_ring().is_empty());
 
     // The pool is created: three desired, none serving.
-    proxy.apply(&apply_pool(pool(3)));
+    proxy.apply(&apply_pool(pool(3).build()));
     assert_eq!(proxy.rep(), ["Server1", "Server2", "Server3"]);
     assert!(proxy.in_ring().is_empty());
 
@@ -210,15 +165,13 @@ fn watch_events_give_the_ring_and_rep_they_should() {
 
     // The operator's status: Server2 and Server3 ready (Server2 not probed by the
     // kubelet yet: the operator's word stands; Server3 the kubelet says is not: out).
-    let reported = with_status(
-        pool(3),
-        &[
+    let reported = pool(3)
+        .members(&[
             ("Server1", "server1", true),
             ("Server2", "server2", true),
             ("Server3", "server3", true),
-        ],
-        &[],
-    );
+        ])
+        .build();
     proxy.apply(&apply_pool(reported.clone()));
     assert_eq!(proxy.in_ring(), ["Server1@10.0.0.1", "Server2@10.0.0.2"]);
     proxy.apply(&apply_pod(pod(
@@ -230,15 +183,13 @@ fn watch_events_give_the_ring_and_rep_they_should() {
     assert_eq!(proxy.in_ring().len(), 3);
 
     // The operator says Server2 failed: out at once, though its pod still looks ready.
-    let server2_failed = with_status(
-        pool(3),
-        &[
+    let server2_failed = pool(3)
+        .members(&[
             ("Server1", "server1", true),
             ("Server2", "server2", false),
             ("Server3", "server3", true),
-        ],
-        &[],
-    );
+        ])
+        .build();
     let ejection = proxy
         .publisher
         .table()
@@ -256,15 +207,14 @@ fn watch_events_give_the_ring_and_rep_they_should() {
     );
 
     // It is replaced: /rep names emergency_1, which serves once its pod is ready.
-    let replaced = with_status(
-        pool(3),
-        &[
+    let replaced = pool(3)
+        .members(&[
             ("Server1", "server1", true),
             ("emergency_1", "emergency-1", true),
             ("Server3", "server3", true),
-        ],
-        &[("Server2", "emergency_1")],
-    );
+        ])
+        .replaced(&[("Server2", "emergency_1")])
+        .build();
     proxy.apply(&Change::Pod(Box::new(Event::Delete(pod(
         "Server2",
         "server2",
@@ -309,16 +259,16 @@ fn watch_events_give_the_ring_and_rep_they_should() {
 #[test]
 fn two_proxies_fed_the_same_events_route_every_key_alike() {
     let ready = |n: u32| {
-        with_status(
-            pool(n),
-            &(1..=n)
-                .map(|i| (format!("Server{i}"), format!("server{i}")))
-                .collect::<Vec<_>>()
-                .iter()
-                .map(|(name, pod)| (name.as_str(), pod.as_str(), true))
-                .collect::<Vec<_>>(),
-            &[],
-        )
+        pool(n)
+            .members(
+                &(1..=n)
+                    .map(|i| (format!("Server{i}"), format!("server{i}")))
+                    .collect::<Vec<_>>()
+                    .iter()
+                    .map(|(name, pod)| (name.as_str(), pod.as_str(), true))
+                    .collect::<Vec<_>>(),
+            )
+            .build()
     };
     let pods: Vec<Change> = (1..=6)
         .map(|i| {
@@ -330,7 +280,10 @@ fn two_proxies_fed_the_same_events_route_every_key_alike() {
             ))
         })
         .collect();
-    let mut events = vec![Change::Pool(Box::new(Event::Init)), apply_pool(pool(6))];
+    let mut events = vec![
+        Change::Pool(Box::new(Event::Init)),
+        apply_pool(pool(6).build()),
+    ];
     events.push(Change::Pool(Box::new(Event::InitDone)));
     events.extend(pods);
     events.push(apply_pool(ready(6)));
@@ -397,11 +350,9 @@ async fn a_member_this_proxy_could_not_reach_is_out_of_its_ring_until_it_answers
     let healthy = Arc::new(AtomicBool::new(false));
     let server = heartbeat_server(healthy.clone()).await;
     let ip = server.ip().to_string();
-    let mut spec_pool = with_status(
-        pool(2),
-        &[("Server1", "server1", true), ("Server2", "server2", true)],
-        &[],
-    );
+    let mut spec_pool = pool(2)
+        .members(&[("Server1", "server1", true), ("Server2", "server2", true)])
+        .build();
     spec_pool.spec.port = server.port();
     let pods = vec![
         Arc::new(pod("Server1", "server1", &ip, Some(true))),
@@ -472,11 +423,9 @@ async fn a_member_this_proxy_could_not_reach_is_out_of_its_ring_until_it_answers
 #[test]
 fn an_invalid_hashing_spec_keeps_the_last_good_ring() {
     let mut proxy = FakeProxy::new();
-    let ready = with_status(
-        pool(2),
-        &[("Server1", "server1", true), ("Server2", "server2", true)],
-        &[],
-    );
+    let ready = pool(2)
+        .members(&[("Server1", "server1", true), ("Server2", "server2", true)])
+        .build();
     proxy.apply_ready_pods(&[
         ("Server1", "server1", "10.0.0.1"),
         ("Server2", "server2", "10.0.0.2"),
@@ -521,11 +470,9 @@ fn an_invalid_hashing_spec_keeps_the_last_good_ring() {
 fn a_rollout_moves_a_member_to_its_new_pod_when_the_status_says_so() {
     let mut proxy = FakeProxy::new();
     let ready = |pods: [&str; 2]| {
-        with_status(
-            pool(2),
-            &[("Server1", pods[0], true), ("Server2", pods[1], true)],
-            &[],
-        )
+        pool(2)
+            .members(&[("Server1", pods[0], true), ("Server2", pods[1], true)])
+            .build()
     };
     proxy.apply(&apply_pool(ready(["server1", "server2"])));
     proxy.apply_ready_pods(&[
@@ -571,7 +518,7 @@ fn serving_pool(proxy: &mut FakeProxy, n: u32) -> ServerPool {
         .iter()
         .map(|(name, pod)| (name.as_str(), pod.as_str(), true))
         .collect();
-    let reported = with_status(pool(n), &ready, &[]);
+    let reported = pool(n).members(&ready).build();
     proxy.apply(&apply_pool(reported.clone()));
     for (i, (name, pod)) in names.iter().enumerate() {
         proxy.apply_ready_pods(&[(name, pod, &format!("10.0.0.{}", i + 1))]);
@@ -652,11 +599,9 @@ fn a_proxy_that_starts_on_a_spec_it_cannot_realise_routes_to_the_members_of_the_
         ("Server2", "server2", "10.0.0.2"),
         ("Server3", "server3", "10.0.0.3"),
     ]);
-    let mut clash = with_status(
-        pool(3),
-        &[("Server1", "server1", true), ("Server2", "server2", true)],
-        &[],
-    );
+    let mut clash = pool(3)
+        .members(&[("Server1", "server1", true), ("Server2", "server2", true)])
+        .build();
     clash.spec.hostnames = vec!["server1".into()];
     proxy.apply(&apply_pool(clash));
     assert_eq!(proxy.rep(), ["Server1", "Server2"]);
@@ -680,6 +625,10 @@ mod live {
     use crate::operator::fixtures::FakeApiServer;
     use crate::operator::spec_admin::SpecAdmin;
     use crate::proxy::ProxyArgs;
+    use crate::testing::{Within, until};
+
+    /// How long a wait for the watch or the controller may take.
+    const SOON: Within = Within::Time(Duration::from_secs(5));
 
     /// A replica frozen mid-request: it accepts connections and reads what it is
     /// sent, and never answers. `arrived` fires when a request has reached it.
@@ -741,20 +690,13 @@ mod live {
     /// Pool `demo` with `spec` and its operator's status: `members` (name, pod,
     /// ready) and `replaced` (slot, replica holding it).
     pub fn pool(spec: Value, members: &[(&str, &str, bool)], replaced: &[(&str, &str)]) -> Value {
-        json!({
-            "apiVersion": "ringlb.dev/v1alpha1",
-            "kind": "ServerPool",
-            "metadata": {"name": "demo", "namespace": "default", "uid": "uid-demo", "generation": 1},
-            "spec": spec,
-            "status": {
-                "members": members.iter().map(|(name, pod, ready)| {
-                    json!({"name": name, "pod": pod, "ready": ready})
-                }).collect::<Vec<_>>(),
-                "emergencyReplacements": replaced.iter().map(|(slot, holder)| {
-                    json!({"original": slot, "replacement": holder, "count": 1})
-                }).collect::<Vec<_>>(),
-            },
-        })
+        let mut pool = crate::testing::pool(0)
+            .stored("uid-demo")
+            .members(members)
+            .replaced(replaced)
+            .json();
+        pool["spec"] = spec;
+        pool
     }
 
     pub fn spec(replicas: u32) -> Value {
@@ -901,18 +843,6 @@ mod live {
         }
     }
 
-    /// Waits until `done` holds, for at most 5 s.
-    pub async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        while !done() {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "timed out waiting until {what}"
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    }
-
     /// Each way a member leaves the ring because it failed, as the proxy's watches
     /// see it, while a GET waits on it (its replica frozen): the GET is cut loose
     /// and answered by the other member at once, well within the 30 s request
@@ -982,7 +912,7 @@ mod live {
             api.put(PODS, pod("server1", "Server1", frozen.port(), true));
             api.put(PODS, pod("server2", "Server2", live.port(), true));
             let proxy = LiveProxy::start(&api).await;
-            eventually("both members are in the ring", || {
+            until("both members are in the ring", SOON, || {
                 proxy.in_ring().len() == 2
             })
             .await;
@@ -1044,7 +974,7 @@ mod live {
             api.put(PODS, pod(pod_name, name, 5001 + i as u16, true));
         }
         let proxy = LiveProxy::start(&api).await;
-        eventually("the six members are in the ring", || {
+        until("the six members are in the ring", SOON, || {
             proxy.in_ring().len() == 6
         })
         .await;
@@ -1057,7 +987,7 @@ mod live {
         api.put(POOLS, pool(clash.clone(), &[], &[]));
         // A later change of the same pool, to know the edit was seen.
         api.put(POOLS, pool(clash, &[], &[("Server9", "emergency_9")]));
-        eventually("the proxy has seen the edits", || {
+        until("the proxy has seen the edits", SOON, || {
             proxy.publisher.view().replacements.len() == 1
         })
         .await;
@@ -1066,7 +996,7 @@ mod live {
 
         // Undone: the spec is followed again.
         api.put(POOLS, pool(spec(4), &ready[..4], &[]));
-        eventually("the ring follows the spec again", || {
+        until("the ring follows the spec again", SOON, || {
             proxy.in_ring().len() == 4
         })
         .await;
@@ -1112,13 +1042,13 @@ mod live {
                 .iter()
                 .any(|c| c.method == "GET" && c.path == PODS && !c.query.contains("watch"))
         };
-        eventually("the proxy has tried to list the pods", listed_pods).await;
+        until("the proxy has tried to list the pods", SOON, listed_pods).await;
         let (status, body) = call(&ops, "/readyz").await;
         assert_eq!(status, http::StatusCode::SERVICE_UNAVAILABLE, "{body}");
         assert_eq!(body["ready"], false);
 
         tokio::time::sleep(Duration::from_secs(10)).await;
-        eventually("the pods are listed", || {
+        until("the pods are listed", SOON, || {
             proxy.synced.load(Ordering::SeqCst)
         })
         .await;
@@ -1152,7 +1082,7 @@ mod live {
         api.put(PODS, pod("server1", "Server1", 5001, true));
         api.put(PODS, pod("server2", "Server2", 5002, true));
         let proxy = LiveProxy::start(&api).await;
-        eventually("both members are in the ring", || {
+        until("both members are in the ring", SOON, || {
             proxy.in_ring().len() == 2
         })
         .await;

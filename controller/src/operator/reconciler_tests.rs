@@ -1,12 +1,8 @@
 //! Reconciler tests against a mocked API server (`tower-test`): every API call
 //! the reconciler makes is recorded (method, path, body) and asserted.
 
-use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
-use futures::future::BoxFuture;
 use http::{Request, Response};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
@@ -16,10 +12,10 @@ use serde_json::{Value, json};
 
 use super::*;
 use crate::metrics::Metrics;
-use crate::operator::crd::{HeartbeatSpec, ServerPoolSpec, ServerPoolStatus};
+use crate::operator::crd::{HeartbeatSpec, ServerPoolStatus};
 use crate::operator::leader::Leadership;
 use crate::operator::pods::{self, KubeRuntime, PodTemplate};
-use crate::pool::health::Prober;
+use crate::testing::{self, FakeProber};
 
 const NS: &str = "default";
 const POOL_UID: &str = "5d3c0f2e-0000-4000-8000-000000000001";
@@ -165,32 +161,20 @@ fn answer(call: &Call, pods: &[Value]) -> (u16, Value) {
     }
 }
 
-/// Heartbeats answer from a table of pod IPs (unknown IPs fail).
-struct FakeProber(HashMap<IpAddr, bool>);
-
-impl Prober for FakeProber {
-    fn check(&self, addr: SocketAddr, _timeout: Duration) -> BoxFuture<'static, bool> {
-        let ok = self.0.get(&addr.ip()).copied().unwrap_or(false);
-        Box::pin(async move { ok })
-    }
-}
-
 fn fixed_clock() -> Timestamp {
     "2026-01-02T03:04:05Z".parse().unwrap()
 }
 
 fn context(client: Client, api: &MockApi, healthy: &[&str], failing: &[&str]) -> Arc<Context> {
-    let mut table = HashMap::new();
-    for ip in healthy {
-        table.insert(ip.parse().unwrap(), true);
-    }
-    for ip in failing {
-        table.insert(ip.parse().unwrap(), false);
-    }
+    // Heartbeats answer from a table of pod IPs (unknown IPs fail).
+    let table = healthy
+        .iter()
+        .map(|ip| (ip.parse().unwrap(), true))
+        .chain(failing.iter().map(|ip| (ip.parse().unwrap(), false)));
     let mut ctx = Context::new(
         client,
         None,
-        Arc::new(FakeProber(table)),
+        Arc::new(FakeProber::by_ip(table)),
         Arc::new(Metrics::new()),
         Leadership::sole(),
     );
@@ -202,32 +186,20 @@ fn context(client: Client, api: &MockApi, healthy: &[&str], failing: &[&str]) ->
     Arc::new(ctx)
 }
 
+/// The pool of these tests: stored, heartbeats that fail a replica at its first miss.
 fn pool(replicas: u32, status: Option<ServerPoolStatus>) -> ServerPool {
-    let mut pool = ServerPool::new(
-        "demo",
-        ServerPoolSpec {
-            replicas,
-            hostnames: Vec::new(),
-            image: "ringlb-replica:dev".into(),
-            port: 5000,
-            hashing: None,
-            heartbeat: Some(HeartbeatSpec {
-                interval_ms: Some(1000),
-                timeout_ms: Some(500),
-                failure_threshold: Some(1),
-                max_unconfirmed_replacements: None,
-                // These pods fail from their first heartbeat on purpose.
-                startup_grace_ms: Some(0),
-            }),
-            weights: Default::default(),
-            template: None,
-        },
-    );
-    pool.metadata.namespace = Some(NS.into());
-    pool.metadata.uid = Some(POOL_UID.into());
-    pool.metadata.generation = Some(1);
-    pool.status = status;
-    pool
+    testing::pool(replicas)
+        .stored(POOL_UID)
+        .heartbeat(HeartbeatSpec {
+            interval_ms: Some(1000),
+            timeout_ms: Some(500),
+            failure_threshold: Some(1),
+            max_unconfirmed_replacements: None,
+            // These pods fail from their first heartbeat on purpose.
+            startup_grace_ms: Some(0),
+        })
+        .status(status)
+        .build()
 }
 
 /// A running pod of the pool, as the API server would list it.
@@ -563,7 +535,7 @@ async fn a_standby_writes_nothing_and_looks_again_soon() {
     let mut ctx = Context::new(
         client,
         None,
-        Arc::new(FakeProber(HashMap::new())),
+        Arc::new(FakeProber::answering(false)),
         Arc::new(Metrics::new()),
         Leadership::standby(),
     );

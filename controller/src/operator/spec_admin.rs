@@ -201,40 +201,40 @@ impl PoolAdmin for SpecAdmin {
         weights: BTreeMap<String, u32>,
     ) -> BoxFuture<'_, Result<Vec<ReplicaName>, PoolError>> {
         Box::pin(async move {
-            let max = self.max_replicas;
             self.change("add", |current| {
                 let table = self.publisher.table();
-                let max = table
-                    .ring
-                    .config()
-                    .member_capacity()
-                    .map_or(max, |c| c.min(max));
-                let added = membership::names_to_add(
-                    &current.desired,
-                    &current.in_use,
+                let membership::Addition {
+                    names: added,
+                    added_weights,
+                    ..
+                } = membership::check_add(
+                    membership::AddTo {
+                        desired: &current.desired,
+                        in_use: &current.in_use,
+                        weights: &current.weights,
+                        max_replicas: self.max_replicas,
+                        ring: table.ring.config(),
+                    },
                     n,
                     &hostnames,
-                    max,
+                    &weights,
+                    |all| {
+                        // Refuse names that cannot be pods before anything is written (as
+                        // the CRD's CEL rule would, with a 422 the client would see as a 502).
+                        if let Some((name, generated)) = hostnames
+                            .iter()
+                            .find_map(|h| Some((h, members::shadowed_generated_name(h)?)))
+                        {
+                            return Err(MembershipError::ShadowsGenerated {
+                                name: name.clone(),
+                                generated,
+                            }
+                            .into());
+                        }
+                        members::pod_names(all).map_err(refusal)?;
+                        Ok::<(), PoolError>(())
+                    },
                 )?;
-                // Refuse names that cannot be pods before anything is written (as the
-                // CRD's CEL rule would, with a 422 the client would see as a 502).
-                if let Some((name, generated)) = hostnames
-                    .iter()
-                    .find_map(|h| Some((h, members::shadowed_generated_name(h)?)))
-                {
-                    return Err(MembershipError::ShadowsGenerated {
-                        name: name.clone(),
-                        generated,
-                    }
-                    .into());
-                }
-                let all: Vec<ReplicaName> = current.desired.iter().chain(&added).cloned().collect();
-                members::pod_names(&all).map_err(refusal)?;
-                // And weights the ring cannot honour.
-                let added_weights = membership::weights_to_add(&added, &weights)?;
-                let mut weights_after = current.weights.clone();
-                weights_after.extend(added_weights.iter().map(|(n, w)| (n.clone(), *w)));
-                membership::check_weights(&all, &weights_after, table.ring.config())?;
                 let mut spec_weights = current.spec_weights.clone();
                 spec_weights.extend(added_weights.into_iter().map(|(n, w)| (n.to_string(), w)));
                 let bases = current.bases.iter().chain(&added).cloned().collect();
@@ -288,16 +288,17 @@ mod tests {
     use serde_json::Value;
 
     use super::*;
-    use crate::operator::crd::{ReplacementStatus, ServerPoolSpec, ServerPoolStatus};
+    use crate::testing::pool;
 
     const POOL: &str = "/apis/ringlb.dev/v1alpha1/namespaces/default/serverpools/demo";
 
-    /// A mocked API server holding one pool; records the merge patches it gets.
-    /// `conflicts` patches are refused with 409 first.
     /// The calls the mock received: (method, body).
     type Calls = Arc<StdMutex<Vec<(String, Value)>>>;
 
-    fn mock(pool: ServerPool, conflicts: usize) -> (SpecAdmin, Calls) {
+    /// A mocked API server holding one pool (stored at resourceVersion 42); records the
+    /// merge patches it gets. `conflicts` patches are refused with 409 first.
+    fn mock(mut pool: ServerPool, conflicts: usize) -> (SpecAdmin, Calls) {
+        pool.metadata.resource_version = Some("42".into());
         let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
         let calls = Arc::new(StdMutex::new(Vec::new()));
         let recorded = calls.clone();
@@ -341,36 +342,6 @@ mod tests {
         (kube_pool, calls)
     }
 
-    fn pool(replicas: u32, hostnames: &[&str], replaced: &[(&str, &str)]) -> ServerPool {
-        let mut pool = ServerPool::new(
-            "demo",
-            ServerPoolSpec {
-                replicas,
-                hostnames: hostnames.iter().map(|s| s.to_string()).collect(),
-                image: "ringlb-replica:dev".into(),
-                port: 5000,
-                hashing: None,
-                heartbeat: None,
-                template: None,
-                weights: Default::default(),
-            },
-        );
-        pool.metadata.namespace = Some("default".into());
-        pool.metadata.resource_version = Some("42".into());
-        pool.status = Some(ServerPoolStatus {
-            emergency_replacements: replaced
-                .iter()
-                .map(|(f, r)| ReplacementStatus {
-                    original: f.to_string(),
-                    replacement: r.to_string(),
-                    ..ReplacementStatus::default()
-                })
-                .collect(),
-            ..ServerPoolStatus::default()
-        });
-        pool
-    }
-
     fn names(list: &[ReplicaName]) -> Vec<&str> {
         list.iter().map(ReplicaName::as_str).collect()
     }
@@ -387,7 +358,7 @@ mod tests {
 
     #[tokio::test]
     async fn add_patches_replicas_and_keeps_the_hostnames_when_they_suffice() {
-        let (kube_pool, calls) = mock(pool(3, &[], &[]), 0);
+        let (kube_pool, calls) = mock(pool(3).build(), 0);
         let desired = kube_pool.add(2, vec![], BTreeMap::new()).await.unwrap();
         assert_eq!(
             names(&desired),
@@ -404,7 +375,7 @@ mod tests {
 
     #[tokio::test]
     async fn add_with_names_and_rm_of_a_replacement_spell_the_names_out() {
-        let (kube_pool, calls) = mock(pool(3, &[], &[("Server2", "emergency_1")]), 0);
+        let (kube_pool, calls) = mock(pool(3).replaced(&[("Server2", "emergency_1")]).build(), 0);
         let desired = kube_pool
             .add(1, vec!["web".into()], BTreeMap::new())
             .await
@@ -418,7 +389,7 @@ mod tests {
             json!({"replicas": 4, "hostnames": ["Server1", "Server2", "Server3", "web"]})
         );
 
-        let (kube_pool, calls) = mock(pool(3, &[], &[("Server2", "emergency_1")]), 0);
+        let (kube_pool, calls) = mock(pool(3).replaced(&[("Server2", "emergency_1")]).build(), 0);
         let desired = kube_pool
             .remove(1, vec!["emergency_1".into()])
             .await
@@ -433,7 +404,7 @@ mod tests {
     #[tokio::test]
     async fn weights_are_written_by_slot_and_leave_with_their_slot() {
         let weighted = || {
-            let mut weighted = pool(3, &[], &[("Server2", "emergency_1")]);
+            let mut weighted = pool(3).replaced(&[("Server2", "emergency_1")]).build();
             weighted.spec.weights = BTreeMap::from([("Server2".to_owned(), 3)]);
             weighted
         };
@@ -472,7 +443,7 @@ mod tests {
 
     #[tokio::test]
     async fn refused_changes_write_nothing() {
-        let (kube_pool, calls) = mock(pool(2, &[], &[("Server2", "emergency_1")]), 0);
+        let (kube_pool, calls) = mock(pool(2).replaced(&[("Server2", "emergency_1")]).build(), 0);
         for (result, expected) in [
             (
                 kube_pool
@@ -523,7 +494,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_conflicting_write_is_retried_on_a_fresh_read() {
-        let (kube_pool, calls) = mock(pool(1, &[], &[]), 2);
+        let (kube_pool, calls) = mock(pool(1).build(), 2);
         let desired = kube_pool.add(1, vec![], BTreeMap::new()).await.unwrap();
         assert_eq!(names(&desired), ["Server1", "Server2"]);
         let methods: Vec<String> = calls

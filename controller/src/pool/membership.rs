@@ -150,6 +150,65 @@ pub fn names_to_add(
     Ok(names)
 }
 
+/// The most replicas a pool may have: `max_replicas`, lowered to what `ring` holds at
+/// full strength ([`RingConfig::member_capacity`]).
+pub fn replica_limit(max_replicas: usize, ring: &RingConfig) -> usize {
+    ring.member_capacity()
+        .map_or(max_replicas, |capacity| capacity.min(max_replicas))
+}
+
+/// A pool as `/add` sees it, from whichever owner keeps it (the local supervisor or,
+/// in a cluster, the `ServerPool`'s spec).
+#[derive(Debug, Clone, Copy)]
+pub struct AddTo<'a> {
+    /// The members the pool is to have.
+    pub desired: &'a [ReplicaName],
+    /// Every name that may not be taken (see [`names_to_add`]).
+    pub in_use: &'a [ReplicaName],
+    /// The weight of each desired member.
+    pub weights: &'a Weights,
+    /// The configured maximum, before [`replica_limit`] lowers it to the ring's room.
+    pub max_replicas: usize,
+    pub ring: &'a RingConfig,
+}
+
+/// An accepted `/add`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Addition {
+    /// The replicas it adds, in order.
+    pub names: Vec<ReplicaName>,
+    /// The weights the request gives them.
+    pub added_weights: Weights,
+    /// The weight of every member after the change.
+    pub weights_after: Weights,
+}
+
+/// The one validation of `/add`, for both owners of a pool: the names (see
+/// [`names_to_add`], with the limit of [`replica_limit`]), then the owner's own rule
+/// for the members after the change (`admits`: in a cluster, names that can be pods),
+/// then the weights, which the ring must be able to honour. Nothing is changed here.
+pub fn check_add<E: From<MembershipError>>(
+    pool: AddTo<'_>,
+    n: u64,
+    hostnames: &[String],
+    weights: &BTreeMap<String, u32>,
+    admits: impl FnOnce(&[ReplicaName]) -> Result<(), E>,
+) -> Result<Addition, E> {
+    let limit = replica_limit(pool.max_replicas, pool.ring);
+    let names = names_to_add(pool.desired, pool.in_use, n, hostnames, limit)?;
+    let members_after: Vec<ReplicaName> = pool.desired.iter().chain(&names).cloned().collect();
+    admits(&members_after)?;
+    let added_weights = weights_to_add(&names, weights)?;
+    let mut weights_after = pool.weights.clone();
+    weights_after.extend(added_weights.iter().map(|(n, w)| (n.clone(), *w)));
+    check_weights(&members_after, &weights_after, pool.ring)?;
+    Ok(Addition {
+        names,
+        added_weights,
+        weights_after,
+    })
+}
+
 /// The names that `/rm` with `n` and `hostnames` removes from `desired`; names not
 /// given are chosen at random among the others.
 pub fn names_to_remove<R: rand::Rng + ?Sized>(
@@ -271,5 +330,57 @@ mod tests {
             rm(2, &["Server1", "Server1"]),
             Err(MembershipError::DuplicateName("Server1".into()))
         );
+    }
+
+    #[test]
+    fn add_is_held_to_what_the_ring_holds_then_the_owners_rule_then_the_weights() {
+        let course = RingConfig::course(); // 512 slots / 9 vnodes: room for 56
+        assert_eq!(replica_limit(100, &course), 56);
+        assert_eq!(replica_limit(10, &course), 10);
+        assert_eq!(replica_limit(7, &RingConfig::default()), 7);
+        let desired = names(&["Server1", "Server2"]);
+        let none = Weights::new();
+        let pool = |max_replicas, ring| AddTo {
+            desired: &desired,
+            in_use: &desired,
+            weights: &none,
+            max_replicas,
+            ring,
+        };
+        let add = |pool, n, hostnames: &[&str], weights: &[(&str, u32)], refuse: bool| {
+            let weights: BTreeMap<String, u32> =
+                weights.iter().map(|(n, w)| (n.to_string(), *w)).collect();
+            check_add(pool, n, &strings(hostnames), &weights, |all| {
+                assert_eq!(all.len(), 2 + n as usize);
+                match refuse {
+                    true => Err(MembershipError::NameInUse("owner".into())),
+                    false => Ok(()),
+                }
+            })
+        };
+        assert_eq!(
+            add(pool(100, &course), 55, &[], &[], false),
+            Err(MembershipError::AboveMaximum {
+                adding: 55,
+                current: 2,
+                max: 56
+            })
+        );
+        // The owner's rule comes before the weights.
+        assert_eq!(
+            add(pool(100, &course), 1, &["A"], &[("A", 0)], true),
+            Err(MembershipError::NameInUse("owner".into()))
+        );
+        assert!(matches!(
+            add(pool(100, &course), 1, &["A"], &[("A", 0)], false),
+            Err(MembershipError::Weights(_))
+        ));
+        let added = add(pool(100, &course), 2, &["A"], &[("A", 2)], false).unwrap();
+        assert_eq!(added.names, names(&["A", "Server3"]));
+        assert_eq!(
+            added.added_weights,
+            Weights::from([(names(&["A"])[0].clone(), 2)])
+        );
+        assert_eq!(added.weights_after, added.added_weights);
     }
 }

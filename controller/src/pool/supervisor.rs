@@ -461,17 +461,23 @@ impl<R: Runtime> Supervisor<R> {
         weights: BTreeMap<String, u32>,
     ) -> Result<Vec<ReplicaName>, PoolError> {
         let in_use: Vec<ReplicaName> = self.tracked.keys().cloned().collect();
-        let names = membership::names_to_add(
-            &self.desired,
-            &in_use,
+        let membership::Addition {
+            names,
+            weights_after,
+            ..
+        } = membership::check_add::<membership::MembershipError>(
+            membership::AddTo {
+                desired: &self.desired,
+                in_use: &in_use,
+                weights: &self.weights,
+                max_replicas: self.settings.max_replicas,
+                ring: &self.settings.ring,
+            },
             n,
             &hostnames,
-            self.settings.max_replicas,
+            &weights,
+            |_| Ok(()),
         )?;
-        let mut weights_after = self.weights.clone();
-        weights_after.extend(membership::weights_to_add(&names, &weights)?);
-        let members_after: Vec<ReplicaName> = self.desired.iter().chain(&names).cloned().collect();
-        membership::check_weights(&members_after, &weights_after, &self.settings.ring)?;
         self.start_all(&names).await?;
         tracing::info!(added = ?names.iter().map(ReplicaName::as_str).collect::<Vec<_>>(), "admin: added replicas");
         self.desired.extend(names);

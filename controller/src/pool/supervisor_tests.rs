@@ -13,17 +13,17 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use futures::future::BoxFuture;
 use tokio::task::JoinHandle;
 
 use super::{PoolHandle, PoolSettings, Supervisor};
 use crate::health_state::Health;
 use crate::metrics::Metrics;
-use crate::pool::health::{HealthSettings, Prober};
+use crate::pool::health::HealthSettings;
 use crate::pool::{MembershipError, PoolAdmin, PoolError, ReplicaName};
 use crate::publish::{MemberView, PoolView, Publisher, Replacement};
 use crate::ring::{Preset, RingConfig};
 use crate::runtime::{Instance, Runtime, RuntimeError};
+use crate::testing::{FakeProber, Within, until};
 
 const INTERVAL: Duration = Duration::from_secs(1);
 const THRESHOLD: u32 = 3;
@@ -260,72 +260,11 @@ impl Runtime for FakeRuntime {
 }
 
 // ---------------------------------------------------------------------------------
-// The fake prober
-// ---------------------------------------------------------------------------------
-
-/// One heartbeat as the prober saw it.
-#[derive(Clone, Copy, Debug)]
-struct Check {
-    addr: SocketAddr,
-    /// Whether the publisher's ring routed to `addr` when the heartbeat was sent.
-    in_ring: bool,
-}
-
-/// Answers from a table that the test flips: every address answers unless marked down.
-#[derive(Default)]
-struct FakeProber {
-    down: Mutex<HashSet<SocketAddr>>,
-    checks: Mutex<Vec<Check>>,
-    publisher: OnceLock<Arc<Publisher>>,
-}
-
-impl FakeProber {
-    fn set(&self, addr: SocketAddr, answers: bool) {
-        let mut down = self.down.lock().unwrap();
-        if answers {
-            down.remove(&addr);
-        } else {
-            down.insert(addr);
-        }
-    }
-
-    fn checks(&self) -> Vec<Check> {
-        self.checks.lock().unwrap().clone()
-    }
-
-    fn checks_of(&self, addr: SocketAddr) -> Vec<Check> {
-        self.checks()
-            .into_iter()
-            .filter(|c| c.addr == addr)
-            .collect()
-    }
-}
-
-impl Prober for FakeProber {
-    fn check(&self, addr: SocketAddr, _timeout: Duration) -> BoxFuture<'static, bool> {
-        let in_ring = self
-            .publisher
-            .get()
-            .is_some_and(|p| p.table().backends.iter().any(|b| b.addr == addr));
-        self.checks.lock().unwrap().push(Check { addr, in_ring });
-        let answer = !self.down.lock().unwrap().contains(&addr);
-        Box::pin(std::future::ready(answer))
-    }
-}
-
-// ---------------------------------------------------------------------------------
 // The harness
 // ---------------------------------------------------------------------------------
 
-async fn until(what: &str, mut done: impl FnMut() -> bool) {
-    for _ in 0..MAX_YIELDS {
-        if done() {
-            return;
-        }
-        tokio::task::yield_now().await;
-    }
-    panic!("{what}: still not the case after {MAX_YIELDS} yields");
-}
+/// Waits, on the paused clock that only [`Pool::tick`] moves, for the supervisor.
+const STEP: Within = Within::Yields(MAX_YIELDS);
 
 struct Pool {
     runtime: Arc<FakeRuntime>,
@@ -342,11 +281,15 @@ impl Pool {
     /// [`Pool::tick`].
     async fn launch(runtime: FakeRuntime, initial: &[&str], down: &[&str]) -> Self {
         let runtime = Arc::new(runtime);
-        let prober = Arc::new(FakeProber::default());
+        let prober = Arc::new(FakeProber::answering(true));
         let metrics = Arc::new(Metrics::new());
         let publisher = Arc::new(Publisher::new(&settings().ring, metrics.clone()));
         let _ = runtime.publisher.set(publisher.clone());
-        let _ = prober.publisher.set(publisher.clone());
+        // Whether the publisher's ring routed to the address when the heartbeat was sent.
+        prober.noting({
+            let publisher = publisher.clone();
+            move |addr| publisher.table().backends.iter().any(|b| b.addr == addr)
+        });
         for s in down {
             prober.set(runtime.addr(s), false);
         }
@@ -369,7 +312,7 @@ impl Pool {
             task,
         };
         let launched = pool.publisher.view();
-        until("the supervisor's first round publishes", || {
+        until("the supervisor's first round publishes", STEP, || {
             !Arc::ptr_eq(&launched, &pool.publisher.view())
         })
         .await;
@@ -380,7 +323,7 @@ impl Pool {
     async fn tick(&self) {
         let before = self.publisher.view();
         tokio::time::advance(INTERVAL).await;
-        until("the round of this tick publishes", || {
+        until("the round of this tick publishes", STEP, || {
             !Arc::ptr_eq(&before, &self.publisher.view())
         })
         .await;
@@ -394,7 +337,7 @@ impl Pool {
 
     /// Waits for the supervisor to publish something after `before`.
     async fn published_after(&self, before: &Arc<PoolView>) {
-        until("the supervisor publishes", || {
+        until("the supervisor publishes", STEP, || {
             !Arc::ptr_eq(before, &self.publisher.view())
         })
         .await;
@@ -453,9 +396,9 @@ async fn launch_starts_the_initial_replicas_and_routes_each_after_its_first_good
     assert!(!pool.member("Server3").unwrap().in_ring);
     // No replica was routed to before its first heartbeat.
     for s in THREE {
-        let first = pool.prober.checks_of(pool.runtime.addr(s))[0];
+        let first = pool.prober.probes_of(pool.runtime.addr(s))[0];
         assert!(
-            !first.in_ring,
+            !first.noted,
             "{s} was in the ring before its first heartbeat"
         );
     }
@@ -479,7 +422,7 @@ async fn launch_that_cannot_start_a_replica_stops_the_ones_it_started_and_fails(
         THREE.iter().map(|s| name(s)).collect(),
         HashMap::new(),
         settings(),
-        Arc::new(FakeProber::default()),
+        Arc::new(FakeProber::answering(true)),
         metrics,
         publisher.clone(),
     )
@@ -549,12 +492,12 @@ async fn a_replica_failing_threshold_heartbeats_in_a_row_is_killed_and_replaced_
     assert_eq!(pool.health("emergency_1"), Health::Healthy);
 
     // Converged: later rounds change nothing and never route to Server2 again.
-    let checks_of_server2 = pool.prober.checks_of(pool.runtime.addr("Server2")).len();
+    let checks_of_server2 = pool.prober.probes_of(pool.runtime.addr("Server2")).len();
     pool.ticks(2).await;
     assert_eq!(pool.runtime.calls().len(), 5);
     assert_eq!(pool.ring(), ["Server1", "Server3", "emergency_1"]);
     assert_eq!(
-        pool.prober.checks_of(pool.runtime.addr("Server2")).len(),
+        pool.prober.probes_of(pool.runtime.addr("Server2")).len(),
         checks_of_server2,
         "a replaced replica is not heartbeated any more"
     );
@@ -580,7 +523,7 @@ async fn fewer_failures_than_the_threshold_never_replace_a_replica() {
 #[tokio::test(start_paused = true)]
 async fn an_instance_that_exited_is_replaced_at_the_next_round_without_waiting_for_the_threshold() {
     let pool = Pool::launch(FakeRuntime::new(true), &THREE, &[]).await;
-    let checks_of_server2 = pool.prober.checks_of(pool.runtime.addr("Server2")).len();
+    let checks_of_server2 = pool.prober.probes_of(pool.runtime.addr("Server2")).len();
     pool.runtime.exit("Server2");
 
     pool.tick().await;
@@ -593,7 +536,7 @@ async fn an_instance_that_exited_is_replaced_at_the_next_round_without_waiting_f
         ["Server1", "Server3"]
     );
     assert_eq!(
-        pool.prober.checks_of(pool.runtime.addr("Server2")).len(),
+        pool.prober.probes_of(pool.runtime.addr("Server2")).len(),
         checks_of_server2,
         "a process that is gone is not heartbeated"
     );
@@ -638,15 +581,12 @@ async fn report_unreachable_takes_a_member_out_at_once_and_a_good_heartbeat_brin
     // It answers again by the time the supervisor looks: out of the ring before that
     // heartbeat, back right after it, without waiting for a tick.
     let before = pool.view();
-    let checks = pool.prober.checks_of(server2).len();
+    let checks = pool.prober.probes_of(server2).len();
     admin.report_unreachable(&name("Server2"));
     pool.published_after(&before).await;
-    let beats = pool.prober.checks_of(server2);
+    let beats = pool.prober.probes_of(server2);
     assert_eq!(beats.len(), checks + 1, "checked at once");
-    assert!(
-        !beats[checks].in_ring,
-        "out of the ring before its heartbeat"
-    );
+    assert!(!beats[checks].noted, "out of the ring before its heartbeat");
     assert_eq!(pool.ring(), THREE);
     assert_eq!(pool.health("Server2"), Health::Healthy);
 
@@ -895,7 +835,7 @@ async fn shutdown_stops_every_replica_and_ends_the_task() {
     assert_eq!(pool.runtime.calls_since(3), [Call::StopAll]);
     assert!(pool.runtime.instances().is_empty());
     assert!(pool.ring().is_empty());
-    until("the supervisor task ends", || pool.task.is_finished()).await;
+    until("the supervisor task ends", STEP, || pool.task.is_finished()).await;
     pool.task.await.unwrap();
 
     let refused = pool.handle.add(1, Vec::new(), BTreeMap::new()).await;
@@ -912,7 +852,7 @@ async fn dropping_every_handle_stops_every_replica() {
         ..
     } = Pool::launch(FakeRuntime::new(true), &THREE, &[]).await;
     drop(handle);
-    until("the supervisor task ends", || task.is_finished()).await;
+    until("the supervisor task ends", STEP, || task.is_finished()).await;
     assert_eq!(runtime.calls_since(3), [Call::StopAll]);
     assert!(runtime.instances().is_empty());
 }

@@ -1,9 +1,12 @@
 //! How the proxy forwards: the flags shared by `ringlb up` and `ringlb operator`.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
 
+use super::h2::H2Limits;
+use super::tls::TlsFiles;
 use super::wire::HeadLimits;
 use super::{KeySource, ProxySettings};
 
@@ -56,7 +59,9 @@ pub struct ProxyArgs {
     #[arg(long, env = "RINGLB_CLIENT_BODY_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
     pub client_body_timeout: Duration,
 
-    /// Time an idle kept-alive client connection stays open (nginx: keepalive_timeout).
+    /// Time an idle kept-alive client connection stays open, and an HTTP/2 connection
+    /// without an open stream (nginx: keepalive_timeout, which also replaced its
+    /// http2_idle_timeout); an idle HTTP/2 connection is closed with GOAWAY.
     #[arg(long, env = "RINGLB_KEEPALIVE_TIMEOUT", default_value = "75s", value_parser = humantime::parse_duration)]
     pub keepalive_timeout: Duration,
 
@@ -77,6 +82,47 @@ pub struct ProxyArgs {
     /// and closed [default: 10000, or less if the file descriptor limit is lower].
     #[arg(long, env = "RINGLB_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
+
+    /// PEM certificate chain for TLS on the proxy port (with --tls-key): each client
+    /// then chooses HTTP/2 or HTTP/1.1 by ALPN. Read again when the file changes.
+    #[arg(long, env = "RINGLB_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert. Read again when the file changes.
+    #[arg(long, env = "RINGLB_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Most streams open at once on one HTTP/2 connection; more are refused
+    /// (REFUSED_STREAM) for the client to retry (nginx: http2_max_concurrent_streams).
+    #[arg(long, env = "RINGLB_H2_MAX_STREAMS", default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..))]
+    pub h2_max_streams: u32,
+
+    /// Largest HTTP/2 request header list, in bytes as HTTP/2 counts them (names,
+    /// values and 32 per field): larger is answered 431 and the stream reset, the
+    /// connection kept. Each request then meets the HTTP/1.1 head limits too.
+    #[arg(long, env = "RINGLB_H2_MAX_HEADER_LIST", default_value_t = 64 * 1024, value_parser = clap::value_parser!(u32).range(1024..=16 * 1024 * 1024))]
+    pub h2_max_header_list: u32,
+
+    /// HTTP/2 flow-control window of each stream, in bytes: what a client may send of a
+    /// request body before ringlb reads it (nginx: http2_body_preread_size, 64k).
+    #[arg(long, env = "RINGLB_H2_STREAM_WINDOW", default_value_t = 64 * 1024, value_parser = clap::value_parser!(u32).range(65_535..=H2Limits::MAX_WINDOW as i64))]
+    pub h2_stream_window: u32,
+
+    /// HTTP/2 flow-control window of a whole connection, in bytes: the request body
+    /// bytes all of its streams may have unread at once.
+    #[arg(long, env = "RINGLB_H2_CONNECTION_WINDOW", default_value_t = 1024 * 1024, value_parser = clap::value_parser!(u32).range(65_535..=H2Limits::MAX_WINDOW as i64))]
+    pub h2_connection_window: u32,
+
+    /// Streams of one HTTP/2 connection that the client may cancel before ringlb took
+    /// them up, at once; one more closes the connection with GOAWAY ENHANCE_YOUR_CALM
+    /// (rapid reset, CVE-2023-44487).
+    #[arg(long, env = "RINGLB_H2_MAX_PENDING_RESETS", default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..))]
+    pub h2_max_pending_resets: u64,
+
+    /// Streams of one HTTP/2 connection that ringlb may reset for the client's protocol
+    /// errors; one more closes the connection with GOAWAY ENHANCE_YOUR_CALM.
+    #[arg(long, env = "RINGLB_H2_MAX_ERROR_RESETS", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..))]
+    pub h2_max_error_resets: u64,
 }
 
 impl ProxyArgs {
@@ -101,6 +147,20 @@ impl ProxyArgs {
                 .unwrap_or_else(super::workers::default_max_connections)
                 .max(1),
             admin_token: self.admin_token.clone().filter(|t| !t.is_empty()),
+            h2: H2Limits {
+                max_streams: self.h2_max_streams,
+                max_header_list: self.h2_max_header_list,
+                stream_window: self.h2_stream_window,
+                connection_window: self.h2_connection_window,
+                max_pending_resets: usize::try_from(self.h2_max_pending_resets)
+                    .unwrap_or(usize::MAX),
+                max_error_resets: usize::try_from(self.h2_max_error_resets).unwrap_or(usize::MAX),
+            },
+            tls: self
+                .tls_cert
+                .clone()
+                .zip(self.tls_key.clone())
+                .map(|(cert, key)| TlsFiles { cert, key }),
         }
     }
 

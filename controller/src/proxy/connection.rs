@@ -47,7 +47,7 @@ impl StopSignal {
         !matches!(self.0.try_recv(), Err(oneshot::error::TryRecvError::Empty))
     }
 
-    async fn wait(&mut self) {
+    pub(super) async fn wait(&mut self) {
         let _ = (&mut self.0).await;
     }
 }
@@ -100,6 +100,14 @@ pub async fn serve(
                 Incoming::PartialBody => Next::Read(Wait::Body),
                 Incoming::HandOff => {
                     return hand_off(stream, buf.freeze(), peer, &proxy, router, stop).await;
+                }
+                // HTTP/2 with prior knowledge: its preface is no HTTP/1.1 request, so
+                // this costs the HTTP/1.1 path nothing. Boxed, so that this
+                // connection's future does not grow by hyper's HTTP/2 state.
+                Incoming::Refuse(_) if first_request && super::h2::starts_h2c(&buf) => {
+                    let stream = Rewind::new(buf.freeze(), stream);
+                    let h2 = Box::pin(super::h2::serve(stream, peer, &proxy, router, stop));
+                    return h2.await;
                 }
                 Incoming::Refuse(refusal) => {
                     let error = ApiError::refused(refusal, &settings.head_limits);
@@ -550,32 +558,23 @@ impl BodyEnd {
 
 /// Serves the rest of the connection with hyper and the axum router, starting with
 /// the bytes already read. Every request's head is checked against the same limits
-/// as the fast path's; hyper's own limits sit above ours, as a backstop.
-async fn hand_off(
-    stream: TcpStream,
+/// as the fast path's; hyper's own limits sit above ours, as a backstop. `stream` is
+/// a TCP connection, or a TLS one whose client chose HTTP/1.1 (`tls.rs`).
+pub(super) async fn hand_off<S>(
+    stream: S,
     read: Bytes,
     peer: SocketAddr,
     proxy: &Proxy,
     router: Router,
     mut stop: StopSignal,
-) {
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let limits = proxy.settings.head_limits;
-    let service = hyper::service::service_fn(move |mut request: http::Request<_>| {
-        let refused = check_head(&limits, &request).err();
-        // What axum's `into_make_service_with_connect_info` would insert.
-        request.extensions_mut().insert(ConnectInfo(peer));
-        let mut router = router.clone();
-        async move {
-            if let Some(refusal) = refused {
-                let mut response = ApiError::refused(refusal, &limits).into_response();
-                response.headers_mut().insert(
-                    http::header::CONNECTION,
-                    http::HeaderValue::from_static("close"),
-                );
-                return Ok(response);
-            }
-            router.call(request).await
-        }
+    // A refused head is answered with `Connection: close` (`ApiError::closes_connection`):
+    // the rest of the stream cannot be trusted.
+    let service = hyper::service::service_fn(move |request: http::Request<_>| {
+        general_request(&limits, &router, peer, request)
     });
     let connection = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
@@ -588,7 +587,7 @@ async fn hand_off(
         )
         .max_headers(wire::MAX_HEADERS)
         .max_header_size(2 * limits.head)
-        .serve_connection(TokioIo::new(Rewind { read, stream }), service);
+        .serve_connection(TokioIo::new(Rewind::new(read, stream)), service);
     tokio::pin!(connection);
     tokio::select! {
         _ = connection.as_mut() => {}
@@ -596,6 +595,29 @@ async fn hand_off(
             connection.as_mut().graceful_shutdown();
             let _ = connection.await;
         }
+    }
+}
+
+/// One request of the general path, HTTP/1.1 or a stream of HTTP/2 (`h2.rs`): its
+/// head checked against the fast path's limits, then the axum router. A refused
+/// head is answered with the same JSON error as on the fast path.
+pub(super) fn general_request(
+    limits: &wire::HeadLimits,
+    router: &Router,
+    peer: SocketAddr,
+    mut request: http::Request<hyper::body::Incoming>,
+) -> impl Future<Output = Result<axum::response::Response, std::convert::Infallible>> + Send + use<>
+{
+    let refused = check_head(limits, &request).err();
+    // What axum's `into_make_service_with_connect_info` would insert.
+    request.extensions_mut().insert(ConnectInfo(peer));
+    let mut router = router.clone();
+    let limits = *limits;
+    async move {
+        if let Some(refusal) = refused {
+            return Ok(ApiError::refused(refusal, &limits).into_response());
+        }
+        router.call(request).await
     }
 }
 
@@ -625,12 +647,18 @@ fn check_head<B>(
 }
 
 /// A stream that first yields bytes already read from it.
-struct Rewind {
+pub(super) struct Rewind<S> {
     read: Bytes,
-    stream: TcpStream,
+    stream: S,
 }
 
-impl AsyncRead for Rewind {
+impl<S> Rewind<S> {
+    pub(super) fn new(read: Bytes, stream: S) -> Self {
+        Self { read, stream }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Rewind<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -645,7 +673,7 @@ impl AsyncRead for Rewind {
     }
 }
 
-impl AsyncWrite for Rewind {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Rewind<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,

@@ -53,7 +53,15 @@ async fn forward_request(proxy: &Proxy, request: Request) -> Result<Response, Ap
         let key = proxy.settings.key.extract(&parts, client);
         table.ring.candidates(&key)
     };
-    let headers = upstream_headers(std::mem::take(&mut parts.headers), client);
+    let mut headers = upstream_headers(std::mem::take(&mut parts.headers), client);
+    // An HTTP/2 request names its host in `:authority`, not `Host` (RFC 9113 §8.3.1):
+    // the replica is told it as an HTTP/1.1 client would tell it.
+    if let Some(authority) = parts.uri.authority()
+        && !headers.contains_key(header::HOST)
+        && let Ok(host) = HeaderValue::from_str(authority.as_str())
+    {
+        headers.insert(header::HOST, host);
+    }
     let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
 
     let mut attempts = 0;

@@ -7,7 +7,9 @@ mod connection;
 pub mod error;
 pub mod failover;
 pub mod forward;
+pub mod h2;
 pub mod key;
+pub mod tls;
 mod upstream;
 pub mod wire;
 pub mod workers;
@@ -54,6 +56,10 @@ pub struct ProxySettings {
     pub max_connections: usize,
     /// When set, `/add` and `/rm` need `Authorization: Bearer <token>`.
     pub admin_token: Option<String>,
+    /// HTTP/2 limits of each client connection.
+    pub h2: h2::H2Limits,
+    /// When set, the proxy port speaks TLS with these files.
+    pub tls: Option<tls::TlsFiles>,
 }
 
 /// State shared by all proxy handlers.
@@ -70,6 +76,8 @@ pub struct Proxy {
     client: Client<HttpConnector, Full<Bytes>>,
     /// The fast path's idle replica connections.
     upstreams: UpstreamPool,
+    /// TLS on the proxy port (`settings.tls`, loaded once for every worker).
+    tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 impl Proxy {
@@ -94,7 +102,14 @@ impl Proxy {
             metrics,
             worker,
             client,
+            tls: None,
         }
+    }
+
+    /// This proxy with TLS on its port: see `tls::acceptor`.
+    pub fn with_tls(mut self, tls: Option<tokio_rustls::TlsAcceptor>) -> Self {
+        self.tls = tls;
+        self
     }
 }
 

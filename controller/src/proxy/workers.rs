@@ -19,7 +19,7 @@ use tokio_util::task::TaskTracker;
 
 use super::connection::{self, StopSignal};
 use super::error::ApiError;
-use super::{Proxy, router};
+use super::{Proxy, router, tls};
 
 /// The proxy's listening sockets: one per worker, all on the same address.
 pub struct ProxyListeners {
@@ -133,12 +133,18 @@ async fn serve(
                 }
                 let (stop_connection, stop_signal) = StopSignal::new();
                 stop_connections.push(stop_connection);
-                let serving =
-                    connection::serve(stream, peer, proxy.clone(), router.clone(), stop_signal);
-                connections.spawn(async move {
-                    serving.await;
-                    drop(slot);
-                });
+                let (proxy, router) = (proxy.clone(), router.clone());
+                if proxy.tls.is_some() {
+                    connections.spawn(async move {
+                        tls::serve(stream, peer, proxy, router, stop_signal).await;
+                        drop(slot);
+                    });
+                } else {
+                    connections.spawn(async move {
+                        connection::serve(stream, peer, proxy, router, stop_signal).await;
+                        drop(slot);
+                    });
+                }
             }
             Err(error) => {
                 // Out of file descriptors, most likely: connections that close free

@@ -191,6 +191,7 @@ impl Default for RingConfig {
     }
 }
 
+/// Whether `n` is prime, by trial division (for table sizes).
 pub(crate) fn is_prime(n: u32) -> bool {
     if n < 2 {
         return false;

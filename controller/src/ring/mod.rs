@@ -25,6 +25,8 @@ use std::fmt;
 
 pub use arcs::{MAX_VNODE_MARKS, OwnedArc, RingPicture, VnodeMark};
 pub use candidates::Candidates;
+/// Primality of a table size, also for the CRD's CEL rule (`operator::crd`).
+pub(crate) use config::is_prime;
 pub use config::{
     Algorithm, HashFn, MAGLEV_DEFAULT_SLOTS, Preset, RANK_TABLE_DEFAULT_SLOTS, RingConfig,
 };

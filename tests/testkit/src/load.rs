@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
 
-use super::{Ringlb, home, wait_until};
+use crate::{Ringlb, home, wait_until};
 
 /// Whether the pool has healed into exactly `expected`: `/rep` lists them in this
 /// order, and `/ring` has exactly these members, all healthy and in the ring.

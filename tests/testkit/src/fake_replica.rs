@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{Semaphore, oneshot};
 
-use super::Ringlb;
+use crate::Ringlb;
 
 /// A replica that answers by path, in raw HTTP/1.1 (so that the test, not a
 /// library, decides the framing):

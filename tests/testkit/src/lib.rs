@@ -1,34 +1,29 @@
-//! Shared harness of the end-to-end tests: starts the real `ringlb` binary as a
-//! separate process on free loopback ports, talks to it over HTTP, and makes sure
-//! no process outlives a test (the load balancer, its replicas, and any replica a
-//! test started itself).
-//!
-//! Each test file compiles this module on its own and uses a part of it.
-#![allow(dead_code)]
+//! Shared harness of the end-to-end tests (`tests/*.rs`, which cargo finds by itself:
+//! `controller/tests` is a link to the top-level `tests/`, so that they are tests of
+//! the `ringlb` package and cargo builds the binary before running them). Starts the
+//! real `ringlb` binary as a separate process on free loopback ports, talks to it over
+//! HTTP, and makes sure no process outlives a test (the load balancer, its replicas,
+//! and any replica a test started itself).
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 pub mod fake_replica;
 pub mod load;
 mod temp_dir;
 
-// Not every test file uses it (see `dead_code` above).
-#[allow(unused_imports)]
 pub use temp_dir::TempDir;
 
 use ringlb::launch::{Launched, keep_tail};
-// The process helpers of the launcher, which `ringlb-analyze` uses too. Each test file
-// uses a part of them (as of this whole module: see `dead_code` above).
-#[allow(unused_imports)]
+// The process helpers of the launcher, which `ringlb-analyze` uses too.
 pub use ringlb::launch::{
     is_replica_process, kill_replica_if_alive, process_exists, signal as send_signal,
 };
@@ -44,8 +39,33 @@ pub const FAST_HEARTBEATS: [&str; 6] = [
     "2",
 ];
 
-/// The binary under test, built by cargo for this test target.
-pub const RINGLB: &str = env!("CARGO_BIN_EXE_ringlb");
+/// The binary under test: the `ringlb` that cargo built for this run of the tests.
+///
+/// The end-to-end tests are tests of the `ringlb` package, so cargo builds its binary
+/// before it runs them and tells them where it is in `CARGO_BIN_EXE_ringlb`. A test
+/// binary run by hand (without that variable) takes the `ringlb` beside its own folder
+/// (`target/<profile>/deps/..`), where cargo put it.
+pub fn ringlb_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let bin = match std::env::var_os("CARGO_BIN_EXE_ringlb") {
+            Some(path) => PathBuf::from(path),
+            None => {
+                let me = std::env::current_exe().expect("the test's own executable");
+                let deps = me.parent().expect("the test executable's folder");
+                deps.parent()
+                    .expect("cargo's profile folder")
+                    .join(format!("ringlb{}", std::env::consts::EXE_SUFFIX))
+            }
+        };
+        assert!(
+            bin.is_file(),
+            "{} is missing: run the end-to-end tests with `cargo test`, which builds it",
+            bin.display()
+        );
+        bin
+    })
+}
 
 /// How long a replica that a test starts itself may take to print its address.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(20);
@@ -67,7 +87,7 @@ impl Ringlb {
     pub fn start(args: &[&str]) -> Ringlb {
         // TEST_RINGLB_LOG=debug shows more of ringlb's log in a failure report.
         let log = std::env::var("TEST_RINGLB_LOG").unwrap_or_else(|_| "info".into());
-        let lb = Launched::up(Path::new(RINGLB), args, &log).unwrap_or_else(|e| panic!("{e:#}"));
+        let lb = Launched::up(ringlb_bin(), args, &log).unwrap_or_else(|e| panic!("{e:#}"));
         Ringlb {
             proxy: lb.proxy,
             ops: lb.ops,
@@ -224,7 +244,7 @@ pub struct ExternalReplica {
 
 impl ExternalReplica {
     pub fn start(name: &str) -> ExternalReplica {
-        let mut child = Command::new(RINGLB)
+        let mut child = Command::new(ringlb_bin())
             .args([
                 "replica",
                 "--id",

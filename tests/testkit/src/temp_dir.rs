@@ -1,5 +1,4 @@
-//! A temporary folder for one test. Its own file, so that the tests of `ringlb-analyze`
-//! (another package, which cannot compile the rest of `common`) share it too.
+//! A temporary folder for one test (the end-to-end tests and `ringlb-analyze`'s share it).
 
 use std::path::PathBuf;
 

@@ -1,0 +1,195 @@
+//! The HTTP/2 front door: h2c with prior knowledge on the proxy port (recognised by
+//! its connection preface, see [`starts_h2c`]) and `h2` over TLS by ALPN (`tls.rs`).
+//!
+//! Every stream is a request of its own: keyed from its own headers, looked up in
+//! the ring snapshot current when it arrives, and forwarded over HTTP/1.1 to the
+//! replica with the one failover policy. Nothing is kept per connection but the
+//! connection itself.
+//!
+//! Why hyper's HTTP/2 server rather than the `h2` crate by hand: hyper's server is
+//! the `h2` crate plus what a proxy would otherwise write again — bodies streamed under
+//! flow control both ways, a task per stream, graceful `GOAWAY` — and it passes on
+//! every `h2` limit set here (streams, header list, windows, both reset budgets). Its
+//! service is the one the general HTTP/1.1 path already serves (`connection.rs`): each
+//! stream goes through the same head limits and the same axum router, so the admin
+//! API, the key, the ring lookup, failover and the JSON errors are shared, not copied.
+//!
+//! `Upgrade: h2c` from HTTP/1.1 is not offered: nginx does not offer it either, and the
+//! clients that speak h2c start with prior knowledge (gRPC, `curl
+//! --http2-prior-knowledge`).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use http_body_util::BodyExt;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::watch;
+
+use super::Proxy;
+use super::connection::{self, StopSignal};
+
+/// The client connection preface of HTTP/2 (RFC 9113 §3.4).
+pub const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Whether the first bytes of a connection, which the HTTP/1.1 parser refused, are the
+/// start of the HTTP/2 preface. The parser refuses at the version (`HTTP/2`), so that
+/// much is there; the rest of the preface is hyper's to check.
+pub fn starts_h2c(read: &[u8]) -> bool {
+    let len = read.len().min(PREFACE.len());
+    len >= b"PRI * HTTP/2".len() && read[..len] == PREFACE[..len]
+}
+
+/// HTTP/2 limits of each client connection (flags in `args.rs`).
+#[derive(Clone, Copy, Debug)]
+pub struct H2Limits {
+    /// Streams open at once (SETTINGS_MAX_CONCURRENT_STREAMS).
+    pub max_streams: u32,
+    /// Largest request header list (SETTINGS_MAX_HEADER_LIST_SIZE).
+    pub max_header_list: u32,
+    /// Initial flow-control window of a stream (SETTINGS_INITIAL_WINDOW_SIZE).
+    pub stream_window: u32,
+    /// Flow-control window of the connection.
+    pub connection_window: u32,
+    /// Streams the client reset before they were taken up, at once: past it, GOAWAY
+    /// (the rapid reset attack, CVE-2023-44487).
+    pub max_pending_resets: usize,
+    /// Streams reset for the client's errors: past it, GOAWAY.
+    pub max_error_resets: usize,
+}
+
+impl H2Limits {
+    /// The largest flow-control window HTTP/2 allows (RFC 9113 §6.9.1).
+    pub const MAX_WINDOW: u32 = (1 << 31) - 1;
+}
+
+/// Serves an HTTP/2 connection until the client closes it, an error, `stop` (then
+/// GOAWAY, and the open streams finish), or no stream for the keep-alive timeout
+/// (GOAWAY too). `io` starts with the client's preface.
+pub async fn serve<S>(io: S, peer: SocketAddr, proxy: &Proxy, router: Router, mut stop: StopSignal)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let settings = &proxy.settings;
+    let limits = settings.h2;
+    let head_limits = settings.head_limits;
+    // Streams open now: the idle timeout runs while there are none.
+    let (open, mut opened) = watch::channel(0usize);
+    let open = Arc::new(open);
+    let service = hyper::service::service_fn(move |request| {
+        let stream = OpenStream::new(open.clone());
+        let answer = connection::general_request(&head_limits, &router, peer, request);
+        async move {
+            let mut response = answer.await?;
+            // HTTP/2 has no connection-specific headers (RFC 9113 §8.2.2): a refused
+            // stream leaves the connection as it was, whatever the HTTP/1.1 answer says.
+            response.headers_mut().remove(http::header::CONNECTION);
+            // The stream stays open until its response body is sent or dropped.
+            Ok::<_, std::convert::Infallible>(response.map(|body| {
+                Body::new(body.map_frame(move |frame| {
+                    let _open = &stream;
+                    frame
+                }))
+            }))
+        }
+    });
+    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    builder
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.max_streams)
+        .max_header_list_size(limits.max_header_list)
+        .initial_stream_window_size(limits.stream_window)
+        .initial_connection_window_size(limits.connection_window)
+        .max_pending_accept_reset_streams(limits.max_pending_resets)
+        .max_local_error_reset_streams(limits.max_error_resets);
+    let connection = builder.serve_connection(TokioIo::new(io), service);
+    tokio::pin!(connection);
+    let idle = settings.keepalive_timeout;
+    tokio::select! {
+        _ = connection.as_mut() => {}
+        _ = stop.wait() => {
+            // Draining: GOAWAY, and the streams already open run to their end
+            // (bounded by the drain's own timeout).
+            connection.as_mut().graceful_shutdown();
+            let _ = connection.await;
+        }
+        _ = idle_for(&mut opened, idle) => {
+            // GOAWAY, and a bound on the client's part of the goodbye.
+            connection.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(idle, connection).await;
+        }
+    }
+}
+
+/// Resolves once no stream has been open for `idle`.
+async fn idle_for(opened: &mut watch::Receiver<usize>, idle: std::time::Duration) {
+    loop {
+        if *opened.borrow_and_update() > 0 {
+            // Wait for a change; any change starts the count again.
+            if opened.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+            continue;
+        }
+        match tokio::time::timeout(idle, opened.changed()).await {
+            Err(_elapsed) => return,
+            Ok(Ok(())) => {}
+            Ok(Err(_closed)) => return std::future::pending().await,
+        }
+    }
+}
+
+/// One open stream of a connection, counted until dropped.
+struct OpenStream(Arc<watch::Sender<usize>>);
+
+impl OpenStream {
+    fn new(open: Arc<watch::Sender<usize>>) -> Self {
+        open.send_modify(|n| *n += 1);
+        Self(open)
+    }
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n -= 1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_preface_is_recognised_from_where_the_http1_parser_stops() {
+        assert!(starts_h2c(PREFACE));
+        assert!(starts_h2c(b"PRI * HTTP/2"));
+        // The preface and the first frames, in one read.
+        assert!(starts_h2c(&[PREFACE, b"\0\0\0\x04\0\0\0\0\0"].concat()));
+        for other in [
+            &b"PRI * HTTP/2.1\r\n"[..],
+            b"PRI * HTTP/",
+            b"GET / HTTP/2.0\r\n\r\n",
+            b"PRI * HTTP/2.0\r\n\r\nXX",
+        ] {
+            assert!(!starts_h2c(other), "{:?}", String::from_utf8_lossy(other));
+        }
+    }
+
+    /// What the fast path sees of a preface: a refusal, never a request or a wait.
+    #[test]
+    fn the_http1_parser_refuses_the_preface() {
+        let mut storage = super::super::wire::header_storage();
+        let limits = super::super::wire::HeadLimits::default();
+        for read in [PREFACE, b"PRI * HTTP/2"] {
+            let parsed =
+                super::super::wire::parse_request(read, &mut storage, &limits, 0, |_| false);
+            assert!(
+                matches!(parsed, super::super::wire::Incoming::Refuse(_)),
+                "{:?}",
+                String::from_utf8_lossy(read)
+            );
+        }
+    }
+}
