@@ -12,12 +12,12 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::Api;
 use kube::api::PostParams;
 use rand::RngCore;
 
-use super::pods::{POOL_LABEL, is_status};
+use super::pods::{is_status, owned_metadata};
 
 /// The key of the token in the Secret (`secretKeyRef.key` in deploy/base/proxy.yaml).
 pub const TOKEN_KEY: &str = "token";
@@ -40,18 +40,7 @@ pub fn new_token() -> String {
 /// Pool `pool`'s admin Secret holding `token`, owned by the pool.
 pub fn admin_secret(pool: &str, owner: &OwnerReference, token: &str) -> Option<Secret> {
     Some(Secret {
-        metadata: ObjectMeta {
-            name: Some(secret_name(pool)?),
-            labels: Some(BTreeMap::from([
-                (POOL_LABEL.to_owned(), pool.to_owned()),
-                (
-                    "app.kubernetes.io/managed-by".to_owned(),
-                    "ringlb".to_owned(),
-                ),
-            ])),
-            owner_references: Some(vec![owner.clone()]),
-            ..ObjectMeta::default()
-        },
+        metadata: owned_metadata(secret_name(pool)?, pool, owner),
         data: Some(BTreeMap::from([(
             TOKEN_KEY.to_owned(),
             ByteString(token.as_bytes().to_vec()),
@@ -91,6 +80,7 @@ pub async fn ensure(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::operator::pods::POOL_LABEL;
 
     fn owner() -> OwnerReference {
         OwnerReference {

@@ -425,6 +425,23 @@ pub enum CreateError {
     Api(#[from] ::kube::Error),
 }
 
+/// The metadata of an object the operator makes for pool `pool` (its budget, its admin
+/// Secret): named `name`, labelled with the pool, owned by it so that it goes with it.
+pub fn owned_metadata(name: String, pool: &str, owner: &OwnerReference) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name),
+        labels: Some(BTreeMap::from([
+            (POOL_LABEL.to_owned(), pool.to_owned()),
+            (
+                "app.kubernetes.io/managed-by".to_owned(),
+                "ringlb".to_owned(),
+            ),
+        ])),
+        owner_references: Some(vec![owner.clone()]),
+        ..ObjectMeta::default()
+    }
+}
+
 /// The PodDisruptionBudget of pool `pool`, named after it and owned by it (it goes
 /// with the pool): a node drain evicts at most one of its replicas at a time, as
 /// CloudNativePG's budgets do for its instances. `maxUnavailable: 1` holds whatever
@@ -432,18 +449,7 @@ pub enum CreateError {
 /// (The operator deletes pods itself, which no budget holds back.)
 pub fn disruption_budget(pool: &str, owner: &OwnerReference) -> PodDisruptionBudget {
     PodDisruptionBudget {
-        metadata: ObjectMeta {
-            name: Some(pool.to_owned()),
-            labels: Some(BTreeMap::from([
-                (POOL_LABEL.to_owned(), pool.to_owned()),
-                (
-                    "app.kubernetes.io/managed-by".to_owned(),
-                    "ringlb".to_owned(),
-                ),
-            ])),
-            owner_references: Some(vec![owner.clone()]),
-            ..ObjectMeta::default()
-        },
+        metadata: owned_metadata(pool.to_owned(), pool, owner),
         spec: Some(PodDisruptionBudgetSpec {
             max_unavailable: Some(IntOrString::Int(1)),
             selector: Some(LabelSelector {
