@@ -65,8 +65,9 @@ kind-up: image
     kubectl config use-context kind-ringlb
 
 # Into kubectl's current context: the CRD (waits until it is established: deploy/'s
-# ServerPool is refused before), then the operators and proxies, their RBAC, the Service,
-# the Secret, the disruption budgets and the demo pool; returns once both Deployments
+# ServerPool is refused before), then deploy/base: the operators and proxies, their RBAC,
+# the Services (traffic and ops), the NetworkPolicy, the disruption budgets and the demo
+# pool (the operator makes its admin token Secret); returns once both Deployments
 # have rolled out and the pool `demo` is Ready (all its replicas ready).
 deploy:
     kubectl apply -f crds/
