@@ -245,11 +245,7 @@ pub(super) fn note(first: &mut Option<Error>, result: Result<(), Error>) {
 
 /// `namespace/name`: the key of a pool's memory and of its passes in progress.
 pub(super) fn pool_key(pool: &ServerPool) -> String {
-    format!(
-        "{}/{}",
-        pool.namespace().unwrap_or_default(),
-        pool.name_any()
-    )
+    super::crd::pool_key(&pool.namespace().unwrap_or_default(), &pool.name_any())
 }
 
 /// Marks a pass in progress for as long as it lives.

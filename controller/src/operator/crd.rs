@@ -573,6 +573,12 @@ const GENERATED_HEADER: &str =
 
 /// The CustomResourceDefinition of `ServerPool` as YAML: what `ringlb crd` prints
 /// and what `crds/serverpool.yaml` holds.
+/// `namespace/name`: how the operator keys what it keeps per pool (its memory, its
+/// heartbeat tasks).
+pub fn pool_key(namespace: &str, name: &str) -> String {
+    format!("{namespace}/{name}")
+}
+
 pub fn crd_yaml() -> String {
     let yaml = serde_yaml::to_string(&ServerPool::crd())
         .expect("a CustomResourceDefinition serializes to YAML");

@@ -29,7 +29,7 @@ use k8s_openapi::jiff::Timestamp;
 
 use super::crd::ServerPool;
 use super::leader::Leadership;
-use super::pods::{POOL_LABEL, PodState, ReplicaPod, replica_pod};
+use super::pods::{PodState, ReplicaPod, pool_label, replica_pod};
 use crate::health_state::{Health, HealthState};
 use crate::metrics::Metrics;
 use crate::pool::health::{HealthSettings, Prober};
@@ -360,12 +360,7 @@ impl Round {
             .iter()
             .filter(|pod| {
                 pod.metadata.namespace == self.pool.namespace
-                    && pod
-                        .metadata
-                        .labels
-                        .as_ref()
-                        .and_then(|l| l.get(POOL_LABEL))
-                        .is_some_and(|p| *p == self.pool.name)
+                    && pool_label(pod) == Some(self.pool.name.as_str())
             })
             .map(|pod| replica_pod(pod))
             .collect();
@@ -462,11 +457,7 @@ impl Round {
 }
 
 fn pool_key(pool: &ObjectRef<ServerPool>) -> String {
-    format!(
-        "{}/{}",
-        pool.namespace.as_deref().unwrap_or_default(),
-        pool.name
-    )
+    super::crd::pool_key(pool.namespace.as_deref().unwrap_or_default(), &pool.name)
 }
 
 #[cfg(test)]
@@ -479,7 +470,7 @@ mod tests {
     use kube::runtime::watcher::Event;
 
     use super::*;
-    use crate::operator::pods::MEMBER_LABEL;
+    use crate::operator::pods::{MEMBER_LABEL, POOL_LABEL};
     use crate::testing::FakeProber;
 
     fn pod(uid: &str) -> Pod {

@@ -13,7 +13,7 @@ use super::crd::{ReplacementStatus, ServerPoolSpec};
 use super::heartbeats::BeatConfig;
 use super::members;
 use super::pass_plan::PassInput;
-use super::pods::{POOL_LABEL, ReplicaPod, replica_pod};
+use super::pods::{ReplicaPod, pool_label, replica_pod};
 use super::status::Problem;
 use crate::replica_name::ReplicaName;
 
@@ -124,12 +124,7 @@ fn pool_pods(target: &PoolPass<'_>, ctx: &Context) -> Vec<ReplicaPod> {
         .iter()
         .filter(|pod| {
             pod.metadata.namespace.as_deref() == Some(target.namespace.as_str())
-                && pod
-                    .metadata
-                    .labels
-                    .as_ref()
-                    .and_then(|l| l.get(POOL_LABEL))
-                    .is_some_and(|p| *p == target.name)
+                && pool_label(pod) == Some(target.name.as_str())
         })
         .map(|pod| replica_pod(pod))
         .collect();
@@ -159,9 +154,7 @@ fn names_in_namespace(target: &PoolPass<'_>, ctx: &Context) -> (Vec<ReplicaName>
     // and the watch still shows included) never hold a name against it.
     let mut held_elsewhere: HashSet<String> = in_namespace
         .iter()
-        .filter(|pod| {
-            pod.metadata.labels.as_ref().and_then(|l| l.get(POOL_LABEL)) != Some(&target.name)
-        })
+        .filter(|pod| pool_label(pod) != Some(target.name.as_str()))
         .filter_map(|pod| pod.metadata.name.clone())
         .collect();
     // (Taken: a name that is free again later is not renamed for an old 409.)

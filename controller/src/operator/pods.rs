@@ -376,12 +376,7 @@ impl KubeRuntime {
         let Some(found) = self.pods.get_opt(pod).await? else {
             return Ok(false);
         };
-        let labelled = found
-            .metadata
-            .labels
-            .as_ref()
-            .and_then(|l| l.get(POOL_LABEL))
-            .is_some_and(|p| *p == self.pool);
+        let labelled = pool_label(&found) == Some(self.pool.as_str());
         let owned = found
             .metadata
             .owner_references
@@ -493,6 +488,16 @@ pub fn is_current_budget(found: &PodDisruptionBudget, want: &PodDisruptionBudget
 /// True when the API server answered with HTTP status `code`.
 pub fn is_status(error: &::kube::Error, code: u16) -> bool {
     matches!(error, ::kube::Error::Api(status) if status.code == code)
+}
+
+/// The pool a pod is labelled with (`ringlb.dev/pool`): which pool's it is, for the
+/// reconciler, the heartbeats and the conflict check alike.
+pub fn pool_label(pod: &Pod) -> Option<&str> {
+    pod.metadata
+        .labels
+        .as_ref()?
+        .get(POOL_LABEL)
+        .map(String::as_str)
 }
 
 /// What the pool needs to know about a pod.
