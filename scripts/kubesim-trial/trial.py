@@ -865,17 +865,10 @@ def baseline(sim, args, settle=None):
     settle = args.settle if settle is None else settle
     if settle <= 0:
         return
-    starts = []
-    for p in sim.pods():
-        if (p["metadata"].get("labels") or {}).get("ringlb.dev/pool") != POOL:
-            continue
-        for cs in (p.get("status") or {}).get("containerStatuses") or []:
-            st = parse_time(((cs.get("state") or {}).get("running") or {}).get("startedAt"))
-            if st:
-                starts.append(st)
-    if not starts:
+    age = youngest_age(sim)
+    if age is None:
         return
-    wait = max(starts) + settle - now()
+    wait = settle - age
     if wait > 0:
         sim.mark(f"waiting {wait:.0f} s until the youngest replica has run {settle:g} s")
         time.sleep(wait)

@@ -227,6 +227,17 @@ impl Context {
         }
     }
 
+    /// An API write run [`Self::while_leading`]: `Error::NotLeader` when this process
+    /// does not lead or stops leading before the answer.
+    pub(super) async fn write<T>(
+        &self,
+        call: impl std::future::Future<Output = Result<T, kube::Error>>,
+    ) -> Result<T, Error> {
+        self.while_leading(call)
+            .await
+            .map_or(Err(Error::NotLeader), |r| r.map_err(Error::from))
+    }
+
     pub(super) fn now(&self) -> Time {
         // Kubernetes keeps condition times to the second.
         let now = (self.clock)();

@@ -1311,7 +1311,10 @@ mod tests {
         assert!(unknown.is_empty(), "not exported by ringlb: {unknown:?}");
         assert!(charted.len() >= 10, "{charted:?}");
 
-        if let Some(rendered) = kustomize(&monitoring_with_base()) {
+        let user = monitoring_with_base();
+        let rendered = kustomize(&user);
+        std::fs::remove_dir_all(&user).unwrap();
+        if let Some(rendered) = rendered {
             let rendered = Deployed::of(rendered);
             assert_eq!(rendered.monitors.len(), 1);
             assert_eq!(rendered.services.len(), 3);

@@ -52,9 +52,8 @@ pub(super) async fn ensure_budget(
             return Ok(None);
         }
     }
-    ctx.while_leading(target.pods.apply_disruption_budget(CONTROLLER_NAME))
+    ctx.write(target.pods.apply_disruption_budget(CONTROLLER_NAME))
         .await
-        .map_or(Err(Error::NotLeader), |r| r.map_err(Error::from))
         .map(|()| None)
 }
 
@@ -69,10 +68,7 @@ pub(super) async fn ensure_admin_secret(target: &PoolPass<'_>, ctx: &Context) ->
     if !due {
         return Ok(());
     }
-    let ensured = ctx
-        .while_leading(target.pods.ensure_admin_secret())
-        .await
-        .map_or(Err(Error::NotLeader), |r| r.map_err(Error::from))?;
+    let ensured = ctx.write(target.pods.ensure_admin_secret()).await?;
     if ensured == super::admin_secret::Ensured::Created {
         tracing::info!(pool = %target.key, "created the pool's admin token Secret");
     }
