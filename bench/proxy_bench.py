@@ -20,7 +20,16 @@ at 1.25 some requests are also sent past their full home replica.
 The binaries are looked for where cargo builds them (`cargo metadata`'s target
 directory, so CARGO_TARGET_DIR is honoured), or in --bin-dir.
 
-Only loopback addresses are used; every run is bounded by wrk's duration.
+HTTP/2 (unless `--no-http2`): the same rounds again with h2load (h2c with prior
+knowledge) at ringlb's port, a `listen … http2` server of nginx and a `proto h2` frontend
+of HAProxy, each reaching the replicas over HTTP/1.1; a second table with the same
+ratios.
+
+Every peer runs as its users would tune it for this load: nginx's `keepalive_requests`
+(1,000 by default, on both sides) and upstream `keepalive` are raised, HAProxy shares
+server connections (`http-reuse always`) on all cores.
+
+Only loopback addresses are used; every run is bounded by wrk's and h2load's duration.
 """
 
 from __future__ import annotations
@@ -142,8 +151,12 @@ class Stack:
                 proc.wait()
 
 
+# The tools and the Debian packages they come in.
+TOOLS = {"nginx": "nginx", "haproxy": "haproxy", "wrk": "wrk", "h2load": "nghttp2-client"}
+
+
 def ensure_tools() -> None:
-    missing = [t for t in ("nginx", "haproxy", "wrk") if shutil.which(t) is None
+    missing = [pkg for t, pkg in TOOLS.items() if shutil.which(t) is None
                and not Path(f"/usr/sbin/{t}").exists()]
     if not missing:
         return
@@ -158,8 +171,19 @@ def tool(name: str) -> str:
     return shutil.which(name) or f"/usr/sbin/{name}"
 
 
-def nginx_conf(port: int, backends: list[int], tmp: Path) -> Path:
+def nginx_conf(port: int, h2_port: int, backends: list[int], tmp: Path, idle_upstream: int) -> Path:
+    """nginx as its users tune it for this load. Its defaults close a client connection,
+    and an upstream one, after 1,000 requests (`keepalive_requests`), and keep 128 idle
+    upstream connections per worker where 64 clients × 3 replicas need more: both are
+    raised, as an operator fronting a busy keyed pool would. `h2_port` speaks h2c with prior
+    knowledge (`listen … http2`); replicas are reached over HTTP/1.1 from both ports."""
     servers = "\n".join(f"    server 127.0.0.1:{p};" for p in backends)
+    location = """
+    location / {
+      proxy_pass http://replicas;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }"""
     conf = tmp / "nginx.conf"
     conf.write_text(f"""
 worker_processes auto;
@@ -169,6 +193,7 @@ daemon off;
 events {{ worker_connections 4096; }}
 http {{
   access_log off;
+  keepalive_requests 1000000;
   client_body_temp_path {tmp}/body;
   proxy_temp_path {tmp}/proxy;
   fastcgi_temp_path {tmp}/fastcgi;
@@ -177,27 +202,32 @@ http {{
   upstream replicas {{
     hash $arg_id consistent;
 {servers}
-    keepalive 128;
+    keepalive {idle_upstream};
+    keepalive_requests 1000000;
   }}
   server {{
-    listen 127.0.0.1:{port} reuseport;
-    location / {{
-      proxy_pass http://replicas;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-    }}
+    listen 127.0.0.1:{port} reuseport;{location}
+  }}
+  server {{
+    listen 127.0.0.1:{h2_port} http2 reuseport;{location}
   }}
 }}
 """)
     return conf
 
 
-def haproxy_conf(port: int, backends: list[int], tmp: Path, balance_factor: int | None = None) -> Path:
-    """`balance_factor`: HAProxy's `hash-balance-factor` (a percentage, ≥ 100), or none."""
+def haproxy_conf(port: int, backends: list[int], tmp: Path, balance_factor: int | None = None,
+                 h2_port: int | None = None) -> Path:
+    """`balance_factor`: HAProxy's `hash-balance-factor` (a percentage, ≥ 100), or none.
+    `h2_port`: a second frontend speaking h2c with prior knowledge (`proto h2`). HAProxy
+    keeps client and server connections alive without a request count limit by default,
+    and `http-reuse always` shares idle server connections between clients."""
     servers = "\n".join(
         f"  server s{i} 127.0.0.1:{p}" for i, p in enumerate(backends, 1)
     )
     bounded = f"\n  hash-balance-factor {balance_factor}" if balance_factor else ""
+    h2_frontend = (f"frontend fe_h2\n  bind 127.0.0.1:{h2_port} proto h2\n  default_backend replicas\n"
+                   if h2_port else "")
     conf = tmp / ("haproxy.cfg" if balance_factor is None else f"haproxy-hbf{balance_factor}.cfg")
     conf.write_text(f"""
 global
@@ -213,7 +243,7 @@ defaults
 frontend fe
   bind 127.0.0.1:{port}
   default_backend replicas
-backend replicas
+{h2_frontend}backend replicas
   balance url_param id
   hash-type consistent{bounded}
 {servers}
@@ -251,6 +281,37 @@ def run_wrk(target: Target, args, script: Path) -> dict:
     ).stdout
     cpu_after = cpu_seconds(pids)
     result = parse_wrk(out)
+    if pids:
+        result["cpu_us_per_req"] = (cpu_after - cpu_before) / max(result["requests"], 1) * 1e6
+    return result
+
+
+def parse_h2load(output: str, log: Path) -> dict:
+    """h2load's totals, and p50/p99 from its per-request log (its summary has none)."""
+    rps = float(re.search(r"finished in [\d.]+s, ([\d.]+) req/s", output).group(1))
+    m = re.search(r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded, (\d+) failed, "
+                  r"(\d+) errored, (\d+) timeout", output)
+    done, succeeded, failed, errored, timeout = (int(x) for x in m.groups())
+    codes = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", output)
+    non_2xx = sum(int(x) for x in codes.groups()[1:])
+    durations = sorted(int(line.split("\t")[2]) for line in log.read_text().splitlines() if line.strip())
+    pct = lambda q: durations[min(len(durations) - 1, int(q * len(durations)))] / 1e3 if durations else float("nan")
+    return {"rps": rps, "requests": done, "errors": failed + errored + timeout + non_2xx,
+            "p50_ms": pct(0.50), "p99_ms": pct(0.99)}
+
+
+def run_h2load(target: Target, args, uris: Path, log: Path) -> dict:
+    """One timed h2load run (h2c with prior knowledge): `--h2-connections` connections of
+    `--h2-streams` concurrent streams each, the URIs (random ids) taken in turn."""
+    pids = process_tree(target.pid) if target.pid else []
+    cpu_before = cpu_seconds(pids)
+    out = subprocess.run(
+        [tool("h2load"), f"-t{args.threads}", f"-c{args.h2_connections}", f"-m{args.h2_streams}",
+         f"-D{args.duration}", "-i", str(uris), f"--log-file={log}"],
+        capture_output=True, text=True, check=True, timeout=args.duration + 30,
+    ).stdout
+    cpu_after = cpu_seconds(pids)
+    result = parse_h2load(out, log)
     if pids:
         result["cpu_us_per_req"] = (cpu_after - cpu_before) / max(result["requests"], 1) * 1e6
     return result
@@ -339,12 +400,65 @@ def spread(values: list[float], fmt: str = "{:.3f}") -> str:
     return f"{fmt.format(min(values))}–{fmt.format(max(values))}" if values else "–"
 
 
+def summarize(targets: list[Target]) -> list[dict]:
+    """Each target's medians over the rounds."""
+    rows = []
+    for t in targets:
+        cpus = [r["cpu_us_per_req"] for r in t.results if "cpu_us_per_req" in r]
+        rows.append({
+            "name": t.name,
+            "rps": median([r["rps"] for r in t.results]),
+            "p50": median([r["p50_ms"] for r in t.results]),
+            "p99": median([r["p99_ms"] for r in t.results]),
+            "cpu": median(cpus),
+            "cpu_range": spread(cpus, "{:.1f}"),
+            "errors": sum(r["errors"] for r in t.results),
+        })
+    return rows
+
+
+def best_of_peers(by_name: dict) -> tuple[float, float, float]:
+    """The best req/s, p99 and CPU per request of nginx and HAProxy, each on its own."""
+    peers = [by_name["nginx"], by_name["haproxy"]]
+    return (max(p["rps"] for p in peers), min(p["p99"] for p in peers), min(p["cpu"] for p in peers))
+
+
+def table(rows: list[dict]) -> list[str]:
+    lines = [
+        "| target | req/s | p50 ms | p99 ms | CPU µs/req (proxy) | CPU µs/req min–max | errors |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        cpu = "–" if r["cpu"] != r["cpu"] else f"{r['cpu']:.1f}"
+        lines.append(f"| {r['name']} | {r['rps']:.0f} | {r['p50']:.3f} | {r['p99']:.3f} | {cpu} | "
+                     f"{r['cpu_range']} | {r['errors']} |")
+    return lines
+
+
+def per_round_table(targets: list[Target], rounds: int) -> list[str]:
+    lines = [
+        "| round | target | req/s | p50 ms | p99 ms | CPU µs/req |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for i in range(rounds):
+        for t in (targets if i % 2 == 0 else targets[::-1]):
+            r = t.results[i]
+            lines.append(f"| {i + 1} | {t.name} | {r['rps']:.0f} | {r['p50_ms']:.3f} | {r['p99_ms']:.3f} | "
+                         f"{r.get('cpu_us_per_req', float('nan')):.2f} |")
+    return lines
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--h2-connections", type=int, default=16,
+                        help="HTTP/2 table: h2load connections (default 16)")
+    parser.add_argument("--h2-streams", type=int, default=8,
+                        help="HTTP/2 table: concurrent streams per connection (default 8)")
+    parser.add_argument("--no-http2", action="store_true", help="skip the HTTP/2 table")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "bench.md")
     parser.add_argument("--no-build", action="store_true")
     parser.add_argument("--bin-dir", type=Path,
@@ -407,14 +521,26 @@ def main() -> int:
         if factors:
             port, proc = start_ringlb(bin_dir / "ringlb", "--balance-factor", str(factors[0]))
             targets.append(Target(f"ringlb bounded {factors[0]:g}", port, proc.pid, twin="ringlb"))
-        ng_port = free_port()
+        ng_port, ng_h2_port = free_port(), free_port()
         for d in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
             (tmp / d).mkdir()
-        nginx = stack.start([tool("nginx"), "-c", str(nginx_conf(ng_port, backends, tmp)), "-p", str(tmp)])
+        # Idle upstream connections kept per nginx worker: every client connection's
+        # request may be waiting on any replica at once.
+        idle_upstream = max(args.connections, args.h2_connections * args.h2_streams) * len(backends)
+        nginx = stack.start([tool("nginx"), "-c", str(nginx_conf(ng_port, ng_h2_port, backends, tmp,
+                                                                  idle_upstream)), "-p", str(tmp)])
         targets.append(Target("nginx", ng_port, nginx.pid))
-        hp_port = free_port()
-        haproxy = stack.start([tool("haproxy"), "-f", str(haproxy_conf(hp_port, backends, tmp))])
+        hp_port, hp_h2_port = free_port(), free_port()
+        haproxy = stack.start([tool("haproxy"), "-f", str(haproxy_conf(hp_port, backends, tmp,
+                                                                       h2_port=hp_h2_port))])
         targets.append(Target("haproxy", hp_port, haproxy.pid))
+        # HTTP/2 from clients (h2c with prior knowledge): ringlb on its one port, nginx and
+        # HAProxy on a port of their own; replicas reached over HTTP/1.1 by all three.
+        h2_targets = [] if args.no_http2 else [
+            Target("ringlb", rl_port, ringlb.pid),
+            Target("nginx", ng_h2_port, nginx.pid),
+            Target("haproxy", hp_h2_port, haproxy.pid),
+        ]
         if hp_factor is not None:
             port = free_port()
             proc = stack.start([tool("haproxy"), "-f", str(haproxy_conf(port, backends, tmp, hp_factor))])
@@ -423,7 +549,9 @@ def main() -> int:
             # First, so that it runs right beside ringlb too.
             port, proc = start_ringlb(args.baseline)
             targets.insert(0, Target("ringlb baseline", port, proc.pid))
-        for t in targets:
+            if h2_targets:
+                h2_targets.insert(0, Target("ringlb baseline", port, proc.pid))
+        for t in targets + h2_targets:
             wait_for_port(t.port)
 
         script = tmp / "random-id.lua"
@@ -442,28 +570,28 @@ def main() -> int:
                       f"p99 {res['p99_ms']:.3f} ms  cpu {res.get('cpu_us_per_req', 0):.2f} us/req  "
                       f"errors {res['errors']}", flush=True)
         direct.results.append(run_wrk(direct, args, script))
+
+        for t in h2_targets:
+            uris = tmp / f"uris-{t.port}.txt"
+            ids = [f"http://127.0.0.1:{t.port}/home?id={100000 + (i * 7919) % 900000}" for i in range(4096)]
+            uris.write_text("\n".join(ids) + "\n")
+            subprocess.run([tool("h2load"), "-c4", "-m4", "-n2000", "-i", str(uris)],
+                           capture_output=True, check=True)
+        for r in range(1, args.rounds + 1):
+            for t in (h2_targets if r % 2 else h2_targets[::-1]):
+                res = run_h2load(t, args, tmp / f"uris-{t.port}.txt", tmp / f"h2load-{t.port}.log")
+                t.results.append(res)
+                print(f"round {r} h2 {t.name:17} {res['rps']:>9.0f} req/s  p50 {res['p50_ms']:.3f} ms  "
+                      f"p99 {res['p99_ms']:.3f} ms  cpu {res.get('cpu_us_per_req', 0):.2f} us/req  "
+                      f"errors {res['errors']}", flush=True)
     finally:
         stack.stop_all()
         shutil.rmtree(tmp, ignore_errors=True)
 
-    rows = []
-    for t in targets + [direct]:
-        cpus = [r["cpu_us_per_req"] for r in t.results if "cpu_us_per_req" in r]
-        rows.append({
-            "name": t.name,
-            "rps": median([r["rps"] for r in t.results]),
-            "p50": median([r["p50_ms"] for r in t.results]),
-            "p99": median([r["p99_ms"] for r in t.results]),
-            "cpu": median(cpus),
-            "cpu_range": spread(cpus, "{:.1f}"),
-            "errors": sum(r["errors"] for r in t.results),
-        })
+    rows = summarize(targets + [direct])
     by_name = {r["name"]: r for r in rows}
     ours = by_name["ringlb"]
-    peers = [by_name["nginx"], by_name["haproxy"]]
-    best_rps = max(p["rps"] for p in peers)
-    best_p99 = min(p["p99"] for p in peers)
-    best_cpu = min(p["cpu"] for p in peers)
+    best_rps, best_p99, best_cpu = best_of_peers(by_name)
     order = ", ".join(t.name for t in targets)
 
     lines = [
@@ -477,15 +605,18 @@ def main() -> int:
         f"Everything shares the same cores, wrk included, so only the ratios within one run mean anything.",
         "",
         f"Versions: {version([str(bin_dir / 'ringlb'), '--version'])}{source_state()}; "
-        f"{version([tool('nginx'), '-v'])}; {version([tool('haproxy'), '-v'])}; {version([tool('wrk'), '-v'])}.",
+        f"{version([tool('nginx'), '-v'])}; {version([tool('haproxy'), '-v'])}; {version([tool('wrk'), '-v'])}"
+        + ("" if args.no_http2 else f"; {version([tool('h2load'), '--version'])}") + ".",
         "",
-        "| target | req/s | p50 ms | p99 ms | CPU µs/req (proxy) | CPU µs/req min–max | errors |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "Each peer is configured as its users would for this load: "
+        "nginx with `keepalive_requests 1000000` towards clients and replicas (its "
+        f"default, 1,000, closes each connection every 1,000 requests) and `keepalive {idle_upstream}` "
+        "idle upstream connections (every connection's request may wait on any replica); HAProxy "
+        "with `http-reuse always`, `nbthread` = cores and no limit on requests per connection (its "
+        "default); ringlb with its defaults.",
+        "",
     ]
-    for r in rows:
-        cpu = "–" if r["cpu"] != r["cpu"] else f"{r['cpu']:.1f}"
-        lines.append(f"| {r['name']} | {r['rps']:.0f} | {r['p50']:.3f} | {r['p99']:.3f} | {cpu} | "
-                     f"{r['cpu_range']} | {r['errors']} |")
+    lines += table(rows)
     lines += [
         "",
         "Ratios of ringlb to the best peer in this run (targets: req/s ≥ 1.10, p99 ≤ 1.00, CPU ≤ 0.85):",
@@ -552,17 +683,39 @@ def main() -> int:
                 f"{median(ratio['rps']):.3f} | {spread(ratio['rps'])} | "
                 f"{median(ratio['p99_ms']):.3f} | {spread(ratio['p99_ms'])} |")
         lines.append("")
-    lines += [
-        "Per round, in the order run:",
-        "",
-        "| round | target | req/s | p50 ms | p99 ms | CPU µs/req |",
-        "|---|---|---:|---:|---:|---:|",
-    ]
-    for i in range(args.rounds):
-        for t in (targets if i % 2 == 0 else targets[::-1]):
-            r = t.results[i]
-            lines.append(f"| {i + 1} | {t.name} | {r['rps']:.0f} | {r['p50_ms']:.3f} | {r['p99_ms']:.3f} | "
-                         f"{r.get('cpu_us_per_req', float('nan')):.2f} |")
+    if h2_targets:
+        h2_rows = summarize(h2_targets)
+        h2_by_name = {r["name"]: r for r in h2_rows}
+        h2_ours = h2_by_name["ringlb"]
+        h2_rps, h2_p99, h2_cpu = best_of_peers(h2_by_name)
+        lines += [
+            "## HTTP/2 from clients (h2load)",
+            "",
+            f"The same replicas and keys, with h2load (h2c with prior knowledge) `-t{args.threads} "
+            f"-c{args.h2_connections} -m{args.h2_streams} -D{args.duration}`: {args.h2_connections} "
+            f"connections of {args.h2_streams} concurrent streams, 4,096 ids taken in turn; ringlb on its "
+            "one port, nginx on a second `listen … http2` server, HAProxy on a second frontend with "
+            "`bind … proto h2`; every proxy reaches the replicas over HTTP/1.1 with kept-alive "
+            "connections. p50 and p99 come from h2load's per-request log. Same rounds, alternated.",
+            "",
+        ]
+        lines += table(h2_rows)
+        lines += [
+            "",
+            f"- req/s: {h2_ours['rps'] / h2_rps:.2f}× the best of nginx and HAProxy ({h2_rps:.0f})",
+            f"- p99: {h2_ours['p99'] / h2_p99:.2f}× the best peer's p99 ({h2_p99:.3f} ms)",
+            f"- CPU per request: {h2_ours['cpu'] / h2_cpu:.2f}× the best peer's ({h2_cpu:.1f} µs)",
+            "",
+        ]
+        if args.baseline:
+            base = h2_by_name["ringlb baseline"]
+            lines += [f"ringlb ÷ baseline over HTTP/2: CPU per request {h2_ours['cpu'] / base['cpu']:.3f}×, "
+                      f"req/s {h2_ours['rps'] / base['rps']:.3f}×, p99 {h2_ours['p99'] / base['p99']:.3f}×.", ""]
+    lines += ["Per round, in the order run (HTTP/1.1):", ""]
+    lines += per_round_table(targets, args.rounds)
+    if h2_targets:
+        lines += ["", "Per round, in the order run (HTTP/2):", ""]
+        lines += per_round_table(h2_targets, args.rounds)
     report = "\n".join(lines) + "\n"
     print()
     print(report)
