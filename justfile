@@ -29,10 +29,10 @@ fmt:
 lint:
     cargo clippy --workspace --all-targets -- -D warnings
 
-# Proxy benchmark against nginx and HAProxy (installs them and wrk from apt if missing),
+# Proxy benchmark against nginx and HAProxy, HTTP/1.1 (wrk) and HTTP/2 (h2load): installs them from apt if missing;
 # with bounded-loads twins (ringlb --balance-factor 1.25 and 100, HAProxy
 # hash-balance-factor 125); writes docs/bench.md. Options: --rounds N --duration S
-# --connections C --balance-factors C,...|off --baseline OTHER_RINGLB --bin-dir DIR
+# --connections C --h2-connections C --h2-streams M --no-http2 --balance-factors C,...|off --baseline OTHER_RINGLB --bin-dir DIR
 # (default: cargo's target directory, CARGO_TARGET_DIR honoured).
 bench *ARGS:
     python3 bench/proxy_bench.py {{ARGS}}
