@@ -171,12 +171,26 @@ def tool(name: str) -> str:
     return shutil.which(name) or f"/usr/sbin/{name}"
 
 
-def nginx_conf(port: int, h2_port: int, backends: list[int], tmp: Path, idle_upstream: int) -> Path:
+def nginx_conf(port: int, h2_port: int, backends: list[int], tmp: Path, idle_upstream: int,
+               grpc_port: int | None = None) -> Path:
     """nginx as its users tune it for this load. Its defaults close a client connection,
     and an upstream one, after 1,000 requests (`keepalive_requests`), and keep 128 idle
     upstream connections per worker where 64 clients × 3 replicas need more: both are
     raised, as an operator fronting a busy keyed pool would. `h2_port` speaks h2c with prior
-    knowledge (`listen … http2`); replicas are reached over HTTP/1.1 from both ports."""
+    knowledge (`listen … http2`); replicas are reached over HTTP/1.1 from both ports.
+    `grpc_port`: gRPC (h2c) keyed on the `x-user-id` header, to the replicas over h2c
+    (`grpc_pass`), with the same keep-alive tuning."""
+    grpc = "" if grpc_port is None else f"""
+  upstream grpc_replicas {{
+    hash $http_x_user_id consistent;
+{chr(10).join(f"    server 127.0.0.1:{p};" for p in backends)}
+    keepalive {idle_upstream};
+    keepalive_requests 1000000;
+  }}
+  server {{
+    listen 127.0.0.1:{grpc_port} http2 reuseport;
+    location / {{ grpc_pass grpc://grpc_replicas; }}
+  }}"""
     servers = "\n".join(f"    server 127.0.0.1:{p};" for p in backends)
     location = """
     location / {
@@ -210,24 +224,31 @@ http {{
   }}
   server {{
     listen 127.0.0.1:{h2_port} http2 reuseport;{location}
-  }}
+  }}{grpc}
 }}
 """)
     return conf
 
 
 def haproxy_conf(port: int, backends: list[int], tmp: Path, balance_factor: int | None = None,
-                 h2_port: int | None = None) -> Path:
+                 h2_port: int | None = None, grpc_port: int | None = None) -> Path:
     """`balance_factor`: HAProxy's `hash-balance-factor` (a percentage, ≥ 100), or none.
     `h2_port`: a second frontend speaking h2c with prior knowledge (`proto h2`). HAProxy
     keeps client and server connections alive without a request count limit by default,
-    and `http-reuse always` shares idle server connections between clients."""
+    and `http-reuse always` shares idle server connections between clients.
+    `grpc_port`: gRPC (h2c) keyed on the `x-user-id` header (`balance hdr(x-user-id)`),
+    to the replicas over h2c (`proto h2` on each server)."""
     servers = "\n".join(
         f"  server s{i} 127.0.0.1:{p}" for i, p in enumerate(backends, 1)
     )
     bounded = f"\n  hash-balance-factor {balance_factor}" if balance_factor else ""
     h2_frontend = (f"frontend fe_h2\n  bind 127.0.0.1:{h2_port} proto h2\n  default_backend replicas\n"
                    if h2_port else "")
+    if grpc_port:
+        h2_frontend += (f"frontend fe_grpc\n  bind 127.0.0.1:{grpc_port} proto h2\n"
+                        "  default_backend grpc_replicas\nbackend grpc_replicas\n"
+                        "  balance hdr(x-user-id)\n  hash-type consistent\n"
+                        + "".join(f"  server g{i} 127.0.0.1:{p} proto h2\n" for i, p in enumerate(backends, 1)))
     conf = tmp / ("haproxy.cfg" if balance_factor is None else f"haproxy-hbf{balance_factor}.cfg")
     conf.write_text(f"""
 global
@@ -249,6 +270,23 @@ frontend fe
 {servers}
 """)
     return conf
+
+
+# The gRPC tables: the echo service's unary call and a server stream of this many replies.
+GRPC_CALLS = ("unary", "stream")
+GRPC_STREAM_MESSAGES = 100
+
+
+def grpc_unavailable(args, bin_dir: Path, load: Path) -> str | None:
+    """Why the gRPC tables cannot run with these binaries, or None if they can."""
+    if args.no_grpc:
+        return "--no-grpc"
+    if not load.exists():
+        return f"no load generator at {load} (cargo build --release -p ringlb-grpc-load)"
+    help_text = subprocess.run([str(bin_dir / "ringlb"), "up", "--help"], capture_output=True, text=True).stdout
+    if "--upstream-protocol" not in help_text:
+        return "this ringlb does not reach replicas over h2c (no --upstream-protocol)"
+    return None
 
 
 LATENCY_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
@@ -288,7 +326,10 @@ def run_wrk(target: Target, args, script: Path) -> dict:
 
 def parse_h2load(output: str, log: Path) -> dict:
     """h2load's totals, and p50/p99 from its per-request log (its summary has none)."""
-    rps = float(re.search(r"finished in [\d.]+s, ([\d.]+) req/s", output).group(1))
+    finished = re.search(r"finished in [\d.]+s, ([\d.]+) req/s", output)
+    if finished is None:
+        raise RuntimeError(f"h2load gave no summary:\n{output}")
+    rps = float(finished.group(1))
     m = re.search(r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded, (\d+) failed, "
                   r"(\d+) errored, (\d+) timeout", output)
     done, succeeded, failed, errored, timeout = (int(x) for x in m.groups())
@@ -312,6 +353,27 @@ def run_h2load(target: Target, args, uris: Path, log: Path) -> dict:
     ).stdout
     cpu_after = cpu_seconds(pids)
     result = parse_h2load(out, log)
+    if pids:
+        result["cpu_us_per_req"] = (cpu_after - cpu_before) / max(result["requests"], 1) * 1e6
+    return result
+
+
+def run_grpc(target: Target, args, load: Path, call: str) -> dict:
+    """One timed run of `ringlb-grpc-load` (bench/grpc-load): `--h2-connections`
+    connections of `--h2-streams` calls in flight, each keyed on a random `x-user-id`."""
+    pids = process_tree(target.pid) if target.pid else []
+    cpu_before = cpu_seconds(pids)
+    out = subprocess.run(
+        [str(load), "--target", f"127.0.0.1:{target.port}", "--call", call,
+         "--connections", str(args.h2_connections), "--streams", str(args.h2_streams),
+         "--duration", str(args.duration), "--threads", str(args.threads),
+         "--messages", str(GRPC_STREAM_MESSAGES)],
+        capture_output=True, text=True, check=True, timeout=args.duration + 30,
+    ).stdout
+    cpu_after = cpu_seconds(pids)
+    res = json.loads(out)
+    result = {"rps": res["rps"], "requests": res["calls"], "errors": res["errors"],
+              "p50_ms": res["p50_ms"], "p99_ms": res["p99_ms"]}
     if pids:
         result["cpu_us_per_req"] = (cpu_after - cpu_before) / max(result["requests"], 1) * 1e6
     return result
@@ -459,6 +521,7 @@ def main() -> int:
     parser.add_argument("--h2-streams", type=int, default=8,
                         help="HTTP/2 table: concurrent streams per connection (default 8)")
     parser.add_argument("--no-http2", action="store_true", help="skip the HTTP/2 table")
+    parser.add_argument("--no-grpc", action="store_true", help="skip the gRPC tables")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "bench.md")
     parser.add_argument("--no-build", action="store_true")
     parser.add_argument("--bin-dir", type=Path,
@@ -480,13 +543,14 @@ def main() -> int:
     if args.bin_dir is None:
         args.bin_dir = cargo_release_dir()
         if not args.no_build:
-            subprocess.run(["cargo", "build", "--release", "-q", "-p", "ringlb", "-p", "ringlb-replica"],
-                           cwd=ROOT, check=True)
+            subprocess.run(["cargo", "build", "--release", "-q", "-p", "ringlb", "-p", "ringlb-replica",
+                            "-p", "ringlb-grpc-load"], cwd=ROOT, check=True)
     bin_dir = args.bin_dir
     factors = args.balance_factors
     hp_factor = round(factors[0] * 100) if factors else None
 
     stack = Stack()
+    grpc_sets: dict[str, list[Target]] = {}
     tmp = Path(tempfile.mkdtemp(prefix="ringlb-bench-"))
     try:
         backends = []
@@ -497,11 +561,11 @@ def main() -> int:
         for port in backends:
             wait_for_port(port)
 
-        def start_ringlb(binary: Path, *extra: str) -> tuple[int, subprocess.Popen]:
+        def start_ringlb(binary: Path, *extra: str, key: str = "query:id") -> tuple[int, subprocess.Popen]:
             port, ops = free_port(), free_port()
             proc = stack.start(
                 [str(binary), "up", "--listen", f"127.0.0.1:{port}",
-                 "--ops-listen", f"127.0.0.1:{ops}", "--key", "query:id",
+                 "--ops-listen", f"127.0.0.1:{ops}", "--key", key,
                  *sum((["--replica", f"Server{i}=127.0.0.1:{p}"] for i, p in enumerate(backends, 1)), []),
                  *extra],
                 env=dict(os.environ, RUST_LOG="warn"),
@@ -527,12 +591,19 @@ def main() -> int:
         # Idle upstream connections kept per nginx worker: every client connection's
         # request may be waiting on any replica at once.
         idle_upstream = max(args.connections, args.h2_connections * args.h2_streams) * len(backends)
+        # gRPC: the replicas' echo service over h2c, keyed on `x-user-id`, when this build
+        # of ringlb reaches replicas over h2c and the load generator is there.
+        load = bin_dir / "ringlb-grpc-load"
+        grpc_skipped = grpc_unavailable(args, bin_dir, load)
+        ng_grpc_port, hp_grpc_port = (None, None) if grpc_skipped else (free_port(), free_port())
         nginx = stack.start([tool("nginx"), "-c", str(nginx_conf(ng_port, ng_h2_port, backends, tmp,
-                                                                  idle_upstream)), "-p", str(tmp)])
+                                                                  idle_upstream, ng_grpc_port)),
+                             "-p", str(tmp)])
         targets.append(Target("nginx", ng_port, nginx.pid))
         hp_port, hp_h2_port = free_port(), free_port()
         haproxy = stack.start([tool("haproxy"), "-f", str(haproxy_conf(hp_port, backends, tmp,
-                                                                       h2_port=hp_h2_port))])
+                                                                       h2_port=hp_h2_port,
+                                                                       grpc_port=hp_grpc_port))])
         targets.append(Target("haproxy", hp_port, haproxy.pid))
         # HTTP/2 from clients (h2c with prior knowledge): ringlb on its one port, nginx and
         # HAProxy on a port of their own; replicas reached over HTTP/1.1 by all three.
@@ -541,6 +612,13 @@ def main() -> int:
             Target("nginx", ng_h2_port, nginx.pid),
             Target("haproxy", hp_h2_port, haproxy.pid),
         ]
+        if not grpc_skipped:
+            gr_port, gr_proc = start_ringlb(bin_dir / "ringlb", "--upstream-protocol", "h2c",
+                                            key="header:x-user-id")
+            for call in GRPC_CALLS:
+                grpc_sets[call] = [Target("ringlb", gr_port, gr_proc.pid),
+                                   Target("nginx", ng_grpc_port, nginx.pid),
+                                   Target("haproxy", hp_grpc_port, haproxy.pid)]
         if hp_factor is not None:
             port = free_port()
             proc = stack.start([tool("haproxy"), "-f", str(haproxy_conf(port, backends, tmp, hp_factor))])
@@ -551,7 +629,7 @@ def main() -> int:
             targets.insert(0, Target("ringlb baseline", port, proc.pid))
             if h2_targets:
                 h2_targets.insert(0, Target("ringlb baseline", port, proc.pid))
-        for t in targets + h2_targets:
+        for t in targets + h2_targets + sum(grpc_sets.values(), []):
             wait_for_port(t.port)
 
         script = tmp / "random-id.lua"
@@ -584,6 +662,19 @@ def main() -> int:
                 print(f"round {r} h2 {t.name:17} {res['rps']:>9.0f} req/s  p50 {res['p50_ms']:.3f} ms  "
                       f"p99 {res['p99_ms']:.3f} ms  cpu {res.get('cpu_us_per_req', 0):.2f} us/req  "
                       f"errors {res['errors']}", flush=True)
+
+        for call, grpc_targets in grpc_sets.items():
+            for t in grpc_targets:  # warm-up: connections, pools
+                subprocess.run([str(load), "--target", f"127.0.0.1:{t.port}", "--call", call,
+                                "--duration", "1", "--connections", "4", "--streams", "4"],
+                               capture_output=True, check=True)
+            for r in range(1, args.rounds + 1):
+                for t in (grpc_targets if r % 2 else grpc_targets[::-1]):
+                    res = run_grpc(t, args, load, call)
+                    t.results.append(res)
+                    print(f"round {r} grpc {call:6} {t.name:10} {res['rps']:>9.0f} calls/s  "
+                          f"p50 {res['p50_ms']:.3f} ms  p99 {res['p99_ms']:.3f} ms  "
+                          f"cpu {res.get('cpu_us_per_req', 0):.2f} us/call  errors {res['errors']}", flush=True)
     finally:
         stack.stop_all()
         shutil.rmtree(tmp, ignore_errors=True)
@@ -711,11 +802,45 @@ def main() -> int:
             base = h2_by_name["ringlb baseline"]
             lines += [f"ringlb ÷ baseline over HTTP/2: CPU per request {h2_ours['cpu'] / base['cpu']:.3f}×, "
                       f"req/s {h2_ours['rps'] / base['rps']:.3f}×, p99 {h2_ours['p99'] / base['p99']:.3f}×.", ""]
+    if grpc_sets:
+        lines += [
+            "## gRPC, keyed on a metadata header",
+            "",
+            f"The replicas' echo service (`ringlb.echo.v1.Echo`) over h2c end to end, each call with a random "
+            f"`x-user-id` among 100,000 and each proxy keyed on that header with consistent hashing: ringlb "
+            "(`--key header:x-user-id --upstream-protocol h2c`), nginx (`hash $http_x_user_id consistent`, "
+            "`grpc_pass`, the same keep-alive tuning), HAProxy (`balance hdr(x-user-id)`, `hash-type "
+            f"consistent`, servers with `proto h2`). `ringlb-grpc-load` (bench/grpc-load): "
+            f"{args.h2_connections} connections of {args.h2_streams} calls in flight, {args.threads} threads, "
+            f"{args.duration} s a run; a call counts when its trailers say `grpc-status: 0` and every reply "
+            f"arrived. Unary calls, then server streams of {GRPC_STREAM_MESSAGES} replies; same rounds, "
+            "alternated. CPU is per call.",
+            "",
+        ]
+        for call, grpc_targets in grpc_sets.items():
+            g_rows = summarize(grpc_targets)
+            g_by_name = {r["name"]: r for r in g_rows}
+            g_ours = g_by_name["ringlb"]
+            g_rps, g_p99, g_cpu = best_of_peers(g_by_name)
+            lines += [f"### {'Unary' if call == 'unary' else f'Server stream ({GRPC_STREAM_MESSAGES} replies)'}", ""]
+            lines += [l.replace("req/s", "calls/s").replace("µs/req", "µs/call") for l in table(g_rows)]
+            lines += [
+                "",
+                f"- calls/s: {g_ours['rps'] / g_rps:.2f}× the best of nginx and HAProxy ({g_rps:.0f})",
+                f"- p99: {g_ours['p99'] / g_p99:.2f}× the best peer's p99 ({g_p99:.3f} ms)",
+                f"- CPU per call: {g_ours['cpu'] / g_cpu:.2f}× the best peer's ({g_cpu:.1f} µs)",
+                "",
+            ]
+    elif grpc_skipped:
+        lines += [f"gRPC tables not run: {grpc_skipped}.", ""]
     lines += ["Per round, in the order run (HTTP/1.1):", ""]
     lines += per_round_table(targets, args.rounds)
     if h2_targets:
         lines += ["", "Per round, in the order run (HTTP/2):", ""]
         lines += per_round_table(h2_targets, args.rounds)
+    for call, grpc_targets in grpc_sets.items():
+        lines += ["", f"Per round, in the order run (gRPC {call}):", ""]
+        lines += per_round_table(grpc_targets, args.rounds)
     report = "\n".join(lines) + "\n"
     print()
     print(report)
