@@ -1056,12 +1056,8 @@ mod tests {
         let spec = policy.spec.as_ref().unwrap();
         let pod_selector = spec.pod_selector.as_ref().expect("a pod selector");
         // A replica pod as the operator makes it, whatever its pool and port.
-        let (service, _) = tower_test::mock::pair::<
-            http::Request<kube::client::Body>,
-            http::Response<kube::client::Body>,
-        >();
         let runtime = crate::operator::pods::KubeRuntime::new(
-            kube::Client::new(service, "default"),
+            crate::operator::fixtures::FakeApiServer::default().client(),
             "default",
             "any-pool",
             Default::default(),

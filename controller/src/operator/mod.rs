@@ -156,61 +156,27 @@ impl tower_service::Service<http::Request<kube::client::Body>> for ApiDeadlines 
 #[cfg(test)]
 mod tests {
     use futures::StreamExt;
-    use http_body_util::StreamBody;
-    use hyper::body::Frame;
     use k8s_openapi::api::core::v1::Pod;
     use kube::api::{Api, WatchParams};
 
     use super::*;
+    use crate::operator::fixtures::FakeApiServer;
 
-    type Never = StreamBody<futures::stream::Pending<Result<Frame<bytes::Bytes>, BoxError>>>;
-
-    /// An API server behind a half-open connection: nothing comes back, but (when
-    /// `watch_heads`) the response head of a watch, whose events never come.
-    #[derive(Clone)]
-    struct HalfOpen {
-        watch_heads: bool,
-    }
-
-    impl tower_service::Service<http::Request<kube::client::Body>> for HalfOpen {
-        type Response = http::Response<Never>;
-        type Error = BoxError;
-        type Future = futures::future::BoxFuture<'static, Result<Self::Response, BoxError>>;
-
-        fn poll_ready(
-            &mut self,
-            _: &mut std::task::Context<'_>,
-        ) -> std::task::Poll<Result<(), BoxError>> {
-            std::task::Poll::Ready(Ok(()))
-        }
-
-        fn call(&mut self, request: http::Request<kube::client::Body>) -> Self::Future {
-            let watch = request
-                .uri()
-                .query()
-                .unwrap_or_default()
-                .contains("watch=true");
-            let head = watch && self.watch_heads;
-            Box::pin(async move {
-                if !head {
-                    std::future::pending::<()>().await;
-                }
-                Ok(http::Response::new(StreamBody::new(
-                    futures::stream::pending(),
-                )))
-            })
-        }
-    }
-
-    fn pods(watch_heads: bool) -> Api<Pod> {
-        let client = kube::Client::new(HalfOpen { watch_heads }, "default");
-        Api::namespaced(ApiDeadlines::wrap(client, API_CALL_TIMEOUT), "default")
+    /// The pods of `server`, through a client whose calls have deadlines.
+    fn pods(server: &FakeApiServer) -> Api<Pod> {
+        Api::namespaced(
+            ApiDeadlines::wrap(server.client(), API_CALL_TIMEOUT),
+            "default",
+        )
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_call_the_api_server_never_answers_fails_at_its_deadline() {
+        // An API server behind a half-open connection: nothing comes back.
+        let server = FakeApiServer::default();
+        let _held = server.hold("GET", "/pods/server1");
         let started = tokio::time::Instant::now();
-        let error = pods(false).get("server1").await.unwrap_err();
+        let error = pods(&server).get("server1").await.unwrap_err();
         assert_eq!(started.elapsed(), API_CALL_TIMEOUT);
         assert!(
             error.to_string().contains("did not answer within 20s"),
@@ -218,15 +184,21 @@ mod tests {
         );
 
         // A watch whose response head does not come fails alike.
+        let _held = server.hold("GET", "/pods");
         let started = tokio::time::Instant::now();
-        let error = pods(false).watch(&WatchParams::default(), "0").await.err();
+        let error = pods(&server)
+            .watch(&WatchParams::default(), "0")
+            .await
+            .err();
         assert_eq!(started.elapsed(), API_CALL_TIMEOUT);
         assert!(error.is_some());
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_quiet_watch_is_not_cut_by_the_call_deadline() {
-        let mut events = pods(true)
+        // The watch's head comes back, its events never: nothing changes.
+        let server = FakeApiServer::default();
+        let mut events = pods(&server)
             .watch(&WatchParams::default(), "0")
             .await
             .expect("the watch's head arrives")
