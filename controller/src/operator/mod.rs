@@ -2,9 +2,6 @@
 //! pods alive.
 //!
 //! - [`app`]: `ringlb operator`: the leader-elected reconciler (and its operations port);
-//! - [`proxy_app`]: `ringlb proxy`: the proxy of one pool, any number of replicas;
-//! - [`proxy`]: the proxy's watch of its pool and pods, published as its ring;
-//! - [`spec_admin`]: `/add` and `/rm` in a cluster: they edit the pool's spec;
 //! - [`crd`]: the resource types; `ringlb crd` prints the CRD generated from them;
 //! - [`members`]: desired logical names and their DNS-1123 pod names (pure);
 //! - [`pods`]: the pods of a pool: their manifest, listing, creating, deleting;
@@ -14,11 +11,14 @@
 //!   what every pass shares is `context`, its first step `observe`, its Events `events`,
 //!   the pool's budget and admin Secret `owned`;
 //! - [`leader`]: the Lease that lets one operator of a namespace reconcile;
-//! - [`manifests`]: the API permissions each command uses, and the tests of `deploy/`;
+//! - [`fixtures`] (tests): the fake API server every Kubernetes test runs against.
+//!
+//! The in-cluster proxy (`ringlb proxy`) reads these types from its own folder,
+//! `cluster_proxy/`; nothing here reads it.
 
 pub mod admin_secret;
 #[cfg(test)]
-mod api_usage_tests;
+pub(crate) mod api_usage_tests;
 pub mod app;
 mod context;
 pub mod crd;
@@ -27,18 +27,14 @@ mod events;
 pub mod fixtures;
 pub mod heartbeats;
 pub mod leader;
-pub mod manifests;
 pub mod members;
 mod observe;
 #[cfg(test)]
-mod over_time_tests;
+pub(crate) mod over_time_tests;
 mod owned;
 pub mod pass_plan;
 pub mod pods;
-pub mod proxy;
-pub mod proxy_app;
 pub mod reconciler;
-pub mod spec_admin;
 pub mod status;
 
 pub use crd::{ServerPool, ServerPoolSpec, ServerPoolStatus};

@@ -13,9 +13,10 @@ use kube::api::{Patch, PatchParams};
 use serde_json::json;
 use tokio::sync::mpsc;
 
-use super::crd::ServerPool;
-use super::members::{self, NamingError};
 use crate::metrics::Metrics;
+use crate::operator::crd::ServerPool;
+use crate::operator::members::{self, NamingError};
+use crate::operator::pods::is_status;
 use crate::pool::{MembershipError, PoolAdmin, PoolError, membership};
 use crate::publish::Publisher;
 use crate::replica_name::ReplicaName;
@@ -109,7 +110,7 @@ impl SpecAdmin {
                     self.publisher.show_desired(desired.clone());
                     return Ok(desired);
                 }
-                Err(error) if super::pods::is_status(&error, 409) => continue,
+                Err(error) if is_status(&error, 409) => continue,
                 Err(error) => return Err(backend(&self.name, error)),
             }
         }
@@ -176,7 +177,7 @@ impl Current {
 }
 
 fn backend(pool: &str, error: kube::Error) -> PoolError {
-    if super::pods::is_status(&error, 404) {
+    if is_status(&error, 404) {
         PoolError::Backend(format!("ServerPool {pool} does not exist"))
     } else {
         PoolError::Backend(format!("Kubernetes API: {error}"))
