@@ -60,7 +60,7 @@ impl SpecAdmin {
     async fn change(
         &self,
         operation: &str,
-        change: impl Fn(&Current) -> Result<(Vec<ReplicaName>, BTreeMap<String, u32>), PoolError>,
+        change: impl Fn(&StoredMembership) -> Result<NewBases, PoolError>,
     ) -> Result<Vec<ReplicaName>, PoolError> {
         for _ in 0..CONFLICT_RETRIES {
             let pool = self
@@ -68,8 +68,9 @@ impl SpecAdmin {
                 .get(&self.name)
                 .await
                 .map_err(|e| backend(&self.name, e))?;
-            let current = Current::of(&pool).map_err(|e| PoolError::Backend(e.to_string()))?;
-            let (bases, weights) = change(&current)?;
+            let stored =
+                StoredMembership::of(&pool).map_err(|e| PoolError::Backend(e.to_string()))?;
+            let (bases, weights) = change(&stored)?;
             // A merge patch merges maps: a weight that goes is written as null.
             let mut weights_patch: BTreeMap<&str, Option<u32>> = pool
                 .spec
@@ -82,7 +83,7 @@ impl SpecAdmin {
             let mut spec = pool.spec.clone();
             spec.replicas = replicas;
             spec.hostnames = hostnames.clone();
-            let desired = members::desired_members(&spec, &current.replacements)
+            let desired = members::desired_members(&spec, &stored.replacements)
                 .map_err(refusal)?
                 .into_iter()
                 .map(|(name, _)| name)
@@ -121,8 +122,13 @@ impl SpecAdmin {
     }
 }
 
-/// The pool as `/add` and `/rm` see it.
-struct Current {
+/// What `/add` or `/rm` makes of the stored membership: the new base names (one per
+/// slot) and the new `spec.weights`.
+type NewBases = (Vec<ReplicaName>, BTreeMap<String, u32>);
+
+/// The pool's membership as stored (its spec and status), read afresh before each
+/// `/add` or `/rm`: what the change is checked against and computed from.
+struct StoredMembership {
     bases: Vec<ReplicaName>,
     desired: Vec<ReplicaName>,
     replacements: std::collections::HashMap<String, ReplicaName>,
@@ -135,7 +141,7 @@ struct Current {
     weights: membership::Weights,
 }
 
-impl Current {
+impl StoredMembership {
     fn of(pool: &ServerPool) -> Result<Self, NamingError> {
         let status = pool.status.clone().unwrap_or_default();
         let replacements = members::replacement_map(&status.emergency_replacements);
@@ -202,7 +208,7 @@ impl PoolAdmin for SpecAdmin {
         weights: BTreeMap<String, u32>,
     ) -> BoxFuture<'_, Result<Vec<ReplicaName>, PoolError>> {
         Box::pin(async move {
-            self.change("add", |current| {
+            self.change("add", |stored| {
                 let table = self.publisher.table();
                 let membership::Addition {
                     names: added,
@@ -210,9 +216,9 @@ impl PoolAdmin for SpecAdmin {
                     ..
                 } = membership::check_add(
                     membership::AddTo {
-                        desired: &current.desired,
-                        in_use: &current.in_use,
-                        weights: &current.weights,
+                        desired: &stored.desired,
+                        in_use: &stored.in_use,
+                        weights: &stored.weights,
                         max_replicas: self.max_replicas,
                         ring: table.ring.config(),
                     },
@@ -236,9 +242,9 @@ impl PoolAdmin for SpecAdmin {
                         Ok::<(), PoolError>(())
                     },
                 )?;
-                let mut spec_weights = current.spec_weights.clone();
+                let mut spec_weights = stored.spec_weights.clone();
                 spec_weights.extend(added_weights.into_iter().map(|(n, w)| (n.to_string(), w)));
-                let bases = current.bases.iter().chain(&added).cloned().collect();
+                let bases = stored.bases.iter().chain(&added).cloned().collect();
                 Ok((bases, spec_weights))
             })
             .await
@@ -251,21 +257,21 @@ impl PoolAdmin for SpecAdmin {
         hostnames: Vec<String>,
     ) -> BoxFuture<'_, Result<Vec<ReplicaName>, PoolError>> {
         Box::pin(async move {
-            self.change("rm", |current| {
+            self.change("rm", |stored| {
                 let removed =
-                    membership::names_to_remove(&current.desired, n, &hostnames, &mut rand::rng())?;
+                    membership::names_to_remove(&stored.desired, n, &hostnames, &mut rand::rng())?;
                 let removed_bases: Vec<&ReplicaName> = removed
                     .iter()
-                    .filter_map(|name| current.base_of(name))
+                    .filter_map(|name| stored.base_of(name))
                     .collect();
-                let bases: Vec<ReplicaName> = current
+                let bases: Vec<ReplicaName> = stored
                     .bases
                     .iter()
                     .filter(|base| !removed_bases.contains(base))
                     .cloned()
                     .collect();
                 // The weights of the slots that go, go with them.
-                let mut spec_weights = current.spec_weights.clone();
+                let mut spec_weights = stored.spec_weights.clone();
                 spec_weights.retain(|name, _| bases.iter().any(|b| b.as_str() == name));
                 Ok((bases, spec_weights))
             })
