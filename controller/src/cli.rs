@@ -31,7 +31,7 @@ pub enum Command {
     Operator(Box<crate::operator::app::OperatorArgs>),
     /// In a Kubernetes cluster: serve one ServerPool (--pool) through the ring, from
     /// its watched pods; run as many replicas as you like.
-    Proxy(Box<crate::operator::proxy_app::PoolProxyArgs>),
+    Proxy(Box<crate::cluster_proxy::PoolProxyArgs>),
     /// Exit 0 if --url (default: the operations port's /readyz) answers 2xx: the
     /// health check of a container image that has no shell or curl.
     Healthcheck(crate::app::HealthcheckArgs),

@@ -6,16 +6,23 @@
 //!   the request is forwarded to that replica (failover to the next distinct member);
 //! - change: an admin call or a failed heartbeat reaches the [`pool`] supervisor →
 //!   [`pool::plan`] turns desired vs observed into actions → the [`runtime`] starts or
-//!   stops replicas → a new routing table is published atomically for the proxy.
+//!   stops replicas → a new routing table is published atomically for the proxy;
+//! - in Kubernetes, the [`operator`] keeps each `ServerPool`'s pods alive (watch →
+//!   reconcile → pods and status), and the in-cluster proxy, [`cluster_proxy`], routes
+//!   through the ring it builds from its watch of the pool (watch → `pool_state` →
+//!   publish); `/add` and `/rm` there edit the pool's spec.
 //!
-//! [`ops`] serves metrics, health and a JSON view of the ring on a separate port;
+//! [`manifests`] says what each in-cluster command asks of the Kubernetes API and
+//! tests `deploy/` against it. [`ops`] serves metrics, health and a JSON view of the ring on a separate port;
 //! [`app`] wires everything together for `ringlb up`; [`launch`] starts that from
 //! another program (the end-to-end tests, `ringlb-analyze`).
 
 pub mod app;
 pub mod cli;
+pub mod cluster_proxy;
 pub mod health_state;
 pub mod launch;
+pub mod manifests;
 pub mod metrics;
 pub mod operator;
 pub mod ops;

@@ -16,7 +16,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Proxy(args) => {
             ringlb::telemetry::init();
-            ringlb::operator::proxy_app::run(*args).await
+            ringlb::cluster_proxy::run(*args).await
         }
         Command::Healthcheck(args) => ringlb::app::healthcheck(args).await,
         Command::Crd => {

@@ -1,35 +1,30 @@
-//! Both commands run whole against the stateful fake API server: what they do over
-//! time, and which API verbs they were seen using (the RBAC test in `manifests.rs`
-//! compares the Roles of `deploy/` with exactly these).
+//! The operator runs whole against the stateful fake API server: what it does over
+//! time, and which API verbs it was seen using (the RBAC test in `manifests.rs`
+//! compares the Roles of `deploy/` with exactly these; the proxy's run is
+//! `cluster_proxy/api_usage_tests.rs`, on the pool and pods made here).
 //!
-//! - the operator: elected through the Lease, it deletes a stray pod, replaces a
+//! The operator: elected through the Lease, it deletes a stray pod, replaces a
 //!   replica whose heartbeat fails, renames a slot whose pod name another pool
 //!   holds, brings back a pod deleted from outside (twice: its Event repeats, and is
-//!   patched), writes the status, and releases the Lease when it stops;
-//! - the proxy: its watches build the ring from the pool's status and pods, a spec
-//!   change written by `/add` on *another* proxy reaches its `/rep`, and `/rm` works.
+//! patched), writes the status, and releases the Lease when it stops.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use super::fixtures::{FakeApiServer, Permission};
 use super::leader::{self, LeaseSettings, Timing};
 use super::pods::{PodTemplate, TEMPLATE_LABEL};
 use super::reconciler::{self, Context};
-use super::spec_admin::SpecAdmin;
 use crate::metrics::Metrics;
 use crate::operator::crd::HeartbeatSpec;
-use crate::pool::PoolAdmin;
-use crate::publish::Publisher;
-use crate::ring::RingConfig;
 use crate::testing::{self, FakeProber, Within, until};
 
 /// How long a wait for the watch or the controller may take.
-const SOON: Within = Within::Time(Duration::from_secs(20));
+pub const SOON: Within = Within::Time(Duration::from_secs(20));
 
 pub const POOLS: &str = "/apis/ringlb.dev/v1alpha1/namespaces/default/serverpools";
 pub const PODS: &str = "/api/v1/namespaces/default/pods";
@@ -65,7 +60,7 @@ pub fn template_hash() -> String {
 
 /// A running pod of pool `demo` (of its current template), Ready since long ago;
 /// `member: None` names no replica.
-fn pod(name: &str, member: Option<&str>, ip: &str) -> Value {
+pub fn pod(name: &str, member: Option<&str>, ip: &str) -> Value {
     let mut labels = json!({"ringlb.dev/pool": "demo", TEMPLATE_LABEL: template_hash()});
     if let Some(member) = member {
         labels["ringlb.dev/member"] = json!(member);
@@ -188,94 +183,6 @@ pub async fn operator_run() -> FakeApiServer {
     api
 }
 
-/// Runs `ringlb proxy`'s pieces (watch, publisher, `/add` and `/rm`) against a pool
-/// the operator has reported on; returns the server it used.
-pub async fn proxy_run() -> FakeApiServer {
-    let api = FakeApiServer::default();
-    let ready = |n: usize| {
-        json!({"members": (1..=n).map(|i| json!({
-            "name": format!("Server{i}"), "pod": format!("server{i}"), "ready": true,
-        })).collect::<Vec<_>>()})
-    };
-    api.put(POOLS, pool(2, ready(2)));
-    api.put(PODS, pod("server1", Some("Server1"), "10.0.0.1"));
-    api.put(PODS, pod("server2", Some("Server2"), "10.0.0.2"));
-    // Another pool's pod: not this proxy's.
-    let mut other = pod("web1", Some("web1"), "10.0.0.7");
-    other["metadata"]["labels"]["ringlb.dev/pool"] = json!("other");
-    api.put(PODS, other);
-
-    let metrics = Arc::new(Metrics::new());
-    let publisher = Arc::new(Publisher::new(&RingConfig::default(), metrics.clone()));
-    let (reports, reported) = mpsc::channel(16);
-    let (stop, stopped) = oneshot::channel::<()>();
-    let watch = tokio::spawn({
-        let (client, publisher) = (api.client(), publisher.clone());
-        async move {
-            super::proxy::run(client, "default", "demo", publisher, reported, async {
-                let _ = stopped.await;
-            })
-            .await
-        }
-    });
-    let in_ring = |publisher: &Publisher| -> Vec<String> {
-        let members = publisher.table().membership();
-        members.iter().map(|m| m.addr.to_string()).collect()
-    };
-    until("both members are in the ring", SOON, || {
-        in_ring(&publisher) == ["10.0.0.1:5000", "10.0.0.2:5000"]
-    })
-    .await;
-
-    // `/add` on another proxy replica: this one learns it from its watch.
-    let elsewhere = SpecAdmin::new(
-        kube::Api::namespaced(api.client(), "default"),
-        "demo",
-        10,
-        metrics.clone(),
-        Arc::new(Publisher::new(&RingConfig::default(), metrics.clone())),
-        mpsc::channel(1).0,
-    );
-    elsewhere.add(1, vec![], Default::default()).await.unwrap();
-    until("/rep lists the replica added elsewhere", SOON, || {
-        publisher.view().desired.len() == 3
-    })
-    .await;
-    // The operator reports Server3 ready and its pod appears: it joins the ring.
-    api.put(PODS, pod("server3", Some("Server3"), "10.0.0.3"));
-    let mut reported_pool = api.get(POOLS, "demo").unwrap();
-    reported_pool["status"] = ready(3);
-    api.put(POOLS, reported_pool);
-    until("Server3 joins the ring", SOON, || {
-        in_ring(&publisher).len() == 3
-    })
-    .await;
-
-    // `/rm` on this proxy.
-    let admin = SpecAdmin::new(
-        kube::Api::namespaced(api.client(), "default"),
-        "demo",
-        10,
-        metrics,
-        publisher.clone(),
-        reports,
-    );
-    let desired = admin.remove(1, vec!["Server3".into()]).await.unwrap();
-    assert_eq!(desired.len(), 2);
-    assert_eq!(api.get(POOLS, "demo").unwrap()["spec"]["replicas"], 2);
-    until("Server3 leaves the ring", SOON, || {
-        in_ring(&publisher).len() == 2
-    })
-    .await;
-
-    let _ = stop.send(());
-    tokio::time::timeout(Duration::from_secs(10), watch)
-        .await
-        .expect("the watch stops")
-        .unwrap();
-    api
-}
-
 #[tokio::test]
 async fn the_elected_operator_replaces_a_failed_replica_and_steps_down_when_stopped() {
     let api = operator_run().await;
@@ -298,18 +205,6 @@ async fn the_elected_operator_replaces_a_failed_replica_and_steps_down_when_stop
         .collect();
     assert!(slots.contains(&("Server3", "emergency_3")), "{slots:?}");
     assert_eq!(status["conditions"][1]["status"], "False", "{status}");
-}
-
-#[tokio::test]
-async fn a_proxy_follows_its_pool_through_its_watches() {
-    let api = proxy_run().await;
-    // Watches, not polling: after the first LIST of each, changes came as events.
-    let lists = api
-        .calls()
-        .iter()
-        .filter(|c| c.method == "GET" && c.path == PODS && !c.query.contains("watch"))
-        .count();
-    assert_eq!(lists, 1, "one LIST of the pods, then a WATCH");
 }
 
 #[tokio::test(start_paused = true)]
@@ -388,10 +283,7 @@ async fn a_deleted_pool_stops_being_heartbeaten() {
     controller.await.unwrap();
 }
 
-/// The verbs each command was seen using.
-pub async fn permissions() -> (BTreeSet<Permission>, BTreeSet<Permission>) {
-    (
-        operator_run().await.permissions(),
-        proxy_run().await.permissions(),
-    )
+/// The verbs the operator was seen using (the proxy's: `cluster_proxy/api_usage_tests.rs`).
+pub async fn permissions() -> BTreeSet<Permission> {
+    operator_run().await.permissions()
 }

@@ -3,8 +3,16 @@
 //! It keeps objects of any namespaced resource with resourceVersions, answers get,
 //! list (label and field selectors), watch (from a resourceVersion, then live),
 //! create, merge/apply patches (with a resourceVersion precondition; `/status`
-//! patches only the status), and delete; and it records every request, so that a
-//! test can say which verbs a component was seen using (see [`FakeApiServer::permissions`]).
+//! patches only the status), and delete; and it records every request (method, path,
+//! query, body, caller, time), so that a test can assert each call a component made,
+//! in order, or say which verbs it was seen using (see [`FakeApiServer::permissions`]).
+//!
+//! A test scripts what goes wrong: errors for a time or for the next few requests
+//! ([`FakeApiServer::fail`], [`FakeApiServer::fail_next`]), requests held unanswered
+//! ([`FakeApiServer::hold`]), watches that go quiet. Several clients can share one
+//! server under names of their own ([`FakeApiServer::caller`]), as two operators
+//! share the API server: each call and change says whose it was, and a fault or hold
+//! can be one caller's alone.
 //!
 //! Deleting an object deletes, at once, every object whose `ownerReferences` name its
 //! uid (garbage collection, as the API server's background propagation ends).
@@ -33,6 +41,52 @@ pub struct ApiCall {
     pub method: String,
     pub path: String,
     pub query: String,
+    /// The request's body (JSON or YAML), `null` without one.
+    pub body: Value,
+    /// Whose client sent it (see [`FakeApiServer::caller`]; `""` for [`FakeApiServer::client`]'s).
+    pub by: String,
+    /// When it arrived, on tokio's clock.
+    pub at: tokio::time::Instant,
+}
+
+/// One change the server made, as a watch sees it, with whose request made it.
+#[derive(Clone, Debug)]
+pub struct Change {
+    pub collection: String,
+    /// `ADDED`, `MODIFIED` or `DELETED`.
+    pub kind: &'static str,
+    /// The object after the change (before it, for `DELETED`).
+    pub object: Value,
+    /// The caller whose request made it (`""` for the test's own `put` and deletes).
+    pub by: String,
+    /// When, on tokio's clock.
+    pub at: tokio::time::Instant,
+}
+
+/// The requests a fault or a hold applies to: `method`, a path ending with
+/// `path_suffix`, and from `caller` only when set.
+#[derive(Clone, Debug)]
+struct Requests {
+    method: String,
+    path_suffix: String,
+    caller: Option<String>,
+}
+
+impl Requests {
+    fn matches(&self, method: &str, path: &str, by: &str) -> bool {
+        self.method == method
+            && path.ends_with(self.path_suffix.as_str())
+            && self.caller.as_deref().is_none_or(|caller| caller == by)
+    }
+}
+
+/// Requests answered with an error instead, while `until` is ahead (of tokio's
+/// clock) and `left` (when counted) is not used up.
+struct Fault {
+    requests: Requests,
+    code: u16,
+    until: Option<tokio::time::Instant>,
+    left: Option<usize>,
 }
 
 /// (API group, resource, verb), as RBAC names them.
@@ -42,14 +96,13 @@ pub type Permission = (String, String, String);
 struct State {
     /// Collection path (`/api/v1/namespaces/default/pods`) → name → object.
     objects: BTreeMap<String, BTreeMap<String, Value>>,
-    /// Every change, in order: (resourceVersion, collection, type, object).
-    history: Vec<(u64, String, &'static str, Value)>,
+    /// Every change, in order, with its resourceVersion.
+    history: Vec<(u64, Change)>,
     version: u64,
     calls: Vec<ApiCall>,
-    /// Requests answered with an error instead: (method, path suffix, code, until).
-    faults: Vec<(String, String, u16, tokio::time::Instant)>,
-    /// Requests held unanswered until released: (method, path suffix, released).
-    holds: Vec<(String, String, tokio::sync::watch::Receiver<bool>)>,
+    faults: Vec<Fault>,
+    /// Requests held unanswered until released.
+    holds: Vec<(Requests, tokio::sync::watch::Receiver<bool>)>,
     /// Watches deliver nothing more, as over a half-open connection.
     stalled: bool,
 }
@@ -59,6 +112,8 @@ pub struct FakeApiServer {
     state: Arc<Mutex<State>>,
     /// The latest resourceVersion: watches wake on it.
     changed: tokio::sync::watch::Sender<u64>,
+    /// Whose this handle is (see [`FakeApiServer::caller`]); `None`: the test's own.
+    caller: Option<Arc<str>>,
 }
 
 impl Default for FakeApiServer {
@@ -66,6 +121,7 @@ impl Default for FakeApiServer {
         Self {
             state: Arc::default(),
             changed: tokio::sync::watch::channel(0).0,
+            caller: None,
         }
     }
 }
@@ -78,6 +134,28 @@ impl FakeApiServer {
         Client::new(self.clone(), "default")
     }
 
+    /// A handle on the same server whose [`client`](Self::client) sends as `name`:
+    /// its calls and the changes they make are recorded as `name`'s, and the faults
+    /// and holds set through it apply to `name`'s requests alone.
+    pub fn caller(&self, name: &str) -> Self {
+        Self {
+            caller: Some(name.into()),
+            ..self.clone()
+        }
+    }
+
+    fn by(&self) -> String {
+        self.caller.as_deref().unwrap_or_default().to_owned()
+    }
+
+    fn requests(&self, method: &str, path_suffix: &str) -> Requests {
+        Requests {
+            method: method.to_owned(),
+            path_suffix: path_suffix.to_owned(),
+            caller: self.caller.as_deref().map(str::to_owned),
+        }
+    }
+
     /// Stores `object` (as a client's create would), under `collection`.
     pub fn put(&self, collection: &str, object: Value) {
         let mut state = self.state.lock().unwrap();
@@ -86,13 +164,8 @@ impl FakeApiServer {
             .objects
             .get(collection)
             .is_some_and(|c| c.contains_key(&name));
-        self.store(
-            &mut state,
-            collection,
-            &name,
-            object,
-            if existed { "MODIFIED" } else { "ADDED" },
-        );
+        let kind = if existed { "MODIFIED" } else { "ADDED" };
+        self.store(&mut state, collection, &name, object, kind, &self.by());
     }
 
     /// While `on`, every open watch that has an event to send stalls for good, as
@@ -106,7 +179,7 @@ impl FakeApiServer {
     /// period 0 ends (nothing it owns is collected).
     pub fn delete_now(&self, collection: &str, name: &str) {
         let mut state = self.state.lock().unwrap();
-        if remove(&mut state, collection, name).is_some() {
+        if remove(&mut state, collection, name, &self.by()).is_some() {
             self.changed.send_replace(state.version);
         }
     }
@@ -129,32 +202,51 @@ impl FakeApiServer {
     /// Answers `method` requests whose path ends with `path_suffix` with HTTP
     /// `code` for the next `duration` (of tokio's clock, so paused tests can use it).
     pub fn fail(&self, method: &str, path_suffix: &str, code: u16, duration: Duration) {
-        let until = tokio::time::Instant::now() + duration;
-        let mut state = self.state.lock().unwrap();
-        state
-            .faults
-            .push((method.to_owned(), path_suffix.to_owned(), code, until));
+        self.add_fault(Fault {
+            requests: self.requests(method, path_suffix),
+            code,
+            until: Some(tokio::time::Instant::now() + duration),
+            left: None,
+        });
+    }
+
+    /// Answers the next `times` `method` requests whose path ends with `path_suffix`
+    /// with HTTP `code` (`usize::MAX`: every one): e.g. a write refused with 409 as
+    /// if someone had changed the object first.
+    pub fn fail_next(&self, method: &str, path_suffix: &str, code: u16, times: usize) {
+        self.add_fault(Fault {
+            requests: self.requests(method, path_suffix),
+            code,
+            until: None,
+            left: Some(times),
+        });
+    }
+
+    fn add_fault(&self, fault: Fault) {
+        self.state.lock().unwrap().faults.push(fault);
     }
 
     /// Holds `method` requests whose path ends with `path_suffix` (recorded, not yet
     /// answered: a call in flight) until the returned sender sends `true` or is dropped.
     pub fn hold(&self, method: &str, path_suffix: &str) -> tokio::sync::watch::Sender<bool> {
         let (release, released) = tokio::sync::watch::channel(false);
-        let mut state = self.state.lock().unwrap();
-        state
-            .holds
-            .push((method.to_owned(), path_suffix.to_owned(), released));
+        let requests = self.requests(method, path_suffix);
+        self.state.lock().unwrap().holds.push((requests, released));
         release
     }
 
     /// Every change so far, in order: (collection, `ADDED`/`MODIFIED`/`DELETED`, object).
     pub fn history(&self) -> Vec<(String, &'static str, Value)> {
-        let state = self.state.lock().unwrap();
-        state
-            .history
-            .iter()
-            .map(|(_, collection, kind, object)| (collection.clone(), *kind, object.clone()))
+        self.changes()
+            .into_iter()
+            .map(|c| (c.collection, c.kind, c.object))
             .collect()
+    }
+
+    /// Every change so far, in order, with whose it was and when.
+    pub fn changes(&self) -> Vec<Change> {
+        let state = self.state.lock().unwrap();
+        state.history.iter().map(|(_, c)| c.clone()).collect()
     }
 
     pub fn calls(&self) -> Vec<ApiCall> {
@@ -203,35 +295,34 @@ impl FakeApiServer {
         let body: Value = serde_json::from_slice(&bytes)
             .or_else(|_| serde_yaml::from_slice(&bytes))
             .unwrap_or(Value::Null);
+        let by = self.by();
         let hold = {
             let mut state = self.state.lock().unwrap();
             state.calls.push(ApiCall {
                 method: method.clone(),
                 path: path.clone(),
                 query: query.clone(),
+                body: body.clone(),
+                by: by.clone(),
+                at: tokio::time::Instant::now(),
             });
             state
                 .holds
                 .iter()
-                .find(|(m, suffix, _)| *m == method && path.ends_with(suffix.as_str()))
-                .map(|(_, _, released)| released.clone())
+                .find(|(requests, _)| requests.matches(&method, &path, &by))
+                .map(|(_, released)| released.clone())
         };
         if let Some(mut released) = hold {
             let _ = released.wait_for(|released| *released).await;
         }
-        let fault = {
-            let mut state = self.state.lock().unwrap();
-            let now = tokio::time::Instant::now();
-            state.faults.retain(|(_, _, _, until)| *until > now);
-            state
-                .faults
-                .iter()
-                .find(|(m, suffix, _, _)| *m == method && path.ends_with(suffix.as_str()))
-                .map(|(_, _, code, _)| *code)
-        };
-        if let Some(code) = fault {
+        if let Some(code) = self.fault(&method, &path, &by) {
             let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-            return answer(status, status_body(code, "InternalError", "injected fault"));
+            let reason = match code {
+                404 => "NotFound",
+                409 => "Conflict",
+                _ => "InternalError",
+            };
+            return answer(status, status_body(code, reason, "injected fault"));
         }
         let Some(target) = Target::parse(&path) else {
             return answer(StatusCode::NOT_FOUND, status_body(404, "NotFound", &path));
@@ -255,6 +346,24 @@ impl FakeApiServer {
                 status_body(405, "MethodNotAllowed", &method),
             ),
         }
+    }
+
+    /// The code of the first fault that applies to this request, if any (and one
+    /// use of it, if counted).
+    fn fault(&self, method: &str, path: &str, by: &str) -> Option<u16> {
+        let mut state = self.state.lock().unwrap();
+        let now = tokio::time::Instant::now();
+        state
+            .faults
+            .retain(|f| f.until.is_none_or(|until| until > now) && f.left != Some(0));
+        let fault = state
+            .faults
+            .iter_mut()
+            .find(|f| f.requests.matches(method, path, by))?;
+        if let Some(left) = &mut fault.left {
+            *left -= 1;
+        }
+        Some(fault.code)
     }
 
     fn list(&self, target: &Target, query: &str) -> Response<ResponseBody> {
@@ -296,10 +405,12 @@ impl FakeApiServer {
                         state
                             .history
                             .iter()
-                            .find(|(rv, c, _, o)| {
-                                *rv > cursor && target.covers(c) && selected(o, &query)
+                            .find(|(rv, c)| {
+                                *rv > cursor
+                                    && target.covers(&c.collection)
+                                    && selected(&c.object, &query)
                             })
-                            .cloned()
+                            .map(|(rv, c)| (*rv, c.kind, c.object.clone()))
                             .or_else(|| {
                                 // Skip what does not match, up to the latest version.
                                 cursor = cursor.max(state.version);
@@ -309,7 +420,7 @@ impl FakeApiServer {
                     if server.state.lock().unwrap().stalled {
                         std::future::pending::<()>().await;
                     }
-                    if let Some((rv, _, kind, object)) = next {
+                    if let Some((rv, kind, object)) = next {
                         let mut line =
                             serde_json::to_vec(&json!({"type": kind, "object": object})).unwrap();
                         line.push(b'\n');
@@ -350,7 +461,14 @@ impl FakeApiServer {
         }
         object["metadata"]["namespace"] = json!(target.namespace);
         object["metadata"]["uid"] = json!(format!("uid-{name}-{}", state.version + 1));
-        let stored = self.store(&mut state, &target.collection, &name, object, "ADDED");
+        let stored = self.store(
+            &mut state,
+            &target.collection,
+            &name,
+            object,
+            "ADDED",
+            &self.by(),
+        );
         answer(StatusCode::CREATED, stored)
     }
 
@@ -399,13 +517,21 @@ impl FakeApiServer {
             }
         }
         merge(&mut object, &patch);
-        let stored = self.store(&mut state, &target.collection, name, object, "MODIFIED");
+        let stored = self.store(
+            &mut state,
+            &target.collection,
+            name,
+            object,
+            "MODIFIED",
+            &self.by(),
+        );
         answer(StatusCode::OK, stored)
     }
 
     fn delete(&self, target: &Target, name: &str) -> Response<ResponseBody> {
         let mut state = self.state.lock().unwrap();
-        let Some(object) = remove(&mut state, &target.collection, name) else {
+        let by = self.by();
+        let Some(object) = remove(&mut state, &target.collection, name, &by) else {
             return not_found(name);
         };
         // Garbage collection: the objects it owns go with it (and theirs).
@@ -425,7 +551,7 @@ impl FakeApiServer {
                 .map(|(collection, name, _)| (collection.clone(), name.clone()))
                 .collect();
             for (collection, name) in owned {
-                if let Some(gone) = remove(&mut state, &collection, &name) {
+                if let Some(gone) = remove(&mut state, &collection, &name, &by) {
                     owners.push(gone["metadata"]["uid"].clone());
                 }
             }
@@ -441,6 +567,7 @@ impl FakeApiServer {
         name: &str,
         mut object: Value,
         kind: &'static str,
+        by: &str,
     ) -> Value {
         state.version += 1;
         let version = state.version;
@@ -450,9 +577,7 @@ impl FakeApiServer {
             .entry(collection.to_owned())
             .or_default()
             .insert(name.to_owned(), object.clone());
-        state
-            .history
-            .push((version, collection.to_owned(), kind, object.clone()));
+        record(state, version, collection, kind, &object, by);
         self.changed.send_replace(version);
         object
     }
@@ -534,14 +659,30 @@ impl Target {
 }
 
 /// Removes one object and records its `DELETED` event.
-fn remove(state: &mut State, collection: &str, name: &str) -> Option<Value> {
+fn remove(state: &mut State, collection: &str, name: &str, by: &str) -> Option<Value> {
     let object = state.objects.get_mut(collection)?.remove(name)?;
     state.version += 1;
     let version = state.version;
-    state
-        .history
-        .push((version, collection.to_owned(), "DELETED", object.clone()));
+    record(state, version, collection, "DELETED", &object, by);
     Some(object)
+}
+
+fn record(
+    state: &mut State,
+    version: u64,
+    collection: &str,
+    kind: &'static str,
+    object: &Value,
+    by: &str,
+) {
+    let change = Change {
+        collection: collection.to_owned(),
+        kind,
+        object: object.clone(),
+        by: by.to_owned(),
+        at: tokio::time::Instant::now(),
+    };
+    state.history.push((version, change));
 }
 
 fn answer(status: StatusCode, body: Value) -> Response<ResponseBody> {
@@ -564,7 +705,7 @@ fn status_body(code: u16, reason: &str, message: &str) -> Value {
 }
 
 /// RFC 7386: objects merge key by key, `null` removes, anything else replaces.
-fn merge(target: &mut Value, patch: &Value) {
+pub fn merge(target: &mut Value, patch: &Value) {
     let Some(patch) = patch.as_object() else {
         *target = patch.clone();
         return;

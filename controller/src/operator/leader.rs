@@ -718,20 +718,18 @@ fn is_code(error: &kube::Error, code: u16) -> bool {
 
 #[cfg(test)]
 mod tests {
-    //! Against an in-memory Lease API that keeps a resourceVersion and refuses a write
-    //! based on a stale one (409), as the API server does; on tokio's paused clock,
-    //! with client-go's default timing (15 s, 10 s, 2 s), so times are exact.
+    //! Against the fake API server (`fixtures.rs`), which keeps a resourceVersion and
+    //! refuses a write based on a stale one (409), as the API server does; each
+    //! candidate's client sends under its own name. On tokio's paused clock, with
+    //! client-go's default timing (15 s, 10 s, 2 s), so times are exact.
 
-    use std::collections::HashSet;
     use std::sync::Mutex;
     use std::sync::atomic::AtomicBool;
 
     use futures::FutureExt as _;
-    use http::{Request, Response};
-    use kube::client::Body;
-    use tower_test::mock::SendResponse;
 
     use super::*;
+    use crate::operator::fixtures::{Change, FakeApiServer, merge};
 
     const LEASES: &str = "/apis/coordination.k8s.io/v1/namespaces/default/leases";
     const NAME: &str = "ringlb-operator";
@@ -739,190 +737,106 @@ mod tests {
     const RENEW: Duration = Duration::from_secs(10);
     const RETRY: Duration = Duration::from_secs(2);
 
-    /// A write the API server accepted: when, by whom, the Lease after it.
-    #[derive(Clone, Debug)]
-    struct Write {
-        at: Instant,
-        by: String,
-        lease: Value,
-    }
-
-    #[derive(Default)]
-    struct Store {
-        lease: Option<Value>,
-        version: u64,
-        /// Writes from these clients are held unanswered (an API server that hangs).
-        hanging: HashSet<String>,
-        /// Writes from these clients are refused with 409 (reads still answer).
-        refused: HashSet<String>,
-        held: Vec<SendResponse<Response<Body>>>,
-        writes: Vec<Write>,
-        /// Every request: when, by whom, the method.
-        requests: Vec<(Instant, String, String)>,
-        /// PATCHes that carried no resourceVersion (no optimistic concurrency).
-        unconditional: usize,
-    }
-
+    /// The Lease on the fake API server, and what the tests ask of it.
     #[derive(Clone, Default)]
-    struct LeaseApi(Arc<Mutex<Store>>);
+    struct LeaseApi {
+        server: FakeApiServer,
+        /// Holds on writes that are never to be answered (see [`LeaseApi::hang`]).
+        hung: Arc<Mutex<Vec<watch::Sender<bool>>>>,
+    }
 
     impl LeaseApi {
         /// A client whose requests this server knows as `by`'s.
         fn client(&self, by: &str) -> Client {
-            let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-            let (api, by) = (self.clone(), by.to_owned());
-            tokio::spawn(async move {
-                while let Some((request, respond)) = handle.next_request().await {
-                    let method = request.method().to_string();
-                    let path = request.uri().path().to_owned();
-                    let bytes = request.into_body().collect_bytes().await.unwrap();
-                    let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-                    let mut store = api.0.lock().unwrap();
-                    store
-                        .requests
-                        .push((Instant::now(), by.clone(), method.clone()));
-                    if method != "GET" && store.hanging.contains(&by) {
-                        store.held.push(respond);
-                        continue;
-                    }
-                    let (code, answer) = if method != "GET" && store.refused.contains(&by) {
-                        status(409, "Conflict")
-                    } else {
-                        store.answer(&method, &path, body, &by)
-                    };
-                    drop(store);
-                    respond.send_response(
-                        Response::builder()
-                            .status(code)
-                            .body(Body::from(serde_json::to_vec(&answer).unwrap()))
-                            .unwrap(),
-                    );
-                }
-            });
-            Client::new(service, "default")
+            self.server.caller(by).client()
+        }
+
+        fn lease_path() -> String {
+            format!("{LEASES}/{NAME}")
         }
 
         /// Someone else's write (another elector, an administrator): `spec` merged
         /// into the Lease (created if missing), under a new resourceVersion.
         fn outside(&self, spec: Value) {
-            let mut store = self.0.lock().unwrap();
-            let mut lease = store.lease.clone().unwrap_or_else(|| {
+            let mut lease = self.server.get(LEASES, NAME).unwrap_or_else(|| {
                 json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
                        "metadata": {"name": NAME, "namespace": "default"}, "spec": {}})
             });
-            merge_spec(&mut lease, &spec);
-            store.store(lease, "outside");
+            merge(&mut lease["spec"], &spec);
+            self.server.caller("outside").put(LEASES, lease);
         }
 
         /// A write that changes the resourceVersion and not the record (a label).
         fn touch(&self) {
-            let mut store = self.0.lock().unwrap();
-            let mut lease = store.lease.clone().unwrap();
+            let mut lease = self.server.get(LEASES, NAME).unwrap();
             lease["metadata"]["labels"] = json!({"touched": "yes"});
-            store.store(lease, "outside");
+            self.server.caller("outside").put(LEASES, lease);
         }
 
+        /// From now on, `by`'s writes reach the API server and are never answered.
         fn hang(&self, by: &str) {
-            self.0.lock().unwrap().hanging.insert(by.to_owned());
+            let by = self.server.caller(by);
+            let mut hung = self.hung.lock().unwrap();
+            hung.push(by.hold("POST", LEASES));
+            hung.push(by.hold("PATCH", &Self::lease_path()));
         }
 
+        /// From now on, `by`'s writes are refused with 409 (its reads still answer).
         fn refuse(&self, by: &str) {
-            self.0.lock().unwrap().refused.insert(by.to_owned());
+            let by = self.server.caller(by);
+            by.fail_next("POST", LEASES, 409, usize::MAX);
+            by.fail_next("PATCH", &Self::lease_path(), 409, usize::MAX);
         }
 
         fn spec(&self) -> Value {
-            self.0.lock().unwrap().lease.as_ref().unwrap()["spec"].clone()
+            self.server.get(LEASES, NAME).unwrap()["spec"].clone()
         }
 
         fn holder(&self) -> Option<String> {
             self.spec()["holderIdentity"].as_str().map(str::to_owned)
         }
 
-        fn writes_by(&self, by: &str) -> Vec<Write> {
-            let store = self.0.lock().unwrap();
-            store
-                .writes
-                .iter()
-                .filter(|w| w.by == by)
-                .cloned()
-                .collect()
+        /// The writes the API server accepted from `by`: when, the Lease after each.
+        fn writes_by(&self, by: &str) -> Vec<Change> {
+            let mut changes = self.server.changes();
+            changes.retain(|c| c.by == by);
+            changes
         }
 
         /// `by`'s requests in [from, to): their methods.
         fn requests_by(&self, by: &str, from: Instant, to: Instant) -> Vec<String> {
-            let store = self.0.lock().unwrap();
-            store
-                .requests
-                .iter()
-                .filter(|(at, who, _)| who == by && *at >= from && *at < to)
-                .map(|(_, _, method)| method.clone())
+            self.server
+                .calls()
+                .into_iter()
+                .filter(|c| c.by == by && c.at >= from && c.at < to)
+                .map(|c| c.method)
                 .collect()
         }
-    }
 
-    impl Store {
-        fn answer(&mut self, method: &str, path: &str, body: Value, by: &str) -> (u16, Value) {
-            let named = path == format!("{LEASES}/{NAME}");
-            match method {
-                "GET" if named => match &self.lease {
-                    Some(lease) => (200, lease.clone()),
-                    None => status(404, "NotFound"),
-                },
-                "POST" if path == LEASES => {
-                    if self.lease.is_some() {
-                        return status(409, "AlreadyExists");
-                    }
-                    (201, self.store(body, by))
-                }
-                "PATCH" if named => {
-                    let Some(mut lease) = self.lease.clone() else {
-                        return status(404, "NotFound");
-                    };
-                    match body["metadata"]["resourceVersion"].as_str() {
-                        Some(expected) if lease["metadata"]["resourceVersion"] != expected => {
-                            return status(409, "Conflict");
-                        }
-                        Some(_) => {}
-                        None => self.unconditional += 1,
-                    }
-                    merge_spec(&mut lease, &body["spec"]);
-                    (200, self.store(lease, by))
-                }
-                // Anything else (a PUT included) is not what the elector should send.
-                _ => status(405, "MethodNotAllowed"),
-            }
+        /// PATCHes that carried no resourceVersion (no optimistic concurrency).
+        fn unconditional(&self) -> usize {
+            let calls = self.server.calls();
+            let patches = calls.iter().filter(|c| c.method == "PATCH");
+            patches
+                .filter(|c| c.body["metadata"]["resourceVersion"].is_null())
+                .count()
         }
 
-        fn store(&mut self, mut lease: Value, by: &str) -> Value {
-            self.version += 1;
-            lease["metadata"]["resourceVersion"] = json!(self.version.to_string());
-            self.lease = Some(lease.clone());
-            self.writes.push(Write {
-                at: Instant::now(),
-                by: by.to_owned(),
-                lease: lease.clone(),
-            });
-            lease
+        /// Every request but reads and writes of the Lease: nothing else should come.
+        fn strays(&self) -> Vec<String> {
+            let lease = Self::lease_path();
+            self.server
+                .calls()
+                .into_iter()
+                .filter(|c| {
+                    !matches!(
+                        (c.method.as_str(), c.path.as_str()),
+                        ("GET" | "PATCH", p) if p == lease
+                    ) && !(c.method == "POST" && c.path == LEASES)
+                })
+                .map(|c| format!("{} {}", c.method, c.path))
+                .collect()
         }
-    }
-
-    /// A JSON merge patch of the spec: `null` removes a field.
-    fn merge_spec(lease: &mut Value, spec: &Value) {
-        for (field, value) in spec.as_object().cloned().unwrap_or_default() {
-            if value.is_null() {
-                lease["spec"].as_object_mut().unwrap().remove(&field);
-            } else {
-                lease["spec"][&field] = value;
-            }
-        }
-    }
-
-    fn status(code: u16, reason: &str) -> (u16, Value) {
-        let body = json!({
-            "kind": "Status", "apiVersion": "v1", "status": "Failure",
-            "message": reason, "reason": reason, "code": code,
-        });
-        (code, body)
     }
 
     /// A MicroTime `offset` seconds from now on this machine's wall clock.
@@ -1036,7 +950,7 @@ mod tests {
         let other = if holder == "a" { "b" } else { "a" };
         assert!(api.writes_by(other).is_empty(), "the standby never wrote");
 
-        let created = &writes[0].lease["spec"];
+        let created = &writes[0].object["spec"];
         assert_eq!(created["leaseTransitions"], 0);
         assert_eq!(created["acquireTime"], created["renewTime"]);
         let spec = api.spec();
@@ -1048,10 +962,11 @@ mod tests {
             "kept on renewal"
         );
         assert_eq!(
-            api.0.lock().unwrap().unconditional,
+            api.unconditional(),
             0,
             "every write carried the resourceVersion it was based on"
         );
+        assert!(api.strays().is_empty(), "{:?}", api.strays());
         assert_eq!(leader.metrics.leader.get(), 1);
         assert_eq!(leader.metrics.leader_transitions.get(), 1);
         assert_eq!(standby.metrics.leader.get(), 0);
@@ -1271,7 +1186,7 @@ mod tests {
         let released = Instant::now();
         assert!(!a.leads());
         assert_eq!(within(lost).await.unwrap(), released);
-        let release = api.writes_by("a").last().unwrap().lease["spec"].clone();
+        let release = api.writes_by("a").last().unwrap().object["spec"].clone();
         assert_eq!(release.get("holderIdentity"), None, "holder cleared");
         assert_eq!(release["leaseDurationSeconds"], 1);
         assert_eq!(release["leaseTransitions"], 0);

@@ -2,9 +2,6 @@
 //! pods alive.
 //!
 //! - [`app`]: `ringlb operator`: the leader-elected reconciler (and its operations port);
-//! - [`proxy_app`]: `ringlb proxy`: the proxy of one pool, any number of replicas;
-//! - [`proxy`]: the proxy's watch of its pool and pods, published as its ring;
-//! - [`spec_admin`]: `/add` and `/rm` in a cluster: they edit the pool's spec;
 //! - [`crd`]: the resource types; `ringlb crd` prints the CRD generated from them;
 //! - [`members`]: desired logical names and their DNS-1123 pod names (pure);
 //! - [`pods`]: the pods of a pool: their manifest, listing, creating, deleting;
@@ -14,11 +11,14 @@
 //!   what every pass shares is `context`, its first step `observe`, its Events `events`,
 //!   the pool's budget and admin Secret `owned`;
 //! - [`leader`]: the Lease that lets one operator of a namespace reconcile;
-//! - [`manifests`]: the API permissions each command uses, and the tests of `deploy/`;
+//! - [`fixtures`] (tests): the fake API server every Kubernetes test runs against.
+//!
+//! The in-cluster proxy (`ringlb proxy`) reads these types from its own folder,
+//! `cluster_proxy/`; nothing here reads it.
 
 pub mod admin_secret;
 #[cfg(test)]
-mod api_usage_tests;
+pub(crate) mod api_usage_tests;
 pub mod app;
 mod context;
 pub mod crd;
@@ -27,18 +27,14 @@ mod events;
 pub mod fixtures;
 pub mod heartbeats;
 pub mod leader;
-pub mod manifests;
 pub mod members;
 mod observe;
 #[cfg(test)]
-mod over_time_tests;
+pub(crate) mod over_time_tests;
 mod owned;
 pub mod pass_plan;
 pub mod pods;
-pub mod proxy;
-pub mod proxy_app;
 pub mod reconciler;
-pub mod spec_admin;
 pub mod status;
 
 pub use crd::{ServerPool, ServerPoolSpec, ServerPoolStatus};
@@ -156,61 +152,27 @@ impl tower_service::Service<http::Request<kube::client::Body>> for ApiDeadlines 
 #[cfg(test)]
 mod tests {
     use futures::StreamExt;
-    use http_body_util::StreamBody;
-    use hyper::body::Frame;
     use k8s_openapi::api::core::v1::Pod;
     use kube::api::{Api, WatchParams};
 
     use super::*;
+    use crate::operator::fixtures::FakeApiServer;
 
-    type Never = StreamBody<futures::stream::Pending<Result<Frame<bytes::Bytes>, BoxError>>>;
-
-    /// An API server behind a half-open connection: nothing comes back, but (when
-    /// `watch_heads`) the response head of a watch, whose events never come.
-    #[derive(Clone)]
-    struct HalfOpen {
-        watch_heads: bool,
-    }
-
-    impl tower_service::Service<http::Request<kube::client::Body>> for HalfOpen {
-        type Response = http::Response<Never>;
-        type Error = BoxError;
-        type Future = futures::future::BoxFuture<'static, Result<Self::Response, BoxError>>;
-
-        fn poll_ready(
-            &mut self,
-            _: &mut std::task::Context<'_>,
-        ) -> std::task::Poll<Result<(), BoxError>> {
-            std::task::Poll::Ready(Ok(()))
-        }
-
-        fn call(&mut self, request: http::Request<kube::client::Body>) -> Self::Future {
-            let watch = request
-                .uri()
-                .query()
-                .unwrap_or_default()
-                .contains("watch=true");
-            let head = watch && self.watch_heads;
-            Box::pin(async move {
-                if !head {
-                    std::future::pending::<()>().await;
-                }
-                Ok(http::Response::new(StreamBody::new(
-                    futures::stream::pending(),
-                )))
-            })
-        }
-    }
-
-    fn pods(watch_heads: bool) -> Api<Pod> {
-        let client = kube::Client::new(HalfOpen { watch_heads }, "default");
-        Api::namespaced(ApiDeadlines::wrap(client, API_CALL_TIMEOUT), "default")
+    /// The pods of `server`, through a client whose calls have deadlines.
+    fn pods(server: &FakeApiServer) -> Api<Pod> {
+        Api::namespaced(
+            ApiDeadlines::wrap(server.client(), API_CALL_TIMEOUT),
+            "default",
+        )
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_call_the_api_server_never_answers_fails_at_its_deadline() {
+        // An API server behind a half-open connection: nothing comes back.
+        let server = FakeApiServer::default();
+        let _held = server.hold("GET", "/pods/server1");
         let started = tokio::time::Instant::now();
-        let error = pods(false).get("server1").await.unwrap_err();
+        let error = pods(&server).get("server1").await.unwrap_err();
         assert_eq!(started.elapsed(), API_CALL_TIMEOUT);
         assert!(
             error.to_string().contains("did not answer within 20s"),
@@ -218,15 +180,21 @@ mod tests {
         );
 
         // A watch whose response head does not come fails alike.
+        let _held = server.hold("GET", "/pods");
         let started = tokio::time::Instant::now();
-        let error = pods(false).watch(&WatchParams::default(), "0").await.err();
+        let error = pods(&server)
+            .watch(&WatchParams::default(), "0")
+            .await
+            .err();
         assert_eq!(started.elapsed(), API_CALL_TIMEOUT);
         assert!(error.is_some());
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_quiet_watch_is_not_cut_by_the_call_deadline() {
-        let mut events = pods(true)
+        // The watch's head comes back, its events never: nothing changes.
+        let server = FakeApiServer::default();
+        let mut events = pods(&server)
             .watch(&WatchParams::default(), "0")
             .await
             .expect("the watch's head arrives")

@@ -646,16 +646,14 @@ fn container_reason(pod: &Pod) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
-    use kube::client::Body;
     use serde_json::json;
 
     use super::*;
 
     /// (A client needs a runtime to exist, not to be used: `pod_manifest` is pure.)
     fn runtime(template: ReplicaTemplate) -> KubeRuntime {
-        let (service, _) = tower_test::mock::pair::<http::Request<Body>, http::Response<Body>>();
         KubeRuntime::new(
-            Client::new(service, "default"),
+            crate::operator::fixtures::FakeApiServer::default().client(),
             "default",
             "demo",
             OwnerReference::default(),

@@ -1,89 +1,68 @@
-//! Reconciler tests against a mocked API server (`tower-test`): every API call
-//! the reconciler makes is recorded (method, path, body) and asserted.
+//! Reconciler tests against the fake API server (`fixtures.rs`): every API call
+//! the reconciler makes is recorded (method, path, body) and asserted, in order.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use http::{Request, Response};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
-use kube::client::Body;
 use kube::{Client, Resource};
 use serde_json::{Value, json};
 
 use super::*;
 use crate::metrics::Metrics;
 use crate::operator::crd::{HeartbeatSpec, ServerPoolStatus};
+use crate::operator::fixtures::{ApiCall, FakeApiServer};
 use crate::operator::leader::Leadership;
 use crate::operator::pods::{self, KubeRuntime, PodTemplate};
 use crate::testing::{self, FakeProber};
 
 const NS: &str = "default";
 const POOL_UID: &str = "5d3c0f2e-0000-4000-8000-000000000001";
+const POOLS: &str = "/apis/ringlb.dev/v1alpha1/namespaces/default/serverpools";
 const PODS: &str = "/api/v1/namespaces/default/pods";
 const STATUS: &str = "/apis/ringlb.dev/v1alpha1/namespaces/default/serverpools/demo/status";
 const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/default/events";
 /// The pool's admin Secret is tried once per term (its test: `over_time_tests.rs`).
 const SECRETS: &str = "/api/v1/namespaces/default/secrets";
 
-/// One request the reconciler sent.
-#[derive(Clone, Debug)]
-struct Call {
-    method: String,
-    path: String,
-    query: String,
-    body: Value,
+/// The API server of one pass: the pool, its admin Secret and `pods` stored; every
+/// call recorded.
+struct Api {
+    server: FakeApiServer,
 }
 
-/// A fake API server: answers from the pods it is given, records every call.
-struct MockApi {
-    calls: Arc<Mutex<Vec<Call>>>,
-    /// What the pods' watch shows (the reconciler reads pods from its store).
-    pods: Vec<Pod>,
-}
-
-impl MockApi {
-    fn start(pods: Vec<Value>) -> (Client, MockApi) {
-        let listed = pods
-            .iter()
-            .map(|p| serde_json::from_value(p.clone()).unwrap())
-            .collect();
-        let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-        let calls = Arc::new(Mutex::new(Vec::new()));
-        let recorded = calls.clone();
-        tokio::spawn(async move {
-            while let Some((request, respond)) = handle.next_request().await {
-                let method = request.method().to_string();
-                let path = request.uri().path().to_owned();
-                let query = request.uri().query().unwrap_or_default().to_owned();
-                let bytes = request.into_body().collect_bytes().await.unwrap();
-                let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-                let call = Call {
-                    method,
-                    path,
-                    query,
-                    body,
-                };
-                let (code, answer) = answer(&call, &pods);
-                recorded.lock().unwrap().push(call);
-                respond.send_response(
-                    Response::builder()
-                        .status(code)
-                        .body(Body::from(serde_json::to_vec(&answer).unwrap()))
-                        .unwrap(),
-                );
-            }
-        });
-        (
-            Client::new(service, NS),
-            MockApi {
-                calls,
-                pods: listed,
-            },
-        )
+impl Api {
+    fn start(pods: Vec<Value>) -> Api {
+        let server = FakeApiServer::default();
+        server.put(POOLS, serde_json::to_value(pool(3, None)).unwrap());
+        // The Secret exists: its create is refused (409), as on any pass but a pool's first.
+        server.put(
+            SECRETS,
+            json!({"apiVersion": "v1", "kind": "Secret",
+                   "metadata": {"name": "demo-admin", "namespace": NS}}),
+        );
+        for pod in pods {
+            server.put(PODS, pod);
+        }
+        Api { server }
     }
 
-    fn calls(&self) -> Vec<Call> {
-        self.calls.lock().unwrap().clone()
+    fn client(&self) -> Client {
+        self.server.client()
+    }
+
+    /// What the pods' watch shows (the reconciler reads pods from its store): the
+    /// pods stored.
+    fn pods(&self) -> Vec<Pod> {
+        self.server
+            .names(PODS)
+            .iter()
+            .map(|name| serde_json::from_value(self.server.get(PODS, name).unwrap()).unwrap())
+            .collect()
+    }
+
+    fn calls(&self) -> Vec<ApiCall> {
+        self.server.calls()
     }
 
     /// Every call but Events and the admin Secret's, as "METHOD path".
@@ -119,45 +98,10 @@ impl MockApi {
             .map(|c| c.body)
             .collect()
     }
-}
 
-fn answer(call: &Call, pods: &[Value]) -> (u16, Value) {
-    match (call.method.as_str(), call.path.as_str()) {
-        ("GET", path) if path.starts_with(PODS) => (
-            200,
-            json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": pods}),
-        ),
-        ("POST", path) if path.starts_with(PODS) => {
-            let mut pod = call.body.clone();
-            pod["metadata"]["uid"] =
-                json!(format!("uid-{}", pod["metadata"]["name"].as_str().unwrap()));
-            (201, pod)
-        }
-        ("DELETE", path) if path.starts_with(PODS) => {
-            let name = path.trim_start_matches(PODS).trim_start_matches('/');
-            let name = name.split('?').next().unwrap();
-            match pods.iter().find(|p| p["metadata"]["name"] == name) {
-                Some(pod) => (200, pod.clone()),
-                None => (
-                    404,
-                    json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
-                           "reason": "NotFound", "code": 404, "message": "not found"}),
-                ),
-            }
-        }
-        ("PATCH", STATUS) => {
-            let mut pool = serde_json::to_value(pool(3, None)).unwrap();
-            pool["status"] = call.body["status"].clone();
-            (200, pool)
-        }
-        ("POST", EVENTS) => (201, call.body.clone()),
-        // The Secret exists.
-        ("POST", SECRETS) => (
-            409,
-            json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
-                   "reason": "AlreadyExists", "code": 409, "message": "exists"}),
-        ),
-        other => panic!("unexpected API call {other:?}"),
+    /// The names of the pods stored after the pass.
+    fn pod_names(&self) -> Vec<String> {
+        self.server.names(PODS)
     }
 }
 
@@ -165,21 +109,21 @@ fn fixed_clock() -> Timestamp {
     "2026-01-02T03:04:05Z".parse().unwrap()
 }
 
-fn context(client: Client, api: &MockApi, healthy: &[&str], failing: &[&str]) -> Arc<Context> {
+fn context(api: &Api, healthy: &[&str], failing: &[&str]) -> Arc<Context> {
     // Heartbeats answer from a table of pod IPs (unknown IPs fail).
     let table = healthy
         .iter()
         .map(|ip| (ip.parse().unwrap(), true))
         .chain(failing.iter().map(|ip| (ip.parse().unwrap(), false)));
     let mut ctx = Context::new(
-        client,
+        api.client(),
         None,
         Arc::new(FakeProber::by_ip(table)),
         Arc::new(Metrics::new()),
         Leadership::sole(),
     );
     ctx.set_clock(fixed_clock);
-    ctx.set_pods(api.pods.clone());
+    ctx.set_pods(api.pods());
     // The pool's budget is there already (its own test writes it).
     let owner = pool(3, None).controller_owner_ref(&()).unwrap();
     ctx.set_budgets(vec![pods::disruption_budget("demo", &owner)]);
@@ -224,10 +168,8 @@ fn running_pod(member: &str, ip: &str) -> Value {
 fn template_pod(name: &ReplicaName) -> Pod {
     let owner = pool(3, None).controller_owner_ref(&()).unwrap();
     KubeRuntime::new(
-        Client::new(
-            tower_test::mock::pair::<Request<Body>, Response<Body>>().0,
-            NS,
-        ),
+        // A client to exist, not to be used: `pod_manifest` is pure.
+        FakeApiServer::default().client(),
         NS,
         "demo",
         owner,
@@ -255,14 +197,14 @@ async fn pass(pool: ServerPool, ctx: &Arc<Context>) -> Action {
     reconcile(Arc::new(pool), ctx.clone()).await.unwrap()
 }
 
-fn patched_status(api: &MockApi) -> ServerPoolStatus {
+fn patched_status(api: &Api) -> ServerPoolStatus {
     serde_json::from_value(api.body_of("PATCH", STATUS)["status"].clone()).unwrap()
 }
 
 #[tokio::test]
 async fn an_empty_pool_gets_its_pods_with_owner_references_and_labels() {
-    let (client, api) = MockApi::start(Vec::new());
-    let ctx = context(client, &api, ALL_HEALTHY, &[]);
+    let api = Api::start(Vec::new());
+    let ctx = context(&api, ALL_HEALTHY, &[]);
     let action = pass(pool(3, None), &ctx).await;
     assert_eq!(action, Action::requeue(RESYNC));
 
@@ -319,13 +261,17 @@ async fn an_empty_pool_gets_its_pods_with_owner_references_and_labels() {
         (ready.status.as_str(), ready.message.as_str()),
         ("False", "0/3 replicas ready")
     );
+    // What the API server holds after the pass.
+    assert_eq!(api.pod_names(), ["server1", "server2", "server3"]);
+    let stored = api.server.get(POOLS, "demo").unwrap();
+    assert_eq!(stored["status"]["replicas"], 3);
 }
 
 #[tokio::test]
 async fn a_converged_pool_is_left_alone_and_its_status_not_rewritten() {
     // First pass: everything healthy, status written once.
-    let (client, api) = MockApi::start(three_running());
-    let ctx = context(client, &api, ALL_HEALTHY, &[]);
+    let api = Api::start(three_running());
+    let ctx = context(&api, ALL_HEALTHY, &[]);
     pass(pool(3, None), &ctx).await;
     assert_eq!(api.writes_and_reads(), [format!("PATCH {STATUS}")]);
     let status = patched_status(&api);
@@ -338,8 +284,8 @@ async fn a_converged_pool_is_left_alone_and_its_status_not_rewritten() {
     assert_eq!(ready.status, "True");
 
     // Second pass with that status: no API call at all (pods come from the watch).
-    let (client, api) = MockApi::start(three_running());
-    let ctx = context(client, &api, ALL_HEALTHY, &[]);
+    let api = Api::start(three_running());
+    let ctx = context(&api, ALL_HEALTHY, &[]);
     pass(pool(3, Some(status)), &ctx).await;
     assert!(
         api.writes_and_reads().is_empty(),
@@ -351,13 +297,14 @@ async fn a_converged_pool_is_left_alone_and_its_status_not_rewritten() {
 
 #[tokio::test]
 async fn scaling_down_deletes_the_extra_pods() {
-    let (client, api) = MockApi::start(three_running());
-    let ctx = context(client, &api, ALL_HEALTHY, &[]);
+    let api = Api::start(three_running());
+    let ctx = context(&api, ALL_HEALTHY, &[]);
     pass(pool(2, None), &ctx).await;
     assert_eq!(
         api.writes_and_reads(),
         [format!("DELETE {PODS}/server3"), format!("PATCH {STATUS}"),]
     );
+    assert_eq!(api.pod_names(), ["server1", "server2"]);
     assert_eq!(api.event_reasons(), ["Deleted"]);
     let status = patched_status(&api);
     assert_eq!((status.replicas, status.ready_replicas), (2, 2));
@@ -365,9 +312,17 @@ async fn scaling_down_deletes_the_extra_pods() {
 
 #[tokio::test]
 async fn scaling_up_creates_only_the_missing_pods() {
-    let (client, api) = MockApi::start(three_running());
-    let ctx = context(client, &api, ALL_HEALTHY, &[]);
+    let api = Api::start(three_running());
+    let ctx = context(&api, ALL_HEALTHY, &[]);
     pass(pool(5, None), &ctx).await;
+    assert_eq!(
+        api.writes_and_reads(),
+        [
+            format!("POST {PODS}"),
+            format!("POST {PODS}"),
+            format!("PATCH {STATUS}"),
+        ]
+    );
     let names: Vec<String> = api
         .created_pods()
         .iter()
@@ -384,9 +339,13 @@ async fn a_pod_deleted_from_outside_is_created_again_under_its_name() {
         running_pod("Server1", "10.0.0.1"),
         running_pod("Server3", "10.0.0.3"),
     ];
-    let (client, api) = MockApi::start(pods);
-    let ctx = context(client, &api, ALL_HEALTHY, &[]);
+    let api = Api::start(pods);
+    let ctx = context(&api, ALL_HEALTHY, &[]);
     pass(pool(3, None), &ctx).await;
+    assert_eq!(
+        api.writes_and_reads(),
+        [format!("POST {PODS}"), format!("PATCH {STATUS}")]
+    );
     let created = api.created_pods();
     assert_eq!(created.len(), 1);
     assert_eq!(created[0]["metadata"]["name"], "server2");
@@ -398,8 +357,8 @@ async fn a_pod_deleted_from_outside_is_created_again_under_its_name() {
 
 #[tokio::test]
 async fn a_failed_pod_is_replaced_by_an_emergency_pod_and_recorded() {
-    let (client, api) = MockApi::start(three_running());
-    let ctx = context(client, &api, &["10.0.0.1", "10.0.0.3"], &["10.0.0.2"]);
+    let api = Api::start(three_running());
+    let ctx = context(&api, &["10.0.0.1", "10.0.0.3"], &["10.0.0.2"]);
     pass(pool(3, None), &ctx).await;
     assert_eq!(
         api.writes_and_reads(),
@@ -464,12 +423,13 @@ async fn a_failed_pod_is_replaced_by_an_emergency_pod_and_recorded() {
         ]
     );
     assert_eq!((status.replicas, status.ready_replicas), (3, 2));
+    assert_eq!(api.pod_names(), ["emergency-1", "server1", "server3"]);
 }
 
 #[tokio::test]
 async fn a_replacement_survives_a_pass_that_still_sees_the_old_status() {
-    let (client, api) = MockApi::start(three_running());
-    let ctx = context(client, &api, &["10.0.0.1", "10.0.0.3"], &["10.0.0.2"]);
+    let api = Api::start(three_running());
+    let ctx = context(&api, &["10.0.0.1", "10.0.0.3"], &["10.0.0.2"]);
     pass(pool(3, None), &ctx).await;
 
     // The cached pool has no status yet; server2 is gone, emergency-1 is starting.
@@ -480,9 +440,9 @@ async fn a_replacement_survives_a_pass_that_still_sees_the_old_status() {
     let mut emergency = running_pod("emergency_1", "10.0.0.4");
     emergency["status"] = json!({"phase": "Pending"});
     pods.push(emergency);
-    let (client, api) = MockApi::start(pods);
+    let api = Api::start(pods);
     let remembered = std::mem::take(&mut *ctx.memory.lock().unwrap());
-    let ctx = context(client, &api, &["10.0.0.1", "10.0.0.3"], &[]);
+    let ctx = context(&api, &["10.0.0.1", "10.0.0.3"], &[]);
     *ctx.memory.lock().unwrap() = remembered;
     pass(pool(3, None), &ctx).await;
     // No pod for Server2 again, nothing deleted: only the status catches up.
@@ -492,8 +452,8 @@ async fn a_replacement_survives_a_pass_that_still_sees_the_old_status() {
 
 #[tokio::test]
 async fn names_that_cannot_be_pods_are_refused_with_a_condition() {
-    let (client, api) = MockApi::start(Vec::new());
-    let ctx = context(client, &api, ALL_HEALTHY, &[]);
+    let api = Api::start(Vec::new());
+    let ctx = context(&api, ALL_HEALTHY, &[]);
     let mut bad = pool(2, None);
     bad.spec.hostnames = vec!["Web_1".into(), "web-1".into()];
     pass(bad, &ctx).await;
@@ -520,8 +480,8 @@ async fn pods_that_name_no_replica_are_deleted() {
     stray["metadata"]["labels"]["ringlb.dev/member"] = json!("not a name");
     let mut pods = three_running();
     pods.push(stray);
-    let (client, api) = MockApi::start(pods);
-    let ctx = context(client, &api, ALL_HEALTHY, &[]);
+    let api = Api::start(pods);
+    let ctx = context(&api, ALL_HEALTHY, &[]);
     pass(pool(3, None), &ctx).await;
     assert_eq!(
         api.writes_and_reads(),
@@ -531,9 +491,9 @@ async fn pods_that_name_no_replica_are_deleted() {
 
 #[tokio::test]
 async fn a_standby_writes_nothing_and_looks_again_soon() {
-    let (client, api) = MockApi::start(Vec::new());
+    let api = Api::start(Vec::new());
     let mut ctx = Context::new(
-        client,
+        api.client(),
         None,
         Arc::new(FakeProber::answering(false)),
         Arc::new(Metrics::new()),
@@ -553,9 +513,17 @@ async fn an_emergency_name_another_pool_holds_is_not_picked() {
     foreign["metadata"]["labels"]["ringlb.dev/pool"] = json!("other");
     let mut pods = three_running();
     pods.push(foreign);
-    let (client, api) = MockApi::start(pods);
-    let ctx = context(client, &api, &["10.0.0.1", "10.0.0.3"], &["10.0.0.2"]);
+    let api = Api::start(pods);
+    let ctx = context(&api, &["10.0.0.1", "10.0.0.3"], &["10.0.0.2"]);
     pass(pool(3, None), &ctx).await;
+    assert_eq!(
+        api.writes_and_reads(),
+        [
+            format!("DELETE {PODS}/server2"),
+            format!("POST {PODS}"),
+            format!("PATCH {STATUS}"),
+        ]
+    );
     let created = api.created_pods();
     assert_eq!(created.len(), 1);
     assert_eq!(created[0]["metadata"]["name"], "emergency-2");
@@ -571,9 +539,18 @@ async fn a_pod_stuck_terminating_is_replaced_under_a_new_name() {
     let mut pods = three_running();
     // server2 was asked to stop 10 minutes ago and never went (its node is gone).
     pods[1]["metadata"]["deletionTimestamp"] = stuck_since(600);
-    let (client, api) = MockApi::start(pods.clone());
-    let ctx = context(client, &api, ALL_HEALTHY, &[]);
+    let api = Api::start(pods.clone());
+    let ctx = context(&api, ALL_HEALTHY, &[]);
     pass(pool(3, None), &ctx).await;
+    // Replaced as a failed pod is: asked to stop again, and a new one made.
+    assert_eq!(
+        api.writes_and_reads(),
+        [
+            format!("DELETE {PODS}/server2"),
+            format!("POST {PODS}"),
+            format!("PATCH {STATUS}"),
+        ]
+    );
     assert_eq!(api.created_pods()[0]["metadata"]["name"], "emergency-1");
     assert_eq!(
         patched_status(&api).emergency_replacements[0].original,
@@ -582,17 +559,19 @@ async fn a_pod_stuck_terminating_is_replaced_under_a_new_name() {
 
     // One that has just begun terminating is waited for: its name comes back.
     pods[1]["metadata"]["deletionTimestamp"] = stuck_since(5);
-    let (client, api) = MockApi::start(pods);
-    let ctx = context(client, &api, ALL_HEALTHY, &[]);
+    let api = Api::start(pods);
+    let ctx = context(&api, ALL_HEALTHY, &[]);
     pass(pool(3, None), &ctx).await;
     assert!(api.created_pods().is_empty());
+    assert_eq!(api.writes_and_reads(), [format!("PATCH {STATUS}")]);
 }
 
 #[tokio::test]
 async fn the_status_is_written_by_server_side_apply_under_the_controller_name() {
-    let (client, api) = MockApi::start(three_running());
-    let ctx = context(client, &api, ALL_HEALTHY, &[]);
+    let api = Api::start(three_running());
+    let ctx = context(&api, ALL_HEALTHY, &[]);
     pass(pool(3, None), &ctx).await;
+    assert_eq!(api.writes_and_reads(), [format!("PATCH {STATUS}")]);
     let call = api
         .calls()
         .into_iter()

@@ -13,9 +13,10 @@ use kube::api::{Patch, PatchParams};
 use serde_json::json;
 use tokio::sync::mpsc;
 
-use super::crd::ServerPool;
-use super::members::{self, NamingError};
 use crate::metrics::Metrics;
+use crate::operator::crd::ServerPool;
+use crate::operator::members::{self, NamingError};
+use crate::operator::pods::is_status;
 use crate::pool::{MembershipError, PoolAdmin, PoolError, membership};
 use crate::publish::Publisher;
 use crate::replica_name::ReplicaName;
@@ -59,7 +60,7 @@ impl SpecAdmin {
     async fn change(
         &self,
         operation: &str,
-        change: impl Fn(&Current) -> Result<(Vec<ReplicaName>, BTreeMap<String, u32>), PoolError>,
+        change: impl Fn(&StoredMembership) -> Result<NewBases, PoolError>,
     ) -> Result<Vec<ReplicaName>, PoolError> {
         for _ in 0..CONFLICT_RETRIES {
             let pool = self
@@ -67,8 +68,9 @@ impl SpecAdmin {
                 .get(&self.name)
                 .await
                 .map_err(|e| backend(&self.name, e))?;
-            let current = Current::of(&pool).map_err(|e| PoolError::Backend(e.to_string()))?;
-            let (bases, weights) = change(&current)?;
+            let stored =
+                StoredMembership::of(&pool).map_err(|e| PoolError::Backend(e.to_string()))?;
+            let (bases, weights) = change(&stored)?;
             // A merge patch merges maps: a weight that goes is written as null.
             let mut weights_patch: BTreeMap<&str, Option<u32>> = pool
                 .spec
@@ -81,7 +83,7 @@ impl SpecAdmin {
             let mut spec = pool.spec.clone();
             spec.replicas = replicas;
             spec.hostnames = hostnames.clone();
-            let desired = members::desired_members(&spec, &current.replacements)
+            let desired = members::desired_members(&spec, &stored.replacements)
                 .map_err(refusal)?
                 .into_iter()
                 .map(|(name, _)| name)
@@ -109,7 +111,7 @@ impl SpecAdmin {
                     self.publisher.show_desired(desired.clone());
                     return Ok(desired);
                 }
-                Err(error) if super::pods::is_status(&error, 409) => continue,
+                Err(error) if is_status(&error, 409) => continue,
                 Err(error) => return Err(backend(&self.name, error)),
             }
         }
@@ -120,8 +122,13 @@ impl SpecAdmin {
     }
 }
 
-/// The pool as `/add` and `/rm` see it.
-struct Current {
+/// What `/add` or `/rm` makes of the stored membership: the new base names (one per
+/// slot) and the new `spec.weights`.
+type NewBases = (Vec<ReplicaName>, BTreeMap<String, u32>);
+
+/// The pool's membership as stored (its spec and status), read afresh before each
+/// `/add` or `/rm`: what the change is checked against and computed from.
+struct StoredMembership {
     bases: Vec<ReplicaName>,
     desired: Vec<ReplicaName>,
     replacements: std::collections::HashMap<String, ReplicaName>,
@@ -134,7 +141,7 @@ struct Current {
     weights: membership::Weights,
 }
 
-impl Current {
+impl StoredMembership {
     fn of(pool: &ServerPool) -> Result<Self, NamingError> {
         let status = pool.status.clone().unwrap_or_default();
         let replacements = members::replacement_map(&status.emergency_replacements);
@@ -176,7 +183,7 @@ impl Current {
 }
 
 fn backend(pool: &str, error: kube::Error) -> PoolError {
-    if super::pods::is_status(&error, 404) {
+    if is_status(&error, 404) {
         PoolError::Backend(format!("ServerPool {pool} does not exist"))
     } else {
         PoolError::Backend(format!("Kubernetes API: {error}"))
@@ -201,7 +208,7 @@ impl PoolAdmin for SpecAdmin {
         weights: BTreeMap<String, u32>,
     ) -> BoxFuture<'_, Result<Vec<ReplicaName>, PoolError>> {
         Box::pin(async move {
-            self.change("add", |current| {
+            self.change("add", |stored| {
                 let table = self.publisher.table();
                 let membership::Addition {
                     names: added,
@@ -209,9 +216,9 @@ impl PoolAdmin for SpecAdmin {
                     ..
                 } = membership::check_add(
                     membership::AddTo {
-                        desired: &current.desired,
-                        in_use: &current.in_use,
-                        weights: &current.weights,
+                        desired: &stored.desired,
+                        in_use: &stored.in_use,
+                        weights: &stored.weights,
                         max_replicas: self.max_replicas,
                         ring: table.ring.config(),
                     },
@@ -235,9 +242,9 @@ impl PoolAdmin for SpecAdmin {
                         Ok::<(), PoolError>(())
                     },
                 )?;
-                let mut spec_weights = current.spec_weights.clone();
+                let mut spec_weights = stored.spec_weights.clone();
                 spec_weights.extend(added_weights.into_iter().map(|(n, w)| (n.to_string(), w)));
-                let bases = current.bases.iter().chain(&added).cloned().collect();
+                let bases = stored.bases.iter().chain(&added).cloned().collect();
                 Ok((bases, spec_weights))
             })
             .await
@@ -250,21 +257,21 @@ impl PoolAdmin for SpecAdmin {
         hostnames: Vec<String>,
     ) -> BoxFuture<'_, Result<Vec<ReplicaName>, PoolError>> {
         Box::pin(async move {
-            self.change("rm", |current| {
+            self.change("rm", |stored| {
                 let removed =
-                    membership::names_to_remove(&current.desired, n, &hostnames, &mut rand::rng())?;
+                    membership::names_to_remove(&stored.desired, n, &hostnames, &mut rand::rng())?;
                 let removed_bases: Vec<&ReplicaName> = removed
                     .iter()
-                    .filter_map(|name| current.base_of(name))
+                    .filter_map(|name| stored.base_of(name))
                     .collect();
-                let bases: Vec<ReplicaName> = current
+                let bases: Vec<ReplicaName> = stored
                     .bases
                     .iter()
                     .filter(|base| !removed_bases.contains(base))
                     .cloned()
                     .collect();
                 // The weights of the slots that go, go with them.
-                let mut spec_weights = current.spec_weights.clone();
+                let mut spec_weights = stored.spec_weights.clone();
                 spec_weights.retain(|name, _| bases.iter().any(|b| b.as_str() == name));
                 Ok((bases, spec_weights))
             })
@@ -280,103 +287,89 @@ impl PoolAdmin for SpecAdmin {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Mutex as StdMutex;
-
-    use http::{Request, Response};
-    use kube::Client;
-    use kube::client::Body;
     use serde_json::Value;
 
     use super::*;
+    use crate::operator::fixtures::FakeApiServer;
     use crate::testing::pool;
 
+    const POOLS: &str = "/apis/ringlb.dev/v1alpha1/namespaces/default/serverpools";
     const POOL: &str = "/apis/ringlb.dev/v1alpha1/namespaces/default/serverpools/demo";
 
-    /// The calls the mock received: (method, body).
-    type Calls = Arc<StdMutex<Vec<(String, Value)>>>;
+    /// The fake API server holding one pool, and a `SpecAdmin` of it.
+    struct Fake {
+        server: FakeApiServer,
+        admin: SpecAdmin,
+    }
 
-    /// A mocked API server holding one pool (stored at resourceVersion 42); records the
-    /// merge patches it gets. `conflicts` patches are refused with 409 first.
-    fn mock(mut pool: ServerPool, conflicts: usize) -> (SpecAdmin, Calls) {
-        pool.metadata.resource_version = Some("42".into());
-        let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-        let calls = Arc::new(StdMutex::new(Vec::new()));
-        let recorded = calls.clone();
-        tokio::spawn(async move {
-            let mut conflicts = conflicts;
-            while let Some((request, respond)) = handle.next_request().await {
-                let method = request.method().to_string();
-                let path = request.uri().path().to_owned();
-                assert_eq!(path, POOL, "{method} {path}");
-                let bytes = request.into_body().collect_bytes().await.unwrap();
-                let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-                recorded.lock().unwrap().push((method.clone(), body));
-                let (code, answer) = if method == "PATCH" && conflicts > 0 {
-                    conflicts -= 1;
-                    (
-                        409,
-                        json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
-                                 "reason": "Conflict", "code": 409, "message": "changed"}),
-                    )
-                } else {
-                    (200, serde_json::to_value(&pool).unwrap())
-                };
-                respond.send_response(
-                    Response::builder()
-                        .status(code)
-                        .body(Body::from(serde_json::to_vec(&answer).unwrap()))
-                        .unwrap(),
-                );
-            }
-        });
-        let client = Client::new(service, "default");
+    fn start(pool: ServerPool) -> Fake {
+        let server = FakeApiServer::default();
+        server.put(POOLS, serde_json::to_value(&pool).unwrap());
         let metrics = Arc::new(Metrics::new());
-        let kube_pool = SpecAdmin::new(
-            Api::namespaced(client, "default"),
+        let admin = SpecAdmin::new(
+            Api::namespaced(server.client(), "default"),
             "demo",
             10,
             metrics.clone(),
             Arc::new(Publisher::new(&Default::default(), metrics)),
             mpsc::channel(1).0,
         );
-        (kube_pool, calls)
+        Fake { server, admin }
+    }
+
+    impl Fake {
+        /// The pool's resourceVersion as stored now.
+        fn version(&self) -> Value {
+            self.stored()["metadata"]["resourceVersion"].clone()
+        }
+
+        fn stored(&self) -> Value {
+            self.server.get(POOLS, "demo").unwrap()
+        }
+
+        /// The merge patches sent; and every call was to the pool, nothing else.
+        fn patches(&self) -> Vec<Value> {
+            let calls = self.server.calls();
+            for call in &calls {
+                assert_eq!(call.path, POOL, "{} {}", call.method, call.path);
+            }
+            calls
+                .into_iter()
+                .filter(|c| c.method == "PATCH")
+                .map(|c| c.body)
+                .collect()
+        }
     }
 
     fn names(list: &[ReplicaName]) -> Vec<&str> {
         list.iter().map(ReplicaName::as_str).collect()
     }
 
-    fn patches(calls: &StdMutex<Vec<(String, Value)>>) -> Vec<Value> {
-        calls
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|(m, _)| m == "PATCH")
-            .map(|(_, b)| b.clone())
-            .collect()
-    }
-
     #[tokio::test]
     async fn add_patches_replicas_and_keeps_the_hostnames_when_they_suffice() {
-        let (kube_pool, calls) = mock(pool(3).build(), 0);
-        let desired = kube_pool.add(2, vec![], BTreeMap::new()).await.unwrap();
+        let api = start(pool(3).build());
+        let read = api.version();
+        let desired = api.admin.add(2, vec![], BTreeMap::new()).await.unwrap();
         assert_eq!(
             names(&desired),
             ["Server1", "Server2", "Server3", "Server4", "Server5"]
         );
+        // On condition that the pool is still as it was read.
         assert_eq!(
-            patches(&calls),
-            [json!({"metadata": {"resourceVersion": "42"},
+            api.patches(),
+            [json!({"metadata": {"resourceVersion": read},
                     "spec": {"replicas": 5, "hostnames": null}})]
         );
+        assert_eq!(api.stored()["spec"]["replicas"], 5);
         // /rep answers the new desired list at once.
-        assert_eq!(names(&kube_pool.publisher.view().desired).len(), 5);
+        assert_eq!(names(&api.admin.publisher.view().desired).len(), 5);
     }
 
     #[tokio::test]
     async fn add_with_names_and_rm_of_a_replacement_spell_the_names_out() {
-        let (kube_pool, calls) = mock(pool(3).replaced(&[("Server2", "emergency_1")]).build(), 0);
-        let desired = kube_pool
+        let api = start(pool(3).replaced(&[("Server2", "emergency_1")]).build());
+        let desired = api
+            .admin
             .add(1, vec!["web".into()], BTreeMap::new())
             .await
             .unwrap();
@@ -385,18 +378,19 @@ mod tests {
             ["Server1", "emergency_1", "Server3", "web"]
         );
         assert_eq!(
-            patches(&calls)[0]["spec"],
+            api.patches()[0]["spec"],
             json!({"replicas": 4, "hostnames": ["Server1", "Server2", "Server3", "web"]})
         );
 
-        let (kube_pool, calls) = mock(pool(3).replaced(&[("Server2", "emergency_1")]).build(), 0);
-        let desired = kube_pool
+        let api = start(pool(3).replaced(&[("Server2", "emergency_1")]).build());
+        let desired = api
+            .admin
             .remove(1, vec!["emergency_1".into()])
             .await
             .unwrap();
         assert_eq!(names(&desired), ["Server1", "Server3"]);
         assert_eq!(
-            patches(&calls)[0]["spec"],
+            api.patches()[0]["spec"],
             json!({"replicas": 2, "hostnames": ["Server1", "Server3"]})
         );
     }
@@ -408,28 +402,29 @@ mod tests {
             weighted.spec.weights = BTreeMap::from([("Server2".to_owned(), 3)]);
             weighted
         };
-        let (kube_pool, calls) = mock(weighted(), 0);
+        let api = start(weighted());
         let weights = BTreeMap::from([("web".to_owned(), 2)]);
-        kube_pool.add(1, vec!["web".into()], weights).await.unwrap();
+        api.admin.add(1, vec!["web".into()], weights).await.unwrap();
         assert_eq!(
-            patches(&calls)[0]["spec"]["weights"],
+            api.patches()[0]["spec"]["weights"],
             json!({"Server2": 3, "web": 2})
         );
 
         // emergency_1 holds slot Server2: removing it removes that slot's weight.
-        let (kube_pool, calls) = mock(weighted(), 0);
-        kube_pool
+        let api = start(weighted());
+        api.admin
             .remove(1, vec!["emergency_1".into()])
             .await
             .unwrap();
         assert_eq!(
-            patches(&calls)[0]["spec"]["weights"],
+            api.patches()[0]["spec"]["weights"],
             json!({"Server2": null})
         );
 
         // A weight the ring cannot hold is refused before anything is written.
-        let (kube_pool, calls) = mock(weighted(), 0);
-        let error = kube_pool
+        let api = start(weighted());
+        let error = api
+            .admin
             .add(
                 1,
                 vec!["web".into()],
@@ -438,71 +433,74 @@ mod tests {
             .await
             .unwrap_err();
         assert!(error.to_string().contains("weight 0"), "{error}");
-        assert!(patches(&calls).is_empty());
+        assert!(api.patches().is_empty());
     }
 
     #[tokio::test]
     async fn refused_changes_write_nothing() {
-        let (kube_pool, calls) = mock(pool(2).replaced(&[("Server2", "emergency_1")]).build(), 0);
+        let api = start(pool(2).replaced(&[("Server2", "emergency_1")]).build());
         for (result, expected) in [
             (
-                kube_pool
+                api.admin
                     .add(1, vec!["Server1".into()], BTreeMap::new())
                     .await,
                 "hostname 'Server1' is already in use",
             ),
             (
                 // The failed name stays taken while its replacement lives.
-                kube_pool
+                api.admin
                     .add(1, vec!["Server2".into()], BTreeMap::new())
                     .await,
                 "hostname 'Server2' is already in use",
             ),
             (
-                kube_pool
+                api.admin
                     .add(1, vec!["server_".into()], BTreeMap::new())
                     .await,
                 "cannot name a pod",
             ),
             (
-                kube_pool
+                api.admin
                     .add(2, vec!["Web_1".into(), "web-1".into()], BTreeMap::new())
                     .await,
                 "hostname 'web-1' is already in use",
             ),
             (
                 // Pod server9, as Server9's would be (the CRD's CEL rule says so too).
-                kube_pool
+                api.admin
                     .add(1, vec!["server9".into()], BTreeMap::new())
                     .await,
                 "hostname 'server9' would share its pod name with the generated name 'Server9'",
             ),
             (
-                kube_pool.remove(1, vec!["Server2".into()]).await,
+                api.admin.remove(1, vec!["Server2".into()]).await,
                 "hostname 'Server2' is not a replica",
             ),
             (
-                kube_pool.remove(3, vec![]).await,
+                api.admin.remove(3, vec![]).await,
                 "cannot remove 3 replicas: there are only 2",
             ),
         ] {
             let error = result.unwrap_err().to_string();
             assert!(error.contains(expected), "{error}");
         }
-        assert!(patches(&calls).is_empty());
+        assert!(api.patches().is_empty());
     }
 
     #[tokio::test]
     async fn a_conflicting_write_is_retried_on_a_fresh_read() {
-        let (kube_pool, calls) = mock(pool(1).build(), 2);
-        let desired = kube_pool.add(1, vec![], BTreeMap::new()).await.unwrap();
+        let api = start(pool(1).build());
+        // Two writes refused as stale, as if another proxy had written first.
+        api.server.fail_next("PATCH", "/serverpools/demo", 409, 2);
+        let desired = api.admin.add(1, vec![], BTreeMap::new()).await.unwrap();
         assert_eq!(names(&desired), ["Server1", "Server2"]);
-        let methods: Vec<String> = calls
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|(m, _)| m.clone())
-            .collect();
+        assert_eq!(api.patches().len(), 3);
+        let methods: Vec<String> = api.server.calls().into_iter().map(|c| c.method).collect();
         assert_eq!(methods, ["GET", "PATCH", "GET", "PATCH", "GET", "PATCH"]);
+        assert_eq!(
+            api.stored()["spec"]["replicas"],
+            2,
+            "the third write landed"
+        );
     }
 }

@@ -1,7 +1,17 @@
-//! `ringlb proxy --pool NAME`: the data plane in a cluster. Any number of replicas
-//! of it serve one `ServerPool` behind the Service `ringlb`: each routes through
-//! the ring it builds from its own watch (see [`super::proxy`]), and `/add` and
-//! `/rm` edit the pool's spec (see [`super::spec_admin`]).
+//! The in-cluster proxy, `ringlb proxy --pool NAME`: the data plane in a cluster.
+//! Any number of replicas of it serve one `ServerPool` behind the Service `ringlb`:
+//! each routes through the ring it builds from its own watch (see [`watch`]), and
+//! `/add` and `/rm` edit the pool's spec (see [`spec_admin`]).
+//!
+//! It reads the operator's types ([`crate::operator::crd`], [`crate::operator::members`],
+//! [`crate::operator::pods`]); nothing of the operator reads it.
+
+#[cfg(test)]
+pub(crate) mod api_usage_tests;
+#[cfg(test)]
+mod over_time_tests;
+pub mod spec_admin;
+pub mod watch;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -10,8 +20,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use anyhow::Context as _;
 use clap::Args;
 
-use super::proxy;
-use super::spec_admin::SpecAdmin;
+use self::spec_admin::SpecAdmin;
 use crate::metrics::Metrics;
 use crate::ops;
 use crate::proxy::ProxyArgs;
@@ -52,7 +61,7 @@ pub async fn run(args: PoolProxyArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let ops_listener = ringlb_replica::bind_tokio(args.ops_listen)
         .with_context(|| format!("cannot listen on {} (operations port)", args.ops_listen))?;
-    let (client, namespace) = super::connect(args.namespace.as_deref()).await?;
+    let (client, namespace) = crate::operator::connect(args.namespace.as_deref()).await?;
 
     // Its per-replica series carry the pool's name.
     let metrics = Arc::new(Metrics::for_pool(&args.pool));
@@ -99,11 +108,11 @@ pub async fn run(args: PoolProxyArgs) -> anyhow::Result<()> {
             ready: ops::Readiness::Synced(synced.clone()),
         },
     )?;
-    let watch = tokio::spawn({
+    let watch_task = tokio::spawn({
         let stop = serving.stopped();
         async move {
             let _ends = ops::EndsWith(watch_ended);
-            proxy::run_reporting_sync(
+            watch::run_reporting_sync(
                 client, &namespace, &args.pool, publisher, reported, &synced, stop,
             )
             .await;
@@ -112,7 +121,7 @@ pub async fn run(args: PoolProxyArgs) -> anyhow::Result<()> {
 
     shutdown.await;
     serving.drain().await;
-    let _ = tokio::time::timeout(DRAIN_TIMEOUT, watch).await;
+    let _ = tokio::time::timeout(DRAIN_TIMEOUT, watch_task).await;
     tracing::info!("stopped");
     Ok(())
 }

@@ -621,9 +621,9 @@ mod live {
     use tokio::task::JoinHandle;
 
     use super::*;
+    use crate::cluster_proxy::spec_admin::SpecAdmin;
     use crate::operator::api_usage_tests::{PODS, POOLS};
     use crate::operator::fixtures::FakeApiServer;
-    use crate::operator::spec_admin::SpecAdmin;
     use crate::proxy::ProxyArgs;
     use crate::testing::{Within, until};
 

@@ -27,10 +27,11 @@ use kube::{Api, Client};
 use tokio::sync::mpsc;
 use tokio::task::{AbortHandle, JoinSet};
 
-use super::crd::{ServerPool, ServerPoolSpec, ServerPoolStatus};
-use super::members;
-use super::pods::{POOL_LABEL, PodState, replica_pod};
 use crate::health_state::{Health, HealthState};
+use crate::operator::crd::{ServerPool, ServerPoolSpec, ServerPoolStatus};
+use crate::operator::members;
+use crate::operator::pods::{POOL_LABEL, PodState, replica_pod};
+use crate::operator::watch_config;
 use crate::pool::health::{HealthSettings, HeartbeatProber, Prober};
 use crate::pool::membership;
 use crate::publish::{BalanceFactor, MemberState, PoolState, Publisher, Replacement};
@@ -362,18 +363,15 @@ pub async fn run_reporting_sync(
     // Each item says whether it ended an initial list, and of which cache.
     let pool_events = watcher(
         pools,
-        super::watch_config().fields(&format!("metadata.name={pool}")),
+        watch_config().fields(&format!("metadata.name={pool}")),
     )
     .default_backoff()
     .reflect(pool_writer)
     .map(|event| event.map(|e| matches!(e, watcher::Event::InitDone).then_some(Cache::Pool)));
-    let pod_events = watcher(
-        pods,
-        super::watch_config().labels(&format!("{POOL_LABEL}={pool}")),
-    )
-    .default_backoff()
-    .reflect(pod_writer)
-    .map(|event| event.map(|e| matches!(e, watcher::Event::InitDone).then_some(Cache::Pods)));
+    let pod_events = watcher(pods, watch_config().labels(&format!("{POOL_LABEL}={pool}")))
+        .default_backoff()
+        .reflect(pod_writer)
+        .map(|event| event.map(|e| matches!(e, watcher::Event::InitDone).then_some(Cache::Pods)));
     let mut events = std::pin::pin!(futures::stream::select(pool_events, pod_events));
     let mut suspects = Suspects::new(Arc::new(HeartbeatProber::default()));
     let mut memory = Memory::default();
@@ -446,5 +444,5 @@ fn current(
 }
 
 #[cfg(test)]
-#[path = "proxy_tests.rs"]
+#[path = "watch_tests.rs"]
 mod tests;

@@ -1,14 +1,14 @@
 //! What each command asks of the Kubernetes API, and why (the RBAC test derives
 //! the same list from what a fake API server was asked while both commands ran):
 //!
-//! `ringlb operator` (the control plane):
+//! `ringlb operator` (the control plane, `operator/`):
 //! - `serverpools` list, watch: the reconciler's controller follows every pool of its
-//!   namespace (`reconciler.rs`); it never reads one pool alone nor writes a spec;
+//!   namespace (`operator/reconciler.rs`); it never reads one pool alone nor writes a spec;
 //! - `serverpools/status` patch: the reconciler writes replicas, members,
 //!   replacements and conditions (`reconciler.rs`);
 //! - `pods` list, watch, get, create, delete: the controller watches the pods of
 //!   every pool (`reconciler.rs`; passes and heartbeats read that watch's store),
-//!   and `pods.rs` creates missing pods, reads one whose create was refused with 409
+//!   and `operator/pods.rs` creates missing pods, reads one whose create was refused with 409
 //!   (this pool's own, not yet in the store, or another's?), and deletes extras and
 //!   failed ones;
 //! - `policy` `poddisruptionbudgets` list, watch, patch: each pool's budget, watched
@@ -16,19 +16,19 @@
 //! - `events.k8s.io` `events` create, patch: the event recorder, for every pod
 //!   created, deleted or replaced (patched when an event repeats);
 //! - `coordination.k8s.io` `leases` get, create, patch: the leader election
-//!   (`leader.rs`) reads the Lease (a standby, to see whether its record stands still;
+//!   (`operator/leader.rs`) reads the Lease (a standby, to see whether its record stands still;
 //!   the leader, after a 409), creates it if missing, and patches it with the
 //!   resourceVersion it read (a merge patch, checked like an update) to take, renew and
 //!   release it.
 //!
-//! `ringlb proxy --pool NAME` (the data plane):
+//! `ringlb proxy --pool NAME` (the data plane, `cluster_proxy/`):
 //! - `serverpools` list, watch: the reflector of its one pool (field selector
-//!   `metadata.name`), whose status says which members serve (`proxy.rs`);
+//!   `metadata.name`), whose status says which members serve (`watch.rs`);
 //! - `serverpools` get, patch: `/add` and `/rm` read the pool, then write
 //!   `spec.replicas` and `spec.hostnames` with a resourceVersion precondition
 //!   (`spec_admin.rs`);
 //! - `pods` list, watch: the reflector of the pool's pods (label `ringlb.dev/pool`):
-//!   their addresses, and their readiness while the operator is away (`proxy.rs`).
+//!   their addresses, and their readiness while the operator is away (`watch.rs`).
 //!
 //! The tests check that the manifests of `deploy/` and `crds/` parse into their
 //! Kubernetes types, grant exactly that to the right pods, and deploy both commands
@@ -668,11 +668,12 @@ mod tests {
     }
 
     /// The verbs are those the fake API server saw each command use while it ran
-    /// (`api_usage_tests.rs`): a verb the code starts using fails this test until
+    /// (`operator/api_usage_tests.rs`, `cluster_proxy/api_usage_tests.rs`): a verb the code starts using fails this test until
     /// the Role grants it, and one the Role grants that nothing uses fails it too.
     #[tokio::test]
     async fn each_deployment_runs_as_an_account_granted_exactly_what_its_command_uses() {
-        let (operator_used, proxy_used) = crate::operator::api_usage_tests::permissions().await;
+        let operator_used = crate::operator::api_usage_tests::permissions().await;
+        let proxy_used = crate::cluster_proxy::api_usage_tests::permissions().await;
         let (operator_used, proxy_used) = (permissions(operator_used), permissions(proxy_used));
         let deployed = Deployed::load();
         let names: BTreeSet<&str> = deployed
@@ -1056,12 +1057,8 @@ mod tests {
         let spec = policy.spec.as_ref().unwrap();
         let pod_selector = spec.pod_selector.as_ref().expect("a pod selector");
         // A replica pod as the operator makes it, whatever its pool and port.
-        let (service, _) = tower_test::mock::pair::<
-            http::Request<kube::client::Body>,
-            http::Response<kube::client::Body>,
-        >();
         let runtime = crate::operator::pods::KubeRuntime::new(
-            kube::Client::new(service, "default"),
+            crate::operator::fixtures::FakeApiServer::default().client(),
             "default",
             "any-pool",
             Default::default(),
@@ -1120,7 +1117,7 @@ mod tests {
     /// everything else the operator uses, and the operator runs `--all-namespaces`.
     #[tokio::test]
     async fn the_all_namespaces_overlay_grants_the_operator_what_it_uses_in_every_namespace() {
-        let (operator_used, _) = crate::operator::api_usage_tests::permissions().await;
+        let operator_used = crate::operator::api_usage_tests::permissions().await;
         let operator_used = permissions(operator_used);
         let overlay = kustomization("deploy/all-namespaces");
         let base = Deployed::load();
