@@ -14,7 +14,6 @@
 
 pub mod app;
 pub mod cli;
-pub mod health_state;
 pub mod launch;
 pub mod metrics;
 pub mod operator;
@@ -22,6 +21,7 @@ pub mod ops;
 pub mod pool;
 pub mod proxy;
 pub mod publish;
+pub mod replica_health;
 pub mod replica_name;
 pub mod ring;
 pub mod runtime;

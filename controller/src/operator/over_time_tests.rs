@@ -19,7 +19,7 @@ use super::leader::Leadership;
 use super::pods::{CONTAINER, PodTemplate, TEMPLATE_LABEL};
 use super::reconciler::{self, Context};
 use crate::metrics::Metrics;
-use crate::pool::health::Prober;
+use crate::pool::probe::Prober;
 use crate::publish::Publisher;
 use crate::ring::RingConfig;
 use crate::testing::{self, FakeProber, Within, until};

@@ -28,7 +28,7 @@ use k8s_openapi::jiff::Timestamp;
 
 use super::admin_secret;
 use super::crd::ReplicaTemplate;
-use super::members::{NamingError, pod_name};
+use super::pod_slots::{NamingError, pod_name};
 use crate::replica_name::ReplicaName;
 
 /// Label: the pool a pod belongs to.

@@ -13,12 +13,12 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use super::health::{HealthSettings, Prober};
-use super::membership::{self, Weights};
+use super::admission::{self, Weights};
+use super::probe::{HealthSettings, Prober};
 use super::{Action, Observed, Policy, PoolAdmin, PoolError, ReplicaName, plan};
-use crate::health_state::{Health, HealthState};
 use crate::metrics::Metrics;
 use crate::publish::{BalanceFactor, MemberState, PoolState, Publisher, Replacement};
+use crate::replica_health::{Health, HealthState};
 use crate::ring::RingConfig;
 use crate::runtime::{Runtime, RuntimeError};
 
@@ -461,12 +461,12 @@ impl<R: Runtime> Supervisor<R> {
         weights: BTreeMap<String, u32>,
     ) -> Result<Vec<ReplicaName>, PoolError> {
         let in_use: Vec<ReplicaName> = self.tracked.keys().cloned().collect();
-        let membership::Addition {
+        let admission::Addition {
             names,
             weights_after,
             ..
-        } = membership::check_add::<membership::MembershipError>(
-            membership::AddTo {
+        } = admission::check_add::<admission::MembershipError>(
+            admission::AddTo {
                 desired: &self.desired,
                 in_use: &in_use,
                 weights: &self.weights,
@@ -493,7 +493,7 @@ impl<R: Runtime> Supervisor<R> {
         n: u64,
         hostnames: Vec<String>,
     ) -> Result<Vec<ReplicaName>, PoolError> {
-        let names = membership::names_to_remove(&self.desired, n, &hostnames, &mut rand::rng())?;
+        let names = admission::names_to_remove(&self.desired, n, &hostnames, &mut rand::rng())?;
         tracing::info!(removed = ?names.iter().map(ReplicaName::as_str).collect::<Vec<_>>(), "admin: removed replicas");
         self.desired.retain(|d| !names.contains(d));
         self.weights.retain(|name, _| !names.contains(name));

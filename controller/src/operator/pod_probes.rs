@@ -30,9 +30,9 @@ use k8s_openapi::jiff::Timestamp;
 use super::crd::ServerPool;
 use super::leader::Leadership;
 use super::pods::{PodState, ReplicaPod, pool_label, replica_pod};
-use crate::health_state::{Health, HealthState};
 use crate::metrics::Metrics;
-use crate::pool::health::{HealthSettings, Prober};
+use crate::pool::probe::{HealthSettings, Prober};
+use crate::replica_health::{Health, HealthState};
 use crate::replica_name::ReplicaName;
 
 /// How long a pod may stay Pending without a reason that lasts (pulling a large
@@ -180,7 +180,7 @@ struct PoolBeats {
 }
 
 /// The heartbeat tasks of every pool the operator reconciles.
-pub struct Heartbeats {
+pub struct PodProbes {
     prober: Arc<dyn Prober>,
     metrics: Arc<Metrics>,
     pods: Store<Pod>,
@@ -195,7 +195,7 @@ pub struct Heartbeats {
     pub clock: fn() -> Timestamp,
 }
 
-impl Heartbeats {
+impl PodProbes {
     pub fn new(
         prober: Arc<dyn Prober>,
         metrics: Arc<Metrics>,
@@ -495,7 +495,7 @@ mod tests {
     }
 
     struct Setup {
-        beats: Heartbeats,
+        beats: PodProbes,
         /// Every pod answers, or none: the test flips it.
         switch: Arc<FakeProber>,
         wakes: mpsc::UnboundedReceiver<ObjectRef<ServerPool>>,
@@ -512,7 +512,7 @@ mod tests {
         let (wake, wakes) = mpsc::unbounded_channel();
         let metrics = Arc::new(Metrics::new());
         Setup {
-            beats: Heartbeats::new(
+            beats: PodProbes::new(
                 switch.clone(),
                 metrics.clone(),
                 store,
