@@ -11,6 +11,7 @@
 
 pub mod admin;
 pub mod admission;
+pub mod health_book;
 pub mod plan;
 pub mod probe;
 pub mod supervisor;
