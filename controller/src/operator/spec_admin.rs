@@ -31,7 +31,7 @@ pub struct SpecAdmin {
     metrics: Arc<Metrics>,
     /// Shows an accepted change in `/rep` before the watch brings it.
     publisher: Arc<Publisher>,
-    /// Replicas the proxy could not reach, for the pool's watch (see `watch.rs`).
+    /// Replicas the proxy could not reach, for the pool's watch to probe (`Suspects`).
     suspects: mpsc::Sender<ReplicaName>,
 }
 
