@@ -12,8 +12,8 @@ use clap::Args;
 use tokio::net::TcpListener;
 
 use crate::metrics::Metrics;
-use crate::pool::health::HeartbeatProber;
-use crate::pool::membership::{self, Weights};
+use crate::pool::admission::{self, Weights};
+use crate::pool::probe::HeartbeatProber;
 use crate::pool::supervisor::PoolSettings;
 use crate::pool::{HealthSettings, Supervisor};
 use crate::proxy::workers::ProxyListeners;
@@ -213,7 +213,7 @@ impl UpArgs {
                 self.max_replicas
             ));
         }
-        crate::pool::membership::names_to_add(&[], &[], n as u64, &self.hostnames, n)
+        crate::pool::admission::names_to_add(&[], &[], n as u64, &self.hostnames, n)
             .map_err(|e| e.to_string())
     }
 }
@@ -222,7 +222,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     // First of all: a signal from now on means "shut down in order".
     let shutdown = ringlb_replica::shutdown_signal();
     let ring = args.ring_config().map_err(anyhow::Error::msg)?;
-    let max_replicas = crate::pool::membership::replica_limit(args.max_replicas, &ring);
+    let max_replicas = crate::pool::admission::replica_limit(args.max_replicas, &ring);
     if max_replicas < args.max_replicas {
         tracing::info!(
             "the ring has room for {max_replicas} replicas: --max-replicas lowered to that"
@@ -293,7 +293,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
             .iter()
             .map(|r| (r.name.clone(), r.weight))
             .collect();
-        membership::check_weights(&names, &weights, &settings.ring)
+        admission::check_weights(&names, &weights, &settings.ring)
             .map_err(|e| anyhow::anyhow!("--replica weights: {e}"))?;
         serve(runtime, names, weights, settings, front).await
     }

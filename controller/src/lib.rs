@@ -20,7 +20,6 @@
 pub mod app;
 pub mod cli;
 pub mod cluster_proxy;
-pub mod health_state;
 pub mod launch;
 pub mod manifests;
 pub mod metrics;
@@ -29,6 +28,7 @@ pub mod ops;
 pub mod pool;
 pub mod proxy;
 pub mod publish;
+pub mod replica_health;
 pub mod replica_name;
 pub mod ring;
 pub mod runtime;

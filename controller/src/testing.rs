@@ -15,7 +15,7 @@ use serde_json::Value;
 use crate::operator::crd::{
     HeartbeatSpec, MemberStatus, ReplacementStatus, ServerPool, ServerPoolSpec, ServerPoolStatus,
 };
-use crate::pool::health::Prober;
+use crate::pool::probe::Prober;
 
 /// One heartbeat as the fake prober saw it.
 #[derive(Clone, Copy, Debug)]

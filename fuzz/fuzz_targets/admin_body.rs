@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use ringlb::pool::membership::names_to_add;
+use ringlb::pool::admission::names_to_add;
 use ringlb::proxy::admin::parse_change;
 
 fuzz_target!(|data: &[u8]| {

@@ -1,5 +1,5 @@
 //! `/add` and `/rm` in a cluster: the write side of a pool whose source of truth is
-//! one `ServerPool`. A change is validated with [`crate::pool::membership`] against
+//! one `ServerPool`. A change is validated with [`crate::pool::admission`] against
 //! the resource, then written to its spec (`replicas`, `hostnames`) with a
 //! resourceVersion precondition, from any proxy replica; the operator makes the
 //! pods follow, and every proxy's watch sees the new spec.
@@ -15,9 +15,9 @@ use tokio::sync::mpsc;
 
 use crate::metrics::Metrics;
 use crate::operator::crd::ServerPool;
-use crate::operator::members::{self, NamingError};
+use crate::operator::pod_slots::{self, NamingError};
 use crate::operator::pods::is_status;
-use crate::pool::{MembershipError, PoolAdmin, PoolError, membership};
+use crate::pool::{MembershipError, PoolAdmin, PoolError, admission};
 use crate::publish::Publisher;
 use crate::replica_name::ReplicaName;
 use crate::runtime::RuntimeError;
@@ -32,7 +32,7 @@ pub struct SpecAdmin {
     metrics: Arc<Metrics>,
     /// Shows an accepted change in `/rep` before the watch brings it.
     publisher: Arc<Publisher>,
-    /// Replicas the proxy could not reach, for the pool's watch (see `watch.rs`).
+    /// Replicas the proxy could not reach, for the pool's watch to probe (`Suspects`).
     suspects: mpsc::Sender<ReplicaName>,
 }
 
@@ -79,11 +79,11 @@ impl SpecAdmin {
                 .map(|k| (k.as_str(), None))
                 .collect();
             weights_patch.extend(weights.iter().map(|(k, w)| (k.as_str(), Some(*w))));
-            let (replicas, hostnames) = members::spec_for(&pool.spec.hostnames, &bases);
+            let (replicas, hostnames) = pod_slots::spec_for(&pool.spec.hostnames, &bases);
             let mut spec = pool.spec.clone();
             spec.replicas = replicas;
             spec.hostnames = hostnames.clone();
-            let desired = members::desired_members(&spec, &stored.replacements)
+            let desired = pod_slots::desired_members(&spec, &stored.replacements)
                 .map_err(refusal)?
                 .into_iter()
                 .map(|(name, _)| name)
@@ -138,15 +138,15 @@ struct StoredMembership {
     /// `spec.weights` as it is.
     spec_weights: BTreeMap<String, u32>,
     /// The weight of each desired member.
-    weights: membership::Weights,
+    weights: admission::Weights,
 }
 
 impl StoredMembership {
     fn of(pool: &ServerPool) -> Result<Self, NamingError> {
         let status = pool.status.clone().unwrap_or_default();
-        let replacements = members::replacement_map(&status.emergency_replacements);
-        let bases = members::base_names(&pool.spec)?;
-        let desired: Vec<ReplicaName> = members::desired_members(&pool.spec, &replacements)?
+        let replacements = pod_slots::replacement_map(&status.emergency_replacements);
+        let bases = pod_slots::base_names(&pool.spec)?;
+        let desired: Vec<ReplicaName> = pod_slots::desired_members(&pool.spec, &replacements)?
             .into_iter()
             .map(|(name, _)| name)
             .collect();
@@ -165,7 +165,7 @@ impl StoredMembership {
                 .filter_map(|n| ReplicaName::parse(n).ok()),
         );
         Ok(Self {
-            weights: members::member_weights(&pool.spec, &replacements),
+            weights: pod_slots::member_weights(&pool.spec, &replacements),
             spec_weights: pool.spec.weights.clone(),
             bases,
             desired,
@@ -178,7 +178,7 @@ impl StoredMembership {
     fn base_of(&self, name: &ReplicaName) -> Option<&ReplicaName> {
         self.bases
             .iter()
-            .find(|base| members::resolve(base, &self.replacements) == *name)
+            .find(|base| pod_slots::resolve(base, &self.replacements) == *name)
     }
 }
 
@@ -210,12 +210,12 @@ impl PoolAdmin for SpecAdmin {
         Box::pin(async move {
             self.change("add", |stored| {
                 let table = self.publisher.table();
-                let membership::Addition {
+                let admission::Addition {
                     names: added,
                     added_weights,
                     ..
-                } = membership::check_add(
-                    membership::AddTo {
+                } = admission::check_add(
+                    admission::AddTo {
                         desired: &stored.desired,
                         in_use: &stored.in_use,
                         weights: &stored.weights,
@@ -230,7 +230,7 @@ impl PoolAdmin for SpecAdmin {
                         // the CRD's CEL rule would, with a 422 the client would see as a 502).
                         if let Some((name, generated)) = hostnames
                             .iter()
-                            .find_map(|h| Some((h, members::shadowed_generated_name(h)?)))
+                            .find_map(|h| Some((h, pod_slots::shadowed_generated_name(h)?)))
                         {
                             return Err(MembershipError::ShadowsGenerated {
                                 name: name.clone(),
@@ -238,7 +238,7 @@ impl PoolAdmin for SpecAdmin {
                             }
                             .into());
                         }
-                        members::pod_names(all).map_err(refusal)?;
+                        pod_slots::pod_names(all).map_err(refusal)?;
                         Ok::<(), PoolError>(())
                     },
                 )?;
@@ -259,7 +259,7 @@ impl PoolAdmin for SpecAdmin {
         Box::pin(async move {
             self.change("rm", |stored| {
                 let removed =
-                    membership::names_to_remove(&stored.desired, n, &hostnames, &mut rand::rng())?;
+                    admission::names_to_remove(&stored.desired, n, &hostnames, &mut rand::rng())?;
                 let removed_bases: Vec<&ReplicaName> = removed
                     .iter()
                     .filter_map(|name| stored.base_of(name))

@@ -27,14 +27,14 @@ use kube::{Api, Client};
 use tokio::sync::mpsc;
 use tokio::task::{AbortHandle, JoinSet};
 
-use crate::health_state::{Health, HealthState};
 use crate::operator::crd::{ServerPool, ServerPoolSpec, ServerPoolStatus};
-use crate::operator::members;
+use crate::operator::pod_slots;
 use crate::operator::pods::{POOL_LABEL, PodState, replica_pod};
 use crate::operator::watch_config;
-use crate::pool::health::{HealthSettings, HeartbeatProber, Prober};
-use crate::pool::membership;
+use crate::pool::admission;
+use crate::pool::probe::{HealthSettings, HeartbeatProber, Prober};
 use crate::publish::{BalanceFactor, MemberState, PoolState, Publisher, Replacement};
+use crate::replica_health::{Health, HealthState};
 use crate::replica_name::ReplicaName;
 use crate::ring::RingConfig;
 
@@ -63,7 +63,7 @@ pub struct Memory {
 /// The members a spec asks for and their weights, if the ring in use can carry them out.
 struct Membership {
     desired: Vec<(ReplicaName, String)>,
-    weights: membership::Weights,
+    weights: admission::Weights,
 }
 
 impl Membership {
@@ -72,10 +72,10 @@ impl Membership {
         replacements: &HashMap<String, ReplicaName>,
         ring: &RingConfig,
     ) -> Result<Self, String> {
-        let desired = members::desired_members(spec, replacements).map_err(|e| e.to_string())?;
-        let weights = members::member_weights(spec, replacements);
+        let desired = pod_slots::desired_members(spec, replacements).map_err(|e| e.to_string())?;
+        let weights = pod_slots::member_weights(spec, replacements);
         let names: Vec<ReplicaName> = desired.iter().map(|(n, _)| n.clone()).collect();
-        membership::check_weights(&names, &weights, ring).map_err(|e| e.to_string())?;
+        admission::check_weights(&names, &weights, ring).map_err(|e| e.to_string())?;
         Ok(Self { desired, weights })
     }
 
@@ -88,7 +88,7 @@ impl Membership {
                 .iter()
                 .filter_map(|m| Some((ReplicaName::parse(&m.name).ok()?, m.pod.clone())))
                 .collect(),
-            weights: membership::Weights::new(),
+            weights: admission::Weights::new(),
         }
     }
 }
@@ -121,7 +121,7 @@ pub fn pool_state(
     if let Ok(factor) = spec.balance_factor() {
         memory.balance_factor = factor;
     }
-    let replacements = members::replacement_map(&status.emergency_replacements);
+    let replacements = pod_slots::replacement_map(&status.emergency_replacements);
     let Membership { desired, weights } = match Membership::of(spec, &replacements, &ring) {
         Ok(membership) => {
             memory.realisable = Some(spec.clone());
@@ -136,7 +136,7 @@ pub fn pool_state(
                 .unwrap_or_else(|| Membership::of_status(&status))
         }
     };
-    let slot_of = |name: &ReplicaName| members::slot_of(name, &status.emergency_replacements);
+    let slot_of = |name: &ReplicaName| pod_slots::slot_of(name, &status.emergency_replacements);
     let slots_now: HashSet<String> = desired.iter().map(|(n, _)| slot_of(n)).collect();
     // Left the desired members while its slot stayed: another replica holds the
     // slot now because this one failed.

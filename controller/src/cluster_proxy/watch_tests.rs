@@ -12,7 +12,7 @@ use kube::runtime::watcher::Event;
 use super::*;
 use crate::metrics::Metrics;
 use crate::operator::WATCH_TIMEOUT;
-use crate::operator::members;
+use crate::operator::pod_slots;
 use crate::operator::pods::MEMBER_LABEL;
 use crate::testing::pool;
 
@@ -381,7 +381,7 @@ async fn a_member_this_proxy_could_not_reach_is_out_of_its_ring_until_it_answers
         ..HealthSettings::default()
     };
 
-    let mut suspects = Suspects::new(Arc::new(crate::pool::health::HeartbeatProber::default()));
+    let mut suspects = Suspects::new(Arc::new(crate::pool::probe::HeartbeatProber::default()));
     let server1 = ReplicaName::parse("Server1").unwrap();
     assert!(suspects.insert(server1.clone(), server, &fast));
     assert!(
@@ -536,7 +536,7 @@ fn a_spec_whose_names_clash_keeps_the_last_realisable_membership() {
     // `server1` and the default `Server1` are the same pod name: not realisable.
     let mut clash = reported.clone();
     clash.spec.hostnames = vec!["server1".into()];
-    assert!(members::desired_members(&clash.spec, &HashMap::new()).is_err());
+    assert!(pod_slots::desired_members(&clash.spec, &HashMap::new()).is_err());
     proxy.apply(&apply_pool(clash.clone()));
     let six: Vec<String> = (1..=6).map(|i| format!("Server{i}")).collect();
     assert_eq!(proxy.rep(), six);

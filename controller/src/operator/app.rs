@@ -16,7 +16,7 @@ use super::leader::{self, LeaseSettings, Timing};
 use super::reconciler::{self, Context};
 use crate::metrics::Metrics;
 use crate::ops;
-use crate::pool::health::HeartbeatProber;
+use crate::pool::probe::HeartbeatProber;
 use crate::serving::DRAIN_TIMEOUT;
 
 #[derive(Debug, Args)]

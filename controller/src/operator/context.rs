@@ -16,12 +16,12 @@ use kube::{Client, Resource, ResourceExt};
 use tokio::sync::mpsc;
 
 use super::crd::{ReplacementStatus, ServerPool};
-use super::heartbeats::Heartbeats;
 use super::leader::Leadership;
+use super::pod_probes::PodProbes;
 use super::pods::{KubeRuntime, PodTemplate};
 use super::reconciler::CONTROLLER_NAME;
 use crate::metrics::Metrics;
-use crate::pool::health::Prober;
+use crate::pool::probe::Prober;
 use crate::replica_name::ReplicaName;
 
 #[derive(Debug, thiserror::Error)]
@@ -71,7 +71,7 @@ pub struct Context {
     /// The pools' PodDisruptionBudgets, likewise.
     pub(super) budgets: Store<PodDisruptionBudget>,
     pub(super) budget_writer: Mutex<Option<Writer<PodDisruptionBudget>>>,
-    pub heartbeats: Heartbeats,
+    pub pod_probes: PodProbes,
     /// Pools whose pods' health changed, from the heartbeat tasks.
     pub(super) wakes: Mutex<Option<mpsc::UnboundedReceiver<ObjectRef<ServerPool>>>>,
     /// Time source of condition transitions (fixed in tests).
@@ -104,7 +104,7 @@ impl Context {
         Self {
             client,
             recorder,
-            heartbeats: Heartbeats::new(
+            pod_probes: PodProbes::new(
                 prober,
                 metrics.clone(),
                 pods.clone(),
@@ -178,7 +178,7 @@ impl Context {
     /// make it follow tokio's paused clock).
     pub fn set_clock(&mut self, clock: fn() -> Timestamp) {
         self.clock = clock;
-        self.heartbeats.clock = clock;
+        self.pod_probes.clock = clock;
     }
 
     pub(super) fn with_memory<T>(

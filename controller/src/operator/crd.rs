@@ -42,7 +42,7 @@ const MAX_STARTUP_GRACE_MS: u64 = 3_600_000;
 const MAX_SLOTS: u32 = 1 << 24;
 /// `RingConfig::validate`'s most virtual nodes per member (`ring::config::MAX_VNODES`).
 const MAX_VNODES: u32 = 10_000;
-/// A replica name (`ReplicaName::parse`) that is also a pod name (`members::pod_name`):
+/// A replica name (`ReplicaName::parse`) that is also a pod name (`pod_slots::pod_name`):
 /// a letter or digit, then letters, digits, `_` and `-`, ending with a letter or digit.
 /// CEL: no hostname differs from a generated name (`Server<k>`, `emergency_<n>`) only
 /// in case or `-`/`_`, which would give two replicas one pod name.
@@ -1146,7 +1146,7 @@ mod tests {
     fn the_hostname_pattern_is_what_the_operator_accepts() {
         // Every string up to 3 characters over an alphabet with every kind of character,
         // plus long ones: the schema (pattern and lengths) accepts exactly the names that
-        // are replica names (`ReplicaName::parse`) and make pod names (`members::pod_name`).
+        // are replica names (`ReplicaName::parse`) and make pod names (`pod_slots::pod_name`).
         let alphabet = ['a', 'Z', '7', '_', '-', '.', ' ', 'é'];
         let mut names = vec![String::new()];
         for _ in 0..3 {
@@ -1167,7 +1167,7 @@ mod tests {
             let by_schema = bound_errors(&item, &json!(name), "").is_empty();
             let by_code = crate::replica_name::ReplicaName::parse(&name)
                 .ok()
-                .is_some_and(|n| super::super::members::pod_name(&n).is_ok());
+                .is_some_and(|n| super::super::pod_slots::pod_name(&n).is_ok());
             assert_eq!(by_schema, by_code, "{name:?}");
         }
     }

@@ -3,8 +3,10 @@
 //!
 //! - [`app`]: `ringlb operator`: the leader-elected reconciler (and its operations port);
 //! - [`crd`]: the resource types; `ringlb crd` prints the CRD generated from them;
-//! - [`members`]: desired logical names and their DNS-1123 pod names (pure);
+//! - [`pod_slots`]: the names and slots of a pool's pods: desired logical names,
+//!   their DNS-1123 pod names, which slot a replacement fills (pure);
 //! - [`pods`]: the pods of a pool: their manifest, listing, creating, deleting;
+//! - [`pod_probes`]: the pods' heartbeats, one task per pool on a clock;
 //! - [`admin_secret`]: each pool's admin token Secret, created where none exists;
 //! - [`reconciler`]: pods follow the pool: create, delete, replace, Events, status —
 //!   the Kubernetes calls; the pass's pure decisions are [`pass_plan`] and [`status`],
@@ -25,14 +27,14 @@ pub mod crd;
 mod events;
 #[cfg(test)]
 pub mod fixtures;
-pub mod heartbeats;
 pub mod leader;
-pub mod members;
 mod observe;
 #[cfg(test)]
 pub(crate) mod over_time_tests;
 mod owned;
 pub mod pass_plan;
+pub mod pod_probes;
+pub mod pod_slots;
 pub mod pods;
 pub mod reconciler;
 pub mod status;

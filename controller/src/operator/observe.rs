@@ -10,9 +10,9 @@ use kube::runtime::reflector::ObjectRef;
 
 use super::context::{Context, Error, PoolPass};
 use super::crd::{ReplacementStatus, ServerPoolSpec};
-use super::heartbeats::BeatConfig;
-use super::members;
 use super::pass_plan::PassInput;
+use super::pod_probes::BeatConfig;
+use super::pod_slots;
 use super::pods::{ReplicaPod, pool_label, replica_pod};
 use super::status::Problem;
 use crate::replica_name::ReplicaName;
@@ -32,7 +32,7 @@ pub(super) async fn observe(target: &PoolPass<'_>, ctx: &Context) -> Result<Obse
     let replacements = replacements(target, ctx);
     let pods = pool_pods(target, ctx);
     let beats = ctx
-        .heartbeats
+        .pod_probes
         .health_of(
             &ObjectRef::from_obj(target.pool),
             &target.uid,
@@ -46,7 +46,7 @@ pub(super) async fn observe(target: &PoolPass<'_>, ctx: &Context) -> Result<Obse
     let desired = if unnamable {
         None
     } else {
-        members::desired_members(spec, &members::replacement_map(&replacements))
+        pod_slots::desired_members(spec, &pod_slots::replacement_map(&replacements))
             .map_err(|error| problems.push(Problem::invalid_spec(error.to_string())))
             .ok()
     };
@@ -82,7 +82,7 @@ fn spec_problems(spec: &ServerPoolSpec, name: &str) -> Vec<Problem> {
     if let Err(error) = spec.ring_config().and(spec.balance_factor()) {
         problems.push(Problem::invalid_spec(format!("spec.hashing: {error}")));
     }
-    if let Err(error) = members::check_spec_weights(spec) {
+    if let Err(error) = pod_slots::check_spec_weights(spec) {
         problems.push(Problem::invalid_spec(format!("spec.weights: {error}")));
     }
     if name.len() > 63 {

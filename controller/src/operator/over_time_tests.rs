@@ -22,7 +22,7 @@ use super::leader::Leadership;
 use super::pods::CONTAINER;
 use super::reconciler::{self, Context};
 use crate::metrics::Metrics;
-use crate::pool::health::Prober;
+use crate::pool::probe::Prober;
 use crate::testing::{self, FakeProber, Within, until};
 
 /// What the fake kubelet does with a new pod.

@@ -13,12 +13,12 @@ use std::time::Duration;
 use k8s_openapi::jiff::Timestamp;
 
 use super::crd::{ReplacementStatus, ServerPoolSpec, ServerPoolStatus};
-use super::heartbeats::PodBeat;
-use super::members;
+use super::pod_probes::PodBeat;
+use super::pod_slots;
 use super::pods::{PodState, ReplicaPod, StartFailure};
 use super::status::Problem;
-use crate::health_state::{Health, HealthState};
 use crate::pool::{Action as PlanAction, Observed, Policy, plan};
+use crate::replica_health::{Health, HealthState};
 use crate::replica_name::ReplicaName;
 
 /// How long past its deletion deadline a pod may still be terminating before its
@@ -164,13 +164,13 @@ fn backoff_left(name: &ReplicaName, pod: &ReplicaPod, input: &PassInput) -> Opti
 
 /// The backoff delay of the slot that replica `name` holds, from its streak.
 fn backoff_delay(name: &ReplicaName, input: &PassInput) -> Duration {
-    let slot = members::slot_of(name, &input.replacements);
+    let slot = pod_slots::slot_of(name, &input.replacements);
     let streak = input
         .replacements
         .iter()
         .find(|r| r.original == slot)
         .map_or(0, |r| r.unready_streak);
-    members::replacement_delay(streak)
+    pod_slots::replacement_delay(streak)
 }
 
 /// Pure: which pod stands for which replica, and what [`plan`] makes of them.
@@ -411,7 +411,7 @@ fn plan_actions(
         .map(|(n, _)| n.clone())
         .filter(|n| !terminating.contains(n))
         .collect();
-    let next_emergency = members::next_emergency(
+    let next_emergency = pod_slots::next_emergency(
         input
             .replacements
             .iter()
@@ -656,7 +656,7 @@ pub fn members_now(
                 .collect(),
         );
     }
-    let desired = members::desired_members(spec, &members::replacement_map(live)).ok()?;
+    let desired = pod_slots::desired_members(spec, &pod_slots::replacement_map(live)).ok()?;
     Some(
         desired
             .into_iter()
@@ -681,7 +681,7 @@ fn standing_pod<'a>(
     pods: &[&'a ReplicaPod],
     input: &PassInput,
 ) -> &'a ReplicaPod {
-    let primary = members::pod_name(name).ok();
+    let primary = pod_slots::pod_name(name).ok();
     let by = |f: &dyn Fn(&ReplicaPod) -> bool| pods.iter().copied().find(|p| f(p));
     by(&|p| input.status_pods.get(name) == Some(&p.pod))
         .or_else(|| by(&|p| primary.as_deref() == Some(p.pod.as_str())))
@@ -765,7 +765,7 @@ fn plan_rollout<'a>(
         }) && !acted_on(name)
     });
     if let Some(name) = next {
-        let primary = members::pod_name(name).unwrap_or_default();
+        let primary = pod_slots::pod_name(name).unwrap_or_default();
         // Not this pool's pods' names, nor those held by others (a 409 would stall it).
         let taken = |pod: &str| {
             input.pods.iter().any(|p| p.pod == pod) || input.held_elsewhere.contains(pod)

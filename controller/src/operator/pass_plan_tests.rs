@@ -3,7 +3,7 @@
 //! summed up in a few words per decision (see [`decisions`]).
 
 use super::*;
-use crate::health_state::HealthState;
+use crate::replica_health::HealthState;
 
 const TEMPLATE: &str = "abcdef0123";
 const OLD_TEMPLATE: &str = "0ld7emp1a7e";
@@ -19,7 +19,7 @@ fn now() -> Timestamp {
 /// A running pod of replica `replica` from the current template, Ready as the
 /// kubelet says.
 fn pod(replica: &str) -> ReplicaPod {
-    let pod = members::pod_name(&name(replica)).unwrap();
+    let pod = pod_slots::pod_name(&name(replica)).unwrap();
     named_pod(replica, &pod)
 }
 
@@ -71,7 +71,7 @@ fn input(desired: &[&str], pods: Vec<ReplicaPod>, beats: &[(&str, PodBeat)]) -> 
         desired: Some(
             desired
                 .iter()
-                .map(|n| (name(n), members::pod_name(&name(n)).unwrap()))
+                .map(|n| (name(n), pod_slots::pod_name(&name(n)).unwrap()))
                 .collect(),
         ),
         pods,

@@ -7,13 +7,14 @@
 //! `ringlb.dev/pool` and an ownerReference to its pool, so that deleting the pool
 //! deletes its pods.
 //!
-//! The reconciler uses [`KubeRuntime::observe`], [`KubeRuntime::create`] and
-//! [`KubeRuntime::delete`]; it never waits for a pod.
+//! The reconciler reads the pods from its watch's store ([`replica_pod`] says what
+//! it needs of each) and uses [`KubeRuntime::create`] and [`KubeRuntime::delete`];
+//! it never waits for a pod.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use ::kube::api::{DeleteParams, ListParams, PostParams};
+use ::kube::api::{DeleteParams, PostParams};
 use ::kube::{Api, Client};
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, ContainerStatus, EnvVar, HTTPGetAction, Pod,
@@ -28,7 +29,7 @@ use k8s_openapi::jiff::Timestamp;
 
 use super::admin_secret;
 use super::crd::ReplicaTemplate;
-use super::members::{NamingError, pod_name};
+use super::pod_slots::{NamingError, pod_name};
 use crate::replica_name::ReplicaName;
 
 /// Label: the pool a pod belongs to.
@@ -177,11 +178,6 @@ impl KubeRuntime {
 
     pub fn template(&self) -> &PodTemplate {
         &self.template
-    }
-
-    /// The label selector of this pool's pods.
-    pub fn selector(&self) -> String {
-        format!("{POOL_LABEL}={}", self.pool)
     }
 
     /// The pod of replica `name`, named `pod`: pure, so that tests can compare it
@@ -352,15 +348,6 @@ impl KubeRuntime {
     /// Creates the pool's admin token Secret unless one exists (see [`admin_secret`]).
     pub async fn ensure_admin_secret(&self) -> Result<admin_secret::Ensured, ::kube::Error> {
         admin_secret::ensure(&self.secrets, &self.pool, &self.owner).await
-    }
-
-    /// Every pod of the pool.
-    pub async fn observe(&self) -> Result<Vec<ReplicaPod>, ::kube::Error> {
-        let list = self
-            .pods
-            .list(&ListParams::default().labels(&self.selector()))
-            .await?;
-        Ok(list.items.iter().map(replica_pod).collect())
     }
 
     /// Creates pod `pod` of replica `name`.

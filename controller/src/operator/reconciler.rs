@@ -1,5 +1,5 @@
 //! The reconciler: one pass per `ServerPool` change, pod change, change of a pod's
-//! health (the pool's heartbeat task, `heartbeats.rs`, asks for it) or resync. It
+//! health (the pool's heartbeat task, `pod_probes.rs`, asks for it) or resync. It
 //! drives the same [`plan`](crate::pool::plan) as the local supervisor:
 //!
 //! observe (pods from the watch's store, health from the heartbeat task: `observe.rs`)
@@ -30,11 +30,11 @@ pub use super::context::{Context, Error};
 use super::context::{PassInProgress, PoolPass, note, pool_key};
 use super::crd::{ReplacementStatus, ServerPool, ServerPoolStatus};
 use super::events::{PodEvent, publish_event, warn_of_conditions, warn_once};
-use super::members;
 use super::observe::{Observation, observe};
 use super::owned::{ensure_admin_secret, ensure_budget};
 use super::pass_plan::{self as pass_plan, PassPlan, ServingPod, plan_pass};
 pub use super::pass_plan::{CRASH_LOOP_RESET, STUCK_TERMINATING};
+use super::pod_slots;
 use super::pods::{CreateError, POOL_LABEL, is_status};
 pub use super::status::Problem;
 use super::status::{StatusInput, compute_status};
@@ -89,7 +89,7 @@ pub async fn run(
     let controller = Controller::new(pools, super::watch_config());
     // A pool deleted without a pass seeing it go (its pods go by garbage collection)
     // must not keep a heartbeat task: the tasks look the pool up here.
-    ctx.heartbeats.follow_pools(controller.store());
+    ctx.pod_probes.follow_pools(controller.store());
     controller
         .owns_stream(pod_events)
         .owns_stream(budget_events)
@@ -110,7 +110,7 @@ pub async fn run(
             }
         })
         .await;
-    ctx.heartbeats.stop_all();
+    ctx.pod_probes.stop_all();
 }
 
 /// The objects of kind `K` of `namespace`, or of every namespace.
@@ -151,7 +151,7 @@ pub async fn reconcile(pool: Arc<ServerPool>, ctx: Arc<Context>) -> Result<Actio
     if pool.meta().deletion_timestamp.is_some() {
         // Its pods go with it (ownerReferences): nothing to do but forget it.
         ctx.memory.lock().unwrap().remove(&pool_key(&pool));
-        ctx.heartbeats.forget(&ObjectRef::from_obj(&*pool));
+        ctx.pod_probes.forget(&ObjectRef::from_obj(&*pool));
         ctx.metrics.forget_pool(&namespace, &name);
         return Ok(Action::await_change());
     }
@@ -242,7 +242,7 @@ async fn apply(target: &PoolPass<'_>, ctx: &Context, observed: &Observation) -> 
     for action in &plan.actions {
         match action {
             PlanAction::Start(n) => {
-                let pod = members::pod_name(n).unwrap_or_default();
+                let pod = pod_slots::pod_name(n).unwrap_or_default();
                 if create(ctx, target, (n, &pod), "", &mut applied).await {
                     applied.created.insert(n.clone());
                 }
@@ -367,7 +367,7 @@ async fn replace(
     let held_elsewhere = pod.is_empty();
     let served = held_elsewhere || observed.input.served_long(&uid);
     applied.replacements =
-        members::record_replacement(&applied.replacements, failed, replacement, served);
+        pod_slots::record_replacement(&applied.replacements, failed, replacement, served);
     // Remembered before any pod changes, so that no later pass
     // brings the failed name back.
     ctx.with_memory(&target.key, &target.uid, |m| {
@@ -377,7 +377,7 @@ async fn replace(
     let failed_pod = observed.input.pods.iter().find(|p| p.uid == uid);
     let why = pass_plan::replacement_reason(failed_pod, held_elsewhere);
     let pod_shown = if held_elsewhere {
-        members::pod_name(failed).unwrap_or_default()
+        pod_slots::pod_name(failed).unwrap_or_default()
     } else {
         pod.clone()
     };
@@ -389,7 +389,7 @@ async fn replace(
         remove_pod(ctx, target, applied, (&pod, &uid), true, event).await;
     }
     applied.gone.insert(failed.clone());
-    let pod = members::pod_name(replacement).unwrap_or_default();
+    let pod = pod_slots::pod_name(replacement).unwrap_or_default();
     if create(ctx, target, (replacement, &pod), "", applied).await {
         applied.created.insert(replacement.clone());
     }
@@ -439,7 +439,7 @@ async fn report(
 ) -> Result<(), Error> {
     let spec = &target.pool.spec;
     let old_status = target.pool.status.clone().unwrap_or_default();
-    let live = members::live_replacements(spec, &applied.replacements);
+    let live = pod_slots::live_replacements(spec, &applied.replacements);
     ctx.with_memory(&target.key, &target.uid, |m| m.replacements = live.clone());
     let status = status_of(target, ctx, observed, applied, &live, &old_status);
     ctx.metrics.pool_status(

@@ -150,7 +150,7 @@ fn pool(replicas: u32, status: Option<ServerPoolStatus>) -> ServerPool {
 fn running_pod(member: &str, ip: &str) -> Value {
     let name = ReplicaName::parse(member).unwrap();
     let mut pod = serde_json::to_value(template_pod(&name)).unwrap();
-    pod["metadata"]["uid"] = json!(format!("uid-{}", members::pod_name(&name).unwrap()));
+    pod["metadata"]["uid"] = json!(format!("uid-{}", pod_slots::pod_name(&name).unwrap()));
     pod["metadata"]["namespace"] = json!(NS);
     // Ready and serving for years, as the kubelet says: a replica that served long
     // (its failure is not a crash loop, see `CRASH_LOOP_RESET`).
@@ -179,7 +179,7 @@ fn template_pod(name: &ReplicaName) -> Pod {
             ..PodTemplate::default()
         },
     )
-    .pod_manifest(name, &members::pod_name(name).unwrap())
+    .pod_manifest(name, &pod_slots::pod_name(name).unwrap())
     .unwrap()
 }
 

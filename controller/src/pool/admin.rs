@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use futures::future::BoxFuture;
 
 use super::ReplicaName;
-use super::membership::MembershipError;
+use super::admission::MembershipError;
 use crate::runtime::RuntimeError;
 
 #[derive(Debug, thiserror::Error)]

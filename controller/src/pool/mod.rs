@@ -1,21 +1,24 @@
 //! Membership and health: which replicas should exist, which are alive, and the
 //! supervisor that turns the difference into actions.
 //!
-//! - [`membership`]: validation of `/add` and `/rm` (pure);
+//! - [`admission`]: whether an `/add` or `/rm` may be applied, and which names it
+//!   adds or removes (pure);
 //! - [`plan`]: desired vs observed → actions (pure, shared with the operator);
-//! - [`health`]: heartbeats and the per-replica health state machine;
+//! - [`probe`]: one heartbeat, `GET /heartbeat` with a timeout (the [`Prober`](probe::Prober) trait);
+//!   what its answers mean for a replica is [`crate::replica_health`];
 //! - [`supervisor`]: the single task that owns the pool and applies all of the above;
 //! - [`admin`]: the write side that `/add`, `/rm` and the proxy's failure reports use.
 
 pub mod admin;
-pub mod health;
-pub mod membership;
+pub mod admission;
+pub mod health_book;
 pub mod plan;
+pub mod probe;
 pub mod supervisor;
 
 pub use crate::replica_name::{NameError, ReplicaName};
 pub use admin::{PoolAdmin, PoolError};
-pub use health::HealthSettings;
-pub use membership::MembershipError;
+pub use admission::MembershipError;
 pub use plan::{Action, Observed, Plan, Policy, plan};
+pub use probe::HealthSettings;
 pub use supervisor::{PoolHandle, Supervisor};

@@ -6,7 +6,7 @@
 use std::collections::HashSet;
 
 use super::ReplicaName;
-use crate::health_state::Health;
+use crate::replica_health::Health;
 
 /// One replica as the runtime and the health checks see it.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -6,19 +6,21 @@
 //! state to the [`Publisher`]. Because there is a single writer, an `/add` or `/rm`
 //! is validated and applied atomically.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
-use super::health::{HealthSettings, Prober};
-use super::membership::{self, Weights};
+use super::admission::{self, Weights};
+use super::health_book::{Entry, HealthBook, Rules, Since, probe_all};
+use super::probe::{HealthSettings, Prober};
 use super::{Action, Observed, Policy, PoolAdmin, PoolError, ReplicaName, plan};
-use crate::health_state::{Health, HealthState};
 use crate::metrics::Metrics;
 use crate::publish::{BalanceFactor, MemberState, PoolState, Publisher, Replacement};
+use crate::replica_health::Health;
 use crate::ring::RingConfig;
 use crate::runtime::{Runtime, RuntimeError};
 
@@ -121,15 +123,21 @@ impl PoolHandle {
     }
 }
 
-struct Tracked {
+/// What the supervisor knows of a replica beside its health: where the runtime
+/// runs it.
+struct Process {
     addr: SocketAddr,
     pid: Option<u32>,
     /// Its container, when the runtime runs containers.
     container: Option<String>,
     running: bool,
-    state: HealthState,
-    /// When its last failed heartbeat was counted.
-    last_failure: Option<tokio::time::Instant>,
+}
+
+impl Process {
+    /// A replica the runtime has just started or listed: its health is a fresh one.
+    fn entry(self) -> Entry<Process> {
+        Entry::starting(self, Some(Since::at(Instant::now())))
+    }
 }
 
 pub struct Supervisor<R: Runtime> {
@@ -140,7 +148,8 @@ pub struct Supervisor<R: Runtime> {
     desired: Vec<ReplicaName>,
     /// Ring weights of the desired replicas; a replacement takes its slot's.
     weights: Weights,
-    tracked: HashMap<ReplicaName, Tracked>,
+    /// The replicas the runtime runs, and what their heartbeats said.
+    book: HealthBook<ReplicaName, Process>,
     next_emergency: u64,
     replacements: Vec<Replacement>,
     publisher: Arc<Publisher>,
@@ -182,6 +191,15 @@ impl<R: Runtime> Supervisor<R> {
         metrics: Arc<Metrics>,
         publisher: Arc<Publisher>,
     ) -> Result<(PoolHandle, JoinHandle<()>), PoolError> {
+        let book = HealthBook::new(Rules {
+            failure_threshold: settings.health.failure_threshold,
+            // A local replica is checked from the moment it starts: one that does
+            // not listen by its threshold is replaced (no startup grace).
+            startup_grace: std::time::Duration::ZERO,
+            // The extra rounds after a proxy's report, a start or at launch come
+            // between the ticks: a failure counts at most once per half interval.
+            failure_spacing: settings.health.interval / 2,
+        });
         let mut supervisor = Supervisor {
             heartbeats,
             runtime,
@@ -189,7 +207,7 @@ impl<R: Runtime> Supervisor<R> {
             metrics,
             desired: Vec::new(),
             weights,
-            tracked: HashMap::new(),
+            book,
             next_emergency: 1,
             replacements: Vec::new(),
             publisher,
@@ -249,9 +267,9 @@ impl<R: Runtime> Supervisor<R> {
     }
 
     async fn stop_everything(&mut self) {
-        tracing::info!(replicas = self.tracked.len(), "stopping every replica");
+        tracing::info!(replicas = self.book.len(), "stopping every replica");
         self.runtime.stop_all().await;
-        self.tracked.clear();
+        self.book.clear();
         self.publish();
     }
 
@@ -263,11 +281,11 @@ impl<R: Runtime> Supervisor<R> {
     }
 
     fn mark_unreachable(&mut self, name: &ReplicaName) {
-        if let Some(tracked) = self.tracked.get_mut(name) {
-            if tracked.state.health == Health::Healthy {
+        if let Some(entry) = self.book.get_mut(name) {
+            if entry.health() == Health::Healthy {
                 tracing::warn!(replica = %name, "replica unreachable, out of the ring until its heartbeat succeeds");
             }
-            tracked.state.mark_suspect();
+            entry.mark_suspect(Instant::now());
         }
     }
 
@@ -275,77 +293,47 @@ impl<R: Runtime> Supervisor<R> {
     async fn heartbeat_round(&mut self) {
         let instances = self.runtime.list().await;
         let listed: HashSet<&ReplicaName> = instances.iter().map(|i| &i.name).collect();
-        self.tracked.retain(|name, _| listed.contains(name));
+        self.book.retain(|name, _| listed.contains(name));
         for instance in &instances {
-            let tracked = self
-                .tracked
-                .entry(instance.name.clone())
-                .or_insert_with(|| Tracked {
+            let entry = self.book.entry_or_insert_with(instance.name.clone(), || {
+                Process {
                     addr: instance.addr,
                     pid: instance.pid,
                     container: instance.container.clone(),
-                    running: true,
-                    state: HealthState::starting(),
-                    last_failure: None,
-                });
-            tracked.addr = instance.addr;
-            tracked.pid = instance.pid;
-            tracked.container.clone_from(&instance.container);
-            tracked.running = instance.running;
-            if !instance.running && tracked.state.health != Health::Failed {
+                    running: instance.running,
+                }
+                .entry()
+            });
+            entry.about.addr = instance.addr;
+            entry.about.pid = instance.pid;
+            entry.about.container.clone_from(&instance.container);
+            entry.about.running = instance.running;
+            if !instance.running && entry.health() != Health::Failed {
                 tracing::warn!(replica = %instance.name, pid = ?instance.pid, container = ?instance.container, "replica exited");
-                tracked.state.mark_exited();
+                entry.mark_exited(Instant::now());
             }
         }
 
         let targets: Vec<(ReplicaName, SocketAddr)> = self
-            .tracked
+            .book
             .iter()
-            .filter(|(_, t)| t.running)
-            .map(|(name, t)| (name.clone(), t.addr))
+            .filter(|(_, entry)| entry.about.running)
+            .map(|(name, entry)| (name.clone(), entry.about.addr))
             .collect();
-        let timeout = self.settings.health.timeout;
-        let beats = futures::future::join_all(targets.into_iter().map(|(name, addr)| {
-            let check = self.heartbeats.check(addr, timeout);
-            async move { (name, check.await) }
-        }))
-        .await;
-
-        let threshold = self.settings.health.failure_threshold;
-        // Failures count at most once per half interval: the extra checks made after
-        // a proxy's report (or at launch) must not turn "3 failures a second apart"
-        // into 3 failures within milliseconds.
-        let spacing = self.settings.health.interval / 2;
-        let now = tokio::time::Instant::now();
-        for (name, ok) in beats {
-            let Some(tracked) = self.tracked.get_mut(&name) else {
-                continue;
-            };
-            if !ok {
-                if tracked
-                    .last_failure
-                    .is_some_and(|last| now.duration_since(last) < spacing)
-                {
-                    continue;
-                }
-                tracked.last_failure = Some(now);
+        let answers = probe_all(&*self.heartbeats, targets, self.settings.health.timeout).await;
+        for beat in self.book.record(answers, Instant::now()) {
+            if !beat.ok {
+                self.metrics
+                    .heartbeat_failed(self.metrics.pool(), &beat.key);
             }
-            let before = tracked.state.health;
-            tracked.state.record_heartbeat(ok, threshold);
-            if !ok {
-                self.metrics.heartbeat_failed(self.metrics.pool(), &name);
-            }
-            let after = tracked.state.health;
-            match (before, after) {
-                (b, Health::Failed) if b != Health::Failed => tracing::warn!(
-                    replica = %name,
-                    failures = tracked.state.consecutive_failures,
+            if beat.failed_now() {
+                tracing::warn!(
+                    replica = %beat.key,
+                    failures = beat.state.consecutive_failures,
                     "replica failed its heartbeats"
-                ),
-                (Health::Failed | Health::Suspect, Health::Healthy) => {
-                    tracing::info!(replica = %name, "replica healthy again")
-                }
-                _ => {}
+                );
+            } else if beat.back_in_service() {
+                tracing::info!(replica = %beat.key, "replica healthy again");
             }
         }
     }
@@ -353,11 +341,11 @@ impl<R: Runtime> Supervisor<R> {
     /// Plans against the current observation and applies the actions.
     async fn reconcile(&mut self) {
         let observed: Vec<Observed> = self
-            .tracked
+            .book
             .iter()
-            .map(|(name, t)| Observed {
+            .map(|(name, entry)| Observed {
                 name: name.clone(),
-                health: t.state.health,
+                health: entry.health(),
             })
             .collect();
         let planned = plan(
@@ -377,7 +365,7 @@ impl<R: Runtime> Supervisor<R> {
             match action {
                 Action::Start(name) => started |= self.start_one(&name).await.is_ok(),
                 Action::Stop(name) => {
-                    self.tracked.remove(&name);
+                    self.book.remove(&name);
                     self.runtime.stop(&name).await;
                     tracing::info!(replica = %name, "stopped replica that is no longer desired");
                 }
@@ -392,7 +380,7 @@ impl<R: Runtime> Supervisor<R> {
                     if let Some(weight) = self.weights.remove(&failed) {
                         self.weights.insert(replacement.clone(), weight);
                     }
-                    self.tracked.remove(&failed);
+                    self.book.remove(&failed);
                     self.publish();
                     // Reaps the dead process, or kills a hung one at once: a
                     // graceful stop would wait for a process that cannot answer.
@@ -420,17 +408,13 @@ impl<R: Runtime> Supervisor<R> {
         match self.runtime.start(name).await {
             Ok(instance) => {
                 tracing::info!(replica = %name, addr = %instance.addr, pid = ?instance.pid, "started replica");
-                self.tracked.insert(
-                    name.clone(),
-                    Tracked {
-                        addr: instance.addr,
-                        pid: instance.pid,
-                        container: instance.container,
-                        running: instance.running,
-                        state: HealthState::starting(),
-                        last_failure: None,
-                    },
-                );
+                let process = Process {
+                    addr: instance.addr,
+                    pid: instance.pid,
+                    container: instance.container,
+                    running: instance.running,
+                };
+                self.book.insert(name.clone(), process.entry());
                 Ok(())
             }
             Err(error) => {
@@ -445,7 +429,7 @@ impl<R: Runtime> Supervisor<R> {
         for (i, name) in names.iter().enumerate() {
             if let Err(error) = self.start_one(name).await {
                 for started in &names[..i] {
-                    self.tracked.remove(started);
+                    self.book.remove(started);
                     self.runtime.stop(started).await;
                 }
                 return Err(error.into());
@@ -460,13 +444,13 @@ impl<R: Runtime> Supervisor<R> {
         hostnames: Vec<String>,
         weights: BTreeMap<String, u32>,
     ) -> Result<Vec<ReplicaName>, PoolError> {
-        let in_use: Vec<ReplicaName> = self.tracked.keys().cloned().collect();
-        let membership::Addition {
+        let in_use: Vec<ReplicaName> = self.book.keys().cloned().collect();
+        let admission::Addition {
             names,
             weights_after,
             ..
-        } = membership::check_add::<membership::MembershipError>(
-            membership::AddTo {
+        } = admission::check_add::<admission::MembershipError>(
+            admission::AddTo {
                 desired: &self.desired,
                 in_use: &in_use,
                 weights: &self.weights,
@@ -493,14 +477,14 @@ impl<R: Runtime> Supervisor<R> {
         n: u64,
         hostnames: Vec<String>,
     ) -> Result<Vec<ReplicaName>, PoolError> {
-        let names = membership::names_to_remove(&self.desired, n, &hostnames, &mut rand::rng())?;
+        let names = admission::names_to_remove(&self.desired, n, &hostnames, &mut rand::rng())?;
         tracing::info!(removed = ?names.iter().map(ReplicaName::as_str).collect::<Vec<_>>(), "admin: removed replicas");
         self.desired.retain(|d| !names.contains(d));
         self.weights.retain(|name, _| !names.contains(name));
         // Out of the ring first, then stopped: the replica drains what it has.
         self.publish();
         for name in &names {
-            self.tracked.remove(name);
+            self.book.remove(name);
             self.runtime.stop(name).await;
         }
         self.metrics.admin_change("rm");
@@ -513,15 +497,15 @@ impl<R: Runtime> Supervisor<R> {
         self.publisher.publish(&PoolState {
             desired: self.desired.clone(),
             members: self
-                .tracked
+                .book
                 .iter()
-                .map(|(name, t)| MemberState {
+                .map(|(name, entry)| MemberState {
                     name: name.clone(),
-                    addr: Some(t.addr),
-                    pid: t.pid,
-                    container: t.container.clone(),
+                    addr: Some(entry.about.addr),
+                    pid: entry.about.pid,
+                    container: entry.about.container.clone(),
                     weight: self.weights.get(name).copied().unwrap_or(1),
-                    health: t.state,
+                    health: entry.state(),
                 })
                 .collect(),
             replacements: self.replacements.clone(),

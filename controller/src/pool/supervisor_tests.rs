@@ -16,11 +16,11 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 
 use super::{PoolHandle, PoolSettings, Supervisor};
-use crate::health_state::Health;
 use crate::metrics::Metrics;
-use crate::pool::health::HealthSettings;
+use crate::pool::probe::HealthSettings;
 use crate::pool::{MembershipError, PoolAdmin, PoolError, ReplicaName};
 use crate::publish::{MemberView, PoolView, Publisher, Replacement};
+use crate::replica_health::Health;
 use crate::ring::{Preset, RingConfig};
 use crate::runtime::{Instance, Runtime, RuntimeError};
 use crate::testing::{FakeProber, Within, until};

@@ -17,8 +17,8 @@ use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 
-use crate::health_state::{Health, HealthState};
 use crate::metrics::Metrics;
+use crate::replica_health::{Health, HealthState};
 use crate::replica_name::ReplicaName;
 use crate::ring::RingConfig;
 pub use load::{BalanceFactor, Charge, InFlight, LoadBound};

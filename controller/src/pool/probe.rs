@@ -1,5 +1,6 @@
-//! Heartbeats: `GET /heartbeat` with a timeout, behind the [`Prober`] trait. What
-//! their results mean for a replica is [`crate::health_state`].
+//! One heartbeat: `GET /heartbeat` with a timeout, behind the [`Prober`] trait
+//! ([`HeartbeatProber`] sends it over HTTP; tests use a fake). What its answers mean
+//! for a replica is [`crate::replica_health`].
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

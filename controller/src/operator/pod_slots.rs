@@ -1,11 +1,12 @@
-//! From a `ServerPool` to names: the desired logical names (what `/rep` lists and
-//! `SERVER_ID` says) and their pod names. Pure functions, unit-tested here.
+//! The names and slots of a pool's pods: from a `ServerPool` to the desired logical
+//! names (what `/rep` lists and `SERVER_ID` says), their pod names, and the slot
+//! (spec name) each emergency replacement fills. Pure functions, unit-tested here.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use super::crd::{ReplacementStatus, ServerPoolSpec};
-use crate::pool::{MembershipError, membership};
+use crate::pool::{MembershipError, admission};
 use crate::replica_name::ReplicaName;
 
 /// Why a pool's names cannot be turned into pods.
@@ -93,7 +94,7 @@ pub fn base_names(spec: &ServerPoolSpec) -> Result<Vec<ReplicaName>, NamingError
         return Ok(Vec::new());
     }
     let hostnames = &spec.hostnames[..spec.hostnames.len().min(n)];
-    membership::names_to_add(&[], &[], n as u64, hostnames, n).map_err(NamingError::Hostnames)
+    admission::names_to_add(&[], &[], n as u64, hostnames, n).map_err(NamingError::Hostnames)
 }
 
 /// Follows recorded replacements: slot `Server2`, held by `emergency_4`, is
@@ -146,7 +147,7 @@ pub fn desired_members(
 pub fn member_weights(
     spec: &ServerPoolSpec,
     replacements: &HashMap<String, ReplicaName>,
-) -> membership::Weights {
+) -> admission::Weights {
     base_names(spec)
         .unwrap_or_default()
         .iter()
@@ -165,7 +166,7 @@ pub fn check_spec_weights(spec: &ServerPoolSpec) -> Result<(), String> {
         return Ok(());
     };
     let weights = member_weights(spec, &HashMap::new());
-    membership::check_weights(&slots, &weights, &ring).map_err(|e| e.to_string())
+    admission::check_weights(&slots, &weights, &ring).map_err(|e| e.to_string())
 }
 
 /// The replacements worth keeping: one per slot the spec still has (the slots of
@@ -316,7 +317,7 @@ mod tests {
         // Only desired members: `Gone` is not a slot of this spec.
         assert_eq!(
             member_weights(&spec, &replacements),
-            membership::Weights::from([(name("emergency_1"), 3)])
+            admission::Weights::from([(name("emergency_1"), 3)])
         );
     }
 

@@ -30,9 +30,10 @@ use k8s_openapi::jiff::Timestamp;
 use super::crd::ServerPool;
 use super::leader::Leadership;
 use super::pods::{PodState, ReplicaPod, pool_label, replica_pod};
-use crate::health_state::{Health, HealthState};
 use crate::metrics::Metrics;
-use crate::pool::health::{HealthSettings, Prober};
+use crate::pool::health_book::{Entry, HealthBook, Rules, Since, probe_all};
+use crate::pool::probe::{HealthSettings, Prober};
+use crate::replica_health::{Health, HealthState};
 use crate::replica_name::ReplicaName;
 
 /// How long a pod may stay Pending without a reason that lasts (pulling a large
@@ -61,114 +62,75 @@ pub struct PodBeat {
     pub age: Duration,
 }
 
-/// One pod's health, with its age as the pod itself tells it.
+/// What the probes keep of a pod beside its health (the book's [`Entry`]).
 #[derive(Clone, Debug)]
-struct PodHealth {
-    state: HealthState,
-    /// Since when it exists (for a Pending pod's deadline) …
-    created: Age,
-    /// … and since when its container runs (its startup grace), once it does.
-    started: Option<Age>,
-    /// Since when it has been serving, if it is.
-    serving: Option<Age>,
-    /// How long it served before it last stopped.
-    served_for: Option<Duration>,
+struct PodFacts {
+    /// Since when it exists: a Pending pod's deadline, and its age while no
+    /// container runs.
+    created: Since,
     /// Its replica, if its labels name one: whose metric series it feeds.
     name: Option<ReplicaName>,
 }
 
-/// A moment given as when this process saw something, less how old it already was.
-#[derive(Clone, Copy, Debug)]
-struct Age {
-    seen: Instant,
-    head_start: Duration,
+type PodEntry = Entry<PodFacts>;
+
+/// `at` on the wall clock, when the wall clock says `wall_now` and tokio's `now` (a
+/// moment in the future counts as now).
+fn since(at: Option<Timestamp>, wall_now: Timestamp, now: Instant) -> Since {
+    let head_start = at
+        .and_then(|at| Duration::try_from(wall_now.duration_since(at)).ok())
+        .unwrap_or_default();
+    Since::earlier(now, head_start)
 }
 
-impl Age {
-    fn now(now: Instant) -> Self {
-        Self {
-            seen: now,
-            head_start: Duration::ZERO,
-        }
+/// How a pod first seen at `now` stands. `wall_now` is `Some` for the pods of a
+/// task's first round (a new leader's, or after a restart): those are judged from
+/// their own timestamps, as the process that saw them start would have. A pod that
+/// appears later is new, and starts from now: the operator's clock need not agree
+/// with the nodes' for a new pod's grace.
+fn first_sight(pod: &ReplicaPod, now: Instant, wall_now: Option<Timestamp>) -> PodEntry {
+    let age = |at: Option<Timestamp>| match wall_now {
+        Some(wall_now) => since(at, wall_now, now),
+        None => Since::at(now),
+    };
+    let running = pod.state == PodState::Running;
+    let facts = PodFacts {
+        created: age(pod.created_at),
+        name: pod.name.clone(),
+    };
+    let started = running.then(|| age(pod.started_at));
+    if wall_now.is_some() && running && (pod.kubelet_ready == Some(true) || pod.was_ready) {
+        // Found serving (a new leader's first look): the kubelet's probe answers,
+        // so it has served, and its failures count from the first, as they would
+        // have for the process that saw it start. (A pod that appears later has
+        // served only once this process's own heartbeat answered: a replacement
+        // the operator cannot reach is not taken for one that works.) One the
+        // kubelet found Ready before and no more has served too: it gets no
+        // startup grace (a replica frozen before the takeover).
+        return Entry::found_serving(facts, started, age(pod.ready_since.or(pod.started_at)));
     }
-
-    /// `at` on the wall clock, when the wall clock says `wall_now` and tokio's `now`
-    /// (a moment in the future counts as now).
-    fn of(at: Option<Timestamp>, wall_now: Timestamp, now: Instant) -> Self {
-        let head_start = at
-            .and_then(|at| Duration::try_from(wall_now.duration_since(at)).ok())
-            .unwrap_or_default();
-        Self {
-            seen: now,
-            head_start,
-        }
+    let mut served_for = None;
+    if let (Some(_), PodState::Exited, Some(started), Some(finished)) =
+        (wall_now, pod.state, pod.started_at, pod.finished_at)
+    {
+        // It exited before this task saw it: how long it ran is how long it
+        // served, as far as a crash loop goes (CrashLoopBackOff counts run time).
+        served_for = Duration::try_from(finished.duration_since(started)).ok();
     }
-
-    fn elapsed(&self, now: Instant) -> Duration {
-        now.duration_since(self.seen) + self.head_start
-    }
+    Entry::starting(facts, started).having_served(served_for)
 }
 
-impl PodHealth {
-    /// How a pod first seen at `now` stands. `wall_now` is `Some` for the pods of a
-    /// task's first round (a new leader's, or after a restart): those are judged from
-    /// their own timestamps, as the process that saw them start would have. A pod
-    /// that appears later is new, and starts from now: the operator's clock need not
-    /// agree with the nodes' for a new pod's grace.
-    fn first_sight(pod: &ReplicaPod, now: Instant, wall_now: Option<Timestamp>) -> Self {
-        let age = |at: Option<Timestamp>| match wall_now {
-            Some(wall_now) => Age::of(at, wall_now, now),
-            None => Age::now(now),
-        };
-        let running = pod.state == PodState::Running;
-        let mut health = Self {
-            state: HealthState::starting(),
-            created: age(pod.created_at),
-            started: running.then(|| age(pod.started_at)),
-            serving: None,
-            served_for: None,
-            name: pod.name.clone(),
-        };
-        if wall_now.is_some() && running && (pod.kubelet_ready == Some(true) || pod.was_ready) {
-            // Found serving (a new leader's first look): the kubelet's probe answers,
-            // so it has served, and its failures count from the first, as they would
-            // have for the process that saw it start. (A pod that appears later has
-            // served only once this process's own heartbeat answered: a replacement
-            // the operator cannot reach is not taken for one that works.) One the
-            // kubelet found Ready before and no more has served too: it gets no
-            // startup grace (a replica frozen before the takeover).
-            health.state.record_heartbeat(true, 1);
-            health.serving = Some(age(pod.ready_since.or(pod.started_at)));
-        }
-        if let (Some(_), PodState::Exited, Some(started), Some(finished)) =
-            (wall_now, pod.state, pod.started_at, pod.finished_at)
-        {
-            // It exited before this task saw it: how long it ran is how long it
-            // served, as far as a crash loop goes (CrashLoopBackOff counts run time).
-            health.served_for = Duration::try_from(finished.duration_since(started)).ok();
-        }
-        health
-    }
-
-    /// Starts or ends its time serving, after its state changed.
-    fn settle(&mut self, now: Instant) {
-        if self.state.routable() {
-            self.serving.get_or_insert(Age::now(now));
-        } else if let Some(serving) = self.serving.take() {
-            self.served_for = Some(serving.elapsed(now));
-        }
-    }
-
-    fn beat(&self, now: Instant) -> PodBeat {
-        PodBeat {
-            state: self.state,
-            served_for: self.serving.map(|age| age.elapsed(now)).or(self.served_for),
-            age: self.started.unwrap_or(self.created).elapsed(now),
-        }
+/// What a pass learns of a pod's entry at `now`.
+fn beat(entry: &PodEntry, now: Instant) -> PodBeat {
+    PodBeat {
+        state: entry.state(),
+        served_for: entry.served_for(now),
+        age: entry.started().unwrap_or(entry.about.created).elapsed(now),
     }
 }
 
-type HealthByUid = Arc<Mutex<HashMap<String, PodHealth>>>;
+/// The pool's health book, by pod uid: the task writes it, passes read it.
+type HealthByUid = Arc<Mutex<HealthBook<String, PodFacts>>>;
 
 struct PoolBeats {
     uid: String,
@@ -180,7 +142,7 @@ struct PoolBeats {
 }
 
 /// The heartbeat tasks of every pool the operator reconciles.
-pub struct Heartbeats {
+pub struct PodProbes {
     prober: Arc<dyn Prober>,
     metrics: Arc<Metrics>,
     pods: Store<Pod>,
@@ -195,7 +157,7 @@ pub struct Heartbeats {
     pub clock: fn() -> Timestamp,
 }
 
-impl Heartbeats {
+impl PodProbes {
     pub fn new(
         prober: Arc<dyn Prober>,
         metrics: Arc<Metrics>,
@@ -256,7 +218,7 @@ impl Heartbeats {
         let health = health.lock().unwrap();
         health
             .iter()
-            .map(|(uid, h)| (uid.clone(), h.beat(now)))
+            .map(|(uid, entry)| (uid.clone(), beat(entry, now)))
             .collect()
     }
 
@@ -276,7 +238,13 @@ impl Heartbeats {
 
     fn start(&self, pool: &ObjectRef<ServerPool>, uid: &str, config: BeatConfig) -> PoolBeats {
         let (rounds_sender, rounds) = watch::channel(0u64);
-        let health: HealthByUid = Arc::default();
+        let health: HealthByUid = Arc::new(Mutex::new(HealthBook::new(Rules {
+            failure_threshold: config.settings.failure_threshold,
+            startup_grace: config.startup_grace,
+            // Rounds come only on the task's clock, an interval apart: every
+            // failure counts.
+            failure_spacing: Duration::ZERO,
+        })));
         let round = Round {
             prober: self.prober.clone(),
             metrics: self.metrics.clone(),
@@ -345,7 +313,10 @@ impl Round {
             &self.pool.name,
         );
         let health = self.health.lock().unwrap();
-        for name in health.values().filter_map(|h| h.name.as_ref()) {
+        for name in health
+            .iter()
+            .filter_map(|(_, entry)| entry.about.name.as_ref())
+        {
             self.metrics.forget_replica(&self.pool.name, name);
         }
     }
@@ -364,32 +335,27 @@ impl Round {
             })
             .map(|pod| replica_pod(pod))
             .collect();
-        let settings = &self.config.settings;
-        let beats = futures::future::join_all(
-            pods.iter()
-                .filter(|p| p.state == PodState::Running)
-                .filter_map(|p| {
-                    let addr = SocketAddr::new(p.ip?, p.port.unwrap_or(self.config.port));
-                    let check = self.prober.check(addr, settings.timeout);
-                    Some(async move { (p, check.await) })
-                }),
-        )
-        .await;
+        let targets: Vec<(String, SocketAddr)> = pods
+            .iter()
+            .filter(|p| p.state == PodState::Running)
+            .filter_map(|p| {
+                let addr = SocketAddr::new(p.ip?, p.port.unwrap_or(self.config.port));
+                Some((p.uid.clone(), addr))
+            })
+            .collect();
+        let answers = probe_all(&*self.prober, targets, self.config.settings.timeout).await;
 
         let now = Instant::now();
         let wall_now = first.then(self.clock);
         let grace = self.config.startup_grace;
         let mut health = self.health.lock().unwrap();
-        let before: HashMap<String, Health> = health
-            .iter()
-            .map(|(uid, h)| (uid.clone(), h.state.health))
-            .collect();
-        health.retain(|uid, h| {
+        let before = health.snapshot();
+        health.retain(|uid, entry| {
             let here = pods.iter().any(|p| p.uid == *uid);
             // A replica that left the pool takes its metric series with it (not one
             // whose name another pod carries on: a rollout's new pod, say).
             if !here
-                && let Some(name) = &h.name
+                && let Some(name) = &entry.about.name
                 && !pods.iter().any(|p| p.name.as_ref() == Some(name))
             {
                 self.metrics.forget_replica(&self.pool.name, name);
@@ -397,62 +363,48 @@ impl Round {
             here
         });
         for pod in &pods {
-            let entry = health
-                .entry(pod.uid.clone())
-                .or_insert_with(|| PodHealth::first_sight(pod, now, wall_now));
-            if pod.state == PodState::Running && entry.started.is_none() {
+            let entry =
+                health.entry_or_insert_with(pod.uid.clone(), || first_sight(pod, now, wall_now));
+            if pod.state == PodState::Running {
                 // Its container runs now: its startup grace begins.
-                entry.started = Some(Age::now(now));
+                entry.start(now);
             }
-            let pending_for = entry.created.elapsed(now);
+            let pending_for = entry.about.created.elapsed(now);
             match pod.state {
-                PodState::Exited => entry.state.mark_exited(),
+                PodState::Exited => entry.mark_exited(now),
                 // Stuck: the kubelet or the scheduler says it will not start by itself
                 // (past its grace), or it has been Pending for as long as a Deployment
                 // waits for progress. As good as a container that cannot start: it is
                 // replaced, under its slot's backoff. (A slow image pull is neither.)
                 PodState::Pending
-                    if entry.state.health == Health::Starting
+                    if entry.health() == Health::Starting
                         && (pod.start_failure.is_some() && pending_for >= grace
                             || pending_for >= PENDING_DEADLINE) =>
                 {
                     if let Some(name) = &pod.name {
                         tracing::warn!(pool = %self.pool.name, replica = %name, pod = %pod.pod, "pod still not running after its startup grace");
                     }
-                    entry.state.mark_exited();
+                    entry.mark_exited(now);
                 }
                 _ => {}
             }
-            entry.settle(now);
         }
-        for (pod, ok) in beats {
-            let Some(entry) = health.get_mut(&pod.uid) else {
+        let names: HashMap<&str, &ReplicaName> = pods
+            .iter()
+            .filter_map(|p| Some((p.uid.as_str(), p.name.as_ref()?)))
+            .collect();
+        for beat in health.record(answers, now) {
+            let Some(name) = names.get(beat.key.as_str()) else {
                 continue;
             };
-            let starting = entry.state.health == Health::Starting;
-            let in_grace = entry
-                .started
-                .is_none_or(|started| started.elapsed(now) < grace);
-            if !ok && starting && in_grace {
-                // Not listening yet: within its grace, a new pod's failures do not count.
-                continue;
+            if !beat.ok {
+                self.metrics.heartbeat_failed(&self.pool.name, name);
             }
-            let was = entry.state.health;
-            entry.state.record_heartbeat(ok, settings.failure_threshold);
-            entry.settle(now);
-            if let Some(name) = &pod.name {
-                if !ok {
-                    self.metrics.heartbeat_failed(&self.pool.name, name);
-                }
-                if was != Health::Failed && entry.state.health == Health::Failed {
-                    tracing::warn!(pool = %self.pool.name, replica = %name, "replica failed its heartbeats");
-                }
+            if beat.failed_now() {
+                tracing::warn!(pool = %self.pool.name, replica = %name, "replica failed its heartbeats");
             }
         }
-        health.len() != before.len()
-            || health
-                .iter()
-                .any(|(uid, h)| before.get(uid) != Some(&h.state.health))
+        !health.changed_since(&before).is_empty()
     }
 }
 
@@ -495,7 +447,7 @@ mod tests {
     }
 
     struct Setup {
-        beats: Heartbeats,
+        beats: PodProbes,
         /// Every pod answers, or none: the test flips it.
         switch: Arc<FakeProber>,
         wakes: mpsc::UnboundedReceiver<ObjectRef<ServerPool>>,
@@ -512,7 +464,7 @@ mod tests {
         let (wake, wakes) = mpsc::unbounded_channel();
         let metrics = Arc::new(Metrics::new());
         Setup {
-            beats: Heartbeats::new(
+            beats: PodProbes::new(
                 switch.clone(),
                 metrics.clone(),
                 store,
