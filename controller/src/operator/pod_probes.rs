@@ -1,7 +1,8 @@
 //! Heartbeats on a clock: one task per pool probes the pool's running pods every
 //! `spec.heartbeat.intervalMs`, whatever else happens, and asks for a reconcile pass
-//! of its pool when a pod's health changed. Passes read the health it keeps; they
-//! never probe, so a burst of watch events cannot turn into a burst of failures.
+//! of its pool when a pod's health changed. Passes read the health it keeps (the
+//! pool's [`HealthBook`], by pod uid, which also decides what an answer means);
+//! they never probe, so a burst of watch events cannot turn into a burst of failures.
 //!
 //! A pod is judged from its own state when the task first sees it, not from when
 //! this process did (a new leader sees every pod at once): a pod the kubelet says is

@@ -3,7 +3,9 @@
 //!
 //! - [`admission`]: whether an `/add` or `/rm` may be applied, and which names it
 //!   adds or removes (pure);
-//! - [`plan`]: desired vs observed → actions (pure, shared with the operator);
+//! - [`plan`](mod@plan): desired vs observed → actions (pure, shared with the operator);
+//! - [`health_book`]: a heartbeat round's answers and what they mean for each
+//!   replica (startup grace, spacing, threshold), for the supervisor and the operator;
 //! - [`probe`]: one heartbeat, `GET /heartbeat` with a timeout (the [`Prober`](probe::Prober) trait);
 //!   what its answers mean for a replica is [`crate::replica_health`];
 //! - [`supervisor`]: the single task that owns the pool and applies all of the above;

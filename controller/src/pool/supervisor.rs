@@ -1,9 +1,9 @@
 //! The supervisor: the one task that owns the pool.
 //!
 //! Every change goes through it, one at a time: admin calls, heartbeat results,
-//! request failures reported by the proxy. Each round it heartbeats the replicas,
-//! runs [`plan`], applies the actions through the [`Runtime`], and hands the pool's
-//! state to the [`Publisher`]. Because there is a single writer, an `/add` or `/rm`
+//! request failures reported by the proxy. Each round it heartbeats the replicas
+//! (what the answers mean is its [`HealthBook`]'s to say), runs [`plan()`], applies the
+//! actions through the [`Runtime`], and hands the pool's state to the [`Publisher`]. Because there is a single writer, an `/add` or `/rm`
 //! is validated and applied atomically.
 
 use std::collections::{BTreeMap, HashSet};
