@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicI32, Ordering};
 
 use axum::Router;
 use axum::body::Body;
-use axum::http::{Request, header};
+use axum::http::Request;
 use axum::response::{IntoResponse, Response};
 use futures::Stream;
 use tonic::server::{Grpc, ServerStreamingService, UnaryService};
@@ -88,8 +88,8 @@ pub enum ServingStatus {
     ServiceUnknown = 3,
 }
 
-/// What `Health/Check` answers for this server; shared, so that the server can say
-/// NOT_SERVING while it drains (as grpc-go's health server does on shutdown).
+/// What `Health/Check` answers for this server: SERVING from the start; shared, so
+/// that whoever embeds the server (a test's fake, for one) can change it.
 #[derive(Clone, Debug)]
 pub struct Health(Arc<AtomicI32>);
 
@@ -142,14 +142,9 @@ pub fn routes(id: &str, health: Health) -> Router {
 /// What a gRPC-only server answers for any other path: `UNIMPLEMENTED`, as a gRPC
 /// status (HTTP 200 with `grpc-status: 12`), the way tonic's own router does.
 pub async fn unimplemented() -> Response {
-    let mut response = Status::unimplemented("no such method on this replica")
+    Status::unimplemented("no such method on this replica")
         .into_http::<GrpcBody>()
-        .into_response();
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static("application/grpc"),
-    );
-    response
+        .into_response()
 }
 
 /// tonic's handler of one call: prost messages, no compression, default size limits.

@@ -142,14 +142,8 @@ pub async fn run(args: ReplicaArgs) -> std::io::Result<()> {
     let local = listener.local_addr()?;
     // One line, flushed at once: the parent process waits for it.
     println!("{LISTENING_PREFIX}{local} as {}", args.id);
-    let health = grpc::Health::default();
-    let app = app(&args.id, args.grpc_only, health.clone());
-    serve(listener, app, args.grpc_only, async move {
-        shutdown.await;
-        // Health checkers that ask during the drain learn that this server is going.
-        health.set(grpc::ServingStatus::NotServing);
-    })
-    .await;
+    let app = app(&args.id, args.grpc_only, grpc::Health::default());
+    serve(listener, app, args.grpc_only, shutdown).await;
     Ok(())
 }
 
