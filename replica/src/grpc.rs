@@ -227,3 +227,88 @@ impl UnaryService<HealthCheckRequest> for Health {
         Box::pin(async move { answer })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prost::Message;
+
+    /// `(message, field, type, tag)` of every field of `proto`, in order.
+    fn fields_of(proto: &str) -> Vec<(String, String, String, u32)> {
+        let mut fields = Vec::new();
+        let mut message = None;
+        for line in proto.lines().map(str::trim) {
+            if let Some(rest) = line.strip_prefix("message ") {
+                message = rest.split_whitespace().next().map(str::to_owned);
+            } else if line == "}" {
+                message = None;
+            } else if let (Some(message), Some((decl, tag))) = (&message, line.split_once('=')) {
+                let mut decl = decl.split_whitespace();
+                let (ty, name) = (decl.next().unwrap(), decl.next().unwrap());
+                let tag = tag.trim().trim_end_matches(';').parse().unwrap();
+                fields.push((message.clone(), name.to_owned(), ty.to_owned(), tag));
+            }
+        }
+        fields
+    }
+
+    #[test]
+    fn the_proto_file_says_what_the_rust_messages_do() {
+        let proto = include_str!("../proto/echo.proto");
+        let expected = [
+            ("EchoRequest", "message", "string", 1),
+            ("StreamRequest", "message", "string", 1),
+            ("StreamRequest", "count", "uint32", 2),
+            ("EchoReply", "message", "string", 1),
+            ("EchoReply", "server", "string", 2),
+            ("EchoReply", "index", "uint32", 3),
+        ]
+        .map(|(m, f, t, n)| (m.to_owned(), f.to_owned(), t.to_owned(), n));
+        assert_eq!(fields_of(proto), expected);
+        // The same tags and wire types in the Rust messages (key = tag << 3 | type;
+        // 2 is length-delimited, 0 a varint).
+        let reply = EchoReply {
+            message: "m".into(),
+            server: "s".into(),
+            index: 7,
+        };
+        assert_eq!(
+            reply.encode_to_vec(),
+            [0x0a, 1, b'm', 0x12, 1, b's', 0x18, 7]
+        );
+        let request = StreamRequest {
+            message: "m".into(),
+            count: 5,
+        };
+        assert_eq!(request.encode_to_vec(), [0x0a, 1, b'm', 0x10, 5]);
+        let request = EchoRequest {
+            message: "m".into(),
+        };
+        assert_eq!(request.encode_to_vec(), [0x0a, 1, b'm']);
+        // The paths the server routes are the file's package, service and methods.
+        assert!(proto.contains(&format!(
+            "package {};",
+            ECHO_SERVICE.rsplit_once('.').unwrap().0
+        )));
+        assert!(proto.contains("service Echo {"));
+        assert!(proto.contains("rpc Unary(EchoRequest) returns (EchoReply);"));
+        assert!(proto.contains("rpc ServerStream(StreamRequest) returns (stream EchoReply);"));
+        assert_eq!(ECHO_UNARY, format!("/{ECHO_SERVICE}/Unary"));
+        assert_eq!(ECHO_SERVER_STREAM, format!("/{ECHO_SERVICE}/ServerStream"));
+    }
+
+    #[test]
+    fn health_messages_are_grpc_health_v1() {
+        // grpc/health/v1/health.proto: `string service = 1;`, `ServingStatus status = 1;`
+        // with SERVING = 1 and NOT_SERVING = 2.
+        let request = HealthCheckRequest {
+            service: "x".into(),
+        };
+        assert_eq!(request.encode_to_vec(), [0x0a, 1, b'x']);
+        let response = HealthCheckResponse {
+            status: ServingStatus::NotServing as i32,
+        };
+        assert_eq!(response.encode_to_vec(), [0x08, 2]);
+        assert_eq!(ServingStatus::Serving as i32, 1);
+    }
+}
