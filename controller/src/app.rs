@@ -13,9 +13,9 @@ use tokio::net::TcpListener;
 
 use crate::metrics::Metrics;
 use crate::pool::admission::{self, Weights};
-use crate::pool::probe::HeartbeatProber;
+use crate::pool::probe::Prober;
 use crate::pool::supervisor::PoolSettings;
-use crate::pool::{HealthSettings, Supervisor};
+use crate::pool::{HealthCheck, HealthSettings, Supervisor};
 use crate::proxy::workers::ProxyListeners;
 use crate::proxy::{ProxyArgs, ProxySettings};
 use crate::publish::{PoolView, Publisher};
@@ -141,6 +141,12 @@ pub struct UpArgs {
     #[arg(long, env = "RINGLB_FAILURE_THRESHOLD", default_value_t = 3)]
     pub failure_threshold: u32,
 
+    /// How heartbeats ask a replica: `http` (`GET /heartbeat` answered 200) or `grpc`
+    /// (`grpc.health.v1.Health/Check` over h2c answered SERVING, for replicas that
+    /// speak only gRPC).
+    #[arg(long, env = "RINGLB_HEALTH_CHECK", value_enum, default_value_t = HealthCheck::Http)]
+    pub health_check: HealthCheck,
+
     #[command(flatten)]
     pub proxy: ProxyArgs,
 
@@ -251,6 +257,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         proxy_listener,
         ops_listener,
         proxy_settings,
+        prober: args.health_check.prober(),
         // The `pool` label of per-replica series: the Docker network names the pool.
         metrics: Arc::new(match args.runtime {
             RuntimeKind::Docker => Metrics::for_pool(&args.docker_network),
@@ -304,6 +311,8 @@ struct Front {
     proxy_listener: ProxyListeners,
     ops_listener: TcpListener,
     proxy_settings: ProxySettings,
+    /// Sends the heartbeats (`--health-check`).
+    prober: Arc<dyn Prober>,
     metrics: Arc<Metrics>,
     shutdown: Pin<Box<dyn Future<Output = ()> + Send>>,
 }
@@ -319,6 +328,7 @@ async fn serve<R: Runtime>(
         proxy_listener,
         ops_listener,
         proxy_settings,
+        prober,
         metrics,
         shutdown,
     } = front;
@@ -329,7 +339,7 @@ async fn serve<R: Runtime>(
         names,
         weights,
         settings,
-        Arc::new(HeartbeatProber::default()),
+        prober,
         metrics.clone(),
         publisher.clone(),
     )

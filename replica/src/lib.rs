@@ -1,11 +1,17 @@
 //! The ringlb replica: the small server that the load balancer routes to.
 //!
 //! `GET /home` names the replica, `GET /heartbeat` answers 200 with an empty body,
-//! anything else is 404. The `ringlb` binary embeds this server as its `replica`
-//! subcommand, so `cargo run -- up` needs no second binary; `ringlb-replica` is the
-//! same server as a standalone binary for containers and benchmarks.
+//! anything else is 404; over HTTP/1.1 and over HTTP/2 with prior knowledge (h2c) on
+//! the same port. The same port serves a small gRPC echo service and the gRPC health
+//! checking protocol ([`grpc`]); with `--grpc-only` it is a gRPC server and nothing
+//! else (HTTP/2 only, no `/home`, no `/heartbeat`), as the servers of a gRPC pool are.
+//! The `ringlb` binary embeds this server as its `replica` subcommand, so
+//! `cargo run -- up` needs no second binary; `ringlb-replica` is the same server as a
+//! standalone binary for containers and benchmarks.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+pub mod grpc;
 
 use axum::{
     Router,
@@ -27,13 +33,28 @@ pub struct ReplicaArgs {
     /// Address to listen on: 127.0.0.1 for local use, `::` (IPv6 and IPv4) in containers.
     #[arg(long, env = "REPLICA_HOST", default_value_t = IpAddr::V4(Ipv4Addr::LOCALHOST))]
     pub host: IpAddr,
+    /// Serve gRPC only: HTTP/2 with prior knowledge, the echo service and
+    /// `grpc.health.v1.Health` (no `/home`, no `/heartbeat`, no HTTP/1.1).
+    #[arg(long, env = "REPLICA_GRPC_ONLY")]
+    pub grpc_only: bool,
 }
 
 /// The line a replica prints on stdout once it listens; the process runtime of the
 /// load balancer reads it to learn the port when the replica was started with port 0.
 pub const LISTENING_PREFIX: &str = "ringlb-replica listening on ";
 
-/// The replica's routes. The `/home` body is rendered once, not per request.
+/// Everything a replica serves: the HTTP routes and the gRPC methods, or with
+/// `grpc_only` the gRPC methods alone (any other path: gRPC `UNIMPLEMENTED`).
+pub fn app(id: &str, grpc_only: bool, health: grpc::Health) -> Router {
+    let grpc = grpc::routes(id, health);
+    if grpc_only {
+        grpc.fallback(grpc::unimplemented)
+    } else {
+        router(id).merge(grpc)
+    }
+}
+
+/// The replica's HTTP routes. The `/home` body is rendered once, not per request.
 pub fn router(id: &str) -> Router {
     let home_body = serde_json::json!({
         "message": format!("Hello from Server: {id}"),
@@ -121,9 +142,57 @@ pub async fn run(args: ReplicaArgs) -> std::io::Result<()> {
     let local = listener.local_addr()?;
     // One line, flushed at once: the parent process waits for it.
     println!("{LISTENING_PREFIX}{local} as {}", args.id);
-    axum::serve(listener, router(&args.id))
-        .with_graceful_shutdown(shutdown)
-        .await
+    let app = app(&args.id, args.grpc_only, grpc::Health::default());
+    serve(listener, app, args.grpc_only, shutdown).await;
+    Ok(())
+}
+
+/// Serves `app` on `listener` until `shutdown` resolves, then lets every open
+/// connection finish (an idle HTTP/1.1 one is closed; HTTP/2 ones get GOAWAY) and
+/// returns. Each connection speaks HTTP/1.1 or, from its preface, HTTP/2 with prior
+/// knowledge; with `http2_only`, HTTP/2 alone, as a gRPC server.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    http2_only: bool,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use hyper_util::server::conn::auto::Builder;
+    use hyper_util::service::TowerToHyperService;
+
+    let mut builder = Builder::new(TokioExecutor::new());
+    if http2_only {
+        builder = builder.http2_only();
+    }
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                // Out of descriptors and the like: the next accept may succeed.
+                Err(_) => {
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        // Without upgrades: no route of a replica switches protocols, and hyper-util
+        // applies `http2_only` only to connections served this way.
+        let connection = builder
+            .serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()))
+            .into_owned();
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            // A client that goes away mid-request is its own business.
+            let _ = connection.await;
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
 }
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM, whichever comes first.

@@ -8,11 +8,13 @@
 //!   replica (startup grace, spacing, threshold), for the supervisor and the operator;
 //! - [`probe`]: one heartbeat, `GET /heartbeat` with a timeout (the [`Prober`](probe::Prober) trait);
 //!   what its answers mean for a replica is [`crate::replica_health`];
+//! - [`grpc_probe`]: the same heartbeat as a gRPC health check, for gRPC-only replicas;
 //! - [`supervisor`]: the single task that owns the pool and applies all of the above;
 //! - [`admin`]: the write side that `/add`, `/rm` and the proxy's failure reports use.
 
 pub mod admin;
 pub mod admission;
+pub mod grpc_probe;
 pub mod health_book;
 pub mod plan;
 pub mod probe;
@@ -21,6 +23,7 @@ pub mod supervisor;
 pub use crate::replica_name::{NameError, ReplicaName};
 pub use admin::{PoolAdmin, PoolError};
 pub use admission::MembershipError;
+pub use grpc_probe::HealthCheck;
 pub use plan::{Action, Observed, Plan, Policy, plan};
 pub use probe::HealthSettings;
 pub use supervisor::{PoolHandle, Supervisor};

@@ -73,7 +73,8 @@ impl HeartbeatClient {
 /// Sends one heartbeat. The supervisor and the operator use [`HeartbeatProber`];
 /// tests use fakes.
 pub trait Prober: Send + Sync + 'static {
-    /// True when the replica at `addr` answers `GET /heartbeat` with 200 within `timeout`.
+    /// True when the replica at `addr` passes one health check within `timeout`
+    /// (`GET /heartbeat` answered 200 here; gRPC's `Health/Check` in `grpc_probe`).
     fn check(&self, addr: SocketAddr, timeout: Duration) -> BoxFuture<'static, bool>;
 }
 

@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 pub mod fake_replica;
+pub mod grpc;
 pub mod load;
 mod temp_dir;
 
@@ -244,6 +245,16 @@ pub struct ExternalReplica {
 
 impl ExternalReplica {
     pub fn start(name: &str) -> ExternalReplica {
+        Self::start_with(name, &[])
+    }
+
+    /// A replica that speaks only gRPC (`--grpc-only`): HTTP/2, the echo service and
+    /// the gRPC health check, no `/home`, no `/heartbeat`.
+    pub fn start_grpc_only(name: &str) -> ExternalReplica {
+        Self::start_with(name, &["--grpc-only"])
+    }
+
+    fn start_with(name: &str, extra: &[&str]) -> ExternalReplica {
         let mut child = Command::new(ringlb_bin())
             .args([
                 "replica",
@@ -254,8 +265,10 @@ impl ExternalReplica {
                 "--host",
                 "127.0.0.1",
             ])
+            .args(extra)
             .env_remove("SERVER_ID")
             .env_remove("PORT")
+            .env_remove("REPLICA_GRPC_ONLY")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
