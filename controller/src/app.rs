@@ -239,6 +239,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
             interval: args.heartbeat_interval,
             timeout: args.heartbeat_timeout,
             failure_threshold: args.failure_threshold.max(1),
+            check: args.health_check,
         },
         max_replicas,
         ring,

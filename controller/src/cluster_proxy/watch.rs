@@ -32,7 +32,7 @@ use crate::operator::pod_slots;
 use crate::operator::pods::{POOL_LABEL, PodState, replica_pod};
 use crate::operator::watch_config;
 use crate::pool::admission;
-use crate::pool::probe::{HealthSettings, HeartbeatProber, Prober};
+use crate::pool::{HealthSettings, Probers};
 use crate::publish::{BalanceFactor, MemberState, PoolState, Publisher, Replacement};
 use crate::replica_health::{Health, HealthState};
 use crate::replica_name::ReplicaName;
@@ -244,7 +244,8 @@ pub fn pool_state(
 /// The members this proxy took out of its own ring because a request could not
 /// reach them, each with a heartbeat of its own that brings it back.
 pub struct Suspects {
-    prober: Arc<dyn Prober>,
+    /// A suspect's heartbeats ask what the pool's `spec.heartbeat.check` says.
+    probers: Probers,
     addrs: SuspectAddrs,
     probes: HashMap<ReplicaName, AbortHandle>,
     /// Each probe ends when its member answers: (name, address).
@@ -252,9 +253,9 @@ pub struct Suspects {
 }
 
 impl Suspects {
-    pub fn new(prober: Arc<dyn Prober>) -> Self {
+    pub fn new(probers: Probers) -> Self {
         Self {
-            prober,
+            probers,
             addrs: SuspectAddrs::new(),
             probes: HashMap::new(),
             answered: JoinSet::new(),
@@ -272,7 +273,7 @@ impl Suspects {
             return false;
         }
         tracing::warn!(replica = %name, %addr, "replica unreachable, out of this proxy's ring until its heartbeat succeeds");
-        let prober = self.prober.clone();
+        let prober = self.probers.of(health.check);
         let (interval, timeout) = (health.interval, health.timeout);
         let probe = self.answered.spawn({
             let name = name.clone();
@@ -373,7 +374,7 @@ pub async fn run_reporting_sync(
         .reflect(pod_writer)
         .map(|event| event.map(|e| matches!(e, watcher::Event::InitDone).then_some(Cache::Pods)));
     let mut events = std::pin::pin!(futures::stream::select(pool_events, pod_events));
-    let mut suspects = Suspects::new(Arc::new(HeartbeatProber::default()));
+    let mut suspects = Suspects::new(Probers::real());
     let mut memory = Memory::default();
     let mut listed: HashSet<Cache> = HashSet::new();
     let mut stop = std::pin::pin!(stop);

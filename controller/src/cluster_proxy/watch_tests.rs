@@ -381,7 +381,7 @@ async fn a_member_this_proxy_could_not_reach_is_out_of_its_ring_until_it_answers
         ..HealthSettings::default()
     };
 
-    let mut suspects = Suspects::new(Arc::new(crate::pool::probe::HeartbeatProber::default()));
+    let mut suspects = Suspects::new(crate::pool::Probers::real());
     let server1 = ReplicaName::parse("Server1").unwrap();
     assert!(suspects.insert(server1.clone(), server, &fast));
     assert!(

@@ -21,6 +21,7 @@ use super::pods::{PodTemplate, TEMPLATE_LABEL};
 use super::reconciler::{self, Context};
 use crate::metrics::Metrics;
 use crate::operator::crd::HeartbeatSpec;
+use crate::pool::Probers;
 use crate::testing::{self, FakeProber, Within, until};
 
 /// How long a wait for the watch or the controller may take.
@@ -115,7 +116,7 @@ pub async fn operator_run() -> FakeApiServer {
     let ctx = Arc::new(Context::new(
         api.client(),
         Some("op-a".into()),
-        Arc::new(probes),
+        Probers::same(Arc::new(probes)),
         metrics,
         leadership,
     ));
@@ -215,7 +216,7 @@ async fn a_standby_that_takes_over_reconciles_at_once() {
     let ctx = Arc::new(Context::new(
         api.client(),
         None,
-        Arc::new(FakeProber::answering(false)),
+        Probers::same(Arc::new(FakeProber::answering(false))),
         Arc::new(Metrics::new()),
         leadership,
     ));
@@ -257,7 +258,7 @@ async fn a_deleted_pool_stops_being_heartbeaten() {
     let ctx = Arc::new(Context::new(
         api.client(),
         None,
-        prober.clone(),
+        Probers::same(prober.clone()),
         Arc::new(Metrics::new()),
         leadership,
     ));

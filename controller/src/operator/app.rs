@@ -16,7 +16,7 @@ use super::leader::{self, LeaseSettings, Timing};
 use super::reconciler::{self, Context};
 use crate::metrics::Metrics;
 use crate::ops;
-use crate::pool::probe::HeartbeatProber;
+use crate::pool::Probers;
 use crate::serving::DRAIN_TIMEOUT;
 
 #[derive(Debug, Args)]
@@ -91,7 +91,7 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
     let ctx = Arc::new(Context::new(
         client,
         args.pod_name.clone(),
-        Arc::new(HeartbeatProber::default()),
+        Probers::real(),
         metrics.clone(),
         leadership,
     ));

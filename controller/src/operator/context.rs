@@ -21,7 +21,7 @@ use super::pod_probes::PodProbes;
 use super::pods::{KubeRuntime, PodTemplate};
 use super::reconciler::CONTROLLER_NAME;
 use crate::metrics::Metrics;
-use crate::pool::probe::Prober;
+use crate::pool::Probers;
 use crate::replica_name::ReplicaName;
 
 #[derive(Debug, thiserror::Error)]
@@ -87,7 +87,7 @@ impl Context {
     pub fn new(
         client: Client,
         reporter_instance: Option<String>,
-        prober: Arc<dyn Prober>,
+        probers: Probers,
         metrics: Arc<Metrics>,
         leadership: Leadership,
     ) -> Self {
@@ -105,7 +105,7 @@ impl Context {
             client,
             recorder,
             pod_probes: PodProbes::new(
-                prober,
+                probers,
                 metrics.clone(),
                 pods.clone(),
                 wake,
@@ -314,6 +314,7 @@ impl<'a> PoolPass<'a> {
                     image: pool.spec.image.clone(),
                     port: pool.spec.port,
                     template: pool.spec.template.clone().unwrap_or_default(),
+                    check: pool.spec.health_settings().check,
                 },
             ),
             reference: pool.object_ref(&()),

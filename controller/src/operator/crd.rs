@@ -11,7 +11,7 @@ use kube::{CustomResource, CustomResourceExt};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::pool::HealthSettings;
+use crate::pool::{HealthCheck, HealthSettings};
 use crate::publish::BalanceFactor;
 use crate::replica_name::MAX_NAME_LEN;
 use crate::ring::{Algorithm, HashFn, MAX_WEIGHT, Preset, RingConfig};
@@ -413,6 +413,12 @@ pub struct HeartbeatSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = MAX_STARTUP_GRACE_MS), extend("format" = "int32"))]
     pub startup_grace_ms: Option<u64>,
+    /// What a heartbeat asks: `http` (`GET /heartbeat` answered 200) or `grpc`
+    /// (`grpc.health.v1.Health/Check` over h2c answered SERVING, for replicas that
+    /// speak only gRPC). The operator's heartbeats, the proxies' and the pods'
+    /// readiness probe all ask it [default: http].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check: Option<HealthCheck>,
 }
 
 /// What the reconciler saw at its last pass.
@@ -542,6 +548,7 @@ impl ServerPoolSpec {
                 .failure_threshold
                 .unwrap_or(defaults.failure_threshold)
                 .max(1),
+            check: heartbeat.check.unwrap_or_default(),
         }
     }
 

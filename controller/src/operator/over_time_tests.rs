@@ -22,6 +22,7 @@ use super::leader::Leadership;
 use super::pods::CONTAINER;
 use super::reconciler::{self, Context};
 use crate::metrics::Metrics;
+use crate::pool::Probers;
 use crate::pool::probe::Prober;
 use crate::testing::{self, FakeProber, Within, until};
 
@@ -241,7 +242,13 @@ impl Operator {
         let (leading, leadership) = Leadership::manual();
         leading.send_replace(true);
         let metrics = Arc::new(Metrics::new());
-        let mut ctx = Context::new(api.client(), None, prober, metrics.clone(), leadership);
+        let mut ctx = Context::new(
+            api.client(),
+            None,
+            Probers::same(prober),
+            metrics.clone(),
+            leadership,
+        );
         ctx.set_clock(wall);
         let ctx = Arc::new(ctx);
         let (stop, stopped) = oneshot::channel::<()>();

@@ -33,7 +33,8 @@ use super::leader::Leadership;
 use super::pods::{PodState, ReplicaPod, pool_label, replica_pod};
 use crate::metrics::Metrics;
 use crate::pool::health_book::{Entry, HealthBook, Rules, Since, probe_all};
-use crate::pool::probe::{HealthSettings, Prober};
+use crate::pool::probe::Prober;
+use crate::pool::{HealthSettings, Probers};
 use crate::replica_health::{Health, HealthState};
 use crate::replica_name::ReplicaName;
 
@@ -144,7 +145,8 @@ struct PoolBeats {
 
 /// The heartbeat tasks of every pool the operator reconciles.
 pub struct PodProbes {
-    prober: Arc<dyn Prober>,
+    /// Each pool's heartbeats ask what its `spec.heartbeat.check` says.
+    probers: Probers,
     metrics: Arc<Metrics>,
     pods: Store<Pod>,
     /// A pool whose pods' health changed: reconcile it.
@@ -160,14 +162,14 @@ pub struct PodProbes {
 
 impl PodProbes {
     pub fn new(
-        prober: Arc<dyn Prober>,
+        probers: Probers,
         metrics: Arc<Metrics>,
         pods: Store<Pod>,
         wake: mpsc::UnboundedSender<ObjectRef<ServerPool>>,
         leadership: Leadership,
     ) -> Self {
         Self {
-            prober,
+            probers,
             metrics,
             pods,
             wake,
@@ -247,7 +249,7 @@ impl PodProbes {
             failure_spacing: Duration::ZERO,
         })));
         let round = Round {
-            prober: self.prober.clone(),
+            prober: self.probers.of(config.settings.check),
             metrics: self.metrics.clone(),
             pods: self.pods.clone(),
             pool: pool.clone(),
@@ -424,6 +426,7 @@ mod tests {
 
     use super::*;
     use crate::operator::pods::{MEMBER_LABEL, POOL_LABEL};
+    use crate::pool::HealthCheck;
     use crate::testing::FakeProber;
 
     fn pod(uid: &str) -> Pod {
@@ -466,7 +469,7 @@ mod tests {
         let metrics = Arc::new(Metrics::new());
         Setup {
             beats: PodProbes::new(
-                switch.clone(),
+                Probers::same(switch.clone()),
                 metrics.clone(),
                 store,
                 wake,
@@ -487,6 +490,7 @@ mod tests {
                 interval: Duration::from_secs(1),
                 timeout: Duration::from_millis(500),
                 failure_threshold: 3,
+                ..HealthSettings::default()
             },
             startup_grace: Duration::from_secs(30),
             port: 5000,
@@ -519,6 +523,42 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(1)).await;
         assert_eq!(health(&setup).await, Health::Failed);
         assert_eq!(setup.switch.probe_count(), 4);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pool_heartbeats_with_the_check_its_spec_names() {
+        // Two probers: HTTP heartbeats fail, gRPC health checks succeed.
+        let (http, grpc) = (
+            Arc::new(FakeProber::answering(false)),
+            Arc::new(FakeProber::answering(true)),
+        );
+        let mut setup = setup();
+        setup.beats.probers = Probers::new(http.clone(), grpc.clone());
+        let grpc_config = || {
+            let mut config = config();
+            config.settings.check = HealthCheck::Grpc;
+            config
+        };
+        let health_with = |config: BeatConfig| {
+            let beats = &setup.beats;
+            let pool = setup.pool.clone();
+            async move {
+                beats.health_of(&pool, "pool-uid", config).await["uid-1"]
+                    .state
+                    .health
+            }
+        };
+        assert_eq!(health_with(grpc_config()).await, Health::Healthy);
+        // Rounds at 0, 1, 2, 3 and 4 s.
+        tokio::time::sleep(Duration::from_millis(4500)).await;
+        assert_eq!(health_with(grpc_config()).await, Health::Healthy);
+        assert_eq!((http.probe_count(), grpc.probe_count()), (0, 5));
+        // Back to HTTP: the pool's task starts again with the HTTP prober.
+        setup
+            .writer
+            .apply_watcher_event(&Event::Apply(pod("uid-1")));
+        assert_eq!(health_with(config()).await, Health::Starting);
+        assert_eq!((http.probe_count(), grpc.probe_count()), (1, 5));
     }
 
     #[tokio::test(start_paused = true)]

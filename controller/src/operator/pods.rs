@@ -17,9 +17,9 @@ use std::net::IpAddr;
 use ::kube::api::{DeleteParams, PostParams};
 use ::kube::{Api, Client};
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, ContainerStatus, EnvVar, HTTPGetAction, Pod,
-    PodCondition, PodSecurityContext, PodSpec, Probe, ResourceRequirements, SeccompProfile, Secret,
-    SecurityContext, TopologySpreadConstraint,
+    Capabilities, Container, ContainerPort, ContainerStatus, EnvVar, GRPCAction, HTTPGetAction,
+    Pod, PodCondition, PodSecurityContext, PodSpec, Probe, ResourceRequirements, SeccompProfile,
+    Secret, SecurityContext, TopologySpreadConstraint,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -30,6 +30,7 @@ use k8s_openapi::jiff::Timestamp;
 use super::admin_secret;
 use super::crd::ReplicaTemplate;
 use super::pod_slots::{NamingError, pod_name};
+use crate::pool::HealthCheck;
 use crate::replica_name::ReplicaName;
 
 /// Label: the pool a pod belongs to.
@@ -118,6 +119,32 @@ const NEVER_STARTS: [&str; 6] = [
     "CreateContainerError",
 ];
 
+/// The kubelet's readiness probe of a replica: the check its heartbeats make, on its
+/// port (Kubernetes' own gRPC probe, `grpc.health.v1.Health/Check`, for a gRPC one).
+fn readiness_probe(check: HealthCheck, port: i32) -> Probe {
+    let probe = Probe {
+        period_seconds: Some(2),
+        ..Probe::default()
+    };
+    match check {
+        HealthCheck::Http => Probe {
+            http_get: Some(HTTPGetAction {
+                path: Some("/heartbeat".to_owned()),
+                port: IntOrString::Int(port),
+                ..HTTPGetAction::default()
+            }),
+            ..probe
+        },
+        HealthCheck::Grpc => Probe {
+            grpc: Some(GRPCAction {
+                port,
+                service: None,
+            }),
+            ..probe
+        },
+    }
+}
+
 /// What a pool's pods look like.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct PodTemplate {
@@ -125,6 +152,9 @@ pub struct PodTemplate {
     pub port: u16,
     /// `spec.template`: merged over the defaults of [`KubeRuntime::pod_manifest`].
     pub template: ReplicaTemplate,
+    /// `spec.heartbeat.check`: what the kubelet's readiness probe asks, as the
+    /// operator's heartbeats do (a replica that speaks only gRPC has no `/heartbeat`).
+    pub check: HealthCheck,
 }
 
 impl PodTemplate {
@@ -140,6 +170,10 @@ impl PodTemplate {
             // Field order is the struct's and maps are sorted: the same template
             // always gives the same text.
             text.push_str(&serde_json::to_string(&self.template).unwrap_or_default());
+        }
+        // Likewise the check: only a gRPC one, newer than the digest, is in it.
+        if self.check != HealthCheck::Http {
+            text.push_str("\0check=grpc");
         }
         let (high, _) = crate::ring::murmur3_x64_128(text.as_bytes(), 0);
         format!("{:010x}", high >> 24)
@@ -286,15 +320,7 @@ impl KubeRuntime {
                         container_port: port,
                         ..ContainerPort::default()
                     }]),
-                    readiness_probe: Some(Probe {
-                        http_get: Some(HTTPGetAction {
-                            path: Some("/heartbeat".to_owned()),
-                            port: IntOrString::Int(port),
-                            ..HTTPGetAction::default()
-                        }),
-                        period_seconds: Some(2),
-                        ..Probe::default()
-                    }),
+                    readiness_probe: Some(readiness_probe(self.template.check, port)),
                     resources: Some(user.resources.clone().unwrap_or_else(|| {
                         ResourceRequirements {
                             requests: Some(BTreeMap::from([
@@ -648,6 +674,7 @@ mod tests {
                 image: "ringlb-replica:dev".into(),
                 port: 5000,
                 template,
+                ..PodTemplate::default()
             },
         )
     }
@@ -681,6 +708,35 @@ mod tests {
         assert_eq!(
             pod["metadata"]["labels"][TEMPLATE_LABEL],
             format!("{:010x}", high >> 24)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_grpc_check_makes_a_grpc_readiness_probe_and_a_new_template() {
+        let http = manifest(ReplicaTemplate::default());
+        assert_eq!(
+            http["spec"]["containers"][0]["readinessProbe"]["httpGet"],
+            json!({"path": "/heartbeat", "port": 5000})
+        );
+        let mut template = runtime(ReplicaTemplate::default()).template().clone();
+        template.check = HealthCheck::Grpc;
+        let grpc = KubeRuntime::new(
+            crate::operator::fixtures::FakeApiServer::default().client(),
+            "default",
+            "demo",
+            OwnerReference::default(),
+            template,
+        );
+        let name = ReplicaName::parse("Server1").unwrap();
+        let grpc = serde_json::to_value(grpc.pod_manifest(&name, "server1").unwrap()).unwrap();
+        let probe = &grpc["spec"]["containers"][0]["readinessProbe"];
+        assert_eq!(probe["grpc"], json!({"port": 5000}));
+        assert_eq!(probe["httpGet"], json!(null));
+        assert_eq!(probe["periodSeconds"], 2);
+        // Another probe is another pod: a change of check rolls the pods.
+        assert_ne!(
+            grpc["metadata"]["labels"][TEMPLATE_LABEL],
+            http["metadata"]["labels"][TEMPLATE_LABEL]
         );
     }
 

@@ -14,6 +14,7 @@ use crate::operator::crd::{HeartbeatSpec, ServerPoolStatus};
 use crate::operator::fixtures::{ApiCall, FakeApiServer};
 use crate::operator::leader::Leadership;
 use crate::operator::pods::{self, KubeRuntime, PodTemplate};
+use crate::pool::Probers;
 use crate::testing::{self, FakeProber};
 
 const NS: &str = "default";
@@ -118,7 +119,7 @@ fn context(api: &Api, healthy: &[&str], failing: &[&str]) -> Arc<Context> {
     let mut ctx = Context::new(
         api.client(),
         None,
-        Arc::new(FakeProber::by_ip(table)),
+        Probers::same(Arc::new(FakeProber::by_ip(table))),
         Arc::new(Metrics::new()),
         Leadership::sole(),
     );
@@ -141,6 +142,7 @@ fn pool(replicas: u32, status: Option<ServerPoolStatus>) -> ServerPool {
             max_unconfirmed_replacements: None,
             // These pods fail from their first heartbeat on purpose.
             startup_grace_ms: Some(0),
+            check: None,
         })
         .status(status)
         .build()
@@ -495,7 +497,7 @@ async fn a_standby_writes_nothing_and_looks_again_soon() {
     let mut ctx = Context::new(
         api.client(),
         None,
-        Arc::new(FakeProber::answering(false)),
+        Probers::same(Arc::new(FakeProber::answering(false))),
         Arc::new(Metrics::new()),
         Leadership::standby(),
     );

@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -15,27 +15,7 @@ use hyper_util::client::legacy::{Client, connect::HttpConnector};
 use hyper_util::rt::TokioExecutor;
 use ringlb_replica::grpc::{HEALTH_CHECK, HealthCheckRequest, HealthCheckResponse, ServingStatus};
 
-use super::probe::{HeartbeatProber, Prober};
-
-/// How replicas are health-checked (`--health-check`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
-pub enum HealthCheck {
-    /// `GET /heartbeat` answered 200.
-    #[default]
-    Http,
-    /// `grpc.health.v1.Health/Check` over h2c answered SERVING.
-    Grpc,
-}
-
-impl HealthCheck {
-    /// The prober that sends this kind of health check.
-    pub fn prober(self) -> Arc<dyn Prober> {
-        match self {
-            HealthCheck::Http => Arc::new(HeartbeatProber::default()),
-            HealthCheck::Grpc => Arc::new(GrpcHealthProber::default()),
-        }
-    }
-}
+use super::probe::Prober;
 
 /// `Health/Check` for the whole server (an empty service name) over pooled HTTP/2
 /// connections (one per replica, multiplexed), one client per timeout.
@@ -106,7 +86,9 @@ impl GrpcHealthClient {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pool::HealthCheck;
     use ringlb_replica::grpc::Health;
+    use std::sync::Arc;
 
     const TIMEOUT: Duration = Duration::from_millis(500);
 

@@ -8,6 +8,8 @@
 //!   replica (startup grace, spacing, threshold), for the supervisor and the operator;
 //! - [`probe`]: one heartbeat, `GET /heartbeat` with a timeout (the [`Prober`](probe::Prober) trait);
 //!   what its answers mean for a replica is [`crate::replica_health`];
+//! - [`health_check`]: which check a pool's heartbeats make, how often, and when a
+//!   replica has failed; a prober for each kind;
 //! - [`grpc_probe`]: the same heartbeat as a gRPC health check, for gRPC-only replicas;
 //! - [`supervisor`]: the single task that owns the pool and applies all of the above;
 //! - [`admin`]: the write side that `/add`, `/rm` and the proxy's failure reports use.
@@ -16,6 +18,7 @@ pub mod admin;
 pub mod admission;
 pub mod grpc_probe;
 pub mod health_book;
+pub mod health_check;
 pub mod plan;
 pub mod probe;
 pub mod supervisor;
@@ -23,7 +26,6 @@ pub mod supervisor;
 pub use crate::replica_name::{NameError, ReplicaName};
 pub use admin::{PoolAdmin, PoolError};
 pub use admission::MembershipError;
-pub use grpc_probe::HealthCheck;
+pub use health_check::{HealthCheck, HealthSettings, Probers};
 pub use plan::{Action, Observed, Plan, Policy, plan};
-pub use probe::HealthSettings;
 pub use supervisor::{PoolHandle, Supervisor};

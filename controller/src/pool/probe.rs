@@ -13,26 +13,6 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::{Client, connect::HttpConnector};
 use hyper_util::rt::TokioExecutor;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct HealthSettings {
-    /// Time between heartbeat rounds.
-    pub interval: Duration,
-    /// How long one heartbeat may take.
-    pub timeout: Duration,
-    /// Consecutive failed heartbeats after which a replica has failed.
-    pub failure_threshold: u32,
-}
-
-impl Default for HealthSettings {
-    fn default() -> Self {
-        Self {
-            interval: Duration::from_millis(1000),
-            timeout: Duration::from_millis(500),
-            failure_threshold: 3,
-        }
-    }
-}
-
 /// Sends heartbeats over pooled keep-alive connections.
 #[derive(Clone)]
 struct HeartbeatClient {

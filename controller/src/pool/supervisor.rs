@@ -14,9 +14,10 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use super::HealthSettings;
 use super::admission::{self, Weights};
 use super::health_book::{Entry, HealthBook, Rules, Since, probe_all};
-use super::probe::{HealthSettings, Prober};
+use super::probe::Prober;
 use super::{Action, Observed, Policy, PoolAdmin, PoolError, ReplicaName, plan};
 use crate::metrics::Metrics;
 use crate::publish::{BalanceFactor, MemberState, PoolState, Publisher, Replacement};

@@ -17,7 +17,7 @@ use tokio::task::JoinHandle;
 
 use super::{PoolHandle, PoolSettings, Supervisor};
 use crate::metrics::Metrics;
-use crate::pool::probe::HealthSettings;
+use crate::pool::HealthSettings;
 use crate::pool::{MembershipError, PoolAdmin, PoolError, ReplicaName};
 use crate::publish::{MemberView, PoolView, Publisher, Replacement};
 use crate::replica_health::Health;
@@ -58,6 +58,7 @@ fn settings() -> PoolSettings {
             interval: INTERVAL,
             timeout: Duration::from_millis(500),
             failure_threshold: THRESHOLD,
+            ..HealthSettings::default()
         },
         max_replicas: MAX_REPLICAS,
         // The course ring: 512 slots, cheap to rebuild at every publish.
