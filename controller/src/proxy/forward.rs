@@ -3,18 +3,20 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::response::{IntoResponse, Response};
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{StatusCode, Uri};
+use http::uri::{PathAndQuery, Scheme};
+use http::{Method, StatusCode, Uri};
 use http_body_util::{BodyExt, Full, Limited};
+use hyper_util::client::legacy::{Client, connect::HttpConnector};
 
 use super::error::ApiError;
-use super::failover::{self, Attempt, Progress};
+use super::exchange::{self, Exchange};
+use super::failover::Progress;
 use super::{Proxy, wire};
 use crate::publish::{Backend, Charge, InFlight};
 
@@ -62,60 +64,73 @@ async fn forward_request(proxy: &Proxy, request: Request) -> Result<Response, Ap
     {
         headers.insert(header::HOST, host);
     }
-    let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    let path_and_query = parts
+        .uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
 
-    let mut attempts = 0;
-    let mut last_error = String::new();
-    for backend in failover::route(&table, candidates, proxy.settings.max_attempts) {
-        attempts += 1;
-        // Counted in flight until the response body is relayed (bounded loads only).
-        let in_flight = table
-            .bound
-            .as_ref()
-            .map(|b| b.charge_owned(&backend.in_flight));
-        let uri = Uri::builder()
-            .scheme("http")
-            .authority(backend.authority.clone())
-            .path_and_query(path_and_query)
-            .build()
-            .map_err(|e| ApiError::BadField(format!("cannot forward this URI: {e}")))?;
-        let mut upstream = http::Request::new(Full::new(body.clone()));
-        *upstream.method_mut() = parts.method.clone();
-        *upstream.uri_mut() = uri;
-        *upstream.headers_mut() = headers.clone();
+    let mut exchange = HyperExchange {
+        client: &proxy.client,
+        method: &parts.method,
+        path_and_query,
+        headers,
+        body,
+    };
+    let method = parts.method.as_str();
+    let answered = exchange::run(proxy, &table, candidates, method, &mut exchange).await?;
+    // The body streams after this returns: the request stays counted until it is
+    // dropped (bounded loads only).
+    let in_flight = (answered.charge)
+        .zip(table.bound.as_ref())
+        .map(|(charge, bound)| bound.keep(charge, &answered.backend.in_flight));
+    respond(answered.answer, parts.uri.path(), in_flight).await
+}
 
-        let started = Instant::now();
-        let sent = failover::attempt(
-            backend,
-            proxy.worker,
-            proxy.settings.request_timeout,
-            proxy.client.request(upstream),
-        )
-        .await;
-        let (progress, error) = match sent {
-            Attempt::Answered(response) => {
-                backend.latency.observe(started.elapsed().as_secs_f64());
-                backend.responses.inc();
-                return respond(response, parts.uri.path(), in_flight).await;
-            }
+/// The general path's exchange: the request, with its buffered body, sent through
+/// hyper's pooled client.
+struct HyperExchange<'a> {
+    client: &'a Client<HttpConnector, Full<Bytes>>,
+    method: &'a Method,
+    path_and_query: PathAndQuery,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum HyperExchangeError {
+    /// Cannot happen: scheme, authority and path are all set.
+    #[error("cannot forward this URI: {0}")]
+    Uri(#[from] http::uri::InvalidUriParts),
+    #[error(transparent)]
+    Client(#[from] hyper_util::client::legacy::Error),
+}
+
+impl Exchange for HyperExchange<'_> {
+    type Answer = http::Response<hyper::body::Incoming>;
+    type Error = HyperExchangeError;
+
+    async fn send(&mut self, backend: &Backend) -> Result<Self::Answer, HyperExchangeError> {
+        let mut uri = http::uri::Parts::default();
+        uri.scheme = Some(Scheme::HTTP);
+        uri.authority = Some(backend.authority.clone());
+        uri.path_and_query = Some(self.path_and_query.clone());
+        let mut upstream = http::Request::new(Full::new(self.body.clone()));
+        *upstream.method_mut() = self.method.clone();
+        *upstream.uri_mut() = Uri::from_parts(uri)?;
+        *upstream.headers_mut() = self.headers.clone();
+        Ok(self.client.request(upstream).await?)
+    }
+
+    fn progress(error: &HyperExchangeError) -> Progress {
+        match error {
+            HyperExchangeError::Uri(_) => Progress::NotSent,
             // hyper's client sends a request again by itself only when it never left
             // (a pooled connection found closed before the write).
-            Attempt::Failed(error) if error.is_connect() => (Progress::NotSent, error.to_string()),
-            Attempt::Failed(error) => (Progress::Sent, error.to_string()),
-            Attempt::Ejected => (Progress::Sent, failover::EJECTED.to_owned()),
-            Attempt::TimedOut => {
-                backend.failures.inc();
-                return Err(ApiError::UpstreamTimeout(backend.name.to_string()));
-            }
-        };
-        let retry = failover::may_retry(parts.method.as_str(), progress);
-        last_error = attempt_failed(proxy, backend, &error, retry);
-        if !retry {
-            break;
+            HyperExchangeError::Client(error) if error.is_connect() => Progress::NotSent,
+            HyperExchangeError::Client(_) => Progress::Sent,
         }
     }
-    proxy.metrics.unroutable.inc();
-    Err(failover::exhausted(attempts, last_error))
 }
 
 /// Reads a request body of at most `limit` bytes, each piece within `between_reads`
@@ -170,21 +185,6 @@ async fn respond(
         frame
     });
     Ok(Response::from_parts(parts, Body::new(body)))
-}
-
-/// Records a failed attempt on `backend`: counted, and reported to the pool, which
-/// checks the replica at once. `retry` tells whether the request goes on to the next
-/// replica (the failover policy's answer). Returns what the client is told if no replica answers.
-pub(super) fn attempt_failed(
-    proxy: &Proxy,
-    backend: &Backend,
-    error: &dyn std::fmt::Display,
-    retry: bool,
-) -> String {
-    backend.failures.inc();
-    proxy.admin.report_unreachable(&backend.name);
-    tracing::debug!(replica = %backend.name, %error, retry, "forwarding failed");
-    format!("{}: {error}", backend.name)
 }
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {

@@ -5,6 +5,7 @@ pub mod admin;
 mod args;
 mod connection;
 pub mod error;
+mod exchange;
 pub mod failover;
 pub mod forward;
 pub mod h2;
