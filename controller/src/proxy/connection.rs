@@ -119,6 +119,11 @@ pub async fn serve(
             }
         };
         let wait = match next {
+            // The replicas speak h2c, which the fast path does not: this request and
+            // the rest of the connection go to the general path.
+            Next::Served(Ok(Served { to_general, .. })) if to_general => {
+                return hand_off(stream, buf.freeze(), peer, &proxy, router, stop).await;
+            }
             Next::Served(Ok(Served {
                 len,
                 upgraded: Some(upstream),
@@ -303,6 +308,8 @@ struct Served {
     /// The replica's connection, after it answered an upgrade with `101`: the client's
     /// connection is a tunnel to it from now on.
     upgraded: Option<UpstreamConn>,
+    /// Not served: the request is the general path's (`RoutingTable::any_h2c`).
+    to_general: bool,
 }
 
 /// Forwards one request, with failover to the next distinct replica of the ring, and
@@ -319,8 +326,13 @@ async fn forward(
         len: request.len,
         keep_alive: request.keep_alive,
         upgraded: None,
+        to_general: false,
     };
     let table = proxy.publisher.table();
+    if table.any_h2c {
+        served.to_general = true;
+        return Ok(served);
+    }
     if table.backends.is_empty() {
         proxy.metrics.unroutable.inc();
         return answer_error(ApiError::NoReplica, served, client, &mut buffers.out, stop).await;
@@ -337,7 +349,15 @@ async fn forward(
         bytes: &buffers.upstream_request,
         client_head: &mut buffers.out,
     };
-    let answered = exchange::run(proxy, &table, candidates, request.method, &mut exchange).await;
+    let answered = exchange::run(
+        proxy,
+        &table,
+        candidates,
+        request.method,
+        proxy.settings.request_timeout,
+        &mut exchange,
+    )
+    .await;
     let Answered {
         backend,
         answer: (mut upstream, head),

@@ -11,7 +11,7 @@
 
 use std::fmt::Display;
 use std::future::Future;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::Proxy;
 use super::error::ApiError;
@@ -32,6 +32,12 @@ pub trait Exchange {
 
     /// How far a failed exchange got, for the failover policy.
     fn progress(error: &Self::Error) -> Progress;
+
+    /// Whether the request can be sent again: false once a body streamed to a replica
+    /// (not buffered) was taken, whatever the policy says of its progress.
+    fn can_resend(&self) -> bool {
+        true
+    }
 }
 
 /// The replica that answered, and its answer.
@@ -44,13 +50,15 @@ pub struct Answered<'t, A> {
 }
 
 /// Sends a request with `method` to the replicas of `candidates` (ring order, see
-/// `failover::route`) through `exchange`, until one answers. The error is what the
-/// client is told: the replica did not answer in time, or none could be reached.
+/// `failover::route`) through `exchange`, until one answers, each attempt given
+/// `timeout` for its answer. The error is what the client is told: the replica did not
+/// answer in time, or none could be reached.
 pub async fn run<'t, X: Exchange>(
     proxy: &Proxy,
     table: &'t RoutingTable,
     candidates: impl Iterator<Item = usize>,
     method: &str,
+    timeout: Duration,
     exchange: &mut X,
 ) -> Result<Answered<'t, X::Answer>, ApiError> {
     let mut attempts = 0;
@@ -59,13 +67,7 @@ pub async fn run<'t, X: Exchange>(
         attempts += 1;
         let charge = table.bound.as_ref().map(|b| b.charge(&backend.in_flight));
         let started = Instant::now();
-        let sent = failover::attempt(
-            backend,
-            proxy.worker,
-            proxy.settings.request_timeout,
-            exchange.send(backend),
-        )
-        .await;
+        let sent = failover::attempt(backend, proxy.worker, timeout, exchange.send(backend)).await;
         let retry = match sent {
             Attempt::Answered(answer) => {
                 backend.latency.observe(started.elapsed().as_secs_f64());
@@ -77,12 +79,13 @@ pub async fn run<'t, X: Exchange>(
                 });
             }
             Attempt::Failed(error) => {
-                let retry = failover::may_retry(method, X::progress(&error));
+                let progress = X::progress(&error);
+                let retry = failover::may_retry(method, progress) && exchange.can_resend();
                 last_error = attempt_failed(proxy, backend, &error, retry);
                 retry
             }
             Attempt::Ejected => {
-                let retry = failover::may_retry(method, Progress::Sent);
+                let retry = failover::may_retry(method, Progress::Sent) && exchange.can_resend();
                 last_error = attempt_failed(proxy, backend, &failover::EJECTED, retry);
                 retry
             }

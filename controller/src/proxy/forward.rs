@@ -10,39 +10,64 @@ use axum::response::{IntoResponse, Response};
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{PathAndQuery, Scheme};
-use http::{Method, StatusCode, Uri};
+use http::{Method, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::client::legacy::{Client, connect::HttpConnector};
 
 use super::error::ApiError;
 use super::exchange::{self, Exchange};
 use super::failover::Progress;
+use super::replay::Replay;
 use super::{Proxy, wire};
 use crate::publish::{Backend, Charge, InFlight};
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
 pub async fn forward(State(proxy): State<Arc<Proxy>>, request: Request) -> Response {
-    match forward_request(&proxy, request).await {
+    // A gRPC client is told the proxy's own errors as gRPC statuses.
+    let grpc = super::grpc::is_grpc(request.headers());
+    match forward_request(&proxy, request, grpc).await {
         Ok(response) => response,
+        Err(error) if grpc => error.into_grpc_response(),
         Err(error) => error.into_response(),
     }
 }
 
-async fn forward_request(proxy: &Proxy, request: Request) -> Result<Response, ApiError> {
+async fn forward_request(
+    proxy: &Proxy,
+    request: Request,
+    grpc: bool,
+) -> Result<Response, ApiError> {
     let client = request
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0);
     let (mut parts, body) = request.into_parts();
+    let client_h2 = parts.version == Version::HTTP_2;
+    // A gRPC call's deadline bounds the wait for its answer too (the smaller of the two).
+    let timeout = match super::grpc::timeout(&parts.headers) {
+        Some(deadline) if grpc => deadline.min(proxy.settings.request_timeout),
+        _ => proxy.settings.request_timeout,
+    };
     // Buffered (up to a limit) so that a failed attempt can be replayed on the next
-    // replica; nginx buffers request bodies by default for the same reason.
-    let body = read_body(
-        body,
-        proxy.settings.max_body_bytes,
-        proxy.settings.client_body_timeout,
-    )
-    .await?;
+    // replica; nginx buffers request bodies by default for the same reason. A gRPC
+    // call to replicas spoken to in h2c streams instead, both ways (a client stream
+    // may never end before its answer begins), and can be sent again while what was
+    // taken of it fits in the same limit.
+    let streams =
+        grpc && (proxy.publisher.table().backends.iter()).all(|b| b.protocol.h2c_for(client_h2));
+    let body = if streams {
+        RequestBody::Streamed(Replay::new(body, proxy.settings.max_body_bytes))
+    } else {
+        RequestBody::Buffered(
+            read_body(
+                body,
+                proxy.settings.max_body_bytes,
+                proxy.settings.client_body_timeout,
+            )
+            .await?,
+        )
+    };
 
     let table = proxy.publisher.table();
     if table.backends.is_empty() {
@@ -55,6 +80,12 @@ async fn forward_request(proxy: &Proxy, request: Request) -> Result<Response, Ap
         let key = proxy.settings.key.extract(&parts, client);
         table.ring.candidates(&key)
     };
+    // A gRPC server may insist on `te: trailers` (RFC 9113 §8.2.2 lets HTTP/2 keep
+    // exactly that one hop-by-hop header): kept for h2c replicas.
+    let te_trailers = parts
+        .headers
+        .get(header::TE)
+        .is_some_and(|te| te.as_bytes().eq_ignore_ascii_case(b"trailers"));
     let mut headers = upstream_headers(std::mem::take(&mut parts.headers), client);
     // An HTTP/2 request names its host in `:authority`, not `Host` (RFC 9113 §8.3.1):
     // the replica is told it as an HTTP/1.1 client would tell it.
@@ -72,13 +103,21 @@ async fn forward_request(proxy: &Proxy, request: Request) -> Result<Response, Ap
 
     let mut exchange = HyperExchange {
         client: &proxy.client,
+        h2c: &proxy.h2c,
+        client_h2,
+        te_trailers,
         method: &parts.method,
         path_and_query,
         headers,
         body,
     };
     let method = parts.method.as_str();
-    let answered = exchange::run(proxy, &table, candidates, method, &mut exchange).await?;
+    let answered = exchange::run(proxy, &table, candidates, method, timeout, &mut exchange).await;
+    if let RequestBody::Streamed(replay) = &exchange.body {
+        // Answered or given up: the body goes to no other replica.
+        replay.stop_recording();
+    }
+    let answered = answered?;
     // The body streams after this returns: the request stays counted until it is
     // dropped (bounded loads only).
     let in_flight = (answered.charge)
@@ -87,14 +126,26 @@ async fn forward_request(proxy: &Proxy, request: Request) -> Result<Response, Ap
     respond(answered.answer, parts.uri.path(), in_flight).await
 }
 
-/// The general path's exchange: the request, with its buffered body, sent through
-/// hyper's pooled client.
+/// A request body as the general path forwards it.
+enum RequestBody {
+    /// Read whole (within `--max-body`): sent again as often as needed.
+    Buffered(Bytes),
+    /// Streamed to an h2c replica, sent again while it fits (`replay.rs`).
+    Streamed(Replay),
+}
+
+/// The general path's exchange: the request sent through hyper's pooled client, in
+/// HTTP/1.1 or in h2c as the replica's protocol says.
 struct HyperExchange<'a> {
     client: &'a Client<HttpConnector, Full<Bytes>>,
+    h2c: &'a Client<HttpConnector, Body>,
+    /// The request arrived in HTTP/2 (for `UpstreamProtocol::Auto`).
+    client_h2: bool,
+    te_trailers: bool,
     method: &'a Method,
     path_and_query: PathAndQuery,
     headers: HeaderMap,
-    body: Bytes,
+    body: RequestBody,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -102,6 +153,9 @@ enum HyperExchangeError {
     /// Cannot happen: scheme, authority and path are all set.
     #[error("cannot forward this URI: {0}")]
     Uri(#[from] http::uri::InvalidUriParts),
+    /// Cannot happen: a body is streamed only when every replica takes h2c.
+    #[error("a streamed request body goes to h2c replicas only")]
+    NotH2c,
     #[error(transparent)]
     Client(#[from] hyper_util::client::legacy::Error),
 }
@@ -115,20 +169,50 @@ impl Exchange for HyperExchange<'_> {
         uri.scheme = Some(Scheme::HTTP);
         uri.authority = Some(backend.authority.clone());
         uri.path_and_query = Some(self.path_and_query.clone());
-        let mut upstream = http::Request::new(Full::new(self.body.clone()));
+        let uri = Uri::from_parts(uri)?;
+        if !backend.protocol.h2c_for(self.client_h2) {
+            let RequestBody::Buffered(body) = &self.body else {
+                return Err(HyperExchangeError::NotH2c);
+            };
+            let mut upstream = http::Request::new(Full::new(body.clone()));
+            *upstream.method_mut() = self.method.clone();
+            *upstream.uri_mut() = uri;
+            *upstream.headers_mut() = self.headers.clone();
+            return Ok(self.client.request(upstream).await?);
+        }
+        let body = match &self.body {
+            RequestBody::Buffered(body) => Body::from(body.clone()),
+            RequestBody::Streamed(replay) => replay.reader(),
+        };
+        let mut upstream = http::Request::new(body);
         *upstream.method_mut() = self.method.clone();
-        *upstream.uri_mut() = Uri::from_parts(uri)?;
-        *upstream.headers_mut() = self.headers.clone();
-        Ok(self.client.request(upstream).await?)
+        *upstream.uri_mut() = uri;
+        *upstream.version_mut() = Version::HTTP_2;
+        let headers = upstream.headers_mut();
+        *headers = self.headers.clone();
+        // `:authority` says it in HTTP/2.
+        headers.remove(header::HOST);
+        if self.te_trailers {
+            headers.insert(header::TE, HeaderValue::from_static("trailers"));
+        }
+        Ok(self.h2c.request(upstream).await?)
     }
 
     fn progress(error: &HyperExchangeError) -> Progress {
         match error {
-            HyperExchangeError::Uri(_) => Progress::NotSent,
+            HyperExchangeError::Uri(_) | HyperExchangeError::NotH2c => Progress::NotSent,
             // hyper's client sends a request again by itself only when it never left
             // (a pooled connection found closed before the write).
             HyperExchangeError::Client(error) if error.is_connect() => Progress::NotSent,
+            HyperExchangeError::Client(error) if super::grpc::refused(error) => Progress::Refused,
             HyperExchangeError::Client(_) => Progress::Sent,
+        }
+    }
+
+    fn can_resend(&self) -> bool {
+        match &self.body {
+            RequestBody::Buffered(_) => true,
+            RequestBody::Streamed(replay) => replay.can_resend(),
         }
     }
 }

@@ -1,0 +1,111 @@
+//! What the proxy reads of gRPC (over HTTP/2): which requests are gRPC calls, a call's
+//! deadline, and which failures of an h2c replica left a stream unprocessed.
+
+use std::time::Duration;
+
+use http::HeaderMap;
+use http::header::CONTENT_TYPE;
+
+/// Whether a request is a gRPC call: `content-type: application/grpc` or
+/// `application/grpc+proto`, `application/grpc+json`, … (gRPC over HTTP/2).
+pub fn is_grpc(headers: &HeaderMap) -> bool {
+    headers.get(CONTENT_TYPE).is_some_and(|value| {
+        let value = value.as_bytes();
+        let prefix = b"application/grpc";
+        value.len() >= prefix.len()
+            && value[..prefix.len()].eq_ignore_ascii_case(prefix)
+            && matches!(value.get(prefix.len()), None | Some(b'+' | b';'))
+    })
+}
+
+/// A call's `grpc-timeout`: at most 8 digits and a unit (`H`, `M`, `S`, `m`, `u`,
+/// `n`). A malformed one is ignored, as if the call had none.
+pub fn timeout(headers: &HeaderMap) -> Option<Duration> {
+    let value = headers.get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n * 3600),
+        "M" => Duration::from_secs(n * 60),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+/// Whether an h2c replica said it did not process the stream (RFC 9113 §8.7): it
+/// reset it with `REFUSED_STREAM`, or its `GOAWAY` named a last stream id below it
+/// (the `h2` crate fails exactly those streams with the `GOAWAY` it received; the
+/// streams at or below the id go on, and fail otherwise if the connection does).
+pub fn refused(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source = Some(error);
+    while let Some(error) = source {
+        if let Some(h2) = error.downcast_ref::<h2::Error>() {
+            return h2.reason() == Some(h2::Reason::REFUSED_STREAM)
+                || (h2.is_go_away() && h2.is_remote());
+        }
+        source = error.source();
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        pairs
+            .iter()
+            .map(|(name, value)| (name.parse().unwrap(), value.parse().unwrap()))
+            .collect()
+    }
+
+    #[test]
+    fn grpc_content_types() {
+        for (value, grpc) in [
+            ("application/grpc", true),
+            ("application/grpc+proto", true),
+            ("Application/GRPC+json", true),
+            ("application/grpc; charset=utf-8", true),
+            ("application/grpc-web", false),
+            ("application/grpcx", false),
+            ("application/json", false),
+        ] {
+            assert_eq!(
+                is_grpc(&headers(&[("content-type", value)])),
+                grpc,
+                "{value}"
+            );
+        }
+        assert!(!is_grpc(&HeaderMap::new()));
+    }
+
+    #[test]
+    fn grpc_timeouts() {
+        for (value, expected) in [
+            ("1H", Some(Duration::from_secs(3600))),
+            ("2M", Some(Duration::from_secs(120))),
+            ("3S", Some(Duration::from_secs(3))),
+            ("250m", Some(Duration::from_millis(250))),
+            ("7u", Some(Duration::from_micros(7))),
+            ("99999999n", Some(Duration::from_nanos(99_999_999))),
+            ("123456789S", None),
+            ("S", None),
+            ("10", None),
+            ("10s", None),
+            ("-1S", None),
+            ("", None),
+        ] {
+            assert_eq!(
+                timeout(&headers(&[("grpc-timeout", value)])),
+                expected,
+                "{value}"
+            );
+        }
+    }
+}
