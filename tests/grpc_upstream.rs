@@ -395,3 +395,39 @@ async fn no_replica_is_unavailable() {
     let message = call.headers["grpc-message"].to_str().unwrap();
     assert!(message.contains("replica"), "{message}");
 }
+
+/// `h2c`: an HTTP/1.1 request, which the fast path would send in HTTP/1.1, goes on in
+/// h2c through the general path, keyed as ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http1_requests_go_on_in_h2c_to_an_h2c_pool() {
+    let fakes = [
+        FakeH2::start("A", Mode::Answer).await,
+        FakeH2::start("B", Mode::Answer).await,
+    ];
+    let lb = up(&[&fakes[0], &fakes[1]], "h2c", &[]);
+    let mut by_key = BTreeMap::new();
+    for round in 0..2 {
+        for i in 0..10 {
+            let key = format!("user-{i}");
+            let response = lb
+                .http
+                .post(lb.proxy_url("/echo"))
+                .header("x-user-id", &key)
+                .body("hello")
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 200);
+            let body = response.text().await.unwrap();
+            let (name, echoed) = body.split_once(':').expect("the fake's h2 answer");
+            assert_eq!(echoed, "hello");
+            if round == 0 {
+                by_key.insert(key, name.to_owned());
+            } else {
+                assert_eq!(by_key[&key], name, "{key}: the same replica again");
+            }
+        }
+    }
+    let streams: usize = fakes.iter().map(FakeH2::streams).sum();
+    assert_eq!(streams, 20, "every request went on in h2c");
+}
