@@ -85,6 +85,36 @@ mod tests {
         assert!(!is_grpc(&HeaderMap::new()));
     }
 
+    /// An error with a cause, as hyper's client wraps the `h2` crate's.
+    #[derive(Debug)]
+    struct Wrapped(h2::Error);
+
+    impl std::fmt::Display for Wrapped {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "client error")
+        }
+    }
+
+    impl std::error::Error for Wrapped {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn only_a_refused_stream_counts_as_unprocessed() {
+        let refused_stream = Wrapped(h2::Reason::REFUSED_STREAM.into());
+        assert!(refused(&refused_stream));
+        for reason in [
+            h2::Reason::INTERNAL_ERROR,
+            h2::Reason::CANCEL,
+            h2::Reason::NO_ERROR,
+        ] {
+            assert!(!refused(&Wrapped(reason.into())), "{reason:?}");
+        }
+        assert!(!refused(&std::io::Error::other("connection reset")));
+    }
+
     #[test]
     fn grpc_timeouts() {
         for (value, expected) in [
