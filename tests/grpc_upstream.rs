@@ -31,6 +31,8 @@ enum Mode {
     ResetAfterRead,
     /// Streams taken and never answered.
     Silent,
+    /// The response head and a first message, then nothing more.
+    Stall,
 }
 
 struct FakeH2 {
@@ -97,6 +99,17 @@ async fn serve(stream: TcpStream, name: String, mode: Mode, streams: Arc<AtomicU
             match mode {
                 Mode::Refuse => respond.send_reset(h2::Reason::REFUSED_STREAM),
                 Mode::Silent => std::future::pending::<()>().await,
+                Mode::Stall => {
+                    let head = http::Response::builder()
+                        .header("content-type", "application/grpc")
+                        .body(())
+                        .unwrap();
+                    let Ok(mut send) = respond.send_response(head, false) else {
+                        return;
+                    };
+                    let _ = send.send_data(Bytes::from_static(b"first"), false);
+                    std::future::pending::<()>().await
+                }
                 Mode::Answer | Mode::ResetAfterRead => {
                     let mut body = request.into_body();
                     let mut read = Vec::new();
@@ -239,12 +252,17 @@ async fn call(
         .expect("a response");
     let (parts, mut body) = response.into_parts();
     let mut bytes = Vec::new();
-    while let Some(chunk) = body.data().await {
-        let chunk = chunk.expect("body");
-        let _ = body.flow_control().release_capacity(chunk.len());
-        bytes.extend_from_slice(&chunk);
-    }
-    let trailers = body.trailers().await.expect("trailers");
+    let rest = async {
+        while let Some(chunk) = body.data().await {
+            let chunk = chunk.expect("body");
+            let _ = body.flow_control().release_capacity(chunk.len());
+            bytes.extend_from_slice(&chunk);
+        }
+        body.trailers().await.expect("trailers")
+    };
+    let trailers = tokio::time::timeout(Duration::from_secs(20), rest)
+        .await
+        .expect("the answer's end within 20 s");
     Call {
         status: parts.status.as_u16(),
         headers: parts.headers,
@@ -370,6 +388,26 @@ async fn grpc_timeout_is_a_deadline() {
         started.elapsed()
     );
     assert_eq!(silent.streams(), 1);
+}
+
+/// An answer still streaming at the call's deadline ends there, with
+/// DEADLINE_EXCEEDED in its trailers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_timeout_ends_an_answer_still_streaming() {
+    let stalling = FakeH2::start("Q", Mode::Stall).await;
+    let lb = up(&[&stalling], "h2c", &[]);
+    let send = connect_h2(&lb).await;
+    let started = Instant::now();
+    let call = call(&send, &[("grpc-timeout", "500m")], "wait").await;
+    assert_eq!(call.status, 200, "{call:?}");
+    assert_eq!(call.body, "first");
+    assert_eq!(call.grpc_status(), Some("4"), "{call:?}");
+    assert!(call.trailers.is_some(), "{call:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 /// No replica to send a call to: UNAVAILABLE, as a gRPC status and not a JSON body.

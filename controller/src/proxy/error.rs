@@ -193,14 +193,19 @@ impl ApiError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/grpc"),
         );
-        headers.insert(
-            "grpc-status",
-            HeaderValue::from(u16::from(self.grpc_status())),
-        );
-        if let Ok(message) = HeaderValue::from_str(&percent_encode(&self.to_string())) {
-            headers.insert("grpc-message", message);
-        }
+        headers.extend(self.grpc_trailers());
         response
+    }
+
+    /// `grpc-status` and `grpc-message`: the end of a gRPC answer that failed.
+    pub fn grpc_trailers(&self) -> http::HeaderMap {
+        let mut trailers = http::HeaderMap::new();
+        let status = HeaderValue::from(u16::from(self.grpc_status()));
+        trailers.insert("grpc-status", status);
+        if let Ok(message) = HeaderValue::from_str(&percent_encode(&self.to_string())) {
+            trailers.insert("grpc-message", message);
+        }
+        trailers
     }
 }
 

@@ -44,11 +44,14 @@ async fn forward_request(
         .map(|c| c.0);
     let (mut parts, body) = request.into_parts();
     let client_h2 = parts.version == Version::HTTP_2;
-    // A gRPC call's deadline bounds the wait for its answer too (the smaller of the two).
-    let timeout = match super::grpc::timeout(&parts.headers) {
-        Some(deadline) if grpc => deadline.min(proxy.settings.request_timeout),
-        _ => proxy.settings.request_timeout,
-    };
+    // A gRPC call's deadline bounds the wait for its answer (the smaller of it and the
+    // request timeout), and the answer's end.
+    let deadline = super::grpc::timeout(&parts.headers)
+        .filter(|_| grpc)
+        .map(|timeout| (timeout, tokio::time::Instant::now() + timeout));
+    let timeout = deadline.map_or(proxy.settings.request_timeout, |(timeout, _)| {
+        timeout.min(proxy.settings.request_timeout)
+    });
     // Buffered (up to a limit) so that a failed attempt can be replayed on the next
     // replica; nginx buffers request bodies by default for the same reason. A gRPC
     // call to replicas spoken to in h2c streams instead, both ways (a client stream
@@ -123,7 +126,14 @@ async fn forward_request(
     let in_flight = (answered.charge)
         .zip(table.bound.as_ref())
         .map(|(charge, bound)| bound.keep(charge, &answered.backend.in_flight));
-    respond(answered.answer, parts.uri.path(), in_flight).await
+    let response = respond(answered.answer, parts.uri.path(), in_flight).await?;
+    Ok(match deadline {
+        Some((_, at)) => {
+            let late = ApiError::UpstreamTimeout(answered.backend.name.to_string());
+            response.map(|body| Body::new(super::grpc::Deadline::new(body, at, late)))
+        }
+        None => response,
+    })
 }
 
 /// A request body as the general path forwards it.

@@ -1,10 +1,19 @@
 //! What the proxy reads of gRPC (over HTTP/2): which requests are gRPC calls, a call's
 //! deadline, and which failures of an h2c replica left a stream unprocessed.
 
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use axum::body::Body;
+use bytes::Bytes;
 use http::HeaderMap;
 use http::header::CONTENT_TYPE;
+use hyper::body::Frame;
+use tokio::time::{Instant, Sleep};
+
+use super::error::ApiError;
 
 /// Whether a request is a gRPC call: `content-type: application/grpc` or
 /// `application/grpc+proto`, `application/grpc+json`, … (gRPC over HTTP/2).
@@ -52,6 +61,47 @@ pub fn refused(error: &(dyn std::error::Error + 'static)) -> bool {
         source = error.source();
     }
     false
+}
+
+/// A gRPC answer's body that ends at the call's deadline: an answer still streaming
+/// then ends with the trailers of `late` (DEADLINE_EXCEEDED), as the client's own
+/// deadline would end it.
+pub struct Deadline {
+    body: Body,
+    at: Pin<Box<Sleep>>,
+    late: Option<ApiError>,
+}
+
+impl Deadline {
+    pub fn new(body: Body, at: Instant, late: ApiError) -> Self {
+        Self {
+            body,
+            at: Box::pin(tokio::time::sleep_until(at)),
+            late: Some(late),
+        }
+    }
+}
+
+impl hyper::body::Body for Deadline {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        if self.late.is_none() {
+            return Poll::Ready(None);
+        }
+        if let Poll::Ready(frame) = Pin::new(&mut self.body).poll_frame(cx) {
+            return Poll::Ready(frame);
+        }
+        if self.at.as_mut().poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        let late = self.late.take().map(|late| late.grpc_trailers());
+        Poll::Ready(late.map(|trailers| Ok(Frame::trailers(trailers))))
+    }
 }
 
 #[cfg(test)]
