@@ -150,6 +150,12 @@ pub struct UpArgs {
     #[command(flatten)]
     pub proxy: ProxyArgs,
 
+    /// The protocol requests go to the replicas in: http1, h2c (HTTP/2 with prior
+    /// knowledge, for gRPC servers), or auto (the client's: HTTP/2 streams as h2c,
+    /// HTTP/1.1 as HTTP/1.1).
+    #[arg(long, env = "RINGLB_UPSTREAM_PROTOCOL", default_value = "http1")]
+    pub upstream_protocol: crate::publish::UpstreamProtocol,
+
     /// Address local replicas listen on.
     #[arg(long, env = "RINGLB_REPLICA_HOST", default_value_t = IpAddr::V4(Ipv4Addr::LOCALHOST))]
     pub replica_host: IpAddr,
@@ -259,6 +265,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         ops_listener,
         proxy_settings,
         prober: args.health_check.prober(),
+        upstream_protocol: args.upstream_protocol,
         // The `pool` label of per-replica series: the Docker network names the pool.
         metrics: Arc::new(match args.runtime {
             RuntimeKind::Docker => Metrics::for_pool(&args.docker_network),
@@ -314,6 +321,7 @@ struct Front {
     proxy_settings: ProxySettings,
     /// Sends the heartbeats (`--health-check`).
     prober: Arc<dyn Prober>,
+    upstream_protocol: crate::publish::UpstreamProtocol,
     metrics: Arc<Metrics>,
     shutdown: Pin<Box<dyn Future<Output = ()> + Send>>,
 }
@@ -330,11 +338,14 @@ async fn serve<R: Runtime>(
         ops_listener,
         proxy_settings,
         prober,
+        upstream_protocol,
         metrics,
         shutdown,
     } = front;
     let ring_config = settings.ring.clone();
-    let publisher = Arc::new(Publisher::new(&ring_config, metrics.clone()));
+    let publisher = Arc::new(
+        Publisher::new(&ring_config, metrics.clone()).with_upstream_protocol(upstream_protocol),
+    );
     let (pool, supervisor) = Supervisor::launch(
         runtime,
         names,

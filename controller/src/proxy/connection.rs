@@ -7,6 +7,7 @@
 //! request…) hands the connection, with the bytes already read, to hyper and the axum
 //! router for the rest of its life: the general path, which has every feature.
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -26,10 +27,12 @@ use tokio::time::{Instant, Sleep};
 use tower_service::Service;
 
 use super::error::ApiError;
-use super::failover::{self, Attempt};
-use super::upstream::{ExchangeError, UpstreamConn};
+use super::exchange::{self, Answered, Exchange};
+use super::failover::Progress;
+use super::upstream::{ExchangeError, UpstreamConn, UpstreamPool};
 use super::wire::{self, ChunkScanner, Framing, Incoming, ResponseHead};
 use super::{Proxy, is_local_route};
+use crate::publish::Backend;
 
 /// Tells a connection that the proxy is stopping. The worker keeps one sender per
 /// connection and drops them all to stop: polling a oneshot is one atomic operation,
@@ -116,6 +119,11 @@ pub async fn serve(
             }
         };
         let wait = match next {
+            // The replicas speak h2c, which the fast path does not: this request and
+            // the rest of the connection go to the general path.
+            Next::Served(Ok(Served { to_general, .. })) if to_general => {
+                return hand_off(stream, buf.freeze(), peer, &proxy, router, stop).await;
+            }
             Next::Served(Ok(Served {
                 len,
                 upgraded: Some(upstream),
@@ -300,6 +308,8 @@ struct Served {
     /// The replica's connection, after it answered an upgrade with `101`: the client's
     /// connection is a tunnel to it from now on.
     upgraded: Option<UpstreamConn>,
+    /// Not served: the request is the general path's (`RoutingTable::any_h2c`).
+    to_general: bool,
 }
 
 /// Forwards one request, with failover to the next distinct replica of the ring, and
@@ -316,8 +326,13 @@ async fn forward(
         len: request.len,
         keep_alive: request.keep_alive,
         upgraded: None,
+        to_general: false,
     };
     let table = proxy.publisher.table();
+    if table.any_h2c {
+        served.to_general = true;
+        return Ok(served);
+    }
     if table.backends.is_empty() {
         proxy.metrics.unroutable.inc();
         return answer_error(ApiError::NoReplica, served, client, &mut buffers.out, stop).await;
@@ -328,93 +343,102 @@ async fn forward(
     };
     wire::write_upstream_request(request, from.ip, &mut buffers.upstream_request);
 
-    let mut attempts = 0;
-    let mut last_error = String::new();
-    for backend in failover::route(&table, candidates, proxy.settings.max_attempts) {
-        attempts += 1;
+    let mut exchange = Http1Exchange {
+        upstreams: &proxy.upstreams,
+        request,
+        bytes: &buffers.upstream_request,
+        client_head: &mut buffers.out,
+    };
+    let answered = exchange::run(
+        proxy,
+        &table,
+        candidates,
+        request.method,
+        proxy.settings.request_timeout,
+        &mut exchange,
+    )
+    .await;
+    let Answered {
+        backend,
+        answer: (mut upstream, head),
         // Counted in flight until the response is relayed (bounded loads only).
-        let _in_flight = table.bound.as_ref().map(|b| b.charge(&backend.in_flight));
-        let started = Instant::now();
-        let exchange = proxy.upstreams.exchange(
-            backend.addr,
-            request,
-            &buffers.upstream_request,
-            &mut buffers.out,
-        );
-        let exchanged = failover::attempt(
-            backend,
-            proxy.worker,
-            proxy.settings.request_timeout,
-            exchange,
-        )
-        .await;
-        let error = match exchanged {
-            Attempt::Answered((mut upstream, head)) => {
-                backend.latency.observe(started.elapsed().as_secs_f64());
-                backend.responses.inc();
-                served.keep_alive &= head.framing != Framing::UntilClose;
-                if served.keep_alive && stop.is_set() {
-                    // The proxy is stopping: this is the connection's last response,
-                    // and the client is told so (as nginx does).
-                    wire::announce_close(&mut buffers.out);
-                    served.keep_alive = false;
-                }
-                if head.status == 101 {
-                    // The replica switched protocols: the connection becomes a tunnel.
-                    upstream.buf.advance(head.head_len);
-                    client.write_all(&buffers.out).await?;
-                    served.upgraded = Some(upstream);
-                    return Ok(served);
-                }
-                if head.status == 404 {
-                    // The path is not the replicas': the contract answers 400 naming it.
-                    if let Some(upstream) = skip_body(upstream, &head).await {
-                        proxy.upstreams.put(backend.addr, upstream);
-                    }
-                    let error = ApiError::UnknownEndpoint(request.path().to_owned());
-                    return answer_error(error, served, client, &mut buffers.out, stop).await;
-                }
-                let relayed = relay(
-                    upstream,
-                    &head,
-                    client,
-                    &mut buffers.out,
-                    proxy.settings.read_timeout,
-                )
-                .await;
-                match relayed {
-                    Ok(Some(upstream)) => proxy.upstreams.put(backend.addr, upstream),
-                    Ok(None) => {}
-                    Err(RelayError::Client(error)) => return Err(error),
-                    Err(RelayError::Replica(error)) => {
-                        if error.kind() == io::ErrorKind::TimedOut {
-                            proxy.metrics.read_timeout(&backend.name);
-                            proxy.admin.report_unreachable(&backend.name);
-                        }
-                        tracing::debug!(replica = %backend.name, %error, "response broke off");
-                        // The client has part of a response: only closing tells it.
-                        return Err(error);
-                    }
-                }
-                return Ok(served);
+        charge: _in_flight,
+    } = match answered {
+        Ok(answered) => answered,
+        Err(error) => return answer_error(error, served, client, &mut buffers.out, stop).await,
+    };
+    served.keep_alive &= head.framing != Framing::UntilClose;
+    if served.keep_alive && stop.is_set() {
+        // The proxy is stopping: this is the connection's last response, and the
+        // client is told so (as nginx does).
+        wire::announce_close(&mut buffers.out);
+        served.keep_alive = false;
+    }
+    if head.status == 101 {
+        // The replica switched protocols: the connection becomes a tunnel.
+        upstream.buf.advance(head.head_len);
+        client.write_all(&buffers.out).await?;
+        served.upgraded = Some(upstream);
+        return Ok(served);
+    }
+    if head.status == 404 {
+        // The path is not the replicas': the contract answers 400 naming it.
+        if let Some(upstream) = skip_body(upstream, &head).await {
+            proxy.upstreams.put(backend.addr, upstream);
+        }
+        let error = ApiError::UnknownEndpoint(request.path().to_owned());
+        return answer_error(error, served, client, &mut buffers.out, stop).await;
+    }
+    let relayed = relay(
+        upstream,
+        &head,
+        client,
+        &mut buffers.out,
+        proxy.settings.read_timeout,
+    )
+    .await;
+    match relayed {
+        Ok(Some(upstream)) => proxy.upstreams.put(backend.addr, upstream),
+        Ok(None) => {}
+        Err(RelayError::Client(error)) => return Err(error),
+        Err(RelayError::Replica(error)) => {
+            if error.kind() == io::ErrorKind::TimedOut {
+                proxy.metrics.read_timeout(&backend.name);
+                proxy.admin.report_unreachable(&backend.name);
             }
-            Attempt::Failed(error) => error,
-            Attempt::Ejected => ExchangeError::Ejected,
-            Attempt::TimedOut => {
-                backend.failures.inc();
-                let error = ApiError::UpstreamTimeout(backend.name.to_string());
-                return answer_error(error, served, client, &mut buffers.out, stop).await;
-            }
-        };
-        let retry = failover::may_retry(request.method, error.progress());
-        last_error = super::forward::attempt_failed(proxy, backend, &error, retry);
-        if !retry {
-            break;
+            tracing::debug!(replica = %backend.name, %error, "response broke off");
+            // The client has part of a response: only closing tells it.
+            return Err(error);
         }
     }
-    proxy.metrics.unroutable.inc();
-    let error = failover::exhausted(attempts, last_error);
-    answer_error(error, served, client, &mut buffers.out, stop).await
+    Ok(served)
+}
+
+/// The fast path's exchange: the request's bytes written on a pooled connection to the
+/// replica, and the response head read back (its client-side copy in `client_head`).
+struct Http1Exchange<'a, 'r, 'h> {
+    upstreams: &'a UpstreamPool,
+    request: &'a wire::Request<'r, 'h>,
+    bytes: &'a [u8],
+    client_head: &'a mut Vec<u8>,
+}
+
+impl Exchange for Http1Exchange<'_, '_, '_> {
+    type Answer = (UpstreamConn, ResponseHead);
+    type Error = ExchangeError;
+
+    #[inline]
+    fn send(
+        &mut self,
+        backend: &Backend,
+    ) -> impl Future<Output = Result<Self::Answer, ExchangeError>> {
+        self.upstreams
+            .exchange(backend.addr, self.request, self.bytes, self.client_head)
+    }
+
+    fn progress(error: &ExchangeError) -> Progress {
+        error.progress()
+    }
 }
 
 /// A response that broke off while it was relayed.

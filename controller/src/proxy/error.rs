@@ -143,6 +143,85 @@ impl ApiError {
     }
 }
 
+/// gRPC status codes the proxy answers with (grpc/doc/statuscodes.md).
+pub mod grpc_status {
+    pub const INVALID_ARGUMENT: u8 = 3;
+    pub const DEADLINE_EXCEEDED: u8 = 4;
+    pub const PERMISSION_DENIED: u8 = 7;
+    pub const RESOURCE_EXHAUSTED: u8 = 8;
+    pub const UNIMPLEMENTED: u8 = 12;
+    pub const INTERNAL: u8 = 13;
+    pub const UNAVAILABLE: u8 = 14;
+    pub const UNAUTHENTICATED: u8 = 16;
+}
+
+impl ApiError {
+    /// The gRPC status this error is told to a gRPC client as.
+    pub fn grpc_status(&self) -> u8 {
+        use grpc_status::*;
+        match self {
+            Self::NoReplica
+            | Self::UpstreamUnreachable { .. }
+            | Self::TooManyConnections(_)
+            | Self::Pool(PoolError::ShuttingDown | PoolError::Backend(_)) => UNAVAILABLE,
+            Self::UpstreamTimeout(_) | Self::RequestTimeout => DEADLINE_EXCEEDED,
+            Self::BodyTooLarge(_)
+            | Self::HeadTooLarge(_)
+            | Self::HeaderLineTooLong(_)
+            | Self::TooManyHeaders(_)
+            | Self::TargetTooLong(_) => RESOURCE_EXHAUSTED,
+            Self::UnknownEndpoint(_) | Self::MethodNotAllowed { .. } => UNIMPLEMENTED,
+            Self::Unauthorized => UNAUTHENTICATED,
+            Self::BadJson(_)
+            | Self::BadField(_)
+            | Self::MalformedRequest(_)
+            | Self::Host
+            | Self::BodyUnreadable(_) => INVALID_ARGUMENT,
+            Self::Pool(PoolError::Membership(_)) => PERMISSION_DENIED,
+            Self::Pool(PoolError::Runtime(_)) => INTERNAL,
+        }
+    }
+
+    /// The answer to a gRPC client: HTTP 200, trailers only (one HEADERS frame that
+    /// ends the stream) with `grpc-status` and `grpc-message`, as gRPC proxies answer
+    /// (a gRPC client reads no JSON body, and takes an HTTP error status for a broken
+    /// server).
+    pub fn into_grpc_response(self) -> Response {
+        let mut response = Response::new(axum::body::Body::empty());
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc"),
+        );
+        headers.extend(self.grpc_trailers());
+        response
+    }
+
+    /// `grpc-status` and `grpc-message`: the end of a gRPC answer that failed.
+    pub fn grpc_trailers(&self) -> http::HeaderMap {
+        let mut trailers = http::HeaderMap::new();
+        let status = HeaderValue::from(u16::from(self.grpc_status()));
+        trailers.insert("grpc-status", status);
+        if let Ok(message) = HeaderValue::from_str(&percent_encode(&self.to_string())) {
+            trailers.insert("grpc-message", message);
+        }
+        trailers
+    }
+}
+
+/// `grpc-message`'s encoding: bytes outside printable ASCII, and `%`, as `%XX`.
+fn percent_encode(message: &str) -> String {
+    let mut encoded = String::with_capacity(message.len());
+    for &byte in message.as_bytes() {
+        if (0x20..0x7f).contains(&byte) && byte != b'%' {
+            encoded.push(char::from(byte));
+        } else {
+            encoded.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    encoded
+}
+
 impl From<MembershipError> for ApiError {
     fn from(error: MembershipError) -> Self {
         Self::Pool(PoolError::Membership(error))
@@ -171,6 +250,34 @@ impl IntoResponse for ApiError {
 mod tests {
     use super::*;
     use http_body_util::BodyExt;
+
+    #[tokio::test]
+    async fn grpc_errors_are_trailers_only_with_a_status() {
+        for (error, status) in [
+            (ApiError::NoReplica, "14"),
+            (ApiError::UpstreamTimeout("S1".into()), "4"),
+            (ApiError::BodyTooLarge(10), "8"),
+            (
+                ApiError::UpstreamUnreachable {
+                    attempts: 2,
+                    last: "S1: 100% gone é".into(),
+                },
+                "14",
+            ),
+        ] {
+            let message = error.to_string();
+            let response = error.into_grpc_response();
+            assert_eq!(response.status(), StatusCode::OK);
+            let headers = response.headers();
+            assert_eq!(headers["content-type"], "application/grpc");
+            assert_eq!(headers["grpc-status"], status);
+            let encoded = headers["grpc-message"].to_str().unwrap();
+            assert_eq!(encoded, percent_encode(&message));
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            assert!(body.is_empty());
+        }
+        assert_eq!(percent_encode("50% é"), "50%25 %C3%A9");
+    }
 
     /// The fast path's bytes and axum's response say the same thing.
     #[tokio::test]

@@ -136,6 +136,10 @@ pub enum Progress {
     /// No byte of the request reached the replica: the connection could not be made,
     /// or writing the request failed.
     NotSent,
+    /// The request was sent, and the replica said it did not process it: an HTTP/2
+    /// stream it refused (`REFUSED_STREAM`) or one above the last stream id of its
+    /// `GOAWAY` (RFC 9113 §8.7). Nothing of a response has gone to the client.
+    Refused,
     /// The request was written; nothing of a response has gone to the client.
     Sent,
     /// Part of the response went to the client: nothing can be sent again, and the
@@ -155,7 +159,8 @@ pub fn is_idempotent(method: &str) -> bool {
 /// sent again, to another replica or on another connection.
 pub fn may_retry(method: &str, progress: Progress) -> bool {
     match progress {
-        Progress::NotSent => true,
+        // Never processed, whatever the method: sending it elsewhere acts on it once.
+        Progress::NotSent | Progress::Refused => true,
         Progress::Sent => is_idempotent(method),
         Progress::Responded => false,
     }
@@ -180,6 +185,7 @@ mod tests {
                 name: ReplicaName::parse(name).unwrap(),
                 addr: SocketAddr::from(([127, 0, 0, 1], port)),
                 weight: 1,
+                protocol: Default::default(),
             })
             .collect();
         RoutingTable::build(
@@ -247,6 +253,11 @@ mod tests {
             ("POST", NotSent, true),
             ("POST", Sent, false),
             ("POST", Responded, false),
+            // Refused by the replica unprocessed: any method goes on (RFC 9113 §8.7).
+            ("POST", Refused, true),
+            ("PATCH", Refused, true),
+            ("GET", Refused, true),
+            ("CONNECT", Refused, true),
             ("PATCH", NotSent, true),
             ("PATCH", Sent, false),
             ("CONNECT", Sent, false),

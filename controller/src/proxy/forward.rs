@@ -3,44 +3,74 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::response::{IntoResponse, Response};
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{StatusCode, Uri};
+use http::uri::{PathAndQuery, Scheme};
+use http::{Method, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Full, Limited};
+use hyper_util::client::legacy::{Client, connect::HttpConnector};
 
 use super::error::ApiError;
-use super::failover::{self, Attempt, Progress};
+use super::exchange::{self, Exchange};
+use super::failover::Progress;
+use super::replay::Replay;
 use super::{Proxy, wire};
 use crate::publish::{Backend, Charge, InFlight};
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
 pub async fn forward(State(proxy): State<Arc<Proxy>>, request: Request) -> Response {
-    match forward_request(&proxy, request).await {
+    // A gRPC client is told the proxy's own errors as gRPC statuses.
+    let grpc = super::grpc::is_grpc(request.headers());
+    match forward_request(&proxy, request, grpc).await {
         Ok(response) => response,
+        Err(error) if grpc => error.into_grpc_response(),
         Err(error) => error.into_response(),
     }
 }
 
-async fn forward_request(proxy: &Proxy, request: Request) -> Result<Response, ApiError> {
+async fn forward_request(
+    proxy: &Proxy,
+    request: Request,
+    grpc: bool,
+) -> Result<Response, ApiError> {
     let client = request
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0);
     let (mut parts, body) = request.into_parts();
+    let client_h2 = parts.version == Version::HTTP_2;
+    // A gRPC call's deadline bounds the wait for its answer (the smaller of it and the
+    // request timeout), and the answer's end.
+    let deadline = super::grpc::timeout(&parts.headers)
+        .filter(|_| grpc)
+        .map(|timeout| (timeout, tokio::time::Instant::now() + timeout));
+    let timeout = deadline.map_or(proxy.settings.request_timeout, |(timeout, _)| {
+        timeout.min(proxy.settings.request_timeout)
+    });
     // Buffered (up to a limit) so that a failed attempt can be replayed on the next
-    // replica; nginx buffers request bodies by default for the same reason.
-    let body = read_body(
-        body,
-        proxy.settings.max_body_bytes,
-        proxy.settings.client_body_timeout,
-    )
-    .await?;
+    // replica; nginx buffers request bodies by default for the same reason. A gRPC
+    // call to replicas spoken to in h2c streams instead, both ways (a client stream
+    // may never end before its answer begins), and can be sent again while what was
+    // taken of it fits in the same limit.
+    let streams =
+        grpc && (proxy.publisher.table().backends.iter()).all(|b| b.protocol.h2c_for(client_h2));
+    let body = if streams {
+        RequestBody::Streamed(Replay::new(body, proxy.settings.max_body_bytes))
+    } else {
+        RequestBody::Buffered(
+            read_body(
+                body,
+                proxy.settings.max_body_bytes,
+                proxy.settings.client_body_timeout,
+            )
+            .await?,
+        )
+    };
 
     let table = proxy.publisher.table();
     if table.backends.is_empty() {
@@ -53,6 +83,12 @@ async fn forward_request(proxy: &Proxy, request: Request) -> Result<Response, Ap
         let key = proxy.settings.key.extract(&parts, client);
         table.ring.candidates(&key)
     };
+    // A gRPC server may insist on `te: trailers` (RFC 9113 §8.2.2 lets HTTP/2 keep
+    // exactly that one hop-by-hop header): kept for h2c replicas.
+    let te_trailers = parts
+        .headers
+        .get(header::TE)
+        .is_some_and(|te| te.as_bytes().eq_ignore_ascii_case(b"trailers"));
     let mut headers = upstream_headers(std::mem::take(&mut parts.headers), client);
     // An HTTP/2 request names its host in `:authority`, not `Host` (RFC 9113 §8.3.1):
     // the replica is told it as an HTTP/1.1 client would tell it.
@@ -62,60 +98,133 @@ async fn forward_request(proxy: &Proxy, request: Request) -> Result<Response, Ap
     {
         headers.insert(header::HOST, host);
     }
-    let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    let path_and_query = parts
+        .uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
 
-    let mut attempts = 0;
-    let mut last_error = String::new();
-    for backend in failover::route(&table, candidates, proxy.settings.max_attempts) {
-        attempts += 1;
-        // Counted in flight until the response body is relayed (bounded loads only).
-        let in_flight = table
-            .bound
-            .as_ref()
-            .map(|b| b.charge_owned(&backend.in_flight));
-        let uri = Uri::builder()
-            .scheme("http")
-            .authority(backend.authority.clone())
-            .path_and_query(path_and_query)
-            .build()
-            .map_err(|e| ApiError::BadField(format!("cannot forward this URI: {e}")))?;
-        let mut upstream = http::Request::new(Full::new(body.clone()));
-        *upstream.method_mut() = parts.method.clone();
+    let mut exchange = HyperExchange {
+        client: &proxy.client,
+        h2c: &proxy.h2c,
+        client_h2,
+        te_trailers,
+        method: &parts.method,
+        path_and_query,
+        headers,
+        body,
+    };
+    let method = parts.method.as_str();
+    let answered = exchange::run(proxy, &table, candidates, method, timeout, &mut exchange).await;
+    if let RequestBody::Streamed(replay) = &exchange.body {
+        // Answered or given up: the body goes to no other replica.
+        replay.stop_recording();
+    }
+    let answered = answered?;
+    // The body streams after this returns: the request stays counted until it is
+    // dropped (bounded loads only).
+    let in_flight = (answered.charge)
+        .zip(table.bound.as_ref())
+        .map(|(charge, bound)| bound.keep(charge, &answered.backend.in_flight));
+    let response = respond(answered.answer, parts.uri.path(), in_flight).await?;
+    Ok(match deadline {
+        Some((_, at)) => {
+            let late = ApiError::UpstreamTimeout(answered.backend.name.to_string());
+            response.map(|body| Body::new(super::grpc::Deadline::new(body, at, late)))
+        }
+        None => response,
+    })
+}
+
+/// A request body as the general path forwards it.
+enum RequestBody {
+    /// Read whole (within `--max-body`): sent again as often as needed.
+    Buffered(Bytes),
+    /// Streamed to an h2c replica, sent again while it fits (`replay.rs`).
+    Streamed(Replay),
+}
+
+/// The general path's exchange: the request sent through hyper's pooled client, in
+/// HTTP/1.1 or in h2c as the replica's protocol says.
+struct HyperExchange<'a> {
+    client: &'a Client<HttpConnector, Full<Bytes>>,
+    h2c: &'a Client<HttpConnector, Body>,
+    /// The request arrived in HTTP/2 (for `UpstreamProtocol::Auto`).
+    client_h2: bool,
+    te_trailers: bool,
+    method: &'a Method,
+    path_and_query: PathAndQuery,
+    headers: HeaderMap,
+    body: RequestBody,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum HyperExchangeError {
+    /// Cannot happen: scheme, authority and path are all set.
+    #[error("cannot forward this URI: {0}")]
+    Uri(#[from] http::uri::InvalidUriParts),
+    /// Cannot happen: a body is streamed only when every replica takes h2c.
+    #[error("a streamed request body goes to h2c replicas only")]
+    NotH2c,
+    #[error(transparent)]
+    Client(#[from] hyper_util::client::legacy::Error),
+}
+
+impl Exchange for HyperExchange<'_> {
+    type Answer = http::Response<hyper::body::Incoming>;
+    type Error = HyperExchangeError;
+
+    async fn send(&mut self, backend: &Backend) -> Result<Self::Answer, HyperExchangeError> {
+        let mut uri = http::uri::Parts::default();
+        uri.scheme = Some(Scheme::HTTP);
+        uri.authority = Some(backend.authority.clone());
+        uri.path_and_query = Some(self.path_and_query.clone());
+        let uri = Uri::from_parts(uri)?;
+        if !backend.protocol.h2c_for(self.client_h2) {
+            let RequestBody::Buffered(body) = &self.body else {
+                return Err(HyperExchangeError::NotH2c);
+            };
+            let mut upstream = http::Request::new(Full::new(body.clone()));
+            *upstream.method_mut() = self.method.clone();
+            *upstream.uri_mut() = uri;
+            *upstream.headers_mut() = self.headers.clone();
+            return Ok(self.client.request(upstream).await?);
+        }
+        let body = match &self.body {
+            RequestBody::Buffered(body) => Body::from(body.clone()),
+            RequestBody::Streamed(replay) => replay.reader(),
+        };
+        let mut upstream = http::Request::new(body);
+        *upstream.method_mut() = self.method.clone();
         *upstream.uri_mut() = uri;
-        *upstream.headers_mut() = headers.clone();
+        *upstream.version_mut() = Version::HTTP_2;
+        let headers = upstream.headers_mut();
+        *headers = self.headers.clone();
+        // `:authority` says it in HTTP/2.
+        headers.remove(header::HOST);
+        if self.te_trailers {
+            headers.insert(header::TE, HeaderValue::from_static("trailers"));
+        }
+        Ok(self.h2c.request(upstream).await?)
+    }
 
-        let started = Instant::now();
-        let sent = failover::attempt(
-            backend,
-            proxy.worker,
-            proxy.settings.request_timeout,
-            proxy.client.request(upstream),
-        )
-        .await;
-        let (progress, error) = match sent {
-            Attempt::Answered(response) => {
-                backend.latency.observe(started.elapsed().as_secs_f64());
-                backend.responses.inc();
-                return respond(response, parts.uri.path(), in_flight).await;
-            }
+    fn progress(error: &HyperExchangeError) -> Progress {
+        match error {
+            HyperExchangeError::Uri(_) | HyperExchangeError::NotH2c => Progress::NotSent,
             // hyper's client sends a request again by itself only when it never left
             // (a pooled connection found closed before the write).
-            Attempt::Failed(error) if error.is_connect() => (Progress::NotSent, error.to_string()),
-            Attempt::Failed(error) => (Progress::Sent, error.to_string()),
-            Attempt::Ejected => (Progress::Sent, failover::EJECTED.to_owned()),
-            Attempt::TimedOut => {
-                backend.failures.inc();
-                return Err(ApiError::UpstreamTimeout(backend.name.to_string()));
-            }
-        };
-        let retry = failover::may_retry(parts.method.as_str(), progress);
-        last_error = attempt_failed(proxy, backend, &error, retry);
-        if !retry {
-            break;
+            HyperExchangeError::Client(error) if error.is_connect() => Progress::NotSent,
+            HyperExchangeError::Client(error) if super::grpc::refused(error) => Progress::Refused,
+            HyperExchangeError::Client(_) => Progress::Sent,
         }
     }
-    proxy.metrics.unroutable.inc();
-    Err(failover::exhausted(attempts, last_error))
+
+    fn can_resend(&self) -> bool {
+        match &self.body {
+            RequestBody::Buffered(_) => true,
+            RequestBody::Streamed(replay) => replay.can_resend(),
+        }
+    }
 }
 
 /// Reads a request body of at most `limit` bytes, each piece within `between_reads`
@@ -170,21 +279,6 @@ async fn respond(
         frame
     });
     Ok(Response::from_parts(parts, Body::new(body)))
-}
-
-/// Records a failed attempt on `backend`: counted, and reported to the pool, which
-/// checks the replica at once. `retry` tells whether the request goes on to the next
-/// replica (the failover policy's answer). Returns what the client is told if no replica answers.
-pub(super) fn attempt_failed(
-    proxy: &Proxy,
-    backend: &Backend,
-    error: &dyn std::fmt::Display,
-    retry: bool,
-) -> String {
-    backend.failures.inc();
-    proxy.admin.report_unreachable(&backend.name);
-    tracing::debug!(replica = %backend.name, %error, retry, "forwarding failed");
-    format!("{}: {error}", backend.name)
 }
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {

@@ -2,8 +2,9 @@
 //! its connection preface, see [`starts_h2c`]) and `h2` over TLS by ALPN (`tls.rs`).
 //!
 //! Every stream is a request of its own: keyed from its own headers, looked up in
-//! the ring snapshot current when it arrives, and forwarded over HTTP/1.1 to the
-//! replica with the one failover policy. Nothing is kept per connection but the
+//! the ring snapshot current when it arrives, and forwarded to the replica (over
+//! HTTP/1.1, or h2c as the replica's `UpstreamProtocol` says; see `forward.rs`) with
+//! the one failover policy. Nothing is kept per connection but the
 //! connection itself.
 //!
 //! Why hyper's HTTP/2 server rather than the `h2` crate by hand: hyper's server is

@@ -5,10 +5,13 @@ pub mod admin;
 mod args;
 mod connection;
 pub mod error;
+mod exchange;
 pub mod failover;
 pub mod forward;
+mod grpc;
 pub mod h2;
 pub mod key;
+mod replay;
 pub mod tls;
 mod upstream;
 pub mod wire;
@@ -74,6 +77,11 @@ pub struct Proxy {
     pub worker: usize,
     /// The general path's client (see `connection.rs` for the two paths).
     client: Client<HttpConnector, Full<Bytes>>,
+    /// The general path's client to replicas spoken to in h2c: one multiplexed
+    /// connection per replica (per worker), within the replica's
+    /// SETTINGS_MAX_CONCURRENT_STREAMS (more streams wait for room), opened again
+    /// after a `GOAWAY` or a close.
+    h2c: Client<HttpConnector, axum::body::Body>,
     /// The fast path's idle replica connections.
     upstreams: UpstreamPool,
     /// TLS on the proxy port (`settings.tls`, loaded once for every worker).
@@ -93,6 +101,11 @@ impl Proxy {
         connector.set_connect_timeout(Some(settings.connect_timeout));
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
+            .build(connector.clone());
+        let h2c = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .http2_only(true)
+            .timer(hyper_util::rt::TokioTimer::new())
             .build(connector);
         Self {
             upstreams: UpstreamPool::new(settings.connect_timeout),
@@ -102,6 +115,7 @@ impl Proxy {
             metrics,
             worker,
             client,
+            h2c,
             tls: None,
         }
     }

@@ -70,8 +70,6 @@ pub enum ExchangeError {
     Wire(#[from] WireError),
     #[error("connection closed before a response")]
     Closed,
-    #[error("{}", failover::EJECTED)]
-    Ejected,
 }
 
 impl ExchangeError {
@@ -79,7 +77,7 @@ impl ExchangeError {
     pub fn progress(&self) -> Progress {
         match self {
             Self::Connect(_) | Self::Write(_) => Progress::NotSent,
-            Self::Io(_) | Self::Wire(_) | Self::Closed | Self::Ejected => Progress::Sent,
+            Self::Io(_) | Self::Wire(_) | Self::Closed => Progress::Sent,
         }
     }
 }

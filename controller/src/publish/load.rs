@@ -137,10 +137,16 @@ impl LoadBound {
         Charge::new(load, &self.total)
     }
 
-    /// [`charge`](Self::charge) for a request that outlives the table it was routed by
-    /// (a response body streamed after the handler returned).
-    pub fn charge_owned(&self, load: &Arc<InFlight>) -> Charge<Arc<InFlight>> {
-        Charge::new(load.clone(), self.total.clone())
+    /// The same `charge` of `load`, for a request that outlives the table it was routed
+    /// by (a response body streamed after the handler returned): still counted once.
+    pub fn keep(&self, charge: Charge<&InFlight>, load: &Arc<InFlight>) -> Charge<Arc<InFlight>> {
+        debug_assert!(std::ptr::eq(charge.load, &**load));
+        // Handed over, not taken off: the owned charge takes it off when dropped.
+        std::mem::forget(charge);
+        Charge {
+            load: load.clone(),
+            total: self.total.clone(),
+        }
     }
 }
 

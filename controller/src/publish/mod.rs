@@ -22,7 +22,7 @@ use crate::replica_health::{Health, HealthState};
 use crate::replica_name::ReplicaName;
 use crate::ring::RingConfig;
 pub use load::{BalanceFactor, Charge, InFlight, LoadBound};
-pub use table::{Backend, Ejection, Endpoint, RoutingTable, SharedRouting};
+pub use table::{Backend, Ejection, Endpoint, RoutingTable, SharedRouting, UpstreamProtocol};
 
 /// One replica as the pool's owner sees it.
 #[derive(Clone, Debug, PartialEq)]
@@ -87,6 +87,8 @@ pub struct Publisher {
     /// Publishes happen one at a time: each compares with the table it replaces.
     /// It holds the replicas whose metric series may exist (listed or desired).
     publishing: Mutex<HashSet<ReplicaName>>,
+    /// The protocol this pool's replicas are spoken to in.
+    protocol: UpstreamProtocol,
 }
 
 impl Publisher {
@@ -104,7 +106,14 @@ impl Publisher {
             metrics,
             view: ArcSwap::from_pointee(PoolView::default()),
             publishing: Mutex::new(HashSet::new()),
+            protocol: UpstreamProtocol::default(),
         }
+    }
+
+    /// This publisher, for a pool whose replicas are spoken to in `protocol`.
+    pub fn with_upstream_protocol(mut self, protocol: UpstreamProtocol) -> Self {
+        self.protocol = protocol;
+        self
     }
 
     /// The routing table the proxy loads per request.
@@ -124,7 +133,7 @@ impl Publisher {
     /// ring's configuration changed, and a new view. Returns whether the ring was rebuilt.
     pub fn publish(&self, state: &PoolState) -> bool {
         let mut with_series = self.publishing.lock().unwrap_or_else(|e| e.into_inner());
-        let routable = routable(state);
+        let routable = routable(state, self.protocol);
         let current = self.routing.load();
         let balance = current.bound.as_ref().map(LoadBound::factor);
         let rebuild = routable != current.membership()
@@ -209,7 +218,7 @@ impl Publisher {
 
 /// The members that take traffic: desired, with an address, and healthy. Sorted,
 /// as [`RoutingTable::membership`] is, so that the two compare.
-fn routable(state: &PoolState) -> Vec<Endpoint> {
+fn routable(state: &PoolState, protocol: UpstreamProtocol) -> Vec<Endpoint> {
     let desired: HashSet<&ReplicaName> = state.desired.iter().collect();
     let mut routable: Vec<Endpoint> = state
         .members
@@ -220,6 +229,7 @@ fn routable(state: &PoolState) -> Vec<Endpoint> {
                 name: m.name.clone(),
                 addr: m.addr?,
                 weight: m.weight,
+                protocol,
             })
         })
         .collect();

@@ -20,12 +20,52 @@ use crate::metrics::Metrics;
 use crate::replica_name::ReplicaName;
 use crate::ring::{Ring, RingConfig};
 
-/// A member the table routes to: its name, address and ring weight.
+/// A member the table routes to: its name, address, ring weight and the protocol it
+/// is spoken to in.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Endpoint {
     pub name: ReplicaName,
     pub addr: SocketAddr,
     pub weight: u32,
+    pub protocol: UpstreamProtocol,
+}
+
+/// The protocol requests are forwarded to a replica in. Per replica in the table, set
+/// per pool by its owner (`ringlb up --upstream-protocol`; in Kubernetes, later, the
+/// pool's spec), so that a pool of gRPC servers is spoken to in HTTP/2.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1 whatever the client spoke.
+    #[default]
+    Http1,
+    /// HTTP/2 with prior knowledge (h2c) whatever the client spoke.
+    H2c,
+    /// The client's: an HTTP/2 stream goes on as h2c, an HTTP/1.1 request as HTTP/1.1.
+    Auto,
+}
+
+impl UpstreamProtocol {
+    /// Whether a request that arrived in HTTP/2 (`client_h2`) goes on as h2c.
+    pub fn h2c_for(self, client_h2: bool) -> bool {
+        match self {
+            Self::Http1 => false,
+            Self::H2c => true,
+            Self::Auto => client_h2,
+        }
+    }
+}
+
+impl std::str::FromStr for UpstreamProtocol {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "http1" => Ok(Self::Http1),
+            "h2c" => Ok(Self::H2c),
+            "auto" => Ok(Self::Auto),
+            other => Err(format!("'{other}' is not http1, h2c or auto")),
+        }
+    }
 }
 
 /// A routable replica with everything the request path needs, prepared once per
@@ -34,6 +74,7 @@ pub struct Backend {
     pub name: ReplicaName,
     pub addr: SocketAddr,
     pub authority: Authority,
+    pub protocol: UpstreamProtocol,
     pub responses: Counter,
     pub failures: Counter,
     pub latency: Histogram,
@@ -99,6 +140,9 @@ pub struct RoutingTable {
     pub backends: Vec<Backend>,
     /// Bounded loads, when a balance factor is set.
     pub bound: Option<LoadBound>,
+    /// Some member takes every request in h2c: HTTP/1.1 requests go through the
+    /// general path, which speaks it (the fast path speaks HTTP/1.1 only).
+    pub any_h2c: bool,
     /// The pool's requests in flight, handed on to the next table.
     in_flight: Arc<InFlight>,
     /// Each member's share of the key space, computed on first use (`/ring`).
@@ -172,13 +216,19 @@ impl RoutingTable {
             .members()
             .iter()
             .map(|member| {
-                let Endpoint { name, addr, .. } = by_name[member.as_str()];
+                let Endpoint {
+                    name,
+                    addr,
+                    protocol,
+                    ..
+                } = by_name[member.as_str()];
                 let earlier = staying.get(&(name.as_str(), *addr));
                 Backend {
                     name: name.clone(),
                     addr: *addr,
                     authority: Authority::try_from(addr.to_string())
                         .expect("a socket address is a valid authority"),
+                    protocol: *protocol,
                     responses: metrics.responses(name),
                     failures: metrics.forward_failures(name),
                     latency: metrics.latency(name),
@@ -188,7 +238,9 @@ impl RoutingTable {
             })
             .collect();
         let bound = balance.map(|factor| LoadBound::new(factor, in_flight.clone(), ring.weights()));
+        let any_h2c = backends.iter().any(|b| b.protocol == UpstreamProtocol::H2c);
         Self {
+            any_h2c,
             ring,
             backends,
             bound,
@@ -214,6 +266,7 @@ impl RoutingTable {
                 name: b.name.clone(),
                 addr: b.addr,
                 weight,
+                protocol: b.protocol,
             })
             .collect();
         members.sort();
@@ -245,6 +298,7 @@ mod tests {
             name: ReplicaName::parse(name).unwrap(),
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
             weight: 1,
+            protocol: UpstreamProtocol::Http1,
         }
     }
 
