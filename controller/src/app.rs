@@ -250,6 +250,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         max_replicas,
         ring,
         balance_factor: args.balance_factor,
+        protocol: args.upstream_protocol,
     };
     let proxy_settings = args.proxy.settings();
 
@@ -265,7 +266,6 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         ops_listener,
         proxy_settings,
         prober: args.health_check.prober(),
-        upstream_protocol: args.upstream_protocol,
         // The `pool` label of per-replica series: the Docker network names the pool.
         metrics: Arc::new(match args.runtime {
             RuntimeKind::Docker => Metrics::for_pool(&args.docker_network),
@@ -321,7 +321,6 @@ struct Front {
     proxy_settings: ProxySettings,
     /// Sends the heartbeats (`--health-check`).
     prober: Arc<dyn Prober>,
-    upstream_protocol: crate::publish::UpstreamProtocol,
     metrics: Arc<Metrics>,
     shutdown: Pin<Box<dyn Future<Output = ()> + Send>>,
 }
@@ -338,14 +337,11 @@ async fn serve<R: Runtime>(
         ops_listener,
         proxy_settings,
         prober,
-        upstream_protocol,
         metrics,
         shutdown,
     } = front;
     let ring_config = settings.ring.clone();
-    let publisher = Arc::new(
-        Publisher::new(&ring_config, metrics.clone()).with_upstream_protocol(upstream_protocol),
-    );
+    let publisher = Arc::new(Publisher::new(&ring_config, metrics.clone()));
     let (pool, supervisor) = Supervisor::launch(
         runtime,
         names,

@@ -175,6 +175,7 @@ pub fn pool(replicas: u32) -> TestPool {
             port: 5000,
             hashing: None,
             heartbeat: None,
+            protocol: None,
             weights: BTreeMap::new(),
             template: None,
         },

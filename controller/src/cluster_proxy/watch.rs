@@ -33,7 +33,9 @@ use crate::operator::pods::{POOL_LABEL, PodState, replica_pod};
 use crate::operator::watch_config;
 use crate::pool::admission;
 use crate::pool::{HealthSettings, Probers};
-use crate::publish::{BalanceFactor, MemberState, PoolState, Publisher, Replacement};
+use crate::publish::{
+    BalanceFactor, MemberState, PoolState, Publisher, Replacement, UpstreamProtocol,
+};
 use crate::replica_health::{Health, HealthState};
 use crate::replica_name::ReplicaName;
 use crate::ring::RingConfig;
@@ -112,6 +114,7 @@ pub fn pool_state(
             replacements: Vec::new(),
             ring: ring.clone(),
             balance_factor: None,
+            protocol: UpstreamProtocol::default(),
         };
     };
     let spec = &pool.spec;
@@ -238,6 +241,7 @@ pub fn pool_state(
             .collect(),
         ring,
         balance_factor: memory.balance_factor,
+        protocol: spec.protocol.unwrap_or_default(),
     }
 }
 

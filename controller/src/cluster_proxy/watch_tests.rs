@@ -527,6 +527,33 @@ fn serving_pool(proxy: &mut FakeProxy, n: u32) -> ServerPool {
 }
 
 #[test]
+fn the_pools_protocol_is_what_its_replicas_are_spoken_to_in() {
+    let protocols = |proxy: &FakeProxy| -> Vec<UpstreamProtocol> {
+        proxy
+            .publisher
+            .table()
+            .membership()
+            .iter()
+            .map(|m| m.protocol)
+            .collect()
+    };
+    let mut proxy = FakeProxy::new();
+    let mut pool = serving_pool(&mut proxy, 2);
+    assert_eq!(
+        protocols(&proxy),
+        [UpstreamProtocol::Http1; 2],
+        "unset: HTTP/1.1"
+    );
+    pool.spec.protocol = Some(UpstreamProtocol::H2c);
+    proxy.apply(&apply_pool(pool));
+    assert_eq!(
+        protocols(&proxy),
+        [UpstreamProtocol::H2c; 2],
+        "spec.protocol: h2c"
+    );
+}
+
+#[test]
 fn a_spec_whose_names_clash_keeps_the_last_realisable_membership() {
     let mut proxy = FakeProxy::new();
     let reported = serving_pool(&mut proxy, 6);

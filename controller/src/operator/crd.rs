@@ -12,7 +12,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::pool::{HealthCheck, HealthSettings};
-use crate::publish::BalanceFactor;
+use crate::publish::{BalanceFactor, UpstreamProtocol};
 use crate::replica_name::MAX_NAME_LEN;
 use crate::ring::{Algorithm, HashFn, MAX_WEIGHT, Preset, RingConfig};
 
@@ -158,6 +158,11 @@ pub struct ServerPoolSpec {
     /// Heartbeat settings; unset: every second, 500 ms timeout, 3 failures.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub heartbeat: Option<HeartbeatSpec>,
+    /// What the proxies speak to the replicas: `http1`, `h2c` (gRPC servers) or `auto`
+    /// (the client's) [default: http1]. `heartbeat.check: grpc` goes with a gRPC server
+    /// that has no `/heartbeat`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<UpstreamProtocol>,
     /// Where and how the replica pods run, merged over the operator's defaults; a
     /// change rolls the pods one at a time, as a new image does.
     #[serde(default, skip_serializing_if = "Option::is_none")]

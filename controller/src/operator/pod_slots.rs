@@ -280,6 +280,7 @@ fn names_only_spec() -> ServerPoolSpec {
         port: 0,
         hashing: None,
         heartbeat: None,
+        protocol: None,
         template: None,
         weights: Default::default(),
     }

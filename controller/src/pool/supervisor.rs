@@ -20,7 +20,9 @@ use super::health_book::{Entry, HealthBook, Rules, Since, probe_all};
 use super::probe::Prober;
 use super::{Action, Observed, Policy, PoolAdmin, PoolError, ReplicaName, plan};
 use crate::metrics::Metrics;
-use crate::publish::{BalanceFactor, MemberState, PoolState, Publisher, Replacement};
+use crate::publish::{
+    BalanceFactor, MemberState, PoolState, Publisher, Replacement, UpstreamProtocol,
+};
 use crate::replica_health::Health;
 use crate::ring::RingConfig;
 use crate::runtime::{Runtime, RuntimeError};
@@ -32,6 +34,8 @@ pub struct PoolSettings {
     pub ring: RingConfig,
     /// Bounded loads: off when `None`.
     pub balance_factor: Option<BalanceFactor>,
+    /// What the replicas are spoken to in (`--upstream-protocol`).
+    pub protocol: UpstreamProtocol,
 }
 
 type Reply = oneshot::Sender<Result<Vec<ReplicaName>, PoolError>>;
@@ -512,6 +516,7 @@ impl<R: Runtime> Supervisor<R> {
             replacements: self.replacements.clone(),
             ring: self.settings.ring.clone(),
             balance_factor: self.settings.balance_factor,
+            protocol: self.settings.protocol,
         });
     }
 }

@@ -64,6 +64,7 @@ fn settings() -> PoolSettings {
         // The course ring: 512 slots, cheap to rebuild at every publish.
         ring: RingConfig::preset(Preset::Course),
         balance_factor: None,
+        protocol: Default::default(),
     }
 }
 

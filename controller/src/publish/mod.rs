@@ -49,6 +49,9 @@ pub struct PoolState {
     pub ring: RingConfig,
     /// Bounded loads: off when `None`.
     pub balance_factor: Option<BalanceFactor>,
+    /// What the pool's replicas are spoken to in (`--upstream-protocol`,
+    /// `spec.protocol`).
+    pub protocol: UpstreamProtocol,
 }
 
 /// One replica in the JSON view of the ring.
@@ -87,8 +90,6 @@ pub struct Publisher {
     /// Publishes happen one at a time: each compares with the table it replaces.
     /// It holds the replicas whose metric series may exist (listed or desired).
     publishing: Mutex<HashSet<ReplicaName>>,
-    /// The protocol this pool's replicas are spoken to in.
-    protocol: UpstreamProtocol,
 }
 
 impl Publisher {
@@ -106,14 +107,7 @@ impl Publisher {
             metrics,
             view: ArcSwap::from_pointee(PoolView::default()),
             publishing: Mutex::new(HashSet::new()),
-            protocol: UpstreamProtocol::default(),
         }
-    }
-
-    /// This publisher, for a pool whose replicas are spoken to in `protocol`.
-    pub fn with_upstream_protocol(mut self, protocol: UpstreamProtocol) -> Self {
-        self.protocol = protocol;
-        self
     }
 
     /// The routing table the proxy loads per request.
@@ -133,7 +127,7 @@ impl Publisher {
     /// ring's configuration changed, and a new view. Returns whether the ring was rebuilt.
     pub fn publish(&self, state: &PoolState) -> bool {
         let mut with_series = self.publishing.lock().unwrap_or_else(|e| e.into_inner());
-        let routable = routable(state, self.protocol);
+        let routable = routable(state);
         let current = self.routing.load();
         let balance = current.bound.as_ref().map(LoadBound::factor);
         let rebuild = routable != current.membership()
@@ -218,7 +212,7 @@ impl Publisher {
 
 /// The members that take traffic: desired, with an address, and healthy. Sorted,
 /// as [`RoutingTable::membership`] is, so that the two compare.
-fn routable(state: &PoolState, protocol: UpstreamProtocol) -> Vec<Endpoint> {
+fn routable(state: &PoolState) -> Vec<Endpoint> {
     let desired: HashSet<&ReplicaName> = state.desired.iter().collect();
     let mut routable: Vec<Endpoint> = state
         .members
@@ -229,7 +223,7 @@ fn routable(state: &PoolState, protocol: UpstreamProtocol) -> Vec<Endpoint> {
                 name: m.name.clone(),
                 addr: m.addr?,
                 weight: m.weight,
-                protocol,
+                protocol: state.protocol,
             })
         })
         .collect();
@@ -267,6 +261,7 @@ mod tests {
             replacements: Vec::new(),
             ring: RingConfig::default(),
             balance_factor: None,
+            protocol: UpstreamProtocol::default(),
         }
     }
 

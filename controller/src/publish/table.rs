@@ -30,10 +30,26 @@ pub struct Endpoint {
     pub protocol: UpstreamProtocol,
 }
 
-/// The protocol requests are forwarded to a replica in. Per replica in the table, set
-/// per pool by its owner (`ringlb up --upstream-protocol`; in Kubernetes, later, the
-/// pool's spec), so that a pool of gRPC servers is spoken to in HTTP/2.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+/// What requests are forwarded to a pool's replicas in: `http1` (HTTP/1.1 whatever the
+/// client spoke), `h2c` (HTTP/2 with prior knowledge whatever the client spoke: gRPC
+/// servers) or `auto` (the client's: an HTTP/2 stream goes on as h2c, an HTTP/1.1
+/// request as HTTP/1.1) [default: http1]. Per replica in the table, set per pool by its
+/// owner (`ringlb up --upstream-protocol`, a `ServerPool`'s `spec.protocol`).
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    serde::Serialize,
+    serde::Deserialize,
+    schemars::JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum UpstreamProtocol {
     /// HTTP/1.1 whatever the client spoke.
     #[default]
