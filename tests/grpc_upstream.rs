@@ -108,7 +108,7 @@ async fn serve(stream: TcpStream, name: String, mode: Mode, streams: Arc<AtomicU
                         return;
                     };
                     let _ = send.send_data(Bytes::from_static(b"first"), false);
-                    std::future::pending::<()>().await
+                    std::future::pending::<()>().await;
                 }
                 Mode::Answer | Mode::ResetAfterRead => {
                     let mut body = request.into_body();

@@ -225,8 +225,7 @@ impl UpArgs {
                 self.max_replicas
             ));
         }
-        crate::pool::admission::names_to_add(&[], &[], n as u64, &self.hostnames, n)
-            .map_err(|e| e.to_string())
+        admission::names_to_add(&[], &[], n as u64, &self.hostnames, n).map_err(|e| e.to_string())
     }
 }
 
@@ -234,7 +233,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     // First of all: a signal from now on means "shut down in order".
     let shutdown = ringlb_replica::shutdown_signal();
     let ring = args.ring_config().map_err(anyhow::Error::msg)?;
-    let max_replicas = crate::pool::admission::replica_limit(args.max_replicas, &ring);
+    let max_replicas = admission::replica_limit(args.max_replicas, &ring);
     if max_replicas < args.max_replicas {
         tracing::info!(
             "the ring has room for {max_replicas} replicas: --max-replicas lowered to that"
@@ -327,7 +326,7 @@ struct Front {
 
 async fn serve<R: Runtime>(
     runtime: Arc<R>,
-    names: Vec<crate::replica_name::ReplicaName>,
+    names: Vec<ReplicaName>,
     weights: Weights,
     settings: PoolSettings,
     front: Front,
@@ -389,7 +388,7 @@ fn announce(
     view: &PoolView,
     proxy_addr: SocketAddr,
     ops_addr: SocketAddr,
-    ring: &crate::ring::RingConfig,
+    ring: &RingConfig,
     proxy: &ProxySettings,
 ) {
     use crate::launch::{OPERATIONS_ON, PID, PROXY_LISTENING, READY, REPLICA};

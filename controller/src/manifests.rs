@@ -1363,7 +1363,7 @@ mod tests {
                     out.insert(format!("{name}_total"));
                 }
                 "histogram" => {
-                    out.extend(["_bucket", "_sum", "_count"].map(|s| format!("{name}{s}")))
+                    out.extend(["_bucket", "_sum", "_count"].map(|s| format!("{name}{s}")));
                 }
                 _ => {
                     out.insert(name.to_owned());

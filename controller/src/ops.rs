@@ -201,7 +201,7 @@ mod tests {
         let get = || async {
             let response = client.get(&url).send().await.unwrap();
             let status = response.status();
-            (status, response.json::<serde_json::Value>().await.unwrap())
+            (status, response.json::<Value>().await.unwrap())
         };
         assert_eq!(get().await.0, StatusCode::OK);
 

@@ -155,7 +155,7 @@ pub async fn serve(
     listener: TcpListener,
     app: Router,
     http2_only: bool,
-    shutdown: impl std::future::Future<Output = ()>,
+    shutdown: impl Future<Output = ()>,
 ) {
     use hyper_util::rt::{TokioExecutor, TokioIo};
     use hyper_util::server::conn::auto::Builder;
@@ -202,7 +202,7 @@ pub async fn serve(
 /// (and does not kill the process with the default action). Call it inside a
 /// Tokio runtime.
 #[cfg(unix)]
-pub fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
+pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
     use tokio::signal::unix::{SignalKind, signal};
     let mut interrupt = signal(SignalKind::interrupt()).ok();
     let mut terminate = signal(SignalKind::terminate()).ok();

@@ -24,7 +24,7 @@ fn lookup(c: &mut Criterion) {
                 b.iter(|| {
                     i = (i + 1) % ids.len();
                     built.lookup_raw(black_box(&ids[i]))
-                })
+                });
             });
         }
         group.finish();
@@ -40,7 +40,7 @@ fn build(c: &mut Criterion) {
         .sample_size(10);
     for subject in subjects() {
         group.bench_function(BenchmarkId::from_parameter(subject.name), |b| {
-            b.iter(|| subject.build_raw(black_box(&set)))
+            b.iter(|| subject.build_raw(black_box(&set)));
         });
     }
     group.finish();

@@ -527,7 +527,9 @@ impl Built for MaglevPeer {
             );
         }
         let mut shares = vec![0.0; self.by_name.len()];
-        owner.iter().for_each(|&m| shares[m] += 1.0 / size as f64);
+        for &m in &owner {
+            shares[m] += 1.0 / size as f64;
+        }
         Some(shares)
     }
 }

@@ -143,7 +143,9 @@ fn balance(subject: &Subject, n: usize, keys: &[[u8; 8]]) -> Balance {
         Some(shares) => (true, shares),
         None => {
             let mut counts = vec![0u64; n];
-            keys.iter().for_each(|k| counts[built.lookup(k)] += 1);
+            for k in keys {
+                counts[built.lookup(k)] += 1;
+            }
             (false, counts_to_shares(&counts))
         }
     };

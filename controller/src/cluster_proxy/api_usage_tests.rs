@@ -47,7 +47,7 @@ pub async fn proxy_run() -> FakeApiServer {
             super::watch::run(client, "default", "demo", publisher, reported, async {
                 let _ = stopped.await;
             })
-            .await
+            .await;
         }
     });
     let in_ring = |publisher: &Publisher| -> Vec<String> {

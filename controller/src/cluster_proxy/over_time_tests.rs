@@ -45,7 +45,7 @@ impl Proxy {
                 super::watch::run(client, "default", "demo", publisher, reported, async {
                     let _ = stopped.await;
                 })
-                .await
+                .await;
             }
         });
         Self {

@@ -312,7 +312,7 @@ fn two_proxies_fed_the_same_events_route_every_key_alike() {
             .lookup(key)
             .map(|i| table.backends[i].name.clone())
     };
-    let mut owners = std::collections::HashSet::new();
+    let mut owners = HashSet::new();
     for i in 0..10_000 {
         let key = format!("user-{i}");
         let owner_a = owner(&ring_a, key.as_bytes());
@@ -323,7 +323,7 @@ fn two_proxies_fed_the_same_events_route_every_key_alike() {
 }
 
 /// A replica stand-in that answers `GET /heartbeat` once `healthy` is set.
-async fn heartbeat_server(healthy: Arc<std::sync::atomic::AtomicBool>) -> SocketAddr {
+async fn heartbeat_server(healthy: Arc<AtomicBool>) -> SocketAddr {
     use std::sync::atomic::Ordering;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -381,7 +381,7 @@ async fn a_member_this_proxy_could_not_reach_is_out_of_its_ring_until_it_answers
         ..HealthSettings::default()
     };
 
-    let mut suspects = Suspects::new(crate::pool::Probers::real());
+    let mut suspects = Suspects::new(Probers::real());
     let server1 = ReplicaName::parse("Server1").unwrap();
     assert!(suspects.insert(server1.clone(), server, &fast));
     assert!(
@@ -760,7 +760,7 @@ mod live {
             let publisher = Arc::new(Publisher::new(&RingConfig::default(), metrics.clone()));
             let (reports, reported) = mpsc::channel(16);
             let admin = Arc::new(SpecAdmin::new(
-                kube::Api::namespaced(api.client(), "default"),
+                Api::namespaced(api.client(), "default"),
                 "demo",
                 10,
                 metrics.clone(),
@@ -783,7 +783,7 @@ mod live {
                             let _ = stopped.await;
                         },
                     )
-                    .await
+                    .await;
                 }
             });
             let proxy_listener = crate::proxy::workers::ProxyListeners::bind(

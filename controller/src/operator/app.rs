@@ -99,7 +99,9 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
     let watched = (!args.all_namespaces).then(|| namespace.clone());
     match &watched {
         Some(namespace) => {
-            println!("ringlb: operator for the ServerPools of namespace {namespace}, as {identity}")
+            println!(
+                "ringlb: operator for the ServerPools of namespace {namespace}, as {identity}"
+            );
         }
         None => println!(
             "ringlb: operator for the ServerPools of every namespace (Lease in {namespace}), as {identity}"
@@ -143,7 +145,7 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
         let stop = stopped();
         async move {
             let _ends = ops::EndsWith(controller_ended);
-            reconciler::run(ctx, watched.as_deref(), stop).await
+            reconciler::run(ctx, watched.as_deref(), stop).await;
         }
     });
 

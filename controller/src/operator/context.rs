@@ -215,7 +215,7 @@ impl Context {
     /// lands as if it still led. (One already on the wire may still reach the API
     /// server, as with any client: the renew deadline's margin before a standby may
     /// take over is for that.)
-    pub(super) async fn while_leading<F: std::future::Future>(&self, call: F) -> Option<F::Output> {
+    pub(super) async fn while_leading<F: Future>(&self, call: F) -> Option<F::Output> {
         if !self.leadership.is_leader() {
             return None;
         }
@@ -231,7 +231,7 @@ impl Context {
     /// does not lead or stops leading before the answer.
     pub(super) async fn write<T>(
         &self,
-        call: impl std::future::Future<Output = Result<T, kube::Error>>,
+        call: impl Future<Output = Result<T, kube::Error>>,
     ) -> Result<T, Error> {
         self.while_leading(call)
             .await

@@ -185,7 +185,7 @@ impl Kubelet {
                                         "reason": "Unschedulable",
                                         "message": "0/3 nodes are available: 3 Insufficient cpu.",
                                     }],
-                                })
+                                });
                             }
                         }
                         api.put(PODS, pod);
@@ -256,7 +256,7 @@ impl Operator {
             reconciler::run(ctx, namespace, async {
                 let _ = stopped.await;
             })
-            .await
+            .await;
         });
         Self {
             stop,

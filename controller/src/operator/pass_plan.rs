@@ -724,7 +724,7 @@ fn plan_rollout<'a>(
             // out while its pod's Ready condition says false, and the handover must
             // not make the member leave any proxy's ring.
             Some(h) if h.routable() && surge.kubelet_ready != Some(false) => {
-                rollout.handed_over.push((name.clone(), *surge))
+                rollout.handed_over.push((name.clone(), *surge));
             }
             // A pod that cannot start stalls the rollout at once (no grace to wait:
             // the kubelet says it will not start by itself).

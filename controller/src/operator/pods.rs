@@ -67,7 +67,7 @@ pub struct ReplicaPod {
     pub uid: String,
     pub ip: Option<IpAddr>,
     /// When it was asked to stop (its `deletionTimestamp`), if it is terminating.
-    pub deleting_since: Option<k8s_openapi::jiff::Timestamp>,
+    pub deleting_since: Option<Timestamp>,
     /// The port its container declares: where its heartbeats go (a pod made before
     /// a `spec.port` change still listens on the old one).
     pub port: Option<u16>,

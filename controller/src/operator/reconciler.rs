@@ -66,7 +66,7 @@ pub const ADMIN_SECRET_RECHECK: Duration = Duration::from_secs(300);
 pub async fn run(
     ctx: Arc<Context>,
     namespace: Option<&str>,
-    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
     use futures::StreamExt;
     let pools: Api<ServerPool> = scoped(&ctx.client, namespace);
@@ -185,7 +185,7 @@ async fn pass(pool: Arc<ServerPool>, ctx: Arc<Context>) -> Result<Action, Error>
     );
     let reported = report(&target, &ctx, &observed, &mut applied).await;
     ctx.with_memory(&target.key, &target.uid, |m| {
-        m.warned.retain(|key| applied.warned.contains(key))
+        m.warned.retain(|key| applied.warned.contains(key));
     });
     reported?;
     if let Some(error) = applied.first_error {
@@ -267,7 +267,7 @@ async fn apply(target: &PoolPass<'_>, ctx: &Context, observed: &Observation) -> 
                     (failed, replacement),
                     &mut applied,
                 )
-                .await
+                .await;
             }
         }
     }

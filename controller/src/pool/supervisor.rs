@@ -179,7 +179,7 @@ impl PoolAdmin for PoolHandle {
     }
 
     fn report_unreachable(&self, name: &ReplicaName) {
-        PoolHandle::report_unreachable(self, name)
+        PoolHandle::report_unreachable(self, name);
     }
 }
 

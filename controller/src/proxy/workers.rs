@@ -88,7 +88,7 @@ pub fn spawn(
                     }
                 };
                 runtime.block_on(async move {
-                    match tokio::net::TcpListener::from_std(socket) {
+                    match TcpListener::from_std(socket) {
                         Ok(listener) => serve(listener, Arc::new(make_proxy(i)), open, stop).await,
                         Err(error) => tracing::error!(%error, "cannot listen in a proxy worker"),
                     }

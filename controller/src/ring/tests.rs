@@ -321,9 +321,9 @@ fn movement(before: &[&str], after: &[&str], changed: &str) -> (f64, f64) {
 
 fn max_over_mean(owners: &[&str], members: usize) -> f64 {
     let mut counts = std::collections::HashMap::new();
-    owners
-        .iter()
-        .for_each(|o| *counts.entry(*o).or_insert(0usize) += 1);
+    for o in owners {
+        *counts.entry(*o).or_insert(0usize) += 1;
+    }
     assert_eq!(counts.len(), members, "every member owns entries");
     *counts.values().max().unwrap() as f64 * members as f64 / owners.len() as f64
 }

@@ -46,7 +46,7 @@ fn assert_same_ring(a: &Ring, b: &Ring, context: &str) {
     assert_eq!(a.members(), b.members(), "{context}");
     match (&a.layout, &b.layout) {
         (Layout::Slot(x), Layout::Slot(y)) => {
-            assert_eq!(x.placement(), y.placement(), "{context}")
+            assert_eq!(x.placement(), y.placement(), "{context}");
         }
         (Layout::Point(x), Layout::Point(y)) => assert_eq!(x.owners(), y.owners(), "{context}"),
         (Layout::Table(x), Layout::Table(y)) => assert_eq!(x.table(), y.table(), "{context}"),
@@ -304,7 +304,7 @@ proptest! {
             for hash in HASHES {
                 let c = RingConfig { algorithm, hash, slots: 4093, vnodes: 9 };
                 let ring = Ring::build_weighted(&with_weight(&names, &weights), &c).unwrap();
-                super::tests::candidates_keep_the_failover_contract(&ring, &key)?;
+                tests::candidates_keep_the_failover_contract(&ring, &key)?;
             }
         }
     }

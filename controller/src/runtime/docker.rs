@@ -359,7 +359,7 @@ impl Runtime for DockerRuntime {
             match self.docker.remove_network(network).await {
                 Ok(()) => tracing::info!(network, "removed the replicas' network"),
                 Err(e) => {
-                    tracing::warn!(network, error = %e, "could not remove the replicas' network")
+                    tracing::warn!(network, error = %e, "could not remove the replicas' network");
                 }
             }
         }
