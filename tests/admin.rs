@@ -34,17 +34,6 @@ fn assert_error(what: &str, status: u16, body: &Value, want_status: u16, fragmen
     );
 }
 
-/// Names of the members of `/ring` that are healthy and in the ring.
-async fn routable(lb: &Ringlb) -> BTreeSet<String> {
-    let ring = lb.ring_json().await;
-    ring["members"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|m| m["in_ring"] == true && m["health"] == "healthy")
-        .map(|m| m["name"].as_str().unwrap().to_owned())
-        .collect()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rep_lists_the_initial_replicas() {
@@ -84,7 +73,7 @@ async fn original_curl_examples() {
     let five = ["Server1", "Server2", "Server3", "Server4", "Server5"];
     assert_eq!(body, rep_body(&five));
     // In the ring as soon as /add answers, and requests reach them.
-    let in_ring = routable(&lb).await;
+    let in_ring = lb.routable().await;
     assert!(
         in_ring.contains("Server4") && in_ring.contains("Server5"),
         "right after /add the ring holds {in_ring:?}"
@@ -116,7 +105,7 @@ async fn original_curl_examples() {
     assert_eq!(body, rep_body(&four));
 
     // Out of the ring as soon as /rm answers: no request reaches it any more.
-    let in_ring = routable(&lb).await;
+    let in_ring = lb.routable().await;
     assert!(
         !in_ring.contains("Server4"),
         "right after /rm the ring holds {in_ring:?}"

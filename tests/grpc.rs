@@ -156,17 +156,6 @@ async fn a_grpc_only_replica_answers_health_checks_and_nothing_but_grpc() {
     );
 }
 
-/// Members of `/ring` that are healthy and in the ring.
-async fn routable(lb: &Ringlb) -> BTreeSet<String> {
-    let ring = lb.ring_json().await;
-    ring["members"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|m| m["in_ring"] == true && m["health"] == "healthy")
-        .map(|m| m["name"].as_str().unwrap().to_owned())
-        .collect()
-}
 
 /// `ringlb up` fronting `replicas` with the given extra flags and fast heartbeats.
 fn front(replicas: &[&ExternalReplica], extra: &[&str]) -> Ringlb {
@@ -194,7 +183,7 @@ async fn grpc_health_checks_keep_grpc_only_replicas_in_the_ring_and_take_a_dead_
         "the three gRPC-only replicas in the ring",
         Duration::from_secs(10),
         || async {
-            let now = routable(&lb).await;
+            let now = lb.routable().await;
             if now == all {
                 Ok(())
             } else {
@@ -210,7 +199,7 @@ async fn grpc_health_checks_keep_grpc_only_replicas_in_the_ring_and_take_a_dead_
         "the killed replica out of the ring",
         Duration::from_secs(10),
         || async {
-            let now = routable(&lb).await;
+            let now = lb.routable().await;
             if now == rest {
                 Ok(())
             } else {
@@ -249,5 +238,5 @@ async fn http_heartbeats_never_admit_a_grpc_only_replica() {
     )
     .await;
     assert_eq!(member["in_ring"], false, "{member}");
-    assert!(routable(&lb).await.is_empty());
+    assert!(lb.routable().await.is_empty());
 }

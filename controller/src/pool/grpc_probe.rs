@@ -15,24 +15,18 @@ use hyper_util::client::legacy::{Client, connect::HttpConnector};
 use hyper_util::rt::TokioExecutor;
 use ringlb_replica::grpc::{HEALTH_CHECK, HealthCheckRequest, HealthCheckResponse, ServingStatus};
 
-use super::probe::Prober;
+use super::probe::{PerTimeout, Prober};
 
 /// `Health/Check` for the whole server (an empty service name) over pooled HTTP/2
 /// connections (one per replica, multiplexed), one client per timeout.
 #[derive(Default)]
 pub struct GrpcHealthProber {
-    clients: Mutex<HashMap<Duration, GrpcHealthClient>>,
+    clients: PerTimeout<GrpcHealthClient>,
 }
 
 impl Prober for GrpcHealthProber {
     fn check(&self, addr: SocketAddr, timeout: Duration) -> BoxFuture<'static, bool> {
-        let client = self
-            .clients
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(timeout)
-            .or_insert_with(|| GrpcHealthClient::new(timeout))
-            .clone();
+        let client = self.clients.get(timeout, GrpcHealthClient::new);
         Box::pin(async move { client.check(addr).await })
     }
 }

@@ -61,18 +61,33 @@ pub trait Prober: Send + Sync + 'static {
 /// `GET /heartbeat` over pooled connections, one client per timeout.
 #[derive(Default)]
 pub struct HeartbeatProber {
-    clients: Mutex<HashMap<Duration, HeartbeatClient>>,
+    clients: PerTimeout<HeartbeatClient>,
 }
 
 impl Prober for HeartbeatProber {
     fn check(&self, addr: SocketAddr, timeout: Duration) -> BoxFuture<'static, bool> {
-        let client = self
-            .clients
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(timeout)
-            .or_insert_with(|| HeartbeatClient::new(timeout))
-            .clone();
+        let client = self.clients.get(timeout, HeartbeatClient::new);
         Box::pin(async move { client.check(addr).await })
+    }
+}
+
+/// A prober's clients, one per timeout (each client's connector carries its timeout),
+/// made on first use and shared by every probe with that timeout.
+pub(super) struct PerTimeout<C>(Mutex<HashMap<Duration, C>>);
+
+impl<C> Default for PerTimeout<C> {
+    fn default() -> Self {
+        Self(Mutex::new(HashMap::new()))
+    }
+}
+
+impl<C: Clone> PerTimeout<C> {
+    pub(super) fn get(&self, timeout: Duration, make: impl FnOnce(Duration) -> C) -> C {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(timeout)
+            .or_insert_with(|| make(timeout))
+            .clone()
     }
 }

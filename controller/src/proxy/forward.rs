@@ -298,8 +298,9 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 /// The request headers a replica sees: ours minus hop-by-hop, plus the client in
-/// `X-Forwarded-For` (appended to what earlier proxies wrote).
-fn upstream_headers(mut headers: HeaderMap, client: Option<SocketAddr>) -> HeaderMap {
+/// `X-Forwarded-For` (appended to what earlier proxies wrote). (Public for the fuzz
+/// target `h2_stream_head`.)
+pub fn upstream_headers(mut headers: HeaderMap, client: Option<SocketAddr>) -> HeaderMap {
     strip_hop_by_hop(&mut headers);
     if let Some(client) = client {
         let ip = client.ip().to_canonical().to_string();

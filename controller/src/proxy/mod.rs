@@ -8,7 +8,7 @@ pub mod error;
 mod exchange;
 pub mod failover;
 pub mod forward;
-mod grpc;
+pub mod grpc;
 pub mod h2;
 pub mod key;
 mod replay;

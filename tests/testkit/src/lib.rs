@@ -5,7 +5,7 @@
 //! HTTP, and makes sure no process outlives a test (the load balancer, its replicas,
 //! and any replica a test started itself).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
@@ -141,6 +141,18 @@ impl Ringlb {
             }
         }
         ring
+    }
+
+    /// Names of the members of `/ring` that are healthy and in the ring.
+    pub async fn routable(&self) -> BTreeSet<String> {
+        let ring = self.ring_json().await;
+        ring["members"]
+            .as_array()
+            .expect("/ring members")
+            .iter()
+            .filter(|m| m["in_ring"] == true && m["health"] == "healthy")
+            .map(|m| m["name"].as_str().expect("a member's name").to_owned())
+            .collect()
     }
 
     /// Name → pid of the current members, from `/ring`.
