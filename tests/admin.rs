@@ -34,7 +34,6 @@ fn assert_error(what: &str, status: u16, body: &Value, want_status: u16, fragmen
     );
 }
 
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rep_lists_the_initial_replicas() {
     let lb = Ringlb::start(&[]);

@@ -156,7 +156,6 @@ async fn a_grpc_only_replica_answers_health_checks_and_nothing_but_grpc() {
     );
 }
 
-
 /// `ringlb up` fronting `replicas` with the given extra flags and fast heartbeats.
 fn front(replicas: &[&ExternalReplica], extra: &[&str]) -> Ringlb {
     let specs: Vec<String> = replicas

@@ -4,9 +4,7 @@
 //! grpc-check`... the same protocol). `SERVING` within the timeout is a success;
 //! any other status, a gRPC error, a refused or stalled connection is a failure.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -82,7 +80,7 @@ mod tests {
     use super::*;
     use crate::pool::HealthCheck;
     use ringlb_replica::grpc::Health;
-    use std::sync::Arc;
+    use std::sync::{Arc, Mutex};
 
     const TIMEOUT: Duration = Duration::from_millis(500);
 
