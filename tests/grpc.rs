@@ -8,6 +8,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use bytes::Bytes;
+use ringlb::ring::{Ring, RingConfig};
 use ringlb_testkit::grpc::{EchoClient, ServingStatus};
 use ringlb_testkit::{ExternalReplica, FAST_HEARTBEATS, Ringlb, client, home, wait_until};
 use tonic::Code;
@@ -238,4 +239,85 @@ async fn http_heartbeats_never_admit_a_grpc_only_replica() {
     .await;
     assert_eq!(member["in_ring"], false, "{member}");
     assert!(lb.routable().await.is_empty());
+}
+
+/// gRPC end to end: a tonic client through ringlb (`--upstream-protocol h2c`, keyed on
+/// the `x-user-id` metadata) to gRPC-only replicas kept in the ring by gRPC health
+/// checks. Each key reaches the replica the ring names for it, on one connection and
+/// on another; the keys spread over every replica; a server stream of 1,000 replies
+/// arrives whole with `grpc-status: 0` in its trailers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grpc_client_through_ringlb_reaches_the_replica_its_key_names() {
+    let replicas = [
+        ExternalReplica::start_grpc_only("GrpcA"),
+        ExternalReplica::start_grpc_only("GrpcB"),
+        ExternalReplica::start_grpc_only("GrpcC"),
+    ];
+    let lb = front(
+        &[&replicas[0], &replicas[1], &replicas[2]],
+        &[
+            "--health-check",
+            "grpc",
+            "--upstream-protocol",
+            "h2c",
+            "--key",
+            "header:x-user-id",
+        ],
+    );
+    let names = ["GrpcA", "GrpcB", "GrpcC"];
+    let all: BTreeSet<String> = names.map(String::from).into();
+    wait_until(
+        "the three replicas in the ring",
+        Duration::from_secs(10),
+        || async {
+            let now = lb.routable().await;
+            if now == all {
+                Ok(())
+            } else {
+                Err(format!("{now:?}"))
+            }
+        },
+    )
+    .await;
+    // The ring every ringlb process builds from these members (the default one).
+    let ring = Ring::build(&names, &RingConfig::default());
+    let mut first = EchoClient::connect(lb.proxy).await.unwrap();
+    let mut second = EchoClient::connect(lb.proxy).await.unwrap();
+    let mut used = BTreeSet::new();
+    for i in 0..60 {
+        let key = format!("user-{i}");
+        let home = &ring.members()[ring.lookup(key.as_bytes()).unwrap()];
+        for client in [&mut first, &mut second] {
+            let reply = client.unary("hi", &[("x-user-id", &key)]).await.unwrap();
+            assert_eq!(&reply.server, home, "{key}: the ring's replica");
+            assert_eq!(reply.message, "hi");
+        }
+        used.insert(home.clone());
+    }
+    assert_eq!(used, all, "60 keys spread over the three replicas");
+
+    let key = "user-stream";
+    let home = &ring.members()[ring.lookup(key.as_bytes()).unwrap()];
+    let outcome = first
+        .server_stream("s", 1000, &[("x-user-id", key)])
+        .await
+        .unwrap();
+    assert_eq!(outcome.status.code(), Code::Ok, "{:?}", outcome.status);
+    assert_eq!(outcome.replies.len(), 1000);
+    assert!(
+        outcome
+            .replies
+            .iter()
+            .enumerate()
+            .all(|(i, r)| r.index as usize == i && &r.server == home)
+    );
+    assert_eq!(
+        outcome
+            .trailers
+            .get("grpc-status")
+            .map(|v| v.to_str().unwrap()),
+        Some("0"),
+        "{:?}",
+        outcome.trailers
+    );
 }

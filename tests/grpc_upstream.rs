@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::HeaderMap;
+use ringlb::ring::{Ring, RingConfig};
 use ringlb_testkit::{FAST_HEARTBEATS, Ringlb, home_with};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -33,6 +34,9 @@ enum Mode {
     Silent,
     /// The response head and a first message, then nothing more.
     Stall,
+    /// A stream whose body is `slow` answered (as `Answer`) after 500 ms; any other
+    /// refused (`REFUSED_STREAM`), as a replica at its stream limit refuses more.
+    SlowOrRefuse,
 }
 
 struct FakeH2 {
@@ -110,7 +114,7 @@ async fn serve(stream: TcpStream, name: String, mode: Mode, streams: Arc<AtomicU
                     let _ = send.send_data(Bytes::from_static(b"first"), false);
                     std::future::pending::<()>().await;
                 }
-                Mode::Answer | Mode::ResetAfterRead => {
+                Mode::Answer | Mode::ResetAfterRead | Mode::SlowOrRefuse => {
                     let mut body = request.into_body();
                     let mut read = Vec::new();
                     while let Some(Ok(chunk)) = body.data().await {
@@ -119,6 +123,12 @@ async fn serve(stream: TcpStream, name: String, mode: Mode, streams: Arc<AtomicU
                     }
                     if mode == Mode::ResetAfterRead {
                         return respond.send_reset(h2::Reason::INTERNAL_ERROR);
+                    }
+                    if mode == Mode::SlowOrRefuse {
+                        if read != b"slow" {
+                            return respond.send_reset(h2::Reason::REFUSED_STREAM);
+                        }
+                        tokio::time::sleep(Duration::from_millis(500)).await;
                     }
                     let head = http::Response::builder()
                         .header("content-type", "application/grpc")
@@ -342,6 +352,38 @@ async fn refused_and_goaway_streams_are_served_by_another_replica() {
         }
         assert!(refusing.streams() > 0, "{mode:?}: no key was R's first");
     }
+}
+
+/// A refused stream says nothing against its replica (it is alive, declining one
+/// stream): the calls it is serving are not cut loose, and it stays in the ring.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_stream_leaves_its_replica_and_its_other_calls_alone() {
+    let busy = FakeH2::start("R", Mode::SlowOrRefuse).await;
+    let serving = FakeH2::start("S", Mode::Answer).await;
+    let lb = up(&[&busy, &serving], "h2c", &[]);
+    let send = connect_h2(&lb).await;
+    // A key the ring sends to R first (the ring every ringlb builds from R and S).
+    let ring = Ring::build(&["R", "S"], &RingConfig::default());
+    let key = (0..)
+        .map(|i| format!("user-{i}"))
+        .find(|k| ring.members()[ring.lookup(k.as_bytes()).unwrap()] == "R")
+        .unwrap();
+    let slow = tokio::spawn({
+        let (send, key) = (send.clone(), key.clone());
+        async move { call(&send, &[("x-user-id", &key)], "slow").await }
+    });
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while busy.streams() == 0 {
+        assert!(Instant::now() < deadline, "the slow call never reached R");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // R refuses this one: it goes on to S, and R keeps serving the slow call.
+    let refused = call(&send, &[("x-user-id", &key)], "fast").await;
+    assert_eq!(refused.served_by(), Some("S"), "{refused:?}");
+    let slow = slow.await.unwrap();
+    assert_eq!(slow.grpc_status(), Some("0"), "{slow:?}");
+    assert_eq!(slow.served_by(), Some("R"), "{slow:?}");
+    assert!(lb.routable().await.contains("R"), "R stays in the ring");
 }
 
 /// A POST the replica read and then reset may have been acted on: it is not sent to

@@ -81,7 +81,15 @@ pub async fn run<'t, X: Exchange>(
             Attempt::Failed(error) => {
                 let progress = X::progress(&error);
                 let retry = failover::may_retry(method, progress) && exchange.can_resend();
-                last_error = attempt_failed(proxy, backend, &error, retry);
+                last_error = if progress == Progress::Refused {
+                    // The replica answered, declining this stream (at its stream limit,
+                    // or going away with GOAWAY): alive, so not reported. A report
+                    // would take it out of the ring and cut loose the requests still
+                    // waiting on it, which it may well be serving.
+                    stream_refused(backend, &error, retry)
+                } else {
+                    attempt_failed(proxy, backend, &error, retry)
+                };
                 retry
             }
             Attempt::Ejected => {
@@ -100,6 +108,13 @@ pub async fn run<'t, X: Exchange>(
     }
     proxy.metrics.unroutable.inc();
     Err(failover::exhausted(attempts, last_error))
+}
+
+/// Records a stream `backend` refused unprocessed: counted, not reported.
+fn stream_refused(backend: &Backend, error: &dyn Display, retry: bool) -> String {
+    backend.failures.inc();
+    tracing::debug!(replica = %backend.name, %error, retry, "stream refused");
+    format!("{}: {error}", backend.name)
 }
 
 /// Records a failed attempt on `backend`: counted, and reported to the pool, which
