@@ -391,8 +391,9 @@ fn announce(
     ring: &RingConfig,
     proxy: &ProxySettings,
 ) {
-    use crate::launch::{OPERATIONS_ON, PID, PROXY_LISTENING, READY, REPLICA};
-    println!("{PROXY_LISTENING}{proxy_addr}");
+    use crate::launch::{OPERATIONS_ON, PID, PROXY_LISTENING, READY, REPLICA, proxy_url};
+    let proxy_url = proxy_url(proxy_addr, proxy.tls.is_some());
+    println!("{PROXY_LISTENING}{proxy_url}");
     println!("{OPERATIONS_ON}{ops_addr} (/metrics, /healthz, /readyz, /ring)");
     let shape = match ring.algorithm {
         Algorithm::Slot => format!("{} slots, {} virtual nodes each", ring.slots, ring.vnodes),
@@ -412,7 +413,7 @@ fn announce(
             member.name, member.address, member.health
         );
     }
-    println!("{READY}`curl http://{proxy_addr}/home`; Ctrl-C stops everything");
+    println!("{READY}`curl {proxy_url}/home`; Ctrl-C stops everything");
 }
 
 /// `ringlb healthcheck`: the container health check of images without a shell or

@@ -18,8 +18,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
-/// `{PROXY_LISTENING}ADDR`: where the proxy port listens.
-pub const PROXY_LISTENING: &str = "ringlb: proxy listening on http://";
+/// `{PROXY_LISTENING}URL`: where the proxy port listens, `http://ADDR`, or
+/// `https://ADDR` under TLS ([`proxy_url`]).
+pub const PROXY_LISTENING: &str = "ringlb: proxy listening on ";
 /// `{OPERATIONS_ON}ADDR (endpoints…)`: where the operations port listens.
 pub const OPERATIONS_ON: &str = "ringlb: operations on http://";
 /// `{REPLICA}NAME on ADDR{PID}PID (HEALTH)`, one line per replica; the pid part only
@@ -50,12 +51,21 @@ pub struct Announcement {
     pub done: bool,
 }
 
+/// The proxy port's URL as `ringlb up` and `ringlb proxy` print it: `https` when it
+/// speaks TLS (`--tls-cert`), so that what a user pastes works.
+pub fn proxy_url(addr: SocketAddr, tls: bool) -> String {
+    format!("{}://{addr}", if tls { "https" } else { "http" })
+}
+
 impl Announcement {
     /// Reads one stdout line of `ringlb up`.
     pub fn read_line(&mut self, line: &str) {
         let addr = |rest: &str| rest.split_whitespace().next()?.parse().ok();
         if let Some(rest) = line.strip_prefix(PROXY_LISTENING) {
-            self.proxy = addr(rest);
+            let rest = rest
+                .strip_prefix("http://")
+                .or_else(|| rest.strip_prefix("https://"));
+            self.proxy = rest.and_then(addr);
         } else if let Some(rest) = line.strip_prefix(OPERATIONS_ON) {
             self.ops = addr(rest);
         } else if let Some(rest) = line.strip_prefix(REPLICA) {
@@ -425,6 +435,18 @@ mod tests {
         assert_eq!(a.proxy, Some("127.0.0.1:40001".parse().unwrap()));
         assert_eq!(a.ops, Some("127.0.0.1:40002".parse().unwrap()));
         assert_eq!(a.replicas, BTreeMap::from([(1234, "Server1".to_owned())]));
+    }
+
+    #[test]
+    fn a_proxy_under_tls_is_announced_as_https_and_read_alike() {
+        let addr: SocketAddr = "127.0.0.1:40001".parse().unwrap();
+        assert_eq!(proxy_url(addr, true), "https://127.0.0.1:40001");
+        assert_eq!(proxy_url(addr, false), "http://127.0.0.1:40001");
+        for tls in [false, true] {
+            let mut a = Announcement::default();
+            a.read_line(&format!("{PROXY_LISTENING}{}", proxy_url(addr, tls)));
+            assert_eq!(a.proxy, Some(addr), "tls: {tls}");
+        }
     }
 
     #[test]

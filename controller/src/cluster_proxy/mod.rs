@@ -78,8 +78,9 @@ pub async fn run(args: PoolProxyArgs) -> anyhow::Result<()> {
 
     println!("ringlb: proxy for ServerPool {}/{}", namespace, args.pool);
     println!(
-        "ringlb: proxy listening on http://{}",
-        proxy_listener.local_addr()
+        "{}{}",
+        crate::launch::PROXY_LISTENING,
+        crate::launch::proxy_url(proxy_listener.local_addr(), args.proxy.tls_cert.is_some())
     );
     println!(
         "ringlb: operations on http://{} (/metrics, /healthz, /readyz, /ring)",
