@@ -5,7 +5,9 @@
 //! and taking a killed one out.
 
 use std::collections::BTreeSet;
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use ringlb::ring::{Ring, RingConfig};
@@ -178,36 +180,10 @@ async fn grpc_health_checks_keep_grpc_only_replicas_in_the_ring_and_take_a_dead_
     let mut b = ExternalReplica::start_grpc_only("GrpcB");
     let c = ExternalReplica::start_grpc_only("GrpcC");
     let lb = front(&[&a, &b, &c], &["--health-check", "grpc"]);
-    let all: BTreeSet<String> = ["GrpcA", "GrpcB", "GrpcC"].map(String::from).into();
-    wait_until(
-        "the three gRPC-only replicas in the ring",
-        Duration::from_secs(10),
-        || async {
-            let now = lb.routable().await;
-            if now == all {
-                Ok(())
-            } else {
-                Err(format!("{now:?}"))
-            }
-        },
-    )
-    .await;
+    lb.until_routable(&["GrpcA", "GrpcB", "GrpcC"]).await;
 
     b.kill();
-    let rest: BTreeSet<String> = ["GrpcA", "GrpcC"].map(String::from).into();
-    wait_until(
-        "the killed replica out of the ring",
-        Duration::from_secs(10),
-        || async {
-            let now = lb.routable().await;
-            if now == rest {
-                Ok(())
-            } else {
-                Err(format!("{now:?}"))
-            }
-        },
-    )
-    .await;
+    lb.until_routable(&["GrpcA", "GrpcC"]).await;
     let ring = lb.ring_json().await;
     let member = ring["members"]
         .as_array()
@@ -266,19 +242,7 @@ async fn a_grpc_client_through_ringlb_reaches_the_replica_its_key_names() {
     );
     let names = ["GrpcA", "GrpcB", "GrpcC"];
     let all: BTreeSet<String> = names.map(String::from).into();
-    wait_until(
-        "the three replicas in the ring",
-        Duration::from_secs(10),
-        || async {
-            let now = lb.routable().await;
-            if now == all {
-                Ok(())
-            } else {
-                Err(format!("{now:?}"))
-            }
-        },
-    )
-    .await;
+    lb.until_routable(&names).await;
     // The ring every ringlb process builds from these members (the default one).
     let ring = Ring::build(&names, &RingConfig::default());
     let mut first = EchoClient::connect(lb.proxy).await.unwrap();
@@ -319,5 +283,140 @@ async fn a_grpc_client_through_ringlb_reaches_the_replica_its_key_names() {
         Some("0"),
         "{:?}",
         outcome.trailers
+    );
+}
+
+/// One call of [`a_replica_killed_under_grpc_load_fails_no_call_it_never_processed`].
+struct Outcome {
+    key: String,
+    started: Instant,
+    answer: Result<String, tonic::Status>,
+}
+
+/// A replica killed (SIGKILL) under a keyed gRPC load, through ringlb to gRPC-only
+/// replicas. A call that fails must be one the killed replica may have processed: its
+/// key's replica is the killed one, and it started before the kill was done. Every
+/// other call succeeds, those of the killed replica's keys after the kill included
+/// (the next replica of the ring takes them), and the failures are UNAVAILABLE.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replica_killed_under_grpc_load_fails_no_call_it_never_processed() {
+    let mut replicas = [
+        ExternalReplica::start_grpc_only("GrpcA"),
+        ExternalReplica::start_grpc_only("GrpcB"),
+        ExternalReplica::start_grpc_only("GrpcC"),
+    ];
+    let lb = front(
+        &[&replicas[0], &replicas[1], &replicas[2]],
+        &[
+            "--health-check",
+            "grpc",
+            "--upstream-protocol",
+            "h2c",
+            "--key",
+            "header:x-user-id",
+        ],
+    );
+    let names = ["GrpcA", "GrpcB", "GrpcC"];
+    lb.until_routable(&names).await;
+    let ring = Ring::build(&names, &RingConfig::default());
+    let home = |key: &str| ring.members()[ring.lookup(key.as_bytes()).unwrap()].clone();
+
+    // 8 callers on 2 connections, each call with a key of its own.
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicUsize::new(0));
+    let clients = [
+        EchoClient::connect(lb.proxy).await.unwrap(),
+        EchoClient::connect(lb.proxy).await.unwrap(),
+    ];
+    let mut callers = tokio::task::JoinSet::new();
+    for caller in 0..8 {
+        let mut client = clients[caller % 2].clone();
+        let (stop, done) = (stop.clone(), done.clone());
+        callers.spawn(async move {
+            let mut outcomes = Vec::new();
+            for n in 0.. {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let key = format!("user-{caller}-{n}");
+                let started = Instant::now();
+                let answer = client
+                    .unary("hi", &[("x-user-id", &key)])
+                    .await
+                    .map(|reply| reply.server);
+                done.fetch_add(1, Ordering::Relaxed);
+                outcomes.push(Outcome {
+                    key,
+                    started,
+                    answer,
+                });
+            }
+            outcomes
+        });
+    }
+    let calls_reach = |n: usize| {
+        let done = done.clone();
+        async move {
+            wait_until(&format!("{n} calls"), Duration::from_secs(30), || async {
+                let now = done.load(Ordering::Relaxed);
+                if now >= n {
+                    Ok(())
+                } else {
+                    Err(format!("{now}"))
+                }
+            })
+            .await;
+        }
+    };
+    calls_reach(300).await;
+    replicas[1].kill();
+    let killed = Instant::now();
+    lb.until_routable(&["GrpcA", "GrpcC"]).await;
+    calls_reach(done.load(Ordering::Relaxed) + 300).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut outcomes = Vec::new();
+    while let Some(caller) = callers.join_next().await {
+        outcomes.extend(caller.unwrap());
+    }
+
+    let mut failed = 0;
+    let mut rehomed = 0;
+    for Outcome {
+        key,
+        started,
+        answer,
+    } in &outcomes
+    {
+        let home = home(key);
+        match answer {
+            Ok(server) if *started >= killed && home == "GrpcB" => {
+                assert_ne!(server, "GrpcB", "{key}: served by the killed replica");
+                rehomed += 1;
+            }
+            // Before the kill was done, a call of the killed replica's keys may have
+            // gone to it or, routed after its connection closed, to the next one.
+            Ok(server) if home != "GrpcB" => assert_eq!(*server, home, "{key}"),
+            Ok(_) => {}
+            Err(status) => {
+                failed += 1;
+                assert!(
+                    home == "GrpcB" && *started < killed,
+                    "{key} (the ring's {home}), started {:?} {} the kill, failed: {status:?}",
+                    started.max(&killed).duration_since(*started.min(&killed)),
+                    if *started < killed { "before" } else { "after" },
+                );
+                assert_eq!(status.code(), Code::Unavailable, "{key}: {status:?}");
+            }
+        }
+    }
+    // At most the calls in flight at the kill: one per caller.
+    assert!(failed <= 8, "{failed} calls failed");
+    assert!(
+        rehomed > 0,
+        "no call of the killed replica's keys after the kill"
+    );
+    eprintln!(
+        "{} calls, {failed} failed, {rehomed} of the killed replica's keys served elsewhere",
+        outcomes.len()
     );
 }

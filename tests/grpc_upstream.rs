@@ -34,6 +34,10 @@ enum Mode {
     Silent,
     /// The response head and a first message, then nothing more.
     Stall,
+    /// The request read whole (so perhaps acted on), then `GOAWAY` naming its stream
+    /// as the last, with this error code (0 is `NO_ERROR`); then the connection ends,
+    /// closed or (`true`) after a frame `h2` must take as a protocol error.
+    GoAwayAfterRead(u32, bool),
     /// A stream whose body is `slow` answered (as `Answer`) after 500 ms; any other
     /// refused (`REFUSED_STREAM`), as a replica at its stream limit refuses more.
     SlowOrRefuse,
@@ -90,8 +94,12 @@ async fn serve(stream: TcpStream, name: String, mode: Mode, streams: Arc<AtomicU
     if &first != b"PRI" {
         return serve_http1(stream, &name).await;
     }
-    if mode == Mode::GoAway {
-        return go_away(stream, &streams).await;
+    match mode {
+        Mode::GoAway => return go_away(stream, &streams, None).await,
+        Mode::GoAwayAfterRead(reason, garbage) => {
+            return go_away(stream, &streams, Some((reason, garbage))).await;
+        }
+        _ => {}
     }
     let Ok(mut connection) = h2::server::handshake(stream).await else {
         return;
@@ -144,15 +152,19 @@ async fn serve(stream: TcpStream, name: String, mode: Mode, streams: Arc<AtomicU
                     trailers.insert("x-served-by", name.parse().unwrap());
                     let _ = send.send_trailers(trailers);
                 }
-                Mode::GoAway => unreachable!("answered in raw frames"),
+                Mode::GoAway | Mode::GoAwayAfterRead(..) => unreachable!("answered in raw frames"),
             }
         });
     }
 }
 
-/// Raw frames: the preface read, an empty SETTINGS, and at the first HEADERS a
-/// `GOAWAY` whose last stream id (0) is below it; then the connection closes.
-async fn go_away(mut stream: TcpStream, streams: &AtomicUsize) {
+/// Raw frames: the preface read, an empty SETTINGS, then `GOAWAY` and the connection
+/// closed. Without `after_read`, the `GOAWAY` comes at the first HEADERS and its last
+/// stream id (0) is below it. With `(reason, garbage)`, it comes once a stream's
+/// request has ended, names that stream and carries `reason`; with `garbage`, a DATA
+/// frame on stream 0 (a connection error, RFC 9113 §6.1) follows it.
+async fn go_away(mut stream: TcpStream, streams: &AtomicUsize, after_read: Option<(u32, bool)>) {
+    const END_STREAM: u8 = 0x1;
     let mut preface = [0u8; 24];
     if stream.read_exact(&mut preface).await.is_err() {
         return;
@@ -168,14 +180,37 @@ async fn go_away(mut stream: TcpStream, streams: &AtomicUsize) {
         if stream.read_exact(&mut payload).await.is_err() {
             return;
         }
-        if head[3] == 0x1 {
+        let (kind, flags) = (head[3], head[4]);
+        let id = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+        if kind == 0x1 {
             streams.fetch_add(1, Ordering::SeqCst);
-            // GOAWAY: length 8, type 7, stream 0; last stream id 0, NO_ERROR.
-            let frame = [0, 0, 8, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
-            let _ = stream.write_all(&frame).await;
-            let _ = stream.shutdown().await;
-            return;
         }
+        let (last, reason, garbage) = match after_read {
+            None if kind == 0x1 => (0, 0, false),
+            Some((reason, garbage)) if kind <= 0x1 && flags & END_STREAM != 0 => {
+                (id, reason, garbage)
+            }
+            _ => continue,
+        };
+        // GOAWAY: length 8, type 7, stream 0; the last stream id and the error code.
+        let mut frame = vec![0, 0, 8, 7, 0, 0, 0, 0, 0];
+        frame.extend(last.to_be_bytes());
+        frame.extend(reason.to_be_bytes());
+        if garbage {
+            // DATA, length 1, on stream 0.
+            frame.extend([0, 0, 1, 0, 0, 0, 0, 0, 0, b'x']);
+        }
+        let _ = stream.write_all(&frame).await;
+        if garbage {
+            // Time for the proxy to read the frame and end the connection itself.
+            let mut rest = [0u8; 1024];
+            let _ = tokio::time::timeout(Duration::from_secs(2), async {
+                while matches!(stream.read(&mut rest).await, Ok(n) if n > 0) {}
+            })
+            .await;
+        }
+        let _ = stream.shutdown().await;
+        return;
     }
 }
 
@@ -410,6 +445,45 @@ async fn a_post_reset_after_it_was_read_is_not_sent_elsewhere() {
         assert!(call.headers.contains_key("grpc-message"), "{call:?}");
     }
     assert!(reset > 0, "no key was R's");
+}
+
+/// A stream at or below a `GOAWAY`'s last stream id may have been processed, whatever
+/// the `GOAWAY`'s code and however the connection ends after it: a POST the replica
+/// read is not sent elsewhere, and the client is told UNAVAILABLE. (The `h2` crate
+/// gives such a stream the connection's end, not the `GOAWAY`; this holds it to that.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_post_read_before_a_goaway_is_not_sent_elsewhere() {
+    const NO_ERROR: u32 = 0x0;
+    const INTERNAL_ERROR: u32 = 0x2;
+    for mode in [
+        Mode::GoAwayAfterRead(NO_ERROR, false),
+        Mode::GoAwayAfterRead(INTERNAL_ERROR, false),
+        Mode::GoAwayAfterRead(NO_ERROR, true),
+        Mode::GoAwayAfterRead(INTERNAL_ERROR, true),
+    ] {
+        let leaving = FakeH2::start("R", mode).await;
+        let serving = FakeH2::start("S", Mode::Answer).await;
+        let lb = up(&[&leaving, &serving], "h2c", &[]);
+        let send = connect_h2(&lb).await;
+        let mut read = 0;
+        for i in 0..20 {
+            let key = format!("user-{i}");
+            let (r, s) = (leaving.streams(), serving.streams());
+            let call = call(&send, &[("x-user-id", &key)], "once").await;
+            if leaving.streams() == r {
+                continue;
+            }
+            read += 1;
+            assert_eq!(leaving.streams(), r + 1, "{mode:?} {key}: sent once");
+            assert_eq!(
+                serving.streams(),
+                s,
+                "{mode:?} {key}: not sent to S: {call:?}"
+            );
+            assert_eq!(call.grpc_status(), Some("14"), "{mode:?} {key}: {call:?}");
+        }
+        assert!(read > 0, "{mode:?}: no key was R's");
+    }
 }
 
 /// `grpc-timeout` bounds the wait for the answer: DEADLINE_EXCEEDED, long before the

@@ -385,9 +385,18 @@ async fn a_stream_reaches_the_replica_as_an_http1_request() {
 // goodbye (GOAWAY and PING) while the test's thread waits for the proxy to exit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_s_post_the_replica_read_is_never_sent_again() {
-    let fake = FakeReplica::start();
-    // Two ring members on the same fake: a retry to "the next replica" lands there too.
-    let (a, b) = (format!("A={}", fake.addr), format!("B={}", fake.addr));
+    // Two replicas that both die at /die: a retry to "the next replica" dies too.
+    let fakes = [FakeReplica::start(), FakeReplica::start()];
+    let died = || {
+        fakes
+            .iter()
+            .map(|fake| fake.died.load(Ordering::SeqCst))
+            .sum::<usize>()
+    };
+    let (a, b) = (
+        format!("A={}", fakes[0].addr),
+        format!("B={}", fakes[1].addr),
+    );
     let lb = Ringlb::start(&[&["--replica", &a, "--replica", &b], &FAST_HEARTBEATS[..]].concat());
     let tcp = tokio::net::TcpStream::connect(lb.proxy).await.unwrap();
     let send = h2_over(tcp).await;
@@ -408,11 +417,7 @@ async fn a_stream_s_post_the_replica_read_is_never_sent_again() {
     }
     let json: serde_json::Value = serde_json::from_slice(&json).unwrap();
     assert_eq!(json["status"], "failure", "{json}");
-    assert_eq!(
-        fake.died.load(Ordering::SeqCst),
-        1,
-        "the POST reached replicas once"
-    );
+    assert_eq!(died(), 1, "the POST reached replicas once");
 
     // The GET is sent again, once both members are back in the ring (each failure
     // takes its member out until it is checked).
@@ -433,9 +438,9 @@ async fn a_stream_s_post_the_replica_read_is_never_sent_again() {
     let (status, body) = h2_get(&send, "/die", &[]).await.unwrap();
     assert_eq!(status, 502, "{body}");
     assert!(
-        fake.died.load(Ordering::SeqCst) >= 3,
+        died() >= 3,
         "the GET was sent again: {} arrivals in all",
-        fake.died.load(Ordering::SeqCst)
+        died()
     );
 }
 

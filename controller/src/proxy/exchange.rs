@@ -33,6 +33,12 @@ pub trait Exchange {
     /// How far a failed exchange got, for the failover policy.
     fn progress(error: &Self::Error) -> Progress;
 
+    /// How far an attempt got when it was cut loose (its replica ejected while the
+    /// attempt waited), as far as the exchange can tell: by default, perhaps sent.
+    fn progress_when_cut(&self) -> Progress {
+        Progress::Sent
+    }
+
     /// Whether the request can be sent again: false once a body streamed to a replica
     /// (not buffered) was taken, whatever the policy says of its progress.
     fn can_resend(&self) -> bool {
@@ -93,7 +99,11 @@ pub async fn run<'t, X: Exchange>(
                 retry
             }
             Attempt::Ejected => {
-                let retry = failover::may_retry(method, Progress::Sent) && exchange.can_resend();
+                // An attempt that never had a connection sent nothing: it goes on
+                // whatever its method (a replica killed under load is ejected while
+                // new requests to it are still connecting).
+                let progress = exchange.progress_when_cut();
+                let retry = failover::may_retry(method, progress) && exchange.can_resend();
                 last_error = attempt_failed(proxy, backend, &failover::EJECTED, retry);
                 retry
             }

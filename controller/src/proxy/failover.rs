@@ -22,7 +22,7 @@ pub enum Attempt<T, E> {
     Answered(T),
     Failed(E),
     /// The replica was taken out of the ring meanwhile (see `publish::Ejection`):
-    /// treated as a failure after the request was sent.
+    /// a failure as far as the exchange got (`Exchange::progress_when_cut`).
     Ejected,
     /// No response head within the request timeout: answered 504, not retried, as
     /// the replica may still be working on it.

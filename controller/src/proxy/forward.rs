@@ -12,7 +12,8 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{PathAndQuery, Scheme};
 use http::{Method, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Full, Limited};
-use hyper_util::client::legacy::{Client, connect::HttpConnector};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::{CaptureConnection, HttpConnector, capture_connection};
 
 use super::error::ApiError;
 use super::exchange::{self, Exchange};
@@ -113,6 +114,7 @@ async fn forward_request(
         path_and_query,
         headers,
         body,
+        connection: None,
     };
     let method = parts.method.as_str();
     let answered = exchange::run(proxy, &table, candidates, method, timeout, &mut exchange).await;
@@ -156,6 +158,9 @@ struct HyperExchange<'a> {
     path_and_query: PathAndQuery,
     headers: HeaderMap,
     body: RequestBody,
+    /// The connection hyper's client gives the current attempt, once it has one:
+    /// until then nothing of the request has left.
+    connection: Option<CaptureConnection>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -188,6 +193,7 @@ impl Exchange for HyperExchange<'_> {
             *upstream.method_mut() = self.method.clone();
             *upstream.uri_mut() = uri;
             *upstream.headers_mut() = self.headers.clone();
+            self.connection = Some(capture_connection(&mut upstream));
             return Ok(self.client.request(upstream).await?);
         }
         let body = match &self.body {
@@ -205,6 +211,7 @@ impl Exchange for HyperExchange<'_> {
         if self.te_trailers {
             headers.insert(header::TE, HeaderValue::from_static("trailers"));
         }
+        self.connection = Some(capture_connection(&mut upstream));
         Ok(self.h2c.request(upstream).await?)
     }
 
@@ -216,6 +223,13 @@ impl Exchange for HyperExchange<'_> {
             HyperExchangeError::Client(error) if error.is_connect() => Progress::NotSent,
             HyperExchangeError::Client(error) if super::grpc::refused(error) => Progress::Refused,
             HyperExchangeError::Client(_) => Progress::Sent,
+        }
+    }
+
+    fn progress_when_cut(&self) -> Progress {
+        match &self.connection {
+            Some(connection) if connection.connection_metadata().is_none() => Progress::NotSent,
+            _ => Progress::Sent,
         }
     }
 

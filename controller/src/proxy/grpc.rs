@@ -49,8 +49,11 @@ pub fn timeout(headers: &HeaderMap) -> Option<Duration> {
 
 /// Whether an h2c replica said it did not process the stream (RFC 9113 §8.7): it
 /// reset it with `REFUSED_STREAM`, or its `GOAWAY` named a last stream id below it
-/// (the `h2` crate fails exactly those streams with the `GOAWAY` it received; the
-/// streams at or below the id go on, and fail otherwise if the connection does).
+/// (the `h2` crate fails exactly those streams with the `GOAWAY` it received, and a
+/// stream opened after it; the streams at or below the id go on, and if the
+/// connection then ends they fail with its end, a broken pipe or our own error, never
+/// the `GOAWAY`: `tests/grpc_upstream.rs` holds `h2` to that, for a `GOAWAY` with and
+/// without an error code).
 pub fn refused(error: &(dyn std::error::Error + 'static)) -> bool {
     let mut source = Some(error);
     while let Some(error) = source {

@@ -155,6 +155,24 @@ impl Ringlb {
             .collect()
     }
 
+    /// Waits (up to 10 s) until [`Ringlb::routable`] is exactly `names`.
+    pub async fn until_routable(&self, names: &[&str]) {
+        let wanted: BTreeSet<String> = names.iter().map(|&name| name.to_owned()).collect();
+        wait_until(
+            &format!("routable replicas {names:?}"),
+            Duration::from_secs(10),
+            || async {
+                let now = self.routable().await;
+                if now == wanted {
+                    Ok(())
+                } else {
+                    Err(format!("{now:?}"))
+                }
+            },
+        )
+        .await;
+    }
+
     /// Name → pid of the current members, from `/ring`.
     pub async fn replica_pids(&self) -> BTreeMap<String, u32> {
         let ring = self.ring_json().await;
