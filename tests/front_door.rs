@@ -326,3 +326,56 @@ async fn requests_waiting_on_a_frozen_replica_are_cut_loose_when_it_is_ejected()
         "the requests took {elapsed:?}"
     );
 }
+
+/// Bytes the proxy sends on `stream` until it closes it (EOF or reset).
+fn bytes_until_closed(stream: &mut TcpStream) -> usize {
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut chunk = vec![0u8; 1 << 20];
+    let mut total = 0;
+    loop {
+        match stream.read(&mut chunk) {
+            Ok(0) => return total,
+            Ok(n) => total += n,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return total,
+            Err(e) => panic!("reading after {total} bytes: {e}"),
+        }
+    }
+}
+
+/// A client that stops reading is closed once a write has waited for the send timeout
+/// (nginx: send_timeout), on the fast path and on the general path; with the default
+/// timeout the same pause costs nothing.
+#[test]
+fn a_client_that_stops_reading_is_closed_after_the_send_timeout() {
+    use ringlb_testkit::fake_replica::BIG;
+    let fake = FakeReplica::start();
+    let replica = format!("Fake={}", fake.addr);
+    let requests = [
+        // The fast path.
+        &b"GET /big HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"[..],
+        // The general path (a chunked body goes to hyper).
+        b"POST /big HTTP/1.1\r\nHost: t\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    ];
+    for (timeout, whole) in [("300ms", false), ("60s", true)] {
+        let lb = Ringlb::start(&["--replica", &replica, "--send-timeout", timeout]);
+        for request in requests {
+            let mut client = lb.connect_raw();
+            client.write_all(request).unwrap();
+            // Reading nothing for longer than the short timeout: the proxy's writes
+            // wait on a full socket meanwhile.
+            std::thread::sleep(Duration::from_millis(1500));
+            let got = bytes_until_closed(&mut client);
+            let what = String::from_utf8_lossy(&request[..9]);
+            if whole {
+                assert!(got > BIG, "{what} with {timeout}: {got} bytes");
+            } else {
+                assert!(
+                    got < BIG,
+                    "{what} with {timeout}: the whole answer ({got} bytes)"
+                );
+            }
+        }
+    }
+}

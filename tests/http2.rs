@@ -93,6 +93,8 @@ async fn h2_get(
 /// sends. It answers the server's SETTINGS and PINGs itself.
 struct RawH2 {
     stream: std::net::TcpStream,
+    /// Whether PINGs are answered (a client that is gone answers none).
+    answer_pings: bool,
 }
 
 const HEADERS: u8 = 0x1;
@@ -122,7 +124,10 @@ impl RawH2 {
             .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
             .unwrap();
         stream.write_all(&frame(SETTINGS, 0, 0, &[])).unwrap();
-        RawH2 { stream }
+        RawH2 {
+            stream,
+            answer_pings: true,
+        }
     }
 
     fn send(&mut self, bytes: &[u8]) {
@@ -147,7 +152,13 @@ impl RawH2 {
             }
             let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
             let mut payload = vec![0u8; len];
-            self.stream.read_exact(&mut payload).unwrap();
+            match self.stream.read_exact(&mut payload) {
+                Ok(()) => {}
+                // Closed mid-frame (a connection cut off while it was written).
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return Ok(None),
+                Err(e) => return Err(e),
+            }
             let got = Frame {
                 kind: head[3],
                 flags: head[4],
@@ -155,8 +166,12 @@ impl RawH2 {
                 payload,
             };
             match (got.kind, got.flags & 1) {
-                (SETTINGS, 0) => self.send(&frame(SETTINGS, 1, 0, &[])),
-                (PING, 0) => self.send(&frame(PING, 1, 0, &got.payload)),
+                // Acknowledged if the connection still takes it.
+                (SETTINGS, 0) => drop(self.stream.write_all(&frame(SETTINGS, 1, 0, &[]))),
+                (PING, 0) if self.answer_pings => {
+                    drop(self.stream.write_all(&frame(PING, 1, 0, &got.payload)));
+                }
+                (PING, 0) => return Ok(Some(got)),
                 (SETTINGS | PING, _) => {}
                 _ => return Ok(Some(got)),
             }
@@ -615,6 +630,87 @@ fn an_idle_connection_is_closed_with_goaway_but_not_one_with_an_open_stream() {
     while let Some(frame) = raw.read() {
         assert_eq!(frame.kind, GOAWAY, "only a last GOAWAY may follow");
     }
+}
+
+/// With `--h2-ping-interval`, a client that answers no PING is closed after the ping
+/// timeout, though a stream is open (so the idle timeout does not apply); one that
+/// answers stays.
+#[test]
+fn a_client_that_answers_no_ping_is_closed_after_the_ping_timeout() {
+    let fake = FakeReplica::start();
+    let replica = format!("Fake={}", fake.addr);
+    let lb = Ringlb::start(&[
+        "--replica",
+        &replica,
+        "--h2-ping-interval",
+        "200ms",
+        "--h2-ping-timeout",
+        "300ms",
+    ]);
+    let mut answering = RawH2::connect(lb.proxy);
+    answering.send(&get_frames(1, "/hold", &[]));
+    fake.wait_for_held_request();
+    // Read (and so PINGs answered) all along, until its stream finishes.
+    let answering = std::thread::spawn(move || {
+        while let Some(frame) = answering.read() {
+            if frame.id == 1 && frame.kind == DATA && frame.flags & END_STREAM != 0 {
+                return true;
+            }
+        }
+        false
+    });
+    let mut silent = RawH2::connect(lb.proxy);
+    silent.answer_pings = false;
+    silent.send(&get_frames(1, "/hold", &[]));
+    fake.wait_for_held_request();
+    let mut pings = 0;
+    while let Some(frame) = silent.read() {
+        if frame.kind == PING {
+            pings += 1;
+        }
+    }
+    assert!(pings >= 1, "closed before a PING");
+    // The answering client's stream is still served.
+    fake.release();
+    fake.release();
+    assert!(
+        answering.join().unwrap(),
+        "the answering client's stream finishes"
+    );
+}
+
+/// A client that stops reading the connection is closed once a write has waited for
+/// `--send-timeout`, though its flow-control windows let ringlb send.
+#[test]
+fn an_h2_client_that_stops_reading_is_closed_after_the_send_timeout() {
+    use ringlb_testkit::fake_replica::BIG;
+    const WINDOW_UPDATE: u8 = 0x8;
+    let fake = FakeReplica::start();
+    let replica = format!("Fake={}", fake.addr);
+    let lb = Ringlb::start(&["--replica", &replica, "--send-timeout", "300ms"]);
+    let mut raw = RawH2::connect(lb.proxy);
+    // The largest windows: SETTINGS_INITIAL_WINDOW_SIZE for the stream, a
+    // WINDOW_UPDATE for the connection.
+    let max_window: u32 = (1 << 31) - 1;
+    let mut settings = vec![0, 4];
+    settings.extend(max_window.to_be_bytes());
+    raw.send(&frame(SETTINGS, 0, 0, &settings));
+    raw.send(&frame(
+        WINDOW_UPDATE,
+        0,
+        0,
+        &(max_window - 65_535).to_be_bytes(),
+    ));
+    raw.send(&get_frames(1, "/big", &[]));
+    // Reading nothing for longer than the timeout.
+    std::thread::sleep(Duration::from_millis(1500));
+    let mut data = 0;
+    while let Some(frame) = raw.read() {
+        if frame.kind == DATA {
+            data += frame.payload.len();
+        }
+    }
+    assert!(data > 0 && data < BIG, "{data} bytes of the body");
 }
 
 // ---- TLS --------------------------------------------------------------------------

@@ -44,6 +44,12 @@ pub struct ProxyArgs {
     #[arg(long, env = "RINGLB_READ_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
     pub read_timeout: Duration,
 
+    /// Time a write to a client may wait for the client to read: then the connection
+    /// is closed, as a client that stopped reading would hold a replica's answer (nginx:
+    /// send_timeout).
+    #[arg(long, env = "RINGLB_SEND_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub send_timeout: Duration,
+
     /// Largest request body forwarded, in bytes.
     #[arg(long, env = "RINGLB_MAX_BODY", default_value_t = 10 * 1024 * 1024)]
     pub max_body: usize,
@@ -113,6 +119,23 @@ pub struct ProxyArgs {
     #[arg(long, env = "RINGLB_H2_CONNECTION_WINDOW", default_value_t = 1024 * 1024, value_parser = clap::value_parser!(u32).range(65_535..=H2Limits::MAX_WINDOW as i64))]
     pub h2_connection_window: u32,
 
+    /// Largest HPACK dynamic table a client's header compression may make ringlb keep
+    /// per HTTP/2 connection, in bytes (SETTINGS_HEADER_TABLE_SIZE; 4096 is HTTP/2's
+    /// default and what nginx keeps).
+    #[arg(long, env = "RINGLB_H2_HEADER_TABLE_SIZE", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(0..=1024 * 1024))]
+    pub h2_header_table_size: u32,
+
+    /// Time between the PINGs ringlb sends on each HTTP/2 connection to find clients
+    /// that are gone (with streams open, the keep-alive timeout does not apply); 0s
+    /// sends none, as nginx and Envoy by default.
+    #[arg(long, env = "RINGLB_H2_PING_INTERVAL", default_value = "0s", value_parser = humantime::parse_duration)]
+    pub h2_ping_interval: Duration,
+
+    /// Time a client has to answer a PING (with --h2-ping-interval): then the
+    /// connection is closed and its streams cancelled.
+    #[arg(long, env = "RINGLB_H2_PING_TIMEOUT", default_value = "20s", value_parser = humantime::parse_duration)]
+    pub h2_ping_timeout: Duration,
+
     /// Streams of one HTTP/2 connection that the client may cancel before ringlb took
     /// them up, at once; one more closes the connection with GOAWAY ENHANCE_YOUR_CALM
     /// (rapid reset, CVE-2023-44487).
@@ -133,6 +156,7 @@ impl ProxyArgs {
             connect_timeout: self.connect_timeout,
             request_timeout: self.request_timeout,
             read_timeout: self.read_timeout,
+            send_timeout: self.send_timeout,
             client_header_timeout: self.client_header_timeout,
             client_body_timeout: self.client_body_timeout,
             keepalive_timeout: self.keepalive_timeout,
@@ -152,6 +176,9 @@ impl ProxyArgs {
                 max_header_list: self.h2_max_header_list,
                 stream_window: self.h2_stream_window,
                 connection_window: self.h2_connection_window,
+                header_table_size: self.h2_header_table_size,
+                ping_interval: (!self.h2_ping_interval.is_zero()).then_some(self.h2_ping_interval),
+                ping_timeout: self.h2_ping_timeout,
                 max_pending_resets: usize::try_from(self.h2_max_pending_resets)
                     .unwrap_or(usize::MAX),
                 max_error_resets: usize::try_from(self.h2_max_error_resets).unwrap_or(usize::MAX),

@@ -29,6 +29,7 @@ use tower_service::Service;
 use super::error::ApiError;
 use super::exchange::{self, Answered, Exchange};
 use super::failover::Progress;
+use super::send_deadline::{self, SendDeadline};
 use super::upstream::{ExchangeError, UpstreamConn, UpstreamPool};
 use super::wire::{self, ChunkScanner, Framing, Incoming, ResponseHead};
 use super::{Proxy, is_local_route};
@@ -114,7 +115,8 @@ pub async fn serve(
                 }
                 Incoming::Refuse(refusal) => {
                     let error = ApiError::refused(refusal, &settings.head_limits);
-                    return close_with(error, &mut stream, &mut buffers.out).await;
+                    return close_with(error, &mut stream, &mut buffers.out, settings.send_timeout)
+                        .await;
                 }
             }
         };
@@ -169,7 +171,13 @@ pub async fn serve(
             read = stream.read_buf(&mut buf) => read,
             _ = timer.until(deadline(since, timeout)) => {
                 if tell {
-                    close_with(ApiError::RequestTimeout, &mut stream, &mut buffers.out).await;
+                    close_with(
+                        ApiError::RequestTimeout,
+                        &mut stream,
+                        &mut buffers.out,
+                        settings.send_timeout,
+                    )
+                    .await;
                 }
                 return;
             }
@@ -277,9 +285,17 @@ async fn tunnel(
 
 /// Answers `error` and closes the connection: after a refused or timed-out request,
 /// the rest of the stream cannot be trusted to start at a request.
-async fn close_with(error: ApiError, stream: &mut TcpStream, out: &mut Vec<u8>) {
+async fn close_with(
+    error: ApiError,
+    stream: &mut TcpStream,
+    out: &mut Vec<u8>,
+    send_timeout: Duration,
+) {
     error.write_http1(false, out);
-    if stream.write_all(out).await.is_ok() {
+    if send_deadline::write_all(stream, out, send_timeout)
+        .await
+        .is_ok()
+    {
         let _ = stream.shutdown().await;
     }
 }
@@ -335,7 +351,15 @@ async fn forward(
     }
     if table.backends.is_empty() {
         proxy.metrics.unroutable.inc();
-        return answer_error(ApiError::NoReplica, served, client, &mut buffers.out, stop).await;
+        return answer_error(
+            ApiError::NoReplica,
+            served,
+            client,
+            &mut buffers.out,
+            proxy,
+            stop,
+        )
+        .await;
     }
     let candidates = {
         let key = proxy.settings.key.extract(request, Some(from.addr));
@@ -365,7 +389,9 @@ async fn forward(
         charge: _in_flight,
     } = match answered {
         Ok(answered) => answered,
-        Err(error) => return answer_error(error, served, client, &mut buffers.out, stop).await,
+        Err(error) => {
+            return answer_error(error, served, client, &mut buffers.out, proxy, stop).await;
+        }
     };
     served.keep_alive &= head.framing != Framing::UntilClose;
     if served.keep_alive && stop.is_set() {
@@ -377,7 +403,7 @@ async fn forward(
     if head.status == 101 {
         // The replica switched protocols: the connection becomes a tunnel.
         upstream.buf.advance(head.head_len);
-        client.write_all(&buffers.out).await?;
+        send_deadline::write_all(client, &buffers.out, proxy.settings.send_timeout).await?;
         served.upgraded = Some(upstream);
         return Ok(served);
     }
@@ -387,14 +413,14 @@ async fn forward(
             proxy.upstreams.put(backend.addr, upstream);
         }
         let error = ApiError::UnknownEndpoint(request.path().to_owned());
-        return answer_error(error, served, client, &mut buffers.out, stop).await;
+        return answer_error(error, served, client, &mut buffers.out, proxy, stop).await;
     }
     let relayed = relay(
         upstream,
         &head,
         client,
         &mut buffers.out,
-        proxy.settings.read_timeout,
+        (proxy.settings.read_timeout, proxy.settings.send_timeout),
     )
     .await;
     match relayed {
@@ -455,23 +481,25 @@ async fn answer_error(
     mut served: Served,
     client: &mut TcpStream,
     out: &mut Vec<u8>,
+    proxy: &Proxy,
     stop: &mut StopSignal,
 ) -> io::Result<Served> {
     served.keep_alive &= !stop.is_set();
     error.write_http1(served.keep_alive, out);
-    client.write_all(out).await?;
+    send_deadline::write_all(client, out, proxy.settings.send_timeout).await?;
     Ok(served)
 }
 
 /// Relays the response body after `head` (whose client-side head is in `out`) to the
 /// client. Returns the replica's connection when it can carry another request.
-/// `read_timeout` bounds each wait for more of the body (nginx's proxy_read_timeout).
+/// `read_timeout` bounds each wait for more of the body (nginx's proxy_read_timeout),
+/// `send_timeout` each wait for the client to take it (nginx's send_timeout).
 async fn relay(
     mut upstream: UpstreamConn,
     head: &ResponseHead,
     client: &mut TcpStream,
     out: &mut Vec<u8>,
-    read_timeout: Duration,
+    (read_timeout, send_timeout): (Duration, Duration),
 ) -> Result<Option<UpstreamConn>, RelayError> {
     upstream.buf.advance(head.head_len);
     let mut body = BodyEnd::new(head.framing);
@@ -480,7 +508,9 @@ async fn relay(
     let (len, mut done) = body.scan(&upstream.buf).map_err(RelayError::Replica)?;
     out.extend_from_slice(&upstream.buf[..len]);
     upstream.buf.advance(len);
-    client.write_all(out).await.map_err(RelayError::Client)?;
+    send_deadline::write_all(client, out, send_timeout)
+        .await
+        .map_err(RelayError::Client)?;
     while !done {
         upstream.buf.clear();
         let read = tokio::time::timeout(read_timeout, upstream.read_more())
@@ -503,8 +533,7 @@ async fn relay(
         }
         let len;
         (len, done) = body.scan(&upstream.buf).map_err(RelayError::Replica)?;
-        client
-            .write_all(&upstream.buf[..len])
+        send_deadline::write_all(client, &upstream.buf[..len], send_timeout)
             .await
             .map_err(RelayError::Client)?;
         upstream.buf.advance(len);
@@ -611,7 +640,13 @@ pub(super) async fn hand_off<S>(
         )
         .max_headers(wire::MAX_HEADERS)
         .max_header_size(2 * limits.head)
-        .serve_connection(TokioIo::new(Rewind::new(read, stream)), service);
+        .serve_connection(
+            TokioIo::new(Rewind::new(
+                read,
+                SendDeadline::new(stream, proxy.settings.send_timeout),
+            )),
+            service,
+        );
     tokio::pin!(connection);
     tokio::select! {
         _ = connection.as_mut() => {}

@@ -31,6 +31,7 @@ use tokio::sync::watch;
 
 use super::Proxy;
 use super::connection::{self, StopSignal};
+use super::send_deadline::SendDeadline;
 
 /// The client connection preface of HTTP/2 (RFC 9113 §3.4).
 pub const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -54,6 +55,12 @@ pub struct H2Limits {
     pub stream_window: u32,
     /// Flow-control window of the connection.
     pub connection_window: u32,
+    /// Largest HPACK dynamic table of the client's headers (SETTINGS_HEADER_TABLE_SIZE).
+    pub header_table_size: u32,
+    /// Time between PINGs to the client; `None`: no PINGs.
+    pub ping_interval: Option<std::time::Duration>,
+    /// Time a PING may go unanswered before the connection is closed.
+    pub ping_timeout: std::time::Duration,
     /// Streams the client reset before they were taken up, at once: past it, GOAWAY
     /// (the rapid reset attack, CVE-2023-44487).
     pub max_pending_resets: usize,
@@ -103,8 +110,12 @@ where
         .max_header_list_size(limits.max_header_list)
         .initial_stream_window_size(limits.stream_window)
         .initial_connection_window_size(limits.connection_window)
+        .header_table_size(limits.header_table_size)
+        .keep_alive_interval(limits.ping_interval)
+        .keep_alive_timeout(limits.ping_timeout)
         .max_pending_accept_reset_streams(limits.max_pending_resets)
         .max_local_error_reset_streams(limits.max_error_resets);
+    let io = SendDeadline::new(io, settings.send_timeout);
     let connection = builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(connection);
     let idle = settings.keepalive_timeout;

@@ -12,6 +12,7 @@ pub mod grpc;
 pub mod h2;
 pub mod key;
 mod replay;
+mod send_deadline;
 pub mod tls;
 mod upstream;
 pub mod wire;
@@ -46,6 +47,8 @@ pub struct ProxySettings {
     pub request_timeout: Duration,
     /// Time between two reads of a replica's response body.
     pub read_timeout: Duration,
+    /// Time a write to a client may wait for the client to read (nginx: send_timeout).
+    pub send_timeout: Duration,
     /// Time to receive a whole request head, from its first byte (or from the
     /// connection's start, for its first request).
     pub client_header_timeout: Duration,
@@ -64,6 +67,12 @@ pub struct ProxySettings {
     /// When set, the proxy port speaks TLS with these files.
     pub tls: Option<tls::TlsFiles>,
 }
+
+/// Time between PINGs on an h2c connection to a replica, busy or idle.
+const UPSTREAM_PING_INTERVAL: Duration = Duration::from_secs(30);
+/// Time a replica has to answer a PING before its connection is dropped (calls on it
+/// fail as sent, and the replica is reported).
+const UPSTREAM_PING_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// State shared by all proxy handlers.
 pub struct Proxy {
@@ -102,9 +111,14 @@ impl Proxy {
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
             .build(connector.clone());
+        // PINGs find a pooled connection whose replica went away without a word (a
+        // pod's address gone, a host down): it is dropped before a call is sent on it.
         let h2c = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
             .http2_only(true)
+            .http2_keep_alive_interval(UPSTREAM_PING_INTERVAL)
+            .http2_keep_alive_timeout(UPSTREAM_PING_TIMEOUT)
+            .http2_keep_alive_while_idle(true)
             .timer(hyper_util::rt::TokioTimer::new())
             .build(connector);
         Self {

@@ -27,6 +27,7 @@ use crate::Ringlb;
 /// - `/stall-body`: the head of a 100-byte body and its first 10 bytes, then silence;
 /// - `/upgrade`: `101 Switching Protocols` to `Upgrade: echo`, then every byte back;
 /// - `/ws`: a WebSocket handshake, then every message back;
+/// - `/big`: a body of [`BIG`] bytes with a `Content-Length`, written in 1 MiB pieces;
 /// - `/hold`: announces the request on `arrivals`, then answers once `release` is called;
 /// - anything else: `Server: Fake` with a `Content-Length` body.
 pub struct FakeReplica {
@@ -259,6 +260,18 @@ async fn serve_fake(mut stream: tokio::net::TcpStream, scripts: Scripts) {
                     .write_all(&fixed(200, "OK", "", b"Server: Fake"))
                     .await
             }
+            "/big" => {
+                let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {BIG}\r\n\r\n");
+                let piece = vec![b'x'; 1 << 20];
+                let mut written = stream.write_all(head.as_bytes()).await;
+                for _ in 0..BIG >> 20 {
+                    if written.is_err() {
+                        break;
+                    }
+                    written = stream.write_all(&piece).await;
+                }
+                written
+            }
             "/missing" => {
                 stream
                     .write_all(&fixed(404, "Not Found", "", b"nope"))
@@ -279,6 +292,9 @@ async fn serve_fake(mut stream: tokio::net::TcpStream, scripts: Scripts) {
         }
     }
 }
+
+/// The length of `/big`'s body: more than loopback's socket buffers hold.
+pub const BIG: usize = 32 << 20;
 
 pub fn fixed(status: u16, reason: &str, headers: &str, body: &[u8]) -> Vec<u8> {
     let mut response = format!(
