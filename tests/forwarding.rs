@@ -340,3 +340,188 @@ async fn ring_rebuilds(lb: &Ringlb) -> u64 {
         .and_then(|n| n.trim().parse().ok())
         .expect("ringlb_ring_rebuilds_total in /metrics")
 }
+
+/// A replica that answers every HTTP/1.1 request 200 until [`BlackHole::close`]; then
+/// it takes no connection at all: its accept queue is full, so a new connection's SYN
+/// goes unanswered, as to a host that is gone.
+struct BlackHole {
+    listener: std::net::TcpListener,
+    addr: std::net::SocketAddr,
+    accepting: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    accepted: std::sync::Arc<std::sync::Mutex<Vec<TcpStream>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    /// Connections that fill the accept queue.
+    fillers: Vec<TcpStream>,
+}
+
+impl BlackHole {
+    fn start() -> BlackHole {
+        use std::sync::{Arc, Mutex, atomic::AtomicBool};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepting = Arc::new(AtomicBool::new(true));
+        let accepted = Arc::new(Mutex::new(Vec::<TcpStream>::new()));
+        let thread = std::thread::spawn({
+            let (listener, accepting, accepted) = (
+                listener.try_clone().unwrap(),
+                accepting.clone(),
+                accepted.clone(),
+            );
+            move || {
+                while accepting.load(Ordering::SeqCst) {
+                    let Ok((stream, _)) = listener.accept() else {
+                        std::thread::sleep(Duration::from_millis(2));
+                        continue;
+                    };
+                    stream.set_nonblocking(false).unwrap();
+                    accepted.lock().unwrap().push(stream.try_clone().unwrap());
+                    std::thread::spawn(move || answer_every_request(stream));
+                }
+            }
+        });
+        BlackHole {
+            listener,
+            addr,
+            accepting,
+            accepted,
+            thread: Some(thread),
+            fillers: Vec::new(),
+        }
+    }
+
+    fn close(&mut self) {
+        use std::os::fd::AsRawFd;
+        self.accepting.store(false, Ordering::SeqCst);
+        self.thread.take().unwrap().join().unwrap();
+        for stream in self.accepted.lock().unwrap().drain(..) {
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+        }
+        // SAFETY: `listen` on a socket this value owns and keeps open; it only
+        // changes the length of the socket's accept queue.
+        let listened = unsafe { libc::listen(self.listener.as_raw_fd(), 0) };
+        assert_eq!(listened, 0, "{}", std::io::Error::last_os_error());
+        // Connections nobody accepts, until one is no longer taken in.
+        while let Ok(filler) = TcpStream::connect_timeout(&self.addr, Duration::from_millis(300)) {
+            self.fillers.push(filler);
+            assert!(self.fillers.len() < 64, "the accept queue never filled");
+        }
+    }
+}
+
+/// Answers each request on `stream` (a head without a body) 200 `hole`, until it closes.
+fn answer_every_request(mut stream: TcpStream) {
+    let mut read = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => read.extend_from_slice(&chunk[..n]),
+        }
+        while let Some(end) = read.windows(4).position(|w| w == b"\r\n\r\n") {
+            read.drain(..end + 4);
+            let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nhole";
+            if stream.write_all(answer).is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// A POST still connecting to its replica when that replica is taken out of the ring
+/// (its heartbeats time out: it takes no connection) had nothing of it sent: it goes on
+/// to the next replica, though a POST is never sent again once it may have been. On
+/// the fast path (HTTP/1.1) and on the general path (an HTTP/2 stream), at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_post_cut_loose_while_connecting_goes_to_the_next_replica() {
+    use ringlb::ring::{Ring, RingConfig};
+    let mut hole = BlackHole::start();
+    let fake = FakeReplica::start();
+    let lb = Ringlb::start(
+        &[
+            &[
+                "--replica",
+                &format!("Hole={}", hole.addr),
+                "--replica",
+                &format!("Fake={}", fake.addr),
+                "--key",
+                "header:x-user-id",
+                // Longer than the heartbeats take to find the replica gone.
+                "--connect-timeout",
+                "30s",
+            ][..],
+            &ringlb_testkit::FAST_HEARTBEATS,
+        ]
+        .concat(),
+    );
+    lb.until_routable(&["Fake", "Hole"]).await;
+    let ring = Ring::build(&["Hole", "Fake"], &RingConfig::default());
+    let key = (0..)
+        .map(|i| format!("user-{i}"))
+        .find(|k| ring.members()[ring.lookup(k.as_bytes()).unwrap()] == "Hole")
+        .unwrap();
+    // Replica connections pooled before the hole closes are closed with it.
+    let (status, body) = post_h1(&lb, &key).await;
+    assert_eq!((status, body.as_str()), (200, "hole"));
+
+    hole.close();
+    let h1 = tokio::spawn({
+        let (http, url, key) = (lb.http.clone(), lb.proxy_url("/pay"), key.clone());
+        async move {
+            let response = http
+                .post(url)
+                .header("x-user-id", key)
+                .body("pay once")
+                .send()
+                .await
+                .unwrap();
+            (response.status().as_u16(), response.text().await.unwrap())
+        }
+    });
+    let h2 = tokio::spawn({
+        let (addr, key) = (lb.proxy, key.clone());
+        async move {
+            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let (send, connection) = h2::client::handshake(tcp).await.unwrap();
+            tokio::spawn(connection);
+            let mut send = send.ready().await.unwrap();
+            let request = http::Request::post("http://localhost/pay")
+                .header("x-user-id", key)
+                .body(())
+                .unwrap();
+            let (response, mut body) = send.send_request(request, false).unwrap();
+            body.send_data(bytes::Bytes::from_static(b"pay once"), true)
+                .unwrap();
+            let response = response.await.unwrap();
+            let status = response.status().as_u16();
+            let mut body = response.into_body();
+            let mut text = Vec::new();
+            while let Some(chunk) = body.data().await {
+                text.extend_from_slice(&chunk.unwrap());
+            }
+            (status, String::from_utf8_lossy(&text).into_owned())
+        }
+    });
+    for (path, answer) in [
+        ("HTTP/1.1", h1.await.unwrap()),
+        ("HTTP/2", h2.await.unwrap()),
+    ] {
+        assert_eq!(answer, (200, "Server: Fake".to_owned()), "{path}");
+    }
+    assert!(
+        !lb.routable().await.contains("Hole"),
+        "the hole was ejected"
+    );
+}
+
+async fn post_h1(lb: &Ringlb, key: &str) -> (u16, String) {
+    let response = lb
+        .http
+        .post(lb.proxy_url("/pay"))
+        .header("x-user-id", key)
+        .body("pay once")
+        .send()
+        .await
+        .unwrap();
+    (response.status().as_u16(), response.text().await.unwrap())
+}

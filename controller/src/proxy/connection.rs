@@ -372,6 +372,7 @@ async fn forward(
         request,
         bytes: &buffers.upstream_request,
         client_head: &mut buffers.out,
+        writing: false,
     };
     let answered = exchange::run(
         proxy,
@@ -447,6 +448,8 @@ struct Http1Exchange<'a, 'r, 'h> {
     request: &'a wire::Request<'r, 'h>,
     bytes: &'a [u8],
     client_head: &'a mut Vec<u8>,
+    /// The current attempt's request started on its way (it had a connection).
+    writing: bool,
 }
 
 impl Exchange for Http1Exchange<'_, '_, '_> {
@@ -458,12 +461,26 @@ impl Exchange for Http1Exchange<'_, '_, '_> {
         &mut self,
         backend: &Backend,
     ) -> impl Future<Output = Result<Self::Answer, ExchangeError>> {
-        self.upstreams
-            .exchange(backend.addr, self.request, self.bytes, self.client_head)
+        self.writing = false;
+        self.upstreams.exchange(
+            backend.addr,
+            self.request,
+            self.bytes,
+            self.client_head,
+            &mut self.writing,
+        )
     }
 
     fn progress(error: &ExchangeError) -> Progress {
         error.progress()
+    }
+
+    fn progress_when_cut(&self) -> Progress {
+        if self.writing {
+            Progress::Sent
+        } else {
+            Progress::NotSent
+        }
     }
 }
 

@@ -129,7 +129,9 @@ impl UpstreamPool {
 
     /// Sends `bytes` (made from `request`) to the replica at `addr` and reads the final
     /// response head into the returned connection's buffer (interim 1xx responses are
-    /// skipped). The client's response head is written into `client_head`.
+    /// skipped). The client's response head is written into `client_head`. `writing`
+    /// is set once the request starts on its way: until then (connecting), nothing of
+    /// it has left.
     ///
     /// An idle connection the replica closed meanwhile is found out when it is taken
     /// from the pool, or only once the request is on its way. In the second case the
@@ -141,6 +143,7 @@ impl UpstreamPool {
         request: &wire::Request<'_, '_>,
         bytes: &[u8],
         client_head: &mut Vec<u8>,
+        writing: &mut bool,
     ) -> Result<(UpstreamConn, ResponseHead), ExchangeError> {
         loop {
             // A request that may not be sent again after the write gets the thorough check.
@@ -150,6 +153,7 @@ impl UpstreamPool {
                 None => (self.connect(addr).await?, false),
             };
             conn.buf.clear();
+            *writing = true;
             let outcome = match conn.stream.write_all(bytes).await {
                 Ok(()) => read_head(&mut conn, request, client_head).await,
                 Err(error) => Err(ExchangeError::Write(error)),
