@@ -841,6 +841,41 @@ async fn tls_serves_h2_and_http1_by_alpn() {
     assert!(!plain.status.success() || plain.stdout.is_empty());
 }
 
+/// Over `--max-connections`, a TLS connection is closed before its handshake, with no
+/// plain-text 503 in the way of it; the connections within the cap are served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_the_connection_cap_a_tls_client_is_closed_without_plain_text() {
+    let dir = TempDir::new("h2-tls-cap");
+    let ca = TestCa::new();
+    let (cert, key) = write_pair(&dir.0, &ca.leaf());
+    let lb = Ringlb::start(&[
+        "--tls-cert",
+        &cert,
+        "--tls-key",
+        &key,
+        "--max-connections",
+        "1",
+    ]);
+    let client = ca.client(&[b"h2"]);
+    let (_, send) = tls_h2(lb.proxy, &client).await.unwrap();
+    let (status, body) = h2_get(&send, "/home", &[]).await.unwrap();
+    assert_eq!(status, 200, "{body}");
+
+    let mut over = lb.connect_raw();
+    let mut got = Vec::new();
+    let read = over.read_to_end(&mut got);
+    assert!(
+        got.is_empty(),
+        "{read:?}: {:?}",
+        String::from_utf8_lossy(&got)
+    );
+    let refused = tls_h2(lb.proxy, &client).await;
+    assert!(refused.is_err(), "a handshake over the cap");
+    // The one within the cap goes on.
+    let (status, body) = h2_get(&send, "/home", &[]).await.unwrap();
+    assert_eq!(status, 200, "{body}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_certificate_is_reloaded_under_load_without_a_failed_request() {
     let dir = TempDir::new("h2-reload");

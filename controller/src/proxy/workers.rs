@@ -123,7 +123,7 @@ async fn serve(
             Ok((stream, peer)) => {
                 let Some(slot) = open.take() else {
                     proxy.metrics.refused_connections.inc();
-                    refuse(stream, open.max);
+                    refuse(stream, open.max, proxy.tls.is_some());
                     continue;
                 };
                 // Responses are written whole; Nagle's algorithm would only delay them.
@@ -189,7 +189,14 @@ impl Drop for Slot {
 
 /// Answers a connection above the cap with 503 and closes it, without a task: the
 /// answer fits the empty send buffer of a new socket, so one non-blocking write does.
-fn refuse(stream: tokio::net::TcpStream, max: usize) {
+/// Under TLS it is only closed: a plain-text answer would reach the client as a broken
+/// handshake, and a TLS one would spend a handshake on a connection refused for load
+/// (nginx and HAProxy close there too). An h2c client, which the refusal comes
+/// before, reads the HTTP/1.1 answer as a failed connection.
+fn refuse(stream: tokio::net::TcpStream, max: usize, tls: bool) {
+    if tls {
+        return;
+    }
     let mut out = Vec::new();
     ApiError::TooManyConnections(max).write_http1(false, &mut out);
     if let Ok(stream) = stream.into_std() {
