@@ -461,22 +461,13 @@ async fn a_post_cut_loose_while_connecting_goes_to_the_next_replica() {
         .find(|k| ring.members()[ring.lookup(k.as_bytes()).unwrap()] == "Hole")
         .unwrap();
     // Replica connections pooled before the hole closes are closed with it.
-    let (status, body) = post_h1(&lb, &key).await;
+    let (status, body) = post_h1(&lb.http, &lb.proxy_url("/pay"), &key).await;
     assert_eq!((status, body.as_str()), (200, "hole"));
 
     hole.close();
     let h1 = tokio::spawn({
         let (http, url, key) = (lb.http.clone(), lb.proxy_url("/pay"), key.clone());
-        async move {
-            let response = http
-                .post(url)
-                .header("x-user-id", key)
-                .body("pay once")
-                .send()
-                .await
-                .unwrap();
-            (response.status().as_u16(), response.text().await.unwrap())
-        }
+        async move { post_h1(&http, &url, &key).await }
     });
     let h2 = tokio::spawn({
         let (addr, key) = (lb.proxy, key.clone());
@@ -514,10 +505,10 @@ async fn a_post_cut_loose_while_connecting_goes_to_the_next_replica() {
     );
 }
 
-async fn post_h1(lb: &Ringlb, key: &str) -> (u16, String) {
-    let response = lb
-        .http
-        .post(lb.proxy_url("/pay"))
+/// `POST url` keyed on `key` over HTTP/1.1: the status and the body.
+async fn post_h1(http: &reqwest::Client, url: &str, key: &str) -> (u16, String) {
+    let response = http
+        .post(url)
         .header("x-user-id", key)
         .body("pay once")
         .send()

@@ -174,6 +174,28 @@ fn front(replicas: &[&ExternalReplica], extra: &[&str]) -> Ringlb {
     Ringlb::start(&args)
 }
 
+/// The replicas of [`grpc_pool`].
+const GRPC_POOL: [&str; 3] = ["GrpcA", "GrpcB", "GrpcC"];
+
+/// Three gRPC-only replicas behind ringlb as a gRPC user runs it (`--upstream-protocol
+/// h2c`, gRPC health checks, keyed on the `x-user-id` metadata), all in the ring.
+async fn grpc_pool() -> ([ExternalReplica; 3], Ringlb) {
+    let replicas = GRPC_POOL.map(ExternalReplica::start_grpc_only);
+    let lb = front(
+        &[&replicas[0], &replicas[1], &replicas[2]],
+        &[
+            "--health-check",
+            "grpc",
+            "--upstream-protocol",
+            "h2c",
+            "--key",
+            "header:x-user-id",
+        ],
+    );
+    lb.until_routable(&GRPC_POOL).await;
+    (replicas, lb)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_health_checks_keep_grpc_only_replicas_in_the_ring_and_take_a_dead_one_out() {
     let a = ExternalReplica::start_grpc_only("GrpcA");
@@ -224,25 +246,9 @@ async fn http_heartbeats_never_admit_a_grpc_only_replica() {
 /// arrives whole with `grpc-status: 0` in its trailers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_grpc_client_through_ringlb_reaches_the_replica_its_key_names() {
-    let replicas = [
-        ExternalReplica::start_grpc_only("GrpcA"),
-        ExternalReplica::start_grpc_only("GrpcB"),
-        ExternalReplica::start_grpc_only("GrpcC"),
-    ];
-    let lb = front(
-        &[&replicas[0], &replicas[1], &replicas[2]],
-        &[
-            "--health-check",
-            "grpc",
-            "--upstream-protocol",
-            "h2c",
-            "--key",
-            "header:x-user-id",
-        ],
-    );
-    let names = ["GrpcA", "GrpcB", "GrpcC"];
+    let (_replicas, lb) = grpc_pool().await;
+    let names = GRPC_POOL;
     let all: BTreeSet<String> = names.map(String::from).into();
-    lb.until_routable(&names).await;
     // The ring every ringlb process builds from these members (the default one).
     let ring = Ring::build(&names, &RingConfig::default());
     let mut first = EchoClient::connect(lb.proxy).await.unwrap();
@@ -300,24 +306,8 @@ struct Outcome {
 /// (the next replica of the ring takes them), and the failures are UNAVAILABLE.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_replica_killed_under_grpc_load_fails_no_call_it_never_processed() {
-    let mut replicas = [
-        ExternalReplica::start_grpc_only("GrpcA"),
-        ExternalReplica::start_grpc_only("GrpcB"),
-        ExternalReplica::start_grpc_only("GrpcC"),
-    ];
-    let lb = front(
-        &[&replicas[0], &replicas[1], &replicas[2]],
-        &[
-            "--health-check",
-            "grpc",
-            "--upstream-protocol",
-            "h2c",
-            "--key",
-            "header:x-user-id",
-        ],
-    );
-    let names = ["GrpcA", "GrpcB", "GrpcC"];
-    lb.until_routable(&names).await;
+    let (mut replicas, lb) = grpc_pool().await;
+    let names = GRPC_POOL;
     let ring = Ring::build(&names, &RingConfig::default());
     let home = |key: &str| ring.members()[ring.lookup(key.as_bytes()).unwrap()].clone();
 
