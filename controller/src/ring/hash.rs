@@ -21,12 +21,31 @@ impl HashFn {
     ///
     /// `quadratic` is the course's Φ(position, vnode) and ignores the name (so a member's
     /// placement depends on where it sorts); the others hash the name seeded with the vnode
-    /// index and ignore the position (so a member's placement is its own).
+    /// index and ignore the position (so a member's placement is its own). Maglev's and the
+    /// rank table's permutations (vnodes 0 and 1) and rendezvous (vnode 0) take it as it is;
+    /// the rings of many virtual nodes take [`HashFn::vnode_hash`].
     pub fn member_hash(self, name: &str, position: u64, vnode: u32) -> u64 {
         match self {
             HashFn::Quadratic => course_vnode_hash(position, u64::from(vnode)),
             HashFn::Xxh3 => xxhash_rust::xxh3::xxh3_64_with_seed(name.as_bytes(), u64::from(vnode)),
             HashFn::Murmur3 => murmur3_x64_128(name.as_bytes(), vnode).0,
+        }
+    }
+
+    /// The position of virtual node `vnode` of a point or slot ring: [`HashFn::member_hash`],
+    /// but with xxh3 seeded by the vnode index spread over 64 bits (`fmix64`).
+    ///
+    /// Why: for an input of 1 to 3 bytes xxh3 only XORs its seed into the input before
+    /// mixing, so with the bare index `r-1`'s vnode s and `r-2`'s vnode near s hashed
+    /// alike. Two names that differ in their last character shared nearly every point,
+    /// and the one sorted first owned them all (`r-1` held 98.5% of a six-member point
+    /// ring). Murmur3 mixes its seed in after the input and needs nothing.
+    pub fn vnode_hash(self, name: &str, position: u64, vnode: u32) -> u64 {
+        match self {
+            HashFn::Xxh3 => {
+                xxhash_rust::xxh3::xxh3_64_with_seed(name.as_bytes(), fmix64(u64::from(vnode)))
+            }
+            _ => self.member_hash(name, position, vnode),
         }
     }
 }

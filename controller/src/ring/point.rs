@@ -23,10 +23,7 @@ impl PointRing {
             .enumerate()
             .flat_map(|(index, (name, &weight))| {
                 (0..vnodes.saturating_mul(weight)).map(move |vnode| {
-                    (
-                        hash.member_hash(name, index as u64 + 1, vnode),
-                        index as u32,
-                    )
+                    (hash.vnode_hash(name, index as u64 + 1, vnode), index as u32)
                 })
             })
             .collect();

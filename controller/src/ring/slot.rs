@@ -67,7 +67,7 @@ impl SlotRing {
                     break 'members;
                 }
                 let mut slot =
-                    (hash.member_hash(name, index as u64 + 1, vnode) % size as u64) as usize;
+                    (hash.vnode_hash(name, index as u64 + 1, vnode) % size as u64) as usize;
                 while placement[slot] != NO_OWNER {
                     slot = (slot + 1) % size;
                 }
