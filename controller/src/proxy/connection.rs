@@ -646,7 +646,7 @@ pub(super) fn general_request(
 }
 
 /// The fast path's head check, on a request hyper parsed.
-fn check_head<B>(
+pub(super) fn check_head<B>(
     limits: &wire::HeadLimits,
     request: &http::Request<B>,
 ) -> Result<(), wire::Refusal> {

@@ -14,19 +14,69 @@ use http::{Method, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::client::legacy::{Client, connect::HttpConnector};
 
+use super::Proxy;
 use super::error::ApiError;
 use super::exchange::{self, Exchange};
 use super::failover::Progress;
 use super::replay::Replay;
-use super::{Proxy, wire};
 use crate::publish::{Backend, Charge, InFlight};
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
 pub async fn forward(State(proxy): State<Arc<Proxy>>, request: Request) -> Response {
+    let client = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0);
+    let client_ip = client.map(ClientIp::new);
+    answer(&proxy, request, client, client_ip.as_ref()).await
+}
+
+/// A stream of the HTTP/2 front door, forwarded without the router (`h2.rs`: the
+/// router takes the admin paths and `CONNECT`): answered as the router's fallback,
+/// [`forward`], answers it, down to what axum adds to a fallback's response.
+pub(super) async fn forward_stream(
+    proxy: &Proxy,
+    request: http::Request<hyper::body::Incoming>,
+    client: SocketAddr,
+    client_ip: &ClientIp,
+) -> Response {
+    let head = request.method() == Method::HEAD;
+    let mut response = answer(proxy, request.map(Body::new), Some(client), Some(client_ip)).await;
+    // What axum's router does to a top-level route's response (`RouteFuture`): a
+    // `Content-Length` from an exact size, then no body for HEAD.
+    if !response.headers().contains_key(header::CONTENT_LENGTH)
+        && let Some(size) = axum::body::HttpBody::size_hint(response.body()).exact()
+    {
+        response
+            .headers_mut()
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(size));
+    }
+    if head {
+        *response.body_mut() = Body::empty();
+    }
+    response
+}
+
+/// The client's address as `X-Forwarded-For` gives it: formatted once per connection.
+#[derive(Clone)]
+pub(super) struct ClientIp(Option<HeaderValue>);
+
+impl ClientIp {
+    pub(super) fn new(client: SocketAddr) -> Self {
+        Self(HeaderValue::from_str(&client.ip().to_canonical().to_string()).ok())
+    }
+}
+
+async fn answer(
+    proxy: &Proxy,
+    request: Request,
+    client: Option<SocketAddr>,
+    client_ip: Option<&ClientIp>,
+) -> Response {
     // A gRPC client is told the proxy's own errors as gRPC statuses.
     let grpc = super::grpc::is_grpc(request.headers());
-    match forward_request(&proxy, request, grpc).await {
+    match forward_request(proxy, request, client, client_ip, grpc).await {
         Ok(response) => response,
         Err(error) if grpc => error.into_grpc_response(),
         Err(error) => error.into_response(),
@@ -36,18 +86,17 @@ pub async fn forward(State(proxy): State<Arc<Proxy>>, request: Request) -> Respo
 async fn forward_request(
     proxy: &Proxy,
     request: Request,
+    client: Option<SocketAddr>,
+    client_ip: Option<&ClientIp>,
     grpc: bool,
 ) -> Result<Response, ApiError> {
-    let client = request
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0);
     let (mut parts, body) = request.into_parts();
     let client_h2 = parts.version == Version::HTTP_2;
     // A gRPC call's deadline bounds the wait for its answer (the smaller of it and the
     // request timeout), and the answer's end.
-    let deadline = super::grpc::timeout(&parts.headers)
-        .filter(|_| grpc)
+    let deadline = grpc
+        .then(|| super::grpc::timeout(&parts.headers))
+        .flatten()
         .map(|timeout| (timeout, tokio::time::Instant::now() + timeout));
     let timeout = deadline.map_or(proxy.settings.request_timeout, |(timeout, _)| {
         timeout.min(proxy.settings.request_timeout)
@@ -89,7 +138,7 @@ async fn forward_request(
         .headers
         .get(header::TE)
         .is_some_and(|te| te.as_bytes().eq_ignore_ascii_case(b"trailers"));
-    let mut headers = upstream_headers(std::mem::take(&mut parts.headers), client);
+    let mut headers = forwarded_headers(std::mem::take(&mut parts.headers), client_ip);
     // An HTTP/2 request names its host in `:authority`, not `Host` (RFC 9113 §8.3.1):
     // the replica is told it as an HTTP/1.1 client would tell it.
     if let Some(authority) = parts.uri.authority()
@@ -281,7 +330,25 @@ async fn respond(
     Ok(Response::from_parts(parts, Body::new(body)))
 }
 
+/// The hop-by-hop headers (`wire::HOP_BY_HOP`), as header names: compared, not parsed.
+static HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages have none: one pass over the names, and nothing to remove. (A
+    // name `Connection` lists goes only with a `Connection` header, itself one.)
+    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
+        return;
+    }
     let listed: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -292,7 +359,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in &listed {
         headers.remove(name);
     }
-    for name in wire::HOP_BY_HOP {
+    for name in &HOP_BY_HOP {
         headers.remove(name);
     }
 }
@@ -300,15 +367,22 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// The request headers a replica sees: ours minus hop-by-hop, plus the client in
 /// `X-Forwarded-For` (appended to what earlier proxies wrote). (Public for the fuzz
 /// target `h2_stream_head`.)
-pub fn upstream_headers(mut headers: HeaderMap, client: Option<SocketAddr>) -> HeaderMap {
+pub fn upstream_headers(headers: HeaderMap, client: Option<SocketAddr>) -> HeaderMap {
+    forwarded_headers(headers, client.map(ClientIp::new).as_ref())
+}
+
+/// [`upstream_headers`], with the client's address already formatted.
+fn forwarded_headers(mut headers: HeaderMap, client_ip: Option<&ClientIp>) -> HeaderMap {
     strip_hop_by_hop(&mut headers);
-    if let Some(client) = client {
-        let ip = client.ip().to_canonical().to_string();
+    if let Some(ClientIp(Some(ip))) = client_ip {
         let value = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-            Some(earlier) => format!("{earlier}, {ip}"),
-            None => ip,
+            Some(earlier) => {
+                let ip = String::from_utf8_lossy(ip.as_bytes());
+                HeaderValue::from_str(&format!("{earlier}, {ip}")).ok()
+            }
+            None => Some(ip.clone()),
         };
-        if let Ok(value) = HeaderValue::from_str(&value) {
+        if let Some(value) = value {
             headers.insert(X_FORWARDED_FOR.clone(), value);
         }
     }
@@ -335,5 +409,22 @@ mod tests {
         assert!(out.get(header::TRANSFER_ENCODING).is_none());
         assert_eq!(out.get(header::HOST).unwrap(), "example");
         assert_eq!(out.get("x-forwarded-for").unwrap(), "10.0.0.1, 127.0.0.9");
+        // The first proxy: the client alone.
+        let out = upstream_headers(
+            HeaderMap::new(),
+            Some(SocketAddr::from(([127, 0, 0, 9], 1))),
+        );
+        assert_eq!(out.get("x-forwarded-for").unwrap(), "127.0.0.9");
+        // Without a hop-by-hop header, nothing is taken.
+        let mut plain = HeaderMap::new();
+        plain.insert(header::HOST, "example".parse().unwrap());
+        plain.insert("x-user-id", "u1".parse().unwrap());
+        assert_eq!(upstream_headers(plain.clone(), None), plain);
+    }
+
+    #[test]
+    fn the_hop_by_hop_names_are_the_fast_path_s() {
+        let names: Vec<&str> = HOP_BY_HOP.iter().map(HeaderName::as_str).collect();
+        assert_eq!(names, super::super::wire::HOP_BY_HOP);
     }
 }

@@ -10,10 +10,13 @@
 //! Why hyper's HTTP/2 server rather than the `h2` crate by hand: hyper's server is
 //! the `h2` crate plus what a proxy would otherwise write again — bodies streamed under
 //! flow control both ways, a task per stream, graceful `GOAWAY` — and it passes on
-//! every `h2` limit set here (streams, header list, windows, both reset budgets). Its
-//! service is the one the general HTTP/1.1 path already serves (`connection.rs`): each
-//! stream goes through the same head limits and the same axum router, so the admin
-//! API, the key, the ring lookup, failover and the JSON errors are shared, not copied.
+//! every `h2` limit set here (streams, header list, windows, both reset budgets). Each
+//! stream goes through the same head limits as the general HTTP/1.1 path
+//! (`connection.rs`); an admin path (or `CONNECT`) then goes to the same axum router,
+//! and every other stream straight to the router's fallback, `forward.rs` (the router
+//! only ever hands those to it: going around it saves its routing, boxing and
+//! extensions on every stream). The admin API, the key, the ring lookup, failover and
+//! the JSON errors are shared, not copied.
 //!
 //! `Upgrade: h2c` from HTTP/1.1 is not offered: nginx does not offer it either, and the
 //! clients that speak h2c start with prior knowledge (gRPC, `curl
@@ -24,13 +27,17 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Body;
+use axum::response::{IntoResponse, Response};
+use futures::future::Either;
 use http_body_util::BodyExt;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 
-use super::Proxy;
 use super::connection::{self, StopSignal};
+use super::error::ApiError;
+use super::forward::{self, ClientIp};
+use super::{Proxy, is_local_route, wire};
 
 /// The client connection preface of HTTP/2 (RFC 9113 §3.4).
 pub const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -69,8 +76,13 @@ impl H2Limits {
 /// Serves an HTTP/2 connection until the client closes it, an error, `stop` (then
 /// GOAWAY, and the open streams finish), or no stream for the keep-alive timeout
 /// (GOAWAY too). `io` starts with the client's preface.
-pub async fn serve<S>(io: S, peer: SocketAddr, proxy: &Proxy, router: Router, mut stop: StopSignal)
-where
+pub async fn serve<S>(
+    io: S,
+    peer: SocketAddr,
+    proxy: &Arc<Proxy>,
+    router: Router,
+    mut stop: StopSignal,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let settings = &proxy.settings;
@@ -79,9 +91,27 @@ where
     // Streams open now: the idle timeout runs while there are none.
     let (open, mut opened) = watch::channel(0usize);
     let open = Arc::new(open);
-    let service = hyper::service::service_fn(move |request| {
+    let forwarding = Forwarding {
+        proxy: Arc::clone(proxy),
+        limits: head_limits,
+        peer,
+        client_ip: ClientIp::new(peer),
+    };
+    let service = hyper::service::service_fn(move |request: http::Request<_>| {
         let stream = OpenStream::new(open.clone());
-        let answer = connection::general_request(&head_limits, &router, peer, request);
+        let answer =
+            if request.method() == http::Method::CONNECT || is_local_route(request.uri().path()) {
+                Either::Left(connection::general_request(
+                    &head_limits,
+                    &router,
+                    peer,
+                    request,
+                ))
+            } else {
+                // Boxed: the forwarding future holds the whole exchange (kilobytes), and
+            // hyper moves a stream's future several times before it first runs.
+            Either::Right(Box::pin(forwarding.clone().forward(request)))
+            };
         async move {
             let mut response = answer.await?;
             // HTTP/2 has no connection-specific headers (RFC 9113 §8.2.2): a refused
@@ -121,6 +151,30 @@ where
             connection.as_mut().graceful_shutdown();
             let _ = tokio::time::timeout(idle, connection).await;
         }
+    }
+}
+
+/// What a connection's streams need to be forwarded without the router.
+#[derive(Clone)]
+struct Forwarding {
+    proxy: Arc<Proxy>,
+    limits: wire::HeadLimits,
+    peer: SocketAddr,
+    client_ip: ClientIp,
+}
+
+impl Forwarding {
+    /// A stream for the ring, its head checked as the router's would be
+    /// (`connection::general_request`).
+    async fn forward(
+        self,
+        request: http::Request<hyper::body::Incoming>,
+    ) -> Result<Response, std::convert::Infallible> {
+        if let Err(refusal) = connection::check_head(&self.limits, &request) {
+            return Ok(ApiError::refused(refusal, &self.limits).into_response());
+        }
+        let answer = forward::forward_stream(&self.proxy, request, self.peer, &self.client_ip);
+        Ok(answer.await)
     }
 }
 
