@@ -278,6 +278,57 @@ async fn curl_with_prior_knowledge_is_served_on_the_http1_port() {
     assert_eq!(status, 405, "{body}");
 }
 
+/// A stream for the ring goes to the forwarding function without the router; what
+/// the router added to its fallback's answers is still there: a HEAD stream gets the
+/// GET's `Content-Length` and no body, and an error its JSON with its length.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_stream_gets_the_get_s_length_and_no_body() {
+    let lb = Ringlb::start(&["--key", "header:x-user-id"]);
+    let tcp = tokio::net::TcpStream::connect(lb.proxy).await.unwrap();
+    let send = h2_over(tcp).await;
+    let (status, body) = h2_get(&send, "/home", &[("x-user-id", "alice")])
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+
+    let mut head = send.clone().ready().await.unwrap();
+    let request = http::Request::head("http://localhost/home")
+        .header("x-user-id", "alice")
+        .body(())
+        .unwrap();
+    let (response, _) = head.send_request(request, true).unwrap();
+    let response = response.await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.headers()["content-length"],
+        body.len().to_string().as_str()
+    );
+    let mut bytes = response.into_body();
+    assert!(bytes.data().await.is_none(), "a HEAD answer has no body");
+
+    // The proxy's own error for a path the replicas do not serve: JSON, its length told.
+    let mut get = send.clone().ready().await.unwrap();
+    let request = http::Request::get("http://localhost/nope")
+        .body(())
+        .unwrap();
+    let (response, _) = get.send_request(request, true).unwrap();
+    let response = response.await.unwrap();
+    assert_eq!(response.status(), 400);
+    let length: usize = response.headers()["content-length"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let mut body = response.into_body();
+    let mut bytes = Vec::new();
+    while let Some(chunk) = body.data().await {
+        bytes.extend_from_slice(&chunk.unwrap());
+    }
+    assert_eq!(bytes.len(), length);
+    let json: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(json["status"], "failure");
+}
+
 // Threads of its own for the client's connection, which answers the proxy's
 // goodbye (GOAWAY and PING) while the test's thread waits for the proxy to exit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

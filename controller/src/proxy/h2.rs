@@ -38,7 +38,7 @@ use tokio::sync::Notify;
 use super::connection::{self, StopSignal};
 use super::error::ApiError;
 use super::forward::{self, ClientIp};
-use super::{Proxy, is_local_route, wire};
+use super::{Proxy, is_local_route};
 
 /// The client connection preface of HTTP/2 (RFC 9113 §3.4).
 pub const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -159,7 +159,7 @@ pub async fn serve<S>(
 #[derive(Clone)]
 struct Forwarding {
     proxy: Arc<Proxy>,
-    limits: wire::HeadLimits,
+    limits: super::wire::HeadLimits,
     peer: SocketAddr,
     client_ip: ClientIp,
 }
