@@ -430,6 +430,55 @@ async fn a_stream_reaches_the_replica_as_an_http1_request() {
     assert!(echoed.ends_with("\r\n\r\nhello h2"), "{echoed:?}");
 }
 
+/// A stream's answer read from the replica's pooled HTTP/1.1 connection, whatever its
+/// framing: chunked (its trailers passed on), until the replica closes, a 404 turned
+/// into the JSON 400; one connection serves the streams one after the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_s_answer_is_relayed_in_every_framing_over_one_replica_connection() {
+    let fake = FakeReplica::start();
+    let lb = front(&fake);
+    let tcp = tokio::net::TcpStream::connect(lb.proxy).await.unwrap();
+    let send = h2_over(tcp).await;
+
+    let mut get = send.clone().ready().await.unwrap();
+    let request = http::Request::get("http://localhost/chunked")
+        .body(())
+        .unwrap();
+    let (response, _) = get.send_request(request, true).unwrap();
+    let response = response.await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(!response.headers().contains_key("transfer-encoding"));
+    let mut body = response.into_body();
+    let mut bytes = Vec::new();
+    while let Some(chunk) = body.data().await {
+        bytes.extend_from_slice(&chunk.unwrap());
+    }
+    assert_eq!(bytes, b"hello world");
+    let trailers = body.trailers().await.unwrap().expect("trailers");
+    assert_eq!(trailers["x-checksum"], "1");
+
+    for _ in 0..5 {
+        let (status, body) = h2_get(&send, "/home", &[]).await.unwrap();
+        assert_eq!((status, body.as_str()), (200, "Server: Fake"));
+    }
+    let (status, body) = h2_get(&send, "/missing", &[]).await.unwrap();
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body.contains("'/missing' endpoint does not exist"),
+        "{body}"
+    );
+    let (status, body) = h2_get(&send, "/home", &[]).await.unwrap();
+    assert_eq!((status, body.as_str()), (200, "Server: Fake"));
+    // One connection carried them all, one after the other.
+    assert_eq!(fake.proxied_connections(), 1);
+
+    let (status, body) = h2_get(&send, "/until-close", &[]).await.unwrap();
+    assert_eq!((status, body.as_str()), (200, "all of it"));
+    let (status, body) = h2_get(&send, "/home", &[]).await.unwrap();
+    assert_eq!((status, body.as_str()), (200, "Server: Fake"));
+    assert_eq!(fake.proxied_connections(), 2);
+}
+
 /// The one failover policy, for streams too: a POST a replica read is never sent
 /// again, a GET is; both end in the JSON 502.
 // Threads of its own for the client's connection, which answers the proxy's

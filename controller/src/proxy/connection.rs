@@ -29,7 +29,7 @@ use tower_service::Service;
 use super::error::ApiError;
 use super::exchange::{self, Answered, Exchange};
 use super::failover::Progress;
-use super::upstream::{ExchangeError, UpstreamConn, UpstreamPool};
+use super::upstream::{ExchangeError, Sent, UpstreamConn, UpstreamPool};
 use super::wire::{self, ChunkScanner, Framing, Incoming, ResponseHead};
 use super::{Proxy, is_local_route};
 use crate::publish::Backend;
@@ -432,8 +432,12 @@ impl Exchange for Http1Exchange<'_, '_, '_> {
         &mut self,
         backend: &Backend,
     ) -> impl Future<Output = Result<Self::Answer, ExchangeError>> {
-        self.upstreams
-            .exchange(backend.addr, self.request, self.bytes, self.client_head)
+        self.upstreams.exchange(
+            backend.addr,
+            Sent::of(self.request),
+            self.bytes,
+            Some(&mut *self.client_head),
+        )
     }
 
     fn progress(error: &ExchangeError) -> Progress {

@@ -12,13 +12,14 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{PathAndQuery, Scheme};
 use http::{Method, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Full, Limited};
-use hyper_util::client::legacy::{Client, connect::HttpConnector};
 
 use super::Proxy;
 use super::error::ApiError;
 use super::exchange::{self, Exchange};
 use super::failover::Progress;
 use super::replay::Replay;
+use super::upstream::{ExchangeError, Sent, UpstreamConn};
+use super::wire::{self, Framing, ResponseHead};
 use crate::publish::{Backend, Charge, InFlight};
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -36,7 +37,7 @@ pub async fn forward(State(proxy): State<Arc<Proxy>>, request: Request) -> Respo
 /// router takes the admin paths and `CONNECT`): answered as the router's fallback,
 /// [`forward`], answers it, down to what axum adds to a fallback's response.
 pub(super) async fn forward_stream(
-    proxy: &Proxy,
+    proxy: &Arc<Proxy>,
     request: http::Request<hyper::body::Incoming>,
     client: SocketAddr,
     client_ip: &ClientIp,
@@ -69,7 +70,7 @@ impl ClientIp {
 }
 
 async fn answer(
-    proxy: &Proxy,
+    proxy: &Arc<Proxy>,
     request: Request,
     client: Option<SocketAddr>,
     client_ip: Option<&ClientIp>,
@@ -84,7 +85,7 @@ async fn answer(
 }
 
 async fn forward_request(
-    proxy: &Proxy,
+    proxy: &Arc<Proxy>,
     request: Request,
     client: Option<SocketAddr>,
     client_ip: Option<&ClientIp>,
@@ -153,9 +154,17 @@ async fn forward_request(
         .cloned()
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
 
+    // An HTTP/2 stream to an HTTP/1.1 replica goes over the fast path's pooled
+    // connections (`upstream.rs`) as bytes written once for every attempt, not through
+    // hyper's client: its pool and its connection task cost a third of such a request.
+    // CONNECT, a request without a host to name, and a streamed body stay with hyper.
+    let raw = client_h2
+        && parts.method != Method::CONNECT
+        && headers.contains_key(header::HOST)
+        && matches!(body, RequestBody::Buffered(_));
     let mut exchange = HyperExchange {
-        client: &proxy.client,
-        h2c: &proxy.h2c,
+        proxy,
+        raw: raw.then(Vec::new),
         client_h2,
         te_trailers,
         method: &parts.method,
@@ -194,10 +203,14 @@ enum RequestBody {
 }
 
 /// The general path's exchange: the request sent through hyper's pooled client, in
-/// HTTP/1.1 or in h2c as the replica's protocol says.
+/// HTTP/1.1 or in h2c as the replica's protocol says — or, for an HTTP/2 stream to an
+/// HTTP/1.1 replica, written as bytes on the fast path's pooled connections
+/// (`upstream.rs`) and its answer read back by [`RawBody`].
 struct HyperExchange<'a> {
-    client: &'a Client<HttpConnector, Full<Bytes>>,
-    h2c: &'a Client<HttpConnector, Body>,
+    proxy: &'a Arc<Proxy>,
+    /// The HTTP/1.1 request's bytes when it goes over the fast path's connections
+    /// (written at its first attempt there), `None` when through hyper's client.
+    raw: Option<Vec<u8>>,
     /// The request arrived in HTTP/2 (for `UpstreamProtocol::Auto`).
     client_h2: bool,
     te_trailers: bool,
@@ -217,13 +230,37 @@ enum HyperExchangeError {
     NotH2c,
     #[error(transparent)]
     Client(#[from] hyper_util::client::legacy::Error),
+    #[error(transparent)]
+    Raw(#[from] ExchangeError),
 }
 
 impl Exchange for HyperExchange<'_> {
-    type Answer = http::Response<hyper::body::Incoming>;
+    type Answer = http::Response<Body>;
     type Error = HyperExchangeError;
 
     async fn send(&mut self, backend: &Backend) -> Result<Self::Answer, HyperExchangeError> {
+        if let Some(bytes) = &mut self.raw
+            && !backend.protocol.h2c_for(self.client_h2)
+            && let RequestBody::Buffered(body) = &self.body
+        {
+            if bytes.is_empty() {
+                write_http1_request(
+                    self.method,
+                    &self.path_and_query,
+                    &self.headers,
+                    body,
+                    bytes,
+                );
+            }
+            let sent = Sent {
+                method: self.method.as_str(),
+                keep_alive: true,
+                upgrade: false,
+            };
+            let upstreams = &self.proxy.upstreams;
+            let (conn, head) = upstreams.exchange(backend.addr, sent, bytes, None).await?;
+            return Ok(raw_response(conn, &head, backend.addr, self.proxy)?);
+        }
         let mut uri = http::uri::Parts::default();
         uri.scheme = Some(Scheme::HTTP);
         uri.authority = Some(backend.authority.clone());
@@ -237,7 +274,7 @@ impl Exchange for HyperExchange<'_> {
             *upstream.method_mut() = self.method.clone();
             *upstream.uri_mut() = uri;
             *upstream.headers_mut() = self.headers.clone();
-            return Ok(self.client.request(upstream).await?);
+            return Ok(self.proxy.client.request(upstream).await?.map(Body::new));
         }
         let body = match &self.body {
             RequestBody::Buffered(body) => Body::from(body.clone()),
@@ -254,7 +291,7 @@ impl Exchange for HyperExchange<'_> {
         if self.te_trailers {
             headers.insert(header::TE, HeaderValue::from_static("trailers"));
         }
-        Ok(self.h2c.request(upstream).await?)
+        Ok(self.proxy.h2c.request(upstream).await?.map(Body::new))
     }
 
     fn progress(error: &HyperExchangeError) -> Progress {
@@ -265,6 +302,7 @@ impl Exchange for HyperExchange<'_> {
             HyperExchangeError::Client(error) if error.is_connect() => Progress::NotSent,
             HyperExchangeError::Client(error) if super::grpc::refused(error) => Progress::Refused,
             HyperExchangeError::Client(_) => Progress::Sent,
+            HyperExchangeError::Raw(error) => error.progress(),
         }
     }
 
@@ -272,6 +310,312 @@ impl Exchange for HyperExchange<'_> {
         match &self.body {
             RequestBody::Buffered(_) => true,
             RequestBody::Streamed(replay) => replay.can_resend(),
+        }
+    }
+}
+
+/// The HTTP/1.1 request hyper's client would write for these parts: the request
+/// line in origin form, the headers in order, and a `Content-Length` for a body
+/// that has none (none for an empty body), then the body.
+fn write_http1_request(
+    method: &Method,
+    path_and_query: &PathAndQuery,
+    headers: &HeaderMap,
+    body: &Bytes,
+    out: &mut Vec<u8>,
+) {
+    out.clear();
+    out.extend_from_slice(method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(path_and_query.as_str().as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in headers {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if !body.is_empty() && !headers.contains_key(header::CONTENT_LENGTH) {
+        out.extend_from_slice(b"content-length: ");
+        out.extend_from_slice(body.len().to_string().as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(body);
+}
+
+/// A replica's answer read by the fast path's exchange, as a response whose body
+/// streams from the connection, which goes back to the pool once the body is whole.
+fn raw_response(
+    mut conn: UpstreamConn,
+    head: &ResponseHead,
+    addr: SocketAddr,
+    proxy: &Arc<Proxy>,
+) -> Result<http::Response<Body>, ExchangeError> {
+    let malformed = |what: &str| wire::WireError::Malformed(what.to_owned());
+    let bytes = conn.buf.split_to(head.head_len).freeze();
+    let mut storage = wire::header_storage();
+    let mut parsed = httparse::Response::new(&mut []);
+    httparse::ParserConfig::default()
+        .parse_response_with_uninit_headers(&mut parsed, &bytes, &mut storage)
+        .map_err(|error| malformed(&error.to_string()))?;
+    let mut response = http::Response::new(Body::empty());
+    *response.status_mut() =
+        StatusCode::from_u16(head.status).map_err(|_| malformed("status code"))?;
+    let headers = response.headers_mut();
+    headers.reserve(parsed.headers.len());
+    for field in &*parsed.headers {
+        let name =
+            HeaderName::from_bytes(field.name.as_bytes()).map_err(|_| malformed("header name"))?;
+        let value = HeaderValue::from_maybe_shared(bytes.slice_ref(field.value))
+            .map_err(|_| malformed("header value"))?;
+        headers.append(name, value);
+    }
+    let decoder = match head.framing {
+        Framing::Empty => None,
+        Framing::Length(length) => Some(Decoder::Length(length)),
+        Framing::Chunked => Some(Decoder::Chunked(Chunk::Size)),
+        Framing::UntilClose => Some(Decoder::UntilClose),
+    };
+    let mut body = RawBody {
+        conn: Some(conn),
+        decoder: decoder.unwrap_or(Decoder::Length(0)),
+        reusable: head.reusable,
+        addr,
+        proxy: Arc::clone(proxy),
+    };
+    if decoder.is_none() || matches!(decoder, Some(Decoder::Length(0))) {
+        body.finish();
+        return Ok(response);
+    }
+    *response.body_mut() = Body::new(body);
+    Ok(response)
+}
+
+/// A response body read from a replica's pooled HTTP/1.1 connection.
+struct RawBody {
+    /// `None` once the body is whole (the connection back in the pool) or broken.
+    conn: Option<UpstreamConn>,
+    decoder: Decoder,
+    reusable: bool,
+    addr: SocketAddr,
+    proxy: Arc<Proxy>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Decoder {
+    /// Bytes of the body still to come.
+    Length(u64),
+    Chunked(Chunk),
+    UntilClose,
+}
+
+/// Where a chunked body's decoding is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Chunk {
+    /// At a chunk-size line.
+    Size,
+    /// In a chunk's data, this many bytes left.
+    Data(u64),
+    /// At the CRLF after a chunk's data.
+    DataEnd,
+    /// After the last chunk: trailer fields, then an empty line.
+    Trailers,
+}
+
+/// What the bytes read so far give.
+enum Decoded {
+    Data(Bytes),
+    Trailers(HeaderMap),
+    End,
+    NeedMore,
+}
+
+/// The longest chunk-size line, and the largest trailer section, read.
+const MAX_CHUNK_LINE: usize = 4096;
+
+fn bad_chunk() -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, wire::WireError::BadChunk)
+}
+
+impl Decoder {
+    /// Takes what it can of the body from the front of `buf`.
+    fn decode(&mut self, buf: &mut BytesMut) -> std::io::Result<Decoded> {
+        loop {
+            match self {
+                Self::Length(0) => return Ok(Decoded::End),
+                Self::Length(left) | Self::Chunked(Chunk::Data(left)) if !buf.is_empty() => {
+                    let len = buf.len().min(usize::try_from(*left).unwrap_or(usize::MAX));
+                    *left -= len as u64;
+                    if let Self::Chunked(chunk @ Chunk::Data(0)) = self {
+                        *chunk = Chunk::DataEnd;
+                    }
+                    return Ok(Decoded::Data(buf.split_to(len).freeze()));
+                }
+                Self::UntilClose if !buf.is_empty() => {
+                    return Ok(Decoded::Data(buf.split().freeze()));
+                }
+                Self::Length(_) | Self::UntilClose | Self::Chunked(Chunk::Data(_)) => {
+                    return Ok(Decoded::NeedMore);
+                }
+                Self::Chunked(chunk @ Chunk::Size) => {
+                    let Some(end) = buf.windows(2).position(|w| w == b"\r\n") else {
+                        if buf.len() > MAX_CHUNK_LINE {
+                            return Err(bad_chunk());
+                        }
+                        return Ok(Decoded::NeedMore);
+                    };
+                    let size = chunk_size(&buf[..end]).ok_or_else(bad_chunk)?;
+                    bytes::Buf::advance(buf, end + 2);
+                    *chunk = if size == 0 {
+                        Chunk::Trailers
+                    } else {
+                        Chunk::Data(size)
+                    };
+                }
+                Self::Chunked(chunk @ Chunk::DataEnd) => {
+                    if buf.len() < 2 {
+                        return Ok(Decoded::NeedMore);
+                    }
+                    if &buf[..2] != b"\r\n" {
+                        return Err(bad_chunk());
+                    }
+                    bytes::Buf::advance(buf, 2);
+                    *chunk = Chunk::Size;
+                }
+                Self::Chunked(Chunk::Trailers) => {
+                    if buf.starts_with(b"\r\n") {
+                        bytes::Buf::advance(buf, 2);
+                        *self = Self::Length(0);
+                        return Ok(Decoded::End);
+                    }
+                    let mut storage = [httparse::EMPTY_HEADER; 64];
+                    return match httparse::parse_headers(buf, &mut storage) {
+                        Ok(httparse::Status::Complete((len, fields))) => {
+                            let mut trailers = HeaderMap::new();
+                            for field in fields {
+                                if let (Ok(name), Ok(value)) = (
+                                    HeaderName::from_bytes(field.name.as_bytes()),
+                                    HeaderValue::from_bytes(field.value),
+                                ) {
+                                    trailers.append(name, value);
+                                }
+                            }
+                            bytes::Buf::advance(buf, len);
+                            *self = Self::Length(0);
+                            Ok(Decoded::Trailers(trailers))
+                        }
+                        Ok(httparse::Status::Partial) if buf.len() <= 16 * MAX_CHUNK_LINE => {
+                            Ok(Decoded::NeedMore)
+                        }
+                        _ => Err(bad_chunk()),
+                    };
+                }
+            }
+        }
+    }
+
+    /// Whether nothing of the body is left to read.
+    fn is_done(self) -> bool {
+        self == Self::Length(0)
+    }
+}
+
+/// A chunk-size line's size: hex digits, then optional whitespace and extensions.
+fn chunk_size(line: &[u8]) -> Option<u64> {
+    let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+    if digits == 0 || digits > 16 {
+        return None;
+    }
+    let rest = &line[digits..];
+    let rest = rest.trim_ascii_start();
+    if !(rest.is_empty() || rest[0] == b';') {
+        return None;
+    }
+    u64::from_str_radix(std::str::from_utf8(&line[..digits]).ok()?, 16).ok()
+}
+
+impl RawBody {
+    /// The body is whole: its connection goes back to the pool if it can carry
+    /// another request (nothing after the body, no `Connection: close`).
+    fn finish(&mut self) {
+        if let Some(conn) = self.conn.take()
+            && self.reusable
+            && conn.buf.is_empty()
+        {
+            self.proxy.upstreams.put(self.addr, conn);
+        }
+    }
+}
+
+impl hyper::body::Body for RawBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, std::io::Error>>> {
+        use std::task::Poll;
+        let this = &mut *self;
+        loop {
+            let Some(conn) = this.conn.as_mut() else {
+                return Poll::Ready(None);
+            };
+            let decoded = match this.decoder.decode(&mut conn.buf) {
+                Ok(decoded) => decoded,
+                Err(error) => {
+                    this.conn = None;
+                    return Poll::Ready(Some(Err(error)));
+                }
+            };
+            match decoded {
+                Decoded::Data(data) => {
+                    if this.decoder.is_done() {
+                        this.finish();
+                    }
+                    return Poll::Ready(Some(Ok(hyper::body::Frame::data(data))));
+                }
+                Decoded::Trailers(trailers) => {
+                    this.finish();
+                    return Poll::Ready(Some(Ok(hyper::body::Frame::trailers(trailers))));
+                }
+                Decoded::End => {
+                    this.finish();
+                    return Poll::Ready(None);
+                }
+                Decoded::NeedMore => {}
+            }
+            match std::task::ready!(conn.poll_read_more(cx)) {
+                Ok(0) if this.decoder == Decoder::UntilClose => {
+                    this.conn = None;
+                    return Poll::Ready(None);
+                }
+                Ok(0) => {
+                    this.conn = None;
+                    return Poll::Ready(Some(Err(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "the replica closed the connection mid-body",
+                    ))));
+                }
+                Ok(_) => {}
+                Err(error) => {
+                    this.conn = None;
+                    return Poll::Ready(Some(Err(error)));
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.conn.is_none()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        match self.decoder {
+            Decoder::Length(left) if self.conn.is_some() => hyper::body::SizeHint::with_exact(left),
+            _ if self.conn.is_none() => hyper::body::SizeHint::with_exact(0),
+            _ => hyper::body::SizeHint::default(),
         }
     }
 }
@@ -311,7 +655,7 @@ pub(super) async fn read_body(
 /// Turns the replica's response into ours. A 404 from the replicas means the path
 /// is not theirs: the contract answers that with a 400 naming the path.
 async fn respond(
-    response: http::Response<hyper::body::Incoming>,
+    response: http::Response<Body>,
     path: &str,
     in_flight: Option<Charge<Arc<InFlight>>>,
 ) -> Result<Response, ApiError> {
@@ -436,10 +780,124 @@ mod tests {
         assert_eq!(upstream_headers(plain.clone(), None), plain);
     }
 
+    /// Feeds `wire` to a decoder in pieces of `step` bytes: the data and trailers it
+    /// gives, and whether it ended.
+    fn decode_in_pieces(
+        mut decoder: Decoder,
+        wire: &[u8],
+        step: usize,
+    ) -> (Vec<u8>, Option<HeaderMap>, bool) {
+        let mut buf = BytesMut::new();
+        let (mut data, mut trailers) = (Vec::new(), None);
+        let mut fed = 0;
+        loop {
+            match decoder.decode(&mut buf).unwrap() {
+                Decoded::Data(bytes) => data.extend_from_slice(&bytes),
+                Decoded::Trailers(map) => {
+                    trailers = Some(map);
+                    return (data, trailers, decoder.is_done());
+                }
+                Decoded::End => return (data, trailers, true),
+                Decoded::NeedMore if fed == wire.len() => return (data, trailers, false),
+                Decoded::NeedMore => {
+                    let next = (fed + step).min(wire.len());
+                    buf.extend_from_slice(&wire[fed..next]);
+                    fed = next;
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn bodies_are_decoded_whatever_pieces_they_arrive_in() {
+        let chunked = b"5;ext=1\r\nhello\r\n1 \r\n \r\n6\r\nworld!\r\n0\r\n\r\n";
+        for step in [1, 2, 3, 7, 100] {
+            let (data, trailers, done) =
+                decode_in_pieces(Decoder::Chunked(Chunk::Size), chunked, step);
+            assert_eq!(
+                (&data[..], trailers.is_none(), done),
+                (&b"hello world!"[..], true, true)
+            );
+            let (data, _, done) = decode_in_pieces(Decoder::Length(12), b"hello world!", step);
+            assert_eq!((&data[..], done), (&b"hello world!"[..], true));
+            let with_trailers = b"3\r\nabc\r\n0\r\nx-sum: 42\r\nx-other: b\r\n\r\n";
+            let (data, trailers, done) =
+                decode_in_pieces(Decoder::Chunked(Chunk::Size), with_trailers, step);
+            let trailers = trailers.expect("trailers");
+            assert_eq!((&data[..], done), (&b"abc"[..], true));
+            assert_eq!(trailers["x-sum"], "42");
+            assert_eq!(trailers["x-other"], "b");
+            // Cut short: not ended.
+            let (data, _, done) =
+                decode_in_pieces(Decoder::Chunked(Chunk::Size), &chunked[..20], step);
+            assert!(!done && data.starts_with(b"hello"));
+        }
+        // Until the connection closes: everything is body.
+        let (data, _, done) = decode_in_pieces(Decoder::UntilClose, b"all of it", 4);
+        assert_eq!((&data[..], done), (&b"all of it"[..], false));
+        for bad in [
+            &b"x\r\n"[..],
+            b"5\r\nhelloXX",
+            b"\r\n",
+            b"11111111111111111\r\n",
+        ] {
+            let mut buf = BytesMut::from(bad);
+            let mut decoder = Decoder::Chunked(Chunk::Size);
+            let mut failed = false;
+            for _ in 0..4 {
+                match decoder.decode(&mut buf) {
+                    Err(_) => failed = true,
+                    Ok(Decoded::NeedMore) => break,
+                    Ok(_) => {}
+                }
+            }
+            assert!(failed, "{:?}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn the_http1_request_is_the_one_hyper_s_client_writes() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::HOST, "example".parse().unwrap());
+        headers.append("x-many", "1".parse().unwrap());
+        headers.append("x-many", "2".parse().unwrap());
+        let pq = PathAndQuery::from_static("/echo?q=1");
+        let mut out = Vec::new();
+        write_http1_request(
+            &Method::POST,
+            &pq,
+            &headers,
+            &Bytes::from_static(b"hello"),
+            &mut out,
+        );
+        assert_eq!(
+            String::from_utf8(out.clone()).unwrap(),
+            "POST /echo?q=1 HTTP/1.1\r\nhost: example\r\nx-many: 1\r\nx-many: 2\r\n\
+             content-length: 5\r\n\r\nhello"
+        );
+        // No body: no length; a length the client gave is kept, not doubled.
+        write_http1_request(&Method::GET, &pq, &headers, &Bytes::new(), &mut out);
+        assert!(!String::from_utf8_lossy(&out).contains("content-length"));
+        headers.insert(header::CONTENT_LENGTH, "5".parse().unwrap());
+        write_http1_request(
+            &Method::PUT,
+            &pq,
+            &headers,
+            &Bytes::from_static(b"hello"),
+            &mut out,
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&out)
+                .matches("content-length")
+                .count(),
+            1
+        );
+    }
+
     #[test]
     fn the_hop_by_hop_names_are_the_fast_path_s() {
         let names: Vec<&str> = HOP_BY_HOP.iter().map(HeaderName::as_str).collect();
-        assert_eq!(names, super::super::wire::HOP_BY_HOP);
+        assert_eq!(names, wire::HOP_BY_HOP);
         // And `strip_hop_by_hop`'s own test of a name agrees: each alone is removed.
         for name in &HOP_BY_HOP {
             let mut headers = HeaderMap::new();
