@@ -293,6 +293,57 @@ async fn curl_with_prior_knowledge_is_served_on_the_http1_port() {
     assert_eq!(status, 405, "{body}");
 }
 
+/// A stream for the ring goes to the forwarding function without the router; what
+/// the router added to its fallback's answers is still there: a HEAD stream gets the
+/// GET's `Content-Length` and no body, and an error its JSON with its length.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_stream_gets_the_get_s_length_and_no_body() {
+    let lb = Ringlb::start(&["--key", "header:x-user-id"]);
+    let tcp = tokio::net::TcpStream::connect(lb.proxy).await.unwrap();
+    let send = h2_over(tcp).await;
+    let (status, body) = h2_get(&send, "/home", &[("x-user-id", "alice")])
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+
+    let mut head = send.clone().ready().await.unwrap();
+    let request = http::Request::head("http://localhost/home")
+        .header("x-user-id", "alice")
+        .body(())
+        .unwrap();
+    let (response, _) = head.send_request(request, true).unwrap();
+    let response = response.await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.headers()["content-length"],
+        body.len().to_string().as_str()
+    );
+    let mut bytes = response.into_body();
+    assert!(bytes.data().await.is_none(), "a HEAD answer has no body");
+
+    // The proxy's own error for a path the replicas do not serve: JSON, its length told.
+    let mut get = send.clone().ready().await.unwrap();
+    let request = http::Request::get("http://localhost/nope")
+        .body(())
+        .unwrap();
+    let (response, _) = get.send_request(request, true).unwrap();
+    let response = response.await.unwrap();
+    assert_eq!(response.status(), 400);
+    let length: usize = response.headers()["content-length"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let mut body = response.into_body();
+    let mut bytes = Vec::new();
+    while let Some(chunk) = body.data().await {
+        bytes.extend_from_slice(&chunk.unwrap());
+    }
+    assert_eq!(bytes.len(), length);
+    let json: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(json["status"], "failure");
+}
+
 // Threads of its own for the client's connection, which answers the proxy's
 // goodbye (GOAWAY and PING) while the test's thread waits for the proxy to exit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -392,6 +443,55 @@ async fn a_stream_reaches_the_replica_as_an_http1_request() {
         );
     }
     assert!(echoed.ends_with("\r\n\r\nhello h2"), "{echoed:?}");
+}
+
+/// A stream's answer read from the replica's pooled HTTP/1.1 connection, whatever its
+/// framing: chunked (its trailers passed on), until the replica closes, a 404 turned
+/// into the JSON 400; one connection serves the streams one after the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_s_answer_is_relayed_in_every_framing_over_one_replica_connection() {
+    let fake = FakeReplica::start();
+    let lb = front(&fake);
+    let tcp = tokio::net::TcpStream::connect(lb.proxy).await.unwrap();
+    let send = h2_over(tcp).await;
+
+    let mut get = send.clone().ready().await.unwrap();
+    let request = http::Request::get("http://localhost/chunked")
+        .body(())
+        .unwrap();
+    let (response, _) = get.send_request(request, true).unwrap();
+    let response = response.await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(!response.headers().contains_key("transfer-encoding"));
+    let mut body = response.into_body();
+    let mut bytes = Vec::new();
+    while let Some(chunk) = body.data().await {
+        bytes.extend_from_slice(&chunk.unwrap());
+    }
+    assert_eq!(bytes, b"hello world");
+    let trailers = body.trailers().await.unwrap().expect("trailers");
+    assert_eq!(trailers["x-checksum"], "1");
+
+    for _ in 0..5 {
+        let (status, body) = h2_get(&send, "/home", &[]).await.unwrap();
+        assert_eq!((status, body.as_str()), (200, "Server: Fake"));
+    }
+    let (status, body) = h2_get(&send, "/missing", &[]).await.unwrap();
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body.contains("'/missing' endpoint does not exist"),
+        "{body}"
+    );
+    let (status, body) = h2_get(&send, "/home", &[]).await.unwrap();
+    assert_eq!((status, body.as_str()), (200, "Server: Fake"));
+    // One connection carried them all, one after the other.
+    assert_eq!(fake.proxied_connections(), 1);
+
+    let (status, body) = h2_get(&send, "/until-close", &[]).await.unwrap();
+    assert_eq!((status, body.as_str()), (200, "all of it"));
+    let (status, body) = h2_get(&send, "/home", &[]).await.unwrap();
+    assert_eq!((status, body.as_str()), (200, "Server: Fake"));
+    assert_eq!(fake.proxied_connections(), 2);
 }
 
 /// The one failover policy, for streams too: a POST a replica read is never sent

@@ -30,7 +30,7 @@ use super::error::ApiError;
 use super::exchange::{self, Answered, Exchange};
 use super::failover::Progress;
 use super::send_deadline::{self, SendDeadline};
-use super::upstream::{ExchangeError, UpstreamConn, UpstreamPool};
+use super::upstream::{ExchangeError, Sent, UpstreamConn, UpstreamPool};
 use super::wire::{self, ChunkScanner, Framing, Incoming, ResponseHead};
 use super::{Proxy, is_local_route};
 use crate::publish::Backend;
@@ -464,9 +464,9 @@ impl Exchange for Http1Exchange<'_, '_, '_> {
         self.writing = false;
         self.upstreams.exchange(
             backend.addr,
-            self.request,
+            Sent::of(self.request),
             self.bytes,
-            self.client_head,
+            Some(&mut *self.client_head),
             &mut self.writing,
         )
     }
@@ -698,7 +698,7 @@ pub(super) fn general_request(
 }
 
 /// The fast path's head check, on a request hyper parsed.
-fn check_head<B>(
+pub(super) fn check_head<B>(
     limits: &wire::HeadLimits,
     request: &http::Request<B>,
 ) -> Result<(), wire::Refusal> {

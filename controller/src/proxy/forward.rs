@@ -12,22 +12,73 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{PathAndQuery, Scheme};
 use http::{Method, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Full, Limited};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::{CaptureConnection, HttpConnector, capture_connection};
+use hyper_util::client::legacy::connect::{CaptureConnection, capture_connection};
 
+use super::Proxy;
 use super::error::ApiError;
 use super::exchange::{self, Exchange};
 use super::failover::Progress;
 use super::replay::Replay;
-use super::{Proxy, wire};
+use super::upstream::{ExchangeError, Sent, UpstreamConn};
+use super::wire::{self, Framing, ResponseHead};
 use crate::publish::{Backend, Charge, InFlight};
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
 pub async fn forward(State(proxy): State<Arc<Proxy>>, request: Request) -> Response {
+    let client = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0);
+    let client_ip = client.map(ClientIp::new);
+    answer(&proxy, request, client, client_ip.as_ref()).await
+}
+
+/// A stream of the HTTP/2 front door, forwarded without the router (`h2.rs`: the
+/// router takes the admin paths and `CONNECT`): answered as the router's fallback,
+/// [`forward`], answers it, down to what axum adds to a fallback's response.
+pub(super) async fn forward_stream(
+    proxy: &Arc<Proxy>,
+    request: http::Request<hyper::body::Incoming>,
+    client: SocketAddr,
+    client_ip: &ClientIp,
+) -> Response {
+    let head = request.method() == Method::HEAD;
+    let mut response = answer(proxy, request.map(Body::new), Some(client), Some(client_ip)).await;
+    // What axum's router does to a top-level route's response (`RouteFuture`): a
+    // `Content-Length` from an exact size, then no body for HEAD.
+    if !response.headers().contains_key(header::CONTENT_LENGTH)
+        && let Some(size) = axum::body::HttpBody::size_hint(response.body()).exact()
+    {
+        response
+            .headers_mut()
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(size));
+    }
+    if head {
+        *response.body_mut() = Body::empty();
+    }
+    response
+}
+
+/// The client's address as `X-Forwarded-For` gives it: formatted once per connection.
+#[derive(Clone)]
+pub(super) struct ClientIp(Option<HeaderValue>);
+
+impl ClientIp {
+    pub(super) fn new(client: SocketAddr) -> Self {
+        Self(HeaderValue::from_str(&client.ip().to_canonical().to_string()).ok())
+    }
+}
+
+async fn answer(
+    proxy: &Arc<Proxy>,
+    request: Request,
+    client: Option<SocketAddr>,
+    client_ip: Option<&ClientIp>,
+) -> Response {
     // A gRPC client is told the proxy's own errors as gRPC statuses.
     let grpc = super::grpc::is_grpc(request.headers());
-    match forward_request(&proxy, request, grpc).await {
+    match forward_request(proxy, request, client, client_ip, grpc).await {
         Ok(response) => response,
         Err(error) if grpc => error.into_grpc_response(),
         Err(error) => error.into_response(),
@@ -35,20 +86,19 @@ pub async fn forward(State(proxy): State<Arc<Proxy>>, request: Request) -> Respo
 }
 
 async fn forward_request(
-    proxy: &Proxy,
+    proxy: &Arc<Proxy>,
     request: Request,
+    client: Option<SocketAddr>,
+    client_ip: Option<&ClientIp>,
     grpc: bool,
 ) -> Result<Response, ApiError> {
-    let client = request
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0);
     let (mut parts, body) = request.into_parts();
     let client_h2 = parts.version == Version::HTTP_2;
     // A gRPC call's deadline bounds the wait for its answer (the smaller of it and the
     // request timeout), and the answer's end.
-    let deadline = super::grpc::timeout(&parts.headers)
-        .filter(|_| grpc)
+    let deadline = grpc
+        .then(|| super::grpc::timeout(&parts.headers))
+        .flatten()
         .map(|timeout| (timeout, tokio::time::Instant::now() + timeout));
     let timeout = deadline.map_or(proxy.settings.request_timeout, |(timeout, _)| {
         timeout.min(proxy.settings.request_timeout)
@@ -90,7 +140,7 @@ async fn forward_request(
         .headers
         .get(header::TE)
         .is_some_and(|te| te.as_bytes().eq_ignore_ascii_case(b"trailers"));
-    let mut headers = upstream_headers(std::mem::take(&mut parts.headers), client);
+    let mut headers = forwarded_headers(std::mem::take(&mut parts.headers), client_ip);
     // An HTTP/2 request names its host in `:authority`, not `Host` (RFC 9113 §8.3.1):
     // the replica is told it as an HTTP/1.1 client would tell it.
     if let Some(authority) = parts.uri.authority()
@@ -105,9 +155,17 @@ async fn forward_request(
         .cloned()
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
 
+    // An HTTP/2 stream to an HTTP/1.1 replica goes over the fast path's pooled
+    // connections (`upstream.rs`) as bytes written once for every attempt, not through
+    // hyper's client: its pool and its connection task cost a third of such a request.
+    // CONNECT, a request without a host to name, and a streamed body stay with hyper.
+    let raw = client_h2
+        && parts.method != Method::CONNECT
+        && headers.contains_key(header::HOST)
+        && matches!(body, RequestBody::Buffered(_));
     let mut exchange = HyperExchange {
-        client: &proxy.client,
-        h2c: &proxy.h2c,
+        proxy,
+        raw: raw.then(Vec::new),
         client_h2,
         te_trailers,
         method: &parts.method,
@@ -115,6 +173,7 @@ async fn forward_request(
         headers,
         body,
         connection: None,
+        writing: false,
     };
     let method = parts.method.as_str();
     let answered = exchange::run(proxy, &table, candidates, method, timeout, &mut exchange).await;
@@ -147,10 +206,14 @@ enum RequestBody {
 }
 
 /// The general path's exchange: the request sent through hyper's pooled client, in
-/// HTTP/1.1 or in h2c as the replica's protocol says.
+/// HTTP/1.1 or in h2c as the replica's protocol says — or, for an HTTP/2 stream to an
+/// HTTP/1.1 replica, written as bytes on the fast path's pooled connections
+/// (`upstream.rs`) and its answer read back by [`RawBody`].
 struct HyperExchange<'a> {
-    client: &'a Client<HttpConnector, Full<Bytes>>,
-    h2c: &'a Client<HttpConnector, Body>,
+    proxy: &'a Arc<Proxy>,
+    /// The HTTP/1.1 request's bytes when it goes over the fast path's connections
+    /// (written at its first attempt there), `None` when through hyper's client.
+    raw: Option<Vec<u8>>,
     /// The request arrived in HTTP/2 (for `UpstreamProtocol::Auto`).
     client_h2: bool,
     te_trailers: bool,
@@ -161,6 +224,8 @@ struct HyperExchange<'a> {
     /// The connection hyper's client gives the current attempt, once it has one:
     /// until then nothing of the request has left.
     connection: Option<CaptureConnection>,
+    /// The current attempt, over the fast path's connections, began its write.
+    writing: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -173,13 +238,40 @@ enum HyperExchangeError {
     NotH2c,
     #[error(transparent)]
     Client(#[from] hyper_util::client::legacy::Error),
+    #[error(transparent)]
+    Raw(#[from] ExchangeError),
 }
 
 impl Exchange for HyperExchange<'_> {
-    type Answer = http::Response<hyper::body::Incoming>;
+    type Answer = http::Response<Body>;
     type Error = HyperExchangeError;
 
     async fn send(&mut self, backend: &Backend) -> Result<Self::Answer, HyperExchangeError> {
+        (self.connection, self.writing) = (None, false);
+        if let Some(bytes) = &mut self.raw
+            && !backend.protocol.h2c_for(self.client_h2)
+            && let RequestBody::Buffered(body) = &self.body
+        {
+            if bytes.is_empty() {
+                write_http1_request(
+                    self.method,
+                    &self.path_and_query,
+                    &self.headers,
+                    body,
+                    bytes,
+                );
+            }
+            let sent = Sent {
+                method: self.method.as_str(),
+                keep_alive: true,
+                upgrade: false,
+            };
+            let upstreams = &self.proxy.upstreams;
+            let (conn, head) = upstreams
+                .exchange(backend.addr, sent, bytes, None, &mut self.writing)
+                .await?;
+            return Ok(raw_response(conn, &head, backend.addr, self.proxy)?);
+        }
         let mut uri = http::uri::Parts::default();
         uri.scheme = Some(Scheme::HTTP);
         uri.authority = Some(backend.authority.clone());
@@ -194,7 +286,7 @@ impl Exchange for HyperExchange<'_> {
             *upstream.uri_mut() = uri;
             *upstream.headers_mut() = self.headers.clone();
             self.connection = Some(capture_connection(&mut upstream));
-            return Ok(self.client.request(upstream).await?);
+            return Ok(self.proxy.client.request(upstream).await?.map(Body::new));
         }
         let body = match &self.body {
             RequestBody::Buffered(body) => Body::from(body.clone()),
@@ -212,7 +304,7 @@ impl Exchange for HyperExchange<'_> {
             headers.insert(header::TE, HeaderValue::from_static("trailers"));
         }
         self.connection = Some(capture_connection(&mut upstream));
-        Ok(self.h2c.request(upstream).await?)
+        Ok(self.proxy.h2c.request(upstream).await?.map(Body::new))
     }
 
     fn progress(error: &HyperExchangeError) -> Progress {
@@ -223,13 +315,19 @@ impl Exchange for HyperExchange<'_> {
             HyperExchangeError::Client(error) if error.is_connect() => Progress::NotSent,
             HyperExchangeError::Client(error) if super::grpc::refused(error) => Progress::Refused,
             HyperExchangeError::Client(_) => Progress::Sent,
+            HyperExchangeError::Raw(error) => error.progress(),
         }
     }
 
     fn progress_when_cut(&self) -> Progress {
-        match &self.connection {
-            Some(connection) if connection.connection_metadata().is_none() => Progress::NotSent,
-            _ => Progress::Sent,
+        let sent = match &self.connection {
+            Some(connection) => connection.connection_metadata().is_some(),
+            None => self.writing,
+        };
+        if sent {
+            Progress::Sent
+        } else {
+            Progress::NotSent
         }
     }
 
@@ -237,6 +335,320 @@ impl Exchange for HyperExchange<'_> {
         match &self.body {
             RequestBody::Buffered(_) => true,
             RequestBody::Streamed(replay) => replay.can_resend(),
+        }
+    }
+}
+
+/// The HTTP/1.1 request hyper's client would write for these parts: the request
+/// line in origin form, the headers in order, and a `Content-Length` for a body
+/// that has none (none for an empty body), then the body.
+fn write_http1_request(
+    method: &Method,
+    path_and_query: &PathAndQuery,
+    headers: &HeaderMap,
+    body: &Bytes,
+    out: &mut Vec<u8>,
+) {
+    out.clear();
+    // Sized once: growing it piece by piece cost five reallocations per request.
+    let fields: usize = headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum();
+    out.reserve(method.as_str().len() + path_and_query.as_str().len() + fields + body.len() + 48);
+    out.extend_from_slice(method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(path_and_query.as_str().as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in headers {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if !body.is_empty() && !headers.contains_key(header::CONTENT_LENGTH) {
+        out.extend_from_slice(b"content-length: ");
+        out.extend_from_slice(body.len().to_string().as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(body);
+}
+
+/// A replica's answer read by the fast path's exchange, as a response whose body
+/// streams from the connection, which goes back to the pool once the body is whole.
+fn raw_response(
+    mut conn: UpstreamConn,
+    head: &ResponseHead,
+    addr: SocketAddr,
+    proxy: &Arc<Proxy>,
+) -> Result<http::Response<Body>, ExchangeError> {
+    let malformed = |what: &str| wire::WireError::Malformed(what.to_owned());
+    let bytes = conn.buf.split_to(head.head_len).freeze();
+    let mut storage = wire::header_storage();
+    let mut parsed = httparse::Response::new(&mut []);
+    httparse::ParserConfig::default()
+        .parse_response_with_uninit_headers(&mut parsed, &bytes, &mut storage)
+        .map_err(|error| malformed(&error.to_string()))?;
+    let mut response = http::Response::new(Body::empty());
+    *response.status_mut() =
+        StatusCode::from_u16(head.status).map_err(|_| malformed("status code"))?;
+    let headers = response.headers_mut();
+    // Room for what hyper's server and `forward_stream` may add (`Date`,
+    // `Content-Length`): a `HeaderMap` grows, rehashing, at its first insert past it.
+    headers.reserve(parsed.headers.len() + 2);
+    for field in &*parsed.headers {
+        let name =
+            HeaderName::from_bytes(field.name.as_bytes()).map_err(|_| malformed("header name"))?;
+        let value = HeaderValue::from_maybe_shared(bytes.slice_ref(field.value))
+            .map_err(|_| malformed("header value"))?;
+        headers.append(name, value);
+    }
+    let decoder = match head.framing {
+        Framing::Empty => None,
+        Framing::Length(length) => Some(Decoder::Length(length)),
+        Framing::Chunked => Some(Decoder::Chunked(Chunk::Size)),
+        Framing::UntilClose => Some(Decoder::UntilClose),
+    };
+    let mut body = RawBody {
+        conn: Some(conn),
+        decoder: decoder.unwrap_or(Decoder::Length(0)),
+        reusable: head.reusable,
+        addr,
+        proxy: Arc::clone(proxy),
+    };
+    if decoder.is_none() || matches!(decoder, Some(Decoder::Length(0))) {
+        body.finish();
+        return Ok(response);
+    }
+    *response.body_mut() = Body::new(body);
+    Ok(response)
+}
+
+/// A response body read from a replica's pooled HTTP/1.1 connection.
+struct RawBody {
+    /// `None` once the body is whole (the connection back in the pool) or broken.
+    conn: Option<UpstreamConn>,
+    decoder: Decoder,
+    reusable: bool,
+    addr: SocketAddr,
+    proxy: Arc<Proxy>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Decoder {
+    /// Bytes of the body still to come.
+    Length(u64),
+    Chunked(Chunk),
+    UntilClose,
+}
+
+/// Where a chunked body's decoding is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Chunk {
+    /// At a chunk-size line.
+    Size,
+    /// In a chunk's data, this many bytes left.
+    Data(u64),
+    /// At the CRLF after a chunk's data.
+    DataEnd,
+    /// After the last chunk: trailer fields, then an empty line.
+    Trailers,
+}
+
+/// What the bytes read so far give.
+enum Decoded {
+    Data(Bytes),
+    Trailers(HeaderMap),
+    End,
+    NeedMore,
+}
+
+/// The longest chunk-size line, and the largest trailer section, read.
+const MAX_CHUNK_LINE: usize = 4096;
+
+fn bad_chunk() -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, wire::WireError::BadChunk)
+}
+
+impl Decoder {
+    /// Takes what it can of the body from the front of `buf`.
+    fn decode(&mut self, buf: &mut BytesMut) -> std::io::Result<Decoded> {
+        loop {
+            match self {
+                Self::Length(0) => return Ok(Decoded::End),
+                Self::Length(left) | Self::Chunked(Chunk::Data(left)) if !buf.is_empty() => {
+                    let len = buf.len().min(usize::try_from(*left).unwrap_or(usize::MAX));
+                    *left -= len as u64;
+                    if let Self::Chunked(chunk @ Chunk::Data(0)) = self {
+                        *chunk = Chunk::DataEnd;
+                    }
+                    return Ok(Decoded::Data(buf.split_to(len).freeze()));
+                }
+                Self::UntilClose if !buf.is_empty() => {
+                    return Ok(Decoded::Data(buf.split().freeze()));
+                }
+                Self::Length(_) | Self::UntilClose | Self::Chunked(Chunk::Data(_)) => {
+                    return Ok(Decoded::NeedMore);
+                }
+                Self::Chunked(chunk @ Chunk::Size) => {
+                    let Some(end) = buf.windows(2).position(|w| w == b"\r\n") else {
+                        if buf.len() > MAX_CHUNK_LINE {
+                            return Err(bad_chunk());
+                        }
+                        return Ok(Decoded::NeedMore);
+                    };
+                    let size = chunk_size(&buf[..end]).ok_or_else(bad_chunk)?;
+                    bytes::Buf::advance(buf, end + 2);
+                    *chunk = if size == 0 {
+                        Chunk::Trailers
+                    } else {
+                        Chunk::Data(size)
+                    };
+                }
+                Self::Chunked(chunk @ Chunk::DataEnd) => {
+                    if buf.len() < 2 {
+                        return Ok(Decoded::NeedMore);
+                    }
+                    if &buf[..2] != b"\r\n" {
+                        return Err(bad_chunk());
+                    }
+                    bytes::Buf::advance(buf, 2);
+                    *chunk = Chunk::Size;
+                }
+                Self::Chunked(Chunk::Trailers) => {
+                    if buf.starts_with(b"\r\n") {
+                        bytes::Buf::advance(buf, 2);
+                        *self = Self::Length(0);
+                        return Ok(Decoded::End);
+                    }
+                    let mut storage = [httparse::EMPTY_HEADER; 64];
+                    return match httparse::parse_headers(buf, &mut storage) {
+                        Ok(httparse::Status::Complete((len, fields))) => {
+                            let mut trailers = HeaderMap::new();
+                            for field in fields {
+                                if let (Ok(name), Ok(value)) = (
+                                    HeaderName::from_bytes(field.name.as_bytes()),
+                                    HeaderValue::from_bytes(field.value),
+                                ) {
+                                    trailers.append(name, value);
+                                }
+                            }
+                            bytes::Buf::advance(buf, len);
+                            *self = Self::Length(0);
+                            Ok(Decoded::Trailers(trailers))
+                        }
+                        Ok(httparse::Status::Partial) if buf.len() <= 16 * MAX_CHUNK_LINE => {
+                            Ok(Decoded::NeedMore)
+                        }
+                        _ => Err(bad_chunk()),
+                    };
+                }
+            }
+        }
+    }
+
+    /// Whether nothing of the body is left to read.
+    fn is_done(self) -> bool {
+        self == Self::Length(0)
+    }
+}
+
+/// A chunk-size line's size: hex digits, then optional whitespace and extensions.
+fn chunk_size(line: &[u8]) -> Option<u64> {
+    let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+    if digits == 0 || digits > 16 {
+        return None;
+    }
+    let rest = &line[digits..];
+    let rest = rest.trim_ascii_start();
+    if !(rest.is_empty() || rest[0] == b';') {
+        return None;
+    }
+    u64::from_str_radix(std::str::from_utf8(&line[..digits]).ok()?, 16).ok()
+}
+
+impl RawBody {
+    /// The body is whole: its connection goes back to the pool if it can carry
+    /// another request (nothing after the body, no `Connection: close`).
+    fn finish(&mut self) {
+        if let Some(conn) = self.conn.take()
+            && self.reusable
+            && conn.buf.is_empty()
+        {
+            self.proxy.upstreams.put(self.addr, conn);
+        }
+    }
+}
+
+impl hyper::body::Body for RawBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, std::io::Error>>> {
+        use std::task::Poll;
+        let this = &mut *self;
+        loop {
+            let Some(conn) = this.conn.as_mut() else {
+                return Poll::Ready(None);
+            };
+            let decoded = match this.decoder.decode(&mut conn.buf) {
+                Ok(decoded) => decoded,
+                Err(error) => {
+                    this.conn = None;
+                    return Poll::Ready(Some(Err(error)));
+                }
+            };
+            match decoded {
+                Decoded::Data(data) => {
+                    if this.decoder.is_done() {
+                        this.finish();
+                    }
+                    return Poll::Ready(Some(Ok(hyper::body::Frame::data(data))));
+                }
+                Decoded::Trailers(trailers) => {
+                    this.finish();
+                    return Poll::Ready(Some(Ok(hyper::body::Frame::trailers(trailers))));
+                }
+                Decoded::End => {
+                    this.finish();
+                    return Poll::Ready(None);
+                }
+                Decoded::NeedMore => {}
+            }
+            match std::task::ready!(conn.poll_read_more(cx)) {
+                Ok(0) if this.decoder == Decoder::UntilClose => {
+                    this.conn = None;
+                    return Poll::Ready(None);
+                }
+                Ok(0) => {
+                    this.conn = None;
+                    return Poll::Ready(Some(Err(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "the replica closed the connection mid-body",
+                    ))));
+                }
+                Ok(_) => {}
+                Err(error) => {
+                    this.conn = None;
+                    return Poll::Ready(Some(Err(error)));
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.conn.is_none()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        match self.decoder {
+            Decoder::Length(left) if self.conn.is_some() => hyper::body::SizeHint::with_exact(left),
+            _ if self.conn.is_none() => hyper::body::SizeHint::with_exact(0),
+            _ => hyper::body::SizeHint::default(),
         }
     }
 }
@@ -276,7 +688,7 @@ pub(super) async fn read_body(
 /// Turns the replica's response into ours. A 404 from the replicas means the path
 /// is not theirs: the contract answers that with a 400 naming the path.
 async fn respond(
-    response: http::Response<hyper::body::Incoming>,
+    response: http::Response<Body>,
     path: &str,
     in_flight: Option<Charge<Arc<InFlight>>>,
 ) -> Result<Response, ApiError> {
@@ -295,7 +707,39 @@ async fn respond(
     Ok(Response::from_parts(parts, Body::new(body)))
 }
 
+/// The hop-by-hop headers (`wire::HOP_BY_HOP`), as header names: compared, not parsed.
+static HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages have none: one pass over the names, and nothing to remove. (A
+    // name `Connection` lists goes only with a `Connection` header, itself one.)
+    let hop_by_hop = |name: &HeaderName| {
+        matches!(
+            name.as_str(),
+            "connection"
+                | "keep-alive"
+                | "proxy-connection"
+                | "proxy-authenticate"
+                | "proxy-authorization"
+                | "te"
+                | "trailer"
+                | "transfer-encoding"
+                | "upgrade"
+        )
+    };
+    if !headers.keys().any(hop_by_hop) {
+        return;
+    }
     let listed: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -306,7 +750,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in &listed {
         headers.remove(name);
     }
-    for name in wire::HOP_BY_HOP {
+    for name in &HOP_BY_HOP {
         headers.remove(name);
     }
 }
@@ -314,15 +758,24 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// The request headers a replica sees: ours minus hop-by-hop, plus the client in
 /// `X-Forwarded-For` (appended to what earlier proxies wrote). (Public for the fuzz
 /// target `h2_stream_head`.)
-pub fn upstream_headers(mut headers: HeaderMap, client: Option<SocketAddr>) -> HeaderMap {
+pub fn upstream_headers(headers: HeaderMap, client: Option<SocketAddr>) -> HeaderMap {
+    forwarded_headers(headers, client.map(ClientIp::new).as_ref())
+}
+
+/// [`upstream_headers`], with the client's address already formatted.
+fn forwarded_headers(mut headers: HeaderMap, client_ip: Option<&ClientIp>) -> HeaderMap {
     strip_hop_by_hop(&mut headers);
-    if let Some(client) = client {
-        let ip = client.ip().to_canonical().to_string();
+    // `X-Forwarded-For`, and `Host` for an HTTP/2 request: one growth, not two.
+    headers.reserve(2);
+    if let Some(ClientIp(Some(ip))) = client_ip {
         let value = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-            Some(earlier) => format!("{earlier}, {ip}"),
-            None => ip,
+            Some(earlier) => {
+                let ip = String::from_utf8_lossy(ip.as_bytes());
+                HeaderValue::from_str(&format!("{earlier}, {ip}")).ok()
+            }
+            None => Some(ip.clone()),
         };
-        if let Ok(value) = HeaderValue::from_str(&value) {
+        if let Some(value) = value {
             headers.insert(X_FORWARDED_FOR.clone(), value);
         }
     }
@@ -349,5 +802,144 @@ mod tests {
         assert!(out.get(header::TRANSFER_ENCODING).is_none());
         assert_eq!(out.get(header::HOST).unwrap(), "example");
         assert_eq!(out.get("x-forwarded-for").unwrap(), "10.0.0.1, 127.0.0.9");
+        // The first proxy: the client alone.
+        let out = upstream_headers(
+            HeaderMap::new(),
+            Some(SocketAddr::from(([127, 0, 0, 9], 1))),
+        );
+        assert_eq!(out.get("x-forwarded-for").unwrap(), "127.0.0.9");
+        // Without a hop-by-hop header, nothing is taken.
+        let mut plain = HeaderMap::new();
+        plain.insert(header::HOST, "example".parse().unwrap());
+        plain.insert("x-user-id", "u1".parse().unwrap());
+        assert_eq!(upstream_headers(plain.clone(), None), plain);
+    }
+
+    /// Feeds `wire` to a decoder in pieces of `step` bytes: the data and trailers it
+    /// gives, and whether it ended.
+    fn decode_in_pieces(
+        mut decoder: Decoder,
+        wire: &[u8],
+        step: usize,
+    ) -> (Vec<u8>, Option<HeaderMap>, bool) {
+        let mut buf = BytesMut::new();
+        let (mut data, mut trailers) = (Vec::new(), None);
+        let mut fed = 0;
+        loop {
+            match decoder.decode(&mut buf).unwrap() {
+                Decoded::Data(bytes) => data.extend_from_slice(&bytes),
+                Decoded::Trailers(map) => {
+                    trailers = Some(map);
+                    return (data, trailers, decoder.is_done());
+                }
+                Decoded::End => return (data, trailers, true),
+                Decoded::NeedMore if fed == wire.len() => return (data, trailers, false),
+                Decoded::NeedMore => {
+                    let next = (fed + step).min(wire.len());
+                    buf.extend_from_slice(&wire[fed..next]);
+                    fed = next;
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn bodies_are_decoded_whatever_pieces_they_arrive_in() {
+        let chunked = b"5;ext=1\r\nhello\r\n1 \r\n \r\n6\r\nworld!\r\n0\r\n\r\n";
+        for step in [1, 2, 3, 7, 100] {
+            let (data, trailers, done) =
+                decode_in_pieces(Decoder::Chunked(Chunk::Size), chunked, step);
+            assert_eq!(
+                (&data[..], trailers.is_none(), done),
+                (&b"hello world!"[..], true, true)
+            );
+            let (data, _, done) = decode_in_pieces(Decoder::Length(12), b"hello world!", step);
+            assert_eq!((&data[..], done), (&b"hello world!"[..], true));
+            let with_trailers = b"3\r\nabc\r\n0\r\nx-sum: 42\r\nx-other: b\r\n\r\n";
+            let (data, trailers, done) =
+                decode_in_pieces(Decoder::Chunked(Chunk::Size), with_trailers, step);
+            let trailers = trailers.expect("trailers");
+            assert_eq!((&data[..], done), (&b"abc"[..], true));
+            assert_eq!(trailers["x-sum"], "42");
+            assert_eq!(trailers["x-other"], "b");
+            // Cut short: not ended.
+            let (data, _, done) =
+                decode_in_pieces(Decoder::Chunked(Chunk::Size), &chunked[..20], step);
+            assert!(!done && data.starts_with(b"hello"));
+        }
+        // Until the connection closes: everything is body.
+        let (data, _, done) = decode_in_pieces(Decoder::UntilClose, b"all of it", 4);
+        assert_eq!((&data[..], done), (&b"all of it"[..], false));
+        for bad in [
+            &b"x\r\n"[..],
+            b"5\r\nhelloXX",
+            b"\r\n",
+            b"11111111111111111\r\n",
+        ] {
+            let mut buf = BytesMut::from(bad);
+            let mut decoder = Decoder::Chunked(Chunk::Size);
+            let mut failed = false;
+            for _ in 0..4 {
+                match decoder.decode(&mut buf) {
+                    Err(_) => failed = true,
+                    Ok(Decoded::NeedMore) => break,
+                    Ok(_) => {}
+                }
+            }
+            assert!(failed, "{:?}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn the_http1_request_is_the_one_hyper_s_client_writes() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::HOST, "example".parse().unwrap());
+        headers.append("x-many", "1".parse().unwrap());
+        headers.append("x-many", "2".parse().unwrap());
+        let pq = PathAndQuery::from_static("/echo?q=1");
+        let mut out = Vec::new();
+        write_http1_request(
+            &Method::POST,
+            &pq,
+            &headers,
+            &Bytes::from_static(b"hello"),
+            &mut out,
+        );
+        assert_eq!(
+            String::from_utf8(out.clone()).unwrap(),
+            "POST /echo?q=1 HTTP/1.1\r\nhost: example\r\nx-many: 1\r\nx-many: 2\r\n\
+             content-length: 5\r\n\r\nhello"
+        );
+        // No body: no length; a length the client gave is kept, not doubled.
+        write_http1_request(&Method::GET, &pq, &headers, &Bytes::new(), &mut out);
+        assert!(!String::from_utf8_lossy(&out).contains("content-length"));
+        headers.insert(header::CONTENT_LENGTH, "5".parse().unwrap());
+        write_http1_request(
+            &Method::PUT,
+            &pq,
+            &headers,
+            &Bytes::from_static(b"hello"),
+            &mut out,
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&out)
+                .matches("content-length")
+                .count(),
+            1
+        );
+    }
+
+    #[test]
+    fn the_hop_by_hop_names_are_the_fast_path_s() {
+        let names: Vec<&str> = HOP_BY_HOP.iter().map(HeaderName::as_str).collect();
+        assert_eq!(names, wire::HOP_BY_HOP);
+        // And `strip_hop_by_hop`'s own test of a name agrees: each alone is removed.
+        for name in &HOP_BY_HOP {
+            let mut headers = HeaderMap::new();
+            headers.insert(name.clone(), "x".parse().unwrap());
+            headers.insert("x-kept", "1".parse().unwrap());
+            strip_hop_by_hop(&mut headers);
+            assert_eq!(headers.keys().collect::<Vec<_>>(), ["x-kept"], "{name}");
+        }
     }
 }

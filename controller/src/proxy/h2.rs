@@ -10,10 +10,13 @@
 //! Why hyper's HTTP/2 server rather than the `h2` crate by hand: hyper's server is
 //! the `h2` crate plus what a proxy would otherwise write again — bodies streamed under
 //! flow control both ways, a task per stream, graceful `GOAWAY` — and it passes on
-//! every `h2` limit set here (streams, header list, windows, both reset budgets). Its
-//! service is the one the general HTTP/1.1 path already serves (`connection.rs`): each
-//! stream goes through the same head limits and the same axum router, so the admin
-//! API, the key, the ring lookup, failover and the JSON errors are shared, not copied.
+//! every `h2` limit set here (streams, header list, windows, both reset budgets). Each
+//! stream goes through the same head limits as the general HTTP/1.1 path
+//! (`connection.rs`); an admin path (or `CONNECT`) then goes to the same axum router,
+//! and every other stream straight to the router's fallback, `forward.rs` (the router
+//! only ever hands those to it: going around it saves its routing, boxing and
+//! extensions on every stream). The admin API, the key, the ring lookup, failover and
+//! the JSON errors are shared, not copied.
 //!
 //! `Upgrade: h2c` from HTTP/1.1 is not offered: nginx does not offer it either, and the
 //! clients that speak h2c start with prior knowledge (gRPC, `curl
@@ -21,17 +24,22 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use axum::Router;
 use axum::body::Body;
+use axum::response::{IntoResponse, Response};
+use futures::future::Either;
 use http_body_util::BodyExt;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::watch;
+use tokio::sync::Notify;
 
-use super::Proxy;
 use super::connection::{self, StopSignal};
+use super::error::ApiError;
+use super::forward::{self, ClientIp};
 use super::send_deadline::SendDeadline;
+use super::{Proxy, is_local_route};
 
 /// The client connection preface of HTTP/2 (RFC 9113 §3.4).
 pub const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -76,19 +84,42 @@ impl H2Limits {
 /// Serves an HTTP/2 connection until the client closes it, an error, `stop` (then
 /// GOAWAY, and the open streams finish), or no stream for the keep-alive timeout
 /// (GOAWAY too). `io` starts with the client's preface.
-pub async fn serve<S>(io: S, peer: SocketAddr, proxy: &Proxy, router: Router, mut stop: StopSignal)
-where
+pub async fn serve<S>(
+    io: S,
+    peer: SocketAddr,
+    proxy: &Arc<Proxy>,
+    router: Router,
+    mut stop: StopSignal,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let settings = &proxy.settings;
     let limits = settings.h2;
     let head_limits = settings.head_limits;
     // Streams open now: the idle timeout runs while there are none.
-    let (open, mut opened) = watch::channel(0usize);
-    let open = Arc::new(open);
-    let service = hyper::service::service_fn(move |request| {
+    let streams = Arc::new(Streams::default());
+    let open = streams.clone();
+    let forwarding = Forwarding {
+        proxy: Arc::clone(proxy),
+        limits: head_limits,
+        peer,
+        client_ip: ClientIp::new(peer),
+    };
+    let service = hyper::service::service_fn(move |request: http::Request<_>| {
         let stream = OpenStream::new(open.clone());
-        let answer = connection::general_request(&head_limits, &router, peer, request);
+        let answer =
+            if request.method() == http::Method::CONNECT || is_local_route(request.uri().path()) {
+                Either::Left(connection::general_request(
+                    &head_limits,
+                    &router,
+                    peer,
+                    request,
+                ))
+            } else {
+                // Boxed: the forwarding future holds the whole exchange (kilobytes), and
+                // hyper moves a stream's future several times before it first runs.
+                Either::Right(Box::pin(forwarding.clone().forward(request)))
+            };
         async move {
             let mut response = answer.await?;
             // HTTP/2 has no connection-specific headers (RFC 9113 §8.2.2): a refused
@@ -127,7 +158,7 @@ where
             connection.as_mut().graceful_shutdown();
             let _ = connection.await;
         }
-        _ = idle_for(&mut opened, idle) => {
+        _ = idle_for(&streams, idle) => {
             // GOAWAY, and a bound on the client's part of the goodbye.
             connection.as_mut().graceful_shutdown();
             let _ = tokio::time::timeout(idle, connection).await;
@@ -135,37 +166,76 @@ where
     }
 }
 
+/// What a connection's streams need to be forwarded without the router.
+#[derive(Clone)]
+struct Forwarding {
+    proxy: Arc<Proxy>,
+    limits: super::wire::HeadLimits,
+    peer: SocketAddr,
+    client_ip: ClientIp,
+}
+
+impl Forwarding {
+    /// A stream for the ring, its head checked as the router's would be
+    /// (`connection::general_request`).
+    async fn forward(
+        self,
+        request: http::Request<hyper::body::Incoming>,
+    ) -> Result<Response, std::convert::Infallible> {
+        if let Err(refusal) = connection::check_head(&self.limits, &request) {
+            return Ok(ApiError::refused(refusal, &self.limits).into_response());
+        }
+        let answer = forward::forward_stream(&self.proxy, request, self.peer, &self.client_ip);
+        Ok(answer.await)
+    }
+}
+
+/// The streams open on a connection. Counted with an atomic, not a `watch` channel:
+/// a stream's start and end wake nothing (a `watch` woke its receiver, and so the
+/// connection's task, on both: 2% of an HTTP/2 request's instructions), but the count's
+/// fall to zero, where the idle timeout starts again.
+#[derive(Default)]
+struct Streams {
+    open: AtomicUsize,
+    /// Notified when `open` falls to zero (a permit is kept if nobody waits).
+    none_open: Notify,
+}
+
 /// Resolves once no stream has been open for `idle`.
-async fn idle_for(opened: &mut watch::Receiver<usize>, idle: std::time::Duration) {
+async fn idle_for(streams: &Streams, idle: std::time::Duration) {
     loop {
-        if *opened.borrow_and_update() > 0 {
-            // Wait for a change; any change starts the count again.
-            if opened.changed().await.is_err() {
-                return std::future::pending().await;
-            }
+        if streams.open.load(Ordering::Acquire) > 0 {
+            streams.none_open.notified().await;
             continue;
         }
-        match tokio::time::timeout(idle, opened.changed()).await {
-            Err(_elapsed) => return,
-            Ok(Ok(())) => {}
-            Ok(Err(_closed)) => return std::future::pending().await,
+        tokio::select! {
+            // A stream began and ended meanwhile: the wait starts again from its end.
+            () = streams.none_open.notified() => {}
+            () = tokio::time::sleep(idle) => {
+                // A stream still open since the wait began: wait for its end.
+                if streams.open.load(Ordering::Acquire) == 0 {
+                    return;
+                }
+            }
         }
     }
 }
 
 /// One open stream of a connection, counted until dropped.
-struct OpenStream(Arc<watch::Sender<usize>>);
+struct OpenStream(Arc<Streams>);
 
 impl OpenStream {
-    fn new(open: Arc<watch::Sender<usize>>) -> Self {
-        open.send_modify(|n| *n += 1);
-        Self(open)
+    fn new(streams: Arc<Streams>) -> Self {
+        streams.open.fetch_add(1, Ordering::AcqRel);
+        Self(streams)
     }
 }
 
 impl Drop for OpenStream {
     fn drop(&mut self) {
-        self.0.send_modify(|n| *n -= 1);
+        if self.0.open.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.none_open.notify_one();
+        }
     }
 }
 

@@ -1,10 +1,12 @@
-//! Connections to replicas for the fast path: a pool of idle keep-alive connections
-//! per worker, and one request–response exchange on a connection.
+//! Connections to replicas for the fast path (and for HTTP/2 streams to HTTP/1.1
+//! replicas, `forward.rs`): a pool of idle keep-alive connections per worker, and one
+//! request–response exchange on a connection.
 
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Mutex;
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -48,6 +50,43 @@ impl UpstreamConn {
             self.buf.reserve(16 * 1024);
         }
         self.stream.read_buf(&mut self.buf).await
+    }
+
+    /// [`read_more`](Self::read_more), for a body polled by hand.
+    pub fn poll_read_more(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.buf.capacity() - self.buf.len() < 4096 {
+            self.buf.reserve(16 * 1024);
+        }
+        loop {
+            ready!(self.stream.poll_read_ready(cx))?;
+            match self.stream.try_read_buf(&mut self.buf) {
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
+                read => return Poll::Ready(read),
+            }
+        }
+    }
+}
+
+/// What an exchange needs to know of the request whose bytes it sends.
+#[derive(Clone, Copy)]
+pub struct Sent<'a> {
+    pub method: &'a str,
+    pub keep_alive: bool,
+    /// The client asks to switch protocols: a `101` is its answer.
+    pub upgrade: bool,
+}
+
+impl<'a> Sent<'a> {
+    pub fn of(request: &wire::Request<'_, 'a>) -> Self {
+        Self {
+            method: request.method,
+            keep_alive: request.keep_alive,
+            upgrade: request.upgrade,
+        }
+    }
+
+    fn is_head(&self) -> bool {
+        self.method == "HEAD"
     }
 }
 
@@ -129,9 +168,9 @@ impl UpstreamPool {
 
     /// Sends `bytes` (made from `request`) to the replica at `addr` and reads the final
     /// response head into the returned connection's buffer (interim 1xx responses are
-    /// skipped). The client's response head is written into `client_head`. `writing`
-    /// is set once the request starts on its way: until then (connecting), nothing of
-    /// it has left.
+    /// skipped). The client's HTTP/1.1 response head is written into `client_head`, if
+    /// given. `writing` is set once the request starts on its way: until then
+    /// (connecting), nothing of it has left.
     ///
     /// An idle connection the replica closed meanwhile is found out when it is taken
     /// from the pool, or only once the request is on its way. In the second case the
@@ -140,9 +179,9 @@ impl UpstreamPool {
     pub async fn exchange(
         &self,
         addr: SocketAddr,
-        request: &wire::Request<'_, '_>,
+        request: Sent<'_>,
         bytes: &[u8],
-        client_head: &mut Vec<u8>,
+        mut client_head: Option<&mut Vec<u8>>,
         writing: &mut bool,
     ) -> Result<(UpstreamConn, ResponseHead), ExchangeError> {
         loop {
@@ -155,7 +194,7 @@ impl UpstreamPool {
             conn.buf.clear();
             *writing = true;
             let outcome = match conn.stream.write_all(bytes).await {
-                Ok(()) => read_head(&mut conn, request, client_head).await,
+                Ok(()) => read_head(&mut conn, request, client_head.as_deref_mut()).await,
                 Err(error) => Err(ExchangeError::Write(error)),
             };
             match outcome {
@@ -176,15 +215,15 @@ impl UpstreamPool {
 
 async fn read_head(
     conn: &mut UpstreamConn,
-    request: &wire::Request<'_, '_>,
-    client_head: &mut Vec<u8>,
+    request: Sent<'_>,
+    mut client_head: Option<&mut Vec<u8>>,
 ) -> Result<ResponseHead, ExchangeError> {
     loop {
         match wire::parse_response(
             &conn.buf,
             request.is_head(),
             request.keep_alive,
-            Some(client_head),
+            client_head.as_deref_mut(),
         ) {
             // Switching protocols: final, if the client asked for it.
             Ok(Some(head)) if head.status == 101 && request.upgrade => return Ok(head),
