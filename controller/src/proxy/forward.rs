@@ -1,7 +1,9 @@
 //! Forwarding: key → ring snapshot → replica, with failover to the next distinct
 //! replica of the ring when one cannot be reached.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
+use std::ops::Range;
 use std::sync::Arc;
 
 use axum::body::Body;
@@ -405,22 +407,23 @@ fn raw_response(
         headers.append(name, value);
     }
     let decoder = match head.framing {
-        Framing::Empty => None,
+        Framing::Empty | Framing::Length(0) => None,
         Framing::Length(length) => Some(Decoder::Length(length)),
-        Framing::Chunked => Some(Decoder::Chunked(Chunk::Size)),
+        Framing::Chunked => Some(Decoder::Chunked(Box::default())),
         Framing::UntilClose => Some(Decoder::UntilClose),
     };
     let mut body = RawBody {
         conn: Some(conn),
-        decoder: decoder.unwrap_or(Decoder::Length(0)),
+        decoder: Decoder::Length(0),
         reusable: head.reusable,
         addr,
         proxy: Arc::clone(proxy),
     };
-    if decoder.is_none() || matches!(decoder, Some(Decoder::Length(0))) {
+    let Some(decoder) = decoder else {
         body.finish();
         return Ok(response);
-    }
+    };
+    body.decoder = decoder;
     *response.body_mut() = Body::new(body);
     Ok(response)
 }
@@ -435,25 +438,29 @@ struct RawBody {
     proxy: Arc<Proxy>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Debug)]
 enum Decoder {
     /// Bytes of the body still to come.
     Length(u64),
-    Chunked(Chunk),
+    /// Boxed: the state of a chunked body is larger than the others.
+    Chunked(Box<Dechunk>),
     UntilClose,
 }
 
-/// Where a chunked body's decoding is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Chunk {
-    /// At a chunk-size line.
-    Size,
-    /// In a chunk's data, this many bytes left.
-    Data(u64),
-    /// At the CRLF after a chunk's data.
-    DataEnd,
-    /// After the last chunk: trailer fields, then an empty line.
-    Trailers,
+/// A chunked body, de-chunked by the one chunked parser, [`wire::ChunkScanner`]: its
+/// data spans become data frames, its trailer section a trailers frame.
+#[derive(Debug, Default)]
+struct Dechunk {
+    scanner: wire::ChunkScanner,
+    /// Data frames taken from the bytes scanned, not given yet: one read may hold
+    /// several chunks.
+    frames: VecDeque<Bytes>,
+    /// Where the data lies in the bytes being scanned (kept for its room).
+    spans: Vec<Range<usize>>,
+    /// The trailer section read so far.
+    trailer: Vec<u8>,
+    /// The body ended: its trailers, if it has any, still to be given.
+    ended: Option<Option<HeaderMap>>,
 }
 
 /// What the bytes read so far give.
@@ -464,8 +471,8 @@ enum Decoded {
     NeedMore,
 }
 
-/// The longest chunk-size line, and the largest trailer section, read.
-const MAX_CHUNK_LINE: usize = 4096;
+/// The largest trailer section read.
+const MAX_TRAILER_BYTES: usize = 64 * 1024;
 
 fn bad_chunk() -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::InvalidData, wire::WireError::BadChunk)
@@ -474,98 +481,91 @@ fn bad_chunk() -> std::io::Error {
 impl Decoder {
     /// Takes what it can of the body from the front of `buf`.
     fn decode(&mut self, buf: &mut BytesMut) -> std::io::Result<Decoded> {
-        loop {
-            match self {
-                Self::Length(0) => return Ok(Decoded::End),
-                Self::Length(left) | Self::Chunked(Chunk::Data(left)) if !buf.is_empty() => {
-                    let len = buf.len().min(usize::try_from(*left).unwrap_or(usize::MAX));
-                    *left -= len as u64;
-                    if let Self::Chunked(chunk @ Chunk::Data(0)) = self {
-                        *chunk = Chunk::DataEnd;
-                    }
-                    return Ok(Decoded::Data(buf.split_to(len).freeze()));
-                }
-                Self::UntilClose if !buf.is_empty() => {
-                    return Ok(Decoded::Data(buf.split().freeze()));
-                }
-                Self::Length(_) | Self::UntilClose | Self::Chunked(Chunk::Data(_)) => {
-                    return Ok(Decoded::NeedMore);
-                }
-                Self::Chunked(chunk @ Chunk::Size) => {
-                    let Some(end) = buf.windows(2).position(|w| w == b"\r\n") else {
-                        if buf.len() > MAX_CHUNK_LINE {
-                            return Err(bad_chunk());
-                        }
-                        return Ok(Decoded::NeedMore);
-                    };
-                    let size = chunk_size(&buf[..end]).ok_or_else(bad_chunk)?;
-                    bytes::Buf::advance(buf, end + 2);
-                    *chunk = if size == 0 {
-                        Chunk::Trailers
-                    } else {
-                        Chunk::Data(size)
-                    };
-                }
-                Self::Chunked(chunk @ Chunk::DataEnd) => {
-                    if buf.len() < 2 {
-                        return Ok(Decoded::NeedMore);
-                    }
-                    if &buf[..2] != b"\r\n" {
-                        return Err(bad_chunk());
-                    }
-                    bytes::Buf::advance(buf, 2);
-                    *chunk = Chunk::Size;
-                }
-                Self::Chunked(Chunk::Trailers) => {
-                    if buf.starts_with(b"\r\n") {
-                        bytes::Buf::advance(buf, 2);
-                        *self = Self::Length(0);
-                        return Ok(Decoded::End);
-                    }
-                    let mut storage = [httparse::EMPTY_HEADER; 64];
-                    return match httparse::parse_headers(buf, &mut storage) {
-                        Ok(httparse::Status::Complete((len, fields))) => {
-                            let mut trailers = HeaderMap::new();
-                            for field in fields {
-                                if let (Ok(name), Ok(value)) = (
-                                    HeaderName::from_bytes(field.name.as_bytes()),
-                                    HeaderValue::from_bytes(field.value),
-                                ) {
-                                    trailers.append(name, value);
-                                }
-                            }
-                            bytes::Buf::advance(buf, len);
-                            *self = Self::Length(0);
-                            Ok(Decoded::Trailers(trailers))
-                        }
-                        Ok(httparse::Status::Partial) if buf.len() <= 16 * MAX_CHUNK_LINE => {
-                            Ok(Decoded::NeedMore)
-                        }
-                        _ => Err(bad_chunk()),
-                    };
-                }
+        match self {
+            Self::Length(0) => Ok(Decoded::End),
+            Self::Length(left) if !buf.is_empty() => {
+                let len = buf.len().min(usize::try_from(*left).unwrap_or(usize::MAX));
+                *left -= len as u64;
+                Ok(Decoded::Data(buf.split_to(len).freeze()))
             }
+            Self::UntilClose if !buf.is_empty() => Ok(Decoded::Data(buf.split().freeze())),
+            Self::Length(_) | Self::UntilClose => Ok(Decoded::NeedMore),
+            Self::Chunked(chunked) => chunked.decode(buf),
         }
     }
 
-    /// Whether nothing of the body is left to read.
-    fn is_done(self) -> bool {
-        self == Self::Length(0)
+    /// Whether nothing of the body is left to give.
+    fn is_done(&self) -> bool {
+        match self {
+            Self::Length(left) => *left == 0,
+            Self::Chunked(chunked) => {
+                chunked.frames.is_empty() && matches!(chunked.ended, Some(None))
+            }
+            Self::UntilClose => false,
+        }
     }
 }
 
-/// A chunk-size line's size: hex digits, then optional whitespace and extensions.
-fn chunk_size(line: &[u8]) -> Option<u64> {
-    let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
-    if digits == 0 || digits > 16 {
-        return None;
+impl Dechunk {
+    fn decode(&mut self, buf: &mut BytesMut) -> std::io::Result<Decoded> {
+        if self.frames.is_empty() && self.ended.is_none() && !buf.is_empty() {
+            let Self {
+                scanner,
+                spans,
+                trailer,
+                ..
+            } = self;
+            let end = scanner
+                .scan(buf, |span| match span {
+                    wire::Span::Data(range) => spans.push(range),
+                    wire::Span::Trailer(range) => trailer.extend_from_slice(&buf[range]),
+                })
+                .map_err(|_| bad_chunk())?;
+            if self.trailer.len() > MAX_TRAILER_BYTES {
+                return Err(bad_chunk());
+            }
+            // What was scanned leaves the buffer; the data stays in it, shared.
+            let scanned = buf.split_to(end.unwrap_or(buf.len())).freeze();
+            self.frames
+                .extend(self.spans.drain(..).map(|range| scanned.slice(range)));
+            if end.is_some() {
+                self.ended = Some(self.trailers()?);
+            }
+        }
+        if let Some(data) = self.frames.pop_front() {
+            return Ok(Decoded::Data(data));
+        }
+        Ok(match &mut self.ended {
+            None => Decoded::NeedMore,
+            Some(trailers) => match trailers.take() {
+                Some(trailers) => Decoded::Trailers(trailers),
+                None => Decoded::End,
+            },
+        })
     }
-    let rest = &line[digits..];
-    let rest = rest.trim_ascii_start();
-    if !(rest.is_empty() || rest[0] == b';') {
-        return None;
+
+    /// The trailer section, a whole one, as fields: `None` if it has none.
+    fn trailers(&self) -> std::io::Result<Option<HeaderMap>> {
+        let mut storage = [httparse::EMPTY_HEADER; 64];
+        let fields = match httparse::parse_headers(&self.trailer, &mut storage) {
+            // Where the scanner found the section's end: the two parse it alike.
+            Ok(httparse::Status::Complete((len, fields))) if len == self.trailer.len() => fields,
+            _ => return Err(bad_chunk()),
+        };
+        if fields.is_empty() {
+            return Ok(None);
+        }
+        let mut trailers = HeaderMap::with_capacity(fields.len());
+        for field in fields {
+            if let (Ok(name), Ok(value)) = (
+                HeaderName::from_bytes(field.name.as_bytes()),
+                HeaderValue::from_bytes(field.value),
+            ) {
+                trailers.append(name, value);
+            }
+        }
+        Ok(Some(trailers))
     }
-    u64::from_str_radix(std::str::from_utf8(&line[..digits]).ok()?, 16).ok()
 }
 
 impl RawBody {
@@ -620,7 +620,7 @@ impl hyper::body::Body for RawBody {
                 Decoded::NeedMore => {}
             }
             match std::task::ready!(conn.poll_read_more(cx)) {
-                Ok(0) if this.decoder == Decoder::UntilClose => {
+                Ok(0) if matches!(this.decoder, Decoder::UntilClose) => {
                     this.conn = None;
                     return Poll::Ready(None);
                 }
@@ -816,24 +816,27 @@ mod tests {
     }
 
     /// Feeds `wire` to a decoder in pieces of `step` bytes: the data and trailers it
-    /// gives, and whether it ended.
+    /// gives, and whether it ended (`Err` if it failed).
     fn decode_in_pieces(
         mut decoder: Decoder,
         wire: &[u8],
         step: usize,
-    ) -> (Vec<u8>, Option<HeaderMap>, bool) {
+    ) -> std::io::Result<(Vec<u8>, Option<HeaderMap>, bool)> {
         let mut buf = BytesMut::new();
         let (mut data, mut trailers) = (Vec::new(), None);
         let mut fed = 0;
         loop {
-            match decoder.decode(&mut buf).unwrap() {
-                Decoded::Data(bytes) => data.extend_from_slice(&bytes),
+            match decoder.decode(&mut buf)? {
+                Decoded::Data(bytes) => {
+                    assert!(!bytes.is_empty(), "an empty data frame");
+                    data.extend_from_slice(&bytes);
+                }
                 Decoded::Trailers(map) => {
                     trailers = Some(map);
-                    return (data, trailers, decoder.is_done());
+                    assert!(decoder.is_done(), "trailers come last");
                 }
-                Decoded::End => return (data, trailers, true),
-                Decoded::NeedMore if fed == wire.len() => return (data, trailers, false),
+                Decoded::End => return Ok((data, trailers, true)),
+                Decoded::NeedMore if fed == wire.len() => return Ok((data, trailers, false)),
                 Decoded::NeedMore => {
                     let next = (fed + step).min(wire.len());
                     buf.extend_from_slice(&wire[fed..next]);
@@ -843,50 +846,69 @@ mod tests {
         }
     }
 
+    fn chunked() -> Decoder {
+        Decoder::Chunked(Box::default())
+    }
+
     #[test]
     fn bodies_are_decoded_whatever_pieces_they_arrive_in() {
-        let chunked = b"5;ext=1\r\nhello\r\n1 \r\n \r\n6\r\nworld!\r\n0\r\n\r\n";
+        let chunked_body = b"5;ext=1\r\nhello\r\n1 \r\n \r\n6\r\nworld!\r\n0\r\n\r\n";
+        let bare_lf = b"5;ext=1\nhello\n1 \n \n6\nworld!\n0\nx-sum: 42\n\n";
         for step in [1, 2, 3, 7, 100] {
-            let (data, trailers, done) =
-                decode_in_pieces(Decoder::Chunked(Chunk::Size), chunked, step);
+            let (data, trailers, done) = decode_in_pieces(chunked(), chunked_body, step).unwrap();
             assert_eq!(
                 (&data[..], trailers.is_none(), done),
-                (&b"hello world!"[..], true, true)
+                (&b"hello world!"[..], true, true),
+                "in {step}s"
             );
-            let (data, _, done) = decode_in_pieces(Decoder::Length(12), b"hello world!", step);
+            let (data, _, done) =
+                decode_in_pieces(Decoder::Length(12), b"hello world!", step).unwrap();
             assert_eq!((&data[..], done), (&b"hello world!"[..], true));
             let with_trailers = b"3\r\nabc\r\n0\r\nx-sum: 42\r\nx-other: b\r\n\r\n";
-            let (data, trailers, done) =
-                decode_in_pieces(Decoder::Chunked(Chunk::Size), with_trailers, step);
+            let (data, trailers, done) = decode_in_pieces(chunked(), with_trailers, step).unwrap();
             let trailers = trailers.expect("trailers");
             assert_eq!((&data[..], done), (&b"abc"[..], true));
             assert_eq!(trailers["x-sum"], "42");
             assert_eq!(trailers["x-other"], "b");
+            // Bare LF line ends: taken as the fast path's scanner takes them.
+            let (data, trailers, done) = decode_in_pieces(chunked(), bare_lf, step).unwrap();
+            assert_eq!(
+                (&data[..], done),
+                (&b"hello world!"[..], true),
+                "in {step}s"
+            );
+            assert_eq!(trailers.expect("trailers")["x-sum"], "42");
             // Cut short: not ended.
-            let (data, _, done) =
-                decode_in_pieces(Decoder::Chunked(Chunk::Size), &chunked[..20], step);
+            for cut in [3, 12, 20, chunked_body.len() - 1] {
+                let (data, trailers, done) =
+                    decode_in_pieces(chunked(), &chunked_body[..cut], step).unwrap();
+                assert!(!done && trailers.is_none(), "cut at {cut}");
+                assert!(b"hello world!".starts_with(&data), "cut at {cut}");
+            }
+            let (data, _, done) = decode_in_pieces(chunked(), &chunked_body[..20], step).unwrap();
             assert!(!done && data.starts_with(b"hello"));
         }
         // Until the connection closes: everything is body.
-        let (data, _, done) = decode_in_pieces(Decoder::UntilClose, b"all of it", 4);
+        let (data, _, done) = decode_in_pieces(Decoder::UntilClose, b"all of it", 4).unwrap();
         assert_eq!((&data[..], done), (&b"all of it"[..], false));
+        let large_trailer = format!("0\r\nx-big: {}\r\n\r\n", "a".repeat(MAX_TRAILER_BYTES));
         for bad in [
             &b"x\r\n"[..],
             b"5\r\nhelloXX",
             b"\r\n",
             b"11111111111111111\r\n",
+            b"0\r\nnot a field\r\n\r\n",
+            b"0\r\nx-a: 1\r\r\n\r\n",
+            b"0\r\nx-a: 1\r\n\rX",
+            large_trailer.as_bytes(),
         ] {
-            let mut buf = BytesMut::from(bad);
-            let mut decoder = Decoder::Chunked(Chunk::Size);
-            let mut failed = false;
-            for _ in 0..4 {
-                match decoder.decode(&mut buf) {
-                    Err(_) => failed = true,
-                    Ok(Decoded::NeedMore) => break,
-                    Ok(_) => {}
-                }
+            for step in [1, 2, 3, 7, 100, bad.len()] {
+                assert!(
+                    decode_in_pieces(chunked(), bad, step).is_err(),
+                    "{:?} in {step}s",
+                    String::from_utf8_lossy(bad)
+                );
             }
-            assert!(failed, "{:?}", String::from_utf8_lossy(bad));
         }
     }
 
