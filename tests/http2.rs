@@ -559,6 +559,39 @@ async fn a_stream_s_post_the_replica_read_is_never_sent_again() {
     );
 }
 
+/// A replica that stalls mid-body under an HTTP/2 stream: after `--read-timeout` the
+/// stream is reset (its answer cannot be finished), the replica reported and counted,
+/// and the connection's other streams go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_stalls_mid_body_cuts_off_its_stream_only() {
+    let fake = FakeReplica::start();
+    let replica = format!("Fake={}", fake.addr);
+    let lb = Ringlb::start(&["--replica", &replica, "--read-timeout", "500ms"]);
+    let tcp = tokio::net::TcpStream::connect(lb.proxy).await.unwrap();
+    let send = h2_over(tcp).await;
+    let stalled = tokio::time::timeout(Duration::from_secs(10), h2_get(&send, "/stall-body", &[]))
+        .await
+        .expect("the stalled stream ends within 10 s");
+    let error = stalled.expect_err("a stream whose body stalled is not a whole answer");
+    assert!(error.starts_with("body:"), "{error}");
+    // The connection still serves (the replica itself is out until a heartbeat answers).
+    let (status, body) = h2_get(&send, "/rep", &[]).await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    let metrics = lb
+        .http
+        .get(lb.ops_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(r#"ringlb_upstream_read_timeouts_total{pool="local",replica="Fake"} 1"#),
+        "{metrics}"
+    );
+}
+
 // ---- limits -----------------------------------------------------------------------
 
 #[test]

@@ -272,7 +272,7 @@ impl Exchange for HyperExchange<'_> {
             let (conn, head) = upstreams
                 .exchange(backend.addr, sent, bytes, None, &mut self.writing)
                 .await?;
-            return Ok(raw_response(conn, &head, backend.addr, self.proxy)?);
+            return Ok(raw_response(conn, &head, backend, self.proxy)?);
         }
         let mut uri = http::uri::Parts::default();
         uri.scheme = Some(Scheme::HTTP);
@@ -382,7 +382,7 @@ fn write_http1_request(
 fn raw_response(
     mut conn: UpstreamConn,
     head: &ResponseHead,
-    addr: SocketAddr,
+    backend: &Backend,
     proxy: &Arc<Proxy>,
 ) -> Result<http::Response<Body>, ExchangeError> {
     let malformed = |what: &str| wire::WireError::Malformed(what.to_owned());
@@ -416,8 +416,9 @@ fn raw_response(
         conn: Some(conn),
         decoder: Decoder::Length(0),
         reusable: head.reusable,
-        addr,
+        addr: backend.addr,
         proxy: Arc::clone(proxy),
+        waiting: None,
     };
     let Some(decoder) = decoder else {
         body.finish();
@@ -436,6 +437,10 @@ struct RawBody {
     reusable: bool,
     addr: SocketAddr,
     proxy: Arc<Proxy>,
+    /// Set while a read of the body waits: when it fires (`--read-timeout`, nginx's
+    /// proxy_read_timeout), the body ends in an error and the replica is reported, as
+    /// on the fast path.
+    waiting: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
 }
 
 #[derive(Debug)]
@@ -569,6 +574,16 @@ impl Dechunk {
 }
 
 impl RawBody {
+    /// Counts and reports the replica whose body stalled (looked up by address in the
+    /// current table: a name kept per response would cost an allocation each).
+    fn read_timed_out(&self) {
+        let table = self.proxy.publisher.table();
+        if let Some(backend) = table.backends.iter().find(|b| b.addr == self.addr) {
+            self.proxy.metrics.read_timeout(&backend.name);
+            self.proxy.admin.report_unreachable(&backend.name);
+        }
+    }
+
     /// The body is whole: its connection goes back to the pool if it can carry
     /// another request (nothing after the body, no `Connection: close`).
     fn finish(&mut self) {
@@ -619,7 +634,22 @@ impl hyper::body::Body for RawBody {
                 }
                 Decoded::NeedMore => {}
             }
-            match std::task::ready!(conn.poll_read_more(cx)) {
+            let read = conn.poll_read_more(cx);
+            if read.is_pending() {
+                let timeout = this.proxy.settings.read_timeout;
+                let waiting = this
+                    .waiting
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                std::task::ready!(waiting.as_mut().poll(cx));
+                this.conn = None;
+                this.read_timed_out();
+                return Poll::Ready(Some(Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "the replica sent nothing more within the read timeout",
+                ))));
+            }
+            this.waiting = None;
+            match std::task::ready!(read) {
                 Ok(0) if matches!(this.decoder, Decoder::UntilClose) => {
                     this.conn = None;
                     return Poll::Ready(None);
