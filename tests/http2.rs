@@ -638,15 +638,42 @@ async fn oversized_header_lists_are_refused_and_the_connection_kept() {
     let tcp = tokio::net::TcpStream::connect(lb.proxy).await.unwrap();
     let send = h2_over(tcp).await;
 
-    // Above the header list limit (64 KiB by default): 431 from the HTTP/2 layer.
+    // Above the header list limit (64 KiB by default): the JSON 431, before anything
+    // else is looked at.
     let big = "a".repeat(70 * 1024);
-    match h2_get(&send, "/home", &[("x-big", &big)]).await {
+    let (status, body) = h2_get(&send, "/home", &[("x-big", &big)]).await.unwrap();
+    assert_eq!(status, 431, "{body}");
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(
+        json["message"]
+            .as_str()
+            .unwrap()
+            .contains("header list is larger than 65536 bytes"),
+        "{json}"
+    );
+    // A gRPC call is told RESOURCE_EXHAUSTED in trailers-only form, for the list and
+    // for a line above the HTTP/1.1 limit alike.
+    let long = "a".repeat(9 * 1024);
+    for header in [&big, &long] {
+        let request = http::Request::post("http://localhost/echo.Echo/Say")
+            .header("content-type", "application/grpc")
+            .header("x-big", header.as_str())
+            .body(())
+            .unwrap();
+        let mut ready = send.clone().ready().await.unwrap();
+        let (response, _) = ready.send_request(request, true).unwrap();
+        let response = response.await.unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.headers()["grpc-status"], "8", "{response:?}");
+    }
+    // Above twice the limit the HTTP/2 layer answers by itself: a bare 431, or a reset.
+    let huge = "a".repeat(140 * 1024);
+    match h2_get(&send, "/home", &[("x-big", &huge)]).await {
         Ok((status, body)) => assert_eq!(status, 431, "{body}"),
         Err(error) => assert!(error.contains("refused"), "{error}"),
     }
     // Within it, but a header line above the HTTP/1.1 limit (8 KiB): the same JSON
     // 431 as HTTP/1.1 gets.
-    let long = "a".repeat(9 * 1024);
     let (status, body) = h2_get(&send, "/home", &[("x-long", &long)]).await.unwrap();
     assert_eq!(status, 431, "{body}");
     let json: serde_json::Value = serde_json::from_str(&body).unwrap();
@@ -667,27 +694,34 @@ async fn oversized_header_lists_are_refused_and_the_connection_kept() {
 fn an_oversized_header_list_is_refused_on_the_wire() {
     let lb = Ringlb::start(&["--h2-max-header-list", "4096"]);
     let mut raw = RawH2::connect(lb.proxy);
-    // 5 KiB of headers, above the 4 KiB set: stream 1 is refused (431, then reset),
-    // stream 3 served.
-    let value = "v".repeat(5 * 1024);
-    raw.send(&get_frames(1, "/home", &[("x-big", &value)]));
-    raw.send(&get_frames(3, "/home", &[]));
+    // 5 KiB of headers, above the 4 KiB set: stream 1 is answered the JSON 431, not
+    // forwarded. 9 KiB, above twice that: stream 3 is refused by the HTTP/2 layer (a
+    // bare 431, then reset). Stream 5 is served.
+    raw.send(&get_frames(1, "/home", &[("x-big", &"v".repeat(5 * 1024))]));
+    raw.send(&get_frames(3, "/home", &[("x-big", &"v".repeat(9 * 1024))]));
+    raw.send(&get_frames(5, "/home", &[]));
+    let mut bodies: BTreeMap<u32, Vec<u8>> = BTreeMap::new();
     let mut refused = false;
-    loop {
+    let mut served = false;
+    while !(served && refused && bodies.get(&1).is_some_and(|b| b.ends_with(b"}"))) {
         let frame = raw.read().expect("the connection stays open");
         assert_ne!(frame.kind, GOAWAY);
-        if frame.id == 1 && (frame.kind == RST_STREAM || frame.kind == HEADERS) {
-            refused = true;
-        }
-        assert!(
-            !(frame.id == 1 && frame.kind == DATA),
-            "stream 1 got a body: it was forwarded"
-        );
-        if frame.id == 3 && frame.kind == DATA && frame.flags & END_STREAM != 0 {
-            break;
+        match (frame.id, frame.kind) {
+            (3, RST_STREAM | HEADERS) => refused = true,
+            (3, DATA) => panic!("stream 3 got a body: it was forwarded"),
+            (5, DATA) if frame.flags & END_STREAM != 0 => served = true,
+            (id, DATA) => bodies.entry(id).or_default().extend(&frame.payload),
+            _ => {}
         }
     }
-    assert!(refused, "stream 1 was answered neither 431 nor reset");
+    let json: serde_json::Value = serde_json::from_slice(&bodies[&1]).unwrap();
+    assert!(
+        json["message"]
+            .as_str()
+            .unwrap()
+            .contains("header list is larger than 4096 bytes"),
+        "{json}"
+    );
 }
 
 // ---- drain ------------------------------------------------------------------------

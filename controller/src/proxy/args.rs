@@ -104,8 +104,10 @@ pub struct ProxyArgs {
     pub h2_max_streams: u32,
 
     /// Largest HTTP/2 request header list, in bytes as HTTP/2 counts them (names,
-    /// values and 32 per field): larger is answered 431 and the stream reset, the
-    /// connection kept. Each request then meets the HTTP/1.1 head limits too.
+    /// values and 32 per field): larger is answered the JSON 431 (a gRPC call,
+    /// RESOURCE_EXHAUSTED), the connection kept; above twice it, the HTTP/2 layer answers
+    /// a bare 431 and resets the stream. Each request then meets the HTTP/1.1 head
+    /// limits too.
     #[arg(long, env = "RINGLB_H2_MAX_HEADER_LIST", default_value_t = 64 * 1024, value_parser = clap::value_parser!(u32).range(1024..=16 * 1024 * 1024))]
     pub h2_max_header_list: u32,
 

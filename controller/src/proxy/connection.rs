@@ -17,7 +17,6 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::ConnectInfo;
-use axum::response::IntoResponse;
 use bytes::{Buf, Bytes, BytesMut};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
@@ -676,7 +675,8 @@ pub(super) async fn hand_off<S>(
 
 /// One request of the general path, HTTP/1.1 or a stream of HTTP/2 (`h2.rs`): its
 /// head checked against the fast path's limits, then the axum router. A refused
-/// head is answered with the same JSON error as on the fast path.
+/// head is answered with the same JSON error as on the fast path (a gRPC call's, with
+/// its gRPC status).
 pub(super) fn general_request(
     limits: &wire::HeadLimits,
     router: &Router,
@@ -684,14 +684,16 @@ pub(super) fn general_request(
     mut request: http::Request<hyper::body::Incoming>,
 ) -> impl Future<Output = Result<axum::response::Response, std::convert::Infallible>> + Send + use<>
 {
-    let refused = check_head(limits, &request).err();
+    let refused = check_head(limits, &request)
+        .err()
+        .map(|refusal| (refusal, super::grpc::is_grpc(request.headers())));
     // What axum's `into_make_service_with_connect_info` would insert.
     request.extensions_mut().insert(ConnectInfo(peer));
     let mut router = router.clone();
     let limits = *limits;
     async move {
-        if let Some(refusal) = refused {
-            return Ok(ApiError::refused(refusal, &limits).into_response());
+        if let Some((refusal, grpc)) = refused {
+            return Ok(ApiError::refused(refusal, &limits).answer(grpc));
         }
         router.call(request).await
     }

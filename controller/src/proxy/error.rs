@@ -47,6 +47,8 @@ pub enum ApiError {
     HeadTooLarge(usize),
     #[error("more than {0} request headers")]
     TooManyHeaders(usize),
+    #[error("the request's header list is larger than {0} bytes (as HTTP/2 counts it)")]
+    HeaderListTooLarge(usize),
     #[error("the request was not received in time")]
     RequestTimeout,
     #[error("too many connections: at most {0} at once")]
@@ -73,9 +75,10 @@ impl ApiError {
             Self::UpstreamUnreachable { .. } => StatusCode::BAD_GATEWAY,
             Self::MalformedRequest(_) | Self::Host => StatusCode::BAD_REQUEST,
             Self::TargetTooLong(_) => StatusCode::URI_TOO_LONG,
-            Self::HeaderLineTooLong(_) | Self::HeadTooLarge(_) | Self::TooManyHeaders(_) => {
-                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
-            }
+            Self::HeaderLineTooLong(_)
+            | Self::HeadTooLarge(_)
+            | Self::TooManyHeaders(_)
+            | Self::HeaderListTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::TooManyConnections(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
@@ -169,6 +172,7 @@ impl ApiError {
             | Self::HeadTooLarge(_)
             | Self::HeaderLineTooLong(_)
             | Self::TooManyHeaders(_)
+            | Self::HeaderListTooLarge(_)
             | Self::TargetTooLong(_) => RESOURCE_EXHAUSTED,
             Self::UnknownEndpoint(_) | Self::MethodNotAllowed { .. } => UNIMPLEMENTED,
             Self::Unauthorized => UNAUTHENTICATED,
@@ -179,6 +183,15 @@ impl ApiError {
             | Self::BodyUnreadable(_) => INVALID_ARGUMENT,
             Self::Pool(PoolError::Membership(_)) => PERMISSION_DENIED,
             Self::Pool(PoolError::Runtime(_)) => INTERNAL,
+        }
+    }
+
+    /// The answer to a client: a gRPC status to a gRPC call (`grpc`), JSON to any other.
+    pub fn answer(self, grpc: bool) -> Response {
+        if grpc {
+            self.into_grpc_response()
+        } else {
+            self.into_response()
         }
     }
 

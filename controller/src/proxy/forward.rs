@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{PathAndQuery, Scheme};
@@ -82,8 +82,7 @@ async fn answer(
     let grpc = super::grpc::is_grpc(request.headers());
     match forward_request(proxy, request, client, client_ip, grpc).await {
         Ok(response) => response,
-        Err(error) if grpc => error.into_grpc_response(),
-        Err(error) => error.into_response(),
+        Err(error) => error.answer(grpc),
     }
 }
 

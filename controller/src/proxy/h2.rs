@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use axum::Router;
 use axum::body::Body;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use futures::future::Either;
 use http_body_util::BodyExt;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -105,21 +105,31 @@ pub async fn serve<S>(
         peer,
         client_ip: ClientIp::new(peer),
     };
+    let max_header_list = limits.max_header_list as usize;
     let service = hyper::service::service_fn(move |request: http::Request<_>| {
         let stream = OpenStream::new(open.clone());
-        let answer =
-            if request.method() == http::Method::CONNECT || is_local_route(request.uri().path()) {
-                Either::Left(connection::general_request(
-                    &head_limits,
-                    &router,
-                    peer,
-                    request,
-                ))
-            } else {
-                // Boxed: the forwarding future holds the whole exchange (kilobytes), and
-                // hyper moves a stream's future several times before it first runs.
-                Either::Right(Box::pin(forwarding.clone().forward(request)))
-            };
+        let answer = if header_list_size(&request) > max_header_list {
+            // Above our limit, within the h2 layer's (twice ours): the same JSON 431
+            // (or gRPC status) as every other refused head, the connection kept.
+            let grpc = super::grpc::is_grpc(request.headers());
+            let refused = ApiError::HeaderListTooLarge(max_header_list).answer(grpc);
+            Either::Left(Either::Left(std::future::ready(Ok::<
+                _,
+                std::convert::Infallible,
+            >(refused))))
+        } else if request.method() == http::Method::CONNECT || is_local_route(request.uri().path())
+        {
+            Either::Left(Either::Right(connection::general_request(
+                &head_limits,
+                &router,
+                peer,
+                request,
+            )))
+        } else {
+            // Boxed: the forwarding future holds the whole exchange (kilobytes), and
+            // hyper moves a stream's future several times before it first runs.
+            Either::Right(Box::pin(forwarding.clone().forward(request)))
+        };
         async move {
             let mut response = answer.await?;
             // HTTP/2 has no connection-specific headers (RFC 9113 §8.2.2): a refused
@@ -138,7 +148,9 @@ pub async fn serve<S>(
     builder
         .timer(TokioTimer::new())
         .max_concurrent_streams(limits.max_streams)
-        .max_header_list_size(limits.max_header_list)
+        // Twice ours, so that a header list above ours gets our answer (see the
+        // service); above this, the h2 layer answers a bare 431 itself.
+        .max_header_list_size(limits.max_header_list.saturating_mul(2))
         .initial_stream_window_size(limits.stream_window)
         .initial_connection_window_size(limits.connection_window)
         .header_table_size(limits.header_table_size)
@@ -183,7 +195,8 @@ impl Forwarding {
         request: http::Request<hyper::body::Incoming>,
     ) -> Result<Response, std::convert::Infallible> {
         if let Err(refusal) = connection::check_head(&self.limits, &request) {
-            return Ok(ApiError::refused(refusal, &self.limits).into_response());
+            let grpc = super::grpc::is_grpc(request.headers());
+            return Ok(ApiError::refused(refusal, &self.limits).answer(grpc));
         }
         let answer = forward::forward_stream(&self.proxy, request, self.peer, &self.client_ip);
         Ok(answer.await)
@@ -199,6 +212,36 @@ struct Streams {
     open: AtomicUsize,
     /// Notified when `open` falls to zero (a permit is kept if nobody waits).
     none_open: Notify,
+}
+
+/// A request's header list as HTTP/2 counts it (RFC 9113 §6.5.2, SETTINGS_MAX_HEADER_LIST_SIZE):
+/// each field's name and value plus 32, the pseudo-header fields included.
+pub fn header_list_size<B>(request: &http::Request<B>) -> usize {
+    const FIELD: usize = 32;
+    let uri = request.uri();
+    let pseudo = [
+        (":method".len(), request.method().as_str().len()),
+        (
+            ":path".len(),
+            uri.path_and_query().map_or(0, |pq| pq.as_str().len()),
+        ),
+        (":scheme".len(), uri.scheme_str().map_or(0, str::len)),
+        (
+            ":authority".len(),
+            uri.authority().map_or(0, |a| a.as_str().len()),
+        ),
+    ];
+    let pseudo: usize = pseudo
+        .iter()
+        .filter(|&&(_, value)| value > 0)
+        .map(|&(name, value)| name + value + FIELD)
+        .sum();
+    let fields: usize = request
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + FIELD)
+        .sum();
+    pseudo + fields
 }
 
 /// Resolves once no stream has been open for `idle`.
@@ -242,6 +285,17 @@ impl Drop for OpenStream {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_header_list_is_counted_as_http2_counts_it() {
+        let request = http::Request::get("http://example/home")
+            .header("x-a", "1")
+            .body(())
+            .unwrap();
+        // :method GET 7+3+32, :path /home 5+5+32, :scheme http 7+4+32,
+        // :authority example 10+7+32, x-a 1 3+1+32.
+        assert_eq!(header_list_size(&request), 42 + 42 + 43 + 49 + 36);
+    }
 
     #[test]
     fn the_preface_is_recognised_from_where_the_http1_parser_stops() {
