@@ -333,8 +333,7 @@ async fn websocket_echo_works_through_the_proxy() {
 
 /// Rings built so far (`ringlb_ring_rebuilds_total`).
 async fn ring_rebuilds(lb: &Ringlb) -> u64 {
-    let metrics = lb.http.get(lb.ops_url("/metrics")).send().await.unwrap();
-    let text = metrics.text().await.unwrap();
+    let text = lb.metrics().await;
     text.lines()
         .find_map(|line| line.strip_prefix("ringlb_ring_rebuilds_total "))
         .and_then(|n| n.trim().parse().ok())

@@ -239,15 +239,7 @@ async fn a_replica_that_stalls_mid_body_is_cut_off_and_reported() {
         received.starts_with("HTTP/1.1 200 OK\r\n") && received.ends_with("\r\n\r\n0123456789"),
         "the client has the head and the 10 bytes, then the connection closes: {received:?}"
     );
-    let metrics = lb
-        .http
-        .get(lb.ops_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = lb.metrics().await;
     assert!(
         metrics.contains(r#"ringlb_upstream_read_timeouts_total{pool="local",replica="Fake"} 1"#),
         "{metrics}"

@@ -577,15 +577,7 @@ async fn a_replica_that_stalls_mid_body_cuts_off_its_stream_only() {
     // The connection still serves (the replica itself is out until a heartbeat answers).
     let (status, body) = h2_get(&send, "/rep", &[]).await.unwrap();
     assert_eq!(status, 200, "{body}");
-    let metrics = lb
-        .http
-        .get(lb.ops_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = lb.metrics().await;
     assert!(
         metrics.contains(r#"ringlb_upstream_read_timeouts_total{pool="local",replica="Fake"} 1"#),
         "{metrics}"

@@ -155,6 +155,16 @@ impl Ringlb {
             .collect()
     }
 
+    /// The ops port's `/metrics` (Prometheus text).
+    pub async fn metrics(&self) -> String {
+        let response = self.http.get(self.ops_url("/metrics")).send().await;
+        response
+            .expect("/metrics")
+            .text()
+            .await
+            .expect("/metrics text")
+    }
+
     /// Waits (up to 10 s) until [`Ringlb::routable`] is exactly `names`.
     pub async fn until_routable(&self, names: &[&str]) {
         let wanted: BTreeSet<String> = names.iter().map(|&name| name.to_owned()).collect();
