@@ -1,4 +1,4 @@
-//! How the proxy forwards: the flags shared by `ringlb up` and `ringlb operator`.
+//! How the proxy forwards: the flags shared by `ringlb up` and `ringlb proxy`.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -10,7 +10,7 @@ use super::tls::TlsFiles;
 use super::wire::HeadLimits;
 use super::{KeySource, ProxySettings};
 
-/// How the proxy forwards: shared by `ringlb up` and `ringlb operator`.
+/// How the proxy forwards: shared by `ringlb up` and `ringlb proxy`.
 #[derive(Debug, Args)]
 pub struct ProxyArgs {
     /// Proxy worker threads, each with its own runtime and listener [default: one per core].
