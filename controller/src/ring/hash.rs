@@ -33,17 +33,23 @@ impl HashFn {
     }
 
     /// The position of virtual node `vnode` of a point or slot ring: [`HashFn::member_hash`],
-    /// but with xxh3 seeded by the vnode index spread over 64 bits (`fmix64`).
+    /// except for xxh3 and a name of 1 to 3 bytes, whose points hash the name and the
+    /// vnode index together (as ketama hashes "name-vnode").
     ///
     /// Why: for an input of 1 to 3 bytes xxh3 only XORs its seed into the input before
-    /// mixing, so with the bare index `r-1`'s vnode s and `r-2`'s vnode near s hashed
-    /// alike. Two names that differ in their last character shared nearly every point,
-    /// and the one sorted first owned them all (`r-1` held 98.5% of a six-member point
-    /// ring). Murmur3 mixes its seed in after the input and needs nothing.
+    /// mixing, so with the vnode index as the seed `r-1`'s vnode s and `r-2`'s vnode near
+    /// s hashed alike. Two such names that differ in their last character shared nearly
+    /// every point, and the one sorted first owned them all (`r-1` held 98.5% of a
+    /// six-member point ring). From 4 bytes on, xxh3 mixes the seed in with the input and
+    /// the points are as even as random ones (docs/ring-quality.md), so those names keep
+    /// their placements. Murmur3 mixes its seed in after the input and needs nothing.
     pub fn vnode_hash(self, name: &str, position: u64, vnode: u32) -> u64 {
         match self {
-            HashFn::Xxh3 => {
-                xxhash_rust::xxh3::xxh3_64_with_seed(name.as_bytes(), fmix64(u64::from(vnode)))
+            HashFn::Xxh3 if name.len() <= 3 => {
+                let mut input = [0u8; 7];
+                input[..name.len()].copy_from_slice(name.as_bytes());
+                input[name.len()..name.len() + 4].copy_from_slice(&vnode.to_le_bytes());
+                xxh3(&input[..name.len() + 4])
             }
             _ => self.member_hash(name, position, vnode),
         }
