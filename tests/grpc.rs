@@ -98,10 +98,7 @@ async fn echo_answers_unary_and_a_server_stream_of_1000_arrives_whole() {
         );
     }
     assert_eq!(
-        outcome
-            .trailers
-            .get("grpc-status")
-            .map(|v| v.to_str().unwrap()),
+        outcome.grpc_status(),
         Some("0"),
         "trailers: {:?}",
         outcome.trailers
@@ -281,15 +278,7 @@ async fn a_grpc_client_through_ringlb_reaches_the_replica_its_key_names() {
             .enumerate()
             .all(|(i, r)| r.index as usize == i && &r.server == home)
     );
-    assert_eq!(
-        outcome
-            .trailers
-            .get("grpc-status")
-            .map(|v| v.to_str().unwrap()),
-        Some("0"),
-        "{:?}",
-        outcome.trailers
-    );
+    assert_eq!(outcome.grpc_status(), Some("0"), "{:?}", outcome.trailers);
 }
 
 /// One call of [`a_replica_killed_under_grpc_load_fails_no_call_it_never_processed`].

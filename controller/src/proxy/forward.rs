@@ -109,8 +109,9 @@ async fn forward_request(
     // call to replicas spoken to in h2c streams instead, both ways (a client stream
     // may never end before its answer begins), and can be sent again while what was
     // taken of it fits in the same limit.
-    let streams =
-        grpc && (proxy.publisher.table().backends.iter()).all(|b| b.protocol.h2c_for(client_h2));
+    // One snapshot for the whole request: its protocols, its ring and its replicas.
+    let table = proxy.publisher.table();
+    let streams = grpc && (table.backends.iter()).all(|b| b.protocol.h2c_for(client_h2));
     let body = if streams {
         RequestBody::Streamed(Replay::new(body, proxy.settings.max_body_bytes))
     } else {
@@ -124,7 +125,6 @@ async fn forward_request(
         )
     };
 
-    let table = proxy.publisher.table();
     if table.backends.is_empty() {
         proxy.metrics.unroutable.inc();
         return Err(ApiError::NoReplica);

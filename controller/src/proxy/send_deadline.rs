@@ -6,8 +6,8 @@
 //! It bounds the socket's writes, as nginx's does: a client that reads nothing of the
 //! TCP stream. An HTTP/2 client that reads the connection but never opens a stream's
 //! flow-control window stalls that stream without stalling a write: the stream stays
-//! until the client cancels it or its connection ends (nginx times such a stream out;
-//! ringlb does not yet).
+//! until the client cancels it or its connection ends (no timeout of ringlb's ends it
+//! yet).
 
 use std::future::Future;
 use std::io;

@@ -10,7 +10,7 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use super::failover::{self, Progress};
@@ -46,10 +46,7 @@ impl UpstreamConn {
 
     /// Reads more of the response into `buf`; `Ok(0)` at end of stream.
     pub async fn read_more(&mut self) -> io::Result<usize> {
-        if self.buf.capacity() - self.buf.len() < 4096 {
-            self.buf.reserve(16 * 1024);
-        }
-        self.stream.read_buf(&mut self.buf).await
+        std::future::poll_fn(|cx| self.poll_read_more(cx)).await
     }
 
     /// [`read_more`](Self::read_more), for a body polled by hand.

@@ -190,9 +190,9 @@ impl Drop for Slot {
 /// Answers a connection above the cap with 503 and closes it, without a task: the
 /// answer fits the empty send buffer of a new socket, so one non-blocking write does.
 /// Under TLS it is only closed: a plain-text answer would reach the client as a broken
-/// handshake, and a TLS one would spend a handshake on a connection refused for load
-/// (nginx and HAProxy close there too). An h2c client, which the refusal comes
-/// before, reads the HTTP/1.1 answer as a failed connection.
+/// handshake, and a TLS one would spend a handshake on a connection refused for load.
+/// An h2c client, which the refusal comes before, reads the HTTP/1.1 answer as a
+/// failed connection.
 fn refuse(stream: tokio::net::TcpStream, max: usize, tls: bool) {
     if tls {
         return;

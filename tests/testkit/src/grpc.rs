@@ -38,6 +38,14 @@ pub struct StreamOutcome {
     pub trailers: MetadataMap,
 }
 
+impl StreamOutcome {
+    /// The `grpc-status` trailer, if the stream ended with one.
+    pub fn grpc_status(&self) -> Option<&str> {
+        let status = self.trailers.get("grpc-status")?;
+        Some(status.to_str().expect("an ASCII grpc-status"))
+    }
+}
+
 impl EchoClient {
     /// Connects over h2c to `addr`.
     pub async fn connect(addr: SocketAddr) -> Result<EchoClient, tonic::transport::Error> {
