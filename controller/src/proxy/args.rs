@@ -129,7 +129,7 @@ pub struct ProxyArgs {
 
     /// Time between the PINGs ringlb sends on each HTTP/2 connection to find clients
     /// that are gone (with streams open, the keep-alive timeout does not apply); 0s
-    /// sends none, as nginx and Envoy by default.
+    /// (the default) sends none.
     #[arg(long, env = "RINGLB_H2_PING_INTERVAL", default_value = "0s", value_parser = humantime::parse_duration)]
     pub h2_ping_interval: Duration,
 
